@@ -1,0 +1,67 @@
+"""`nsdbench weights list|fetch|verify`."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nsdbench import weights
+from nsdbench.errors import NSDBenchError
+
+out = Console()
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Manage pretrained artifacts in NSDBENCH_HOME/weights.", no_args_is_help=True)
+
+    @group.command("list")
+    def list_(as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")) -> None:
+        """List every artifact, its source and whether it is cached."""
+        rows = [
+            {
+                "name": a.name,
+                "kind": a.kind,
+                "source": a.source,
+                "cached": weights.is_cached(a.name),
+                "path": str(weights.local_path(a.name)),
+                "used_by": list(a.used_by),
+                "description": a.description,
+            }
+            for a in weights.artifacts().values()
+        ]
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table(title=f"weights in {weights.weights_dir()}")
+        for col in ("name", "cached", "source", "used by"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["name"], "yes" if r["cached"] else "no", r["source"], ", ".join(r["used_by"]))
+        out.print(table)
+
+    @group.command("fetch")
+    def fetch(
+        names: list[str] = typer.Argument(None, help="Artifacts to fetch (default: all)."),
+    ) -> None:
+        """Download artifacts with their standard client (needs network access)."""
+        for name in names or list(weights.artifacts()):
+            path = weights.fetch(name)
+            out.print(f"{name}: {path} sha256={weights.recorded_sha256(name)}")
+
+    @group.command("verify")
+    def verify(names: list[str] = typer.Argument(None, help="Artifacts to verify (default: cached).")) -> None:
+        """Recompute the sha256 of cached artifacts and compare with the published hash when known."""
+        todo = names or [n for n in weights.artifacts() if weights.is_cached(n)]
+        bad = []
+        for name in todo:
+            ok, digest = weights.verify(name)
+            out.print(f"{name}: {'ok' if ok else 'MISMATCH'} sha256={digest}")
+            if not ok:
+                bad.append(name)
+        if bad:
+            raise NSDBenchError(f"sha256 mismatch for {', '.join(bad)}")
+
+    app.add_typer(group, name="weights")

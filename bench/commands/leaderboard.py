@@ -1,0 +1,219 @@
+"""`nsdbench leaderboard`, `compare`, `runs list|show|delete` and `drift`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nsdbench.commands.score import parse_subjects, resolve_device
+from nsdbench.errors import MetricDrift, UsageError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _metrics(value: str | None) -> list[str] | None:
+    return [m.strip() for m in value.split(",") if m.strip()] if value else None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("leaderboard")
+    def leaderboard_cmd(
+        split: str = typer.Option(None, "--split", help="Test split (default: the protocol's)."),
+        protocol: str = typer.Option(None, "--protocol", help="Protocol (default: config, nsdbench-v1)."),
+        subjects: str = typer.Option(None, "--subjects", help="Only runs covering these subjects; mean over them."),
+        metric: str = typer.Option(None, "--metric", help="Comma-separated metrics to show (default: all scored)."),
+        fmt: str = typer.Option("table", "--format", help="table|md|csv|json|latex|html."),
+        include_smoke: bool = typer.Option(False, "--include-smoke", help="Show random/tiny-weight runs too."),
+        run: list[str] = typer.Option(None, "--run", help="Use this run for its method (repeatable)."),
+        best_by: str = typer.Option(None, "--best-by", help="Pick each method's run by this metric (default: latest)."),
+        reported: bool = typer.Option(True, "--reported/--no-reported", help="Published rows beside reproduced."),
+        per_subject: bool = typer.Option(True, "--per-subject/--no-per-subject", help="Per-subject tables."),
+        digits: int = typer.Option(3, "--digits", min=1, max=8),
+        db: Path = typer.Option(None, "--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb)."),
+        output: Path = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    ) -> None:
+        """One row per method (mean [95% CI]), columns in the papers' order, reported rows marked."""
+        from nsdbench.leaderboards.exports import FORMATS, render, rich_tables
+        from nsdbench.leaderboards.store import Store
+        from nsdbench.leaderboards.views import build_leaderboard
+
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        board = build_leaderboard(Store(db), split=split, protocol=protocol, subjects=parse_subjects(subjects),
+                                  metrics=_metrics(metric), include_smoke=include_smoke, runs=run, best_by=best_by,
+                                  reported=reported, per_subject=per_subject)
+        if output is not None:
+            output.write_text(render(board, fmt, digits))
+            err.print(f"wrote {output}")
+        elif fmt == "table":
+            wide = out if out.is_terminal else Console(highlight=False, width=max(200, 40 + 26 * 17))
+            for t in rich_tables(board, digits):
+                wide.print(t)
+            for n in board.notes:
+                err.print(n)
+        else:
+            print(render(board, fmt, digits), end="")
+
+    @app.command("compare")
+    def compare_cmd(
+        run_a: str = typer.Argument(..., help="Run id (or unique prefix)."),
+        run_b: str = typer.Argument(..., help="Run id (or unique prefix)."),
+        metric: str = typer.Option(None, "--metric", help="Comma-separated metrics (default: all shared)."),
+        n_resamples: int = typer.Option(2000, "--bootstrap", min=10),
+        seed: int = typer.Option(0, "--seed"),
+        allow_mismatch: bool = typer.Option(False, "--allow-protocol-mismatch"),
+        db: Path = typer.Option(None, "--db"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
+        """Paired bootstrap per metric on the images both runs scored: A − B with 95% CI and p-value."""
+        from nsdbench.leaderboards.store import Store
+        from nsdbench.leaderboards.views import compare_runs
+        from nsdbench.metrics.names import LABELS
+
+        res = compare_runs(Store(db), run_a, run_b, _metrics(metric), n_resamples, seed, allow_mismatch)
+        if as_json:
+            print(json.dumps(res, indent=2))
+            return
+        t = Table(title=f"{res['method_a']} ({res['run_a']}) − {res['method_b']} ({res['run_b']}) · {res['protocol']}",
+                  title_justify="left")
+        for c in ("metric", "n", "A", "B", "A − B [95% CI]", "p", "better"):
+            t.add_column(c, justify="left" if c == "metric" else "right")
+        for r in res["rows"]:
+            sig = r["ci_lo"] > 0 or r["ci_hi"] < 0
+            better = ("A" if (r["diff"] > 0) == r["higher_is_better"] else "B") if sig else "–"
+            t.add_row(LABELS.get(r["metric"], r["metric"]), str(r["n"]), f"{r['mean_a']:.4f}", f"{r['mean_b']:.4f}",
+                      f"{r['diff']:+.4f} [{r['ci_lo']:+.4f}, {r['ci_hi']:+.4f}]", f"{r['p_value']:.4f}", better)
+        out.print(t)
+
+    runs = typer.Typer(help="Recorded runs.", no_args_is_help=True)
+
+    @runs.command("list")
+    def runs_list(
+        db: Path = typer.Option(None, "--db"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
+        """Every recorded run, newest first (smoke runs included and marked)."""
+        from nsdbench.leaderboards.store import Store
+
+        df = Store(db).runs(include_smoke=True)
+        cols = ["id", "kind", "method", "subjects", "split", "protocol", "weights_mode", "smoke", "created_at"]
+        if as_json:
+            print(df[cols].to_json(orient="records", date_format="iso", indent=2) if len(df) else "[]")
+            return
+        t = Table(title=f"runs in {Store(db).path}", title_justify="left")
+        for c in cols:
+            t.add_column(c)
+        for r in df.to_dict("records"):
+            t.add_row(*[str(r[c]) for c in cols])
+        out.print(t)
+
+    @runs.command("show")
+    def runs_show(
+        run_id: str = typer.Argument(..., help="Run id (or unique prefix)."),
+        db: Path = typer.Option(None, "--db"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
+        """A run's provenance and aggregates."""
+        from nsdbench.leaderboards.exports import run_summary_table
+        from nsdbench.leaderboards.store import Store
+        from nsdbench.leaderboards.views import single_run_board
+
+        store = Store(db)
+        info = store.run(run_id)
+        if as_json:
+            agg = store.aggregates(info["id"])
+            print(json.dumps({"run": info, "aggregates": agg.to_dict("records")}, indent=2, default=str))
+            return
+        t = Table(show_header=False, title=f"run {info['id']}", title_justify="left")
+        t.add_column("field")
+        t.add_column("value")
+        for k, v in info.items():
+            t.add_row(k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v))
+        out.print(t)
+        out.print(run_summary_table(single_run_board(store, info["id"])))
+
+    @runs.command("delete")
+    def runs_delete(
+        run_id: str = typer.Argument(..., help="Run id (or unique prefix)."),
+        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+        db: Path = typer.Option(None, "--db"),
+    ) -> None:
+        """Remove a run and all its scores (one transaction)."""
+        from nsdbench.leaderboards.store import Store
+
+        store = Store(db)
+        full = store.resolve_id(run_id)
+        if not yes and not typer.confirm(f"delete run {full} from {store.path}?"):
+            raise typer.Abort()
+        store.delete(full)
+        out.print(f"deleted run {full}")
+
+    app.add_typer(runs, name="runs")
+
+    @app.command("drift")
+    def drift_cmd(
+        golden: Path = typer.Option(None, "--golden", help="Golden file (default: the shipped synthetic/tiny one)."),
+        update: bool = typer.Option(False, "--update", help="Rewrite the expected values after a deliberate change."),
+        create: bool = typer.Option(False, "--create", help="Make a new golden file at --golden."),
+        data: str = typer.Option(None, "--data", help="NSD root or 'synthetic' (default: the golden file's)."),
+        submission: Path = typer.Option(None, "--submission", help="--create: reconstructions to freeze (else blur)."),
+        fmt: str = typer.Option(None, "--format", help="--create: submission format (default: detect)."),
+        order: str = typer.Option(None, "--order", help="--create: order for arrays without ids."),
+        split: str = typer.Option(None, "--split", help="--create: test split (default: the protocol's)."),
+        protocols: str = typer.Option("nsdbench-v1", "--protocols", help="--create: comma-separated protocols."),
+        subjects: str = typer.Option("1", "--subjects", help="--create: subjects."),
+        weights_mode: str = typer.Option("pretrained", "--weights", help="--create: pretrained|random|tiny."),
+        max_images: int = typer.Option(None, "--max-images", min=2, help="--create: first N ids per subject."),
+        radius: int = typer.Option(3, "--radius", min=0, help="--create without --submission: blur radius."),
+        brain: bool = typer.Option(False, "--brain/--no-brain", help="--create: include brain correlation."),
+        tol_float64: float = typer.Option(1e-6, "--tol-float64", help="--create: tolerance, float64 pixel metrics."),
+        tol_network: float = typer.Option(1e-4, "--tol-network", help="--create: tolerance, network metrics."),
+        device: str = typer.Option("cpu", "--device", help="cpu|cuda|auto."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
+        """Rescore the golden set; exit 4 listing every metric that moved beyond its tolerance."""
+        from nsdbench import weights
+        from nsdbench.leaderboards import drift
+
+        dev = resolve_device(device)
+        if create:
+            if golden is None:
+                raise UsageError("--create needs --golden FILE (where to write the golden file)")
+            report = drift.create_golden(
+                golden, data=data, split=split, protocols=tuple(_metrics(protocols) or ()), subjects=parse_subjects(subjects) or (1,),
+                weights_mode=weights.check_mode(weights_mode), submission=submission, submission_format=fmt,
+                order=order, blur_radius=radius, max_images=max_images, brain=brain, tol_float64=tol_float64,
+                tol_network=tol_network, device=dev, progress=True)
+        else:
+            report = drift.check(golden, update=update, data=data, device=dev, progress=True)
+        if as_json:
+            print(json.dumps(report.to_dict(), indent=2, default=str))
+        else:
+            t = Table(title=f"drift check · {report.golden}", title_justify="left")
+            for c in ("protocol", "subject", "metric", "expected", "actual", "|diff|", "tolerance", "status"):
+                t.add_column(c, justify="left" if c in ("protocol", "subject", "metric", "status") else "right")
+            bad = {(d.protocol, d.subject, d.metric) for d in report.deviations}
+            for c in report.checked:
+                e, a = c["expected"], c["actual"]
+                diff = abs(a - e) if e is not None and a is not None else None
+                t.add_row(c["protocol"], c["subject"], c["metric"], _num(e), _num(a), _num(diff, ".2e"), f"{c['tolerance']:g}",
+                          "[red]DRIFT[/]" if (c["protocol"], c["subject"], c["metric"]) in bad else "ok")
+            (out if out.is_terminal else Console(highlight=False, width=160)).print(t)
+            for d in report.deviations:
+                err.print(f"drift: {d.line()}")
+        if report.updated:
+            err.print(f"{'created' if create else 'updated'} {report.golden}")
+            return
+        if report.deviations:
+            raise MetricDrift(f"{len(report.deviations)} value(s) beyond tolerance in {report.golden} "
+                              f"(listed above; `nsdbench drift --update` after a deliberate change)")
+        err.print(f"no drift: {len(report.checked)} values within tolerance")
+
+
+def _num(x: float | None, spec: str = ".8f") -> str:
+    return "–" if x is None else format(x, spec)

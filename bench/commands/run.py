@@ -1,0 +1,251 @@
+"""`nsdbench run`, `nsdbench ingest RUN_DIR`, `nsdbench methods list|show NAME`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nsdbench.errors import UsageError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def parse_subjects(text: str) -> tuple[int, ...]:
+    """'1,2,5,7' → (1, 2, 5, 7); duplicates removed, order ascending."""
+    try:
+        subjects = sorted({int(t) for t in text.replace(" ", "").split(",") if t})
+    except ValueError:
+        raise UsageError(f"--subjects {text!r}: expected comma-separated subject numbers, e.g. 1,2,5,7") from None
+    if not subjects:
+        raise UsageError("--subjects: no subject given")
+    return tuple(subjects)
+
+
+def build_spec(
+    method: str,
+    subjects: str,
+    split: str | None,
+    samples: int | None,
+    seed: int | None,
+    protocol: str | None,
+    data: str | None,
+    weights_mode: str | None,
+    device: str | None,
+    variant: str | None,
+    shard_size: int,
+):
+    """Validate every argument against the method registry and the data; returns (spec, nsd)."""
+    import nsdbench
+    from nsdbench import config, weights
+    from nsdbench.methods.registry import get_method, resolve_settings
+    from nsdbench.metrics.protocols import get_protocol
+    from nsdbench.nsd.splits import SPLITS, get_split
+    from nsdbench.runner import RunSpec, open_data
+
+    mode = weights.check_mode(str(config.get("weights", weights_mode)))
+    m = get_method(method)
+    settings = resolve_settings(m, variant)
+    subj = parse_subjects(subjects)
+    proto = get_protocol(str(config.get("protocol", protocol)))
+    split_name = split or getattr(proto, "split", None) or str(config.get("split"))
+    if split_name not in SPLITS:
+        raise UsageError(f"unknown split {split_name!r} (known: {', '.join(SPLITS)})")
+    if split and getattr(proto, "split", split) != split:
+        raise UsageError(f"--split {split} conflicts with protocol {proto.name}, which scores on {proto.split}")
+    n_samples = int(samples if samples is not None else settings.get("samples", 1))
+    if n_samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {n_samples}")
+    data_value = config.get("data", data)
+    synthetic = data_value in (None, "", "synthetic")
+    if not synthetic and not Path(str(data_value)).expanduser().is_dir():
+        raise UsageError(f"--data {data_value}: no such NSD root folder (or use --data synthetic)")
+    data_key = "synthetic" if synthetic else str(Path(str(data_value)).expanduser().resolve())
+    nsd = open_data(data_key)
+    available = [int(s) for s in nsd.subjects]
+    missing = [s for s in subj if s not in available]
+    if missing:
+        raise UsageError(
+            f"subject {missing[0]} has no data in {nsd.root} (available: {','.join(map(str, available))})"
+        )
+    for s in subj:
+        get_split(nsd, split_name, s)  # UsageError when the split is not available for this dataset
+    if mode == "pretrained":
+        for name in m.required_weights:
+            weights.require(name)
+    spec = RunSpec(
+        method=m.name,
+        subjects=subj,
+        split=split_name,
+        protocol=proto.name,
+        data=data_key,
+        weights=mode,
+        samples=n_samples,
+        seed=int(config.get("seed", seed)),
+        device=str(config.get("device", device)),
+        variant=variant or "",
+        settings={k: v for k, v in settings.items() if k != "samples"},
+        method_version=str(m.version),
+        shard_size=shard_size,
+        nsdbench_version=nsdbench.__version__,
+    )
+    return spec, nsd
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(
+        method: str = typer.Option(..., "--method", "-m", help="Method adapter (see `nsdbench methods list`)."),
+        subjects: str = typer.Option("1,2,5,7", "--subjects", "-s", help="Comma-separated subjects."),
+        split: str = typer.Option(None, "--split", help="Test split (default: the protocol's split)."),
+        samples: int = typer.Option(None, "--samples", help="Samples per image (default: the method's)."),
+        seed: int = typer.Option(None, "--seed", help="Base seed of the per-image seeds (default 0)."),
+        protocol: str = typer.Option(None, "--protocol", help="Metric protocol (default nsdbench-v1)."),
+        data: str = typer.Option(None, "--data", help="'synthetic' or an NSD root (default: config, else synthetic)."),
+        weights_mode: str = typer.Option(None, "--weights", help="pretrained | random | tiny."),
+        device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+        variant: str = typer.Option(None, "--variant", help="A named variant of the method (ablation)."),
+        out_dir: Path = typer.Option(None, "--out", help="Run folder (default NSDBENCH_HOME/runs/RUN_ID)."),
+        resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip completed images and shards."),
+        shard: str = typer.Option(None, "--shard", help="Run worker k of N (0-based 'k/N'); env: Slurm, RANK."),
+        executor: str = typer.Option("inprocess", "--executor", help="inprocess | ray."),
+        address: str = typer.Option(None, "--address", help="Ray cluster address (default: a local instance)."),
+        shard_size: int = typer.Option(100, "--shard-size", help="Test images per shard."),
+        db: Path = typer.Option(None, "--db", help="Leaderboard database (default NSDBENCH_HOME/leaderboard.duckdb)."),
+        ingest: bool = typer.Option(True, "--ingest/--no-ingest", help="Record the finished run in the leaderboard."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
+        """Run a method end to end: fit, reconstruct the test split with fixed seeds, score, record."""
+        from nsdbench import config
+        from nsdbench.executors import EXECUTORS, resolve_worker, run_inprocess, run_ray
+        from nsdbench.runner import RichProgress, ingest_run, log_event, prepare_run_dir
+
+        if executor not in EXECUTORS:
+            raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+        if executor == "ray" and shard:
+            raise UsageError("--shard and --executor ray exclude each other (Ray runs every shard)")
+        if executor != "ray" and address:
+            raise UsageError("--address is only used with --executor ray")
+        worker = resolve_worker(shard) if executor == "inprocess" else None
+        spec, _ = build_spec(method, subjects, split, samples, seed, protocol, data, weights_mode, device,
+                             variant, shard_size)
+        run_dir = (out_dir or config.home() / "runs" / spec.run_id).expanduser().resolve()
+        prepare_run_dir(run_dir, spec)
+        who = f"worker {worker.k}/{worker.n} ({worker.source})" if worker and worker.sharded else executor
+        log_event(run_dir, f"start {who} resume={resume}")
+        err.print(f"run {spec.run_id} → {run_dir} ({who})", highlight=False)
+        with RichProgress() as progress:
+            if executor == "ray":
+                result = run_ray(run_dir, spec, address=address, progress=progress, force=not resume)
+            else:
+                result = run_inprocess(run_dir, spec, worker, progress=progress, force=not resume)
+        ingested: Any = None
+        if result.all_complete and ingest and not (worker and worker.sharded):
+            ingested = ingest_run(run_dir, db)
+        doc = {
+            "run_id": spec.run_id,
+            "run_dir": str(run_dir),
+            "method": spec.method,
+            "subjects": list(spec.subjects),
+            "smoke": spec.smoke,
+            "shards_run": result.shards_run,
+            "images_written": result.images_written,
+            "complete": result.all_complete,
+            "ingested": bool(ingested and ingested.inserted),
+            "db": str(config.default_db(db)) if ingested else None,
+        }
+        if as_json:
+            print(json.dumps(doc, indent=2))
+            return
+        if ingested is not None:
+            out.print(f"run {spec.run_id}: recorded in {doc['db']}"
+                      f"{'' if ingested.inserted else ' (already recorded)'}; see `nsdbench leaderboard`"
+                      f"{' --smoke' if spec.smoke else ''}", highlight=False)
+        elif result.all_complete:
+            out.print(f"run {spec.run_id}: complete; record it with `nsdbench ingest {run_dir}`", highlight=False)
+        else:
+            out.print(f"{who}: {result.shards_run} shards done; when every worker has finished run "
+                      f"`nsdbench ingest {run_dir}`", highlight=False)
+
+    @app.command("ingest")
+    def ingest_cmd(
+        run_dir: Path = typer.Argument(..., help="A run folder written by `nsdbench run`."),
+        db: Path = typer.Option(None, "--db", help="Leaderboard database (default NSDBENCH_HOME/leaderboard.duckdb)."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
+        """Score any unscored subject of a finished (sharded) run, then record it in the leaderboard."""
+        from nsdbench import config
+        from nsdbench.runner import RichProgress, ingest_run
+
+        with RichProgress() as progress:
+            result = ingest_run(run_dir.expanduser().resolve(), db, progress=progress)
+        doc = {"run_id": result.run_id, "inserted": result.inserted, "rows": result.rows,
+               "db": str(config.default_db(db))}
+        if as_json:
+            print(json.dumps(doc, indent=2))
+        else:
+            out.print(f"run {result.run_id}: {'recorded' if result.inserted else 'already recorded'} in {doc['db']}",
+                      highlight=False)
+
+    methods = typer.Typer(help="Method adapters: built-in and from the `nsdbench.methods` entry points.",
+                          no_args_is_help=True)
+
+    @methods.command("list")
+    def methods_list(as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")) -> None:
+        """List every registered method."""
+        from nsdbench.methods.registry import list_methods
+
+        rows = [describe(m) for m in list_methods()]
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table(title="nsdbench methods")
+        for col in ("name", "description", "variants", "source"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["name"], r["description"], ", ".join(r["variants"]) or "-", r["source"])
+        out.print(table)
+
+    @methods.command("show")
+    def methods_show(
+        name: str = typer.Argument(..., help="Method name."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
+        """Description, paper, required weights, default settings and variants of one method."""
+        from nsdbench.methods.registry import get_method
+
+        d = describe(get_method(name))
+        if as_json:
+            print(json.dumps(d, indent=2))
+            return
+        out.print(f"[bold]{d['name']}[/] (version {d['version']}, {d['source']})")
+        out.print(d["description"], highlight=False)
+        if d["paper"]:
+            out.print(f"paper: {d['paper']}", highlight=False)
+        out.print(f"required weights: {', '.join(d['required_weights']) or 'none'}", highlight=False)
+        out.print(f"defaults: {json.dumps(d['defaults'])}", highlight=False)
+        for v, overrides in d["variants"].items():
+            out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False)
+
+    app.add_typer(methods, name="methods")
+
+
+def describe(m: Any) -> dict[str, Any]:
+    from nsdbench.methods.registry import method_source
+    from nsdbench.runner import _jsonable
+
+    return {
+        "name": m.name,
+        "version": str(m.version),
+        "description": m.description,
+        "paper": m.paper,
+        "required_weights": list(m.required_weights),
+        "defaults": _jsonable(dict(m.defaults)),
+        "variants": {k: _jsonable(dict(v)) for k, v in m.variants.items()},
+        "source": method_source(m.name),
+    }

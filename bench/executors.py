@@ -1,0 +1,264 @@
+"""Executors: who runs which shards of a run.
+
+in-process   one process runs its shards (all of them, or worker k of N);
+environment  the same command under a Slurm array, torchrun or accelerate: k/N comes from `--shard k/N`,
+             SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE; `nsdbench ingest` merges;
+ray          one Ray task per shard (with its GPU request), fits and scoring as tasks too, retries of
+             failed tasks, results written to the shared run folder, ingest by the driver alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nsdbench.errors import NSDBenchError, UsageError
+from nsdbench.runner import Progress, RunSession, RunSpec, assign
+
+EXECUTORS = ("inprocess", "ray")
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This process's share of a run: worker k of n (0-based) and where that came from."""
+
+    k: int = 0
+    n: int = 1
+    source: str = "single"
+
+    @property
+    def sharded(self) -> bool:
+        return self.n > 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'k/N' (0-based k) → (k, N), or a one-line usage error."""
+    try:
+        k_text, n_text = text.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected k/N with integers, e.g. 0/4 (k counts from 0)") from None
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"--shard {text}: expected 0 <= k < N (k counts from 0)")
+    return k, n
+
+
+def resolve_worker(flag: str | None, env: Mapping[str, str] | None = None) -> Worker:
+    """--shard beats SLURM_ARRAY_TASK_ID/COUNT (offset by SLURM_ARRAY_TASK_MIN), which beats RANK/WORLD_SIZE."""
+    env = os.environ if env is None else env
+    if flag:
+        k, n = parse_shard(flag)
+        return Worker(k, n, "--shard")
+    if env.get("SLURM_ARRAY_TASK_ID") not in (None, "") and env.get("SLURM_ARRAY_TASK_COUNT") not in (None, ""):
+        try:
+            task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+            k = task - int(env.get("SLURM_ARRAY_TASK_MIN") or 0)
+        except ValueError:
+            raise UsageError("SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT are not integers") from None
+        if not 0 <= k < count:
+            raise UsageError(
+                f"Slurm array task {task} is outside 0..{count - 1} after SLURM_ARRAY_TASK_MIN; "
+                f"use a contiguous --array range"
+            )
+        return Worker(k, count, "slurm")
+    if env.get("WORLD_SIZE") not in (None, "") and env.get("RANK") not in (None, ""):
+        try:
+            k, n = int(env["RANK"]), int(env["WORLD_SIZE"])
+        except ValueError:
+            raise UsageError("RANK/WORLD_SIZE are not integers") from None
+        if n < 1 or not 0 <= k < n:
+            raise UsageError(f"RANK={k} WORLD_SIZE={n}: expected 0 <= RANK < WORLD_SIZE")
+        return Worker(k, n, "rank")
+    return Worker()
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    shards_run: int
+    images_written: int
+    subjects_scored: tuple[int, ...]
+    all_complete: bool  # every shard and every subject's scores exist: ready to ingest
+
+
+def run_inprocess(
+    run_dir: Path, spec: RunSpec, worker: Worker = Worker(), progress: Progress | None = None, force: bool = False
+) -> ExecResult:
+    """Run worker k of n's shards in this process, scoring each subject that becomes complete."""
+    session = RunSession(run_dir, spec, progress=progress, force=force)
+    shards = assign(session.shards(), worker.k, worker.n)
+    before = {s.name for s in shards}
+    written = 0
+    by_subject: dict[int, list] = {}
+    for shard in shards:
+        by_subject.setdefault(shard.subject, []).append(shard)
+    scored = []
+    prog = session.progress
+    for subject in sorted(by_subject):
+        mine = by_subject[subject]
+        prog.start(f"rec-{subject}", f"subj{subject:02d} reconstruct", sum(len(s.items(spec.samples)) for s in mine))
+        for shard in mine:
+            written += session.run_shard(shard)
+        prog.finish(f"rec-{subject}")
+        # with several workers, the one completing a subject scores it; `ingest` catches any left over
+        if session.score_subject(subject, lock=worker.sharded):
+            scored.append(subject)
+    from nsdbench.runner import run_status
+
+    status = run_status(session)
+    done = status.complete and len(status.subjects_scored) == len(spec.subjects)
+    return ExecResult(len(before), written, tuple(scored), done)
+
+
+# ---------------------------------------------------------------------------------------------- ray
+
+_SESSIONS: dict[tuple[str, str, bool], RunSession] = {}
+
+
+def _worker_session(run_dir: str, force: bool) -> RunSession:
+    """One RunSession per (run folder, spec) in each Ray worker process, reused across its tasks."""
+    from nsdbench.runner import read_spec
+
+    spec, _ = read_spec(Path(run_dir))
+    key = (run_dir, spec.hash, force)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = RunSession(Path(run_dir), spec, force=force)
+    return _SESSIONS[key]
+
+
+def _task_fit(run_dir: str, subject: int, force: bool) -> dict[str, Any]:
+    try:
+        _worker_session(run_dir, force).fitted(subject)
+        return {"ok": True}
+    except NSDBenchError as exc:  # deterministic user-facing errors are reported, not retried
+        return {"ok": False, "error": f"subj{subject:02d} fit: {exc}"}
+
+
+def _task_shard(run_dir: str, shard_name: str, force: bool, *deps: Any) -> dict[str, Any]:
+    for dep in deps:
+        if isinstance(dep, dict) and not dep.get("ok", True):
+            return {"ok": False, "error": dep["error"], "upstream": True}
+    session = _worker_session(run_dir, force)
+    shard = next(s for s in session.shards() if s.name == shard_name)
+    try:
+        written = session.run_shard(shard)
+        return {"ok": True, "written": written}
+    except NSDBenchError as exc:
+        return {"ok": False, "error": f"{shard_name}: {exc}"}
+
+
+def _task_score(run_dir: str, subject: int, force: bool, *deps: Any) -> dict[str, Any]:
+    for dep in deps:
+        if isinstance(dep, dict) and not dep.get("ok", True):
+            return {"ok": False, "error": dep["error"], "upstream": True}
+    try:
+        ok = _worker_session(run_dir, force).score_subject(subject)
+        return {"ok": ok} if ok else {"ok": False, "error": f"subj{subject:02d}: shards incomplete at scoring"}
+    except NSDBenchError as exc:
+        return {"ok": False, "error": f"subj{subject:02d} score: {exc}"}
+
+
+def _forward_env() -> dict[str, str]:
+    """Settings the workers need to see the same NSDBENCH_HOME, data and config as the driver."""
+    keys = [k for k in os.environ if k.startswith("NSDBENCH_")]
+    return {k: os.environ[k] for k in keys}
+
+
+def _runtime_env(extra: dict[str, Any] | None) -> dict[str, Any]:
+    env = dict(extra or {})
+    env["env_vars"] = {**_forward_env(), **dict(env.get("env_vars") or {})}
+    return env
+
+
+def run_ray(
+    run_dir: Path,
+    spec: RunSpec,
+    address: str | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+    max_retries: int = 2,
+    num_gpus: float | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> ExecResult:
+    """One Ray task per shard (fit per subject first, scoring per subject after its shards).
+
+    The run folder and NSDBENCH_HOME must be on a filesystem every worker sees; NSDBENCH_* variables are
+    forwarded to the workers. `runtime_env` (Ray's, e.g. pip packages or py_modules holding third-party
+    adapters) is merged with that forwarding.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise UsageError('--executor ray needs Ray: pip install "nsdbench[ray]"') from None
+
+    run_dir = Path(run_dir).resolve()
+    progress = progress or Progress()
+    started_here = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UsageError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+        started_here = True
+    try:
+        if num_gpus is None:
+            wants_cuda = spec.device == "cuda" or (
+                spec.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+            )
+            num_gpus = 1.0 if wants_cuda else 0.0
+        session = RunSession(run_dir, spec, progress=progress, force=force)
+        shards = session.shards()
+        opts = {
+            "num_gpus": num_gpus,
+            "max_retries": max_retries,
+            "retry_exceptions": True,
+            "runtime_env": _runtime_env(runtime_env),
+        }
+        fit = ray.remote(_task_fit).options(**opts)
+        work = ray.remote(_task_shard).options(**opts)
+        score = ray.remote(_task_score).options(**opts)
+        rd = str(run_dir)
+        fits = {s: fit.remote(rd, s, force) for s in spec.subjects}
+        shard_refs = {sh.name: work.remote(rd, sh.name, force, fits[sh.subject]) for sh in shards}
+        score_refs = {
+            s: score.remote(rd, s, force, *[shard_refs[sh.name] for sh in shards if sh.subject == s])
+            for s in spec.subjects
+        }
+        progress.start("ray-shards", f"ray: {len(shards)} shards", len(shards))
+        progress.start("ray-score", f"ray: score {len(spec.subjects)} subjects", len(spec.subjects))
+        pending = {**{ref: ("shard", name) for name, ref in shard_refs.items()},
+                   **{ref: ("score", s) for s, ref in score_refs.items()}}
+        errors: list[str] = []
+        written = 0
+        t0 = time.perf_counter()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                kind, name = pending.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a task that failed after all its retries
+                    out = {"ok": False, "error": f"{name}: {type(exc).__name__}: {str(exc).splitlines()[-1]}"}
+                if not out.get("ok"):
+                    if not out.get("upstream"):
+                        errors.append(out["error"])
+                elif kind == "shard":
+                    written += int(out.get("written", 0))
+                progress.advance("ray-shards" if kind == "shard" else "ray-score", 1)
+        from nsdbench.runner import log_event
+
+        log_event(run_dir, f"ray executor: {len(shards)} shards in {time.perf_counter() - t0:.1f}s, {len(errors)} errors")
+        if errors:
+            raise NSDBenchError(
+                f"{len(errors)} task(s) failed after {max_retries} retries (first: {errors[0]}); "
+                f"rerun the same command to resume"
+            )
+        scored = tuple(s for s in spec.subjects if session.score_is_complete(s))
+        return ExecResult(len(shards), written, scored, len(scored) == len(spec.subjects))
+    finally:
+        if started_here:
+            ray.shutdown()
+

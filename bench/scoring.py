@@ -1,0 +1,216 @@
+"""The one scoring path: one subject's reconstructions → metrics.engine.score → an atomic Parquet file.
+
+`nsdbench score` (submissions), `nsdbench run` (methods) and `nsdbench drift` all call this module,
+so every recorded number comes from the same code. Workers only write Parquet; the leaderboard store
+ingests the files in a single transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
+from nsdbench.leaderboards.store import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
+
+ImageKey = tuple[int, int]  # (nsd_id, sample)
+
+
+def _split(nsd: Any, split: Any, subject: int) -> Any:
+    if isinstance(split, str):
+        from nsdbench.nsd.splits import get_split
+
+        return get_split(nsd, split, subject)
+    return split
+
+
+def collect_images(
+    images: Mapping[ImageKey, np.ndarray], subject: int
+) -> tuple[list[int], list[int], list[np.ndarray]]:
+    """Sorted (nsd_id, sample) keys and their uint8 (h, w, 3) images (sizes may differ; the protocol resizes)."""
+    keys = sorted(images)
+    if not keys:
+        raise InvalidSubmission(f"subject {subject}: no reconstructions to score")
+    out = []
+    for k in keys:
+        img = np.asarray(images[k])
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise InvalidSubmission(f"subject {subject}, nsd_id {k[0]}, sample {k[1]}: expected uint8 (H, W, 3), "
+                                    f"got {img.dtype} {img.shape}")
+        out.append(img)
+    return [k[0] for k in keys], [k[1] for k in keys], out
+
+
+def score_subject(
+    nsd: Any,
+    subject: int,
+    split: Any,
+    protocol: Any,
+    images: Mapping[ImageKey, np.ndarray],
+    weights_mode: str = "pretrained",
+    device: str = "cpu",
+    brain: Any = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Any:
+    """Score one subject's reconstructions against the split's ground truth; returns the engine's ScoreResult."""
+    from nsdbench.metrics.engine import score
+    from nsdbench.metrics.protocols import get_protocol
+
+    protocol = get_protocol(protocol)
+    sp = _split(nsd, split, subject)
+    rec_ids, rec_samples, rec_images = collect_images(images, subject)
+    allowed = set(int(i) for i in sp.test_ids)
+    outside = sorted(set(rec_ids) - allowed)
+    if outside:
+        raise InvalidSubmission(f"subject {subject}: nsd_id {outside[0]} is not in the {sp.name} test split "
+                                f"({len(outside)} such ids)")
+    gt_ids = sorted(set(rec_ids))
+    gt_images = nsd.images(gt_ids)
+    return score(
+        gt_ids,
+        gt_images,
+        rec_ids,
+        rec_samples,
+        rec_images,
+        protocol,
+        weights_mode=weights_mode,
+        device=device,
+        brain=brain,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def scores_frame(result: Any, run_id: str, subject: int) -> pd.DataFrame:
+    """Long rows [run_id, level, subject, nsd_id, sample, metric, value] for the three levels."""
+    ps = result.per_sample
+    pi = result.per_image
+    frames = [
+        pd.DataFrame({"level": "sample", "nsd_id": ps["nsd_id"], "sample": ps["sample"], "metric": ps["metric"],
+                      "value": ps["value"]}),
+        pd.DataFrame({"level": "image", "nsd_id": pi["nsd_id"], "sample": None, "metric": pi["metric"],
+                      "value": pi["value"]}),
+        pd.DataFrame({"level": "set", "nsd_id": None, "sample": None, "metric": list(result.set_scores),
+                      "value": [float(v) for v in result.set_scores.values()]}),
+    ]
+    df = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    df.insert(0, "run_id", run_id)
+    df.insert(2, "subject", int(subject))
+    df["nsd_id"] = df["nsd_id"].astype("Int32")
+    df["sample"] = df["sample"].astype("Int32")
+    df["subject"] = df["subject"].astype("int32")
+    df["value"] = df["value"].astype("float64")
+    return df
+
+
+def write_scores_parquet(df: pd.DataFrame, out_path: Path, meta: dict[str, Any]) -> Path:
+    """Write atomically: a temp file in the same folder, fsync, then rename over the target."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    info = {"format": PARQUET_FORMAT, **meta}
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), PARQUET_META_KEY: json.dumps(info, sort_keys=True, default=str).encode()}
+    )
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_path
+
+
+def score_images_to_parquet(
+    nsd: Any,
+    subject: int,
+    split: Any,
+    protocol: Any,
+    images: Mapping[ImageKey, np.ndarray],
+    weights_mode: str,
+    device: str,
+    out_path: str | Path,
+    run_id: str,
+    brain: Any = None,
+    batch_size: int = 32,
+    progress: bool = False,
+    extra_meta: dict[str, Any] | None = None,
+) -> Path:
+    """Score one subject and write its per-sample, per-image and set scores to `out_path` atomically."""
+    from nsdbench.metrics.protocols import get_protocol
+
+    protocol = get_protocol(protocol)
+    sp = _split(nsd, split, subject)
+    result = score_subject(nsd, subject, sp, protocol, images, weights_mode, device, brain, batch_size, progress)
+    df = scores_frame(result, run_id, subject)
+    meta = {
+        "run_id": run_id,
+        "subject": int(subject),
+        "split": sp.name,
+        "protocol": protocol.name,
+        "protocol_version": protocol.version,
+        "protocol_hash": protocol.hash,
+        "weights_mode": weights_mode,
+        "brain": brain is not None,
+        "n_images": int(result.per_image["nsd_id"].nunique()) if len(result.per_image) else 0,
+        "n_reconstructions": len(images),
+        "provenance": getattr(result, "provenance", {}) or {},
+        "written_at": datetime.now(timezone.utc).isoformat(),
+        **(extra_meta or {}),
+    }
+    return write_scores_parquet(df, Path(out_path), meta)
+
+
+def completed_parquet(path: str | Path, run_id: str, subject: int, protocol_hash: str) -> bool:
+    """True if `path` is a finished score file of this run and subject (a crashed run resumes from it)."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        meta = read_parquet_meta(p)
+    except NSDBenchError:
+        return False
+    return meta.get("run_id") == run_id and meta.get("subject") == subject and meta.get("protocol_hash") == protocol_hash
+
+
+def has_brain_metrics(protocol: Any) -> bool:
+    from nsdbench.metrics.names import BRAIN_ROIS
+
+    return any(name in BRAIN_ROIS for name in protocol.metric_names)
+
+
+def brain_target(nsd: Any, subject: int, split_name: str, weights_mode: str, wanted: bool | None) -> tuple[Any, str]:
+    """The encoding-model target for brain correlation, or (None, reason).
+
+    wanted=None: use it when an encoder can be built for this weights mode, else skip with a note;
+    wanted=True: required (errors propagate); wanted=False: off.
+    """
+    if wanted is False:
+        return None, "brain correlation off (--no-brain)"
+    try:
+        from nsdbench.metrics.encoder import load_brain_target
+    except ImportError as exc:
+        if wanted:
+            raise UsageError(f"--brain needs nsdbench.metrics.encoder, which is not available ({exc})") from None
+        return None, "brain correlation skipped: no encoding model in this installation"
+    try:
+        return load_brain_target(nsd, subject, split_name, weights_mode), ""
+    except NSDBenchError as exc:
+        if wanted:
+            raise
+        return None, f"brain correlation skipped for subject {subject}: {exc}"

@@ -1,0 +1,384 @@
+"""Submissions: load reconstructions in any supported format and validate them against a test split.
+
+`load_submission` reads only the structure (keys, shapes); images are read lazily. `validate` runs
+every check and returns every problem at once — counts per subject, missing / duplicate / extra ids,
+ids outside the split, shape, channels, dtype and range, NaN/inf, constant images, unreadable or
+truncated files, JPEG (warning), sample counts that differ between images, sizes that differ.
+Formats and the safe readers live in nsdbench.submission_formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.submission_formats import (
+    FORMATS,
+    MIN_SIDE,
+    Entry,
+    ImageError,
+    Problem,
+    Reader,
+    detect_format,
+    max_image_pixels,
+    open_reader,
+    read_ids_file,
+    subject_from_filename,
+)
+
+ORDERS = ("nsd-ascending", "first-presentation")
+
+__all__ = ["Entry", "Problem", "Submission", "load_submission", "validate", "errors", "ORDERS", "FORMATS"]
+
+
+class Submission:
+    """A submission's entries (subject, nsd_id, sample → where the image is) and how to read them."""
+
+    def __init__(
+        self,
+        path: Path,
+        reader: Reader,
+        order: str | None = None,
+        ids: list[int] | None = None,
+        subjects: Sequence[int] | None = None,
+    ) -> None:
+        self.path = path
+        self.reader = reader
+        self.fmt = reader.fmt
+        self.order = order
+        self.ids = ids
+        self.requested = tuple(sorted(set(int(s) for s in subjects))) if subjects else None
+        self.entries: list[Entry] = list(reader.entries)
+        self.problems: list[Problem] = list(reader.problems)
+        self._resolved_for: str | None = None if reader.blocks else "*"
+
+    # -- structure ---------------------------------------------------------------------------------
+    def resolve(self, nsd: Any, split_name: str) -> None:
+        """Give array blocks their subject and NSD ids (from the file, --ids, or --order)."""
+        if self._resolved_for in ("*", split_name):
+            return
+        from nsdbench.nsd.splits import get_split
+
+        self._resolved_for = split_name
+        for block in self.reader.blocks:
+            subject = block.subject
+            if subject is None:
+                if self.requested and len(self.requested) == 1:
+                    subject = self.requested[0]
+                else:
+                    subject = subject_from_filename(self.path)
+            if subject is None:
+                self._problem("subject", f"cannot tell which subject array {block.key!r} holds; pass --subjects S "
+                              "(one subject) or name the file subjXX_...")
+                continue
+            ids = block.ids
+            if ids is not None and self.ids is not None and list(self.ids) != ids:
+                self._problem("ids", f"--ids differs from the id list stored in the file for {block.key!r}",
+                              subject=subject)
+                continue
+            if ids is None and self.ids is not None:
+                ids = list(self.ids)
+            if ids is None and self.order:
+                try:
+                    ids = list(get_split(nsd, split_name, subject).order(self.order))
+                except UsageError as exc:
+                    self._problem("split", str(exc), subject=subject)
+                    continue
+            if ids is None:
+                self._problem("ids", f"array {block.key!r} has no NSD id list; pass --ids FILE or "
+                              "--order nsd-ascending|first-presentation", subject=subject)
+                continue
+            if len(ids) != block.n:
+                self._problem("count", f"array {block.key!r} and its id list differ in length",
+                              subject=subject, expected=f"{len(ids)} images ({self.order or 'id list'})",
+                              actual=f"{block.n} images")
+                continue
+            for i, nsd_id in enumerate(ids):
+                for s in range(block.samples):
+                    src = f"{self.path.name}[{block.key}][{i}]" + (f"[{s}]" if block.samples > 1 else "")
+                    self.entries.append(Entry(subject, int(nsd_id), s, (block.key, i, s, block.layout), src))
+
+    def _problem(self, code: str, message: str, **kw: Any) -> None:
+        kw.setdefault("source", str(self.path))
+        self.problems.append(Problem(code, message, **kw))
+
+    @property
+    def subjects(self) -> list[int]:
+        return sorted({e.subject for e in self.entries})
+
+    def entries_for(self, subject: int) -> list[Entry]:
+        return sorted((e for e in self.entries if e.subject == subject), key=lambda e: (e.nsd_id, e.sample))
+
+    # -- content -----------------------------------------------------------------------------------
+    def load(self, entry: Entry) -> tuple[np.ndarray | None, list[Problem], str]:
+        """Read one image; returns (uint8 HxWx3 or None, its problems, detected format)."""
+        key = dict(subject=entry.subject, nsd_id=entry.nsd_id, sample=entry.sample, source=entry.source)
+        try:
+            raw, fmt = self.reader.read(entry)
+        except ImageError as exc:
+            return None, [Problem(exc.code, exc.message, expected=exc.expected, actual=exc.actual, **key)], ""
+        problems = check_image(raw, key)
+        if any(p.severity == "error" for p in problems):
+            return None, problems, fmt
+        return to_uint8(raw), problems, fmt
+
+    def image(self, entry: Entry) -> np.ndarray:
+        img, problems, _ = self.load(entry)
+        if img is None:
+            raise InvalidSubmission(problems[0].line())
+        return img
+
+    def images(self, subject: int) -> LazyImages:
+        """(nsd_id, sample) → uint8 image for one subject, read on access."""
+        return LazyImages(self, self.entries_for(subject))
+
+    def sha256(self) -> str:
+        """Content hash of the files that make up the submission (identity of what was scored)."""
+        h = hashlib.sha256()
+        root = self.path if self.path.is_dir() else self.path.parent
+        for f in self.reader.files():
+            f = Path(f)
+            try:
+                h.update(str(f.relative_to(root)).encode())
+            except ValueError:
+                h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+        return h.hexdigest()
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> Submission:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LazyImages(Mapping):
+    """A read-on-access mapping (nsd_id, sample) → uint8 (H, W, 3)."""
+
+    def __init__(self, submission: Submission, entries: list[Entry]) -> None:
+        self._sub = submission
+        self._by_key = {(e.nsd_id, e.sample): e for e in entries}
+
+    def __getitem__(self, key: tuple[int, int]) -> np.ndarray:
+        return self._sub.image(self._by_key[key])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self._by_key)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+def check_image(img: np.ndarray, key: dict[str, Any]) -> list[Problem]:
+    """Shape, channels, dtype, range, NaN/inf, size and constant-image checks for one raw image."""
+    out: list[Problem] = []
+    if img.ndim != 3:
+        return [Problem("shape", "image is not (H, W, 3)", expected="(H, W, 3)", actual=str(img.shape), **key)]
+    h, w, c = img.shape
+    if c != 3:
+        out.append(Problem("channels", "image does not have 3 (RGB) channels", expected="3", actual=str(c), **key))
+    if min(h, w) < MIN_SIDE or h * w > max_image_pixels():
+        out.append(Problem("shape", "image size is out of range", expected=f">= {MIN_SIDE} px per side and "
+                           f"<= {max_image_pixels()} pixels", actual=f"{h}x{w}", **key))
+    if out:
+        return out
+    kind = img.dtype.kind
+    if kind == "f":
+        arr = np.asarray(img, dtype=np.float64)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+            return [Problem("nonfinite", "image contains NaN or inf", expected="finite values",
+                            actual=f"{n_nan} NaN, {n_inf} inf", **key)]
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            return [Problem("range", "float image outside [0, 1]", expected="values in [0, 1]",
+                            actual=f"min {lo:.4g}, max {hi:.4g}", **key)]
+        constant = lo == hi
+    elif img.dtype == np.uint8:
+        constant = int(img.min()) == int(img.max())
+    else:
+        return [Problem("dtype", "unsupported image dtype", expected="uint8, or float in [0, 1]",
+                        actual=str(img.dtype), **key)]
+    if constant:
+        out.append(Problem("constant", "image is constant (its correlation-based scores are undefined)",
+                           expected="a non-constant image", actual=f"every value {img.flat[0]}", **key))
+    return out
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """uint8 unchanged; float in [0, 1] → round(x · 255)."""
+    if img.dtype == np.uint8:
+        return np.ascontiguousarray(img)
+    return np.rint(np.asarray(img, dtype=np.float64) * 255.0).astype(np.uint8)
+
+
+def load_submission(
+    path: str | Path,
+    fmt: str | None = None,
+    order: str | None = None,
+    ids: str | Path | Sequence[int] | None = None,
+    subjects: Sequence[int] | None = None,
+) -> Submission:
+    """Open a submission (structure only). Usage mistakes raise UsageError; bad content becomes problems."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"{p}: no such submission file or folder")
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"unknown submission format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if order is not None and order not in ORDERS:
+        raise UsageError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)}")
+    fmt = fmt or detect_format(p)
+    if fmt == "manifest" and p.is_dir() and not any((p / n).is_file() for n in ("manifest.csv", "manifest.parquet")):
+        raise UsageError(f"{p}: no manifest.csv or manifest.parquet in the folder")
+    if fmt in ("folder",) and not p.is_dir():
+        raise UsageError(f"{p}: format 'folder' needs a folder of subjXX/ subfolders")
+    id_list = None
+    if ids is not None:
+        id_list = read_ids_file(Path(ids)) if isinstance(ids, (str, Path)) else [int(i) for i in ids]
+    return Submission(p, open_reader(p, fmt), order=order, ids=id_list, subjects=subjects)
+
+
+def validate(
+    submission: Submission,
+    nsd: Any,
+    split_name: str,
+    subjects: Sequence[int] | None = None,
+    progress: bool = False,
+) -> list[Problem]:
+    """Every problem of a submission against `split_name` (errors and warnings), in a stable order."""
+    from nsdbench.nsd.splits import get_split
+
+    sub = submission
+    requested = tuple(sorted(set(subjects))) if subjects else sub.requested
+    if requested and sub.requested is None:
+        sub.requested = requested
+    sub.resolve(nsd, split_name)
+    problems = list(sub.problems)
+    present = sub.subjects
+    scope = list(requested) if requested else present
+    for s in present:
+        if requested and s not in requested:
+            problems.append(Problem("subject", "reconstructions for a subject that was not requested are ignored",
+                                    subject=s, severity="warning"))
+    if not present and not any(p.severity == "error" for p in problems):
+        problems.append(Problem("count", "submission contains no reconstructions", source=str(sub.path),
+                                expected="at least one image", actual="0"))
+    structural = any(p.severity == "error" for p in problems)
+    for s in scope:
+        if s not in present:
+            if structural:  # the file-level problem above is the cause; do not list its consequence
+                continue
+            problems.append(Problem("subject", "no reconstructions for a requested subject", subject=s,
+                                    expected="images for this subject", actual="none"))
+            continue
+        try:
+            split = get_split(nsd, split_name, s)
+        except UsageError as exc:
+            problems.append(Problem("split", str(exc), subject=s))
+            continue
+        problems.extend(_check_keys(sub.entries_for(s), split.test_ids, s, split_name))
+    problems.extend(_check_contents(sub, scope, progress))
+    return problems
+
+
+def _check_keys(entries: list[Entry], test_ids: Sequence[int], subject: int, split_name: str) -> list[Problem]:
+    out: list[Problem] = []
+    expected = set(int(i) for i in test_ids)
+    keys = Counter((e.nsd_id, e.sample) for e in entries)
+    first_source = {}
+    for e in entries:
+        first_source.setdefault((e.nsd_id, e.sample), e.source)
+    for (nsd_id, sample), n in sorted(keys.items()):
+        if n > 1:
+            out.append(Problem("duplicate", "the same (nsd_id, sample) appears more than once", subject=subject,
+                               nsd_id=nsd_id, sample=sample, expected="1 image", actual=f"{n} images",
+                               source=first_source[(nsd_id, sample)]))
+    present = {k[0] for k in keys}
+    extra = sorted(present - expected)
+    missing = sorted(expected - present)
+    if extra and len({i - 1 for i in present} & expected) > len(present & expected):
+        out.append(Problem("ids", "ids look 1-based (most ids are a split id + 1); nsdbench uses 0-based NSD "
+                           "ids (nsdId, or 73KID - 1)", subject=subject))
+    for nsd_id in extra:
+        out.append(Problem("extra", f"nsd_id is not in the {split_name} test split", subject=subject,
+                           nsd_id=nsd_id, expected=f"an id of {split_name}", actual=str(nsd_id)))
+    for nsd_id in missing:
+        out.append(Problem("missing", "no reconstruction for a test image", subject=subject, nsd_id=nsd_id,
+                           expected=">= 1 sample", actual="0"))
+    per_image = Counter(k[0] for k in keys if k[0] in expected)
+    if per_image:
+        mode = Counter(per_image.values()).most_common(1)[0][0]
+        for nsd_id, n in sorted(per_image.items()):
+            if n != mode:
+                out.append(Problem("sample-count", "number of samples differs from the other images",
+                                   subject=subject, nsd_id=nsd_id, expected=f"{mode} samples", actual=f"{n}"))
+        n_expected = len(expected) * mode
+        n_actual = sum(keys.values())
+        if n_actual != n_expected:
+            out.append(Problem("count", f"number of reconstructions for the {split_name} split", subject=subject,
+                               expected=f"{n_expected} ({len(expected)} ids x {mode} samples)",
+                               actual=str(n_actual)))
+    return out
+
+
+def _check_contents(sub: Submission, scope: Sequence[int], progress: bool) -> list[Problem]:
+    out: list[Problem] = []
+    todo = [e for s in scope for e in sub.entries_for(s)]
+    bar = _progress(progress, len(todo), "validating images")
+    sizes: dict[int, Counter] = {}
+    where: dict[tuple[int, tuple[int, int]], Entry] = {}
+    jpeg: Counter = Counter()
+    for e in todo:
+        img, problems, fmt = sub.load(e)
+        out.extend(problems)
+        if fmt == "JPEG":
+            jpeg[e.subject] += 1
+        if img is not None:
+            hw = img.shape[:2]
+            sizes.setdefault(e.subject, Counter())[hw] += 1
+            where.setdefault((e.subject, hw), e)
+        if bar:
+            bar[0].advance(bar[1])
+    if bar:
+        bar[0].stop()
+    for s, n in sorted(jpeg.items()):
+        out.append(Problem("jpeg", f"{n} image(s) are JPEG: lossy compression changes pixel-level scores",
+                           subject=s, severity="warning"))
+    for s, counter in sorted(sizes.items()):
+        if len(counter) > 1:
+            common = counter.most_common(1)[0][0]
+            for hw, n in sorted(counter.items()):
+                if hw != common:
+                    e = where[(s, hw)]
+                    out.append(Problem("size", f"{n} image(s) differ in size from the rest of the subject's images "
+                                       f"(first shown; each is resized per the protocol)", severity="warning", subject=s, nsd_id=e.nsd_id, sample=e.sample, source=e.source,
+                                       expected=f"{common[0]}x{common[1]}", actual=f"{hw[0]}x{hw[1]}"))
+    return out
+
+
+def _progress(enabled: bool, total: int, label: str):
+    if not enabled or total < 50:
+        return None
+    from rich.console import Console
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(stderr=True), transient=True)
+    task = bar.add_task(label, total=total)
+    bar.start()
+    return bar, task
+
+
+def errors(problems: Sequence[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == "error"]

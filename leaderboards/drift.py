@@ -1,0 +1,291 @@
+"""`nsdbench drift`: rescore a frozen golden set and report every metric that moved beyond tolerance.
+
+A golden file (JSON) records the data, split, protocol (name, version, hash), weights mode, the NSD
+ids per subject, how to get the reconstructions (regenerated: an integer box blur of the ground
+truth, exact on every machine; or stored: an .npz beside the JSON), hashes of ground truth and
+reconstructions, tolerances, and the expected set score per subject and metric. Rescoring goes
+through nsdbench.scoring, the same path as `nsdbench score`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nsdbench.errors import UsageError
+
+GOLDEN_FORMAT = "nsdbench-golden/1"
+SHIPPED_GOLDEN = "golden_synthetic_tiny.json"
+DEFAULT_TOL_FLOAT64 = 1e-6
+DEFAULT_TOL_NETWORK = 1e-4
+
+
+def shipped_golden() -> Path:
+    """The golden file shipped for the synthetic NSD with tiny weights (what CI checks)."""
+    return Path(str(resources.files("nsdbench.leaderboards").joinpath(f"data/{SHIPPED_GOLDEN}")))
+
+
+@dataclass
+class Deviation:
+    protocol: str
+    subject: str
+    metric: str
+    expected: float | None
+    actual: float | None
+    tolerance: float | None
+    reason: str
+
+    def line(self) -> str:
+        where = f"{self.protocol} subject {self.subject} {self.metric}"
+        if self.expected is None or self.actual is None:
+            return f"{where}: {self.reason}"
+        return (f"{where}: expected {self.expected:.10g}, got {self.actual:.10g} "
+                f"(|diff| {abs(self.actual - self.expected):.3g} > tolerance {self.tolerance:g})")
+
+
+@dataclass
+class DriftReport:
+    golden: Path
+    checked: list[dict[str, Any]] = field(default_factory=list)  # every compared value
+    deviations: list[Deviation] = field(default_factory=list)
+    updated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.deviations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"golden": str(self.golden), "ok": self.ok, "updated": self.updated, "checked": self.checked,
+                "deviations": [d.__dict__ | {"message": d.line()} for d in self.deviations]}
+
+
+def sha256_array(arr: np.ndarray) -> str:
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def tolerance_for(metric: str, spec: dict[str, Any], protocol: Any) -> float:
+    """Per-metric override, else 1e-6 for float64 pixel metrics and 1e-4 for network-feature metrics."""
+    from nsdbench.metrics.protocols import PixelMetric
+
+    tol = spec.get("tolerance", {})
+    if metric in tol.get("overrides", {}):
+        return float(tol["overrides"][metric])
+    try:
+        is_float64 = isinstance(protocol.metric(metric), PixelMetric)
+    except UsageError:
+        is_float64 = False
+    return float(tol.get("float64", DEFAULT_TOL_FLOAT64) if is_float64 else tol.get("network", DEFAULT_TOL_NETWORK))
+
+
+def load_golden(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        spec = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{p}: cannot read golden file ({exc})") from None
+    if spec.get("format") != GOLDEN_FORMAT:
+        raise UsageError(f"{p}: not a golden file (format {spec.get('format')!r}, expected {GOLDEN_FORMAT!r})")
+    return spec
+
+
+def _reconstructions(spec: dict[str, Any], golden: Path, nsd: Any, subject: int, ids: list[int],
+                     gt: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    from nsdbench.submission_writers import box_blur
+
+    rec = spec["reconstructions"]
+    if rec["kind"] == "blur":
+        return {(nsd_id, k): box_blur(gt[i], int(rec["radius"]) + k)
+                for i, nsd_id in enumerate(ids) for k in range(int(rec.get("samples", 1)))}
+    if rec["kind"] == "file":
+        path = golden.parent / rec["path"]
+        with np.load(path, allow_pickle=False) as z:
+            arr = z[f"subj{subject:02d}"]
+            stored_ids = [int(i) for i in z[f"subj{subject:02d}_nsd_ids"]]
+        if stored_ids != ids:
+            raise UsageError(f"{path}: ids for subject {subject} differ from the golden file's ids")
+        return {(nsd_id, k): arr[i, k] for i, nsd_id in enumerate(ids) for k in range(arr.shape[1])}
+    raise UsageError(f"{golden}: unknown reconstructions kind {rec['kind']!r}")
+
+
+def _protocol_names(spec: dict[str, Any]) -> list[str]:
+    return list(spec["protocols"])
+
+
+def _score_spec(spec: dict[str, Any], golden: Path, data: str | None, device: str,
+                progress: bool) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, str]], dict[str, Any]]:
+    """Rescore the golden set: set scores per protocol and subject, plus hashes of the inputs."""
+    from nsdbench.metrics.protocols import get_protocol
+    from nsdbench.nsd import open_nsd
+    from nsdbench.scoring import brain_target, has_brain_metrics, score_subject
+
+    nsd = open_nsd(data if data is not None else spec.get("data"))
+    protocols = {name: get_protocol(name) for name in _protocol_names(spec)}
+    scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in protocols}
+    hashes: dict[str, dict[str, str]] = {"gt": {}, "rec": {}}
+    for subject in spec["subjects"]:
+        ids = [int(i) for i in spec["ids"][str(subject)]]
+        gt = nsd.images(ids)
+        images = _reconstructions(spec, golden, nsd, int(subject), ids, gt)
+        hashes["gt"][str(subject)] = sha256_array(gt)
+        hashes["rec"][str(subject)] = sha256_array(np.stack([images[k] for k in sorted(images)]))
+        brain = None
+        if spec.get("brain") and any(has_brain_metrics(p) for p in protocols.values()):
+            brain, _ = brain_target(nsd, int(subject), spec["split"], spec["weights_mode"], True)
+        for name, proto in protocols.items():
+            result = score_subject(nsd, int(subject), spec["split"], proto, images, spec["weights_mode"], device,
+                                   brain=brain if has_brain_metrics(proto) else None, progress=progress)
+            scores[name][str(subject)] = {k: float(v) for k, v in result.set_scores.items()}
+    return scores, hashes, protocols
+
+
+def check(golden: str | Path | None = None, update: bool = False, data: str | None = None, device: str = "cpu",
+          progress: bool = False) -> DriftReport:
+    """Rescore the golden set; list every metric beyond tolerance. With update=True rewrite the file instead."""
+    gpath = Path(golden) if golden else shipped_golden()
+    spec = load_golden(gpath)
+    scores, hashes, protocols = _score_spec(spec, gpath, data, device, progress)
+    report = DriftReport(gpath)
+    devs = report.deviations
+    for name, proto in protocols.items():
+        rec = spec["protocols"][name]
+        if proto.hash != rec.get("hash"):
+            devs.append(Deviation(name, "*", "definition", None, None, None,
+                                  f"protocol definition changed: hash {rec.get('hash')} -> {proto.hash} "
+                                  f"(version {rec.get('version')} -> {proto.version})"))
+    for kind, label in (("gt", "ground-truth images"), ("rec", "reconstructions")):
+        for subj, h in hashes[kind].items():
+            want = spec.get(f"{kind}_sha256", {}).get(subj)
+            if want and want != h:
+                devs.append(Deviation("*", subj, f"{kind}_sha256", None, None, None,
+                                      f"{label} changed (sha256 {want[:12]} -> {h[:12]}): the data or its "
+                                      "generator moved, not (only) the metrics"))
+    for name, proto in protocols.items():
+        expected_by_subject = spec["expected"].get(name, {})
+        for subj in sorted(set(expected_by_subject) | set(scores[name])):
+            expected, actual = expected_by_subject.get(subj, {}), scores[name].get(subj, {})
+            for metric in sorted(set(expected) | set(actual)):
+                e, a = expected.get(metric), actual.get(metric)
+                tol = tolerance_for(metric, spec, proto)
+                report.checked.append(dict(protocol=name, subject=subj, metric=metric, expected=e, actual=a,
+                                           tolerance=tol))
+                if e is None:
+                    devs.append(Deviation(name, subj, metric, None, a, tol, "new metric, not in the golden file"))
+                elif a is None:
+                    devs.append(Deviation(name, subj, metric, e, None, tol, "metric missing from the rescore"))
+                elif not (abs(a - e) <= tol):  # NaN counts as drift
+                    devs.append(Deviation(name, subj, metric, e, a, tol, "beyond tolerance"))
+    if update:
+        write_golden(gpath, {**spec, "expected": scores,
+                             "protocols": {n: {"version": p.version, "hash": p.hash} for n, p in protocols.items()},
+                             "gt_sha256": hashes["gt"], "rec_sha256": hashes["rec"], "created": _created()})
+        report.updated = True
+    return report
+
+
+def _created() -> dict[str, str]:
+    from nsdbench.leaderboards.store import environment
+
+    env = environment()
+    return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "nsdbench_version": env["nsdbench_version"], "torch_version": env["torch_version"]}
+
+
+def write_golden(path: Path, spec: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def create_golden(
+    path: str | Path,
+    *,
+    data: str | None = None,
+    split: str | None = None,
+    protocols: tuple[str, ...] = ("nsdbench-v1",),
+    subjects: tuple[int, ...] = (1,),
+    weights_mode: str = "pretrained",
+    submission: str | Path | None = None,
+    submission_format: str | None = None,
+    order: str | None = None,
+    blur_radius: int = 3,
+    samples: int = 1,
+    max_images: int | None = None,
+    brain: bool = False,
+    tol_float64: float = DEFAULT_TOL_FLOAT64,
+    tol_network: float = DEFAULT_TOL_NETWORK,
+    overrides: dict[str, float] | None = None,
+    device: str = "cpu",
+    description: str = "",
+    progress: bool = False,
+) -> DriftReport:
+    """Make a golden file: from a submission (its images are stored in <path>.npz) or a blur of the ground truth."""
+    from nsdbench.metrics.protocols import get_protocol
+    from nsdbench.nsd import open_nsd
+    from nsdbench.nsd.splits import get_split
+
+    gpath = Path(path)
+    protos = [get_protocol(p) for p in protocols]
+    if not protos:
+        raise UsageError("a golden file needs at least one protocol")
+    split = split or protos[0].split
+    nsd = open_nsd(data)
+    data_value = "synthetic" if data in (None, "synthetic") else str(Path(data).expanduser().resolve())
+    spec: dict[str, Any] = {
+        "format": GOLDEN_FORMAT,
+        "description": description or f"{', '.join(p.name for p in protos)} on {split}, {weights_mode} weights",
+        "data": data_value,
+        "split": split,
+        "protocols": {p.name: {"version": p.version, "hash": p.hash} for p in protos},
+        "weights_mode": weights_mode,
+        "brain": bool(brain),
+        "subjects": [int(s) for s in subjects],
+        "tolerance": {"float64": tol_float64, "network": tol_network, "overrides": dict(overrides or {})},
+    }
+    ids: dict[str, list[int]] = {}
+    if submission is None:
+        spec["reconstructions"] = {"kind": "blur", "radius": int(blur_radius), "samples": int(samples),
+                                   "note": "integer box blur of the ground truth, radius + sample index "
+                                           "(nsdbench.submission_writers.box_blur)"}
+        for s in subjects:
+            ids[str(s)] = [int(i) for i in get_split(nsd, split, s).test_ids][: max_images or None]
+    else:
+        from nsdbench.errors import InvalidSubmission
+        from nsdbench.submission import errors, load_submission, validate
+
+        with load_submission(submission, submission_format, order, subjects=subjects) as sub:
+            problems = errors(validate(sub, nsd, split, subjects))
+            if problems:
+                raise InvalidSubmission(f"{submission}: {len(problems)} problem(s), first: {problems[0].line()}")
+            payload = {}
+            for s in subjects:
+                entries = sub.entries_for(s)
+                sel = sorted({e.nsd_id for e in entries})[: max_images or None]
+                n_samples = min(sum(1 for e in entries if e.nsd_id == i) for i in sel)
+                by_key = {(e.nsd_id, e.sample): e for e in entries}
+                arr = np.stack([np.stack([sub.image(by_key[(i, k)]) for k in sorted(
+                    x[1] for x in by_key if x[0] == i)[:n_samples]]) for i in sel])
+                payload[f"subj{s:02d}"] = arr
+                payload[f"subj{s:02d}_nsd_ids"] = np.asarray(sel, dtype=np.int64)
+                ids[str(s)] = sel
+        npz = gpath.with_suffix(".npz")
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(npz, **payload)
+        spec["reconstructions"] = {"kind": "file", "path": npz.name}
+    spec["ids"] = ids
+    spec["expected"] = {}
+    write_golden(gpath, spec)
+    report = check(gpath, update=True, data=data, device=device, progress=progress)
+    report.deviations.clear()  # everything is "new" in a file being created
+    return report

@@ -1,0 +1,241 @@
+"""Render a Leaderboard as a rich table, Markdown, CSV, JSON, LaTeX (booktabs) or HTML.
+
+Cells are `mean [lo, hi]` (95% bootstrap CI over images); reported rows carry only the published
+value and are marked with their source. Arrows give each metric's direction.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from typing import Any
+
+from nsdbench.leaderboards.views import Cell, Leaderboard, Row, Table
+
+FORMATS = ("table", "md", "csv", "json", "latex", "html")
+
+
+def _meta(metric: str) -> tuple[str, bool]:
+    from nsdbench.metrics.names import HIGHER_IS_BETTER, LABELS
+
+    return LABELS.get(metric, metric), HIGHER_IS_BETTER.get(metric, True)
+
+
+def fmt_value(x: float | None, digits: int = 3) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_cell(cell: Cell | None, digits: int = 3) -> str:
+    if cell is None:
+        return "–"
+    if cell.lo is None or cell.hi is None:
+        return fmt_value(cell.mean, digits)
+    return f"{cell.mean:.{digits}f} [{cell.lo:.{digits}f}, {cell.hi:.{digits}f}]"
+
+
+def row_label(row: Row) -> str:
+    if row.origin == "reported":
+        return f"{row.method} (reported: {row.source})"
+    return f"{row.method}{' (smoke)' if row.smoke else ''}"
+
+
+def header(metric: str, up: str = "↑", down: str = "↓") -> str:
+    label, hib = _meta(metric)
+    return f"{label} {up if hib else down}"
+
+
+def _best(table: Table) -> dict[str, float]:
+    """Best reproduced mean per column (bolded in md/latex/html/table)."""
+    from nsdbench.metrics.names import HIGHER_IS_BETTER
+
+    best: dict[str, float] = {}
+    for m in table.metrics:
+        vals = [r.cells[m].mean for r in table.rows if r.origin == "reproduced" and m in r.cells]
+        if len(vals) > 1:
+            best[m] = max(vals) if HIGHER_IS_BETTER.get(m, True) else min(vals)
+    return best
+
+
+def to_markdown(lb: Leaderboard, digits: int = 3) -> str:
+    out: list[str] = []
+    for t in lb.tables:
+        best = _best(t)
+        out.append(f"### {t.title}\n")
+        out.append("| Method | Subjects | " + " | ".join(header(m) for m in t.metrics) + " |")
+        out.append("|---|---|" + "---:|" * len(t.metrics))
+        for r in t.rows:
+            cells = []
+            for m in t.metrics:
+                c = fmt_cell(r.cells.get(m), digits)
+                if r.origin == "reproduced" and m in best and r.cells[m].mean == best[m]:
+                    c = f"**{c}**"
+                cells.append(c)
+            label = row_label(r) if r.origin == "reproduced" else f"{r.method} *(reported: {r.source})*"
+            out.append(f"| {_md_escape(label)} | {r.subjects} | " + " | ".join(cells) + " |")
+        out.append("")
+    out.extend(f"_{n}_" for n in lb.notes)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(s: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in s)
+
+
+def to_latex(lb: Leaderboard, digits: int = 3) -> str:
+    out: list[str] = []
+    for t in lb.tables:
+        best = _best(t)
+        out.append(f"% {latex_escape(t.title)}")
+        out.append(r"\begin{tabular}{ll" + "r" * len(t.metrics) + "}")
+        out.append(r"\toprule")
+        out.append("Method & Subjects & " + " & ".join(
+            header(m, r"$\uparrow$", r"$\downarrow$").replace("_", r"\_") for m in t.metrics) + r" \\")
+        out.append(r"\midrule")
+        for r in t.rows:
+            cells = []
+            for m in t.metrics:
+                c = r.cells.get(m)
+                if c is None:
+                    cells.append("--")
+                    continue
+                val = fmt_value(c.mean, digits)
+                if r.origin == "reproduced" and m in best and c.mean == best[m]:
+                    val = rf"\textbf{{{val}}}"
+                if c.lo is not None and c.hi is not None:
+                    val += rf" {{\scriptsize [{c.lo:.{digits}f}, {c.hi:.{digits}f}]}}"
+                cells.append(val)
+            if r.origin == "reported":
+                label = rf"\textit{{{latex_escape(r.method)}}}$^\dagger$"
+            else:
+                label = latex_escape(r.method + (" (smoke)" if r.smoke else ""))
+            out.append(f"{label} & {r.subjects.replace(',', ', ')} & " + " & ".join(cells) + r" \\")
+        out.append(r"\bottomrule")
+        out.append(r"\end{tabular}")
+        if any(r.origin == "reported" for r in t.rows):
+            out.append(r"% $^\dagger$ reported in the cited paper, not reproduced")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def to_html(lb: Leaderboard, digits: int = 3) -> str:
+    e = html.escape
+    out: list[str] = []
+    for t in lb.tables:
+        best = _best(t)
+        out.append(f"<h3>{e(t.title)}</h3>")
+        out.append('<table class="nsdbench-leaderboard">')
+        out.append("<thead><tr><th>Method</th><th>Subjects</th>" +
+                   "".join(f"<th>{e(header(m))}</th>" for m in t.metrics) + "</tr></thead>")
+        out.append("<tbody>")
+        for r in t.rows:
+            cls = ' class="reported"' if r.origin == "reported" else ""
+            tds = []
+            for m in t.metrics:
+                c = fmt_cell(r.cells.get(m), digits)
+                bold = r.origin == "reproduced" and m in best and r.cells[m].mean == best[m]
+                tds.append(f"<td><b>{e(c)}</b></td>" if bold else f"<td>{e(c)}</td>")
+            out.append(f"<tr{cls}><td>{e(row_label(r))}</td><td>{e(r.subjects)}</td>{''.join(tds)}</tr>")
+        out.append("</tbody></table>")
+    out.extend(f"<p><em>{e(n)}</em></p>" for n in lb.notes)
+    return "\n".join(out) + "\n"
+
+
+CSV_COLUMNS = ["table", "method", "origin", "run_id", "subjects", "source", "metric", "label", "higher_is_better",
+               "mean", "ci_lo", "ci_hi", "n"]
+
+
+def to_csv(lb: Leaderboard) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for t in lb.tables:
+        for r in t.rows:
+            for m in t.metrics:
+                c = r.cells.get(m)
+                if c is None:
+                    continue
+                label, hib = _meta(m)
+                w.writerow(dict(table=t.scope, method=r.method, origin=r.origin, run_id=r.run_id,
+                                subjects=r.subjects, source=r.source, metric=m, label=label, higher_is_better=hib,
+                                mean=repr(c.mean), ci_lo="" if c.lo is None else repr(c.lo),
+                                ci_hi="" if c.hi is None else repr(c.hi), n="" if c.n is None else c.n))
+    return buf.getvalue()
+
+
+def to_json(lb: Leaderboard) -> str:
+    return json.dumps(lb.to_dict(), indent=2, default=str) + "\n"
+
+
+def rich_tables(lb: Leaderboard, digits: int = 3) -> list[Any]:
+    from rich.table import Table as RichTable
+
+    out = []
+    for t in lb.tables:
+        best = _best(t)
+        rt = RichTable(title=t.title, title_justify="left")
+        rt.add_column("Method", no_wrap=True)
+        rt.add_column("Subj.")
+        for m in t.metrics:
+            rt.add_column(header(m), justify="right")
+        for r in t.rows:
+            cells = []
+            for m in t.metrics:
+                c = fmt_cell(r.cells.get(m), digits)
+                if r.origin == "reproduced" and m in best and r.cells[m].mean == best[m]:
+                    c = f"[bold]{c}[/]"
+                cells.append(c)
+            style = "dim italic" if r.origin == "reported" else None
+            rt.add_row(row_label(r), r.subjects, *cells, style=style)
+        out.append(rt)
+    return out
+
+
+def render(lb: Leaderboard, fmt: str, digits: int = 3, width: int | None = None) -> str:
+    """The leaderboard as text in `fmt` (for `table`, rich's rendering without colour)."""
+    if fmt == "md":
+        return to_markdown(lb, digits)
+    if fmt == "latex":
+        return to_latex(lb, digits)
+    if fmt == "html":
+        return to_html(lb, digits)
+    if fmt == "csv":
+        return to_csv(lb)
+    if fmt == "json":
+        return to_json(lb)
+    if fmt == "table":
+        from rich.console import Console
+
+        console = Console(file=io.StringIO(), width=width or 400, color_system=None, force_terminal=False)
+        for rt in rich_tables(lb, digits):
+            console.print(rt)
+        for n in lb.notes:
+            console.print(n)
+        return console.file.getvalue()
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def run_summary_table(lb: Leaderboard, digits: int = 3) -> Any:
+    """One run as a rich table with metrics as rows and (subject mean, each subject) as columns."""
+    from rich.table import Table as RichTable
+
+    tables = [t for t in lb.tables if t.rows]
+    first = tables[0].rows[0] if tables else None
+    title = f"{first.method} · {first.run_id} · {lb.split} · {lb.protocol}" if first else "no scores"
+    rt = RichTable(title=title, title_justify="left")
+    rt.add_column("metric")
+    for t in tables:
+        rt.add_column("subject mean" if t.scope == "mean" else f"subject {t.scope}", justify="right")
+    metrics = tables[0].metrics if tables else []
+    for m in metrics:
+        rt.add_row(header(m), *[fmt_cell(t.rows[0].cells.get(m), digits) for t in tables])
+    return rt

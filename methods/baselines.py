@@ -1,0 +1,271 @@
+"""The baselines every leaderboard needs, each a real adapter.
+
+ground-truth        the stimulus itself (upper bound);
+shuffled            another test image, a fixed derangement of the test set (chance level);
+ridge-pixels        ridge regression from nsdgeneral betas to a downsampled RGB image, upsampled back
+                    (the classic linear reconstruction);
+best-library-image  the image the subject never saw whose encoding-model prediction correlates best with
+                    the measured betas (Second Sight's "Best Library Image", the CCN abstract's
+                    "Best COCO Image").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from nsdbench.errors import DataError, UsageError
+from nsdbench.methods.protocol import Reconstruction, RunContext, SubjectData, TestItem
+from nsdbench.methods.registry import register_method
+
+
+def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    from types import MappingProxyType
+
+    return MappingProxyType(dict(d))
+
+
+# ---------------------------------------------------------------------------------------------- pure
+
+
+def random_derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random cyclic permutation of range(n) (Sattolo's algorithm): perm[i] != i for all i."""
+    if n < 2:
+        raise ValueError("a derangement needs at least 2 elements")
+    perm = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))  # j < i: never swap an element with itself
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def downsample(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N,H,W,3) → float32 (N,size,size,3) in [0,1], area-averaged (PIL BOX filter)."""
+    out = np.empty((len(images), size, size, 3), dtype=np.float32)
+    for i, img in enumerate(images):
+        small = Image.fromarray(np.asarray(img, dtype=np.uint8)).resize((size, size), Image.Resampling.BOX)
+        out[i] = np.asarray(small, dtype=np.float32) / 255.0
+    return out
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Float image(s) in [0,1] → uint8, clipped and rounded half to even (numpy's rint)."""
+    return np.rint(np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def upsample(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (h,w,3) → uint8 (size,size,3), bicubic (PIL)."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def rowwise_correlation_argmax(pred: np.ndarray, measured: np.ndarray, block: int = 4096) -> np.ndarray:
+    """For each measured row m_j, the index i maximizing Pearson r(pred_i, m_j) over the voxel axis.
+
+    pred (L, V), measured (T, V) → (T,) int64; ties resolve to the lowest index. float64 throughout so
+    the choice does not depend on BLAS threading; rows with zero variance never win.
+    """
+    m = np.asarray(measured, dtype=np.float64)
+    m = m - m.mean(axis=1, keepdims=True)
+    m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-300)
+    best = np.full(len(m), -np.inf)
+    best_idx = np.zeros(len(m), dtype=np.int64)
+    for start in range(0, len(pred), block):
+        p = np.asarray(pred[start : start + block], dtype=np.float64)
+        p = p - p.mean(axis=1, keepdims=True)
+        norm = np.linalg.norm(p, axis=1, keepdims=True)
+        p = np.where(norm > 0, p / np.where(norm > 0, norm, 1.0), 0.0)
+        r = p @ m.T  # (block, T)
+        r[(norm[:, 0] == 0)] = -np.inf
+        idx = np.argmax(r, axis=0)
+        val = r[idx, np.arange(len(m))]
+        better = val > best
+        best[better] = val[better]
+        best_idx[better] = idx[better] + start
+    return best_idx
+
+
+# ---------------------------------------------------------------------------------------------- adapters
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The stimulus itself: the upper bound of every metric."""
+
+    name: str = "ground-truth"
+    description: str = "The test stimulus itself (upper bound of every metric)."
+    paper: str = ""
+    version: str = "1"
+    required_weights: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=lambda: _frozen({"samples": 1}))
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
+
+    def fit(self, train: SubjectData, ctx: RunContext) -> None:
+        return None
+
+    def reconstruct(self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Reconstruction]:
+        ids = sorted({it.nsd_id for it in test_items})
+        images = dict(zip(ids, ctx.data.ground_truth_images(ids), strict=True))
+        for it in test_items:
+            yield it.nsd_id, it.sample, images[it.nsd_id]
+
+
+@dataclass(frozen=True)
+class Shuffled:
+    """Another test image: a fixed derangement of the subject's test set, one per sample (chance level)."""
+
+    name: str = "shuffled"
+    description: str = "Another test image, by a fixed seeded derangement of the test set (chance level)."
+    paper: str = ""
+    version: str = "1"
+    required_weights: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=lambda: _frozen({"samples": 1}))
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
+
+    def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, dict[int, int]]:
+        test_ids = np.asarray(train.test_ids)
+        if len(test_ids) < 2:
+            raise UsageError(f"shuffled needs at least 2 test images for subject {ctx.subject}")
+        mapping: dict[int, dict[int, int]] = {}
+        for sample in range(ctx.samples):
+            # seeded by (base seed, method, subject, sample) only: independent of shards and order
+            perm = random_derangement(len(test_ids), ctx.rng(-1, sample))
+            mapping[sample] = {int(a): int(b) for a, b in zip(test_ids, test_ids[perm], strict=True)}
+        return mapping
+
+    def reconstruct(self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Reconstruction]:
+        sources = sorted({fitted[it.sample][it.nsd_id] for it in test_items})
+        images = dict(zip(sources, ctx.data.ground_truth_images(sources), strict=True))
+        for it in test_items:
+            yield it.nsd_id, it.sample, images[fitted[it.sample][it.nsd_id]]
+
+
+@dataclass(frozen=True)
+class RidgePixels:
+    """Linear decoding of a downsampled image from nsdgeneral betas (ridge, alpha by cross-validation)."""
+
+    name: str = "ridge-pixels"
+    description: str = (
+        "Ridge regression from z-scored nsdgeneral betas to a downsampled RGB image (alpha chosen by "
+        "cross-validation on the training split), upsampled bicubically to the NSD image size."
+    )
+    paper: str = ""
+    version: str = "1"
+    required_weights: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(
+        default_factory=lambda: _frozen(
+            {
+                "samples": 1,
+                "size": 32,
+                "roi": "nsdgeneral",
+                "alphas": (1e1, 1e2, 1e3, 1e4, 3e4, 1e5, 3e5, 1e6),
+                "cv": 5,
+            }
+        )
+    )
+    variants: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: _frozen({"16px": {"size": 16}, "64px": {"size": 64}})
+    )
+
+    def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, np.ndarray]:
+        s = ctx.settings
+        size, roi = int(s["size"]), str(s["roi"])
+        x_train = train.betas("train", roi=roi)
+        x_test = train.betas("test", roi=roi)
+        y_train = downsample(train.train_images(), size).reshape(len(x_train), -1)
+        # the whole test set is predicted at once and cached by content hash (nsdbench.methods.ridge):
+        # every shard reads the same predictions, whatever the sharding
+        pred = _ridge_fit_predict(x_train, y_train, x_test, tuple(s["alphas"]), int(s["cv"]))
+        ctx.advance(1)
+        pred = pred.reshape(len(x_test), size, size, 3)
+        return {int(nid): pred[i] for i, nid in enumerate(train.test_ids)}
+
+    def reconstruct(self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Reconstruction]:
+        out_size = ctx.data.image_size
+        for it in test_items:
+            yield it.nsd_id, it.sample, upsample(to_uint8(fitted[it.nsd_id]), out_size)
+
+
+def _ridge_fit_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alphas: tuple[float, ...], cv: int
+) -> np.ndarray:
+    """Ridge fit on the training split (alpha per target by CV), predictions for the test betas (float64)."""
+    from nsdbench.methods import ridge
+
+    settings = ridge.RidgeSettings(alphas=tuple(float(a) for a in alphas), cv=cv, dtype="float64")
+    return np.asarray(ridge.fit_predict(x_train, y_train, x_test, settings, cache=True, progress=False))
+
+
+@dataclass(frozen=True)
+class BestLibraryImage:
+    """The unseen NSD image whose predicted betas (encoding model) correlate best with the measured ones."""
+
+    name: str = "best-library-image"
+    description: str = (
+        "Scores every NSD image the subject never saw with the encoding model and returns the one whose "
+        "predicted nsdgeneral betas correlate best (Pearson) with the measured test betas."
+    )
+    paper: str = (
+        "Kneeland et al. 2023, Second Sight ('Best Library Image'); Kneeland et al. CCN 2023 ('Best COCO Image')"
+    )
+    version: str = "1"
+    required_weights: tuple[str, ...] = ()  # the encoding model's weights are registered by metrics.encoder
+    defaults: Mapping[str, Any] = field(default_factory=lambda: _frozen({"samples": 1, "batch_size": 64}))
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
+
+    def library_ids(self, train: SubjectData) -> np.ndarray:
+        """Every NSD id the subject never saw (ascending)."""
+        seen = set(int(i) for i in train.seen_ids()) | set(train.train_ids) | set(train.test_ids)
+        lib = np.array([i for i in range(int(train.nsd.n_images)) if i not in seen], dtype=np.int64)
+        if len(lib) == 0:
+            raise DataError(f"subject {train.subject}: no NSD image left that the subject never saw")
+        return lib
+
+    def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, int]:
+        from nsdbench.metrics.encoder import load_brain_target
+        from nsdbench.methods.protocol import FitCache
+
+        target = load_brain_target(train.nsd, train.subject, ctx.split, ctx.weights_mode)
+        lib = self.library_ids(train)
+        test_ids = list(train.test_ids)
+        missing = [n for n in test_ids if n not in target.measured]
+        if missing:
+            raise DataError(f"subject {train.subject}: no measured betas for test NSD id {missing[0]}")
+        measured = np.stack([np.asarray(target.measured[n], dtype=np.float64) for n in test_ids])
+        batch = int(ctx.settings["batch_size"])
+
+        def compute() -> dict[str, np.ndarray]:
+            preds = []
+            for start in range(0, len(lib), batch):
+                ids = lib[start : start + batch]
+                preds.append(np.asarray(target.predict(train.images(ids)), dtype=np.float32))
+                ctx.advance(len(ids))
+            pred = np.concatenate(preds)
+            return {"choice": lib[rowwise_correlation_argmax(pred, measured)]}
+
+        # the encoder's identity by content: its predictions for a few fixed library images
+        probe = np.asarray(target.predict(train.images(lib[:4])), dtype=np.float32)
+        key = FitCache.key(
+            {"method": self.name, "version": self.version, "subject": train.subject, "split": ctx.split,
+             "weights": ctx.weights_mode},
+            lib, measured, probe,
+        )
+        cache = ctx.cache
+        arrays = cache.get_or_compute(key, compute) if cache is not None else compute()
+        return {int(n): int(c) for n, c in zip(test_ids, arrays["choice"], strict=True)}
+
+    def reconstruct(self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Reconstruction]:
+        sources = sorted({fitted[it.nsd_id] for it in test_items})
+        images = dict(zip(sources, ctx.data.images(sources), strict=True))
+        out_size = ctx.data.image_size
+        for it in test_items:
+            yield it.nsd_id, it.sample, upsample(images[fitted[it.nsd_id]], out_size)
+
+
+for _cls in (GroundTruth, Shuffled, RidgePixels, BestLibraryImage):
+    register_method(_cls)

@@ -1,0 +1,233 @@
+"""The method adapter protocol: `fit(train, ctx)` then `reconstruct(test_items, fitted, ctx)`.
+
+An adapter sees one subject at a time. `train` is a `SubjectData` (NSD access restricted to what a
+method may legitimately use: training betas and images, test betas, no test images except through
+`ground_truth_images`, which only the ground-truth baseline calls). `reconstruct` yields
+`(nsd_id, sample, uint8 HxWx3)` for the items it is given, in any order; the runner writes them.
+Randomness comes from `ctx.seed(nsd_id, sample)` so outputs never depend on batching or sharding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from nsdbench.methods import seeds
+
+
+@dataclass(frozen=True)
+class TestItem:
+    """One reconstruction to produce: NSD id (0-based), sample index and its seed."""
+
+    __test__ = False  # not a pytest class
+
+    nsd_id: int
+    sample: int
+    seed: int
+
+
+def zscore_with_train(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Z-score `train` by its own column mean/std and `others` by the same statistics (constant columns: std 1)."""
+    mean = train.mean(axis=0, dtype=np.float64)
+    std = train.std(axis=0, dtype=np.float64)
+    std[std == 0] = 1.0
+    return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
+
+
+class SubjectData:
+    """What a method may read for one subject and split; arrays are loaded once and kept."""
+
+    def __init__(self, nsd, subject: int, split) -> None:
+        self.nsd = nsd
+        self.subject = int(subject)
+        self.split = split
+        self._cache: dict[tuple, Any] = {}
+
+    @property
+    def train_ids(self) -> tuple[int, ...]:
+        return tuple(self.split.train_ids)
+
+    @property
+    def test_ids(self) -> tuple[int, ...]:
+        return tuple(self.split.test_ids)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.nsd.image_size)
+
+    def _raw(self, part: str, roi: str) -> np.ndarray:
+        key = ("raw", part, roi)
+        if key not in self._cache:
+            from nsdbench.nsd.splits import split_betas
+
+            self._cache[key] = np.asarray(split_betas(self.nsd, self.split, part=part, roi=roi, normalize="none"))
+        return self._cache[key]
+
+    def betas(self, part: str, roi: str = "nsdgeneral", normalize: str = "train-zscore") -> np.ndarray:
+        """Repetition-averaged betas, rows aligned with train_ids/test_ids.
+
+        normalize="train-zscore" z-scores both parts with the training mean/std (brain-diffuser's choice);
+        "none" returns betas/300 as stored.
+        """
+        if part not in ("train", "test"):
+            raise ValueError(f"part must be 'train' or 'test', got {part!r}")
+        if normalize == "none":
+            return self._raw(part, roi)
+        if normalize != "train-zscore":
+            raise ValueError(f"unknown normalization {normalize!r}")
+        key = ("z", roi)
+        if key not in self._cache:
+            self._cache[key] = zscore_with_train(self._raw("train", roi), self._raw("test", roi))
+        train, test = self._cache[key]
+        return train if part == "train" else test
+
+    def test_betas_for(
+        self, nsd_ids: Sequence[int], roi: str = "nsdgeneral", normalize: str = "train-zscore"
+    ) -> np.ndarray:
+        """Test betas for the given test ids (rows in the order given)."""
+        index = {nid: i for i, nid in enumerate(self.test_ids)}
+        rows = [index[int(n)] for n in nsd_ids]
+        return self.betas("test", roi, normalize)[rows]
+
+    def train_images(self) -> np.ndarray:
+        """Training stimuli, uint8 (n_train, H, W, 3), rows aligned with train_ids."""
+        key = ("train_images",)
+        if key not in self._cache:
+            self._cache[key] = self.nsd.images(list(self.train_ids))
+        return self._cache[key]
+
+    def images(self, nsd_ids: Sequence[int]) -> np.ndarray:
+        """Arbitrary NSD images (library images, training images); never call this for test ids."""
+        return self.nsd.images(list(nsd_ids))
+
+    def ground_truth_images(self, nsd_ids: Sequence[int]) -> np.ndarray:
+        """The test stimuli themselves: only the ground-truth and shuffled baselines use this."""
+        return self.nsd.images(list(nsd_ids))
+
+    def seen_ids(self) -> np.ndarray:
+        """Every NSD id this subject saw in any session (training, test and held-out sessions)."""
+        return np.unique(self.nsd.trials(self.subject)["nsd_id"].to_numpy())
+
+
+class FitCache:
+    """Fitted decoders on disk, keyed by a content hash of their inputs; arrays only (npz, no pickle)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key(*parts: Any) -> str:
+        """sha256 over JSON-able parts and the bytes (with dtype and shape) of numpy arrays."""
+        h = hashlib.sha256()
+        for part in parts:
+            if isinstance(part, np.ndarray):
+                arr = np.ascontiguousarray(part)
+                h.update(f"ndarray|{arr.dtype.str}|{arr.shape}|".encode())
+                h.update(memoryview(arr).cast("B"))
+            else:
+                h.update(json.dumps(part, sort_keys=True, default=str).encode())
+            h.update(b"\x00")
+        return h.hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.npz"
+
+    def load(self, key: str) -> dict[str, np.ndarray] | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError):  # a damaged entry is recomputed, never trusted
+            return None
+
+    def save(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}-", suffix=".npz.part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, self.path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_or_compute(
+        self, key: str, compute: Callable[[], Mapping[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        cached = self.load(key)
+        if cached is not None:
+            return cached
+        arrays = {k: np.asarray(v) for k, v in compute().items()}
+        self.save(key, arrays)
+        return arrays
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything an adapter needs besides the data: who, where, how, and the seed source."""
+
+    method: str
+    subject: int
+    split: str
+    data: SubjectData
+    base_seed: int = 0
+    samples: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+    weights_mode: str = "pretrained"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    cache: FitCache | None = None
+    progress: Callable[[int], None] | None = None  # advance the current stage's progress bar
+
+    def seed(self, nsd_id: int, sample: int) -> int:
+        return seeds.image_seed(self.base_seed, self.method, self.subject, nsd_id, sample)
+
+    def rng(self, nsd_id: int, sample: int) -> np.random.Generator:
+        return seeds.numpy_rng(self.seed(nsd_id, sample))
+
+    def torch_generator(self, nsd_id: int, sample: int):
+        return seeds.torch_generator(self.seed(nsd_id, sample), self.device)
+
+    def advance(self, n: int = 1) -> None:
+        if self.progress is not None:
+            self.progress(n)
+
+    def items(self, nsd_ids: Iterable[int]) -> list[TestItem]:
+        """All samples of the given ids as TestItems (id-major)."""
+        return [TestItem(int(n), s, self.seed(int(n), s)) for n in nsd_ids for s in range(self.samples)]
+
+
+Reconstruction = tuple[int, int, np.ndarray]
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A reconstruction method adapter (register it with nsdbench.methods.registry.register_method)."""
+
+    name: str
+    description: str
+    paper: str  # citation or URL; "" for baselines without one
+    version: str  # bump when outputs change: part of cache keys and run provenance
+    required_weights: tuple[str, ...]  # nsdbench.weights artifact names (pretrained mode)
+    defaults: Mapping[str, Any]  # default settings; "samples" is the default number of samples
+    variants: Mapping[str, Mapping[str, Any]]  # named setting overrides (ablations)
+
+    def fit(self, train: SubjectData, ctx: RunContext) -> Any:
+        """Fit the decoders for one subject (cache them through ctx.cache)."""
+        ...
+
+    def reconstruct(
+        self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext
+    ) -> Iterator[Reconstruction]:
+        """Yield (nsd_id, sample, uint8 HxWx3) for every item given."""
+        ...

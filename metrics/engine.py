@@ -1,0 +1,623 @@
+"""The scoring engine: every metric of one or more protocols for ground truth vs reconstructions.
+
+Everything is keyed by (nsd_id, sample). Images are put in canonical order (ascending id, then sample)
+before any computation, read in batches, resized per protocol chain, and pushed through each network in
+fixed, zero-padded chunks of FORWARD_BATCH, so results are bit-identical whatever the caller's batch
+size or input order. One pass per (network, weights, precision, normalization, resize chain) serves
+every metric and protocol that agrees on it. Each sample set is scored as a full set; per-image values
+are averaged over samples (Second Sight's convention), and the set score is the mean over images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nsdbench import weights as weights_mod
+from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.metrics import distances, features_cache, identification, pixel
+from nsdbench.metrics.names import METRIC_ORDER, order_key
+from nsdbench.metrics.networks import get_network, normalize
+from nsdbench.metrics.protocols import (
+    BrainMetric,
+    Chain,
+    FeatureMetric,
+    PixelMetric,
+    Protocol,
+    get_protocol,
+)
+from nsdbench.metrics.resize import apply_chain, to_float
+
+FORWARD_BATCH = {"cpu": 4, "cuda": 64}
+
+
+@dataclass
+class ScoreResult:
+    per_sample: pd.DataFrame  # nsd_id, sample, metric, value
+    per_image: pd.DataFrame  # nsd_id, metric, value (mean over samples)
+    set_scores: dict[str, float]  # mean of per_image per metric = the published statistic
+    provenance: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FeaturePass:
+    """One network forward pass over one side (gt or rec) with one preprocessing."""
+
+    network: str
+    weights: str
+    precision: str
+    normalize: str
+    chain: Chain
+
+    def part(self, layers: Sequence[str], mode: str, forward_batch: int, device_type: str) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "layers": sorted(layers),
+            "mode": mode,
+            "forward_batch": forward_batch,
+            "device_type": device_type,
+            "torch": torch.__version__,
+        }
+
+
+# --------------------------------------------------------------------------- input handling
+
+
+def _resolve_device(device: str | torch.device | None) -> str:
+    d = str(device or "cpu")
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {d!r} requested but CUDA is not available")
+    return d
+
+
+def _check_image(im: Any, what: str, nsd_id: int) -> np.ndarray:
+    a = im.detach().cpu().numpy() if isinstance(im, torch.Tensor) else np.asarray(im)
+    if a.dtype != np.uint8:
+        nan = " containing NaN" if a.dtype.kind == "f" and np.isnan(a).any() else ""
+        raise InvalidSubmission(
+            f"{what} nsd_id {nsd_id}: expected uint8 HxWx3 image, got {a.dtype}{nan} of shape {a.shape}"
+        )
+    if a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 1:
+        raise InvalidSubmission(f"{what} nsd_id {nsd_id}: expected uint8 HxWx3 image, got shape {a.shape}")
+    return a
+
+
+def _check_array(images: Any, n: int, what: str) -> None:
+    """Fast whole-array checks when images come as one array; sequences are checked per item."""
+    if isinstance(images, np.ndarray | torch.Tensor):
+        dtype = images.dtype
+        if dtype not in (np.uint8, torch.uint8):
+            arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
+            nan = " containing NaN" if arr.dtype.kind == "f" and np.isnan(arr).any() else ""
+            raise InvalidSubmission(f"{what}: expected uint8 (N, H, W, 3) images, got {dtype}{nan}")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise InvalidSubmission(f"{what}: expected uint8 (N, H, W, 3) images, got shape {tuple(images.shape)}")
+    try:
+        count = len(images)
+    except TypeError as exc:
+        raise UsageError(f"{what}: expected an array or a sequence of images") from exc
+    if count != n:
+        raise InvalidSubmission(f"{what}: {count} images for {n} ids")
+
+
+def _take(images: Any, idx: Sequence[int], ids: Sequence[int], what: str) -> list[np.ndarray]:
+    return [_check_image(images[int(i)], what, int(nsd_id)) for i, nsd_id in zip(idx, ids)]
+
+
+def _as_int_array(x: Any, what: str) -> np.ndarray:
+    a = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+        raise InvalidSubmission(f"{what}: expected a 1-D sequence of integers, got {a.dtype} shape {a.shape}")
+    return a.astype(np.int64)
+
+
+@dataclass
+class _Inputs:
+    gt_ids: np.ndarray  # ascending
+    gt_pos: np.ndarray  # positions in the caller's gt arrays, aligned with gt_ids
+    samples: list[int]  # ascending sample indices
+    rec_pos: dict[int, np.ndarray]  # sample -> positions in caller's rec arrays, aligned with gt_ids
+
+
+def _validate(gt_ids, gt_images, rec_ids, rec_samples, rec_images) -> _Inputs:
+    g = _as_int_array(gt_ids, "ground-truth ids")
+    _check_array(gt_images, len(g), "ground-truth images")
+    uniq, counts = np.unique(g, return_counts=True)
+    if (counts > 1).any():
+        raise InvalidSubmission(f"ground truth: nsd_id {int(uniq[counts > 1][0])} given more than once")
+    if len(g) < 2:
+        raise InvalidSubmission(
+            f"scoring needs at least 2 images (2-way identification is undefined for {len(g)}); "
+            f"got nsd_ids {g.tolist()}"
+        )
+    r = _as_int_array(rec_ids, "reconstruction ids")
+    s = _as_int_array(rec_samples, "reconstruction samples")
+    if len(r) != len(s):
+        raise InvalidSubmission(f"reconstructions: {len(r)} ids but {len(s)} sample indices")
+    _check_array(rec_images, len(r), "reconstruction images")
+    order = np.argsort(g, kind="stable")
+    gt_sorted = g[order]
+    gt_set = set(gt_sorted.tolist())
+    rec_pos: dict[int, np.ndarray] = {}
+    for sample in sorted(set(s.tolist())):
+        pos = np.nonzero(s == sample)[0]
+        ids = r[pos]
+        u, c = np.unique(ids, return_counts=True)
+        if (c > 1).any():
+            raise InvalidSubmission(f"sample {sample}: nsd_id {int(u[c > 1][0])} reconstructed more than once")
+        extra = sorted(set(ids.tolist()) - gt_set)
+        if extra:
+            raise InvalidSubmission(f"sample {sample}: nsd_id {extra[0]} has no ground-truth image")
+        missing = sorted(gt_set - set(ids.tolist()))
+        if missing:
+            raise InvalidSubmission(
+                f"sample {sample}: no reconstruction for nsd_id {missing[0]} ({len(missing)} missing; "
+                f"every sample must cover all {len(gt_sorted)} ground-truth ids)"
+            )
+        rec_pos[sample] = pos[np.argsort(ids, kind="stable")]
+    if not rec_pos:
+        raise InvalidSubmission("no reconstructions given")
+    return _Inputs(gt_sorted, order, sorted(rec_pos), rec_pos)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@contextlib.contextmanager
+def deterministic_mode(allow_tf32: bool = False) -> Iterator[dict[str, Any]]:
+    """Precision/determinism flags for the duration of scoring; the previous state is restored."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield {
+            "cudnn_deterministic": True,
+            "cudnn_benchmark": False,
+            "tf32": allow_tf32,
+            "deterministic_algorithms": "on (warn_only)",
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        }
+    finally:
+        (
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            det,
+            warn,
+        ) = saved
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+
+
+# --------------------------------------------------------------------------- feature passes
+
+
+class _Forwarder:
+    """Feeds a network fixed-size, zero-padded chunks so each image's features never depend on batching."""
+
+    def __init__(self, net, layers: tuple[str, ...], chunk: int, normalize_kind: str, timer: dict[str, float]):
+        self.net, self.layers, self.chunk, self.kind, self.timer = net, layers, chunk, normalize_kind, timer
+        self.buffer: list[torch.Tensor] = []
+        self.n_buffered = 0
+        self.out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+
+    def push(self, x: torch.Tensor) -> None:
+        self.buffer.append(x)
+        self.n_buffered += x.shape[0]
+        while self.n_buffered >= self.chunk:
+            self._run(self.chunk)
+
+    def _run(self, n: int) -> None:
+        x = torch.cat(self.buffer)
+        head, rest = x[:n], x[n:]
+        self.buffer = [rest] if rest.shape[0] else []
+        self.n_buffered = rest.shape[0]
+        if head.shape[0] < self.chunk:
+            pad = head.new_zeros((self.chunk - head.shape[0], *head.shape[1:]))
+            head = torch.cat([head, pad])
+        x = normalize(to_float(head, torch.float32), self.kind)
+        _sync(x.device)
+        t0 = _now()
+        feats = self.net.features(x, self.layers)
+        _sync(x.device)
+        self.timer["forward"] = self.timer.get("forward", 0.0) + _now() - t0
+        for layer in self.layers:
+            self.out[layer].append(feats[layer][:n])
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        if self.n_buffered:
+            self._run(self.n_buffered)
+        return {layer: torch.cat(v) for layer, v in self.out.items()}
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class _Plan:
+    pixel: dict[tuple[Chain, Chain], list[tuple[str, PixelMetric]]]  # chains -> [(protocol, metric)]
+    gt_passes: dict[FeaturePass, set[str]]  # pass -> layers
+    rec_passes: dict[FeaturePass, set[str]]
+    features: list[tuple[str, FeatureMetric, FeaturePass, FeaturePass]]
+    brain: list[tuple[str, BrainMetric]]
+
+
+def _plan(protocols: list[Protocol], mode: str, with_brain: bool) -> _Plan:
+    plan = _Plan({}, {}, {}, [], [])
+    for p in protocols:
+        for m in p.metrics:
+            if isinstance(m, PixelMetric):
+                plan.pixel.setdefault((m.gt_chain, m.rec_chain), []).append((p.name, m))
+            elif isinstance(m, FeatureMetric):
+                version = m.weights if mode == "pretrained" else "-"
+                gp = FeaturePass(m.network, version, m.precision, m.normalize, m.gt_chain)
+                rp = FeaturePass(m.network, version, m.precision, m.normalize, m.rec_chain)
+                plan.gt_passes.setdefault(gp, set()).add(m.layer)
+                plan.rec_passes.setdefault(rp, set()).add(m.layer)
+                plan.features.append((p.name, m, gp, rp))
+            elif isinstance(m, BrainMetric) and with_brain:
+                plan.brain.append((p.name, m))
+    return plan
+
+
+# --------------------------------------------------------------------------- brain correlation
+
+
+def _brain_correlation(pred: np.ndarray, measured: np.ndarray, rois: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        from nsdbench.metrics.brain import brain_correlation
+    except ModuleNotFoundError as exc:
+        if exc.name != "nsdbench.metrics.brain":
+            raise
+        brain_correlation = _pearson_per_roi  # until metrics.brain is present in this checkout
+    return brain_correlation(pred, measured, rois)
+
+
+def _pearson_per_roi(pred: np.ndarray, measured: np.ndarray, rois: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from nsdbench.metrics.names import BRAIN_ROIS
+
+    out = {}
+    for metric, roi in BRAIN_ROIS.items():
+        if roi not in rois:
+            continue
+        mask = np.asarray(rois[roi], dtype=bool)
+        a = torch.from_numpy(np.asarray(pred, dtype=np.float64)[:, mask])
+        b = torch.from_numpy(np.asarray(measured, dtype=np.float64)[:, mask])
+        out[metric] = pixel.pearson_rows(a, b).numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score(
+    gt_ids,
+    gt_images,
+    rec_ids,
+    rec_samples,
+    rec_images,
+    protocol: str | Protocol,
+    weights_mode: str = "pretrained",
+    device: str = "cpu",
+    brain=None,
+    batch_size: int = 32,
+    progress: bool = False,
+    cache: bool = True,
+) -> ScoreResult:
+    """Score reconstructions against ground truth under one protocol (see score_protocols)."""
+    p = get_protocol(protocol)
+    return score_protocols(
+        gt_ids, gt_images, rec_ids, rec_samples, rec_images, [p], weights_mode, device, brain, batch_size,
+        progress, cache,
+    )[p.name]
+
+
+def score_protocols(
+    gt_ids,
+    gt_images,
+    rec_ids,
+    rec_samples,
+    rec_images,
+    protocols: Sequence[str | Protocol],
+    weights_mode: str = "pretrained",
+    device: str = "cpu",
+    brain=None,
+    batch_size: int = 32,
+    progress: bool = False,
+    cache: bool = True,
+    timings: dict[str, float] | None = None,
+) -> dict[str, ScoreResult]:
+    """Score under several protocols at once, sharing every feature pass they agree on.
+
+    gt_images: uint8 (N, H, W, 3) array/tensor or a sequence of HxWx3 uint8 images (read lazily);
+    rec_images likewise (M items, any size); rec_ids / rec_samples: length M. `brain`: None or an
+    object with .predict(uint8 NHWC) -> (B, V), .measured {nsd_id: (V,)}, .rois {roi: bool (V,)}.
+    """
+    protos = [get_protocol(p) for p in protocols]
+    if not protos:
+        raise UsageError("no protocol given")
+    mode = weights_mode_checked(weights_mode)
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1; got {batch_size}")
+    dev = _resolve_device(device)
+    inputs = _validate(gt_ids, gt_images, rec_ids, rec_samples, rec_images)
+    timer = timings if timings is not None else {}
+    plan = _plan(protos, mode, brain is not None)
+    chunk = FORWARD_BATCH["cuda" if dev.startswith("cuda") else "cpu"]
+    ids = inputs.gt_ids
+    n = len(ids)
+
+    with deterministic_mode() as flags, _progress(progress) as bar:
+        networks: dict[FeaturePass, Any] = {}
+        net_info: dict[str, dict[str, Any]] = {}
+        for fp in list(plan.gt_passes) + list(plan.rec_passes):
+            t0 = _now()
+            net = get_network(fp.network, fp.weights, mode, fp.precision, dev)
+            timer["load"] = timer.get("load", 0.0) + _now() - t0
+            networks[fp] = net
+            net_info[f"{fp.network}:{fp.weights}:{fp.precision}"] = {
+                "network": fp.network,
+                "weights": fp.weights,
+                "mode": mode,
+                "artifact": net.artifact,
+                "sha256": net.sha256,
+                "precision": fp.precision,
+            }
+
+        # ---- ground-truth features (disk cache, else one streamed pass per FeaturePass)
+        gt_feats: dict[FeaturePass, dict[str, torch.Tensor]] = {}
+        todo: dict[FeaturePass, str] = {}
+        if plan.gt_passes:
+            content = None
+            for fp, layers in plan.gt_passes.items():
+                key = None
+                if cache:
+                    if content is None:
+                        content = features_cache.images_sha256(
+                            zip(ids.tolist(), (_check_image(gt_images[int(i)], "ground truth", int(k))
+                                               for i, k in zip(inputs.gt_pos, ids)))
+                        )
+                    part = fp.part(sorted(layers), mode, chunk, dev.split(":")[0])
+                    key = features_cache.cache_key(part, networks[fp].sha256, ids.tolist(), content)
+                    hit = features_cache.load(key, sorted(layers))
+                    if hit is not None:
+                        gt_feats[fp] = {k: torch.from_numpy(v).to(dev) for k, v in hit.items()}
+                        continue
+                todo[fp] = key or ""
+        if todo:
+            fwd = {fp: _Forwarder(networks[fp], tuple(sorted(plan.gt_passes[fp])), chunk, fp.normalize, timer)
+                   for fp in todo}
+            task = bar.add("ground-truth features", n)
+            for s in range(0, n, batch_size):
+                pos, bids = inputs.gt_pos[s : s + batch_size], ids[s : s + batch_size]
+                t0 = _now()
+                imgs = _take(gt_images, pos, bids, "ground truth")
+                timer["read"] = timer.get("read", 0.0) + _now() - t0
+                for chain, fps in _by_chain(todo).items():
+                    t0 = _now()
+                    x = apply_chain(imgs, chain, dev)
+                    timer["resize"] = timer.get("resize", 0.0) + _now() - t0
+                    for fp in fps:
+                        fwd[fp].push(x)
+                bar.advance(task, len(bids))
+            for fp, key in todo.items():
+                gt_feats[fp] = fwd[fp].finish()
+                if cache and key:
+                    features_cache.save(
+                        key, {k: v.cpu().numpy() for k, v in gt_feats[fp].items()},
+                        {"pass": fp.part(sorted(plan.gt_passes[fp]), mode, chunk, dev), "n": n},
+                    )
+
+        measured = None
+        if plan.brain:
+            missing = [int(i) for i in ids if int(i) not in brain.measured]
+            if missing:
+                raise InvalidSubmission(f"brain target has no measured betas for nsd_id {missing[0]}")
+            measured = np.stack([np.asarray(brain.measured[int(i)], dtype=np.float64) for i in ids])
+
+        # ---- each sample set: pixel metrics, reconstruction features, brain predictions
+        rows: list[tuple[str, int, int, str, float]] = []  # protocol, nsd_id, sample, metric, value
+        for sample in inputs.samples:
+            rpos = inputs.rec_pos[sample]
+            pix: dict[tuple[str, str], list[np.ndarray]] = {}
+            fwd = {fp: _Forwarder(networks[fp], tuple(sorted(layers)), chunk, fp.normalize, timer)
+                   for fp, layers in plan.rec_passes.items()}
+            brain_pred: list[np.ndarray] = []
+            brain_buf: list[np.ndarray] = []
+            task = bar.add(f"sample {sample}", n)
+            for s in range(0, n, batch_size):
+                bids = ids[s : s + batch_size]
+                t0 = _now()
+                recs = _take(rec_images, rpos[s : s + batch_size], bids, f"reconstruction (sample {sample})")
+                gts = _take(gt_images, inputs.gt_pos[s : s + batch_size], bids, "ground truth") if plan.pixel else []
+                timer["read"] = timer.get("read", 0.0) + _now() - t0
+                t0 = _now()
+                for (gchain, rchain), metrics in plan.pixel.items():
+                    g = apply_chain(gts, gchain, dev)
+                    r = apply_chain(recs, rchain, dev)
+                    for pname, m in metrics:
+                        pix.setdefault((pname, m.name), []).append(_pixel_metric(m, g, r).cpu().numpy())
+                timer["pixel"] = timer.get("pixel", 0.0) + _now() - t0
+                for chain, fps in _by_chain(plan.rec_passes).items():
+                    t0 = _now()
+                    x = apply_chain(recs, chain, dev)
+                    timer["resize"] = timer.get("resize", 0.0) + _now() - t0
+                    for fp in fps:
+                        fwd[fp].push(x)
+                if plan.brain:
+                    brain_buf.extend(recs)
+                    while len(brain_buf) >= chunk:
+                        brain_pred.append(_predict(brain, brain_buf[:chunk], timer))
+                        brain_buf = brain_buf[chunk:]
+                bar.advance(task, len(bids))
+            rec_feats = {fp: f.finish() for fp, f in fwd.items()}
+            t0 = _now()
+            for (pname, mname), vals in pix.items():
+                rows.extend((pname, int(i), sample, mname, float(v)) for i, v in zip(ids, np.concatenate(vals)))
+            for pname, m, gp, rp in plan.features:
+                gfe, rfe = gt_feats[gp][m.layer], rec_feats[rp][m.layer]
+                if m.statistic == "2way-pearson":
+                    vals = identification.two_way(gfe, rfe)
+                elif m.statistic == "correlation-distance":
+                    vals = distances.correlation_distance(gfe, rfe)
+                else:
+                    vals = distances.cosine(gfe, rfe)
+                rows.extend((pname, int(i), sample, m.name, float(v)) for i, v in zip(ids, vals.cpu().numpy()))
+            if plan.brain:
+                if brain_buf:
+                    brain_pred.append(_predict(brain, brain_buf, timer))
+                pred = np.concatenate(brain_pred)
+                if pred.shape != measured.shape:
+                    raise InvalidSubmission(
+                        f"brain target predicted shape {pred.shape}, measured betas have {measured.shape}"
+                    )
+                bc = _brain_correlation(pred, measured, brain.rois)
+                for pname, m in plan.brain:
+                    if m.name in bc:
+                        rows.extend((pname, int(i), sample, m.name, float(v)) for i, v in zip(ids, bc[m.name]))
+            timer["stats"] = timer.get("stats", 0.0) + _now() - t0
+
+    return {p.name: _result(p, [r[1:] for r in rows if r[0] == p.name], mode, dev, flags, net_info, plan, chunk,
+                            brain, n, len(inputs.samples)) for p in protos}
+
+
+def weights_mode_checked(mode: str) -> str:
+    return weights_mod.check_mode(mode)
+
+
+def _by_chain(passes) -> dict[Chain, list[FeaturePass]]:
+    out: dict[Chain, list[FeaturePass]] = {}
+    for fp in passes:
+        out.setdefault(fp.chain, []).append(fp)
+    return out
+
+
+def _predict(brain, images: list[np.ndarray], timer: dict[str, float]) -> np.ndarray:
+    t0 = _now()
+    shapes = {im.shape for im in images}
+    batch = np.stack(images) if len(shapes) == 1 else images
+    out = np.asarray(brain.predict(batch), dtype=np.float64)
+    timer["brain"] = timer.get("brain", 0.0) + _now() - t0
+    if out.ndim != 2 or out.shape[0] != len(images):
+        raise InvalidSubmission(f"brain target predict returned shape {out.shape} for {len(images)} images")
+    return out
+
+
+def _pixel_metric(m: PixelMetric, g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    gf = to_float(g, torch.float64)
+    rf = to_float(r, torch.float64)
+    if gf.shape != rf.shape:
+        raise UsageError(f"protocol metric {m.name}: its resize chains give different sizes {tuple(gf.shape)} vs {tuple(rf.shape)}")
+    if m.color == "gray":
+        gf, rf = pixel.rgb2gray(gf), pixel.rgb2gray(rf)
+    if m.kind == "pearson":
+        return pixel.pixcorr(gf, rf)
+    dr: float | torch.Tensor = pixel.gt_range(gf) if m.data_range == "gt-range" else 1.0
+    fn = pixel.ssim_2d if m.kind == "ssim-2d" else pixel.ssim_columnwise
+    return fn(rf, gf, dr, m.sample_covariance, m.sigma, m.truncate, m.k1, m.k2)
+
+
+def _result(p: Protocol, rows, mode, dev, flags, net_info, plan: _Plan, chunk, brain, n, n_samples) -> ScoreResult:
+    per_sample = pd.DataFrame(rows, columns=["nsd_id", "sample", "metric", "value"])
+    per_sample["_o"] = per_sample["metric"].map(order_key)
+    per_sample = per_sample.sort_values(["_o", "nsd_id", "sample"]).drop(columns="_o").reset_index(drop=True)
+    per_image = per_sample.groupby(["metric", "nsd_id"], sort=False, as_index=False)["value"].mean()
+    per_image = per_image[["nsd_id", "metric", "value"]]
+    set_scores = {m: float(per_image.loc[per_image["metric"] == m, "value"].mean())
+                  for m in METRIC_ORDER if m in set(per_image["metric"])}
+    used = {f"{m.network}:{(m.weights if mode == 'pretrained' else '-')}:{m.precision}"
+            for m in p.metrics if isinstance(m, FeatureMetric)}
+    import PIL
+    import torchvision
+
+    prov = {
+        "protocol": p.name,
+        "protocol_version": p.version,
+        "protocol_hash": p.hash,
+        "protocol_identity": p.identity,
+        "split": p.split,
+        "weights_mode": mode,
+        "smoke": weights_mod.is_smoke(mode),
+        "networks": {k: v for k, v in net_info.items() if k in used},
+        "precision": {"pixel": "float64", "statistics": "float64", **flags},
+        "forward_batch": chunk,
+        "device": dev,
+        "device_name": torch.cuda.get_device_name(dev) if dev.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "n_images": n,
+        "n_samples": n_samples,
+        "metrics": list(set_scores),
+        "brain": None if brain is None else {
+            "type": type(brain).__name__,
+            "provenance": getattr(brain, "provenance", None),
+        },
+    }
+    return ScoreResult(per_sample, per_image.reset_index(drop=True), set_scores, prov)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _NoBar:
+    def add(self, *_a, **_k):
+        return None
+
+    def advance(self, *_a, **_k):
+        return None
+
+
+class _RichBar:
+    def __init__(self, progress) -> None:
+        self.p = progress
+
+    def add(self, desc: str, total: int):
+        return self.p.add_task(desc, total=total)
+
+    def advance(self, task, k: int) -> None:
+        self.p.advance(task, k)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool):
+    if not enabled:
+        yield _NoBar()
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=False) as prog:
+        yield _RichBar(prog)

@@ -1,0 +1,158 @@
+"""Pixel metrics (PixCorr, SSIM variants) as batched float64 torch functions with scikit-image semantics.
+
+All functions take (B, ...) tensors and return (B,) per-image values, on whatever device the inputs
+live. SSIM follows skimage.metrics.structural_similarity(gaussian_weights=True): a scipy.ndimage
+Gaussian (mode 'reflect' = half-sample symmetric), the radius-wide border cropped, mean in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+RGB2GRAY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
+
+
+def rgb2gray(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, H, W) with scikit-image's luminance weights."""
+    return x[:, 0] * RGB2GRAY[0] + x[:, 1] * RGB2GRAY[1] + x[:, 2] * RGB2GRAY[2]
+
+
+def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation between a[i] and b[i] (each flattened); (B, ...) x 2 -> (B,)."""
+    a = a.reshape(a.shape[0], -1)
+    b = b.reshape(b.shape[0], -1)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    num = (a * b).sum(dim=1)
+    den = torch.sqrt((a * a).sum(dim=1) * (b * b).sum(dim=1))
+    return num / den
+
+
+def pixcorr(gt: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
+    """PixCorr: Pearson over all flattened RGB values of each image pair."""
+    return pearson_rows(gt, rec)
+
+
+def gaussian_kernel1d(sigma: float, truncate: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """scipy.ndimage's Gaussian taps: radius int(truncate * sigma + 0.5), normalized to sum 1."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    phi = torch.exp(-0.5 / (sigma * sigma) * x**2)
+    return (phi / phi.sum()).to(dtype=dtype, device=device)
+
+
+def _symmetric_index(n: int, radius: int, device) -> torch.Tensor:
+    """Indices of scipy mode='reflect' padding (d c b a | a b c d | d c b a)."""
+    idx = torch.arange(-radius, n + radius, device=device)
+    for _ in range(4):  # fold repeatedly so images narrower than the radius are still handled
+        idx = torch.where(idx < 0, -idx - 1, idx)
+        idx = torch.where(idx >= n, 2 * n - idx - 1, idx)
+    return idx
+
+
+def gaussian_filter_axis(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """1-D correlation of x along `dim` with symmetric (scipy 'reflect') borders; same size output."""
+    if x.device.type == "cpu":  # scipy's C loop is the fastest exact path on a CPU
+        from scipy.ndimage import correlate1d
+
+        return torch.from_numpy(correlate1d(x.numpy(), kernel.numpy(), axis=dim, mode="reflect"))
+    return filter_axis_torch(x, kernel, dim)
+
+
+def filter_axis_torch(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """The device path of gaussian_filter_axis: symmetric padding by index, then shifted multiply-adds."""
+    radius = (kernel.numel() - 1) // 2
+    n = x.shape[dim]
+    padded = x.index_select(dim, _symmetric_index(n, radius, x.device))
+    taps = kernel.tolist()
+    out = padded.narrow(dim, 0, n) * taps[0]
+    for k in range(1, len(taps)):
+        out.add_(padded.narrow(dim, k, n), alpha=taps[k])
+    return out
+
+
+def _ssim_map(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dims: tuple[int, ...],
+    data_range: torch.Tensor,
+    sample_covariance: bool,
+    sigma: float,
+    truncate: float,
+    k1: float,
+    k2: float,
+) -> tuple[torch.Tensor, int]:
+    kernel = gaussian_kernel1d(sigma, truncate, x.dtype, x.device)
+    win = kernel.numel()
+    for d in dims:
+        if x.shape[d] < win:
+            raise ValueError(f"SSIM window {win} exceeds image extent {tuple(x.shape[1:])}")
+    stack = torch.stack([x, y, x * x, y * y, x * y])  # filter all five moments in one pass
+    for d in dims:
+        stack = gaussian_filter_axis(stack, kernel, d + 1)
+    ux, uy, uxx, uyy, uxy = stack
+    n_points = win ** len(dims)
+    cov_norm = n_points / (n_points - 1) if sample_covariance else 1.0
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    r = data_range.to(x.dtype).reshape(shape)
+    c1 = (k1 * r) ** 2
+    c2 = (k2 * r) ** 2
+    a1, a2 = 2 * ux * uy + c1, 2 * vxy + c2
+    b1, b2 = ux**2 + uy**2 + c1, vx + vy + c2
+    return (a1 * a2) / (b1 * b2), (win - 1) // 2
+
+
+def _as_range(data_range: float | torch.Tensor, b: int, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(data_range, torch.Tensor):
+        return data_range.to(device=like.device, dtype=like.dtype).reshape(b)
+    return torch.full((b,), float(data_range), dtype=like.dtype, device=like.device)
+
+
+def ssim_2d(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float | torch.Tensor = 1.0,
+    sample_covariance: bool = False,
+    sigma: float = 1.5,
+    truncate: float = 3.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """Gaussian-weighted 2-D SSIM of gray images (B, H, W) -> (B,) (skimage >= 0.20 on 2-D input)."""
+    s, pad = _ssim_map(x, y, (1, 2), _as_range(data_range, x.shape[0], x), sample_covariance, sigma,
+                       truncate, k1, k2)
+    return s[:, pad : s.shape[1] - pad, pad : s.shape[2] - pad].mean(dim=(1, 2))
+
+
+def ssim_columnwise(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float | torch.Tensor = 1.0,
+    sample_covariance: bool = False,
+    sigma: float = 1.5,
+    truncate: float = 3.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """The legacy SSIM: skimage <= 0.19 `multichannel=True` on a 2-D gray image (B, H, W) -> (B,).
+
+    Each of the W columns is a 1-D signal with a 1-D Gaussian window down the column; the value is
+    the mean over columns (identical to channel_axis=-1 in current scikit-image).
+    """
+    s, pad = _ssim_map(x, y, (1,), _as_range(data_range, x.shape[0], x), sample_covariance, sigma,
+                       truncate, k1, k2)
+    return s[:, pad : s.shape[1] - pad, :].mean(dim=1).mean(dim=1)
+
+
+def gt_range(gray: torch.Tensor) -> torch.Tensor:
+    """Second Sight's data_range: max - min of each gray ground truth."""
+    flat = gray.reshape(gray.shape[0], -1)
+    return flat.max(dim=1).values - flat.min(dim=1).values
+
+
+def ssim_window(sigma: float = 1.5, truncate: float = 3.5) -> int:
+    return 2 * int(truncate * sigma + 0.5) + 1
+

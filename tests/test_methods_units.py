@@ -1,0 +1,166 @@
+"""Unit tests of the method machinery: seeds, registry, derangements, resizing, library argmax, fit cache."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+
+from nsdbench.errors import UsageError
+from nsdbench.methods import baselines, registry
+from nsdbench.methods.protocol import FitCache, Method, zscore_with_train
+from nsdbench.methods.seeds import image_seed, torch_generator
+
+
+def test_image_seed_is_the_documented_sha256():
+    key = "nsdbench-seed-v1|7|ridge-pixels|2|1234|3"
+    expected = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
+    assert image_seed(7, "ridge-pixels", 2, 1234, 3) == expected
+    assert 0 <= expected < 2**63
+
+
+def test_image_seed_differs_per_key_and_is_stable_across_processes():
+    keys = [(0, "m", 1, 10, 0), (1, "m", 1, 10, 0), (0, "n", 1, 10, 0), (0, "m", 2, 10, 0), (0, "m", 1, 11, 0),
+            (0, "m", 1, 10, 1)]
+    seeds = [image_seed(*k) for k in keys]
+    assert len(set(seeds)) == len(seeds)
+    # Python's hash() is salted per process; ours must not be
+    code = "from nsdbench.methods.seeds import image_seed; print(image_seed(0, 'm', 1, 10, 0))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": "123", "PATH": ""})
+    assert int(other.stdout) == seeds[0]
+
+
+def test_torch_generator_reproducible():
+    import torch
+
+    a = torch.randn(5, generator=torch_generator(image_seed(0, "m", 1, 2, 0)))
+    b = torch.randn(5, generator=torch_generator(image_seed(0, "m", 1, 2, 0)))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 101])
+def test_random_derangement_has_no_fixed_point_and_is_a_permutation(n):
+    for seed in range(20):
+        perm = baselines.random_derangement(n, np.random.default_rng(seed))
+        assert sorted(perm.tolist()) == list(range(n))
+        assert not np.any(perm == np.arange(n))
+
+
+def test_random_derangement_needs_two():
+    with pytest.raises(ValueError):
+        baselines.random_derangement(1, np.random.default_rng(0))
+
+
+def test_rowwise_correlation_argmax_matches_literal_pearson_loop():
+    rng = np.random.default_rng(0)
+    pred = rng.normal(size=(57, 30)).astype(np.float32)
+    measured = rng.normal(size=(6, 30))
+    measured[2] = pred[41] * 3 + 1  # perfect correlation with row 41
+    got = baselines.rowwise_correlation_argmax(pred, measured, block=8)  # several blocks
+    expected = [int(np.argmax([pearsonr(p, m)[0] for p in pred])) for m in measured]
+    assert got.tolist() == expected
+    assert got[2] == 41
+
+
+def test_rowwise_correlation_argmax_ties_and_constant_rows():
+    pred = np.array([[1.0, 1, 1, 1], [0, 1, 2, 3], [0, 1, 2, 3]])
+    measured = np.array([[0.0, 2, 4, 6]])
+    assert baselines.rowwise_correlation_argmax(pred, measured).tolist() == [1]  # constant row never wins
+
+
+def test_downsample_is_area_average_and_upsample_keeps_range():
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:2, :2] = 255
+    small = baselines.downsample(img[None], 2)[0]
+    np.testing.assert_allclose(small[..., 0], [[1.0, 0.0], [0.0, 0.0]], atol=1e-6)
+    up = baselines.upsample(baselines.to_uint8(small), 8)
+    assert up.shape == (8, 8, 3) and up.dtype == np.uint8
+
+
+def test_to_uint8_clips_and_rounds():
+    assert baselines.to_uint8(np.array([-0.5, 0.0, 0.5, 1.0, 2.0])).tolist() == [0, 0, 128, 255, 255]
+
+
+def test_zscore_with_train_uses_train_statistics():
+    rng = np.random.default_rng(1)
+    train, test = rng.normal(3, 2, size=(50, 4)), rng.normal(size=(5, 4))
+    train[:, 1] = 7.0  # constant column
+    zt, zs = zscore_with_train(train, test)
+    np.testing.assert_allclose(zt[:, 0].mean(), 0, atol=1e-6)
+    np.testing.assert_allclose(zt[:, 0].std(), 1, atol=1e-5)
+    np.testing.assert_allclose(zs[:, 2], (test[:, 2] - train[:, 2].mean()) / train[:, 2].std(), rtol=1e-5)
+    assert np.all(zt[:, 1] == 0)
+
+
+def test_fit_cache_roundtrip_and_content_key(tmp_path):
+    cache = FitCache(tmp_path)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    k1 = cache.key({"a": 1}, x)
+    assert k1 == cache.key({"a": 1}, x.copy())
+    assert k1 != cache.key({"a": 1}, x.astype(np.float64))
+    assert k1 != cache.key({"a": 2}, x)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"w": x * 2}
+
+    a = cache.get_or_compute(k1, compute)
+    b = cache.get_or_compute(k1, compute)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(a["w"], b["w"])
+    cache.path(k1).write_bytes(b"garbage")  # a damaged entry is recomputed
+    cache.get_or_compute(k1, compute)
+    assert len(calls) == 2
+
+
+def test_registry_lists_baselines_and_they_implement_the_protocol():
+    names = [m.name for m in registry.list_methods()]
+    for name in ("ground-truth", "shuffled", "ridge-pixels", "best-library-image"):
+        assert name in names
+        assert isinstance(registry.get_method(name), Method)
+
+
+def test_unknown_method_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown method 'nope'.*ground-truth"):
+        registry.get_method("nope")
+
+
+def test_resolve_settings_variants_and_overrides():
+    m = registry.get_method("ridge-pixels")
+    assert registry.resolve_settings(m, "16px")["size"] == 16
+    assert registry.resolve_settings(m, None, {"size": 8})["size"] == 8
+    with pytest.raises(UsageError, match="no variant"):
+        registry.resolve_settings(m, "nope")
+    with pytest.raises(UsageError, match="no setting"):
+        registry.resolve_settings(m, None, {"nope": 1})
+
+
+def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
+    pkg = tmp_path / "nsdb_plugin_demo.py"
+    pkg.write_text(
+        "from nsdbench.methods.baselines import GroundTruth\n"
+        "from dataclasses import dataclass\n"
+        "@dataclass(frozen=True)\n"
+        "class Demo(GroundTruth):\n"
+        "    name: str = 'plugin-demo'\n"
+    )
+    dist = tmp_path / "nsdb_plugin_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nsdb-plugin-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[nsdbench.methods]\nplugin-demo = nsdb_plugin_demo:Demo\n"
+                                           "broken = nsdb_plugin_demo:DoesNotExist\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    monkeypatch.setattr(registry, "_BROKEN", {})
+    assert registry.get_method("plugin-demo").name == "plugin-demo"
+    assert "entry point" in registry.method_source("plugin-demo")
+    with pytest.raises(UsageError, match="broken.*failed to load"):
+        registry.get_method("broken")

@@ -1,0 +1,240 @@
+"""The report page from hand-built ReportData: image choice, extremes, tables, tiles, missing inputs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from nsdbench.errors import UsageError
+from nsdbench.leaderboards.aggregate import aggregate_scores
+from nsdbench.report import ReportData, ReportOptions, RunInfo, choose_ids, extremes, render_report
+from nsdbench.report_sources import published_rows
+
+METRICS = ["pixcorr", "ssim", "clip_2way", "effnet_b"]
+
+
+class PageParser(HTMLParser):
+    """Collects <img> attributes, score cells, 'missing' tiles and the JSON summary of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[dict[str, str]] = []
+        self.cells: list[dict[str, str]] = []
+        self.missing = 0
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "img":
+            self.imgs.append(a)
+        if tag == "td" and "data-metric" in a:
+            self.cells.append(a)
+        if tag == "div" and a.get("class") == "ph":
+            self.missing += 1
+        for key in ("src", "href"):
+            if a.get(key, "").startswith(("http:", "https:", "//")):
+                self.external.append(a[key])
+        if tag in ("link", "iframe") or (tag == "script" and "src" in a):
+            self.external.append(tag)
+
+
+def parse(page: str) -> PageParser:
+    p = PageParser()
+    p.feed(page)
+    return p
+
+
+def build(nsd, n_ids: int = 12, subjects=(1, 2), drop: set | None = None, runs=("good", "shuffled"), seed=0):
+    """Two runs over the synthetic NSD: 'good' = noisy ground truth, 'shuffled' = another test image."""
+    from nsdbench.nsd.splits import get_split
+
+    rng = np.random.default_rng(seed)
+    ids = list(get_split(nsd, "nsd982", subjects[0]).test_ids[:n_ids])
+    gt = dict(zip(ids, nsd.images(ids), strict=True))
+    drop = drop or set()
+    recs, rows = {}, []
+    for r in runs:
+        for s in subjects:
+            for k, i in enumerate(ids):
+                if r == "good":
+                    noise = rng.integers(-40, 40, size=gt[i].shape)
+                    img = np.clip(gt[i].astype(int) + noise, 0, 255).astype(np.uint8)
+                else:
+                    img = gt[ids[(k + 1) % len(ids)]]
+                if (r, s, i) not in drop:
+                    recs[(r, s, i)] = img
+                for m in METRICS:
+                    rows.append((r, s, i, m, float(rng.random())))
+    scores = pd.DataFrame(rows, columns=["run", "subject", "nsd_id", "metric", "value"])
+    aggs = []
+    for r in runs:
+        a = aggregate_scores(scores[scores["run"] == r].drop(columns="run"), n_resamples=200)
+        aggs.append(a.assign(run=r))
+    infos = [RunInfo(r, f"{r} method", "run", "brain-diffuser-2023", tuple(subjects), "nsd982", True, "/tmp/x",
+                     {"seed": 0, "device": "cpu", "weights_sha256": {"alexnet": "ab" * 32}}) for r in runs]
+    return ReportData(
+        runs=infos,
+        aggregates=pd.concat(aggs, ignore_index=True),
+        image_scores=scores,
+        recon=lambda r, s, i: recs.get((r, s, i)),
+        gt=lambda q: {i: gt[i] for i in q if i in gt},
+    ), ids
+
+
+def test_choose_ids_is_seeded_shared_and_pinnable(nsd):
+    data, ids = build(nsd, n_ids=30)
+    a = choose_ids(data, n=8, seed=3)
+    assert a == choose_ids(data, n=8, seed=3)  # deterministic
+    assert a[1] == a[2] and len(a[1]) == 8 and a[1] == sorted(a[1])  # same images for every subject
+    assert set(a[1]) <= set(ids)
+    assert choose_ids(data, n=8, seed=4) != a  # the seed matters (30 choose 8: a collision is ~1e-7)
+    assert choose_ids(data, n=100, seed=3)[1] == sorted(ids)  # fewer candidates than n: all of them
+    assert choose_ids(data, n=8, seed=3, ids=[ids[5], ids[2], ids[5]]) == {1: [ids[5], ids[2]], 2: [ids[5], ids[2]]}
+    with pytest.raises(UsageError):
+        choose_ids(data, n=0, seed=0)
+
+
+def test_extremes_follow_metric_direction_with_stable_ties(nsd):
+    data, _ = build(nsd)
+    s = data.image_scores
+    for metric, higher in (("ssim", True), ("effnet_b", False)):
+        best, worst = extremes(data, "good", metric, 3)
+        rows = s[(s["run"] == "good") & (s["metric"] == metric)]
+        ranked = sorted(rows["value"], reverse=higher)
+        assert list(best["value"]) == ranked[:3]
+        assert list(worst["value"]) == ranked[::-1][:3]
+    tied = data.image_scores.assign(value=0.5)
+    data.image_scores = tied
+    best, _ = extremes(data, "good", "ssim", 4)
+    assert list(zip(best["subject"], best["nsd_id"], strict=True)) == sorted(zip(best["subject"], best["nsd_id"],
+                                                                                  strict=True))
+
+
+def test_page_content_matches_inputs(nsd):
+    data, ids = build(nsd)
+    opt = ReportOptions(n=6, seed=1, k_extremes=2, thumb=96)
+    page, grid_ids, notes = render_report(data, opt)
+    p = parse(page)
+    assert not p.external, p.external  # self-contained
+    assert notes == []
+    n_sub, n_runs, n_metrics = 2, 2, len(METRICS)
+    gt = [i for i in p.imgs if i.get("class") == "thumb gt"]
+    rec = [i for i in p.imgs if i.get("class") == "thumb rec"]
+    plots = [i for i in p.imgs if i.get("class") == "plot"]
+    extremes_pairs = n_runs * n_metrics * 2 * opt.k_extremes
+    assert len(gt) == n_sub * 6 + extremes_pairs
+    assert len(rec) == n_sub * 6 * n_runs + extremes_pairs
+    assert len(plots) == 1
+    assert len(p.imgs) == len(gt) + len(rec) + len(plots)
+    # every table cell is one stored aggregate, at full precision
+    agg = data.aggregates.set_index(["run", "subject", "metric"])["mean"]
+    assert len(p.cells) == n_runs * n_metrics * (1 + n_sub)  # mean table + per-subject table
+    for c in p.cells:
+        assert float(c["data-value"]) == agg[(c["data-run"], c["data-subject"], c["data-metric"])]
+    # thumbnails are small JPEGs no larger than --thumb (64-px synthetic images are not upscaled)
+    head, b64 = gt[0]["src"].split(",", 1)
+    assert head == "data:image/jpeg;base64"
+    assert max(Image.open(io.BytesIO(base64.b64decode(b64))).size) <= 96
+    # captions carry NSD ids; the JSON summary records the choice
+    for i in grid_ids[1]:
+        assert f"nsd {i}</figcaption>" in page
+    assert re.search(r'"grid_ids": \{"1": \[', page)
+
+
+def test_missing_reconstructions_become_labelled_tiles(nsd):
+    _, ids = build(nsd)
+    drop = {("good", 1, ids[0]), ("good", 1, ids[1]), ("shuffled", 2, ids[0])}
+    data, _ = build(nsd, drop=drop)
+    page, _, notes = render_report(data, ReportOptions(ids=tuple(ids[:4]), k_extremes=0))
+    p = parse(page)
+    assert p.missing == 3
+    assert page.count('<figure class="tile missing"') == 3
+    assert "subject 1: 2 reconstructions of run good missing (shown as 'missing' tiles)" in notes
+    assert "subject 2: 1 reconstructions of run shuffled missing (shown as 'missing' tiles)" in notes
+    assert "Incomplete inputs" in page
+    assert len([i for i in p.imgs if i.get("class") == "thumb rec"]) == 2 * 4 * 2 - 3
+
+
+def test_report_is_deterministic_apart_from_its_date(nsd, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    data, _ = build(nsd)
+    a, _, _ = render_report(data, ReportOptions(n=5, seed=2))
+    b, _, _ = render_report(data, ReportOptions(n=5, seed=2))
+    assert a == b
+
+
+def test_published_rows_match_split_subjects_and_protocol():
+    def run(protocol, split, subjects):
+        return RunInfo("r", "r", "run", protocol, subjects, split)
+
+    bd = published_rows([run("brain-diffuser-2023", "nsd982", (1, 2, 5, 7))])
+    assert list(bd["method"]) == ["Takagi et al.", "Gu et al.", "Brain-Diffuser"]
+    assert set(bd["source"]) == {"brain-diffuser-2023"}
+    ss = published_rows([run("second-sight-2023", "nsd897", (1,))])
+    assert "Second Sight" in set(ss["method"]) and set(ss["subjects"]) == {"1"}
+    assert not ss["note"].str.contains("ablation|search iteration").any()
+    # a protocol of nsdbench's own: every paper's rows on that split and subject set
+    v1 = published_rows([run("nsdbench-v1", "nsd897", (1, 2, 5, 7))])
+    assert set(v1["source"]) == {"second-sight-2023"} and len(v1) == 5
+    assert published_rows([run("nsdbench-v1", "nsd982", (1, 2))]) is None
+
+
+def test_empty_inputs_are_usage_errors():
+    with pytest.raises(UsageError, match="at least one run"):
+        ReportData([], None, None, lambda *a: None, lambda q: {})
+    with pytest.raises(UsageError, match="lacks columns"):
+        ReportData([RunInfo("a", "a", "run", "p", (1,))], pd.DataFrame({"run": ["a"]}), None,
+                   lambda *a: None, lambda q: {})
+
+
+def test_thumbnail_budget_math():
+    from nsdbench.report_html import thumbnail_pixels
+
+    assert thumbnail_pixels(0, 112, 25_000_000) == 112
+    assert thumbnail_pixels(600, 112, 25_000_000) == 112  # the default page: 4 subjects x 48 images x 3 rows
+    # 4 subjects x 982 images, ground truth + 1 run, plus 17 metrics x 4 best/worst pairs
+    px = thumbnail_pixels(4 * 982 * 2 + 17 * 16, 112, 25_000_000)
+    assert 64 <= px < 112
+    assert thumbnail_pixels(10**7, 112, 25_000_000) == 48  # never below 48 px
+
+
+def test_page_of_natural_images_stays_within_its_byte_budget():
+    """4 subjects x 150 images of natural 425-px images with a 3 MB budget: thumbnails shrink to fit."""
+    from skimage import data as skdata
+
+    bases = [np.asarray(Image.fromarray(f()).convert("RGB").resize((425, 425)))
+             for f in (skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket)]
+    rng = np.random.default_rng(0)
+
+    def image(i: int) -> np.ndarray:
+        b = bases[i % len(bases)]
+        return np.roll(b, shift=(int(rng.integers(0, 425)), int(rng.integers(0, 425))), axis=(0, 1))
+
+    ids = list(range(150))
+    gt = {i: image(i) for i in ids}
+    subjects = (1, 2, 5, 7)
+    scores = pd.DataFrame([("r", s, i, "ssim", float(rng.random())) for s in subjects for i in ids],
+                          columns=["run", "subject", "nsd_id", "metric", "value"])
+    data = ReportData(
+        runs=[RunInfo("r", "r", "score", "nsdbench-v1", subjects, "nsd982")],
+        aggregates=aggregate_scores(scores.drop(columns="run"), n_resamples=50).assign(run="r"),
+        image_scores=scores,
+        recon=lambda r, s, i: gt[(i + 1) % 150],
+        gt=lambda q: {i: gt[i] for i in q},
+    )
+    budget = 3_000_000
+    page, _, notes = render_report(data, ReportOptions(n=150, k_extremes=4, max_bytes=budget))
+    n_thumbs = 4 * 150 * 2 + 2 * 4 * 2
+    assert any(f"{n_thumbs} thumbnails: encoded at" in n for n in notes)
+    thumbs = [i for i in parse(page).imgs if i.get("class", "").startswith("thumb")]
+    assert len(thumbs) == n_thumbs
+    thumb_bytes = sum(len(i["src"]) for i in thumbs)
+    assert 0.6 * budget < thumb_bytes < 1.1 * budget, thumb_bytes
+    assert len(page.encode()) < 1.1 * budget + 500_000  # the rest of the page is small

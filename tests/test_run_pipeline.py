@@ -1,0 +1,340 @@
+"""End-to-end runs on the synthetic NSD with tiny weights: resume, sharding, Ray, corruption, bad arguments,
+seed independence, and the baselines against chance.
+
+Scoring uses a reduced protocol (PixCorr and SSIM at the native 64 px plus brain correlation) so the suite
+stays fast; it goes through exactly the code `nsdbench score` uses. Ray workers get the same protocol
+through a worker setup hook (a module written next to the test data).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nsdbench.cli import main
+from nsdbench.commands.run import build_spec
+from nsdbench.executors import Worker, run_inprocess
+from nsdbench.methods import baselines
+from nsdbench.runner import (
+    RunSession,
+    encode_png,
+    ingest_run,
+    png_path,
+    prepare_run_dir,
+    read_png,
+    score_path,
+    shard_record_path,
+)
+
+FAST = "h5-test-fast"
+HOOK_MODULE = "nsdbench_h5_test_hooks"
+HOOK_SOURCE = textwrap.dedent(
+    f'''
+    """Registers the reduced test protocol (imported by the tests and by Ray workers)."""
+    from nsdbench.metrics import protocols as P
+
+    FAST = P.Protocol(
+        name="{FAST}",
+        version="1",
+        description="tests only: pixel metrics at native size and brain correlation",
+        split="nsd982",
+        published_order="nsd-ascending",
+        metrics=(P.PixelMetric("pixcorr", (), (), "rgb", "pearson"),
+                 P.PixelMetric("ssim", (), (), "gray", "ssim-2d")) + P._brain(P._BRAIN_ALL),
+    )
+
+
+    def setup():
+        P.PROTOCOLS.setdefault(FAST.name, FAST)
+    '''
+)
+SUBJECT = 1
+SHARD_SIZE = 30  # 91 synthetic test images -> 4 shards
+
+
+@pytest.fixture(scope="module")
+def hook_dir(tmp_path_factory) -> Path:
+    from nsdbench.metrics import protocols
+
+    path = tmp_path_factory.mktemp("hooks")
+    (path / f"{HOOK_MODULE}.py").write_text(HOOK_SOURCE)
+    sys.path.insert(0, str(path))
+    __import__(HOOK_MODULE).setup()
+    yield path
+    sys.path.remove(str(path))
+    protocols.PROTOCOLS.pop(FAST, None)
+
+
+def _spec(method: str, data: Path, shard_size: int = SHARD_SIZE, **kw):
+    spec, _ = build_spec(method, str(kw.pop("subjects", SUBJECT)), None, kw.pop("samples", None),
+                         kw.pop("seed", None), FAST, str(data), "tiny", "cpu", kw.pop("variant", None), shard_size)
+    assert not kw
+    return spec
+
+
+def _run(method: str, data: Path, out: Path, worker: Worker = Worker(), **kw):
+    spec = _spec(method, data, **kw)
+    prepare_run_dir(out, spec)
+    return spec, run_inprocess(out, spec, worker)
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    """Every PNG and shard record of a run folder (relative path -> bytes)."""
+    paths = list(run_dir.glob("subj*/*.png")) + list(run_dir.glob("shards/*.json"))
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(paths)}
+
+
+def _scores(run_dir: Path, subject: int = SUBJECT) -> pd.DataFrame:
+    df = pd.read_parquet(score_path(run_dir, subject))
+    return df.sort_values(["level", "metric", "nsd_id", "sample"], na_position="first").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def ridge_run(hook_dir, synth_root, tmp_path_factory) -> tuple[Path, object]:
+    """ridge-pixels for one subject, one worker: the reference for sharding, Ray and corruption tests."""
+    out = tmp_path_factory.mktemp("ridge") / "run"
+    spec, result = _run("ridge-pixels", synth_root, out)
+    assert result.all_complete and result.images_written == 91
+    return out, spec
+
+
+@pytest.fixture(scope="module")
+def shuffled_run(hook_dir, synth_root, tmp_path_factory) -> Path:
+    """shuffled through the CLI, recorded in a leaderboard database."""
+    base = tmp_path_factory.mktemp("shuffled")
+    rc = main(["run", "--method", "shuffled", "--subjects", str(SUBJECT), "--data", str(synth_root),
+               "--weights", "tiny", "--protocol", FAST, "--shard-size", str(SHARD_SIZE), "--device", "cpu",
+               "--out", str(base / "run"), "--db", str(base / "lb.duckdb")])
+    assert rc == 0
+    return base / "run"
+
+
+def test_cli_run_records_a_smoke_run(shuffled_run):
+    from nsdbench.leaderboards.store import Store
+    from nsdbench.runner import read_spec
+
+    spec, _ = read_spec(shuffled_run)
+    store = Store(shuffled_run.parent / "lb.duckdb")
+    row = store.run(spec.run_id)
+    assert row["kind"] == "run" and row["method"] == "shuffled" and bool(row["smoke"]) is True
+    assert row["subjects"] == [SUBJECT] and row["protocol"] == FAST
+    assert len(store.image_scores(spec.run_id)) == 91 * len(_scores(shuffled_run).query("level == 'set'"))
+    assert (shuffled_run / "run.log").read_text().count("scored subj01") == 1
+
+
+def test_resume_after_kill_gives_identical_files_and_scores(shuffled_run, synth_root, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    original = baselines.Shuffled.reconstruct
+    produced = []
+
+    def dying(self, items, fitted, ctx):
+        for item in original(self, items, fitted, ctx):
+            if len(produced) == 45:  # in the middle of the second shard
+                raise RuntimeError("simulated kill")
+            produced.append(item[:2])
+            yield item
+
+    monkeypatch.setattr(baselines.Shuffled, "reconstruct", dying)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        _run("shuffled", synth_root, out)
+    assert len(list(out.glob("subj01/*.png"))) == 45
+    assert len(list(out.glob("shards/*.json"))) == 1 and not score_path(out, SUBJECT).exists()
+    monkeypatch.setattr(baselines.Shuffled, "reconstruct", original)
+
+    _, result = _run("shuffled", synth_root, out)
+    assert result.images_written == 91 - 45  # finished images were not redone
+    assert result.all_complete
+    assert _files(out) == _files(shuffled_run)
+    pd.testing.assert_frame_equal(_scores(out), _scores(shuffled_run))
+    _, again = _run("shuffled", synth_root, out)  # a complete run does nothing
+    assert again.images_written == 0
+
+
+def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, tmp_path):
+    ref, spec = ridge_run
+    three = tmp_path / "three"
+    for k in range(3):
+        _, result = _run("ridge-pixels", synth_root, three, Worker(k, 3, "--shard"))
+        assert result.all_complete == (k == 2)  # the worker completing the subject scores it
+    assert _files(three) == _files(ref)
+    pd.testing.assert_frame_equal(_scores(three), _scores(ref))
+
+    ray = pytest.importorskip("ray", reason='Ray is optional: pip install "nsdbench[ray]"')
+    from nsdbench.executors import run_ray
+
+    out = tmp_path / "ray"
+    prepare_run_dir(out, spec)
+    import os
+
+    env = {"PYTHONPATH": os.pathsep.join([str(hook_dir), os.environ.get("PYTHONPATH", "")])}
+    # a worker setup hook is job-level in Ray: the test's ray.init carries it, run_ray reuses that instance
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": env, "worker_process_setup_hook": f"{HOOK_MODULE}.setup"})
+    try:
+        result = run_ray(out, spec)
+    finally:
+        ray.shutdown()
+    assert result.all_complete and result.images_written == 91
+    assert _files(out) == _files(ref)
+    pd.testing.assert_frame_equal(_scores(out), _scores(ref))
+
+
+def test_ingest_of_sharded_run_is_single_and_idempotent(ridge_run, tmp_path):
+    from nsdbench.leaderboards.store import Store
+
+    run_dir, spec = ridge_run
+    db = tmp_path / "lb.duckdb"
+    first = ingest_run(run_dir, db)
+    second = ingest_run(run_dir, db)
+    assert first.inserted and not second.inserted
+    assert Store(db).counts()["runs"] == 1
+
+
+def test_corrupted_png_is_detected_and_regenerated(ridge_run, tmp_path):
+    ref, spec = ridge_run
+    out = tmp_path / "run"
+    shutil.copytree(ref, out)
+    ids = RunSession(out, spec).shards()[0].nsd_ids
+    truncated, altered, deleted = (png_path(out, SUBJECT, n, 0) for n in ids[:3])
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    altered.write_bytes(encode_png(np.zeros((64, 64, 3), np.uint8)))  # a valid PNG, but not ours
+    deleted.unlink()
+    assert read_png(altered, 64) is not None
+    scores_before = score_path(out, SUBJECT).stat().st_mtime_ns
+    result = run_inprocess(out, spec)
+    assert result.images_written == 3
+    assert _files(out) == _files(ref)
+    # identical images -> the recorded scores still describe them and are kept
+    assert score_path(out, SUBJECT).stat().st_mtime_ns == scores_before
+
+
+def test_corrupted_png_without_shard_record_is_regenerated(ridge_run, tmp_path):
+    ref, spec = ridge_run
+    out = tmp_path / "run"
+    shutil.copytree(ref, out)
+    shard = RunSession(out, spec).shards()[1]
+    shard_record_path(out, shard).unlink()  # as if killed before the shard finished
+    bad = png_path(out, SUBJECT, shard.nsd_ids[0], 0)
+    bad.write_bytes(bad.read_bytes()[:-20])
+    session = RunSession(out, spec)
+    assert session.run_shard(shard) == 1
+    assert _files(out) == _files(ref)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--method", "shuffled", "--subjects", "1,3"], "subject 3 has no data"),
+        (["--method", "shuffled", "--subjects", "x"], "expected comma-separated subject numbers"),
+        (["--method", "shuffled", "--split", "nsd123"], "unknown split 'nsd123'"),
+        (["--method", "shuffled", "--protocol", "second-sight-2023", "--split", "nsd982"], "conflicts with protocol"),
+        (["--method", "shuffled", "--shard", "3/3"], "--shard 3/3"),
+        (["--method", "shuffled", "--executor", "dask"], "--executor 'dask'"),
+        (["--method", "shuffled", "--weights", "huge"], "unknown weights mode"),
+        (["--method", "ridge-pixels", "--variant", "8px"], "no variant '8px'"),
+        (["--method", "shuffled", "--samples", "0"], "--samples must be >= 1"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message, synth_root, tmp_path, capsys):
+    argv = ["run", *args, "--data", str(synth_root), "--out", str(tmp_path / "r")]
+    if "--weights" not in args:
+        argv += ["--weights", "tiny"]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_split_not_available_for_the_dataset_exits_2(synth_root, tmp_path, capsys):
+    # a copy of the synthetic NSD where subject 2 only completed its first session
+    root = tmp_path / "nsd"
+    for src in synth_root.rglob("*"):
+        dst = root / src.relative_to(synth_root)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src)
+    from nsdbench.nsd import layout as L
+
+    resp = root / L.responses(2)
+    table = pd.read_csv(resp.resolve(), sep="\t")
+    resp.unlink()
+    table[table["SESSION"] == 1].to_csv(resp, sep="\t", index=False)
+    rc = main(["run", "--method", "shuffled", "--subjects", "1,2", "--data", str(root), "--weights", "tiny",
+               "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "subject 2" in err and len(err.splitlines()) == 1, err
+
+
+def test_resume_into_folder_of_another_run_exits_2(ridge_run, synth_root, capsys):
+    run_dir, _ = ridge_run
+    rc = main(["run", "--method", "ridge-pixels", "--subjects", "1", "--seed", "5", "--data", str(synth_root),
+               "--weights", "tiny", "--protocol", FAST, "--shard-size", str(SHARD_SIZE), "--device", "cpu",
+               "--out", str(run_dir)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "holds a different run (seed: 0 there, 5 now)" in err
+
+
+class NoiseMethod(baselines.GroundTruth):
+    """A stochastic adapter for the seed tests: the image is noise drawn from the per-image seed."""
+
+    name = "h5-test-noise"
+
+    def reconstruct(self, test_items, fitted, ctx):
+        size = ctx.data.image_size
+        for it in test_items:
+            assert it.seed == ctx.seed(it.nsd_id, it.sample)
+            yield it.nsd_id, it.sample, ctx.rng(it.nsd_id, it.sample).integers(0, 256, (size, size, 3), np.uint8)
+
+
+def test_per_image_seeds_do_not_depend_on_batch_order_or_shards(hook_dir, synth_root, tmp_path, monkeypatch):
+    from nsdbench.methods import registry
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    registry.list_methods()
+    registry.register_method(NoiseMethod(), source="test")
+
+    outs = {}
+    for shard_size in (7, 100):
+        spec = _spec("h5-test-noise", synth_root, shard_size=shard_size, samples=2)
+        out = tmp_path / f"s{shard_size}"
+        prepare_run_dir(out, spec)
+        session = RunSession(out, spec)
+        for shard in reversed(session.shards()):  # order must not matter either
+            session.run_shard(shard)
+        outs[shard_size] = {p.name: p.read_bytes() for p in out.glob("subj01/*.png")}
+    assert outs[7] == outs[100] and len(outs[7]) == 2 * 91
+
+    ctx = session.context(SUBJECT)
+    items = ctx.items(session.split(SUBJECT).test_ids[:10])
+    method = NoiseMethod()
+    batch = {(n, s): img for n, s, img in method.reconstruct(items, None, ctx)}
+    one_by_one = {(n, s): img for it in reversed(items) for n, s, img in method.reconstruct([it], None, ctx)}
+    assert batch.keys() == one_by_one.keys()
+    assert all(np.array_equal(batch[k], one_by_one[k]) for k in batch)
+    assert not np.array_equal(batch[items[0].nsd_id, 0], batch[items[0].nsd_id, 1])  # samples differ
+
+
+def test_baselines_beat_shuffled_with_disjoint_bootstrap_cis(ridge_run, shuffled_run, synth_root, tmp_path):
+    from nsdbench.metrics.bootstrap import bootstrap_ci
+
+    library_dir = tmp_path / "library"
+    _, result = _run("best-library-image", synth_root, library_dir)
+    assert result.all_complete
+    chance = _scores(shuffled_run).query("level == 'image'")
+    for name, run_dir in (("ridge-pixels", ridge_run[0]), ("best-library-image", library_dir)):
+        scores = _scores(run_dir).query("level == 'image'")
+        for metric in ("pixcorr", "ssim", "bc_nsdgeneral"):
+            _, lo, _ = bootstrap_ci(scores.query("metric == @metric")["value"].to_numpy())
+            _, _, hi = bootstrap_ci(chance.query("metric == @metric")["value"].to_numpy())
+            assert lo > hi, f"{name} {metric}: CI low {lo:.3f} <= shuffled CI high {hi:.3f}"

@@ -1,0 +1,127 @@
+"""Unit tests of the run machinery that need no data: shards, worker resolution, spec files, atomic PNGs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nsdbench.errors import DataError, UsageError
+from nsdbench.executors import Worker, parse_shard, resolve_worker
+from nsdbench.runner import (
+    RunSpec,
+    assign,
+    atomic_write_bytes,
+    encode_png,
+    make_shards,
+    prepare_run_dir,
+    read_png,
+    read_spec,
+)
+
+
+def _spec(**kw) -> RunSpec:
+    base = dict(method="ground-truth", subjects=(1, 2), split="nsd982", protocol="nsdbench-v1", data="synthetic",
+                weights="tiny", settings={"size": 16, "alphas": [1.0, 2.0]})
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def test_make_shards_is_subject_major_and_independent_of_input_order():
+    shards = make_shards({2: [9, 3, 5], 1: [4, 1, 2, 8, 7]}, shard_size=2)
+    assert [(s.subject, s.index, s.nsd_ids) for s in shards] == [
+        (1, 0, (1, 2)), (1, 1, (4, 7)), (1, 2, (8,)), (2, 0, (3, 5)), (2, 1, (9,))]
+    assert shards[0].name == "subj01-0000"
+    assert shards[0].items(2) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 20])
+def test_assign_partitions_every_shard_exactly_once(n):
+    shards = make_shards({1: range(50), 5: range(100, 133)}, shard_size=4)
+    taken = [s for k in range(n) for s in assign(shards, k, n)]
+    assert sorted(taken, key=lambda s: (s.subject, s.index)) == shards
+
+
+def test_assign_rejects_bad_k():
+    with pytest.raises(UsageError):
+        assign([], 3, 3)
+
+
+def test_parse_shard():
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "-1/2", "a/b", "3", "1/0"):
+        with pytest.raises(UsageError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_resolve_worker_precedence_and_slurm_offset():
+    env = {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1",
+           "RANK": "0", "WORLD_SIZE": "2"}
+    assert resolve_worker("1/3", env) == Worker(1, 3, "--shard")
+    assert resolve_worker(None, env) == Worker(3, 4, "slurm")
+    assert resolve_worker(None, {"RANK": "1", "WORLD_SIZE": "2"}) == Worker(1, 2, "rank")
+    assert resolve_worker(None, {}) == Worker(0, 1, "single")
+    with pytest.raises(UsageError, match="Slurm array task"):
+        resolve_worker(None, {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "4"})
+    with pytest.raises(UsageError, match="RANK"):
+        resolve_worker(None, {"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def test_spec_roundtrip_and_mismatch(tmp_path):
+    spec = _spec()
+    prepare_run_dir(tmp_path / "run", spec)
+    back, doc = read_spec(tmp_path / "run")
+    assert back == spec and back.hash == spec.hash and doc["run_id"] == spec.run_id
+    prepare_run_dir(tmp_path / "run", spec)  # same spec: fine
+    with pytest.raises(UsageError, match=r"different run \(seed: 0 there, 3 now\)"):
+        prepare_run_dir(tmp_path / "run", _spec(seed=3))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(UsageError, match="not a run folder"):
+        prepare_run_dir(tmp_path / "other", spec)
+
+
+def test_spec_edited_by_hand_is_detected(tmp_path):
+    prepare_run_dir(tmp_path, _spec())
+    path = tmp_path / "spec.toml"
+    path.write_text(path.read_text().replace('method = "ground-truth"', 'method = "shuffled"'))
+    with pytest.raises(DataError, match="spec_hash"):
+        read_spec(tmp_path)
+
+
+def test_run_id_is_deterministic_and_spec_sensitive():
+    assert _spec().run_id == _spec().run_id
+    assert _spec().run_id.startswith("ground-truth-")
+    assert _spec(samples=2).run_id != _spec().run_id
+    assert _spec(variant="16px").run_id.startswith("ground-truth-16px-")
+
+
+def test_png_roundtrip_bytes_deterministic_and_corruption_detected(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    data = encode_png(img)
+    assert encode_png(img.copy()) == data
+    path = tmp_path / "a.png"
+    atomic_write_bytes(path, data)
+    np.testing.assert_array_equal(read_png(path, 16), img)
+    assert read_png(path, 32) is None  # wrong size
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    assert read_png(path, 16) is None
+    path.write_bytes(b"not a png")
+    assert read_png(path) is None
+    assert read_png(tmp_path / "missing.png") is None
+    assert not list(tmp_path.glob(".*part"))  # no temp files left behind
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]

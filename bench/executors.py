@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nsdbench.errors import NSDBenchError, UsageError
-from nsdbench.runner import Progress, RunSession, RunSpec, assign
+from nsdbench.runner import Progress, RunSession, RunSpec, assign, shard_is_complete
 
 EXECUTORS = ("inprocess", "ray")
 
@@ -41,19 +41,24 @@ def parse_shard(text: str) -> tuple[int, int]:
         k_text, n_text = text.split("/")
         k, n = int(k_text), int(n_text)
     except ValueError:
-        raise UsageError(f"--shard {text!r}: expected k/N with integers, e.g. 0/4 (k counts from 0)") from None
+        raise UsageError(
+            f"--shard {text!r}: expected k/N with integers, e.g. 0/4 (k counts from 0)"
+        ) from None
     if n < 1 or not 0 <= k < n:
         raise UsageError(f"--shard {text}: expected 0 <= k < N (k counts from 0)")
     return k, n
 
 
 def resolve_worker(flag: str | None, env: Mapping[str, str] | None = None) -> Worker:
-    """--shard beats SLURM_ARRAY_TASK_ID/COUNT (offset by SLURM_ARRAY_TASK_MIN), which beats RANK/WORLD_SIZE."""
+    """--shard, else SLURM_ARRAY_TASK_ID/COUNT (minus SLURM_ARRAY_TASK_MIN), else RANK/WORLD_SIZE."""
     env = os.environ if env is None else env
     if flag:
         k, n = parse_shard(flag)
         return Worker(k, n, "--shard")
-    if env.get("SLURM_ARRAY_TASK_ID") not in (None, "") and env.get("SLURM_ARRAY_TASK_COUNT") not in (None, ""):
+    if env.get("SLURM_ARRAY_TASK_ID") not in (None, "") and env.get("SLURM_ARRAY_TASK_COUNT") not in (
+        None,
+        "",
+    ):
         try:
             task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
             k = task - int(env.get("SLURM_ARRAY_TASK_MIN") or 0)
@@ -85,7 +90,11 @@ class ExecResult:
 
 
 def run_inprocess(
-    run_dir: Path, spec: RunSpec, worker: Worker = Worker(), progress: Progress | None = None, force: bool = False
+    run_dir: Path,
+    spec: RunSpec,
+    worker: Worker = Worker(),
+    progress: Progress | None = None,
+    force: bool = False,
 ) -> ExecResult:
     """Run worker k of n's shards in this process, scoring each subject that becomes complete."""
     session = RunSession(run_dir, spec, progress=progress, force=force)
@@ -99,7 +108,11 @@ def run_inprocess(
     prog = session.progress
     for subject in sorted(by_subject):
         mine = by_subject[subject]
-        prog.start(f"rec-{subject}", f"subj{subject:02d} reconstruct", sum(len(s.items(spec.samples)) for s in mine))
+        if force or not all(shard_is_complete(run_dir, spec, s) for s in mine):
+            session.fitted(subject)  # fit first, so the bars read fit -> reconstruct -> score
+        prog.start(
+            f"rec-{subject}", f"subj{subject:02d} reconstruct", sum(len(s.items(spec.samples)) for s in mine)
+        )
         for shard in mine:
             written += session.run_shard(shard)
         prog.finish(f"rec-{subject}")
@@ -156,7 +169,9 @@ def _task_score(run_dir: str, subject: int, force: bool, *deps: Any) -> dict[str
             return {"ok": False, "error": dep["error"], "upstream": True}
     try:
         ok = _worker_session(run_dir, force).score_subject(subject)
-        return {"ok": ok} if ok else {"ok": False, "error": f"subj{subject:02d}: shards incomplete at scoring"}
+        return (
+            {"ok": ok} if ok else {"ok": False, "error": f"subj{subject:02d}: shards incomplete at scoring"}
+        )
     except NSDBenchError as exc:
         return {"ok": False, "error": f"subj{subject:02d} score: {exc}"}
 
@@ -227,10 +242,12 @@ def run_ray(
             s: score.remote(rd, s, force, *[shard_refs[sh.name] for sh in shards if sh.subject == s])
             for s in spec.subjects
         }
-        progress.start("ray-shards", f"ray: {len(shards)} shards", len(shards))
-        progress.start("ray-score", f"ray: score {len(spec.subjects)} subjects", len(spec.subjects))
-        pending = {**{ref: ("shard", name) for name, ref in shard_refs.items()},
-                   **{ref: ("score", s) for s, ref in score_refs.items()}}
+        progress.start("ray-shards", f"ray: {len(shards)} shards", len(shards), unit="shard")
+        progress.start("ray-score", f"ray: score {len(spec.subjects)} subjects", len(spec.subjects), unit="subj")
+        pending = {
+            **{ref: ("shard", name) for name, ref in shard_refs.items()},
+            **{ref: ("score", s) for s, ref in score_refs.items()},
+        }
         errors: list[str] = []
         written = 0
         t0 = time.perf_counter()
@@ -250,7 +267,10 @@ def run_ray(
                 progress.advance("ray-shards" if kind == "shard" else "ray-score", 1)
         from nsdbench.runner import log_event
 
-        log_event(run_dir, f"ray executor: {len(shards)} shards in {time.perf_counter() - t0:.1f}s, {len(errors)} errors")
+        log_event(
+            run_dir,
+            f"ray executor: {len(shards)} shards in {time.perf_counter() - t0:.1f}s, {len(errors)} errors",
+        )
         if errors:
             raise NSDBenchError(
                 f"{len(errors)} task(s) failed after {max_retries} retries (first: {errors[0]}); "
@@ -261,4 +281,3 @@ def run_ray(
     finally:
         if started_here:
             ray.shutdown()
-

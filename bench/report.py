@@ -197,20 +197,24 @@ class ReportResult:
     notes: list[str]  # input problems and missing images, as shown at the top of the page
 
 
-def render_report(data: ReportData, options: ReportOptions = ReportOptions()) -> tuple[str, dict[int, list[int]],
-                                                                                       list[str]]:
+Progress = Callable[[int], Callable[[], None]]  # progress(total) -> advance()
+
+
+def render_report(data: ReportData, options: ReportOptions = ReportOptions(), progress: Progress | None = None
+                  ) -> tuple[str, dict[int, list[int]], list[str]]:
     """(page, grid ids per subject, notes): the whole page as one self-contained HTML string."""
     from nsdbench.report_html import render
 
     grid_ids = choose_ids(data, options.n, options.seed, options.ids)
-    page, notes = render(data, grid_ids, options)
+    page, notes = render(data, grid_ids, options, progress)
     return page, grid_ids, notes
 
 
-def write_report(data: ReportData, out: str | Path, options: ReportOptions = ReportOptions()) -> ReportResult:
+def write_report(data: ReportData, out: str | Path, options: ReportOptions = ReportOptions(),
+                 progress: Progress | None = None) -> ReportResult:
     """Render and write atomically (temp file + rename), so a crash never leaves half a page."""
     out = Path(out)
-    page, grid_ids, notes = render_report(data, options)
+    page, grid_ids, notes = render_report(data, options, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from nsdbench.report import (
 )
 
 GRID_COLUMNS = 10  # images per grid row block
+GT_CHUNK = 64  # ground-truth images read at once
 # Size of one base64 JPEG (quality 85) thumbnail of edge p: about THUMB_BYTES_FIXED + THUMB_BYTES_PER_PIXEL * p^2,
 # fitted (rounded up) on natural 425-px images (scikit-image astronaut, coffee, chelsea, rocket, hubble) at
 # 48-128 px, where it is 1.6-6.8 kB. Used to keep a page within its byte budget.
@@ -90,6 +91,7 @@ table.extremes { border-collapse: collapse; }
 table.extremes th, table.extremes td { border-bottom: 1px solid var(--line); padding: 6px 10px 6px 0;
   vertical-align: top; text-align: left; }
 table.extremes th.metric { font-size: 12px; white-space: nowrap; }
+table.extremes td.same { color: var(--muted); font-size: 12px; }
 .strip { display: flex; gap: 8px; }
 .pair { width: calc(2 * var(--small) + 2px); }
 .pair .imgs { display: flex; gap: 2px; }
@@ -141,8 +143,9 @@ def thumbnail_uri(image: np.ndarray, size: int) -> str:
 def count_thumbnails(data: ReportData, grid_ids: Mapping[int, Sequence[int]], k: int) -> int:
     """How many thumbnails the page embeds (grids plus best/worst pairs), missing ones included."""
     grid = sum(len(ids) * (1 + sum(s in r.subjects for r in data.runs)) for s, ids in grid_ids.items())
-    sizes = data.image_scores.dropna(subset=["value"]).groupby(["run", "metric"]).size()
-    return grid + int(sum(2 * 2 * min(k, int(n)) for n in sizes))
+    rows = data.image_scores.dropna(subset=["value"]).groupby(["run", "metric"])["value"]
+    ranked = rows.size()[rows.nunique() > 1]  # constant metrics show no images
+    return grid + int(sum(2 * 2 * min(k, int(n)) for n in ranked))
 
 
 def thumbnail_pixels(n_thumbs: int, wanted: int, max_bytes: int) -> int:
@@ -159,6 +162,7 @@ class _Page:
 
     def __init__(self, data: ReportData, grid_ids: Mapping[int, Sequence[int]], options: ReportOptions):
         self.data = data
+        self.advance: Callable[[], None] = lambda: None
         self.grid_ids = grid_ids
         self.opt = options
         self.n_thumbs = count_thumbnails(data, grid_ids, options.k_extremes)
@@ -175,13 +179,15 @@ class _Page:
 
     # -- images -------------------------------------------------------------------------------
     def prefetch_gt(self, ids: Iterable[int]) -> None:
+        """Read and encode ground truth in chunks, so full-size NSD images never pile up in memory."""
         todo = sorted({int(i) for i in ids} - set(self._gt))
-        if not todo:
-            return
-        got = self.data.gt(todo)
-        for i in todo:
-            img = got.get(i)
-            self._gt[i] = None if img is None else thumbnail_uri(img, self.pixels)
+        for start in range(0, len(todo), GT_CHUNK):
+            chunk = todo[start:start + GT_CHUNK]
+            got = self.data.gt(chunk)
+            for i in chunk:
+                img = got.get(i)
+                self._gt[i] = None if img is None else thumbnail_uri(img, self.pixels)
+                self.advance()
 
     def gt_uri(self, nsd_id: int) -> str | None:
         self.prefetch_gt([nsd_id])
@@ -192,6 +198,7 @@ class _Page:
         if key not in self._rec:
             img = self.data.recon(run_id, subject, nsd_id)
             self._rec[key] = None if img is None else thumbnail_uri(img, self.pixels)
+            self.advance()
         return self._rec[key]
 
     def tile(self, uri: str | None, cls: str, alt: str, caption: str, title: str, who: tuple[str, int]) -> str:
@@ -271,7 +278,7 @@ class _Page:
             head.append("<th>Subject</th>")
         head += [f'<th title="{esc(m)}">{esc(metric_label(m))} {"↑" if higher_is_better(m) else "↓"}</th>'
                  for m in metrics]
-        best: dict[tuple[str, str], float] = {}
+        best: set[tuple[str, str]] = set()
         groups: dict[str, list[tuple[str, float]]] = {}
         for r, key, sub in rows:
             for m, v in zip(sub["metric"], sub["mean"], strict=True):
@@ -283,7 +290,7 @@ class _Page:
                 top = (max if higher_is_better(m) else min)(v for _, v in vals)
                 for run_id, v in vals:
                     if round(v, 3) == round(top, 3):  # ties as displayed are all bold
-                        best[(gkey, run_id)] = 1.0
+                        best.add((gkey, run_id))
         body = []
         for r, key, sub in rows:
             by_metric = {m: row for m, row in zip(sub["metric"], sub.itertuples(index=False), strict=True)}
@@ -322,7 +329,8 @@ class _Page:
         rows = []
         for rec in pub.to_dict("records"):
             label = f"{rec.get('method', '')}"
-            src = f"reported: {rec.get('source', '')}, table {rec.get('table', '')}; subjects {rec.get('subjects', '')}"
+            subjects = str(rec.get("subjects", "")).replace("|", ",")
+            src = f"reported: {rec.get('source', '')}, table {rec.get('table', '')}; subjects {subjects}"
             cells = [f'<td class="name">{esc(label)}<br><span class="rid">{esc(src)}</span></td>']
             if subject_column:
                 cells.append("<td></td>")
@@ -378,11 +386,11 @@ class _Page:
                     parts.append(f'<div class="rowlabel">{esc(r.label)}</div>')
                     for i in block:
                         sc = self.scores_of(r.run_id, s, i)
-                        caption = " · ".join(f"{_short(m)} {fmt(sc.get(m), 2)}" for m in cap_metrics) or f"nsd {i}"
+                        caption = "<br>".join(f"{esc(metric_label(m))} {fmt(sc.get(m), 2)}" for m in cap_metrics) or f"nsd {i}"
                         title = f"{r.label} · subject {s} · nsd {i}\n" + "\n".join(
                             f"{metric_label(m)}: {fmt(sc[m], 4)}" for m in self.metrics if m in sc)
                         parts.append(self.tile(self.rec_uri(r.run_id, s, i), "rec", f"{r.label} nsd {i}",
-                                               esc(caption), title, (r.run_id, s)))
+                                               caption, title, (r.run_id, s)))
                 parts.append("</div>")
             parts.append("</section>")
         return "".join(parts)
@@ -407,10 +415,14 @@ class _Page:
                 if best.empty:
                     continue
                 any_row = True
-                self.prefetch_gt(list(best["nsd_id"]) + list(worst["nsd_id"]))
                 arrow = "↑" if higher_is_better(m) else "↓"
-                parts.append(f'<tr><th class="metric">{esc(metric_label(m))} {arrow}</th>'
-                             f"<td>{self._strip(r, m, best)}</td><td>{self._strip(r, m, worst)}</td></tr>")
+                head = f'<tr><th class="metric">{esc(metric_label(m))} {arrow}</th>'
+                if best["value"].iloc[0] == worst["value"].iloc[0]:  # one value for every image: nothing to rank
+                    parts.append(f'{head}<td colspan="2" class="same">every image scores {fmt(best["value"].iloc[0])}'
+                                 "</td></tr>")
+                    continue
+                self.prefetch_gt(list(best["nsd_id"]) + list(worst["nsd_id"]))
+                parts.append(f"{head}<td>{self._strip(r, m, best)}</td><td>{self._strip(r, m, worst)}</td></tr>")
             parts.append("</tbody></table>")
             if not any_row:
                 parts.append('<p class="lead">No per-image scores for this run.</p>')
@@ -448,9 +460,10 @@ class _Page:
                 f'<img class="plot" src="{uri}" alt="per-metric distributions of per-image scores"></section>')
 
     def provenance(self) -> str:
-        parts = ['<section id="provenance"><h2>Provenance</h2>'
+        intro = ('<section id="provenance"><h2>Provenance</h2>'
                  '<p class="lead">What each run was made and scored with. The key facts first; every recorded '
-                 "field under “all recorded fields”.</p><div class=\"prov\">"]
+                 'field under “all recorded fields”.</p><div class="prov">')
+        parts = [intro]
         for r in self.data.runs:
             flat = _flatten_ordered(r.provenance)
             rows = [("run id", r.run_id), ("kind", r.kind), ("subjects", ", ".join(str(s) for s in r.subjects)),
@@ -469,8 +482,9 @@ class _Page:
     def missing_notes(self) -> list[str]:
         notes = []
         for (who, s), count in sorted(self.missing.items(), key=lambda t: (str(t[0][0]), t[0][1])):
-            what = "ground-truth images" if who == "ground truth" else f"reconstructions of run {who}"
-            notes.append(f"subject {s}: {count} {what} missing (shown as 'missing' tiles)")
+            noun = ("ground-truth image" if who == "ground truth" else "reconstruction") + ("s" if count > 1 else "")
+            of = "" if who == "ground truth" else f" of run {who}"
+            notes.append(f"subject {s}: {count} {noun}{of} missing (shown as 'missing' tiles)")
         return notes
 
 
@@ -479,11 +493,6 @@ def _isnan(v: Any) -> bool:
         return math.isnan(float(v))
     except (TypeError, ValueError):
         return False
-
-
-def _short(metric: str) -> str:
-    label = metric_label(metric)
-    return label.split(" ")[0] if len(label) > 10 else label
 
 
 def _generated_at() -> str:
@@ -550,9 +559,15 @@ def _flatten_ordered(prov: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def render(data: ReportData, grid_ids: Mapping[int, Sequence[int]], options: ReportOptions) -> tuple[str, list[str]]:
-    """(page, notes): header, notes, leaderboard, per-subject grids, extremes, distributions, provenance."""
+def render(data: ReportData, grid_ids: Mapping[int, Sequence[int]], options: ReportOptions,
+           progress: Callable[[int], Callable[[], None]] | None = None) -> tuple[str, list[str]]:
+    """(page, notes): header, notes, leaderboard, per-subject grids, extremes, distributions, provenance.
+
+    progress(total) returns a function called once per image read and encoded (total is an upper bound).
+    """
     page = _Page(data, grid_ids, options)
+    if progress is not None:
+        page.advance = progress(page.n_thumbs)  # known only once the page has counted its thumbnails
     body = [page.leaderboard(), page.grids(), page.extremes_section(), page.distributions(), page.provenance()]
     summary = {
         "runs": [r.run_id for r in data.runs],

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nsdbench.errors import NSDBenchError, UsageError
+from nsdbench.errors import DataError, NSDBenchError, UsageError
 from nsdbench.report import ReportData, RunInfo
 
 IMAGE_NAME = re.compile(r"^(\d+)_(\d+)\.(png|jpg|jpeg|webp)$", re.IGNORECASE)
@@ -150,8 +150,12 @@ def read_scores(paths: Sequence[Path], run_label: str, notes: list[str]) -> tupl
         except NSDBenchError as exc:
             notes.append(f"run {run_label}: skipped {exc}")
             continue
+        try:
+            df = pd.read_parquet(p, columns=["level", "subject", "nsd_id", "metric", "value"])
+        except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
+            notes.append(f"run {run_label}: skipped unreadable score file {p} ({type(exc).__name__})")
+            continue
         meta = meta or info
-        df = pd.read_parquet(p, columns=["level", "subject", "nsd_id", "metric", "value"])
         frames.append(df[df["level"] == "image"].drop(columns="level"))
     if not frames:
         return pd.DataFrame(columns=["subject", "nsd_id", "metric", "value"]), meta
@@ -277,13 +281,29 @@ def _none_fetcher(subject: int, nsd_id: int) -> None:
 
 
 def recorded_data_root(value: str | None) -> str | None:
-    """The NSD root a run recorded ("synthetic", "synthetic:<root>" or a path), if it still exists."""
+    """The NSD a run recorded, as open_nsd takes it: "synthetic:<root>" → <root>; "synthetic" and roots as is."""
     if not value:
         return None
-    if value == "synthetic":
-        return value
-    path = value.split(":", 1)[1] if value.startswith("synthetic:") else value
-    return path if path and Path(path).exists() else None
+    if value.startswith("synthetic:"):
+        return value.split(":", 1)[1] or "synthetic"
+    return value
+
+
+def ground_truth_root(recorded: Sequence[tuple[str, str]], notes: list[str]) -> str | None:
+    """The NSD root for the ground truth from what the runs recorded (run id, data); never a silent stand-in."""
+    roots = [(run_id, recorded_data_root(d)) for run_id, d in recorded]
+    roots = [(run_id, r) for run_id, r in roots if r]
+    if not roots:
+        return None
+    run_id, root = roots[0]
+    if root != "synthetic" and not Path(root).exists():
+        raise DataError(f"run {run_id} was scored against the NSD at {root}, which no longer exists; "
+                        "pass --data NSD_ROOT")
+    others = sorted({r for _, r in roots if r != root})
+    if others:
+        notes.append(f"the runs recorded different NSD roots ({', '.join([root, *others])}); ground truth is from "
+                     f"{root} (choose with --data)")
+    return root
 
 
 class GroundTruth:
@@ -361,7 +381,7 @@ def load_report_data(
             info, agg, img, fetch, more = from_folder(path, notes, subjects)
             for s, ids in more.items():
                 unscored.setdefault(s, set()).update(ids)
-            recorded_data.append(str(info.provenance.get("data") or ""))
+            recorded_data.append((info.run_id, str(info.provenance.get("data") or "")))
         elif path.exists():
             raise UsageError(f"{path}: a RUN is a run folder or a leaderboard run id, not a file")
         else:
@@ -372,7 +392,7 @@ def load_report_data(
             except UsageError as exc:
                 raise UsageError(f"run {arg!r} not found: no such folder, and {exc}") from None
             info, agg, img, fetch = from_store(store, full, notes, subjects, gt)
-            recorded_data.append(str(info.provenance.get("data") or ""))
+            recorded_data.append((info.run_id, str(info.provenance.get("data") or "")))
         if info.run_id in fetchers:
             raise UsageError(f"run {info.run_id} given twice")
         infos.append(info)
@@ -380,7 +400,7 @@ def load_report_data(
         scores.append(img.assign(run=info.run_id))
         fetchers[info.run_id] = fetch
     if data is None:
-        gt.data = next((r for r in map(recorded_data_root, recorded_data) if r), None)
+        gt.data = ground_truth_root(recorded_data, notes)
     aggregates = pd.concat(aggs, ignore_index=True) if aggs else None
     published = published_rows(infos) if with_published else None
 

@@ -23,15 +23,14 @@ import os
 import socket
 import tempfile
 import time
-import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
+import tomllib
 from nsdbench.errors import DataError, NSDBenchError, UsageError
 
 SPEC_FILE = "spec.toml"
@@ -121,7 +120,9 @@ def read_spec(run_dir: Path) -> tuple[RunSpec, dict[str, Any]]:
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: unreadable run spec ({type(exc).__name__}: {exc})") from None
     if doc.get("spec_hash") and doc["spec_hash"] != spec.hash:
-        raise DataError(f"{path}: spec_hash {doc['spec_hash'][:12]} does not match its contents ({spec.hash[:12]})")
+        raise DataError(
+            f"{path}: spec_hash {doc['spec_hash'][:12]} does not match its contents ({spec.hash[:12]})"
+        )
     return spec, doc
 
 
@@ -182,8 +183,10 @@ def read_png(path: Path, size: int | None = None) -> np.ndarray | None:
         with Image.open(path) as im:
             if im.format != "PNG" or im.mode != "RGB":
                 return None
+            im.verify()  # chunk CRCs and the IEND chunk: catches truncation that decoding tolerates
+        with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, EOFError):
         return None
     if size is not None and arr.shape != (size, size, 3):
         return None
@@ -296,7 +299,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 class Progress:
     """Stage progress callbacks; the CLI plugs in rich bars, library callers get no output."""
 
-    def start(self, key: str, description: str, total: int | None) -> None: ...
+    def start(self, key: str, description: str, total: int | None, unit: str = "img") -> None: ...
 
     def advance(self, key: str, n: int = 1) -> None: ...
 
@@ -321,7 +324,8 @@ class RichProgress(Progress):
                 from rich.text import Text
 
                 speed = task.finished_speed or task.speed
-                return Text("" if speed is None else f"{speed:6.1f} img/s", style="progress.data.speed")
+                unit = task.fields.get("unit", "img")
+                return Text("" if speed is None else f"{speed:6.1f} {unit}/s", style="progress.data.speed")
 
         self.console = Console(stderr=True)
         self.bars = RP(
@@ -336,19 +340,19 @@ class RichProgress(Progress):
         self.tasks: dict[str, Any] = {}
         self.totals: dict[str, int | None] = {}
 
-    def __enter__(self) -> RichProgress:
+    def __enter__(self) -> RichProgress:  # noqa: PYI034
         self.bars.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.bars.__exit__(*exc)
 
-    def start(self, key: str, description: str, total: int | None) -> None:
+    def start(self, key: str, description: str, total: int | None, unit: str = "img") -> None:
         self.totals[key] = total
         if key in self.tasks:
-            self.bars.reset(self.tasks[key], total=total, description=description)
+            self.bars.reset(self.tasks[key], total=total, description=description, unit=unit)
         else:
-            self.tasks[key] = self.bars.add_task(description, total=total)
+            self.tasks[key] = self.bars.add_task(description, total=total, unit=unit)
 
     def advance(self, key: str, n: int = 1) -> None:
         if key in self.tasks:
@@ -369,7 +373,9 @@ class RichProgress(Progress):
 class RunSession:
     """One worker's view of a run: opens the data once, fits each subject once, runs shards and scoring."""
 
-    def __init__(self, run_dir: Path, spec: RunSpec, progress: Progress | None = None, force: bool = False) -> None:
+    def __init__(
+        self, run_dir: Path, spec: RunSpec, progress: Progress | None = None, force: bool = False
+    ) -> None:
         from nsdbench.methods.registry import get_method
 
         self.run_dir = Path(run_dir)
@@ -434,7 +440,7 @@ class RunSession:
         """The method fitted for `subject` (once per session; methods cache decoders on disk)."""
         if subject not in self._fitted:
             key = f"fit-{subject}"
-            self.progress.start(key, f"subj{subject:02d} fit", None)
+            self.progress.start(key, f"subj{subject:02d} fit", None, unit="step")
             t0 = time.perf_counter()
             self._fitted[subject] = self.method.fit(self.subject_data(subject), self.context(subject, key))
             self.progress.finish(key)
@@ -484,7 +490,7 @@ class RunSession:
                 written += 1
                 self.progress.advance(rkey, 1)
             if wanted:
-                n, s = sorted(wanted)[0]
+                n, s = min(wanted)
                 raise NSDBenchError(
                     f"method {spec.method}: returned no image for NSD id {n} sample {s} "
                     f"({len(wanted)} missing in shard {shard.name})"
@@ -498,13 +504,20 @@ class RunSession:
             if digest is None:
                 raise NSDBenchError(f"{path}: missing after shard {shard.name} finished")
             files[path.name] = digest
-        record = {"shard": shard.name, "spec_hash": spec.hash, "subject": shard.subject,
-                  "nsd_ids": list(shard.nsd_ids), "files": files}
+        record = {
+            "shard": shard.name,
+            "spec_hash": spec.hash,
+            "subject": shard.subject,
+            "nsd_ids": list(shard.nsd_ids),
+            "files": files,
+        }
         atomic_write_bytes(rec_path, json.dumps(record, indent=1, sort_keys=True).encode())
         return written
 
     def subject_complete(self, subject: int) -> bool:
-        return all(shard_is_complete(self.run_dir, self.spec, s) for s in self.shards() if s.subject == subject)
+        return all(
+            shard_is_complete(self.run_dir, self.spec, s) for s in self.shards() if s.subject == subject
+        )
 
     def images_digest(self, subject: int) -> str:
         """Digest of the PNG hashes recorded by the subject's shards (what its scores were computed from)."""
@@ -566,10 +579,17 @@ class RunSession:
         out = score_path(self.run_dir, subject)
         score_images(self, subject, images, out, lambda n: self.progress.advance(key, n))
         self.progress.finish(key)
-        record = {"subject": subject, "spec_hash": spec.hash, "images_digest": digest,
-                  "parquet_sha256": sha256_file(out), "n_images": len(items)}
+        record = {
+            "subject": subject,
+            "spec_hash": spec.hash,
+            "images_digest": digest,
+            "parquet_sha256": sha256_file(out),
+            "n_images": len(items),
+        }
         atomic_write_bytes(score_record_path(self.run_dir, subject), json.dumps(record, indent=1).encode())
-        log_event(self.run_dir, f"scored subj{subject:02d} {len(items)} images {time.perf_counter() - t0:.2f}s")
+        log_event(
+            self.run_dir, f"scored subj{subject:02d} {len(items)} images {time.perf_counter() - t0:.2f}s"
+        )
         return True
 
 
@@ -600,9 +620,7 @@ def score_images(
 ) -> Path:
     """Score one subject's reconstructions through the same function `nsdbench score` uses."""
     from nsdbench.metrics.protocols import get_protocol
-    from nsdbench.scoring import score_images_to_parquet
-
-    from nsdbench.scoring import brain_target
+    from nsdbench.scoring import brain_target, score_images_to_parquet
 
     spec = session.spec
     split = session.split(subject)
@@ -662,11 +680,14 @@ def ingest_run(run_dir: Path, db: str | Path | None = None, progress: Progress |
         first = ", ".join(status.incomplete[:3])
         raise NSDBenchError(
             f"{run_dir}: {len(status.incomplete)} of {status.shards_total} shards are incomplete ({first}"
-            f"{', ...' if len(status.incomplete) > 3 else ''}); finish them with the same `nsdbench run` command"
+            f"{', ...' if len(status.incomplete) > 3 else ''}); "
+            "finish them with the same `nsdbench run` command"
         )
     for subject in spec.subjects:
         if not session.score_subject(subject):
-            raise NSDBenchError(f"{run_dir}: subject {subject} could not be scored (images changed while reading)")
+            raise NSDBenchError(
+                f"{run_dir}: subject {subject} could not be scored (images changed while reading)"
+            )
     store = Store(db)
     record = store.new_run_record(
         kind="run",
@@ -676,7 +697,11 @@ def ingest_run(run_dir: Path, db: str | Path | None = None, progress: Progress |
         protocol=get_protocol(spec.protocol),
         weights_mode=spec.weights,
         run_id=spec.run_id,
-        seeds={"base_seed": spec.seed, "samples": spec.samples, "scheme": "sha256(base,method,subject,nsd_id,sample)"},
+        seeds={
+            "base_seed": spec.seed,
+            "samples": spec.samples,
+            "scheme": "sha256(base,method,subject,nsd_id,sample)",
+        },
         data=data_label(session.nsd, spec.data),
         config={"run_dir": str(Path(run_dir).resolve()), "spec_hash": spec.hash, **spec.identity()},
         created_at=str(doc.get("created", "")),

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
 from nsdbench.leaderboards.store import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
 
@@ -68,7 +67,7 @@ def score_subject(
     protocol = get_protocol(protocol)
     sp = _split(nsd, split, subject)
     rec_ids, rec_samples, rec_images = collect_images(images, subject)
-    allowed = set(int(i) for i in sp.test_ids)
+    allowed = {int(i) for i in sp.test_ids}
     outside = sorted(set(rec_ids) - allowed)
     if outside:
         raise InvalidSubmission(f"subject {subject}: nsd_id {outside[0]} is not in the {sp.name} test split "

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.submission_formats import (
     FORMATS,
@@ -31,10 +30,11 @@ from nsdbench.submission_formats import (
     read_ids_file,
     subject_from_filename,
 )
+from typing_extensions import Self
 
 ORDERS = ("nsd-ascending", "first-presentation")
 
-__all__ = ["Entry", "Problem", "Submission", "load_submission", "validate", "errors", "ORDERS", "FORMATS"]
+__all__ = ["FORMATS", "ORDERS", "Entry", "Problem", "Submission", "errors", "load_submission", "validate"]
 
 
 class Submission:
@@ -53,7 +53,7 @@ class Submission:
         self.fmt = reader.fmt
         self.order = order
         self.ids = ids
-        self.requested = tuple(sorted(set(int(s) for s in subjects))) if subjects else None
+        self.requested = tuple(sorted({int(s) for s in subjects})) if subjects else None
         self.entries: list[Entry] = list(reader.entries)
         self.problems: list[Problem] = list(reader.problems)
         self._resolved_for: str | None = None if reader.blocks else "*"
@@ -118,7 +118,7 @@ class Submission:
     # -- content -----------------------------------------------------------------------------------
     def load(self, entry: Entry) -> tuple[np.ndarray | None, list[Problem], str]:
         """Read one image; returns (uint8 HxWx3 or None, its problems, detected format)."""
-        key = dict(subject=entry.subject, nsd_id=entry.nsd_id, sample=entry.sample, source=entry.source)
+        key = {"subject": entry.subject, "nsd_id": entry.nsd_id, "sample": entry.sample, "source": entry.source}
         try:
             raw, fmt = self.reader.read(entry)
         except ImageError as exc:
@@ -156,10 +156,10 @@ class Submission:
     def close(self) -> None:
         self.reader.close()
 
-    def __enter__(self) -> Submission:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -295,7 +295,7 @@ def validate(
 
 def _check_keys(entries: list[Entry], test_ids: Sequence[int], subject: int, split_name: str) -> list[Problem]:
     out: list[Problem] = []
-    expected = set(int(i) for i in test_ids)
+    expected = {int(i) for i in test_ids}
     keys = Counter((e.nsd_id, e.sample) for e in entries)
     first_source = {}
     for e in entries:

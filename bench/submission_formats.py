@@ -18,7 +18,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-
 from nsdbench import config
 
 IMAGE_EXTS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -337,7 +336,7 @@ class TarReader(Reader):
             raise ImageError("size", "member is too large for an image", f"<= {MAX_IMAGE_BYTES} bytes", f"{info.size}")
         try:
             if self._tar is None:
-                self._tar = tarfile.open(self.path, "r:*")
+                self._tar = tarfile.open(self.path, "r:*")  # noqa: SIM115 - closed by close()
             fh = self._tar.extractfile(info)
             data = fh.read() if fh is not None else b""
         except (OSError, tarfile.TarError, EOFError) as exc:
@@ -530,7 +529,7 @@ def read_npy(path: Path) -> ArrayReader:
             return r
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         if not isinstance(arr, np.ndarray):
-            raise ValueError("not a single .npy array")
+            raise TypeError("not a single .npy array")
     # np.load on hostile bytes raises ValueError, OSError, EOFError, SyntaxError, ...; one problem each.
     except Exception as exc:  # noqa: BLE001
         r.problem("unreadable", f"cannot read .npy array ({_first_line(exc)})")
@@ -552,7 +551,7 @@ def read_npz(path: Path) -> ArrayReader:
             return r
         z = np.load(path, allow_pickle=False)
         if not hasattr(z, "files"):
-            raise ValueError("not an .npz archive")
+            raise TypeError("not an .npz archive")
         loaded: dict[str, np.ndarray] = {}
 
         def get(key: str) -> np.ndarray:
@@ -596,14 +595,14 @@ def read_hdf5(path: Path) -> ArrayReader:
 
     r = ArrayReader(path, "hdf5")
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r")  # kept open for lazy reads; closed by ArrayReader.close
     except Exception as exc:  # noqa: BLE001 - see read_npy
         r.problem("unreadable", f"cannot open HDF5 file ({_first_line(exc)})")
         return r
     r._h5 = f
     try:
         flat: dict[str, Any] = {}
-        for k in f.keys():
+        for k in f:
             obj = f[k]
             if isinstance(obj, h5py.Group) and _subject_from_key(k) is not None:
                 img_key = next((x for x in IMAGE_KEYS if x in obj), None)
@@ -693,4 +692,4 @@ def subject_from_filename(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-__all__ = ["Problem", "Entry", "ImageError", "FORMATS", "detect_format", "open_reader"]
+__all__ = ["FORMATS", "Entry", "ImageError", "Problem", "detect_format", "open_reader"]

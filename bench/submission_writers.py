@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from nsdbench.errors import UsageError
 
 Key = tuple[int, int, int]  # (subject, nsd_id, sample)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from nsdbench.errors import UsageError
 
 GOLDEN_FORMAT = "nsdbench-golden/1"
@@ -176,8 +175,8 @@ def check(golden: str | Path | None = None, update: bool = False, data: str | No
             for metric in sorted(set(expected) | set(actual)):
                 e, a = expected.get(metric), actual.get(metric)
                 tol = tolerance_for(metric, spec, proto)
-                report.checked.append(dict(protocol=name, subject=subj, metric=metric, expected=e, actual=a,
-                                           tolerance=tol))
+                report.checked.append({"protocol": name, "subject": subj, "metric": metric, "expected": e, "actual": a,
+                                           "tolerance": tol})
                 if e is None:
                     devs.append(Deviation(name, subj, metric, None, a, tol, "new metric, not in the golden file"))
                 elif a is None:

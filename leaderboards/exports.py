@@ -165,10 +165,10 @@ def to_csv(lb: Leaderboard) -> str:
                 if c is None:
                     continue
                 label, hib = _meta(m)
-                w.writerow(dict(table=t.scope, method=r.method, origin=r.origin, run_id=r.run_id,
-                                subjects=r.subjects, source=r.source, metric=m, label=label, higher_is_better=hib,
-                                mean=repr(c.mean), ci_lo="" if c.lo is None else repr(c.lo),
-                                ci_hi="" if c.hi is None else repr(c.hi), n="" if c.n is None else c.n))
+                w.writerow({"table": t.scope, "method": r.method, "origin": r.origin, "run_id": r.run_id,
+                                "subjects": r.subjects, "source": r.source, "metric": m, "label": label, "higher_is_better": hib,
+                                "mean": repr(c.mean), "ci_lo": "" if c.lo is None else repr(c.lo),
+                                "ci_hi": "" if c.hi is None else repr(c.hi), "n": "" if c.n is None else c.n})
     return buf.getvalue()
 
 

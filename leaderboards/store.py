@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 from nsdbench import config
 from nsdbench.errors import NSDBenchError, UsageError
 
@@ -141,7 +140,7 @@ def _git_sha() -> str:
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -164,7 +163,7 @@ def environment() -> dict[str, str]:
 
 
 def subjects_key(subjects: Sequence[int]) -> str:
-    return ",".join(str(s) for s in sorted(set(int(s) for s in subjects)))
+    return ",".join(str(s) for s in sorted({int(s) for s in subjects}))
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -354,17 +353,15 @@ class Store:
 
     # -- readers -------------------------------------------------------------------------------
     def _query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        import duckdb
+
         with self.reader() as con:
             if con is None:
                 return pd.DataFrame()
             try:
                 return con.execute(sql, list(params)).df()
-            except Exception as exc:
-                import duckdb
-
-                if isinstance(exc, duckdb.CatalogException):  # a file with no nsdbench schema yet
-                    return pd.DataFrame()
-                raise
+            except duckdb.CatalogException:  # a file with no nsdbench schema yet
+                return pd.DataFrame()
 
     def has_run(self, run_id: str) -> bool:
         df = self._query("SELECT id FROM runs WHERE id = ?", [run_id])
@@ -425,6 +422,8 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         """Row counts per table (used by tests and `runs list --json`)."""
+        import duckdb
+
         out = {}
         with self.reader() as con:
             if con is None:
@@ -432,7 +431,7 @@ class Store:
             for table in ("runs", *SCORE_TABLES):
                 try:
                     out[table] = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-                except Exception:
+                except duckdb.CatalogException:  # a file without the nsdbench schema
                     out[table] = 0
         return out
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from nsdbench import config
 from nsdbench.errors import UsageError
 from nsdbench.leaderboards.aggregate import aggregate_scores
@@ -181,9 +180,13 @@ def build_leaderboard(
             cand = cand[~cand["smoke"] | cand["id"].isin(pinned_full)]
             if n_smoke:
                 notes.append(f"{n_smoke} smoke run(s) (random/tiny weights) hidden; --include-smoke shows them")
-        others = sorted(set(all_runs["protocol"]) - {protocol})
-        if cand.empty and others:
-            notes.append(f"no runs under protocol {protocol} on {split}; recorded protocols: {', '.join(others)}")
+        if cand.empty:
+            here = all_runs[(all_runs["split"] == split) & (all_runs["protocol"] == protocol)]
+            if here.empty:
+                others = sorted(set(all_runs["protocol"] + " on " + all_runs["split"]))
+                notes.append(f"no runs under protocol {protocol} on {split}; recorded: {', '.join(others)}")
+            elif subjects:
+                notes.append(f"no run under {protocol} on {split} covers subjects {subjects_key(subjects)}")
     else:
         cand = all_runs
         notes.append(f"no runs recorded in {store.path}")
@@ -214,7 +217,9 @@ def build_leaderboard(
         out = []
         for (src, tbl, method, subj, note), g in sel.groupby(["source", "table", "method", "subjects", "note"],
                                                             sort=False):
-            cells = {m: Cell(float(v)) for m, v in zip(g["metric"], g["value"])}
+            cells = {m: Cell(float(v)) for m, v in zip(g["metric"], g["value"]) if m in cols}
+            if not cells:
+                continue
             out.append(Row(method, "reported", subj, cells, source=f"{src}, Table {tbl}", note=note))
         return out
 
@@ -267,9 +272,9 @@ def compare_runs(
         g = g.sort_values(["subject", "nsd_id"])
         diff, lo, hi, p = paired_bootstrap(g["value_a"].to_numpy(), g["value_b"].to_numpy(),
                                            n_resamples=n_resamples, seed=seed)
-        rows.append(dict(metric=metric, n=len(g), mean_a=float(g["value_a"].mean()),
-                         mean_b=float(g["value_b"].mean()), diff=float(diff), ci_lo=float(lo), ci_hi=float(hi),
-                         p_value=float(p), higher_is_better=HIGHER_IS_BETTER.get(metric, True)))
+        rows.append({"metric": metric, "n": len(g), "mean_a": float(g["value_a"].mean()),
+                         "mean_b": float(g["value_b"].mean()), "diff": float(diff), "ci_lo": float(lo), "ci_hi": float(hi),
+                         "p_value": float(p), "higher_is_better": HIGHER_IS_BETTER.get(metric, True)})
     return {"run_a": a["id"], "run_b": b["id"], "method_a": a["method"], "method_b": b["method"],
             "protocol": a["protocol"], "n_resamples": n_resamples, "rows": rows}
 

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from nsdbench.errors import DataError, UsageError
 from nsdbench.methods.protocol import Reconstruction, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
+from PIL import Image
 
 
 def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -108,7 +107,9 @@ class GroundTruth:
     def fit(self, train: SubjectData, ctx: RunContext) -> None:
         return None
 
-    def reconstruct(self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Reconstruction]:
+    def reconstruct(
+        self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext
+    ) -> Iterator[Reconstruction]:
         ids = sorted({it.nsd_id for it in test_items})
         images = dict(zip(ids, ctx.data.ground_truth_images(ids), strict=True))
         for it in test_items:
@@ -138,7 +139,9 @@ class Shuffled:
             mapping[sample] = {int(a): int(b) for a, b in zip(test_ids, test_ids[perm], strict=True)}
         return mapping
 
-    def reconstruct(self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Reconstruction]:
+    def reconstruct(
+        self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext
+    ) -> Iterator[Reconstruction]:
         sources = sorted({fitted[it.sample][it.nsd_id] for it in test_items})
         images = dict(zip(sources, ctx.data.ground_truth_images(sources), strict=True))
         for it in test_items:
@@ -151,7 +154,7 @@ class RidgePixels:
 
     name: str = "ridge-pixels"
     description: str = (
-        "Ridge regression from z-scored nsdgeneral betas to a downsampled RGB image (alpha chosen by "
+        "Ridge regression from z-scored nsdgeneral betas to a 32x32 RGB image (alpha chosen by 5-fold "
         "cross-validation on the training split), upsampled bicubically to the NSD image size."
     )
     paper: str = ""
@@ -163,8 +166,9 @@ class RidgePixels:
                 "samples": 1,
                 "size": 32,
                 "roi": "nsdgeneral",
-                "alphas": (1e1, 1e2, 1e3, 1e4, 3e4, 1e5, 3e5, 1e6),
+                "alphas": (1e1, 1e2, 1e3, 1e4, 1e5, 1e6),
                 "cv": 5,
+                "per_target": False,  # one alpha for all pixels, chosen by cross-validation
             }
         )
     )
@@ -180,24 +184,35 @@ class RidgePixels:
         y_train = downsample(train.train_images(), size).reshape(len(x_train), -1)
         # the whole test set is predicted at once and cached by content hash (nsdbench.methods.ridge):
         # every shard reads the same predictions, whatever the sharding
-        pred = _ridge_fit_predict(x_train, y_train, x_test, tuple(s["alphas"]), int(s["cv"]))
+        pred = _ridge_fit_predict(
+            x_train, y_train, x_test, tuple(s["alphas"]), int(s["cv"]), bool(s["per_target"])
+        )
         ctx.advance(1)
         pred = pred.reshape(len(x_test), size, size, 3)
         return {int(nid): pred[i] for i, nid in enumerate(train.test_ids)}
 
-    def reconstruct(self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Reconstruction]:
+    def reconstruct(
+        self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext
+    ) -> Iterator[Reconstruction]:
         out_size = ctx.data.image_size
         for it in test_items:
             yield it.nsd_id, it.sample, upsample(to_uint8(fitted[it.nsd_id]), out_size)
 
 
 def _ridge_fit_predict(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alphas: tuple[float, ...], cv: int
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    alphas: tuple[float, ...],
+    cv: int,
+    per_target: bool,
 ) -> np.ndarray:
-    """Ridge fit on the training split (alpha per target by CV), predictions for the test betas (float64)."""
+    """Ridge fit on the training split (alpha by CV), predictions for the test betas (float64)."""
     from nsdbench.methods import ridge
 
-    settings = ridge.RidgeSettings(alphas=tuple(float(a) for a in alphas), cv=cv, dtype="float64")
+    settings = ridge.RidgeSettings(
+        alphas=tuple(float(a) for a in alphas), cv=cv, per_target=per_target, dtype="float64"
+    )
     return np.asarray(ridge.fit_predict(x_train, y_train, x_test, settings, cache=True, progress=False))
 
 
@@ -211,7 +226,8 @@ class BestLibraryImage:
         "predicted nsdgeneral betas correlate best (Pearson) with the measured test betas."
     )
     paper: str = (
-        "Kneeland et al. 2023, Second Sight ('Best Library Image'); Kneeland et al. CCN 2023 ('Best COCO Image')"
+        "Kneeland et al. 2023, Second Sight ('Best Library Image'); "
+        "Kneeland et al. CCN 2023 ('Best COCO Image')"
     )
     version: str = "1"
     required_weights: tuple[str, ...] = ()  # the encoding model's weights are registered by metrics.encoder
@@ -220,17 +236,19 @@ class BestLibraryImage:
 
     def library_ids(self, train: SubjectData) -> np.ndarray:
         """Every NSD id the subject never saw (ascending)."""
-        seen = set(int(i) for i in train.seen_ids()) | set(train.train_ids) | set(train.test_ids)
+        seen = {int(i) for i in train.seen_ids()} | set(train.train_ids) | set(train.test_ids)
         lib = np.array([i for i in range(int(train.nsd.n_images)) if i not in seen], dtype=np.int64)
         if len(lib) == 0:
             raise DataError(f"subject {train.subject}: no NSD image left that the subject never saw")
         return lib
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, int]:
-        from nsdbench.metrics.encoder import load_brain_target
         from nsdbench.methods.protocol import FitCache
+        from nsdbench.metrics.encoder import load_brain_target
 
-        target = load_brain_target(train.nsd, train.subject, ctx.split, ctx.weights_mode)
+        target = load_brain_target(
+            train.nsd, train.subject, ctx.split, ctx.weights_mode, device=ctx.device, progress=False
+        )
         lib = self.library_ids(train)
         test_ids = list(train.test_ids)
         missing = [n for n in test_ids if n not in target.measured]
@@ -251,15 +269,25 @@ class BestLibraryImage:
         # the encoder's identity by content: its predictions for a few fixed library images
         probe = np.asarray(target.predict(train.images(lib[:4])), dtype=np.float32)
         key = FitCache.key(
-            {"method": self.name, "version": self.version, "subject": train.subject, "split": ctx.split,
-             "weights": ctx.weights_mode},
-            lib, measured, probe,
+            {
+                "method": self.name,
+                "version": self.version,
+                "subject": train.subject,
+                "split": ctx.split,
+                "weights": ctx.weights_mode,
+                "encoder": dict(getattr(target, "info", {}) or {}).get("encoder_key"),
+            },
+            lib,
+            measured,
+            probe,
         )
         cache = ctx.cache
         arrays = cache.get_or_compute(key, compute) if cache is not None else compute()
         return {int(n): int(c) for n, c in zip(test_ids, arrays["choice"], strict=True)}
 
-    def reconstruct(self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Reconstruction]:
+    def reconstruct(
+        self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext
+    ) -> Iterator[Reconstruction]:
         sources = sorted({fitted[it.nsd_id] for it in test_items})
         images = dict(zip(sources, ctx.data.images(sources), strict=True))
         out_size = ctx.data.image_size

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
 from nsdbench.methods import seeds
 
 
@@ -35,7 +34,7 @@ class TestItem:
 
 
 def zscore_with_train(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Z-score `train` by its own column mean/std and `others` by the same statistics (constant columns: std 1)."""
+    """Z-score `train` by its column mean/std and `others` by the same (constant columns: std 1)."""
     mean = train.mean(axis=0, dtype=np.float64)
     std = train.std(axis=0, dtype=np.float64)
     std[std == 0] = 1.0
@@ -68,7 +67,9 @@ class SubjectData:
         if key not in self._cache:
             from nsdbench.nsd.splits import split_betas
 
-            self._cache[key] = np.asarray(split_betas(self.nsd, self.split, part=part, roi=roi, normalize="none"))
+            self._cache[key] = np.asarray(
+                split_betas(self.nsd, self.split, part=part, roi=roi, normalize="none")
+            )
         return self._cache[key]
 
     def betas(self, part: str, roi: str = "nsdgeneral", normalize: str = "train-zscore") -> np.ndarray:
@@ -113,8 +114,11 @@ class SubjectData:
         return self.nsd.images(list(nsd_ids))
 
     def seen_ids(self) -> np.ndarray:
-        """Every NSD id this subject saw in any session (training, test and held-out sessions)."""
-        return np.unique(self.nsd.trials(self.subject)["nsd_id"].to_numpy())
+        """Every NSD id assigned to this subject (expdesign subjectim, 10k on the real NSD: also the images of
+        sessions not released or not run) plus every id in its trials."""
+        assigned = np.asarray(self.nsd.design["subjectim"][self.subject - 1], dtype=np.int64) - 1
+        shown = self.nsd.trials(self.subject)["nsd_id"].to_numpy(dtype=np.int64)
+        return np.union1d(assigned, shown)
 
 
 class FitCache:

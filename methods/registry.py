@@ -28,9 +28,7 @@ _loaded = False
 
 
 def _instantiate(obj: Any) -> Method:
-    if isinstance(obj, type):
-        obj = obj()
-    elif callable(obj) and not isinstance(obj, Method):
+    if isinstance(obj, type) or callable(obj) and not isinstance(obj, Method):
         obj = obj()
     if not isinstance(obj, Method):
         raise TypeError(f"{obj!r} does not implement the nsdbench Method protocol")
@@ -65,9 +63,8 @@ def _load() -> None:
             continue  # a built-in name wins over a plugin claiming the same name
         try:
             register_method(ep.load(), source=f"entry point {ep.value}")
-        except Exception as exc:  # a broken plugin must not break the built-in methods
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the built-in methods
             _BROKEN[ep.name] = f"entry point {ep.value} failed to load: {type(exc).__name__}: {exc}"
-
 
 
 def list_methods() -> list[Method]:
@@ -104,7 +101,8 @@ def resolve_settings(method: Method, variant: str | None, overrides: dict[str, A
         unknown = sorted(set(overrides) - set(settings))
         if unknown:
             raise UsageError(
-                f"method {method.name!r} has no setting {unknown[0]!r} (settings: {', '.join(sorted(settings))})"
+                f"method {method.name!r} has no setting {unknown[0]!r} "
+                f"(settings: {', '.join(sorted(settings))})"
             )
         settings.update(overrides)
     return settings

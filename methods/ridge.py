@@ -19,17 +19,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-
 from nsdbench.errors import DataError, UsageError
 from nsdbench.methods import ridge_ops as ops
 from nsdbench.methods import ridge_store as store
 
 __all__ = [
-    "RidgeSettings",
     "RidgeModel",
-    "fit_ridge",
-    "fit_predict",
+    "RidgeSettings",
     "bd_postprocess",
+    "fit_predict",
+    "fit_ridge",
     "kfold_indices",
 ]
 
@@ -40,8 +39,8 @@ Solver = Literal["auto", "primal", "dual"]
 class RidgeSettings:
     """How to fit: a fixed `alpha`, or `alphas` chosen by `cv`-fold CV (per target or one shared).
 
-    n_select > 0 selects, per target, the n_select features most correlated (|Pearson r| on the training
-    data) with it before fitting (fastl2lir / MindDiffuser style; fixed alpha only).
+    selection = k > 0 keeps, per target, the k features most correlated with it (|Pearson r| on the training
+    data) before fitting (fastl2lir / MindDiffuser style; fixed alpha only; k >= n_features means all).
     chunk_size is the number of targets read and transferred at once (a multiple of TARGET_BLOCK); it bounds
     memory and never changes the result.
     """
@@ -51,7 +50,7 @@ class RidgeSettings:
     cv: int = 5
     per_target: bool = True
     fit_intercept: bool = True
-    n_select: int = 0
+    selection: int = 0
     dtype: Literal["float32", "float64"] = "float64"
     backend: str = "auto"
     chunk_size: int = 4096
@@ -71,10 +70,10 @@ class RidgeSettings:
             raise UsageError(f"ridge cv must be >= 2 folds to choose alphas, got {self.cv}")
         if self.chunk_size < 1:
             raise UsageError(f"ridge chunk_size must be >= 1, got {self.chunk_size}")
-        if self.n_select < 0:
-            raise UsageError(f"ridge n_select must be >= 0, got {self.n_select}")
-        if self.n_select and self.alphas:
-            raise UsageError("ridge feature selection (n_select) works with a fixed alpha only, not with CV alphas")
+        if self.selection < 0:
+            raise UsageError(f"ridge selection must be >= 0, got {self.selection}")
+        if self.selection and self.alphas:
+            raise UsageError("ridge feature selection works with a fixed alpha only, not with CV alphas")
         ops.resolve_backend_name(self.backend)
 
     @property
@@ -98,13 +97,13 @@ class RidgeSettings:
 class RidgeModel:
     """A fitted multi-target ridge: predictions = X @ W + intercept (W possibly sparse per target)."""
 
-    coef: np.ndarray  # (n_features, n_targets), or (n_select, n_targets) with `index`
+    coef: np.ndarray  # (n_features, n_targets), or (k, n_targets) with `index` (feature selection)
     intercept: np.ndarray  # (n_targets,)
     alpha: np.ndarray  # (n_targets,) the alpha used for each target
     settings: RidgeSettings
     n_features: int
     target_shape: tuple[int, ...]
-    index: np.ndarray | None = None  # (n_select, n_targets) selected feature ids per target
+    index: np.ndarray | None = None  # (k, n_targets) selected feature ids per target
     cv_score: np.ndarray | None = None  # (n_alphas, n_targets) mean CV R² per candidate alpha
     key: str | None = None
     path: Path | None = None
@@ -121,6 +120,10 @@ class RidgeModel:
             raise UsageError(
                 f"ridge predict: X has {X.shape[1]} features (voxels) but the model was fit on {self.n_features}"
             )
+        with single_threaded_if(X.shape[0] * X.shape[1] * self.n_targets <= 1e9):
+            return self._predict(X, chunk_size, progress)
+
+    def _predict(self, X: np.ndarray, chunk_size: int | None, progress: bool | None) -> np.ndarray:
         b = ops.get_backend(self.settings.backend)
         dt = self.settings.dtype
         Xb = ops.asarray(b, X, dt)
@@ -436,8 +439,37 @@ class _Plan:
     XtB: Any = None  # (m, r) test samples in the eigenbasis
 
 
+def _blas_threads_for(n: int, p: int):
+    """Single-threaded BLAS/torch for a small fit (work ~ min(n,p)·max(n,p)²)."""
+    return single_threaded_if(min(n, p) * max(n, p) ** 2 <= 2e9)
+
+
+@contextmanager
+def single_threaded_if(small: bool) -> Iterator[None]:
+    """Run small problems on one thread: they gain nothing from threads and slow down many-fold when a
+    shared CPU is oversubscribed (spinning BLAS/OpenMP workers)."""
+    if not small:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _run(X, Y2, settings: RidgeSettings, X_test, sink, progress: bool | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Shared driver: prepares X once, streams target chunks, hands each block's result to `sink`."""
+    with _blas_threads_for(*X.shape):
+        return _run_inner(X, Y2, settings, X_test, sink, progress)
+
+
+def _run_inner(X, Y2, settings, X_test, sink, progress) -> tuple[np.ndarray, np.ndarray | None]:
     b = ops.get_backend(settings.backend)
     design = _Design(b, X, settings)
     t = Y2.shape[1]
@@ -448,7 +480,7 @@ def _run(X, Y2, settings: RidgeSettings, X_test, sink, progress: bool | None) ->
     else:
         alpha_t = np.full(t, float(settings.alpha))
         shared = True
-    plan = _Plan(alpha=alpha_t, shared=shared, k=settings.n_select if 0 < settings.n_select < design.p else 0)
+    plan = _Plan(alpha=alpha_t, shared=shared, k=settings.selection if 0 < settings.selection < design.p else 0)
     plan.Xt = design.center_test(X_test) if X_test is not None else None
     if plan.k:
         plan.xtx = design.gram if design.form == "primal" else design.Xc.T @ design.Xc
@@ -552,7 +584,7 @@ def fit_ridge(
         if hit is not None:
             return _model_from_entry(hit, settings, key)
     b = ops.get_backend(settings.backend)
-    k = settings.n_select if 0 < settings.n_select < X.shape[1] else 0
+    k = settings.selection if 0 < settings.selection < X.shape[1] else 0
     writer = store.EntryWriter(key) if key is not None else None
     try:
         sink = _ModelSink(b, X.shape[1], Y2.shape[1], k, settings.dtype, writer)

@@ -11,7 +11,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-
 from nsdbench.errors import UsageError
 
 BACKENDS: tuple[str, ...] = ("auto", "numpy", "torch", "torch_cuda")
@@ -36,7 +35,7 @@ def get_backend(name: str) -> ModuleType:
     resolved = resolve_backend_name(name)
     try:
         module = importlib.import_module(f"himalaya.backend.{resolved}")
-    except Exception as exc:  # e.g. torch_cuda without a GPU
+    except (ImportError, RuntimeError, OSError) as exc:  # e.g. torch_cuda without a GPU
         raise UsageError(f"ridge backend {resolved!r} is not available on this machine: {exc}") from None
     return module
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from nsdbench import config
 from nsdbench.errors import DataError
 
@@ -19,7 +18,7 @@ FORMAT_VERSION = 1
 _HASH_BLOCK_BYTES = 1 << 26
 
 
-def array_digest(h: "hashlib._Hash", x: np.ndarray) -> None:
+def array_digest(h: hashlib._Hash, x: np.ndarray) -> None:
     """Feed an array's dtype, shape and bytes into `h`, a block of rows at a time (memmaps stay lazy)."""
     x = np.asarray(x)
     h.update(f"{x.dtype.str}|{x.shape}|".encode())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from nsdbench.errors import UsageError
 
 
@@ -16,7 +15,9 @@ def _clean(values, name: str) -> np.ndarray:
     return v
 
 
-def _resample_means(v: np.ndarray, n_resamples: int, rng: np.random.Generator, block: int = 256) -> np.ndarray:
+def _resample_means(
+    v: np.ndarray, n_resamples: int, rng: np.random.Generator, block: int = 256
+) -> np.ndarray:
     means = np.empty(n_resamples, dtype=np.float64)
     for s in range(0, n_resamples, block):  # bounded memory: block x N indices at a time
         k = min(block, n_resamples - s)
@@ -25,7 +26,9 @@ def _resample_means(v: np.ndarray, n_resamples: int, rng: np.random.Generator, b
     return means
 
 
-def bootstrap_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """(mean, lo, hi): the sample mean and its percentile bootstrap CI over images."""
     if n_resamples < 1 or not 0 < level < 1:
         raise UsageError(f"bootstrap: need n_resamples >= 1 and 0 < level < 1; got {n_resamples}, {level}")
@@ -36,7 +39,9 @@ def bootstrap_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = 
     return float(v.mean()), float(lo), float(hi)
 
 
-def paired_bootstrap(a, b, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float, float]:
+def paired_bootstrap(
+    a, b, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float, float]:
     """(mean_diff, lo, hi, p_value) for mean(a - b) over paired images.
 
     Images are resampled jointly; the two-sided p-value is the bootstrap estimate of how often the

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-
 from nsdbench.errors import DataError, UsageError
 
 # metric name -> ROI key of NSD.roi_voxel_masks (same table as nsdbench.metrics.names.BRAIN_ROIS)

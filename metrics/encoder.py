@@ -12,8 +12,8 @@ Each feature is z-scored on the training images and each of the three groups sca
 variance. The held-out accuracy (per-voxel Pearson r on the test split, and the fraction of the NSD-style
 noise ceiling estimated from the test repetitions) is stored with the model.
 
-Published encoders (GNet8 from the MindEye2 / Second Sight releases) plug in through the weights registry
-(`load_published_encoder`).
+Published encoders plug in through the weights registry (`load_published_encoder`): GNet8 (St-Yves et al.;
+the MindEye2 release used by Second Sight / MindEye2 brain correlation), artifact `gnet8-multisubject`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from nsdbench import config, weights
 from nsdbench.errors import DataError, NSDBenchError, UsageError
 from nsdbench.methods import ridge_store
@@ -64,6 +63,11 @@ class EncoderSpec:
     alphas: tuple[float, ...] = tuple(float(a) for a in 10.0 ** np.arange(-2, 6))
     cv: int = 5
     normalize: str = "session-zscore"
+
+
+def default_spec(weights_mode: str) -> EncoderSpec:
+    """The canonical spec; in `tiny` mode (fast CPU tests, smoke runs) images are fed at 64 px."""
+    return EncoderSpec(image_size=64) if weights_mode == "tiny" else EncoderSpec()
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -117,7 +121,6 @@ class FeatureExtractor:
     def _batch(self, images: np.ndarray) -> list[np.ndarray]:
         import torch
         import torch.nn.functional as F
-
         from nsdbench.metrics.networks import normalize
 
         n = len(images)
@@ -130,7 +133,7 @@ class FeatureExtractor:
         for name, grid in self.spec.layers:
             f = feats[name]
             channels = self._channels(name)
-            side = int(round((f.shape[1] / channels) ** 0.5))
+            side = round((f.shape[1] / channels) ** 0.5)
             f = F.adaptive_avg_pool2d(f.reshape(FEATURE_BATCH, channels, side, side), grid).flatten(1)
             groups.append(f)
         low = _lowres_features(x, self.spec.lowres_grid)
@@ -149,9 +152,12 @@ class FeatureExtractor:
 
     def __call__(self, images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         """Feature groups [(N, D_g) float64, ...] for uint8 images of any size."""
+        from nsdbench.methods.ridge import single_threaded_if
+
         parts: list[list[np.ndarray]] = []
-        for s in range(0, len(images), FEATURE_BATCH):
-            parts.append(self._batch(_resize_batch(images[s: s + FEATURE_BATCH], self.spec.image_size)))
+        with single_threaded_if(self.mode == "tiny" and self.device == "cpu"):  # tiny nets: threads only cost
+            for s in range(0, len(images), FEATURE_BATCH):
+                parts.append(self._batch(_resize_batch(images[s: s + FEATURE_BATCH], self.spec.image_size)))
         if not parts:
             raise UsageError("encoder: no images given")
         return [np.concatenate(g) for g in zip(*parts)]
@@ -345,8 +351,8 @@ def fit_encoder(
     """Fit (or load from the cache) the canonical encoder of one subject on the split's training images."""
     from nsdbench.nsd.splits import get_split, split_betas
 
-    spec = spec or EncoderSpec()
     mode = weights.check_mode(weights_mode)
+    spec = spec or default_spec(mode)
     sp = get_split(nsd, split, int(subject))
     y_train = split_betas(nsd, sp, "train", normalize=spec.normalize)
     y_test = split_betas(nsd, sp, "test", normalize=spec.normalize)
@@ -476,20 +482,183 @@ def find_fitted(subject: int, split: str | None = None, weights_mode: str | None
 # ------------------------------------------------------------------------------ published encoders
 
 
-def load_published_encoder(name: str, subject: int, device: str = "cpu"):
-    """A published encoding model from the weights registry. Only "gnet8" is known.
+GNET8_IMAGE_SIZE = 227  # GNet8 input: PIL Lanczos to 227 px, RGB / 255, minus the checkpoint's input mean
+GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH = 64, 192
 
-    The artifact must be fetched first (`nsdbench weights fetch gnet8-multisubject`); without it this is a
-    WeightsMissing error. nsdbench does not yet implement the GNet8 network itself, so with the file
-    present this reports that instead of silently substituting another encoder.
-    """
+
+def _gnet8_modules(trunk_width: int, pass_through: int, mean: np.ndarray, n_voxels: int):
+    """GNet8 (St-Yves et al. 2023): an AlexNet-like pre-filter, a trunk of BN→dropout→conv blocks giving two
+    feature maps (25×25 and 13×13 at 227 px), and per voxel a softmax spatial pooling field on each map,
+    log-compressed features and a linear readout. Attribute names follow the published state dicts."""
+    import torch
+    from torch import nn
+
+    class Trunk(nn.Module):
+        def __init__(self, cin: int, cout: int):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1)
+            self.drop1 = nn.Dropout2d(p=0.5)
+            self.bn1 = nn.BatchNorm2d(cin, eps=1e-05, momentum=0.25)
+
+        def forward(self, x):
+            return torch.relu(self.conv1(self.drop1(self.bn1(x))))
+
+    class PreFilter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Sequential(nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2))
+            self.conv2 = nn.Sequential(nn.Conv2d(64, 192, 5, padding=2), nn.ReLU())
+
+        def forward(self, x):
+            return self.conv2(self.conv1(x))
+
+    class EncStage(nn.Module):
+        def __init__(self, tw: int, pt: int):
+            super().__init__()
+            ss = tw + pt
+            self.tw = tw
+            self.conv3 = nn.Conv2d(192, 128, kernel_size=3, stride=1, padding=0)
+            self.drop1 = nn.Dropout2d(p=0.5)
+            self.bn1 = nn.BatchNorm2d(192, eps=1e-05, momentum=0.25)
+            self.pool1 = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            self.conv4a, self.conv5a, self.conv6a = Trunk(128, ss), Trunk(ss, ss), Trunk(ss, ss)
+            self.conv4b, self.conv5b, self.conv6b = Trunk(ss, ss), Trunk(ss, ss), Trunk(ss, tw)
+
+        def forward(self, x):
+            tw = self.tw
+            c3 = torch.relu(self.conv3(self.drop1(self.bn1(x))))
+            c4a = self.conv4a(c3)
+            c4b = self.conv4b(c4a)
+            c5a = self.conv5a(self.pool1(c4b))
+            c5b = self.conv5b(c5a)
+            c6a = self.conv6a(c5b)
+            c6b = self.conv6b(c6a)
+            return [torch.cat([c3, c4a[:, :tw], c4b[:, :tw]], 1),
+                    torch.cat([c5a[:, :tw], c5b[:, :tw], c6a[:, :tw], c6b], 1)]
+
+    class GEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mu = nn.Parameter(torch.as_tensor(np.asarray(mean, np.float32)), requires_grad=False)
+            self.pre = PreFilter()
+            self.enc = EncStage(trunk_width, pass_through)
+
+        def forward(self, x):
+            return self.enc(self.pre(x - self.mu))
+
+    def log_act(x):
+        return torch.log1p(x.abs()) * torch.tanh(x)
+
+    class Readout(nn.Module):
+        def __init__(self, sizes: list[int], n_features: int):
+            super().__init__()
+            for k, side in enumerate(sizes):
+                self.register_parameter(f"rf{k}", nn.Parameter(torch.ones(n_voxels, side, side)))
+            self.n_maps = len(sizes)
+            self.w = nn.Parameter(torch.randn(n_voxels, n_features) * 0.01)
+            self.b = nn.Parameter(torch.randn(n_voxels) * 0.01)
+
+        def forward(self, fmaps):
+            phi = []
+            for k, fm in enumerate(fmaps):
+                g = torch.softmax(getattr(self, f"rf{k}").flatten(1), dim=1)  # (V, S)
+                phi.append(torch.einsum("vs,bcs->vbc", g, log_act(fm.flatten(2))))
+            Phi = log_act(torch.cat(phi, 2))  # (V, B, F)
+            return torch.einsum("vbf,vf->bv", Phi, self.w) + self.b
+
+    trunk = GEncoder()
+    with torch.no_grad():
+        fm = trunk(torch.zeros(1, 3, GNET8_IMAGE_SIZE, GNET8_IMAGE_SIZE))
+    readout = Readout([int(f.shape[-1]) for f in fm], int(sum(f.shape[1] for f in fm)))
+    return trunk, readout
+
+
+def _read_gnet8(path: Path) -> dict:
+    """torch.load(weights_only=True), allowing numpy arrays (the release stores some as ndarrays)."""
+    import torch
+
+    allowed = [np.ndarray, np.dtype, np.core.multiarray._reconstruct]
+    allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "bool")]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable/unsafe file becomes one clear error
+        raise DataError(f"cannot read GNet8 weights {path} safely (weights_only): {exc}") from None
+
+
+class GNet8Encoder:
+    """The published GNet8 encoder of one subject (`pretrained`, from `gnet8-multisubject`), or the same
+    architecture with seeded random weights (`random` / `tiny`: plumbing and timing only).
+
+    Predictions cover the subject's voxels in the checkpoint's order, which must be the nsdgeneral voxels
+    (their count is checked; the MindEye2 release orders them as NSD's nsdgeneral mask flattened in C order,
+    the order nsdbench uses — not verifiable offline, see the report)."""
+
+    def __init__(self, subject: int, n_voxels: int, weights_mode: str = "pretrained", device: str = "cpu"):
+        import torch
+
+        self.subject = int(subject)
+        self.mode = weights.check_mode(weights_mode)
+        self.device = device
+        if self.mode == "pretrained":
+            path = weights.require(GNET8_ARTIFACT.name)
+            ckpt = _read_gnet8(path)
+            try:
+                params = ckpt["best_params"]
+                fwrf = params["fwrfs"][self.subject]
+                mean = np.asarray(ckpt["input_mean"], np.float32)
+            except (KeyError, TypeError) as exc:
+                raise DataError(f"{path}: not a GNet8 multisubject checkpoint (missing {exc}) for subject "
+                                f"{self.subject}") from None
+            nv = int(np.asarray(fwrf["w"]).shape[0])
+            if nv != n_voxels:
+                raise DataError(f"{path}: GNet8 subject {self.subject} predicts {nv} voxels; the subject's "
+                                f"nsdgeneral mask has {n_voxels}")
+            trunk, readout = _gnet8_modules(GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH, mean, nv)
+            trunk.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in params["enc"].items()})
+            readout.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in fwrf.items()})
+            self.sha256 = weights.recorded_sha256(GNET8_ARTIFACT.name)
+        else:
+            with weights.seeded(8):
+                tw, pt = (GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH) if self.mode == "random" else (8, 8)
+                trunk, readout = _gnet8_modules(tw, pt, np.full((1, 3, 1, 1), 0.45, np.float32), n_voxels)
+            self.sha256 = weights.module_sha256(torch.nn.ModuleList([trunk, readout]))
+        self.trunk = trunk.eval().requires_grad_(False).to(device)
+        self.readout = readout.eval().requires_grad_(False).to(device)
+
+    def predict(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """uint8 images (any size) → (N, V) float32 predicted betas, FEATURE_BATCH images per pass."""
+        import torch
+        from PIL import Image
+
+        out = []
+        for s in range(0, len(images), FEATURE_BATCH):
+            batch = np.zeros((FEATURE_BATCH, GNET8_IMAGE_SIZE, GNET8_IMAGE_SIZE, 3), np.float32)
+            part = images[s: s + FEATURE_BATCH]
+            for i, im in enumerate(part):
+                im = np.asarray(im)
+                if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                    raise UsageError(f"GNet8: image {s + i} has shape {im.shape} dtype {im.dtype}; expected uint8 H×W×3")
+                pil = Image.fromarray(np.ascontiguousarray(im)).resize((GNET8_IMAGE_SIZE, GNET8_IMAGE_SIZE),
+                                                                      Image.Resampling.LANCZOS)
+                batch[i] = np.asarray(pil, np.float32) / 255.0
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
+            with torch.inference_mode():
+                out.append(self.readout(self.trunk(x))[: len(part)].float().cpu().numpy())
+        if not out:
+            raise UsageError("GNet8: no images given")
+        return np.concatenate(out)
+
+
+def load_published_encoder(name: str, subject: int, n_voxels: int, weights_mode: str = "pretrained",
+                           device: str = "cpu") -> GNet8Encoder:
+    """A published encoding model plugged in through the weights registry. Known: "gnet8".
+
+    In `pretrained` mode its artifact must be fetched first (`nsdbench weights fetch gnet8-multisubject`);
+    otherwise this is a WeightsMissing error naming that command."""
     if name != "gnet8":
         raise UsageError(f"unknown published encoder {name!r}; known: gnet8")
-    path = weights.require(GNET8_ARTIFACT.name)
-    raise NSDBenchError(
-        f"GNet8 weights are cached at {path}, but the GNet8 architecture is not implemented in this nsdbench "
-        f"version; use the canonical encoder (encoder='nsdbench') for subject {subject}"
-    )
+    return GNet8Encoder(subject, n_voxels, weights_mode, device)
 
 
 # ---------------------------------------------------------------------------------- brain targets
@@ -502,6 +671,7 @@ def load_brain_target(
     weights_mode: str = "pretrained",
     *,
     encoder: str = "nsdbench",
+    spec: EncoderSpec | None = None,
     device: str = "cpu",
     progress: bool | None = None,
 ) -> BrainTarget:
@@ -512,13 +682,15 @@ def load_brain_target(
 
     sp = get_split(nsd, split, int(subject))
     if encoder == "nsdbench":
-        model = fit_encoder(nsd, subject, split, weights_mode, device=device, progress=progress)
+        model = fit_encoder(nsd, subject, split, weights_mode, spec=spec, device=device, progress=progress)
         normalize = model.spec.normalize
         info = {"encoder": model.spec.name, "encoder_key": model.meta.get("key"), "weights_mode": model.weights_mode,
                 "accuracy": model.accuracy}
     else:
-        model = load_published_encoder(encoder, subject, device)
-        normalize, info = "session-zscore", {"encoder": encoder}
+        n_vox = int(nsd.roi_voxel_masks(sp.subject)["nsdgeneral"].size)
+        model = load_published_encoder(encoder, subject, n_vox, weights_mode, device)
+        normalize = "session-zscore"
+        info = {"encoder": encoder, "weights_mode": weights_mode, "encoder_sha256": model.sha256}
     measured = split_betas(nsd, sp, "test", normalize=normalize)
     rois = nsd.roi_voxel_masks(sp.subject)
     missing = [r for r in BRAIN_ROIS.values() if r not in rois]

@@ -11,6 +11,7 @@ are averaged over samples (Second Sight's convention), and the set score is the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -19,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
 from nsdbench import weights as weights_mod
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.metrics import distances, features_cache, identification, pixel
@@ -35,7 +35,7 @@ from nsdbench.metrics.protocols import (
 )
 from nsdbench.metrics.resize import apply_chain, to_float
 
-FORWARD_BATCH = {"cpu": 4, "cuda": 64}
+FORWARD_BATCH = {"cpu": 8, "cuda": 64}  # fixed per device: part of the result's identity
 
 
 @dataclass
@@ -55,6 +55,7 @@ class FeaturePass:
     precision: str
     normalize: str
     chain: Chain
+    tf32: bool = False
 
     def part(self, layers: Sequence[str], mode: str, forward_batch: int, device_type: str) -> dict[str, Any]:
         return {
@@ -100,7 +101,9 @@ def _check_array(images: Any, n: int, what: str) -> None:
             nan = " containing NaN" if arr.dtype.kind == "f" and np.isnan(arr).any() else ""
             raise InvalidSubmission(f"{what}: expected uint8 (N, H, W, 3) images, got {dtype}{nan}")
         if images.ndim != 4 or images.shape[-1] != 3:
-            raise InvalidSubmission(f"{what}: expected uint8 (N, H, W, 3) images, got shape {tuple(images.shape)}")
+            raise InvalidSubmission(
+                f"{what}: expected uint8 (N, H, W, 3) images, got shape {tuple(images.shape)}"
+            )
     try:
         count = len(images)
     except TypeError as exc:
@@ -153,7 +156,9 @@ def _validate(gt_ids, gt_images, rec_ids, rec_samples, rec_images) -> _Inputs:
         ids = r[pos]
         u, c = np.unique(ids, return_counts=True)
         if (c > 1).any():
-            raise InvalidSubmission(f"sample {sample}: nsd_id {int(u[c > 1][0])} reconstructed more than once")
+            raise InvalidSubmission(
+                f"sample {sample}: nsd_id {int(u[c > 1][0])} reconstructed more than once"
+            )
         extra = sorted(set(ids.tolist()) - gt_set)
         if extra:
             raise InvalidSubmission(f"sample {sample}: nsd_id {extra[0]} has no ground-truth image")
@@ -215,8 +220,17 @@ def deterministic_mode(allow_tf32: bool = False) -> Iterator[dict[str, Any]]:
 class _Forwarder:
     """Feeds a network fixed-size, zero-padded chunks so each image's features never depend on batching."""
 
-    def __init__(self, net, layers: tuple[str, ...], chunk: int, normalize_kind: str, timer: dict[str, float]):
+    def __init__(
+        self,
+        net,
+        layers: tuple[str, ...],
+        chunk: int,
+        normalize_kind: str,
+        timer: dict[str, float],
+        tf32: bool = False,
+    ):
         self.net, self.layers, self.chunk, self.kind, self.timer = net, layers, chunk, normalize_kind, timer
+        self.tf32 = tf32
         self.buffer: list[torch.Tensor] = []
         self.n_buffered = 0
         self.out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
@@ -238,7 +252,12 @@ class _Forwarder:
         x = normalize(to_float(head, torch.float32), self.kind)
         _sync(x.device)
         t0 = _now()
-        feats = self.net.features(x, self.layers)
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        try:
+            feats = self.net.features(x, self.layers)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
         _sync(x.device)
         self.timer["forward"] = self.timer.get("forward", 0.0) + _now() - t0
         for layer in self.layers:
@@ -281,8 +300,8 @@ def _plan(protocols: list[Protocol], mode: str, with_brain: bool) -> _Plan:
                 plan.pixel.setdefault((m.gt_chain, m.rec_chain), []).append((p.name, m))
             elif isinstance(m, FeatureMetric):
                 version = m.weights if mode == "pretrained" else "-"
-                gp = FeaturePass(m.network, version, m.precision, m.normalize, m.gt_chain)
-                rp = FeaturePass(m.network, version, m.precision, m.normalize, m.rec_chain)
+                gp = FeaturePass(m.network, version, m.precision, m.normalize, m.gt_chain, m.tf32)
+                rp = FeaturePass(m.network, version, m.precision, m.normalize, m.rec_chain, m.tf32)
                 plan.gt_passes.setdefault(gp, set()).add(m.layer)
                 plan.rec_passes.setdefault(rp, set()).add(m.layer)
                 plan.features.append((p.name, m, gp, rp))
@@ -294,28 +313,12 @@ def _plan(protocols: list[Protocol], mode: str, with_brain: bool) -> _Plan:
 # --------------------------------------------------------------------------- brain correlation
 
 
-def _brain_correlation(pred: np.ndarray, measured: np.ndarray, rois: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    try:
-        from nsdbench.metrics.brain import brain_correlation
-    except ModuleNotFoundError as exc:
-        if exc.name != "nsdbench.metrics.brain":
-            raise
-        brain_correlation = _pearson_per_roi  # until metrics.brain is present in this checkout
+def _brain_correlation(
+    pred: np.ndarray, measured: np.ndarray, rois: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    from nsdbench.metrics.brain import brain_correlation  # imported lazily: only runs with a brain target
+
     return brain_correlation(pred, measured, rois)
-
-
-def _pearson_per_roi(pred: np.ndarray, measured: np.ndarray, rois: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from nsdbench.metrics.names import BRAIN_ROIS
-
-    out = {}
-    for metric, roi in BRAIN_ROIS.items():
-        if roi not in rois:
-            continue
-        mask = np.asarray(rois[roi], dtype=bool)
-        a = torch.from_numpy(np.asarray(pred, dtype=np.float64)[:, mask])
-        b = torch.from_numpy(np.asarray(measured, dtype=np.float64)[:, mask])
-        out[metric] = pixel.pearson_rows(a, b).numpy()
-    return out
 
 
 # --------------------------------------------------------------------------- scoring
@@ -338,8 +341,18 @@ def score(
     """Score reconstructions against ground truth under one protocol (see score_protocols)."""
     p = get_protocol(protocol)
     return score_protocols(
-        gt_ids, gt_images, rec_ids, rec_samples, rec_images, [p], weights_mode, device, brain, batch_size,
-        progress, cache,
+        gt_ids,
+        gt_images,
+        rec_ids,
+        rec_samples,
+        rec_images,
+        [p],
+        weights_mode,
+        device,
+        brain,
+        batch_size,
+        progress,
+        cache,
     )[p.name]
 
 
@@ -405,8 +418,13 @@ def score_protocols(
                 if cache:
                     if content is None:
                         content = features_cache.images_sha256(
-                            zip(ids.tolist(), (_check_image(gt_images[int(i)], "ground truth", int(k))
-                                               for i, k in zip(inputs.gt_pos, ids)))
+                            zip(
+                                ids.tolist(),
+                                (
+                                    _check_image(gt_images[int(i)], "ground truth", int(k))
+                                    for i, k in zip(inputs.gt_pos, ids)
+                                ),
+                            )
                         )
                     part = fp.part(sorted(layers), mode, chunk, dev.split(":")[0])
                     key = features_cache.cache_key(part, networks[fp].sha256, ids.tolist(), content)
@@ -416,8 +434,12 @@ def score_protocols(
                         continue
                 todo[fp] = key or ""
         if todo:
-            fwd = {fp: _Forwarder(networks[fp], tuple(sorted(plan.gt_passes[fp])), chunk, fp.normalize, timer)
-                   for fp in todo}
+            fwd = {
+                fp: _Forwarder(
+                    networks[fp], tuple(sorted(plan.gt_passes[fp])), chunk, fp.normalize, timer, fp.tf32
+                )
+                for fp in todo
+            }
             task = bar.add("ground-truth features", n)
             for s in range(0, n, batch_size):
                 pos, bids = inputs.gt_pos[s : s + batch_size], ids[s : s + batch_size]
@@ -435,7 +457,8 @@ def score_protocols(
                 gt_feats[fp] = fwd[fp].finish()
                 if cache and key:
                     features_cache.save(
-                        key, {k: v.cpu().numpy() for k, v in gt_feats[fp].items()},
+                        key,
+                        {k: v.cpu().numpy() for k, v in gt_feats[fp].items()},
                         {"pass": fp.part(sorted(plan.gt_passes[fp]), mode, chunk, dev), "n": n},
                     )
 
@@ -451,8 +474,10 @@ def score_protocols(
         for sample in inputs.samples:
             rpos = inputs.rec_pos[sample]
             pix: dict[tuple[str, str], list[np.ndarray]] = {}
-            fwd = {fp: _Forwarder(networks[fp], tuple(sorted(layers)), chunk, fp.normalize, timer)
-                   for fp, layers in plan.rec_passes.items()}
+            fwd = {
+                fp: _Forwarder(networks[fp], tuple(sorted(layers)), chunk, fp.normalize, timer, fp.tf32)
+                for fp, layers in plan.rec_passes.items()
+            }
             brain_pred: list[np.ndarray] = []
             brain_buf: list[np.ndarray] = []
             task = bar.add(f"sample {sample}", n)
@@ -460,14 +485,22 @@ def score_protocols(
                 bids = ids[s : s + batch_size]
                 t0 = _now()
                 recs = _take(rec_images, rpos[s : s + batch_size], bids, f"reconstruction (sample {sample})")
-                gts = _take(gt_images, inputs.gt_pos[s : s + batch_size], bids, "ground truth") if plan.pixel else []
+                gts = (
+                    _take(gt_images, inputs.gt_pos[s : s + batch_size], bids, "ground truth")
+                    if plan.pixel
+                    else []
+                )
                 timer["read"] = timer.get("read", 0.0) + _now() - t0
                 t0 = _now()
                 for (gchain, rchain), metrics in plan.pixel.items():
                     g = apply_chain(gts, gchain, dev)
                     r = apply_chain(recs, rchain, dev)
+                    done: dict[PixelMetric, np.ndarray] = {}  # protocols that agree share the computation
                     for pname, m in metrics:
-                        pix.setdefault((pname, m.name), []).append(_pixel_metric(m, g, r).cpu().numpy())
+                        key = dataclasses.replace(m, note="")
+                        if key not in done:
+                            done[key] = _pixel_metric(m, g, r).cpu().numpy()
+                        pix.setdefault((pname, m.name), []).append(done[key])
                 timer["pixel"] = timer.get("pixel", 0.0) + _now() - t0
                 for chain, fps in _by_chain(plan.rec_passes).items():
                     t0 = _now()
@@ -484,7 +517,9 @@ def score_protocols(
             rec_feats = {fp: f.finish() for fp, f in fwd.items()}
             t0 = _now()
             for (pname, mname), vals in pix.items():
-                rows.extend((pname, int(i), sample, mname, float(v)) for i, v in zip(ids, np.concatenate(vals)))
+                rows.extend(
+                    (pname, int(i), sample, mname, float(v)) for i, v in zip(ids, np.concatenate(vals))
+                )
             for pname, m, gp, rp in plan.features:
                 gfe, rfe = gt_feats[gp][m.layer], rec_feats[rp][m.layer]
                 if m.statistic == "2way-pearson":
@@ -493,7 +528,9 @@ def score_protocols(
                     vals = distances.correlation_distance(gfe, rfe)
                 else:
                     vals = distances.cosine(gfe, rfe)
-                rows.extend((pname, int(i), sample, m.name, float(v)) for i, v in zip(ids, vals.cpu().numpy()))
+                rows.extend(
+                    (pname, int(i), sample, m.name, float(v)) for i, v in zip(ids, vals.cpu().numpy())
+                )
             if plan.brain:
                 if brain_buf:
                     brain_pred.append(_predict(brain, brain_buf, timer))
@@ -505,11 +542,27 @@ def score_protocols(
                 bc = _brain_correlation(pred, measured, brain.rois)
                 for pname, m in plan.brain:
                     if m.name in bc:
-                        rows.extend((pname, int(i), sample, m.name, float(v)) for i, v in zip(ids, bc[m.name]))
+                        rows.extend(
+                            (pname, int(i), sample, m.name, float(v)) for i, v in zip(ids, bc[m.name])
+                        )
             timer["stats"] = timer.get("stats", 0.0) + _now() - t0
 
-    return {p.name: _result(p, [r[1:] for r in rows if r[0] == p.name], mode, dev, flags, net_info, plan, chunk,
-                            brain, n, len(inputs.samples)) for p in protos}
+    return {
+        p.name: _result(
+            p,
+            [r[1:] for r in rows if r[0] == p.name],
+            mode,
+            dev,
+            flags,
+            net_info,
+            plan,
+            chunk,
+            brain,
+            n,
+            len(inputs.samples),
+        )
+        for p in protos
+    }
 
 
 def weights_mode_checked(mode: str) -> str:
@@ -538,7 +591,9 @@ def _pixel_metric(m: PixelMetric, g: torch.Tensor, r: torch.Tensor) -> torch.Ten
     gf = to_float(g, torch.float64)
     rf = to_float(r, torch.float64)
     if gf.shape != rf.shape:
-        raise UsageError(f"protocol metric {m.name}: its resize chains give different sizes {tuple(gf.shape)} vs {tuple(rf.shape)}")
+        raise UsageError(
+            f"protocol metric {m.name}: its resize chains give different sizes {tuple(gf.shape)} vs {tuple(rf.shape)}"
+        )
     if m.color == "gray":
         gf, rf = pixel.rgb2gray(gf), pixel.rgb2gray(rf)
     if m.kind == "pearson":
@@ -548,16 +603,24 @@ def _pixel_metric(m: PixelMetric, g: torch.Tensor, r: torch.Tensor) -> torch.Ten
     return fn(rf, gf, dr, m.sample_covariance, m.sigma, m.truncate, m.k1, m.k2)
 
 
-def _result(p: Protocol, rows, mode, dev, flags, net_info, plan: _Plan, chunk, brain, n, n_samples) -> ScoreResult:
+def _result(
+    p: Protocol, rows, mode, dev, flags, net_info, plan: _Plan, chunk, brain, n, n_samples
+) -> ScoreResult:
     per_sample = pd.DataFrame(rows, columns=["nsd_id", "sample", "metric", "value"])
     per_sample["_o"] = per_sample["metric"].map(order_key)
     per_sample = per_sample.sort_values(["_o", "nsd_id", "sample"]).drop(columns="_o").reset_index(drop=True)
     per_image = per_sample.groupby(["metric", "nsd_id"], sort=False, as_index=False)["value"].mean()
     per_image = per_image[["nsd_id", "metric", "value"]]
-    set_scores = {m: float(per_image.loc[per_image["metric"] == m, "value"].mean())
-                  for m in METRIC_ORDER if m in set(per_image["metric"])}
-    used = {f"{m.network}:{(m.weights if mode == 'pretrained' else '-')}:{m.precision}"
-            for m in p.metrics if isinstance(m, FeatureMetric)}
+    set_scores = {
+        m: float(per_image.loc[per_image["metric"] == m, "value"].mean())
+        for m in METRIC_ORDER
+        if m in set(per_image["metric"])
+    }
+    used = {
+        f"{m.network}:{(m.weights if mode == 'pretrained' else '-')}:{m.precision}"
+        for m in p.metrics
+        if isinstance(m, FeatureMetric)
+    }
     import PIL
     import torchvision
 
@@ -570,7 +633,12 @@ def _result(p: Protocol, rows, mode, dev, flags, net_info, plan: _Plan, chunk, b
         "weights_mode": mode,
         "smoke": weights_mod.is_smoke(mode),
         "networks": {k: v for k, v in net_info.items() if k in used},
-        "precision": {"pixel": "float64", "statistics": "float64", **flags},
+        "precision": {
+            "pixel": "float64",
+            "statistics": "float64",
+            **flags,
+            "tf32_feature_matmul_cuda": any(getattr(m, "tf32", False) for m in p.metrics),
+        },
         "forward_batch": chunk,
         "device": dev,
         "device_name": torch.cuda.get_device_name(dev) if dev.startswith("cuda") else "cpu",
@@ -581,9 +649,11 @@ def _result(p: Protocol, rows, mode, dev, flags, net_info, plan: _Plan, chunk, b
         "n_images": n,
         "n_samples": n_samples,
         "metrics": list(set_scores),
-        "brain": None if brain is None else {
+        "brain": None
+        if brain is None
+        else {
             "type": type(brain).__name__,
-            "provenance": getattr(brain, "provenance", None),
+            "info": getattr(brain, "info", None) or getattr(brain, "provenance", None),
         },
     }
     return ScoreResult(per_sample, per_image.reset_index(drop=True), set_scores, prov)

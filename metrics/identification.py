@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from nsdbench.errors import InvalidSubmission
 
 
@@ -19,7 +18,9 @@ def _row_stats(x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]
     return mu, norm
 
 
-def pearson_matrix(gt: torch.Tensor, pred: torch.Tensor, row_chunk: int = 64, col_chunk: int = 8192) -> torch.Tensor:
+def pearson_matrix(
+    gt: torch.Tensor, pred: torch.Tensor, row_chunk: int = 64, col_chunk: int = 8192
+) -> torch.Tensor:
     """r[i, j] = Pearson(gt_i, pred_j) in float64: the cross block of np.corrcoef(gt, pred).
 
     Memory is bounded by the (N, M) result plus (N + M) x col_chunk float64 temporaries: features

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-from torch import nn
-
 from nsdbench import weights
 from nsdbench.errors import NSDBenchError, UsageError
+from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,32 +44,51 @@ ARTIFACT_OF: dict[tuple[str, str], str] = {
 _USED_BY = ("metrics",)
 for _art in (
     weights.Artifact(
-        "alexnet-imagenet1k-v1", "torchvision AlexNet IMAGENET1K_V1 (AlexNet(2/5/7) metrics)", "url",
-        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "alexnet-owt-7be5be79.pth",
+        "alexnet-imagenet1k-v1",
+        "torchvision AlexNet IMAGENET1K_V1 (AlexNet(2/5/7) metrics)",
+        "url",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        "alexnet-owt-7be5be79.pth",
         used_by=_USED_BY,
     ),
     weights.Artifact(
-        "inception-v3-imagenet1k-v1", "torchvision InceptionV3 IMAGENET1K_V1 (Inception metric)", "url",
+        "inception-v3-imagenet1k-v1",
+        "torchvision InceptionV3 IMAGENET1K_V1 (Inception metric)",
+        "url",
         "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
-        "inception_v3_google-0cc3c7bd.pth", used_by=_USED_BY,
-    ),
-    weights.Artifact(
-        "efficientnet-b1-imagenet1k-v1", "torchvision EfficientNet-B1 IMAGENET1K_V1 (EffNet-B, BD/SS)", "url",
-        "https://download.pytorch.org/models/efficientnet_b1_rwightman-bac287d4.pth",
-        "efficientnet_b1_rwightman-bac287d4.pth", used_by=_USED_BY,
-    ),
-    weights.Artifact(
-        "efficientnet-b1-imagenet1k-v2", "torchvision EfficientNet-B1 IMAGENET1K_V2 (EffNet-B, MindEye)", "url",
-        "https://download.pytorch.org/models/efficientnet_b1-c27df63c.pth", "efficientnet_b1-c27df63c.pth",
+        "inception_v3_google-0cc3c7bd.pth",
         used_by=_USED_BY,
     ),
     weights.Artifact(
-        "clip-vit-l-14-openai", "OpenAI CLIP ViT-L/14 in open_clip format (QuickGELU) for CLIP metrics", "hf",
-        "timm/vit_large_patch14_clip_224.openai", "open_clip_pytorch_model.bin", used_by=_USED_BY,
+        "efficientnet-b1-imagenet1k-v1",
+        "torchvision EfficientNet-B1 IMAGENET1K_V1 (EffNet-B, BD/SS)",
+        "url",
+        "https://download.pytorch.org/models/efficientnet_b1_rwightman-bac287d4.pth",
+        "efficientnet_b1_rwightman-bac287d4.pth",
+        used_by=_USED_BY,
     ),
     weights.Artifact(
-        "swav-resnet50-800ep", "SwAV ResNet-50, 800 epochs (facebookresearch/swav), for the SwAV metric", "url",
-        "https://dl.fbaipublicfiles.com/deepcluster/swav_800ep_pretrain.pth.tar", "swav_800ep_pretrain.pth.tar",
+        "efficientnet-b1-imagenet1k-v2",
+        "torchvision EfficientNet-B1 IMAGENET1K_V2 (EffNet-B, MindEye)",
+        "url",
+        "https://download.pytorch.org/models/efficientnet_b1-c27df63c.pth",
+        "efficientnet_b1-c27df63c.pth",
+        used_by=_USED_BY,
+    ),
+    weights.Artifact(
+        "clip-vit-l-14-openai",
+        "OpenAI CLIP ViT-L/14 in open_clip format (QuickGELU) for CLIP metrics",
+        "hf",
+        "timm/vit_large_patch14_clip_224.openai",
+        "open_clip_pytorch_model.bin",
+        used_by=_USED_BY,
+    ),
+    weights.Artifact(
+        "swav-resnet50-800ep",
+        "SwAV ResNet-50, 800 epochs (facebookresearch/swav), for the SwAV metric",
+        "url",
+        "https://dl.fbaipublicfiles.com/deepcluster/swav_800ep_pretrain.pth.tar",
+        "swav_800ep_pretrain.pth.tar",
         used_by=_USED_BY,
     ),
 ):
@@ -148,7 +166,9 @@ def _architecture(network: str, mode: str) -> nn.Module:
         if tiny:
             return TinyPooledCNN(16, transform_input=True)
         # what torchvision builds for IMAGENET1K_V1 (transform_input=True, aux head kept)
-        return tvm.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=mode == "random")
+        return tvm.inception_v3(
+            weights=None, aux_logits=True, transform_input=True, init_weights=mode == "random"
+        )
     if network == "efficientnet_b1":
         return TinyPooledCNN(12) if tiny else tvm.efficientnet_b1(weights=None)
     if network == "swav_resnet50":
@@ -170,7 +190,7 @@ def _load_pretrained(network: str, version: str, module: nn.Module) -> str:
     except Exception as exc:  # a corrupt or non-tensor file
         raise NSDBenchError(f"cannot read weights {name!r} from {path}: {exc}") from exc
     if network == "clip_vit_l14":
-        sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+        sd = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
         module.load_state_dict(sd, strict=True)
     elif network == "swav_resnet50":
         sd = {k.replace("module.", ""): v for k, v in sd.items()}
@@ -241,8 +261,9 @@ def _cached(key: NetworkKey) -> FeatureNetwork:
     return FeatureNetwork(key)
 
 
-def get_network(network: str, weights_version: str, mode: str, precision: str = "fp32",
-                device: str = "cpu") -> FeatureNetwork:
+def get_network(
+    network: str, weights_version: str, mode: str, precision: str = "fp32", device: str = "cpu"
+) -> FeatureNetwork:
     """A loaded network (kept in memory for reuse within the process)."""
     version = weights_version if mode == "pretrained" else "-"
     return _cached(NetworkKey(network, version, mode, precision, str(device)))

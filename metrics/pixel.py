@@ -7,6 +7,7 @@ Gaussian (mode 'reflect' = half-sample symmetric), the radius-wide border croppe
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 RGB2GRAY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
@@ -50,17 +51,8 @@ def _symmetric_index(n: int, radius: int, device) -> torch.Tensor:
     return idx
 
 
-def gaussian_filter_axis(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
-    """1-D correlation of x along `dim` with symmetric (scipy 'reflect') borders; same size output."""
-    if x.device.type == "cpu":  # scipy's C loop is the fastest exact path on a CPU
-        from scipy.ndimage import correlate1d
-
-        return torch.from_numpy(correlate1d(x.numpy(), kernel.numpy(), axis=dim, mode="reflect"))
-    return filter_axis_torch(x, kernel, dim)
-
-
 def filter_axis_torch(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
-    """The device path of gaussian_filter_axis: symmetric padding by index, then shifted multiply-adds."""
+    """1-D correlation along `dim` with scipy mode='reflect' borders: index padding, shifted multiply-adds."""
     radius = (kernel.numel() - 1) // 2
     n = x.shape[dim]
     padded = x.index_select(dim, _symmetric_index(n, radius, x.device))
@@ -71,38 +63,66 @@ def filter_axis_torch(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.
     return out
 
 
-def _ssim_map(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    dims: tuple[int, ...],
-    data_range: torch.Tensor,
-    sample_covariance: bool,
-    sigma: float,
-    truncate: float,
-    k1: float,
-    k2: float,
-) -> tuple[torch.Tensor, int]:
+def _ssim_torch(x, y, dims, r, sample_covariance, sigma, truncate, k1, k2) -> torch.Tensor:
+    """Batched SSIM on any torch device; returns the per-image mean over the cropped map."""
     kernel = gaussian_kernel1d(sigma, truncate, x.dtype, x.device)
-    win = kernel.numel()
-    for d in dims:
-        if x.shape[d] < win:
-            raise ValueError(f"SSIM window {win} exceeds image extent {tuple(x.shape[1:])}")
     stack = torch.stack([x, y, x * x, y * y, x * y])  # filter all five moments in one pass
     for d in dims:
-        stack = gaussian_filter_axis(stack, kernel, d + 1)
+        stack = filter_axis_torch(stack, kernel, d + 1)
     ux, uy, uxx, uyy, uxy = stack
-    n_points = win ** len(dims)
+    n_points = kernel.numel() ** len(dims)
     cov_norm = n_points / (n_points - 1) if sample_covariance else 1.0
     vx = cov_norm * (uxx - ux * ux)
     vy = cov_norm * (uyy - uy * uy)
     vxy = cov_norm * (uxy - ux * uy)
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    r = data_range.to(x.dtype).reshape(shape)
+    r = r.reshape((-1,) + (1,) * (x.ndim - 1))
     c1 = (k1 * r) ** 2
     c2 = (k2 * r) ** 2
-    a1, a2 = 2 * ux * uy + c1, 2 * vxy + c2
-    b1, b2 = ux**2 + uy**2 + c1, vx + vy + c2
-    return (a1 * a2) / (b1 * b2), (win - 1) // 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    pad = (kernel.numel() - 1) // 2
+    for d in dims:
+        s = s.narrow(d, pad, s.shape[d] - 2 * pad)
+    return s.reshape(s.shape[0], -1).mean(dim=1)
+
+
+def _ssim_numpy(x, y, dims, r, sample_covariance, sigma, truncate, k1, k2) -> torch.Tensor:
+    """CPU path: one image at a time with scipy filters and numpy (cache-friendly, no thread pool)."""
+    from scipy.ndimage import correlate1d
+
+    kernel = gaussian_kernel1d(sigma, truncate, torch.float64, "cpu").numpy()
+    pad = (kernel.size - 1) // 2
+    n_points = kernel.size ** len(dims)
+    cov_norm = n_points / (n_points - 1) if sample_covariance else 1.0
+    xs, ys, rs = x.numpy(), y.numpy(), r.numpy()
+    out = np.empty(xs.shape[0], dtype=np.float64)
+    for i in range(xs.shape[0]):
+        a, b = xs[i], ys[i]
+        moments = []
+        for m in (a, b, a * a, b * b, a * b):
+            for d in dims:
+                m = correlate1d(m, kernel, axis=d - 1, mode="reflect")
+            moments.append(m)
+        ux, uy, uxx, uyy, uxy = moments
+        vx = cov_norm * (uxx - ux * ux)
+        vy = cov_norm * (uyy - uy * uy)
+        vxy = cov_norm * (uxy - ux * uy)
+        c1, c2 = (k1 * rs[i]) ** 2, (k2 * rs[i]) ** 2
+        s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+        crop = tuple(slice(pad, s.shape[ax] - pad) if ax + 1 in dims else slice(None) for ax in range(s.ndim))
+        out[i] = s[crop].mean(dtype=np.float64)
+    return torch.from_numpy(out)
+
+
+def _ssim(x, y, dims, data_range, sample_covariance, sigma, truncate, k1, k2, backend) -> torch.Tensor:
+    win = 2 * int(truncate * sigma + 0.5) + 1
+    for d in dims:
+        if x.shape[d] < win:
+            raise ValueError(f"SSIM window {win} exceeds image extent {tuple(x.shape[1:])}")
+    r = _as_range(data_range, x.shape[0], x)
+    if backend == "auto":
+        backend = "numpy" if x.device.type == "cpu" else "torch"
+    fn = _ssim_numpy if backend == "numpy" else _ssim_torch
+    return fn(x, y, dims, r, sample_covariance, sigma, truncate, k1, k2)
 
 
 def _as_range(data_range: float | torch.Tensor, b: int, like: torch.Tensor) -> torch.Tensor:
@@ -120,11 +140,13 @@ def ssim_2d(
     truncate: float = 3.5,
     k1: float = 0.01,
     k2: float = 0.03,
+    backend: str = "auto",
 ) -> torch.Tensor:
-    """Gaussian-weighted 2-D SSIM of gray images (B, H, W) -> (B,) (skimage >= 0.20 on 2-D input)."""
-    s, pad = _ssim_map(x, y, (1, 2), _as_range(data_range, x.shape[0], x), sample_covariance, sigma,
-                       truncate, k1, k2)
-    return s[:, pad : s.shape[1] - pad, pad : s.shape[2] - pad].mean(dim=(1, 2))
+    """Gaussian-weighted 2-D SSIM of gray images (B, H, W) -> (B,) (skimage >= 0.20 on 2-D input).
+
+    backend: "auto" (numpy on CPU tensors, torch elsewhere), "numpy" or "torch"; both are exact.
+    """
+    return _ssim(x, y, (1, 2), data_range, sample_covariance, sigma, truncate, k1, k2, backend)
 
 
 def ssim_columnwise(
@@ -136,23 +158,17 @@ def ssim_columnwise(
     truncate: float = 3.5,
     k1: float = 0.01,
     k2: float = 0.03,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """The legacy SSIM: skimage <= 0.19 `multichannel=True` on a 2-D gray image (B, H, W) -> (B,).
 
     Each of the W columns is a 1-D signal with a 1-D Gaussian window down the column; the value is
     the mean over columns (identical to channel_axis=-1 in current scikit-image).
     """
-    s, pad = _ssim_map(x, y, (1,), _as_range(data_range, x.shape[0], x), sample_covariance, sigma,
-                       truncate, k1, k2)
-    return s[:, pad : s.shape[1] - pad, :].mean(dim=1).mean(dim=1)
+    return _ssim(x, y, (1,), data_range, sample_covariance, sigma, truncate, k1, k2, backend)
 
 
 def gt_range(gray: torch.Tensor) -> torch.Tensor:
     """Second Sight's data_range: max - min of each gray ground truth."""
     flat = gray.reshape(gray.shape[0], -1)
     return flat.max(dim=1).values - flat.min(dim=1).values
-
-
-def ssim_window(sigma: float = 1.5, truncate: float = 3.5) -> int:
-    return 2 * int(truncate * sigma + 0.5) + 1
-

@@ -74,6 +74,7 @@ class FeatureMetric:
     normalize: Literal["imagenet", "clip"]
     precision: Literal["fp32", "fp16"] = "fp32"
     statistic: Literal["2way-pearson", "correlation-distance", "cosine"] = "2way-pearson"
+    tf32: bool = False  # CUDA matmuls in TF32 (only where the reference code enabled it)
     note: str = ""
 
 
@@ -107,7 +108,9 @@ class Protocol:
         for m in self.metrics:
             if m.name == name:
                 return m
-        raise UsageError(f"protocol {self.name!r} has no metric {name!r} (has {', '.join(self.metric_names)})")
+        raise UsageError(
+            f"protocol {self.name!r} has no metric {name!r} (has {', '.join(self.metric_names)})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The full definition as plain JSON-able data (what the hash covers)."""
@@ -159,7 +162,14 @@ def _bd_style_features(
         FeatureMetric("inception", "inception_v3", "IMAGENET1K_V1", "avgpool", c, c, normalize_cnn),
         FeatureMetric("clip_2way", "clip_vit_l14", "openai", "visual", c, c, "clip"),
         FeatureMetric(
-            "effnet_b", "efficientnet_b1", effnet, "avgpool", c, c, normalize_cnn, statistic="correlation-distance"
+            "effnet_b",
+            "efficientnet_b1",
+            effnet,
+            "avgpool",
+            c,
+            c,
+            normalize_cnn,
+            statistic="correlation-distance",
         ),
         FeatureMetric(
             "swav", "swav_resnet50", "800ep", "avgpool", c, c, normalize_cnn, statistic="correlation-distance"
@@ -201,8 +211,10 @@ BRAIN_DIFFUSER_2023 = Protocol(
     notes=(
         "Ground truth at native 425 px; reconstructions PIL-resized to 425 (bicubic) for pixel metrics.",
         "Network inputs: torchvision F.resize((224, 224)) on PIL images = PIL bilinear.",
-        "Correlation distances in the reference are computed on float32 features with scipy; nsdbench "
-        "uses float64 (differences below 1e-6).",
+        (
+            "Correlation distances in the reference are computed on float32 features with scipy; nsdbench "
+            "uses float64 (differences below 1e-6)."
+        ),
     ),
 )
 
@@ -213,6 +225,10 @@ def _me(*extra: ResizeStep) -> Chain:
     return _ME256 + tuple(extra)
 
 
+def _with_tf32(metrics: tuple[Metric, ...]) -> tuple[Metric, ...]:
+    return tuple(dataclasses.replace(m, tf32=True) if isinstance(m, FeatureMetric) else m for m in metrics)
+
+
 MINDEYE = Protocol(
     name="mindeye",
     version="1.0",
@@ -220,50 +236,88 @@ MINDEYE = Protocol(
     "torchvision tensor resizes without antialias, fp16 CLIP, EfficientNet-B1 V2 weights.",
     split="nsd1000",
     published_order="nsd-ascending",
-    metrics=_order(
-        (
-            PixelMetric(
-                "pixcorr", _me(_torch("bilinear", 425)), _me(_torch("bilinear", 425)), "rgb", "pearson"
-            ),
-            PixelMetric(
-                "ssim",
-                _me(_torch("bilinear", 425)),
-                _me(_torch("bilinear", 425)),
-                "gray",
-                "ssim-2d",
-                note="skimage>=0.20 ignores multichannel=True: a true 2-D SSIM; the reference ran it in "
-                "float32, nsdbench in float64",
-            ),
-            FeatureMetric(
-                "alexnet2", "alexnet", "IMAGENET1K_V1", "features.4", _me(_torch("bilinear", 256)),
-                _me(_torch("bilinear", 256)), "imagenet",
-            ),
-            FeatureMetric(
-                "alexnet5", "alexnet", "IMAGENET1K_V1", "features.11", _me(_torch("bilinear", 256)),
-                _me(_torch("bilinear", 256)), "imagenet",
-            ),
-            FeatureMetric(
-                "inception", "inception_v3", "IMAGENET1K_V1", "avgpool", _me(_torch("bilinear", 342)),
-                _me(_torch("bilinear", 342)), "imagenet",
-            ),
-            FeatureMetric(
-                "clip_2way", "clip_vit_l14", "openai", "visual", _me(_torch("bilinear", 224)),
-                _me(_torch("bilinear", 224)), "clip", precision="fp16",
-            ),
-            FeatureMetric(
-                "effnet_b", "efficientnet_b1", "IMAGENET1K_V2", "avgpool", _me(_torch("bilinear", 255)),
-                _me(_torch("bilinear", 255)), "imagenet", statistic="correlation-distance",
-            ),
-            FeatureMetric(
-                "swav", "swav_resnet50", "800ep", "avgpool", _me(_torch("bilinear", 224)),
-                _me(_torch("bilinear", 224)), "imagenet", statistic="correlation-distance",
-            ),
+    metrics=_with_tf32(
+        _order(
+            (
+                PixelMetric(
+                    "pixcorr", _me(_torch("bilinear", 425)), _me(_torch("bilinear", 425)), "rgb", "pearson"
+                ),
+                PixelMetric(
+                    "ssim",
+                    _me(_torch("bilinear", 425)),
+                    _me(_torch("bilinear", 425)),
+                    "gray",
+                    "ssim-2d",
+                    note="skimage>=0.20 ignores multichannel=True: a true 2-D SSIM; the reference ran it in "
+                    "float32, nsdbench in float64",
+                ),
+                FeatureMetric(
+                    "alexnet2",
+                    "alexnet",
+                    "IMAGENET1K_V1",
+                    "features.4",
+                    _me(_torch("bilinear", 256)),
+                    _me(_torch("bilinear", 256)),
+                    "imagenet",
+                ),
+                FeatureMetric(
+                    "alexnet5",
+                    "alexnet",
+                    "IMAGENET1K_V1",
+                    "features.11",
+                    _me(_torch("bilinear", 256)),
+                    _me(_torch("bilinear", 256)),
+                    "imagenet",
+                ),
+                FeatureMetric(
+                    "inception",
+                    "inception_v3",
+                    "IMAGENET1K_V1",
+                    "avgpool",
+                    _me(_torch("bilinear", 342)),
+                    _me(_torch("bilinear", 342)),
+                    "imagenet",
+                ),
+                FeatureMetric(
+                    "clip_2way",
+                    "clip_vit_l14",
+                    "openai",
+                    "visual",
+                    _me(_torch("bilinear", 224)),
+                    _me(_torch("bilinear", 224)),
+                    "clip",
+                    precision="fp16",
+                ),
+                FeatureMetric(
+                    "effnet_b",
+                    "efficientnet_b1",
+                    "IMAGENET1K_V2",
+                    "avgpool",
+                    _me(_torch("bilinear", 255)),
+                    _me(_torch("bilinear", 255)),
+                    "imagenet",
+                    statistic="correlation-distance",
+                ),
+                FeatureMetric(
+                    "swav",
+                    "swav_resnet50",
+                    "800ep",
+                    "avgpool",
+                    _me(_torch("bilinear", 224)),
+                    _me(_torch("bilinear", 224)),
+                    "imagenet",
+                    statistic="correlation-distance",
+                ),
+            )
+            + _brain(_BRAIN_PUBLISHED)
         )
-        + _brain(_BRAIN_PUBLISHED)
     ),
     notes=(
-        "Ground truth and reconstructions are first stored at 256x256 (torch bilinear, no antialias: "
-        "torchvision < 0.17 tensor default), then each metric resizes again.",
+        "The reference sets torch.backends.cuda.matmul.allow_tf32 = True; so does this protocol (CUDA only).",
+        (
+            "Ground truth and reconstructions are first stored at 256x256 (torch bilinear, no antialias: "
+            "torchvision < 0.17 tensor default), then each metric resizes again."
+        ),
         "MindEye1 reported on nsd982; MindEye2 on nsd1000 (the protocol's split).",
         "Square images assumed: torchvision Resize(int) on a square image gives size x size.",
     ),
@@ -281,16 +335,32 @@ SECOND_SIGHT_2023 = Protocol(
     metrics=_order(
         (
             PixelMetric(
-                "pixcorr", (_pil("lanczos", 425),), (_pil("lanczos", 425),), "rgb", "pearson",
+                "pixcorr",
+                (_pil("lanczos", 425),),
+                (_pil("lanczos", 425),),
+                "rgb",
+                "pearson",
                 note="np.corrcoef on flattened uint8 (same value as /255)",
             ),
             PixelMetric(
-                "ssim", _P425, _P425, "gray", "ssim-2d", sample_covariance=True, data_range="gt-range",
+                "ssim",
+                _P425,
+                _P425,
+                "gray",
+                "ssim-2d",
+                sample_covariance=True,
+                data_range="gt-range",
                 note="data_range = gt.max() - gt.min() of the gray ground truth",
             ),
             FeatureMetric(
-                "clip_cos", "clip_vit_l14", "openai", "visual", (_pil("bicubic", 224),),
-                (_pil("bicubic", 224),), "clip", statistic="cosine",
+                "clip_cos",
+                "clip_vit_l14",
+                "openai",
+                "visual",
+                (_pil("bicubic", 224),),
+                (_pil("bicubic", 224),),
+                "clip",
+                statistic="cosine",
                 note="HF CLIPProcessor: shortest side 224 bicubic + center crop 224 (= 224x224 on square "
                 "images); rescale and normalize in float32",
             ),
@@ -316,8 +386,14 @@ NSDBENCH_V1 = Protocol(
             PixelMetric("pixcorr", _P425, _P425, "rgb", "pearson"),
             PixelMetric("ssim", _P425, _P425, "gray", "ssim-2d"),
             FeatureMetric(
-                "clip_cos", "clip_vit_l14", "openai", "visual", (_pil("bilinear", 224),),
-                (_pil("bilinear", 224),), "clip", statistic="cosine",
+                "clip_cos",
+                "clip_vit_l14",
+                "openai",
+                "visual",
+                (_pil("bilinear", 224),),
+                (_pil("bilinear", 224),),
+                "clip",
+                statistic="cosine",
                 note="same CLIP embedding as clip_2way",
             ),
         )
@@ -325,8 +401,10 @@ NSDBENCH_V1 = Protocol(
         + _brain(_BRAIN_ALL)
     ),
     notes=(
-        "Pixel metrics at 425 px (PIL bicubic), SSIM 2-D Gaussian (sigma 1.5, truncate 3.5, population "
-        "covariance, data_range 1).",
+        (
+            "Pixel metrics at 425 px (PIL bicubic), SSIM 2-D Gaussian (sigma 1.5, truncate 3.5, population "
+            "covariance, data_range 1)."
+        ),
         "Networks at 224 px (PIL bilinear), ImageNet normalization for CNNs, CLIP normalization for CLIP.",
     ),
 )
@@ -370,7 +448,7 @@ def metric_fields(metric: Metric) -> dict[str, str]:
             "gt resize": describe_chain(metric.gt_chain),
             "rec resize": describe_chain(metric.rec_chain),
             "normalization": metric.normalize,
-            "precision": metric.precision,
+            "precision": metric.precision + (" (TF32 matmul on CUDA)" if metric.tf32 else ""),
             "statistic": metric.statistic,
         }
     return {"roi": metric.roi, "statistic": metric.statistic}

@@ -9,10 +9,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from PIL import Image
-
 from nsdbench.errors import UsageError
 from nsdbench.metrics.protocols import Chain, ResizeStep
+from PIL import Image
 
 _PIL_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -44,7 +43,9 @@ def pil_resize(image: np.ndarray, steps: Chain) -> np.ndarray:
 @lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
     # PIL releases the GIL while resampling, so threads give real parallelism.
-    return ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="nsdbench-pil")
+    return ThreadPoolExecutor(
+        max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="nsdbench-pil"
+    )
 
 
 def torch_resize(x: torch.Tensor, step: ResizeStep) -> torch.Tensor:
@@ -56,7 +57,9 @@ def torch_resize(x: torch.Tensor, step: ResizeStep) -> torch.Tensor:
     )
 
 
-def apply_chain(images: Sequence[np.ndarray] | np.ndarray, chain: Chain, device: str | torch.device) -> torch.Tensor:
+def apply_chain(
+    images: Sequence[np.ndarray] | np.ndarray, chain: Chain, device: str | torch.device
+) -> torch.Tensor:
     """Images (uint8 HxWx3 each) through the chain on `device`.
 
     Returns (B, 3, h, w): uint8 when the chain has only PIL steps (so callers choose the float
@@ -72,7 +75,9 @@ def apply_chain(images: Sequence[np.ndarray] | np.ndarray, chain: Chain, device:
     shapes = {im.shape for im in items}
     if not torch_steps:
         if len(shapes) != 1:
-            raise UsageError(f"images of different sizes {sorted(shapes)} and no resize step to equalize them")
+            raise UsageError(
+                f"images of different sizes {sorted(shapes)} and no resize step to equalize them"
+            )
         return torch.from_numpy(np.stack(items)).to(device).permute(0, 3, 1, 2)
     if len(shapes) == 1:
         x = torch.from_numpy(np.stack(items)).to(device).permute(0, 3, 1, 2).float().div(255)
@@ -80,8 +85,10 @@ def apply_chain(images: Sequence[np.ndarray] | np.ndarray, chain: Chain, device:
             x = torch_resize(x, s)
         return x
     # Different input sizes: the first torch step brings every image to the same size.
-    first = [torch_resize(torch.from_numpy(im).to(device).permute(2, 0, 1)[None].float().div(255), torch_steps[0])
-             for im in items]
+    first = [
+        torch_resize(torch.from_numpy(im).to(device).permute(2, 0, 1)[None].float().div(255), torch_steps[0])
+        for im in items
+    ]
     x = torch.cat(first)
     for s in torch_steps[1:]:
         x = torch_resize(x, s)

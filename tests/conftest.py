@@ -25,13 +25,12 @@ def nsdbench_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default synthetic NSD (seed 0), generated once per test session. Treat it as read-only."""
+def synth_root(nsdbench_home: Path) -> Path:
+    """The default synthetic NSD (seed 0), generated once per test session where `--data synthetic`
+    looks for it, so the CLI and the fixtures share one copy. Treat it as read-only."""
     from nsdbench.nsd.synth import synthesize
 
-    root = tmp_path_factory.mktemp("synthetic-nsd")
-    synthesize(root, seed=0)
-    return root
+    return synthesize(nsdbench_home / "synthetic-nsd", seed=0)
 
 
 @pytest.fixture(scope="session")

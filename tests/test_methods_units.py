@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from scipy.stats import pearsonr
-
 from nsdbench.errors import UsageError
 from nsdbench.methods import baselines, registry
 from nsdbench.methods.protocol import FitCache, Method, zscore_with_train
 from nsdbench.methods.seeds import image_seed, torch_generator
+from scipy.stats import pearsonr
 
 
 def test_image_seed_is_the_documented_sha256():
@@ -24,14 +23,25 @@ def test_image_seed_is_the_documented_sha256():
 
 
 def test_image_seed_differs_per_key_and_is_stable_across_processes():
-    keys = [(0, "m", 1, 10, 0), (1, "m", 1, 10, 0), (0, "n", 1, 10, 0), (0, "m", 2, 10, 0), (0, "m", 1, 11, 0),
-            (0, "m", 1, 10, 1)]
+    keys = [
+        (0, "m", 1, 10, 0),
+        (1, "m", 1, 10, 0),
+        (0, "n", 1, 10, 0),
+        (0, "m", 2, 10, 0),
+        (0, "m", 1, 11, 0),
+        (0, "m", 1, 10, 1),
+    ]
     seeds = [image_seed(*k) for k in keys]
     assert len(set(seeds)) == len(seeds)
     # Python's hash() is salted per process; ours must not be
     code = "from nsdbench.methods.seeds import image_seed; print(image_seed(0, 'm', 1, 10, 0))"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": "123", "PATH": ""})
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    )
     assert int(other.stdout) == seeds[0]
 
 
@@ -153,8 +163,9 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
     dist = tmp_path / "nsdb_plugin_demo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nsdb-plugin-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[nsdbench.methods]\nplugin-demo = nsdb_plugin_demo:Demo\n"
-                                           "broken = nsdb_plugin_demo:DoesNotExist\n")
+    (dist / "entry_points.txt").write_text(
+        "[nsdbench.methods]\nplugin-demo = nsdb_plugin_demo:Demo\nbroken = nsdb_plugin_demo:DoesNotExist\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_loaded", False)
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.metrics import engine
 from nsdbench.metrics.protocols import BrainMetric, FeatureMetric, PixelMetric, Protocol, ResizeStep
@@ -29,9 +28,19 @@ SMALL = Protocol(
         FeatureMetric("alexnet2", "alexnet", "IMAGENET1K_V1", "features.4", B64, B64, "imagenet"),
         FeatureMetric("alexnet7", "alexnet", "IMAGENET1K_V1", "classifier.5", B64, B64, "imagenet"),
         FeatureMetric("inception", "inception_v3", "IMAGENET1K_V1", "avgpool", B64, T48, "imagenet"),
-        FeatureMetric("effnet_b", "efficientnet_b1", "IMAGENET1K_V1", "avgpool", B64, B64, "imagenet",
-                      statistic="correlation-distance"),
-        FeatureMetric("swav", "swav_resnet50", "800ep", "avgpool", B64, B64, "clip", statistic="correlation-distance"),
+        FeatureMetric(
+            "effnet_b",
+            "efficientnet_b1",
+            "IMAGENET1K_V1",
+            "avgpool",
+            B64,
+            B64,
+            "imagenet",
+            statistic="correlation-distance",
+        ),
+        FeatureMetric(
+            "swav", "swav_resnet50", "800ep", "avgpool", B64, B64, "clip", statistic="correlation-distance"
+        ),
         BrainMetric("bc_v1", "V1"),
         BrainMetric("bc_nsdgeneral", "nsdgeneral"),
     ),
@@ -122,9 +131,12 @@ class PixelEncoder:
 
 
 def test_brain_correlation_per_roi(data):
+    from nsdbench.metrics.brain import BrainTarget
+
     ids, gt, rec0, _ = data
     brain = PixelEncoder(ids)
-    res = _score(ids, gt, ids, np.zeros(len(ids), int), rec0, brain=brain, batch_size=4)
+    target = BrainTarget(brain, brain.measured, brain.rois)
+    res = _score(ids, gt, ids, np.zeros(len(ids), int), rec0, brain=target, batch_size=4)
     ps = res.per_sample
     pred = brain.predict(rec0)
     for metric, mask in (("bc_v1", brain.rois["V1"]), ("bc_nsdgeneral", brain.rois["nsdgeneral"])):
@@ -156,8 +168,12 @@ def test_provenance(data):
     prov = _score(ids, gt, ids, np.zeros(len(ids), int), rec0).provenance
     assert prov["protocol_hash"] == SMALL.hash and prov["smoke"] is True and prov["weights_mode"] == "tiny"
     assert prov["precision"]["tf32"] is False and prov["precision"]["cudnn_deterministic"] is True
-    assert set(prov["networks"]) == {"alexnet:-:fp32", "inception_v3:-:fp32", "efficientnet_b1:-:fp32",
-                                     "swav_resnet50:-:fp32"}
+    assert set(prov["networks"]) == {
+        "alexnet:-:fp32",
+        "inception_v3:-:fp32",
+        "efficientnet_b1:-:fp32",
+        "swav_resnet50:-:fp32",
+    }
     assert all(len(v["sha256"]) == 64 for v in prov["networks"].values())
 
 
@@ -165,7 +181,9 @@ def test_protocols_scored_together_match_separate_runs(data):
     ids, gt, rec0, _ = data
     zeros = np.zeros(len(ids), int)
     proto2 = Protocol("test-small-2", "0", "", "nsd982", "nsd-ascending", SMALL.metrics[:3])
-    together = engine.score_protocols(ids, gt, ids, zeros, rec0, [SMALL, proto2], weights_mode="tiny", cache=False)
+    together = engine.score_protocols(
+        ids, gt, ids, zeros, rec0, [SMALL, proto2], weights_mode="tiny", cache=False
+    )
     alone = _score(ids, gt, ids, zeros, rec0, protocol=proto2)
     pd.testing.assert_frame_equal(together["test-small-2"].per_sample, alone.per_sample, check_exact=True)
 
@@ -175,11 +193,30 @@ def test_protocols_scored_together_match_separate_runs(data):
     [
         (lambda d: {**d, "gt": d["gt"].astype(np.float32) * np.nan}, "float32 containing NaN"),
         (lambda d: {**d, "rec": d["rec"][..., 0]}, r"expected uint8 \(N, H, W, 3\)"),
-        (lambda d: {**d, "rec_ids": np.where(d["rec_ids"] == 7, 8, d["rec_ids"])}, "nsd_id 8 has no ground-truth"),
-        (lambda d: {**d, "rec_ids": d["rec_ids"][:-1], "rec_samples": d["rec_samples"][:-1], "rec": d["rec"][:-1]},
-         "no reconstruction for nsd_id 5"),
-        (lambda d: {**d, "ids": d["ids"][:1], "gt": d["gt"][:1], "rec_ids": d["ids"][:1],
-                    "rec_samples": d["rec_samples"][:1], "rec": d["rec"][:1]}, "at least 2 images"),
+        (
+            lambda d: {**d, "rec_ids": np.where(d["rec_ids"] == 7, 8, d["rec_ids"])},
+            "nsd_id 8 has no ground-truth",
+        ),
+        (
+            lambda d: {
+                **d,
+                "rec_ids": d["rec_ids"][:-1],
+                "rec_samples": d["rec_samples"][:-1],
+                "rec": d["rec"][:-1],
+            },
+            "no reconstruction for nsd_id 5",
+        ),
+        (
+            lambda d: {
+                **d,
+                "ids": d["ids"][:1],
+                "gt": d["gt"][:1],
+                "rec_ids": d["ids"][:1],
+                "rec_samples": d["rec_samples"][:1],
+                "rec": d["rec"][:1],
+            },
+            "at least 2 images",
+        ),
         (lambda d: {**d, "ids": np.where(d["ids"] == 7, 40, d["ids"])}, "nsd_id 40 given more than once"),
         (lambda d: {**d, "rec_samples": d["rec_samples"][:-1]}, "sample indices"),
         (lambda d: {**d, "gt": d["gt"][:-1]}, "5 images for 6 ids"),
@@ -215,3 +252,18 @@ def test_pretrained_weights_missing_names_the_artifact(data):
     ids, gt, rec0, _ = data
     with pytest.raises(WeightsMissing, match="nsdbench weights fetch alexnet-imagenet1k-v1"):
         _score(ids, gt, ids, np.zeros(len(ids), int), rec0, weights_mode="pretrained")
+
+
+def test_scores_synthetic_nsd_test_split(nsd):
+    """End to end on the synthetic NSD: a split's ground truth, keyed by NSD id, vs degraded copies."""
+    from nsdbench.nsd.splits import get_split
+
+    split = get_split(nsd, "nsd982", 1)
+    ids = np.array(split.test_ids[:5])
+    gt = nsd.images(ids)
+    rec = np.ascontiguousarray(gt[:, ::-1])  # vertically flipped reconstructions
+    res = _score(ids, gt, ids[::-1], np.zeros(len(ids), int), rec[::-1])
+    assert sorted(res.per_image["nsd_id"].unique()) == sorted(ids.tolist())
+    assert res.set_scores["pixcorr"] < 0.99 and np.isfinite(list(res.set_scores.values())).all()
+    self_res = _score(ids, gt, ids, np.zeros(len(ids), int), gt)
+    assert self_res.set_scores["pixcorr"] == pytest.approx(1.0) and self_res.set_scores["alexnet2"] == 1.0

@@ -16,14 +16,13 @@ import torch
 import torchvision
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+from nsdbench.metrics import engine
+from nsdbench.metrics.networks import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_network
+from nsdbench.metrics.protocols import PROTOCOLS, Protocol
 from PIL import Image
 from scipy.spatial.distance import correlation as scipy_correlation
 from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity as ssim
-
-from nsdbench.metrics import engine
-from nsdbench.metrics.networks import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_network
-from nsdbench.metrics.protocols import PROTOCOLS, Protocol
 
 TOL = 1e-6
 N = 4
@@ -69,7 +68,7 @@ def _hooked_forward(module, batches, layer: str | None, half: bool = False) -> n
 
 def _pairwise_corr_all(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """The published 2-way code, returning the per-prediction success fraction."""
-    r = np.corrcoef(gt, pred)[: len(gt), len(gt):]
+    r = np.corrcoef(gt, pred)[: len(gt), len(gt) :]
     return np.sum(r < np.diag(r), 0) / (len(gt) - 1)
 
 
@@ -112,7 +111,9 @@ def _bd_like_features(gt, rec, norm_cnn, metrics, effnet="efficientnet_b1"):
     return out
 
 
-def _check(ours: dict, ref: dict, exact=("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way"), tol=None):
+def _check(
+    ours: dict, ref: dict, exact=("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way"), tol=None
+):
     tol = tol or {}
     assert set(ref) <= set(ours)
     for m, v in ref.items():
@@ -130,11 +131,23 @@ def test_brain_diffuser_2023(images):
         gti = np.array(Image.fromarray(g)) / 255.0
         ref["pixcorr"].append(np.corrcoef(gti.reshape(1, -1), gen.reshape(1, -1))[0, 1])
         # skimage <= 0.19 multichannel=True on a 2-D image == channel_axis=-1 today
-        ref["ssim"].append(ssim(rgb2gray(gen), rgb2gray(gti), channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                                use_sample_covariance=False, data_range=1.0))
+        ref["ssim"].append(
+            ssim(
+                rgb2gray(gen),
+                rgb2gray(gti),
+                channel_axis=-1,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=1.0,
+            )
+        )
     ref = {k: np.array(v) for k, v in ref.items()}
-    ref.update(_bd_like_features(gt, rec, IMAGENET, ("alexnet2", "alexnet5", "inception", "clip_2way", "effnet_b",
-                                                     "swav")))
+    ref.update(
+        _bd_like_features(
+            gt, rec, IMAGENET, ("alexnet2", "alexnet5", "inception", "clip_2way", "effnet_b", "swav")
+        )
+    )
     ours = _engine("brain-diffuser-2023", images)
     assert set(ours) == set(ref)
     _check(ours, ref)
@@ -147,15 +160,31 @@ def test_nsdbench_v1(images):
         gen = np.array(Image.fromarray(r).resize((425, 425), Image.Resampling.BICUBIC)) / 255.0
         gti = np.array(Image.fromarray(g).resize((425, 425), Image.Resampling.BICUBIC)) / 255.0
         ref["pixcorr"].append(np.corrcoef(gti.ravel(), gen.ravel())[0, 1])
-        ref["ssim"].append(ssim(rgb2gray(gen), rgb2gray(gti), gaussian_weights=True, sigma=1.5,
-                                use_sample_covariance=False, data_range=1.0))
+        ref["ssim"].append(
+            ssim(
+                rgb2gray(gen),
+                rgb2gray(gti),
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=1.0,
+            )
+        )
     ref = {k: np.array(v) for k, v in ref.items()}
-    ref.update(_bd_like_features(gt, rec, IMAGENET, ("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way",
-                                                     "effnet_b", "swav")))
+    ref.update(
+        _bd_like_features(
+            gt,
+            rec,
+            IMAGENET,
+            ("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way", "effnet_b", "swav"),
+        )
+    )
     clip = _module("clip_vit_l14")
     g = _hooked_forward(clip, _pil_batches(gt, 224, CLIPNORM), None)
     p = _hooked_forward(clip, _pil_batches(rec, 224, CLIPNORM), None)
-    ref["clip_cos"] = torch.nn.functional.cosine_similarity(torch.from_numpy(g), torch.from_numpy(p), dim=1).numpy()
+    ref["clip_cos"] = torch.nn.functional.cosine_similarity(
+        torch.from_numpy(g), torch.from_numpy(p), dim=1
+    ).numpy()
     ours = _engine("nsdbench-v1", images)
     _check(ours, ref)
 
@@ -173,8 +202,12 @@ def test_mindeye(images):
     ref = {"pixcorr": np.array([np.corrcoef(gi[i], ri[i])[0][1] for i in range(N)])}
     img_gray = rgb2gray(up(all_images).permute((0, 2, 3, 1)).numpy())
     recon_gray = rgb2gray(up(all_recons).permute((0, 2, 3, 1)).numpy())
-    ref["ssim"] = np.array([ssim(r, g, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
-                            for g, r in zip(img_gray, recon_gray)])
+    ref["ssim"] = np.array(
+        [
+            ssim(r, g, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+            for g, r in zip(img_gray, recon_gray)
+        ]
+    )
 
     def two_way_me(module, size, norm, layer, half=False):
         pre = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BILINEAR, antialias=False), norm])
@@ -206,12 +239,26 @@ def test_second_sight_2023(images):
         ref["pixcorr"].append(np.corrcoef(a, b)[0][1])
         gg = rgb2gray(np.array(Image.fromarray(g).resize((425, 425))) / 255.0)
         rr = rgb2gray(np.array(Image.fromarray(r).resize((425, 425))) / 255.0)
-        ref["ssim"].append(ssim(rr, gg, gaussian_weights=True, sigma=1.5, use_sample_covariance=True,
-                                data_range=gg.max() - gg.min()))
+        ref["ssim"].append(
+            ssim(
+                rr,
+                gg,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=True,
+                data_range=gg.max() - gg.min(),
+            )
+        )
     ref = {k: np.array(v) for k, v in ref.items()}
     # every network gets CLIP's mean/std (the reference dataset class defaults to CLIP)
-    ref.update(_bd_like_features(gt, rec, CLIPNORM, ("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way",
-                                                     "effnet_b", "swav")))
+    ref.update(
+        _bd_like_features(
+            gt,
+            rec,
+            CLIPNORM,
+            ("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way", "effnet_b", "swav"),
+        )
+    )
 
     def processor(im):  # HF CLIPImageProcessor: shortest edge 224 bicubic, center crop, rescale, normalize
         pil = Image.fromarray(im).resize((224, 224), Image.Resampling.BICUBIC)
@@ -223,7 +270,9 @@ def test_second_sight_2023(images):
     with torch.no_grad():
         fg = clip(torch.stack([processor(x) for x in gt]))
         fr = clip(torch.stack([processor(x) for x in rec]))
-    ref["clip_cos"] = np.array([torch.nn.functional.cosine_similarity(fg[i], fr[i], dim=0).item() for i in range(N)])
+    ref["clip_cos"] = np.array(
+        [torch.nn.functional.cosine_similarity(fg[i], fr[i], dim=0).item() for i in range(N)]
+    )
     ours = _engine("second-sight-2023", images)
     assert set(ours) == set(ref)
     _check(ours, ref)
@@ -233,7 +282,9 @@ def test_random_weights_alexnet_matches_an_independent_torchvision_build(images)
     """`random` mode = torchvision's real AlexNet under a fixed seed; brain-diffuser's hooks on it agree."""
     _ids, gt, rec = images
     bd = PROTOCOLS["brain-diffuser-2023"]
-    proto = Protocol("bd-alexnet", "0", "", bd.split, bd.published_order, (bd.metric("alexnet2"), bd.metric("alexnet5")))
+    proto = Protocol(
+        "bd-alexnet", "0", "", bd.split, bd.published_order, (bd.metric("alexnet2"), bd.metric("alexnet5"))
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(b"alexnet"))
         net = torchvision.models.alexnet(weights=None).eval()
@@ -244,7 +295,8 @@ def test_random_weights_alexnet_matches_an_independent_torchvision_build(images)
     for name in ("alexnet2", "alexnet5"):
         feats = []
         h = net.features[4 if name == "alexnet2" else 11].register_forward_hook(
-            lambda _m, _i, o: feats.append(o.cpu().numpy()))
+            lambda _m, _i, o, feats=feats: feats.append(o.cpu().numpy())
+        )
         with torch.no_grad():
             net(_pil_batches(gt, 224, IMAGENET)[0])
             net(_pil_batches(rec, 224, IMAGENET)[0])

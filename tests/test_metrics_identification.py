@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.distance import correlation as scipy_correlation
-
 from nsdbench.errors import InvalidSubmission
 from nsdbench.metrics import distances, identification
+from scipy.spatial.distance import correlation as scipy_correlation
 
 TOL = 1e-6
 
@@ -36,8 +35,10 @@ def _literal_two_way(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 def test_pearson_matrix_is_corrcoef_cross_block():
     gt, pred = _features()
-    ours = identification.pearson_matrix(torch.from_numpy(gt), torch.from_numpy(pred), row_chunk=5, col_chunk=7)
-    ref = np.corrcoef(gt, pred)[: len(gt), len(gt):]
+    ours = identification.pearson_matrix(
+        torch.from_numpy(gt), torch.from_numpy(pred), row_chunk=5, col_chunk=7
+    )
+    ref = np.corrcoef(gt, pred)[: len(gt), len(gt) :]
     assert np.abs(ours.numpy() - ref).max() < 1e-12
 
 
@@ -48,7 +49,7 @@ def test_two_way_matches_literal_double_loop(noise):
     ref = _literal_two_way(gt, pred)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=TOL)
     # its mean is brain-diffuser's pairwise_corr_all statistic
-    r = np.corrcoef(gt, pred)[: len(gt), len(gt):]
+    r = np.corrcoef(gt, pred)[: len(gt), len(gt) :]
     published = np.mean(np.sum(r < np.diag(r), 0)) / (len(gt) - 1)
     assert abs(ours.mean() - published) < TOL
 
@@ -71,7 +72,10 @@ def test_correlation_distance_matches_scipy():
     ours = distances.correlation_distance(torch.from_numpy(gt), torch.from_numpy(pred)).numpy()
     ref = [scipy_correlation(g.astype(np.float64), p.astype(np.float64)) for g, p in zip(gt, pred)]
     np.testing.assert_allclose(ours, ref, rtol=0, atol=TOL)
-    assert np.abs(distances.correlation_distance(torch.from_numpy(gt), torch.from_numpy(gt)).numpy()).max() < 1e-12
+    assert (
+        np.abs(distances.correlation_distance(torch.from_numpy(gt), torch.from_numpy(gt)).numpy()).max()
+        < 1e-12
+    )
 
 
 def test_cosine_matches_numpy():

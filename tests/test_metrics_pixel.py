@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from nsdbench.metrics import pixel
 from scipy.ndimage import gaussian_filter1d
 from skimage.color import rgb2gray as sk_rgb2gray
 from skimage.metrics import structural_similarity
-
-from nsdbench.metrics import pixel
 
 TOL = 1e-6  # float64 paths
 
@@ -45,23 +44,34 @@ def _gray(x):
     return np.stack([sk_rgb2gray(im) for im in x])
 
 
-def test_ssim_2d_matches_skimage(pairs):
+BACKENDS = pytest.mark.parametrize("backend", ["numpy", "torch"])  # CPU path and the device (GPU) path
+
+
+@BACKENDS
+def test_ssim_2d_matches_skimage(pairs, backend):
     gt, rec = _gray(pairs[0]), _gray(pairs[1])
-    ours = pixel.ssim_2d(torch.from_numpy(rec), torch.from_numpy(gt)).numpy()
+    ours = pixel.ssim_2d(torch.from_numpy(rec), torch.from_numpy(gt), backend=backend).numpy()
     ref = [
-        structural_similarity(r, g, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+        structural_similarity(
+            r, g, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+        )
         for r, g in zip(rec, gt)
     ]
     np.testing.assert_allclose(ours, ref, rtol=0, atol=TOL)
 
 
-def test_ssim_sample_covariance_gt_range_matches_skimage(pairs):
+@BACKENDS
+def test_ssim_sample_covariance_gt_range_matches_skimage(pairs, backend):
     gt, rec = _gray(pairs[0]), _gray(pairs[1])
     tg = torch.from_numpy(gt)
-    ours = pixel.ssim_2d(torch.from_numpy(rec), tg, pixel.gt_range(tg), sample_covariance=True).numpy()
+    ours = pixel.ssim_2d(
+        torch.from_numpy(rec), tg, pixel.gt_range(tg), sample_covariance=True, backend=backend
+    )
+    ours = ours.numpy()
     ref = [
-        structural_similarity(r, g, gaussian_weights=True, sigma=1.5, use_sample_covariance=True,
-                              data_range=g.max() - g.min())
+        structural_similarity(
+            r, g, gaussian_weights=True, sigma=1.5, use_sample_covariance=True, data_range=g.max() - g.min()
+        )
         for r, g in zip(rec, gt)
     ]
     np.testing.assert_allclose(ours, ref, rtol=0, atol=TOL)
@@ -84,13 +94,21 @@ def _literal_columnwise_ssim(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(per_col))
 
 
-def test_columnwise_ssim_matches_literal_loop_and_channel_axis(pairs):
+@BACKENDS
+def test_columnwise_ssim_matches_literal_loop_and_channel_axis(pairs, backend):
     gt, rec = _gray(pairs[0]), _gray(pairs[1])
-    ours = pixel.ssim_columnwise(torch.from_numpy(rec), torch.from_numpy(gt)).numpy()
+    ours = pixel.ssim_columnwise(torch.from_numpy(rec), torch.from_numpy(gt), backend=backend).numpy()
     literal = [_literal_columnwise_ssim(r, g) for r, g in zip(rec, gt)]
     skimage_legacy = [
-        structural_similarity(r, g, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                              use_sample_covariance=False, data_range=1.0)
+        structural_similarity(
+            r,
+            g,
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
         for r, g in zip(rec, gt)
     ]
     np.testing.assert_allclose(ours, literal, rtol=0, atol=TOL)

@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 import pytest
-
 from nsdbench.cli import main
 from nsdbench.errors import UsageError
 from nsdbench.metrics.names import HIGHER_IS_BETTER, LABELS, METRIC_ORDER
@@ -20,7 +19,9 @@ def test_names_tables_are_complete():
 
 def test_shipped_protocols_and_their_key_choices():
     assert list(PROTOCOLS) == ["nsdbench-v1", "brain-diffuser-2023", "mindeye", "second-sight-2023"]
-    bd, me, ss, v1 = (get_protocol(n) for n in ("brain-diffuser-2023", "mindeye", "second-sight-2023", "nsdbench-v1"))
+    bd, me, ss, v1 = (
+        get_protocol(n) for n in ("brain-diffuser-2023", "mindeye", "second-sight-2023", "nsdbench-v1")
+    )
     assert bd.metric("ssim").kind == "ssim-columnwise" and v1.metric("ssim").kind == "ssim-2d"
     assert ss.metric("ssim").sample_covariance and ss.metric("ssim").data_range == "gt-range"
     assert me.metric("clip_2way").precision == "fp16" and me.metric("effnet_b").weights == "IMAGENET1K_V2"
@@ -38,7 +39,9 @@ def test_hash_identifies_the_definition():
     p = get_protocol("brain-diffuser-2023")
     assert p.hash == get_protocol("brain-diffuser-2023").hash and len(p.hash) == 16
     assert len({q.hash for q in PROTOCOLS.values()}) == 4
-    changed = dataclasses.replace(p, metrics=(dataclasses.replace(p.metrics[1], sample_covariance=True),) + p.metrics[2:])
+    changed = dataclasses.replace(
+        p, metrics=(dataclasses.replace(p.metrics[1], sample_covariance=True),) + p.metrics[2:]
+    )
     assert changed.hash != p.hash
     assert p.identity == f"brain-diffuser-2023@1.0#{p.hash}"
 
@@ -51,7 +54,9 @@ def test_unknown_protocol():
 def test_differences_table_shows_the_ssim_split():
     rows = differences(list(PROTOCOLS.values()))
     ssim = [r for r in rows if r["metric"] == "ssim" and r["field"] == "computation"]
-    assert ssim and "columnwise" in ssim[0]["brain-diffuser-2023"] and "sample" in ssim[0]["second-sight-2023"]
+    assert (
+        ssim and "columnwise" in ssim[0]["brain-diffuser-2023"] and "sample" in ssim[0]["second-sight-2023"]
+    )
     assert any(r["metric"] == "clip_2way" and r["field"] == "precision" for r in rows)
     # fields that agree everywhere are not listed
     assert not any(r["metric"] == "alexnet2" and r["field"] == "layer" for r in rows)

@@ -118,7 +118,7 @@ def test_extremes_follow_metric_direction_with_stable_ties(nsd):
 
 
 def test_page_content_matches_inputs(nsd):
-    data, ids = build(nsd)
+    data, _ = build(nsd)
     opt = ReportOptions(n=6, seed=1, k_extremes=2, thumb=96)
     page, grid_ids, notes = render_report(data, opt)
     p = parse(page)
@@ -157,7 +157,7 @@ def test_missing_reconstructions_become_labelled_tiles(nsd):
     assert p.missing == 3
     assert page.count('<figure class="tile missing"') == 3
     assert "subject 1: 2 reconstructions of run good missing (shown as 'missing' tiles)" in notes
-    assert "subject 2: 1 reconstructions of run shuffled missing (shown as 'missing' tiles)" in notes
+    assert "subject 2: 1 reconstruction of run shuffled missing (shown as 'missing' tiles)" in notes
     assert "Incomplete inputs" in page
     assert len([i for i in p.imgs if i.get("class") == "thumb rec"]) == 2 * 4 * 2 - 3
 
@@ -238,3 +238,17 @@ def test_page_of_natural_images_stays_within_its_byte_budget():
     thumb_bytes = sum(len(i["src"]) for i in thumbs)
     assert 0.6 * budget < thumb_bytes < 1.1 * budget, thumb_bytes
     assert len(page.encode()) < 1.1 * budget + 500_000  # the rest of the page is small
+
+
+def test_ground_truth_root_never_falls_back_silently(tmp_path):
+    from nsdbench.errors import DataError
+    from nsdbench.report_sources import ground_truth_root
+
+    notes: list[str] = []
+    assert ground_truth_root([("a", f"synthetic:{tmp_path}")], notes) == str(tmp_path)
+    assert ground_truth_root([("a", "synthetic")], notes) == "synthetic"
+    assert ground_truth_root([("a", "")], notes) is None and notes == []
+    with pytest.raises(DataError, match="run a was scored against the NSD at /no/such/nsd.*--data"):
+        ground_truth_root([("a", "/no/such/nsd")], notes)
+    assert ground_truth_root([("a", str(tmp_path)), ("b", "synthetic")], notes) == str(tmp_path)
+    assert len(notes) == 1 and "different NSD roots" in notes[0]

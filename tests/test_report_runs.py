@@ -66,7 +66,7 @@ class DomParser(HTMLParser):
             self.summary += data
 
 
-def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int = 6) -> tuple[str, Path]:
+def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int = 4) -> tuple[str, Path]:
     """A small real run: the runner's folder layout, PNGs, the real scoring path (tiny networks) and
     the leaderboard ingest, on the first n_ids test images of each subject (a full synthetic run
     scores 91 images per subject, minutes on 2 CPU cores)."""
@@ -99,16 +99,16 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
     return spec.run_id, run_dir
 
 
-def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 6) -> tuple[str, Path]:
-    """A small real `score` run: a blurred npz submission written by `nsdbench submission demo`,
-    scored by the real scoring path and recorded as `nsdbench score` records it."""
+def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 4) -> tuple[str, Path]:
+    """A small real `score` run of subject 1 only: a blurred npz submission written by `nsdbench
+    submission demo`, scored by the real scoring path and recorded as `nsdbench score` records it."""
     from nsdbench.leaderboards.store import Store
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.submission import load_submission
 
-    subjects = tuple(int(s) for s in SUBJECTS.split(","))
+    subjects = (1,)
     path = base / "blur.npz"
-    assert main(["submission", "demo", str(path), "--data", data, "--subjects", SUBJECTS, "--limit", str(n_ids),
+    assert main(["submission", "demo", str(path), "--data", data, "--subjects", "1", "--limit", str(n_ids),
                  "--format", "npz"]) == 0
     from nsdbench.scoring import score_images_to_parquet
 
@@ -133,7 +133,7 @@ def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 6) -> tupl
 @pytest.fixture(scope="module")
 def runs(synth_root: Path, nsd, tmp_path_factory: pytest.TempPathFactory):
     """Three runs in a private leaderboard: the ground truth itself, a shuffled baseline (both `run`
-    runs with a run folder) and a blurred submission (a `score` run)."""
+    runs with a run folder, subjects 1 and 2) and a blurred submission (a `score` run, subject 1)."""
     base = tmp_path_factory.mktemp("report-runs")
     db = base / "lb.duckdb"
     made = {
@@ -170,16 +170,24 @@ def test_report_renders_in_chromium(runs, tmp_path: Path, capsys):
     p.feed(dom)
     summary = json.loads(p.summary)
     store = Store(db)
-    n_metrics = {r: store.image_scores(r)["metric"].nunique() for r in ids}
-    n_grid = sum(len(v) for v in summary["grid_ids"].values())
-    assert summary["grid_ids"].keys() == {"1", "2"} and n_grid == 8
+    # metrics whose per-image values differ get K best + K worst pairs; a constant one (the ground-truth
+    # run scores 1.0 everywhere) is one line of text
+    distinct = {r: store.image_scores(r).groupby("metric")["value"].nunique() for r in ids}
+    ranked = {r: int((d > 1).sum()) for r, d in distinct.items()}
+    assert ranked[ids[0]] < len(distinct[ids[0]]) and ranked[ids[1]] == len(distinct[ids[1]])
+    grid = {int(k): v for k, v in summary["grid_ids"].items()}
+    assert grid.keys() == {1, 2} and all(len(v) == 4 for v in grid.values())
+    n_grid = sum(len(v) for v in grid.values())
+    n_grid_rec = sum(len(v) * sum(s in store.run(r)["subjects"] for r in ids) for s, v in grid.items())
+    assert n_grid_rec == 4 * 3 + 4 * 2  # the score run has subject 1 only
     classes = [i.get("class") for i in p.imgs]
-    pairs = sum(n_metrics[r] * 2 * K for r in ids)  # best + worst per metric and run
+    pairs = sum(ranked[r] * 2 * K for r in ids)
     assert classes.count("thumb gt") == n_grid + pairs
-    assert classes.count("thumb rec") == n_grid * len(ids) + pairs
+    assert classes.count("thumb rec") == n_grid_rec + pairs
     assert classes.count("plot") == 1
-    assert len(p.imgs) == (1 + len(ids)) * n_grid + 2 * pairs + 1
+    assert len(p.imgs) == n_grid + n_grid_rec + 2 * pairs + 1
     assert all(i["src"].startswith("data:image/") for i in p.imgs)
+    assert dom.count("every image scores") == sum(int((d == 1).sum()) for d in distinct.values())
 
     # the tables show exactly the stored aggregates (mean row + one row per subject, every metric)
     stored = {}
@@ -195,15 +203,15 @@ def test_report_renders_in_chromium(runs, tmp_path: Path, capsys):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_from_run_folder_marks_missing_images(runs, tmp_path: Path):
-    db, made = runs
-    run_id, run_dir = made["shuffled"]
+    _, made = runs
+    _, run_dir = made["shuffled"]
     folder = tmp_path / "copy"
     shutil.copytree(run_dir, folder)
     gone = sorted((folder / "subj01").glob("*_0.png"))[:2]
     gone_ids = [int(p.name.split("_")[0]) for p in gone]
-    for p in gone:
-        p.unlink()
-    keep = int(sorted((folder / "subj01").glob("*_0.png"))[0].name.split("_")[0])
+    gone[0].unlink()  # deleted
+    gone[1].write_bytes(gone[1].read_bytes()[:40])  # truncated: unreadable
+    keep = int(sorted((folder / "subj01").glob("*_0.png"))[2].name.split("_")[0])
     page = tmp_path / "folder.html"
     rc = main(["report", str(folder), "--out", str(page), "--ids", ",".join(map(str, [*gone_ids, keep])),
                "--subjects", "1", "--k", "0"])
@@ -215,6 +223,7 @@ def test_report_from_run_folder_marks_missing_images(runs, tmp_path: Path):
     assert [i.get("class") for i in p.imgs].count("thumb gt") == 3
     assert dom.count('class="tile missing"') == 2
     assert "subject 1: 2 reconstructions of run" in dom
+    assert f"cannot read {gone[1]}" in dom
 
 
 def test_report_of_a_deleted_run_is_one_line_error(runs, tmp_path: Path, capsys):
@@ -276,3 +285,30 @@ def test_leaderboard_run_whose_folder_is_gone_gives_a_marked_page(runs, tmp_path
     assert html.count('class="tile missing"') == 2 * 3  # 2 subjects x 3 grid images
     assert html.count('class="thumb gt"') >= 6  # ground truth still shown
     assert 'data-metric="ssim"' in html  # and the stored scores
+
+
+def test_subject_filter_drops_the_cross_subject_mean(runs, tmp_path: Path):
+    db, made = runs
+    run_id = made["shuffled"][0]
+    page = tmp_path / "s1.html"
+    assert main(["report", run_id, "--db", str(db), "--out", str(page), "--subjects", "1", "--n", "2", "--k", "0"]) == 0
+    html = page.read_text()
+    assert 'data-subject="1"' in html
+    assert 'data-subject="2"' not in html and 'data-subject="mean"' not in html
+    assert 'id="subj01"' in html and 'id="subj02"' not in html
+
+
+def test_run_folder_not_scored_yet_shows_its_images(runs, tmp_path: Path, capsys):
+    _, made = runs
+    folder = tmp_path / "unscored"
+    shutil.copytree(made["shuffled"][1], folder)
+    shutil.rmtree(folder / "scores")
+    page = tmp_path / "u.html"
+    capsys.readouterr()
+    assert main(["report", str(folder), "--out", str(page), "--n", "3", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert sum("has no scores" in n for n in info["notes"]) == 2
+    html = page.read_text()
+    assert "No scores recorded for these runs." in html
+    assert html.count('class="thumb rec"') == 6 and html.count('class="thumb gt"') == 6
+    assert 'class="plot"' not in html

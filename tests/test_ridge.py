@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.linear_model import Ridge
-
 from nsdbench.errors import DataError, UsageError
 from nsdbench.methods.ridge import (
     TARGET_BLOCK,
@@ -17,6 +15,7 @@ from nsdbench.methods.ridge import (
     fit_ridge,
     kfold_indices,
 )
+from sklearn.linear_model import Ridge
 
 BACKENDS = ["numpy", "torch"]
 
@@ -149,7 +148,7 @@ def test_feature_selection_matches_literal_loop(backend, intercept):
         r = np.array([np.corrcoef(X[:, i], Y[:, j])[0, 1] for i in range(X.shape[1])])
         keep = np.argsort(-np.abs(r))[:k]
         ref[:, j] = Ridge(alpha=alpha, fit_intercept=intercept).fit(X[:, keep], Y[:, j]).predict(Xt[:, keep])
-    s = RidgeSettings(alpha=alpha, n_select=k, fit_intercept=intercept, backend=backend, chunk_size=3)
+    s = RidgeSettings(alpha=alpha, selection=k, fit_intercept=intercept, backend=backend, chunk_size=3)
     _close(fit_predict(X, Y, Xt, s), ref)
     model = fit_ridge(X, Y, s, cache=False)
     assert model.index.shape == (k, 7)
@@ -158,14 +157,14 @@ def test_feature_selection_matches_literal_loop(backend, intercept):
 
 def test_selection_with_all_features_is_plain_ridge():
     X, Y, Xt = _data(30, 10, t=3)
-    a = fit_predict(X, Y, Xt, RidgeSettings(alpha=1.0, n_select=10))
+    a = fit_predict(X, Y, Xt, RidgeSettings(alpha=1.0, selection=10))
     _close(a, Ridge(alpha=1.0).fit(X, Y).predict(Xt))
 
 
 @pytest.mark.parametrize("settings", [
     RidgeSettings(alpha=5.0),
     RidgeSettings(alphas=(0.5, 5.0, 50.0), cv=3),
-    RidgeSettings(alpha=5.0, n_select=6),
+    RidgeSettings(alpha=5.0, selection=6),
 ], ids=["fixed", "cv", "select"])
 def test_chunking_does_not_change_predictions(settings):
     from dataclasses import replace
@@ -249,7 +248,22 @@ def test_bad_inputs_give_one_line_errors():
         fit_ridge(X, Y, cache=False).predict(Xt[:, :4])
     with pytest.raises(UsageError):
         fit_ridge(X[:, 0], Y, cache=False)
-    for bad in (dict(alpha=0), dict(alphas=(1.0, -1.0)), dict(dtype="float16"), dict(backend="jax"),
-                dict(alphas=(1.0,), n_select=3), dict(chunk_size=0)):
+    for bad in ({"alpha": 0}, {"alphas": (1.0, -1.0)}, {"dtype": "float16"}, {"backend": "jax"},
+                {"alphas": (1.0,), "selection": 3}, {"chunk_size": 0}):
         with pytest.raises(UsageError):
             RidgeSettings(**bad)
+
+
+def test_gpu_bench_script_runs_on_cpu_at_small_scale(capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench_ridge.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench_ridge", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--scale", "0.005", "--backend", "numpy", "--only", "clipvision", "--weights", "--check",
+                     "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["targets"] == int(197376 * 0.005) and row["max_rel_err_vs_sklearn"] < 1e-4

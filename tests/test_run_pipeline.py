@@ -11,12 +11,12 @@ from __future__ import annotations
 import shutil
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
 from nsdbench.cli import main
 from nsdbench.commands.run import build_spec
 from nsdbench.executors import Worker, run_inprocess
@@ -72,16 +72,27 @@ def hook_dir(tmp_path_factory) -> Path:
 
 
 def _spec(method: str, data: Path, shard_size: int = SHARD_SIZE, **kw):
-    spec, _ = build_spec(method, str(kw.pop("subjects", SUBJECT)), None, kw.pop("samples", None),
-                         kw.pop("seed", None), FAST, str(data), "tiny", "cpu", kw.pop("variant", None), shard_size)
+    spec, _ = build_spec(
+        method,
+        str(kw.pop("subjects", SUBJECT)),
+        None,
+        kw.pop("samples", None),
+        kw.pop("seed", None),
+        FAST,
+        str(data),
+        "tiny",
+        "cpu",
+        kw.pop("variant", None),
+        shard_size,
+    )
     assert not kw
     return spec
 
 
-def _run(method: str, data: Path, out: Path, worker: Worker = Worker(), **kw):
+def _run(method: str, data: Path, out: Path, worker: Worker | None = None, **kw):
     spec = _spec(method, data, **kw)
     prepare_run_dir(out, spec)
-    return spec, run_inprocess(out, spec, worker)
+    return spec, run_inprocess(out, spec, worker or Worker())
 
 
 def _files(run_dir: Path) -> dict[str, bytes]:
@@ -108,9 +119,29 @@ def ridge_run(hook_dir, synth_root, tmp_path_factory) -> tuple[Path, object]:
 def shuffled_run(hook_dir, synth_root, tmp_path_factory) -> Path:
     """shuffled through the CLI, recorded in a leaderboard database."""
     base = tmp_path_factory.mktemp("shuffled")
-    rc = main(["run", "--method", "shuffled", "--subjects", str(SUBJECT), "--data", str(synth_root),
-               "--weights", "tiny", "--protocol", FAST, "--shard-size", str(SHARD_SIZE), "--device", "cpu",
-               "--out", str(base / "run"), "--db", str(base / "lb.duckdb")])
+    rc = main(
+        [
+            "run",
+            "--method",
+            "shuffled",
+            "--subjects",
+            str(SUBJECT),
+            "--data",
+            str(synth_root),
+            "--weights",
+            "tiny",
+            "--protocol",
+            FAST,
+            "--shard-size",
+            str(SHARD_SIZE),
+            "--device",
+            "cpu",
+            "--out",
+            str(base / "run"),
+            "--db",
+            str(base / "lb.duckdb"),
+        ]
+    )
     assert rc == 0
     return base / "run"
 
@@ -174,8 +205,12 @@ def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, t
 
     env = {"PYTHONPATH": os.pathsep.join([str(hook_dir), os.environ.get("PYTHONPATH", "")])}
     # a worker setup hook is job-level in Ray: the test's ray.init carries it, run_ray reuses that instance
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": env, "worker_process_setup_hook": f"{HOOK_MODULE}.setup"})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": env, "worker_process_setup_hook": f"{HOOK_MODULE}.setup"},
+    )
     try:
         result = run_ray(out, spec)
     finally:
@@ -188,7 +223,7 @@ def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, t
 def test_ingest_of_sharded_run_is_single_and_idempotent(ridge_run, tmp_path):
     from nsdbench.leaderboards.store import Store
 
-    run_dir, spec = ridge_run
+    run_dir, _ = ridge_run
     db = tmp_path / "lb.duckdb"
     first = ingest_run(run_dir, db)
     second = ingest_run(run_dir, db)
@@ -214,6 +249,16 @@ def test_corrupted_png_is_detected_and_regenerated(ridge_run, tmp_path):
     assert score_path(out, SUBJECT).stat().st_mtime_ns == scores_before
 
 
+def test_no_resume_regenerates_everything_identically(ridge_run, tmp_path):
+    ref, spec = ridge_run
+    out = tmp_path / "run"
+    shutil.copytree(ref, out)
+    result = run_inprocess(out, spec, force=True)
+    assert result.images_written == 91 and result.all_complete
+    assert _files(out) == _files(ref)
+    pd.testing.assert_frame_equal(_scores(out), _scores(ref))
+
+
 def test_corrupted_png_without_shard_record_is_regenerated(ridge_run, tmp_path):
     ref, spec = ridge_run
     out = tmp_path / "run"
@@ -234,7 +279,10 @@ def test_corrupted_png_without_shard_record_is_regenerated(ridge_run, tmp_path):
         (["--method", "shuffled", "--subjects", "1,3"], "subject 3 has no data"),
         (["--method", "shuffled", "--subjects", "x"], "expected comma-separated subject numbers"),
         (["--method", "shuffled", "--split", "nsd123"], "unknown split 'nsd123'"),
-        (["--method", "shuffled", "--protocol", "second-sight-2023", "--split", "nsd982"], "conflicts with protocol"),
+        (
+            ["--method", "shuffled", "--protocol", "second-sight-2023", "--split", "nsd982"],
+            "conflicts with protocol",
+        ),
         (["--method", "shuffled", "--shard", "3/3"], "--shard 3/3"),
         (["--method", "shuffled", "--executor", "dask"], "--executor 'dask'"),
         (["--method", "shuffled", "--weights", "huge"], "unknown weights mode"),
@@ -269,31 +317,69 @@ def test_split_not_available_for_the_dataset_exits_2(synth_root, tmp_path, capsy
     table = pd.read_csv(resp.resolve(), sep="\t")
     resp.unlink()
     table[table["SESSION"] == 1].to_csv(resp, sep="\t", index=False)
-    rc = main(["run", "--method", "shuffled", "--subjects", "1,2", "--data", str(root), "--weights", "tiny",
-               "--out", str(tmp_path / "r")])
+    rc = main(
+        [
+            "run",
+            "--method",
+            "shuffled",
+            "--subjects",
+            "1,2",
+            "--data",
+            str(root),
+            "--weights",
+            "tiny",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "subject 2" in err and len(err.splitlines()) == 1, err
 
 
 def test_resume_into_folder_of_another_run_exits_2(ridge_run, synth_root, capsys):
     run_dir, _ = ridge_run
-    rc = main(["run", "--method", "ridge-pixels", "--subjects", "1", "--seed", "5", "--data", str(synth_root),
-               "--weights", "tiny", "--protocol", FAST, "--shard-size", str(SHARD_SIZE), "--device", "cpu",
-               "--out", str(run_dir)])
+    rc = main(
+        [
+            "run",
+            "--method",
+            "ridge-pixels",
+            "--subjects",
+            "1",
+            "--seed",
+            "5",
+            "--data",
+            str(synth_root),
+            "--weights",
+            "tiny",
+            "--protocol",
+            FAST,
+            "--shard-size",
+            str(SHARD_SIZE),
+            "--device",
+            "cpu",
+            "--out",
+            str(run_dir),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "holds a different run (seed: 0 there, 5 now)" in err
 
 
+@dataclass(frozen=True)
 class NoiseMethod(baselines.GroundTruth):
     """A stochastic adapter for the seed tests: the image is noise drawn from the per-image seed."""
 
-    name = "h5-test-noise"
+    name: str = "h5-test-noise"
 
     def reconstruct(self, test_items, fitted, ctx):
         size = ctx.data.image_size
         for it in test_items:
             assert it.seed == ctx.seed(it.nsd_id, it.sample)
-            yield it.nsd_id, it.sample, ctx.rng(it.nsd_id, it.sample).integers(0, 256, (size, size, 3), np.uint8)
+            yield (
+                it.nsd_id,
+                it.sample,
+                ctx.rng(it.nsd_id, it.sample).integers(0, 256, (size, size, 3), np.uint8),
+            )
 
 
 def test_per_image_seeds_do_not_depend_on_batch_order_or_shards(hook_dir, synth_root, tmp_path, monkeypatch):
@@ -338,3 +424,51 @@ def test_baselines_beat_shuffled_with_disjoint_bootstrap_cis(ridge_run, shuffled
             _, lo, _ = bootstrap_ci(scores.query("metric == @metric")["value"].to_numpy())
             _, _, hi = bootstrap_ci(chance.query("metric == @metric")["value"].to_numpy())
             assert lo > hi, f"{name} {metric}: CI low {lo:.3f} <= shuffled CI high {hi:.3f}"
+
+
+def test_slurm_array_then_ingest(shuffled_run, synth_root, tmp_path, monkeypatch, capsys):
+    out, db = tmp_path / "run", tmp_path / "lb.duckdb"
+    argv = [
+        "run",
+        "--method",
+        "shuffled",
+        "--subjects",
+        str(SUBJECT),
+        "--data",
+        str(synth_root),
+        "--weights",
+        "tiny",
+        "--protocol",
+        FAST,
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--db",
+        str(db),
+    ]
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    for task in (3, 1, 2):  # array tasks finish in any order
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task))
+        assert main(argv) == 0
+        assert f"worker {task - 1}/3 (slurm)" in capsys.readouterr().err
+    assert not db.exists()  # workers never write the leaderboard
+    for p in (out / "scores").glob("subj01.*"):  # as if the scoring worker had died: ingest scores it
+        p.unlink()
+    assert main(["ingest", str(out), "--db", str(db), "--json"]) == 0
+    assert '"inserted": true' in capsys.readouterr().out
+    assert _files(out) == _files(shuffled_run)
+    pd.testing.assert_frame_equal(_scores(out), _scores(shuffled_run))
+
+
+def test_ingest_refuses_an_incomplete_run(ridge_run, tmp_path, capsys):
+    ref, spec = ridge_run
+    out = tmp_path / "run"
+    shutil.copytree(ref, out)
+    shard_record_path(out, RunSession(out, spec).shards()[2]).unlink()
+    assert main(["ingest", str(out), "--db", str(tmp_path / "lb.duckdb")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "1 of 4 shards are incomplete (subj01-0002)" in err and len(err.splitlines()) == 1

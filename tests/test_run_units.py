@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from nsdbench.errors import DataError, UsageError
 from nsdbench.executors import Worker, parse_shard, resolve_worker
 from nsdbench.runner import (
@@ -20,8 +19,15 @@ from nsdbench.runner import (
 
 
 def _spec(**kw) -> RunSpec:
-    base = dict(method="ground-truth", subjects=(1, 2), split="nsd982", protocol="nsdbench-v1", data="synthetic",
-                weights="tiny", settings={"size": 16, "alphas": [1.0, 2.0]})
+    base = {
+        "method": "ground-truth",
+        "subjects": (1, 2),
+        "split": "nsd982",
+        "protocol": "nsdbench-v1",
+        "data": "synthetic",
+        "weights": "tiny",
+        "settings": {"size": 16, "alphas": [1.0, 2.0]},
+    }
     base.update(kw)
     return RunSpec(**base)
 
@@ -29,7 +35,12 @@ def _spec(**kw) -> RunSpec:
 def test_make_shards_is_subject_major_and_independent_of_input_order():
     shards = make_shards({2: [9, 3, 5], 1: [4, 1, 2, 8, 7]}, shard_size=2)
     assert [(s.subject, s.index, s.nsd_ids) for s in shards] == [
-        (1, 0, (1, 2)), (1, 1, (4, 7)), (1, 2, (8,)), (2, 0, (3, 5)), (2, 1, (9,))]
+        (1, 0, (1, 2)),
+        (1, 1, (4, 7)),
+        (1, 2, (8,)),
+        (2, 0, (3, 5)),
+        (2, 1, (9,)),
+    ]
     assert shards[0].name == "subj01-0000"
     assert shards[0].items(2) == [(1, 0), (1, 1), (2, 0), (2, 1)]
 
@@ -54,8 +65,13 @@ def test_parse_shard():
 
 
 def test_resolve_worker_precedence_and_slurm_offset():
-    env = {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1",
-           "RANK": "0", "WORLD_SIZE": "2"}
+    env = {
+        "SLURM_ARRAY_TASK_ID": "4",
+        "SLURM_ARRAY_TASK_COUNT": "4",
+        "SLURM_ARRAY_TASK_MIN": "1",
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+    }
     assert resolve_worker("1/3", env) == Worker(1, 3, "--shard")
     assert resolve_worker(None, env) == Worker(3, 4, "slurm")
     assert resolve_worker(None, {"RANK": "1", "WORLD_SIZE": "2"}) == Worker(1, 2, "rank")
@@ -104,6 +120,12 @@ def test_png_roundtrip_bytes_deterministic_and_corruption_detected(tmp_path):
     np.testing.assert_array_equal(read_png(path, 16), img)
     assert read_png(path, 32) is None  # wrong size
     path.write_bytes(data[: len(data) // 2])  # truncated
+    assert read_png(path, 16) is None
+    path.write_bytes(data[:-20])  # IEND chunk lost: decodes, but verify() rejects it
+    assert read_png(path, 16) is None
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # CRC mismatch inside the image data
+    path.write_bytes(bytes(flipped))
     assert read_png(path, 16) is None
     path.write_bytes(b"not a png")
     assert read_png(path) is None

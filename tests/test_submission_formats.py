@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from nsdbench.cli import main
 from nsdbench.nsd import open_nsd
 from nsdbench.nsd.splits import get_split
 from nsdbench.submission import errors, load_submission, validate
 from nsdbench.submission_writers import box_blur, demo_images, write_submission
+from PIL import Image
 
-SMALL = dict(shared=12, missing_shared=2, sessions=2)  # 8 test images per subject in nsd982
+SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}  # 8 test images per subject in nsd982
 
 
 @pytest.fixture(scope="module")

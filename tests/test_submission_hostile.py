@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from nsdbench.cli import main
 
-SMALL = dict(shared=12, missing_shared=2, sessions=2)
+SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,8 @@ def _write(kind: str, payload, root: Path) -> Path:
         return root / "sub"
     if kind == "npy":
         shape, dtype, fill = payload
-        arr = np.full(shape, fill).astype(dtype) if dtype != "bool" else np.zeros(shape, bool)
+        with np.errstate(invalid="ignore"):
+            arr = np.full(shape, fill).astype(dtype) if dtype != "bool" else np.zeros(shape, bool)
         np.save(root / "a.npy", arr)
         return root / "a.npy"
     if kind == "manifest":

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from nsdbench.commands.score import parse_subjects, resolve_device
 from nsdbench.errors import MetricDrift, UsageError
+from rich.console import Console
+from rich.table import Table
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

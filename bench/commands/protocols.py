@@ -12,7 +12,9 @@ out = Console()
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Metric protocols: exact, versioned definitions of every metric.", no_args_is_help=True)
+    group = typer.Typer(
+        help="Metric protocols: exact, versioned definitions of every metric.", no_args_is_help=True
+    )
 
     @group.command("list")
     def list_(as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")) -> None:
@@ -39,7 +41,9 @@ def register(app: typer.Typer) -> None:
         for col in ("name", "version", "hash", "split", "metrics", "description"):
             table.add_column(col, overflow="fold")
         for r in rows:
-            table.add_row(r["name"], r["version"], r["hash"], r["split"], str(len(r["metrics"])), r["description"])
+            table.add_row(
+                r["name"], r["version"], r["hash"], r["split"], str(len(r["metrics"])), r["description"]
+            )
         out.print(table)
         out.print(_diff_table(diffs, [p.name for p in protos]))
 

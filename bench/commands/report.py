@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nsdbench import config
 from nsdbench.errors import UsageError
@@ -77,7 +78,14 @@ def register(app: typer.Typer) -> None:
             n=n, seed=seed_value, ids=tuple(pinned) if pinned is not None else None, k_extremes=k, thumb=thumb,
             title=title, command=shlex.join(command),
         )
-        result = write_report(report_data, out, options)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=True) as bar:
+
+            def progress(total: int):
+                task = bar.add_task("report images", total=total)
+                return lambda: bar.advance(task)
+
+            result = write_report(report_data, out, options, progress)
         if as_json:
             print(json.dumps({"out": str(result.path), "bytes": result.bytes,
                               "runs": [r.run_id for r in report_data.runs], "subjects": report_data.subjects,

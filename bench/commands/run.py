@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+from nsdbench.errors import UsageError
 from rich.console import Console
 from rich.table import Table
 
-from nsdbench.errors import UsageError
-
 out = Console()
 err = Console(stderr=True)
+Opt = str | None
 
 
 def parse_subjects(text: str) -> tuple[int, ...]:
@@ -21,7 +21,9 @@ def parse_subjects(text: str) -> tuple[int, ...]:
     try:
         subjects = sorted({int(t) for t in text.replace(" ", "").split(",") if t})
     except ValueError:
-        raise UsageError(f"--subjects {text!r}: expected comma-separated subject numbers, e.g. 1,2,5,7") from None
+        raise UsageError(
+            f"--subjects {text!r}: expected comma-separated subject numbers, e.g. 1,2,5,7"
+        ) from None
     if not subjects:
         raise UsageError("--subjects: no subject given")
     return tuple(subjects)
@@ -57,7 +59,9 @@ def build_spec(
     if split_name not in SPLITS:
         raise UsageError(f"unknown split {split_name!r} (known: {', '.join(SPLITS)})")
     if split and getattr(proto, "split", split) != split:
-        raise UsageError(f"--split {split} conflicts with protocol {proto.name}, which scores on {proto.split}")
+        raise UsageError(
+            f"--split {split} conflicts with protocol {proto.name}, which scores on {proto.split}"
+        )
     n_samples = int(samples if samples is not None else settings.get("samples", 1))
     if n_samples < 1:
         raise UsageError(f"--samples must be >= 1, got {n_samples}")
@@ -100,25 +104,45 @@ def build_spec(
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
-        method: str = typer.Option(..., "--method", "-m", help="Method adapter (see `nsdbench methods list`)."),
-        subjects: str = typer.Option("1,2,5,7", "--subjects", "-s", help="Comma-separated subjects."),
-        split: str = typer.Option(None, "--split", help="Test split (default: the protocol's split)."),
-        samples: int = typer.Option(None, "--samples", help="Samples per image (default: the method's)."),
-        seed: int = typer.Option(None, "--seed", help="Base seed of the per-image seeds (default 0)."),
-        protocol: str = typer.Option(None, "--protocol", help="Metric protocol (default nsdbench-v1)."),
-        data: str = typer.Option(None, "--data", help="'synthetic' or an NSD root (default: config, else synthetic)."),
-        weights_mode: str = typer.Option(None, "--weights", help="pretrained | random | tiny."),
-        device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
-        variant: str = typer.Option(None, "--variant", help="A named variant of the method (ablation)."),
-        out_dir: Path = typer.Option(None, "--out", help="Run folder (default NSDBENCH_HOME/runs/RUN_ID)."),
-        resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip completed images and shards."),
-        shard: str = typer.Option(None, "--shard", help="Run worker k of N (0-based 'k/N'); env: Slurm, RANK."),
-        executor: str = typer.Option("inprocess", "--executor", help="inprocess | ray."),
-        address: str = typer.Option(None, "--address", help="Ray cluster address (default: a local instance)."),
-        shard_size: int = typer.Option(100, "--shard-size", help="Test images per shard."),
-        db: Path = typer.Option(None, "--db", help="Leaderboard database (default NSDBENCH_HOME/leaderboard.duckdb)."),
-        ingest: bool = typer.Option(True, "--ingest/--no-ingest", help="Record the finished run in the leaderboard."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        method: Annotated[
+            str, typer.Option("--method", "-m", help="Method adapter (`nsdbench methods list`).")
+        ],
+        subjects: Annotated[
+            str, typer.Option("--subjects", "-s", help="Comma-separated subjects.")
+        ] = "1,2,5,7",
+        split: Annotated[Opt, typer.Option("--split", help="Test split (default: the protocol's).")] = None,
+        samples: Annotated[
+            int | None, typer.Option("--samples", help="Samples per image (default: method's).")
+        ] = None,
+        seed: Annotated[
+            int | None, typer.Option("--seed", help="Base of the per-image seeds (default 0).")
+        ] = None,
+        protocol: Annotated[
+            Opt, typer.Option("--protocol", help="Metric protocol (default nsdbench-v1).")
+        ] = None,
+        data: Annotated[
+            Opt, typer.Option("--data", help="'synthetic' or an NSD root (default: config).")
+        ] = None,
+        weights_mode: Annotated[Opt, typer.Option("--weights", help="pretrained | random | tiny.")] = None,
+        device: Annotated[Opt, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = None,
+        variant: Annotated[
+            Opt, typer.Option("--variant", help="A named variant of the method (ablation).")
+        ] = None,
+        out_dir: Annotated[
+            Path | None, typer.Option("--out", help="Run folder (default HOME/runs/RUN_ID).")
+        ] = None,
+        resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Skip completed work.")] = True,
+        shard: Annotated[
+            Opt, typer.Option("--shard", help="Worker k of N, 0-based 'k/N' (or Slurm/RANK env).")
+        ] = None,
+        executor: Annotated[str, typer.Option("--executor", help="inprocess | ray.")] = "inprocess",
+        address: Annotated[
+            Opt, typer.Option("--address", help="Ray address (default: a local instance).")
+        ] = None,
+        shard_size: Annotated[int, typer.Option("--shard-size", help="Test images per shard.")] = 100,
+        db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database.")] = None,
+        ingest: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Record the finished run.")] = True,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
         """Run a method end to end: fit, reconstruct the test split with fixed seeds, score, record."""
         from nsdbench import config
@@ -132,13 +156,14 @@ def register(app: typer.Typer) -> None:
         if executor != "ray" and address:
             raise UsageError("--address is only used with --executor ray")
         worker = resolve_worker(shard) if executor == "inprocess" else None
-        spec, _ = build_spec(method, subjects, split, samples, seed, protocol, data, weights_mode, device,
-                             variant, shard_size)
+        spec, _ = build_spec(
+            method, subjects, split, samples, seed, protocol, data, weights_mode, device, variant, shard_size
+        )
         run_dir = (out_dir or config.home() / "runs" / spec.run_id).expanduser().resolve()
         prepare_run_dir(run_dir, spec)
         who = f"worker {worker.k}/{worker.n} ({worker.source})" if worker and worker.sharded else executor
         log_event(run_dir, f"start {who} resume={resume}")
-        err.print(f"run {spec.run_id} → {run_dir} ({who})", highlight=False)
+        err.print(f"run {spec.run_id} → {run_dir} ({who})", highlight=False, soft_wrap=True)
         with RichProgress() as progress:
             if executor == "ray":
                 result = run_ray(run_dir, spec, address=address, progress=progress, force=not resume)
@@ -163,20 +188,32 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(doc, indent=2))
             return
         if ingested is not None:
-            out.print(f"run {spec.run_id}: recorded in {doc['db']}"
-                      f"{'' if ingested.inserted else ' (already recorded)'}; see `nsdbench leaderboard`"
-                      f"{' --smoke' if spec.smoke else ''}", highlight=False)
+            hint = "nsdbench leaderboard" + (" --include-smoke" if spec.smoke else "")
+            out.print(
+                f"run {spec.run_id}: recorded in {doc['db']}"
+                f"{'' if ingested.inserted else ' (already recorded)'}; see `{hint}`",
+                highlight=False,
+                soft_wrap=True,
+            )
         elif result.all_complete:
-            out.print(f"run {spec.run_id}: complete; record it with `nsdbench ingest {run_dir}`", highlight=False)
+            out.print(
+                f"run {spec.run_id}: complete; record it with `nsdbench ingest {run_dir}`",
+                highlight=False,
+                soft_wrap=True,
+            )
         else:
-            out.print(f"{who}: {result.shards_run} shards done; when every worker has finished run "
-                      f"`nsdbench ingest {run_dir}`", highlight=False)
+            out.print(
+                f"{who}: {result.shards_run} shards done; when every worker has finished run "
+                f"`nsdbench ingest {run_dir}`",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     @app.command("ingest")
     def ingest_cmd(
-        run_dir: Path = typer.Argument(..., help="A run folder written by `nsdbench run`."),
-        db: Path = typer.Option(None, "--db", help="Leaderboard database (default NSDBENCH_HOME/leaderboard.duckdb)."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        run_dir: Annotated[Path, typer.Argument(help="A run folder written by `nsdbench run`.")],
+        db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
         """Score any unscored subject of a finished (sharded) run, then record it in the leaderboard."""
         from nsdbench import config
@@ -184,19 +221,30 @@ def register(app: typer.Typer) -> None:
 
         with RichProgress() as progress:
             result = ingest_run(run_dir.expanduser().resolve(), db, progress=progress)
-        doc = {"run_id": result.run_id, "inserted": result.inserted, "rows": result.rows,
-               "db": str(config.default_db(db))}
+        doc = {
+            "run_id": result.run_id,
+            "inserted": result.inserted,
+            "rows": result.rows,
+            "db": str(config.default_db(db)),
+        }
         if as_json:
             print(json.dumps(doc, indent=2))
         else:
-            out.print(f"run {result.run_id}: {'recorded' if result.inserted else 'already recorded'} in {doc['db']}",
-                      highlight=False)
+            out.print(
+                f"run {result.run_id}: {'recorded' if result.inserted else 'already recorded'} "
+                f"in {doc['db']}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
-    methods = typer.Typer(help="Method adapters: built-in and from the `nsdbench.methods` entry points.",
-                          no_args_is_help=True)
+    methods = typer.Typer(
+        help="Method adapters: built-in and from the `nsdbench.methods` entry points.", no_args_is_help=True
+    )
 
     @methods.command("list")
-    def methods_list(as_json: bool = typer.Option(False, "--json", help="Print one JSON document.")) -> None:
+    def methods_list(
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    ) -> None:
         """List every registered method."""
         from nsdbench.methods.registry import list_methods
 
@@ -213,8 +261,8 @@ def register(app: typer.Typer) -> None:
 
     @methods.command("show")
     def methods_show(
-        name: str = typer.Argument(..., help="Method name."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        name: Annotated[str, typer.Argument(help="Method name.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
         """Description, paper, required weights, default settings and variants of one method."""
         from nsdbench.methods.registry import get_method
@@ -224,13 +272,15 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(d, indent=2))
             return
         out.print(f"[bold]{d['name']}[/] (version {d['version']}, {d['source']})")
-        out.print(d["description"], highlight=False)
+        out.print(d["description"], highlight=False, soft_wrap=True)
         if d["paper"]:
-            out.print(f"paper: {d['paper']}", highlight=False)
-        out.print(f"required weights: {', '.join(d['required_weights']) or 'none'}", highlight=False)
-        out.print(f"defaults: {json.dumps(d['defaults'])}", highlight=False)
+            out.print(f"paper: {d['paper']}", highlight=False, soft_wrap=True)
+        out.print(
+            f"required weights: {', '.join(d['required_weights']) or 'none'}", highlight=False, soft_wrap=True
+        )
+        out.print(f"defaults: {json.dumps(d['defaults'])}", highlight=False, soft_wrap=True)
         for v, overrides in d["variants"].items():
-            out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False)
+            out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False, soft_wrap=True)
 
     app.add_typer(methods, name="methods")
 

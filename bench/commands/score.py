@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-
 from nsdbench import config
 from nsdbench.errors import InvalidSubmission, UsageError
+from rich.console import Console
+from rich.markup import escape
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -101,7 +100,7 @@ def register(app: typer.Typer) -> None:
         from nsdbench.nsd import open_nsd
 
         subj = parse_subjects(subjects)
-        proto, split_name = _resolve_protocol_split(protocol, split)
+        _proto, split_name = _resolve_protocol_split(protocol, split)
         nsd = open_nsd(data)
         sub, _ = _validated(submission, fmt, order, ids, subj, split_name, nsd, as_json)
         sub.close()
@@ -131,7 +130,12 @@ def register(app: typer.Typer) -> None:
         from nsdbench import weights
         from nsdbench.leaderboards.store import Store
         from nsdbench.nsd import open_nsd
-        from nsdbench.scoring import brain_target, completed_parquet, has_brain_metrics, score_images_to_parquet
+        from nsdbench.scoring import (
+            brain_target,
+            completed_parquet,
+            has_brain_metrics,
+            score_images_to_parquet,
+        )
 
         subj = parse_subjects(subjects)
         proto, split_name = _resolve_protocol_split(protocol, split)

@@ -17,19 +17,18 @@ import os
 
 import numpy as np
 import pytest
-
 from nsdbench.methods.ridge import RidgeSettings, fit_predict
 
 SCALE = float(os.environ.get("NSDBENCH_BENCH_SCALE", "0") or 0)
-FULL = dict(n=2000, p=4000, tokens=257, dims=64, n_test=220)
-TINY = dict(n=120, p=200, tokens=9, dims=8, n_test=20)
+FULL = {"n": 2000, "p": 4000, "tokens": 257, "dims": 64, "n_test": 220}
+TINY = {"n": 120, "p": 200, "tokens": 9, "dims": 8, "n_test": 20}
 ALPHA = 60000.0
 
 
 def _sizes() -> dict[str, int]:
     if SCALE <= 0:
         return TINY
-    return {k: max(TINY[k], int(round(v * SCALE))) for k, v in FULL.items()}
+    return {k: max(TINY[k], round(v * SCALE)) for k, v in FULL.items()}
 
 
 @pytest.fixture(scope="module")

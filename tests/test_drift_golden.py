@@ -1,0 +1,113 @@
+"""`nsdbench drift`: a golden file made with one command rescores within tolerance; a moved value, a changed
+protocol definition or changed reconstructions exit 4 and are each listed; --update rewrites the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nsdbench.cli import main
+from nsdbench.nsd import open_nsd
+from nsdbench.submission_writers import demo_images, write_submission
+
+SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nsdbench.nsd.synth import synthesize
+
+    return synthesize(tmp_path_factory.getbasetemp() / "h4-small-nsd", seed=0, **SMALL)
+
+
+def _drift(capsys, *args: str) -> tuple[int, dict]:
+    rc = main(["drift", "--json", *args])
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err
+    return rc, json.loads(cap.out)
+
+
+def test_golden_roundtrip_tamper_and_update(small_root, tmp_path, capsys):
+    golden = tmp_path / "golden.json"
+    rc, doc = _drift(capsys, "--create", "--golden", str(golden), "--data", str(small_root), "--weights", "tiny",
+                     "--subjects", "1", "--max-images", "5", "--radius", "6")
+    assert rc == 0 and doc["updated"] and doc["deviations"] == []
+    spec = json.loads(golden.read_text())
+    expected = dict(spec["expected"]["nsdbench-v1"]["1"])
+    assert set(expected) == {"pixcorr", "ssim", "alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way",
+                             "clip_cos", "effnet_b", "swav"}
+    assert spec["ids"]["1"] == sorted(spec["ids"]["1"]) and len(spec["ids"]["1"]) == 5
+    assert spec["reconstructions"]["kind"] == "blur" and spec["data"] == str(small_root.resolve())
+
+    spec["expected"]["nsdbench-v1"]["1"]["pixcorr"] += 1e-5  # beyond the 1e-6 float64 tolerance
+    spec["expected"]["nsdbench-v1"]["1"]["ssim"] += 5e-7  # within it
+    spec["expected"]["nsdbench-v1"]["1"]["effnet_b"] += 5e-5  # within the 1e-4 network tolerance
+    spec["expected"]["nsdbench-v1"]["1"]["swav"] += 2e-4  # beyond it
+    spec["protocols"]["nsdbench-v1"]["hash"] = "0000"
+    golden.write_text(json.dumps(spec))
+    rc, doc = _drift(capsys, "--golden", str(golden))
+    assert rc == 4
+    moved = {(d["subject"], d["metric"]) for d in doc["deviations"]}
+    assert moved == {("1", "pixcorr"), ("1", "swav"), ("*", "definition")}
+    pix = next(d for d in doc["deviations"] if d["metric"] == "pixcorr")
+    assert pix["tolerance"] == 1e-6 and abs(pix["expected"] - pix["actual"] - 1e-5) < 1e-9
+    assert len(doc["checked"]) == 10
+
+    rc = main(["drift", "--golden", str(golden)])  # the human-readable form lists each one
+    err = capsys.readouterr().err
+    assert rc == 4 and "nsdbench-v1 subject 1 pixcorr: expected" in err and "definition changed" in err
+    assert "3 value(s) beyond tolerance" in err
+
+    rc, doc = _drift(capsys, "--golden", str(golden), "--update")
+    assert rc == 0 and doc["updated"]
+    # rescoring is deterministic: the rewritten values are exactly the ones first recorded, so a check passes
+    updated = json.loads(golden.read_text())
+    assert updated["expected"]["nsdbench-v1"]["1"] == expected
+    assert updated["protocols"]["nsdbench-v1"]["hash"] != "0000"
+
+
+def test_golden_from_a_submission_detects_changed_reconstructions(small_root, tmp_path, capsys):
+    nsd = open_nsd(small_root)
+    images = demo_images(nsd, "nsd982", [2], "blur", radius=4, limit=None)
+    sub = write_submission(images, tmp_path / "recons.npz", "npz")
+    golden = tmp_path / "mine.json"
+    rc, doc = _drift(capsys, "--create", "--golden", str(golden), "--data", str(small_root), "--weights", "tiny",
+                     "--subjects", "2", "--max-images", "5", "--submission", str(sub),
+                     "--protocols", "brain-diffuser-2023")
+    assert rc == 0
+    spec = json.loads(golden.read_text())
+    assert spec["reconstructions"] == {"kind": "file", "path": "mine.npz"}
+    with np.load(tmp_path / "mine.npz") as z:
+        arr, ids = z["subj02"], z["subj02_nsd_ids"]
+    assert arr.shape == (5, 1, 64, 64, 3) and list(ids) == spec["ids"]["2"]
+    assert np.array_equal(arr[0, 0], images[(2, int(ids[0]), 0)])
+    arr = arr.copy()
+    arr[0, 0] = 255 - arr[0, 0]  # someone changed a frozen reconstruction
+    np.savez_compressed(tmp_path / "mine.npz", subj02=arr, subj02_nsd_ids=ids)
+    rc, doc = _drift(capsys, "--golden", str(golden))
+    assert rc == 4
+    assert any(d["metric"] == "rec_sha256" for d in doc["deviations"])
+    assert any(d["metric"] == "pixcorr" for d in doc["deviations"])
+
+
+def test_drift_usage_errors(tmp_path, capsys):
+    assert main(["drift", "--create"]) == 2
+    (tmp_path / "x.json").write_text("{}")
+    assert main(["drift", "--golden", str(tmp_path / "x.json")]) == 2
+    assert "not a golden file" in capsys.readouterr().err
+
+
+def test_shipped_golden_is_consistent():
+    """The shipped file is the one `nsdbench drift` checks in CI (rescored in .ci/run, not here)."""
+    from nsdbench.leaderboards.drift import load_golden, shipped_golden
+    from nsdbench.metrics.protocols import PROTOCOLS
+
+    spec = load_golden(shipped_golden())
+    assert spec["data"] == "synthetic" and spec["weights_mode"] == "tiny"
+    assert set(spec["protocols"]) == set(PROTOCOLS)
+    for name, rec in spec["protocols"].items():
+        assert rec["hash"] == PROTOCOLS[name].hash, f"{name} changed: run `nsdbench drift --update`"
+        assert set(spec["expected"][name]["1"]) == set(PROTOCOLS[name].metric_names) - {
+            m for m in PROTOCOLS[name].metric_names if m.startswith("bc_")} or spec["brain"]

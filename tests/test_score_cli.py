@@ -1,0 +1,128 @@
+"""`nsdbench score` end to end on a small synthetic NSD with tiny networks: formats round-trip to the same
+scores, the recorded values are exactly the engine's, invalid submissions record nothing, reruns are no-ops."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nsdbench.cli import main
+from nsdbench.leaderboards.store import Store
+from nsdbench.nsd import open_nsd
+from nsdbench.submission_writers import demo_images, write_submission
+
+SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}
+SCORE = ["--weights", "tiny", "--no-brain", "--bootstrap", "200", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nsdbench.nsd.synth import synthesize
+
+    return synthesize(tmp_path_factory.getbasetemp() / "h4-small-nsd", seed=0, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def images(small_root) -> dict:
+    return demo_images(open_nsd(small_root), "nsd982", [1], "blur", radius=4, samples=2)
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("score-db") / "lb.duckdb"
+
+
+def _score(path: Path, root: Path, db: Path, capsys, *extra: str) -> dict:
+    rc = main(["score", str(path), "--data", str(root), "--db", str(db), "--json", *SCORE, *extra])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err[-2000:]
+    return json.loads(cap.out)
+
+
+@pytest.fixture(scope="module")
+def scored(images, small_root, db, tmp_path_factory) -> dict:
+    """The same reconstructions as a PNG folder (2 samples), a webdataset tar and a MindEye2-style float
+    (N, 3, H, W) tensor in ascending-id order (sample 0 only), each scored through the CLI."""
+    import contextlib
+    import io
+
+    tmp = tmp_path_factory.mktemp("formats")
+    first = {k: v for k, v in images.items() if k[2] == 0}
+    subs = {
+        "png": (write_submission(images, tmp / "png", "folder"), ()),
+        "tar": (write_submission(first, tmp / "w.tar", "tar"), ()),
+        "pt": (write_submission(first, tmp / "subj01_all_recons.pt", "pt", channels_first=True, as_float=True,
+                                with_ids=False), ("--order", "nsd-ascending")),
+    }
+    out = {}
+    for name, (path, extra) in subs.items():
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = main(["score", str(path), "--data", str(small_root), "--db", str(db), "--json", *SCORE,
+                       "--method-name", name, *extra])
+        assert rc == 0
+        doc = json.loads(buf.getvalue())
+        assert doc["recorded"] is True
+        out[name] = (path, doc["run_id"])
+    return out
+
+
+def test_formats_round_trip_to_identical_scores(scored, db):
+    store = Store(db)
+    a = store.sample_scores(scored["png"][1]).drop(columns="run_id")
+    assert len(a) == 2 * 8 * 10  # 8 ids x 2 samples x 10 metrics
+    a0 = a[a["sample"] == 0].reset_index(drop=True)  # each sample is scored on its own
+    for name in ("tar", "pt"):
+        other = store.sample_scores(scored[name][1]).drop(columns="run_id").reset_index(drop=True)
+        assert len(other) == 8 * 10 and other.equals(a0), name  # bit-identical
+
+
+def test_recorded_values_are_the_engines(scored, images, small_root, db):
+    """Independent path: call the engine directly on the same images and compare with what the store holds."""
+    from nsdbench.metrics.bootstrap import bootstrap_ci
+    from nsdbench.metrics.engine import score
+
+    run_id = scored["pt"][1]
+    store = Store(db)
+    nsd = open_nsd(small_root)
+    gt_ids = sorted({i for (_, i, _) in images})
+    res = score(gt_ids, nsd.images(gt_ids), gt_ids, [0] * len(gt_ids), [images[(1, i, 0)] for i in gt_ids],
+                "nsdbench-v1", weights_mode="tiny")
+    stored = store.image_scores(run_id)
+    merged = stored.merge(res.per_image, on=["nsd_id", "metric"], suffixes=("_db", "_engine"))
+    assert len(merged) == len(res.per_image) == len(stored)
+    np.testing.assert_array_equal(merged["value_db"], merged["value_engine"])
+    sets = store.set_scores(run_id).set_index("metric")["value"]
+    agg = store.aggregates(run_id)
+    for metric, value in res.set_scores.items():
+        assert sets[metric] == value
+        row = agg[(agg["subject"] == "1") & (agg["metric"] == metric)].iloc[0]
+        vals = res.per_image[res.per_image["metric"] == metric].sort_values("nsd_id")["value"].to_numpy()
+        assert (row["mean"], row["ci_lo"], row["ci_hi"]) == pytest.approx(bootstrap_ci(vals, 200, 0), abs=1e-12)
+        assert row["mean"] == pytest.approx(value, abs=1e-12) and row["n"] == 8
+        mean_row = agg[(agg["subject"] == "mean") & (agg["metric"] == metric)].iloc[0]
+        assert mean_row["mean"] == pytest.approx(value, abs=1e-12)  # one subject: mean of subject means
+    run = store.run(run_id)
+    assert run["smoke"] and run["kind"] == "score" and run["weights_mode"] == "tiny"
+    assert run["protocol_hash"] and run["submission_sha256"] and run["torch_version"]
+
+
+def test_invalid_submission_scores_nothing(images, small_root, tmp_path, capsys):
+    path = write_submission(images, tmp_path / "bad", "folder")
+    victim = min((path / "subj01").iterdir())
+    victim.write_bytes(b"not a png")
+    db = tmp_path / "lb.duckdb"
+    rc = main(["score", str(path), "--data", str(small_root), "--db", str(db), *SCORE])
+    cap = capsys.readouterr()
+    assert rc == 3 and "unreadable" in cap.out and "nothing was scored" in cap.err
+    assert not db.exists()
+
+
+def test_rescoring_the_same_submission_records_it_once(scored, small_root, db, capsys):
+    path, run_id = scored["png"]
+    counts = Store(db).counts()
+    doc = _score(path, small_root, db, capsys, "--method-name", "png")
+    assert doc["already_recorded"] is True and doc["run_id"] == run_id
+    assert Store(db).counts() == counts

@@ -95,9 +95,15 @@ def run_inprocess(
     worker: Worker = Worker(),
     progress: Progress | None = None,
     force: bool = False,
+    fit_only: bool = False,
 ) -> ExecResult:
     """Run worker k of n's shards in this process, scoring each subject that becomes complete."""
     session = RunSession(run_dir, spec, progress=progress, force=force)
+    if fit_only:  # worker k fits subjects k, k+n, ...: decoders land in the cache for the shard workers
+        subjects = list(spec.subjects)[worker.k :: worker.n]
+        for subject in subjects:
+            session.fitted(subject)
+        return ExecResult(0, 0, (), False)
     shards = assign(session.shards(), worker.k, worker.n)
     before = {s.name for s in shards}
     written = 0
@@ -243,7 +249,9 @@ def run_ray(
             for s in spec.subjects
         }
         progress.start("ray-shards", f"ray: {len(shards)} shards", len(shards), unit="shard")
-        progress.start("ray-score", f"ray: score {len(spec.subjects)} subjects", len(spec.subjects), unit="subj")
+        progress.start(
+            "ray-score", f"ray: score {len(spec.subjects)} subjects", len(spec.subjects), unit="subj"
+        )
         pending = {
             **{ref: ("shard", name) for name, ref in shard_refs.items()},
             **{ref: ("score", s) for s, ref in score_refs.items()},
@@ -258,7 +266,8 @@ def run_ray(
                 try:
                     out = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a task that failed after all its retries
-                    out = {"ok": False, "error": f"{name}: {type(exc).__name__}: {str(exc).splitlines()[-1]}"}
+                    last = (str(exc).strip().splitlines() or [""])[-1]
+                    out = {"ok": False, "error": f"{name}: {type(exc).__name__}: {last}"}
                 if not out.get("ok"):
                     if not out.get("upstream"):
                         errors.append(out["error"])
@@ -273,8 +282,8 @@ def run_ray(
         )
         if errors:
             raise NSDBenchError(
-                f"{len(errors)} task(s) failed after {max_retries} retries (first: {errors[0]}); "
-                f"rerun the same command to resume"
+                f"{len(errors)} task(s) failed (first: {errors[0]}); other errors were retried "
+                f"{max_retries} times; rerun the same command to resume"
             )
         scored = tuple(s for s in spec.subjects if session.score_is_complete(s))
         return ExecResult(len(shards), written, scored, len(scored) == len(spec.subjects))

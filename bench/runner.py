@@ -4,7 +4,7 @@ Run folder layout (everything written atomically: temp file in the same folder +
 
     spec.toml                     the RunSpec (identity of the run; checked on resume)
     run.log                       one line per event, appended by every worker
-    subjXX/<nsd_id>_<sample>.png  reconstructions at the NSD image size
+    subjXX/<nsd_id>_<sample>.png  reconstructions, at the size the method produces
     shards/subjXX-NNNN.json       completion record of a shard: sha256 of each of its PNGs
     scores/subjXX.parquet         the subject's scores (nsdbench.scoring, the path `nsdbench score` uses)
     scores/subjXX.json            completion record of the scoring: digest of the PNGs it scored
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import tomllib
+
 from nsdbench.errors import DataError, NSDBenchError, UsageError
 
 SPEC_FILE = "spec.toml"
@@ -59,6 +60,11 @@ class RunSpec:
     method_version: str = ""
     shard_size: int = 100
     nsdbench_version: str = ""
+
+    def __post_init__(self) -> None:
+        # canonical forms, so a spec read back from TOML equals the one written
+        object.__setattr__(self, "subjects", tuple(int(s) for s in self.subjects))
+        object.__setattr__(self, "settings", _jsonable(dict(self.settings)))
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
@@ -139,7 +145,8 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> Path:
                 f"use another --out or delete that folder"
             )
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # another worker of the same array may be writing the spec right now: its temp file does not count
+    if run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir()):
         raise UsageError(f"{run_dir} exists, is not empty and is not a run folder; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_spec(run_dir, spec)
@@ -273,7 +280,7 @@ def shard_record_path(run_dir: Path, shard: Shard) -> Path:
     return Path(run_dir) / "shards" / f"{shard.name}.json"
 
 
-def shard_is_complete(run_dir: Path, spec: RunSpec, shard: Shard, size: int | None = None) -> bool:
+def shard_is_complete(run_dir: Path, spec: RunSpec, shard: Shard) -> bool:
     """True when the shard's record matches the spec and every PNG it lists has the recorded sha256."""
     rec = _read_json(shard_record_path(run_dir, shard))
     if rec is None or rec.get("spec_hash") != spec.hash:
@@ -449,7 +456,7 @@ class RunSession:
 
     def run_shard(self, shard: Shard) -> int:
         """Make the shard complete; returns the number of images (re)generated."""
-        spec, size = self.spec, int(self.nsd.image_size)
+        spec = self.spec
         rec_path = shard_record_path(self.run_dir, shard)
         if not self.force and shard_is_complete(self.run_dir, spec, shard):
             return 0
@@ -465,7 +472,7 @@ class RunSession:
             elif name in old_files:
                 if sha256_file(path) != old_files[name]:
                     todo.append((nsd_id, sample))
-            elif read_png(path, size) is None:
+            elif read_png(path) is None:
                 todo.append((nsd_id, sample))
         rkey = f"rec-{shard.subject}"
         written = 0
@@ -485,7 +492,7 @@ class RunSession:
                         f"which shard {shard.name} did not ask for (or returned twice)"
                     )
                 wanted.discard(key)
-                image = check_image(image, size, spec.method, *key)
+                image = check_image(image, spec.method, *key)
                 atomic_write_bytes(png_path(self.run_dir, shard.subject, *key), encode_png(image))
                 written += 1
                 self.progress.advance(rkey, 1)
@@ -567,10 +574,9 @@ class RunSession:
         key = f"score-{subject}"
         items = [it for s in self.shards() if s.subject == subject for it in s.items(spec.samples)]
         self.progress.start(key, f"subj{subject:02d} score", len(items))
-        size = int(self.nsd.image_size)
         images = {}
         for nsd_id, sample in items:
-            img = read_png(png_path(self.run_dir, subject, nsd_id, sample), size)
+            img = read_png(png_path(self.run_dir, subject, nsd_id, sample))
             if img is None:  # changed after the completeness check: let the next pass regenerate it
                 return False
             images[(nsd_id, sample)] = img
@@ -593,18 +599,18 @@ class RunSession:
         return True
 
 
-def check_image(image: Any, size: int, method: str, nsd_id: int, sample: int) -> np.ndarray:
-    """A method's output as uint8 (size, size, 3), or a one-line error naming the image."""
+def check_image(image: Any, method: str, nsd_id: int, sample: int) -> np.ndarray:
+    """A method's output as a contiguous uint8 (H, W, 3) array, or a one-line error naming the image.
+
+    Images are stored at the size the method produces (e.g. 512 px for diffusion methods): each protocol
+    resizes reconstructions its own way, so resizing here would change the scores.
+    """
     arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 8:
         raise NSDBenchError(
             f"method {method}: image for NSD id {nsd_id} sample {sample} is {arr.dtype} {arr.shape}, "
-            f"expected uint8 (H, W, 3)"
+            f"expected uint8 (H, W, 3) with H, W >= 8"
         )
-    if arr.shape[:2] != (size, size):
-        from PIL import Image
-
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC))
     return np.ascontiguousarray(arr)
 
 
@@ -727,12 +733,16 @@ def data_label(nsd: Any, data: str) -> str:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when a GPU is visible, else 'cpu'."""
-    if device != "auto":
-        return device
-    try:
-        import torch
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; a bare 'cuda' under torchrun/accelerate
+    (LOCAL_RANK set) → 'cuda:LOCAL_RANK', so each process of a node uses its own GPU."""
+    if device == "auto":
+        try:
+            import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return "cpu"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:  # pragma: no cover - torch is a hard dependency
+            device = "cpu"
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    if device == "cuda" and local_rank.isdigit():
+        return f"cuda:{int(local_rank)}"
+    return device

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
 from nsdbench.leaderboards.store import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
 
@@ -42,8 +43,10 @@ def collect_images(
     for k in keys:
         img = np.asarray(images[k])
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise InvalidSubmission(f"subject {subject}, nsd_id {k[0]}, sample {k[1]}: expected uint8 (H, W, 3), "
-                                    f"got {img.dtype} {img.shape}")
+            raise InvalidSubmission(
+                f"subject {subject}, nsd_id {k[0]}, sample {k[1]}: expected uint8 (H, W, 3), "
+                f"got {img.dtype} {img.shape}"
+            )
         out.append(img)
     return [k[0] for k in keys], [k[1] for k in keys], out
 
@@ -70,8 +73,10 @@ def score_subject(
     allowed = {int(i) for i in sp.test_ids}
     outside = sorted(set(rec_ids) - allowed)
     if outside:
-        raise InvalidSubmission(f"subject {subject}: nsd_id {outside[0]} is not in the {sp.name} test split "
-                                f"({len(outside)} such ids)")
+        raise InvalidSubmission(
+            f"subject {subject}: nsd_id {outside[0]} is not in the {sp.name} test split "
+            f"({len(outside)} such ids)"
+        )
     gt_ids = sorted(set(rec_ids))
     gt_images = nsd.images(gt_ids)
     return score(
@@ -94,12 +99,33 @@ def scores_frame(result: Any, run_id: str, subject: int) -> pd.DataFrame:
     ps = result.per_sample
     pi = result.per_image
     frames = [
-        pd.DataFrame({"level": "sample", "nsd_id": ps["nsd_id"], "sample": ps["sample"], "metric": ps["metric"],
-                      "value": ps["value"]}),
-        pd.DataFrame({"level": "image", "nsd_id": pi["nsd_id"], "sample": None, "metric": pi["metric"],
-                      "value": pi["value"]}),
-        pd.DataFrame({"level": "set", "nsd_id": None, "sample": None, "metric": list(result.set_scores),
-                      "value": [float(v) for v in result.set_scores.values()]}),
+        pd.DataFrame(
+            {
+                "level": "sample",
+                "nsd_id": ps["nsd_id"],
+                "sample": ps["sample"],
+                "metric": ps["metric"],
+                "value": ps["value"],
+            }
+        ),
+        pd.DataFrame(
+            {
+                "level": "image",
+                "nsd_id": pi["nsd_id"],
+                "sample": None,
+                "metric": pi["metric"],
+                "value": pi["value"],
+            }
+        ),
+        pd.DataFrame(
+            {
+                "level": "set",
+                "nsd_id": None,
+                "sample": None,
+                "metric": list(result.set_scores),
+                "value": [float(v) for v in result.set_scores.values()],
+            }
+        ),
     ]
     df = pd.concat([f for f in frames if len(f)], ignore_index=True)
     df.insert(0, "run_id", run_id)
@@ -121,7 +147,10 @@ def write_scores_parquet(df: pd.DataFrame, out_path: Path, meta: dict[str, Any])
     table = pa.Table.from_pandas(df, preserve_index=False)
     info = {"format": PARQUET_FORMAT, **meta}
     table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), PARQUET_META_KEY: json.dumps(info, sort_keys=True, default=str).encode()}
+        {
+            **(table.schema.metadata or {}),
+            PARQUET_META_KEY: json.dumps(info, sort_keys=True, default=str).encode(),
+        }
     )
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -155,7 +184,9 @@ def score_images_to_parquet(
 
     protocol = get_protocol(protocol)
     sp = _split(nsd, split, subject)
-    result = score_subject(nsd, subject, sp, protocol, images, weights_mode, device, brain, batch_size, progress)
+    result = score_subject(
+        nsd, subject, sp, protocol, images, weights_mode, device, brain, batch_size, progress
+    )
     df = scores_frame(result, run_id, subject)
     meta = {
         "run_id": run_id,
@@ -184,7 +215,11 @@ def completed_parquet(path: str | Path, run_id: str, subject: int, protocol_hash
         meta = read_parquet_meta(p)
     except NSDBenchError:
         return False
-    return meta.get("run_id") == run_id and meta.get("subject") == subject and meta.get("protocol_hash") == protocol_hash
+    return (
+        meta.get("run_id") == run_id
+        and meta.get("subject") == subject
+        and meta.get("protocol_hash") == protocol_hash
+    )
 
 
 def has_brain_metrics(protocol: Any) -> bool:
@@ -193,7 +228,9 @@ def has_brain_metrics(protocol: Any) -> bool:
     return any(name in BRAIN_ROIS for name in protocol.metric_names)
 
 
-def brain_target(nsd: Any, subject: int, split_name: str, weights_mode: str, wanted: bool | None) -> tuple[Any, str]:
+def brain_target(
+    nsd: Any, subject: int, split_name: str, weights_mode: str, wanted: bool | None
+) -> tuple[Any, str]:
     """The encoding-model target for brain correlation, or (None, reason).
 
     wanted=None: use it when an encoder can be built for this weights mode, else skip with a note;
@@ -205,7 +242,9 @@ def brain_target(nsd: Any, subject: int, split_name: str, weights_mode: str, wan
         from nsdbench.metrics.encoder import load_brain_target
     except ImportError as exc:
         if wanted:
-            raise UsageError(f"--brain needs nsdbench.metrics.encoder, which is not available ({exc})") from None
+            raise UsageError(
+                f"--brain needs nsdbench.metrics.encoder, which is not available ({exc})"
+            ) from None
         return None, "brain correlation skipped: no encoding model in this installation"
     try:
         return load_brain_target(nsd, subject, split_name, weights_mode), ""

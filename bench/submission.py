@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typing_extensions import Self
+
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.submission_formats import (
     FORMATS,
@@ -30,7 +32,6 @@ from nsdbench.submission_formats import (
     read_ids_file,
     subject_from_filename,
 )
-from typing_extensions import Self
 
 ORDERS = ("nsd-ascending", "first-presentation")
 
@@ -56,7 +57,10 @@ class Submission:
         self.requested = tuple(sorted({int(s) for s in subjects})) if subjects else None
         self.entries: list[Entry] = list(reader.entries)
         self.problems: list[Problem] = list(reader.problems)
-        self._resolved_for: str | None = None if reader.blocks else "*"
+        # A folder named by position (brain-diffuser writes <index>.png in first-presentation order) plus
+        # --order: the file-name numbers are positions in that order, not NSD ids.
+        self.positional = order is not None and reader.fmt == "folder"
+        self._resolved_for: str | None = None if reader.blocks or self.positional else "*"
 
     # -- structure ---------------------------------------------------------------------------------
     def resolve(self, nsd: Any, split_name: str) -> None:
@@ -66,6 +70,8 @@ class Submission:
         from nsdbench.nsd.splits import get_split
 
         self._resolved_for = split_name
+        if self.positional:
+            self._resolve_positions(nsd, split_name)
         for block in self.reader.blocks:
             subject = block.subject
             if subject is None:
@@ -74,13 +80,19 @@ class Submission:
                 else:
                     subject = subject_from_filename(self.path)
             if subject is None:
-                self._problem("subject", f"cannot tell which subject array {block.key!r} holds; pass --subjects S "
-                              "(one subject) or name the file subjXX_...")
+                self._problem(
+                    "subject",
+                    f"cannot tell which subject array {block.key!r} holds; pass --subjects S "
+                    "(one subject) or name the file subjXX_...",
+                )
                 continue
             ids = block.ids
             if ids is not None and self.ids is not None and list(self.ids) != ids:
-                self._problem("ids", f"--ids differs from the id list stored in the file for {block.key!r}",
-                              subject=subject)
+                self._problem(
+                    "ids",
+                    f"--ids differs from the id list stored in the file for {block.key!r}",
+                    subject=subject,
+                )
                 continue
             if ids is None and self.ids is not None:
                 ids = list(self.ids)
@@ -91,18 +103,54 @@ class Submission:
                     self._problem("split", str(exc), subject=subject)
                     continue
             if ids is None:
-                self._problem("ids", f"array {block.key!r} has no NSD id list; pass --ids FILE or "
-                              "--order nsd-ascending|first-presentation", subject=subject)
+                self._problem(
+                    "ids",
+                    f"array {block.key!r} has no NSD id list; pass --ids FILE or "
+                    "--order nsd-ascending|first-presentation",
+                    subject=subject,
+                )
                 continue
             if len(ids) != block.n:
-                self._problem("count", f"array {block.key!r} and its id list differ in length",
-                              subject=subject, expected=f"{len(ids)} images ({self.order or 'id list'})",
-                              actual=f"{block.n} images")
+                self._problem(
+                    "count",
+                    f"array {block.key!r} and its id list differ in length",
+                    subject=subject,
+                    expected=f"{len(ids)} images ({self.order or 'id list'})",
+                    actual=f"{block.n} images",
+                )
                 continue
             for i, nsd_id in enumerate(ids):
                 for s in range(block.samples):
                     src = f"{self.path.name}[{block.key}][{i}]" + (f"[{s}]" if block.samples > 1 else "")
                     self.entries.append(Entry(subject, int(nsd_id), s, (block.key, i, s, block.layout), src))
+
+    def _resolve_positions(self, nsd: Any, split_name: str) -> None:
+        from nsdbench.nsd.splits import get_split
+
+        entries, self.entries = self.entries, []
+        orders: dict[int, tuple[int, ...] | None] = {}
+        for e in entries:
+            if e.subject not in orders:
+                try:
+                    orders[e.subject] = tuple(get_split(nsd, split_name, e.subject).order(self.order))
+                except UsageError as exc:
+                    self._problem("split", str(exc), subject=e.subject)
+                    orders[e.subject] = None
+            ids = orders[e.subject]
+            if ids is None:
+                continue
+            if e.nsd_id >= len(ids):
+                self._problem(
+                    "extra",
+                    f"position {e.nsd_id} is beyond the {split_name} test split ({self.order} order)",
+                    subject=e.subject,
+                    sample=e.sample,
+                    source=e.source,
+                    expected=f"a position in 0..{len(ids) - 1}",
+                    actual=str(e.nsd_id),
+                )
+                continue
+            self.entries.append(Entry(e.subject, ids[e.nsd_id], e.sample, e.ref, e.source))
 
     def _problem(self, code: str, message: str, **kw: Any) -> None:
         kw.setdefault("source", str(self.path))
@@ -118,7 +166,12 @@ class Submission:
     # -- content -----------------------------------------------------------------------------------
     def load(self, entry: Entry) -> tuple[np.ndarray | None, list[Problem], str]:
         """Read one image; returns (uint8 HxWx3 or None, its problems, detected format)."""
-        key = {"subject": entry.subject, "nsd_id": entry.nsd_id, "sample": entry.sample, "source": entry.source}
+        key = {
+            "subject": entry.subject,
+            "nsd_id": entry.nsd_id,
+            "sample": entry.sample,
+            "source": entry.source,
+        }
         try:
             raw, fmt = self.reader.read(entry)
         except ImageError as exc:
@@ -184,13 +237,24 @@ def check_image(img: np.ndarray, key: dict[str, Any]) -> list[Problem]:
     """Shape, channels, dtype, range, NaN/inf, size and constant-image checks for one raw image."""
     out: list[Problem] = []
     if img.ndim != 3:
-        return [Problem("shape", "image is not (H, W, 3)", expected="(H, W, 3)", actual=str(img.shape), **key)]
+        return [
+            Problem("shape", "image is not (H, W, 3)", expected="(H, W, 3)", actual=str(img.shape), **key)
+        ]
     h, w, c = img.shape
     if c != 3:
-        out.append(Problem("channels", "image does not have 3 (RGB) channels", expected="3", actual=str(c), **key))
+        out.append(
+            Problem("channels", "image does not have 3 (RGB) channels", expected="3", actual=str(c), **key)
+        )
     if min(h, w) < MIN_SIDE or h * w > max_image_pixels():
-        out.append(Problem("shape", "image size is out of range", expected=f">= {MIN_SIDE} px per side and "
-                           f"<= {max_image_pixels()} pixels", actual=f"{h}x{w}", **key))
+        out.append(
+            Problem(
+                "shape",
+                "image size is out of range",
+                expected=f">= {MIN_SIDE} px per side and <= {max_image_pixels()} pixels",
+                actual=f"{h}x{w}",
+                **key,
+            )
+        )
     if out:
         return out
     kind = img.dtype.kind
@@ -199,21 +263,49 @@ def check_image(img: np.ndarray, key: dict[str, Any]) -> list[Problem]:
         finite = np.isfinite(arr)
         if not finite.all():
             n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
-            return [Problem("nonfinite", "image contains NaN or inf", expected="finite values",
-                            actual=f"{n_nan} NaN, {n_inf} inf", **key)]
+            return [
+                Problem(
+                    "nonfinite",
+                    "image contains NaN or inf",
+                    expected="finite values",
+                    actual=f"{n_nan} NaN, {n_inf} inf",
+                    **key,
+                )
+            ]
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:
-            return [Problem("range", "float image outside [0, 1]", expected="values in [0, 1]",
-                            actual=f"min {lo:.4g}, max {hi:.4g}", **key)]
+            return [
+                Problem(
+                    "range",
+                    "float image outside [0, 1]",
+                    expected="values in [0, 1]",
+                    actual=f"min {lo:.4g}, max {hi:.4g}",
+                    **key,
+                )
+            ]
         constant = lo == hi
     elif img.dtype == np.uint8:
         constant = int(img.min()) == int(img.max())
     else:
-        return [Problem("dtype", "unsupported image dtype", expected="uint8, or float in [0, 1]",
-                        actual=str(img.dtype), **key)]
+        return [
+            Problem(
+                "dtype",
+                "unsupported image dtype",
+                expected="uint8, or float in [0, 1]",
+                actual=str(img.dtype),
+                **key,
+            )
+        ]
     if constant:
-        out.append(Problem("constant", "image is constant (its correlation-based scores are undefined)",
-                           expected="a non-constant image", actual=f"every value {img.flat[0]}", **key))
+        out.append(
+            Problem(
+                "constant",
+                "image is constant (its correlation-based scores are undefined)",
+                expected="a non-constant image",
+                actual=f"every value {img.flat[0]}",
+                **key,
+            )
+        )
     return out
 
 
@@ -240,7 +332,11 @@ def load_submission(
     if order is not None and order not in ORDERS:
         raise UsageError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)}")
     fmt = fmt or detect_format(p)
-    if fmt == "manifest" and p.is_dir() and not any((p / n).is_file() for n in ("manifest.csv", "manifest.parquet")):
+    if (
+        fmt == "manifest"
+        and p.is_dir()
+        and not any((p / n).is_file() for n in ("manifest.csv", "manifest.parquet"))
+    ):
         raise UsageError(f"{p}: no manifest.csv or manifest.parquet in the folder")
     if fmt in ("folder",) and not p.is_dir():
         raise UsageError(f"{p}: format 'folder' needs a folder of subjXX/ subfolders")
@@ -270,18 +366,38 @@ def validate(
     scope = list(requested) if requested else present
     for s in present:
         if requested and s not in requested:
-            problems.append(Problem("subject", "reconstructions for a subject that was not requested are ignored",
-                                    subject=s, severity="warning"))
+            problems.append(
+                Problem(
+                    "subject",
+                    "reconstructions for a subject that was not requested are ignored",
+                    subject=s,
+                    severity="warning",
+                )
+            )
     if not present and not any(p.severity == "error" for p in problems):
-        problems.append(Problem("count", "submission contains no reconstructions", source=str(sub.path),
-                                expected="at least one image", actual="0"))
+        problems.append(
+            Problem(
+                "count",
+                "submission contains no reconstructions",
+                source=str(sub.path),
+                expected="at least one image",
+                actual="0",
+            )
+        )
     structural = any(p.severity == "error" for p in problems)
     for s in scope:
         if s not in present:
             if structural:  # the file-level problem above is the cause; do not list its consequence
                 continue
-            problems.append(Problem("subject", "no reconstructions for a requested subject", subject=s,
-                                    expected="images for this subject", actual="none"))
+            problems.append(
+                Problem(
+                    "subject",
+                    "no reconstructions for a requested subject",
+                    subject=s,
+                    expected="images for this subject",
+                    actual="none",
+                )
+            )
             continue
         try:
             split = get_split(nsd, split_name, s)
@@ -293,7 +409,9 @@ def validate(
     return problems
 
 
-def _check_keys(entries: list[Entry], test_ids: Sequence[int], subject: int, split_name: str) -> list[Problem]:
+def _check_keys(
+    entries: list[Entry], test_ids: Sequence[int], subject: int, split_name: str
+) -> list[Problem]:
     out: list[Problem] = []
     expected = {int(i) for i in test_ids}
     keys = Counter((e.nsd_id, e.sample) for e in entries)
@@ -302,34 +420,109 @@ def _check_keys(entries: list[Entry], test_ids: Sequence[int], subject: int, spl
         first_source.setdefault((e.nsd_id, e.sample), e.source)
     for (nsd_id, sample), n in sorted(keys.items()):
         if n > 1:
-            out.append(Problem("duplicate", "the same (nsd_id, sample) appears more than once", subject=subject,
-                               nsd_id=nsd_id, sample=sample, expected="1 image", actual=f"{n} images",
-                               source=first_source[(nsd_id, sample)]))
+            out.append(
+                Problem(
+                    "duplicate",
+                    "the same (nsd_id, sample) appears more than once",
+                    subject=subject,
+                    nsd_id=nsd_id,
+                    sample=sample,
+                    expected="1 image",
+                    actual=f"{n} images",
+                    source=first_source[(nsd_id, sample)],
+                )
+            )
     present = {k[0] for k in keys}
     extra = sorted(present - expected)
     missing = sorted(expected - present)
+    if (
+        missing
+        and present
+        and present == set(range(len(present)))
+        and len(present & expected) < len(present) // 2
+    ):
+        out.append(
+            Problem(
+                "ids",
+                f"file names look like positions 0..{len(present) - 1}, not NSD ids; if they are "
+                "positions in a split order, pass --order first-presentation|nsd-ascending",
+                subject=subject,
+            )
+        )
     if extra and len({i - 1 for i in present} & expected) > len(present & expected):
-        out.append(Problem("ids", "ids look 1-based (most ids are a split id + 1); nsdbench uses 0-based NSD "
-                           "ids (nsdId, or 73KID - 1)", subject=subject))
+        out.append(
+            Problem(
+                "ids",
+                "ids look 1-based (most ids are a split id + 1); nsdbench uses 0-based NSD "
+                "ids (nsdId, or 73KID - 1)",
+                subject=subject,
+            )
+        )
     for nsd_id in extra:
-        out.append(Problem("extra", f"nsd_id is not in the {split_name} test split", subject=subject,
-                           nsd_id=nsd_id, expected=f"an id of {split_name}", actual=str(nsd_id)))
+        out.append(
+            Problem(
+                "extra",
+                f"nsd_id is not in the {split_name} test split",
+                subject=subject,
+                nsd_id=nsd_id,
+                expected=f"an id of {split_name}",
+                actual=str(nsd_id),
+            )
+        )
     for nsd_id in missing:
-        out.append(Problem("missing", "no reconstruction for a test image", subject=subject, nsd_id=nsd_id,
-                           expected=">= 1 sample", actual="0"))
+        out.append(
+            Problem(
+                "missing",
+                "no reconstruction for a test image",
+                subject=subject,
+                nsd_id=nsd_id,
+                expected=">= 1 sample",
+                actual="0",
+            )
+        )
     per_image = Counter(k[0] for k in keys if k[0] in expected)
     if per_image:
         mode = Counter(per_image.values()).most_common(1)[0][0]
+        sample_sets: dict[int, frozenset[int]] = {}
+        for nsd_id, sample in keys:
+            if nsd_id in expected:
+                sample_sets[nsd_id] = sample_sets.get(nsd_id, frozenset()) | {sample}
+        common = Counter(sample_sets.values()).most_common(1)[0][0]
         for nsd_id, n in sorted(per_image.items()):
             if n != mode:
-                out.append(Problem("sample-count", "number of samples differs from the other images",
-                                   subject=subject, nsd_id=nsd_id, expected=f"{mode} samples", actual=f"{n}"))
+                out.append(
+                    Problem(
+                        "sample-count",
+                        "number of samples differs from the other images",
+                        subject=subject,
+                        nsd_id=nsd_id,
+                        expected=f"{mode} samples",
+                        actual=f"{n}",
+                    )
+                )
+            elif sample_sets[nsd_id] != common:
+                out.append(
+                    Problem(
+                        "sample-count",
+                        "sample indices differ from the other images",
+                        subject=subject,
+                        nsd_id=nsd_id,
+                        expected=f"samples {sorted(common)}",
+                        actual=f"samples {sorted(sample_sets[nsd_id])}",
+                    )
+                )
         n_expected = len(expected) * mode
         n_actual = sum(keys.values())
         if n_actual != n_expected:
-            out.append(Problem("count", f"number of reconstructions for the {split_name} split", subject=subject,
-                               expected=f"{n_expected} ({len(expected)} ids x {mode} samples)",
-                               actual=str(n_actual)))
+            out.append(
+                Problem(
+                    "count",
+                    f"number of reconstructions for the {split_name} split",
+                    subject=subject,
+                    expected=f"{n_expected} ({len(expected)} ids x {mode} samples)",
+                    actual=str(n_actual),
+                )
+            )
     return out
 
 
@@ -354,17 +547,34 @@ def _check_contents(sub: Submission, scope: Sequence[int], progress: bool) -> li
     if bar:
         bar[0].stop()
     for s, n in sorted(jpeg.items()):
-        out.append(Problem("jpeg", f"{n} image(s) are JPEG: lossy compression changes pixel-level scores",
-                           subject=s, severity="warning"))
+        out.append(
+            Problem(
+                "jpeg",
+                f"{n} image(s) are JPEG: lossy compression changes pixel-level scores",
+                subject=s,
+                severity="warning",
+            )
+        )
     for s, counter in sorted(sizes.items()):
         if len(counter) > 1:
             common = counter.most_common(1)[0][0]
             for hw, n in sorted(counter.items()):
                 if hw != common:
                     e = where[(s, hw)]
-                    out.append(Problem("size", f"{n} image(s) differ in size from the rest of the subject's images "
-                                       f"(first shown; each is resized per the protocol)", severity="warning", subject=s, nsd_id=e.nsd_id, sample=e.sample, source=e.source,
-                                       expected=f"{common[0]}x{common[1]}", actual=f"{hw[0]}x{hw[1]}"))
+                    out.append(
+                        Problem(
+                            "size",
+                            f"{n} image(s) differ in size from the rest of the subject's images "
+                            f"(first shown; each is resized per the protocol)",
+                            severity="warning",
+                            subject=s,
+                            nsd_id=e.nsd_id,
+                            sample=e.sample,
+                            source=e.source,
+                            expected=f"{common[0]}x{common[1]}",
+                            actual=f"{hw[0]}x{hw[1]}",
+                        )
+                    )
     return out
 
 

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+
 from nsdbench import config
 
 IMAGE_EXTS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -96,7 +97,9 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, str]:
     from PIL import Image
 
     if len(data) > MAX_IMAGE_BYTES:
-        raise ImageError("size", "file is too large for an image", f"<= {MAX_IMAGE_BYTES} bytes", f"{len(data)}")
+        raise ImageError(
+            "size", "file is too large for an image", f"<= {MAX_IMAGE_BYTES} bytes", f"{len(data)}"
+        )
     limit = max_image_pixels()
     try:
         with warnings.catch_warnings():
@@ -107,8 +110,12 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, str]:
                 raise ImageError("format", "unsupported image format", "PNG or JPEG", fmt)
             w, h = im.size
             if w * h > limit:
-                raise ImageError("size", "image has too many pixels (decompression-bomb limit)",
-                                 f"<= {limit} pixels", f"{w}x{h}")
+                raise ImageError(
+                    "size",
+                    "image has too many pixels (decompression-bomb limit)",
+                    f"<= {limit} pixels",
+                    f"{w}x{h}",
+                )
             im.load()
             if im.mode == "P" and "transparency" not in im.info:
                 im = im.convert("RGB")
@@ -129,7 +136,9 @@ def read_image_file(path: Path) -> tuple[np.ndarray, str]:
     try:
         size = path.stat().st_size
         if size > MAX_IMAGE_BYTES:
-            raise ImageError("size", "file is too large for an image", f"<= {MAX_IMAGE_BYTES} bytes", f"{size}")
+            raise ImageError(
+                "size", "file is too large for an image", f"<= {MAX_IMAGE_BYTES} bytes", f"{size}"
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise ImageError("unreadable", f"cannot read file ({exc.strerror or exc})") from None
@@ -259,14 +268,25 @@ def read_convention_folder(root: Path) -> ImageFolderReader:
             fm = CONVENTION_FILE.match(f.name)
             if not fm:
                 if not f.name.startswith("."):
-                    r.problem("extra-file", "ignored: name is not <nsd_id>_<sample>.png|jpg",
-                              severity="warning", source=str(f), subject=subject)
+                    r.problem(
+                        "extra-file",
+                        "ignored: name is not <nsd_id>_<sample>.png|jpg",
+                        severity="warning",
+                        source=str(f),
+                        subject=subject,
+                    )
                 continue
             target = contained(root, f"{sub.name}/{f.name}")
             nsd_id, sample = int(fm.group(1)), int(fm.group(2) or 0)
             if target is None:
-                r.problem("path-escape", "file resolves outside the submission folder", subject=subject,
-                          nsd_id=nsd_id, sample=sample, source=str(f))
+                r.problem(
+                    "path-escape",
+                    "file resolves outside the submission folder",
+                    subject=subject,
+                    nsd_id=nsd_id,
+                    sample=sample,
+                    source=str(f),
+                )
                 continue
             r.entries.append(Entry(subject, nsd_id, sample, target, str(f)))
     return r
@@ -289,37 +309,65 @@ def read_manifest(manifest: Path) -> ImageFolderReader:
             df = pd.read_csv(manifest, dtype=str, keep_default_na=False, skipinitialspace=True)
     # pandas/pyarrow raise many exception types on malformed files; each is one problem.
     except Exception as exc:  # noqa: BLE001
-        r.problem("manifest", f"cannot read manifest ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+        r.problem(
+            "manifest",
+            f"cannot read manifest ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+        )
         return r
     df.columns = [str(c).strip().lower() for c in df.columns]
     missing = [c for c in ("subject", "nsd_id", "path") if c not in df.columns]
     if missing:
-        r.problem("manifest", "manifest lacks required columns", expected="columns subject, nsd_id, sample, path",
-                  actual="columns " + ", ".join(map(str, df.columns)))
+        r.problem(
+            "manifest",
+            "manifest lacks required columns",
+            expected="columns subject, nsd_id, sample, path",
+            actual="columns " + ", ".join(map(str, df.columns)),
+        )
         return r
     if "sample" not in df.columns:
         df["sample"] = "0"
     for i, row in enumerate(df.itertuples(index=False), start=2):
         src = f"{manifest}:{i}"
         try:
-            subject, nsd_id, sample = (int(str(getattr(row, c)).strip()) for c in ("subject", "nsd_id", "sample"))
+            subject, nsd_id, sample = (
+                int(str(getattr(row, c)).strip()) for c in ("subject", "nsd_id", "sample")
+            )
             if min(subject, nsd_id, sample) < 0:
                 raise ValueError
         except (TypeError, ValueError):
-            r.problem("manifest", "row has a non-integer or negative subject/nsd_id/sample", source=src,
-                      expected="non-negative integers",
-                      actual=f"{row.subject!r}, {row.nsd_id!r}, {row.sample!r}")
+            r.problem(
+                "manifest",
+                "row has a non-integer or negative subject/nsd_id/sample",
+                source=src,
+                expected="non-negative integers",
+                actual=f"{row.subject!r}, {row.nsd_id!r}, {row.sample!r}",
+            )
             continue
         rel = str(row.path).strip()
         target = contained(root, rel)
         if target is None:
-            r.problem("path-escape", "manifest path is absolute or leaves the submission folder",
-                      subject=subject, nsd_id=nsd_id, sample=sample, source=src,
-                      expected="a relative path inside " + str(root), actual=repr(rel))
+            r.problem(
+                "path-escape",
+                "manifest path is absolute or leaves the submission folder",
+                subject=subject,
+                nsd_id=nsd_id,
+                sample=sample,
+                source=src,
+                expected="a relative path inside " + str(root),
+                actual=repr(rel),
+            )
             continue
         if target.suffix.lower() not in IMAGE_EXTS:
-            r.problem("format", "manifest path is not a PNG or JPEG file", subject=subject, nsd_id=nsd_id,
-                      sample=sample, source=src, expected=".png/.jpg/.jpeg", actual=repr(rel))
+            r.problem(
+                "format",
+                "manifest path is not a PNG or JPEG file",
+                subject=subject,
+                nsd_id=nsd_id,
+                sample=sample,
+                source=src,
+                expected=".png/.jpg/.jpeg",
+                actual=repr(rel),
+            )
             continue
         r.entries.append(Entry(subject, nsd_id, sample, target, f"{manifest.name}:{i} {rel}"))
     return r
@@ -333,7 +381,9 @@ class TarReader(Reader):
     def read(self, entry: Entry) -> tuple[np.ndarray, str]:
         info: tarfile.TarInfo = entry.ref
         if info.size > MAX_IMAGE_BYTES:
-            raise ImageError("size", "member is too large for an image", f"<= {MAX_IMAGE_BYTES} bytes", f"{info.size}")
+            raise ImageError(
+                "size", "member is too large for an image", f"<= {MAX_IMAGE_BYTES} bytes", f"{info.size}"
+            )
         try:
             if self._tar is None:
                 self._tar = tarfile.open(self.path, "r:*")  # noqa: SIM115 - closed by close()
@@ -351,7 +401,9 @@ class TarReader(Reader):
 
 def _safe_member_name(name: str) -> bool:
     p = PurePosixPath(name)
-    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name and "\x00" not in name
+    return (
+        bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name and "\x00" not in name
+    )
 
 
 def read_tar(path: Path) -> TarReader:
@@ -365,19 +417,33 @@ def read_tar(path: Path) -> TarReader:
         with tarfile.open(path, "r:*") as tf:
             for info in tf:
                 if not _safe_member_name(info.name):
-                    r.problem("path-escape", "tar member name is absolute or leaves the archive",
-                              actual=repr(info.name))
+                    r.problem(
+                        "path-escape",
+                        "tar member name is absolute or leaves the archive",
+                        actual=repr(info.name),
+                    )
                     continue
                 if info.isdir():
                     continue
                 if not info.isreg():
-                    r.problem("unsafe-member", "tar member is a link or device, not a regular file",
-                              actual=repr(info.name))
+                    r.problem(
+                        "unsafe-member",
+                        "tar member is a link or device, not a regular file",
+                        actual=repr(info.name),
+                    )
                     continue
                 d, _, base = info.name.rpartition("/")
                 stem, dot, ext = base.partition(".")
                 key = f"{d}/{stem}" if d else stem
-                groups.setdefault(key, {})[ext.lower() if dot else ""] = info
+                members = groups.setdefault(key, {})
+                kind = ext.lower() if dot else ""
+                if kind in members:
+                    r.problem(
+                        "duplicate",
+                        "tar member appears more than once (only the last is used)",
+                        actual=repr(info.name),
+                    )
+                members[kind] = info
             metas: dict[str, dict] = {}
             for key, members in groups.items():
                 if "json" in members and members["json"].size <= 1 << 20:
@@ -385,7 +451,9 @@ def read_tar(path: Path) -> TarReader:
                     try:
                         metas[key] = json.loads(fh.read()) if fh else {}
                     except (ValueError, UnicodeDecodeError):
-                        r.problem("manifest", "tar member is not valid JSON", actual=repr(members["json"].name))
+                        r.problem(
+                            "manifest", "tar member is not valid JSON", actual=repr(members["json"].name)
+                        )
                         metas[key] = {}
     except (OSError, tarfile.TarError, EOFError) as exc:
         r.problem("unreadable", f"cannot read tar archive ({exc})")
@@ -395,15 +463,23 @@ def read_tar(path: Path) -> TarReader:
         img_ext = [e for e in members if f".{e}" in IMAGE_EXTS]
         if not img_ext:
             if set(members) - {"json"}:
-                r.problem("extra-file", "ignored: tar key has no .png/.jpg member", severity="warning",
-                          actual=repr(key))
+                r.problem(
+                    "extra-file",
+                    "ignored: tar key has no .png/.jpg member",
+                    severity="warning",
+                    actual=repr(key),
+                )
             continue
         info = members[img_ext[0]]
         meta = metas.get(key)
         parsed = _key_from_meta(meta) if meta else _key_from_name(key)
         if parsed is None:
-            r.problem("manifest", "cannot tell subject/nsd_id/sample of tar key (add <key>.json or name it "
-                      "subjXX/<nsd_id>_<sample>)", actual=repr(key))
+            r.problem(
+                "manifest",
+                "cannot tell subject/nsd_id/sample of tar key (add <key>.json or name it "
+                "subjXX/<nsd_id>_<sample>)",
+                actual=repr(key),
+            )
             continue
         subject, nsd_id, sample = parsed
         r.entries.append(Entry(subject, nsd_id, sample, info, f"{path.name}:{info.name}"))
@@ -432,6 +508,7 @@ class ArrayReader(Reader):
         super().__init__(path, fmt)
         self.arrays: dict[str, Any] = {}
         self._h5 = None
+        self._npz = None
 
     def block_array(self, block: ArrayBlock) -> Any:
         return self.arrays[block.key]
@@ -445,9 +522,10 @@ class ArrayReader(Reader):
         return img, "array"
 
     def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
+        for handle in (self._h5, self._npz):
+            if handle is not None:
+                handle.close()
+        self._h5 = self._npz = None
         self.arrays.clear()
 
     def add_block(self, key: str, arr: Any, ids: Any = None, subject: int | None = None) -> None:
@@ -455,26 +533,43 @@ class ArrayReader(Reader):
         dtype = str(getattr(arr, "dtype", "?")).replace("torch.", "")
         nbytes = math.prod(shape) * (getattr(getattr(arr, "dtype", None), "itemsize", None) or 4)
         if nbytes > max_array_bytes():
-            self.problem("size", f"array {key!r} is larger than the limit (NSDBENCH_MAX_ARRAY_BYTES)",
-                         expected=f"<= {max_array_bytes()} bytes", actual=f"{nbytes} bytes")
+            self.problem(
+                "size",
+                f"array {key!r} is larger than the limit (NSDBENCH_MAX_ARRAY_BYTES)",
+                expected=f"<= {max_array_bytes()} bytes",
+                actual=f"{nbytes} bytes",
+            )
             return
         lay = infer_layout(shape)
         if isinstance(lay, str):
-            self.problem("shape", f"array {key!r} has an unsupported shape ({lay})",
-                         expected="(N, H, W, 3), (N, 3, H, W), (N, S, H, W, 3) or (N, S, 3, H, W)",
-                         actual=str(shape), subject=subject)
+            self.problem(
+                "shape",
+                f"array {key!r} has an unsupported shape ({lay})",
+                expected="(N, H, W, 3), (N, 3, H, W), (N, S, H, W, 3) or (N, S, 3, H, W)",
+                actual=str(shape),
+                subject=subject,
+            )
             return
         layout, n, samples = lay
         id_list = None
         if ids is not None:
             id_list, bad = _id_list(ids)
             if bad:
-                self.problem("ids", f"id list for {key!r} is not a 1-d list of non-negative integers",
-                             actual=bad, subject=subject)
+                self.problem(
+                    "ids",
+                    f"id list for {key!r} is not a 1-d list of non-negative integers",
+                    actual=bad,
+                    subject=subject,
+                )
                 return
             if len(id_list) != n:
-                self.problem("count", f"id list length differs from the number of images in {key!r}",
-                             expected=str(n), actual=str(len(id_list)), subject=subject)
+                self.problem(
+                    "count",
+                    f"id list length differs from the number of images in {key!r}",
+                    expected=str(n),
+                    actual=str(len(id_list)),
+                    subject=subject,
+                )
                 return
         self.arrays[key] = arr
         self.blocks.append(ArrayBlock(key, shape, dtype, subject, id_list, layout, n, samples))
@@ -508,8 +603,12 @@ def _add_mapping(r: ArrayReader, mapping: dict[str, Any], get: Any) -> None:
         candidates = [k for k in keys if k not in ID_KEYS]
         img_key = candidates[0] if len(candidates) == 1 else None
     if img_key is None:
-        r.problem("format", "cannot find the image array", expected=f"a key in {IMAGE_KEYS} or subjXX keys",
-                  actual="keys " + ", ".join(map(str, keys[:20])))
+        r.problem(
+            "format",
+            "cannot find the image array",
+            expected=f"a key in {IMAGE_KEYS} or subjXX keys",
+            actual="keys " + ", ".join(map(str, keys[:20])),
+        )
         return
     ids_key = next((k for k in ID_KEYS if k in mapping), None)
     r.add_block(img_key, get(img_key), get(ids_key) if ids_key else None)
@@ -520,12 +619,19 @@ def read_npy(path: Path) -> ArrayReader:
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             _, _, dtype = read_header(fh)
         if dtype.hasobject:
-            r.problem("unreadable", "the .npy array holds Python objects (a pickle); nsdbench never unpickles",
-                      expected="a numeric array", actual=f"dtype {dtype}")
+            r.problem(
+                "unreadable",
+                "the .npy array holds Python objects (a pickle); nsdbench never unpickles",
+                expected="a numeric array",
+                actual=f"dtype {dtype}",
+            )
             return r
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         if not isinstance(arr, np.ndarray):
@@ -546,12 +652,17 @@ def read_npz(path: Path) -> ArrayReader:
         with zipfile.ZipFile(path) as zf:
             declared = sum(i.file_size for i in zf.infolist())
         if declared > max_array_bytes():
-            r.problem("size", "npz declares more uncompressed bytes than the limit",
-                      expected=f"<= {max_array_bytes()}", actual=str(declared))
+            r.problem(
+                "size",
+                "npz declares more uncompressed bytes than the limit",
+                expected=f"<= {max_array_bytes()}",
+                actual=str(declared),
+            )
             return r
         z = np.load(path, allow_pickle=False)
         if not hasattr(z, "files"):
             raise TypeError("not an .npz archive")
+        r._npz = z
         loaded: dict[str, np.ndarray] = {}
 
         def get(key: str) -> np.ndarray:
@@ -582,11 +693,18 @@ def read_pt(path: Path) -> ArrayReader:
         r.add_block("tensor", obj)
     elif isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
         tensors = {k: v for k, v in obj.items() if isinstance(v, (torch.Tensor, list, tuple))}
-        _add_mapping(r, tensors, lambda k: tensors[k] if isinstance(tensors[k], torch.Tensor)
-                     else np.asarray(tensors[k]))
+        _add_mapping(
+            r,
+            tensors,
+            lambda k: tensors[k] if isinstance(tensors[k], torch.Tensor) else np.asarray(tensors[k]),
+        )
     else:
-        r.problem("format", "unsupported .pt content", expected="a tensor or a dict of tensors",
-                  actual=type(obj).__name__)
+        r.problem(
+            "format",
+            "unsupported .pt content",
+            expected="a tensor or a dict of tensors",
+            actual=type(obj).__name__,
+        )
     return r
 
 
@@ -612,11 +730,17 @@ def read_hdf5(path: Path) -> ArrayReader:
                 if ids_key is not None:
                     flat[f"{k}_{ids_key}"] = obj[ids_key][()]
             elif isinstance(obj, h5py.Dataset):
-                flat[k] = obj if k not in ID_KEYS and not k.endswith(tuple(f"_{i}" for i in ID_KEYS)) else obj[()]
+                flat[k] = (
+                    obj if k not in ID_KEYS and not k.endswith(tuple(f"_{i}" for i in ID_KEYS)) else obj[()]
+                )
         for key, ds in flat.items():
             if isinstance(ds, h5py.Dataset) and ds.dtype.kind not in "uif":
-                r.problem("dtype", f"dataset {key!r} is not numeric", expected="uint8 or float",
-                          actual=str(ds.dtype))
+                r.problem(
+                    "dtype",
+                    f"dataset {key!r} is not numeric",
+                    expected="uint8 or float",
+                    actual=str(ds.dtype),
+                )
                 return r
         _add_mapping(r, flat, lambda k: flat[k])
     except Exception as exc:  # noqa: BLE001 - see read_npy
@@ -645,8 +769,10 @@ def read_ids_file(path: Path) -> list[int]:
             out.append(val)
         return out
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read the id list ({_first_line(exc)}); expected one 0-based NSD id "
-                         f"per line or a 1-d integer .npy") from None
+        raise UsageError(
+            f"{path}: cannot read the id list ({_first_line(exc)}); expected one 0-based NSD id "
+            f"per line or a 1-d integer .npy"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -663,15 +789,26 @@ def detect_format(path: Path) -> str:
             return "manifest"
         if any(SUBJECT_DIR.match(p.name) for p in path.iterdir()):
             return "folder"
-        raise UsageError(f"{path}: cannot tell the submission format; expected manifest.csv / manifest.parquet "
-                         f"or subjXX/ folders inside")
-    for ext, fmt in ((".npy", "npy"), (".npz", "npz"), (".pt", "pt"), (".pth", "pt"), (".hdf5", "hdf5"),
-                     (".h5", "hdf5"), (".tar", "tar"), (".tar.gz", "tar"), (".tgz", "tar"), (".csv", "manifest"),
-                     (".parquet", "manifest")):
+        raise UsageError(
+            f"{path}: cannot tell the submission format; expected manifest.csv / manifest.parquet "
+            f"or subjXX/ folders inside"
+        )
+    for ext, fmt in (
+        (".npy", "npy"),
+        (".npz", "npz"),
+        (".pt", "pt"),
+        (".pth", "pt"),
+        (".hdf5", "hdf5"),
+        (".h5", "hdf5"),
+        (".tar", "tar"),
+        (".tar.gz", "tar"),
+        (".tgz", "tar"),
+        (".csv", "manifest"),
+        (".parquet", "manifest"),
+    ):
         if name.endswith(ext):
             return fmt
-    raise UsageError(f"{path}: unknown submission format; use --format "
-                     f"folder|manifest|npy|npz|pt|hdf5|tar")
+    raise UsageError(f"{path}: unknown submission format; use --format folder|manifest|npy|npz|pt|hdf5|tar")
 
 
 FORMATS = ("folder", "manifest", "npy", "npz", "pt", "hdf5", "tar")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from nsdbench.errors import UsageError
 
 Key = tuple[int, int, int]  # (subject, nsd_id, sample)
@@ -73,7 +74,9 @@ def _png_bytes(img: np.ndarray, fmt: str = "PNG", quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def _stack(images: Mapping[Key, np.ndarray], subject: int, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _stack(
+    images: Mapping[Key, np.ndarray], subject: int, channels_first: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """One subject's images as (N, H, W, 3) (or (N, S, ...) with several samples) and ascending ids."""
     keys = sorted(k for k in images if k[0] == subject)
     ids = sorted({k[1] for k in keys})
@@ -130,8 +133,10 @@ def write_submission(
         with tarfile.open(out, "w") as tf:
             for n, ((s, i, k), img) in enumerate(sorted(images.items())):
                 key = f"sample{n:06d}"
-                for name, data in ((f"{key}.{ext}", _png_bytes(img, pil_fmt)),
-                                   (f"{key}.json", json.dumps({"subject": s, "nsd_id": i, "sample": k}).encode())):
+                for name, data in (
+                    (f"{key}.{ext}", _png_bytes(img, pil_fmt)),
+                    (f"{key}.json", json.dumps({"subject": s, "nsd_id": i, "sample": k}).encode()),
+                ):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tf.addfile(info, io.BytesIO(data))

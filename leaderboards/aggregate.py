@@ -51,7 +51,16 @@ def aggregate_scores(images: pd.DataFrame, n_resamples: int = 2000, seed: int = 
             vals = sdf.set_index("nsd_id")["value"].astype(np.float64).sort_index()
             per_subject[int(subject)] = vals
             mean, lo, hi = _bootstrap_ci(vals.to_numpy(), n_resamples, seed)
-            rows.append({"subject": str(int(subject)), "metric": metric, "mean": mean, "ci_lo": lo, "ci_hi": hi, "n": len(vals)})
+            rows.append(
+                {
+                    "subject": str(int(subject)),
+                    "metric": metric,
+                    "mean": mean,
+                    "ci_lo": lo,
+                    "ci_hi": hi,
+                    "n": len(vals),
+                }
+            )
         if not per_subject:
             continue
         id_sets = [tuple(v.index) for v in per_subject.values()]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from nsdbench.errors import UsageError
 
 GOLDEN_FORMAT = "nsdbench-golden/1"
@@ -45,8 +46,10 @@ class Deviation:
         where = f"{self.protocol} subject {self.subject} {self.metric}"
         if self.expected is None or self.actual is None:
             return f"{where}: {self.reason}"
-        return (f"{where}: expected {self.expected:.10g}, got {self.actual:.10g} "
-                f"(|diff| {abs(self.actual - self.expected):.3g} > tolerance {self.tolerance:g})")
+        return (
+            f"{where}: expected {self.expected:.10g}, got {self.actual:.10g} "
+            f"(|diff| {abs(self.actual - self.expected):.3g} > tolerance {self.tolerance:g})"
+        )
 
 
 @dataclass
@@ -61,8 +64,13 @@ class DriftReport:
         return not self.deviations
 
     def to_dict(self) -> dict[str, Any]:
-        return {"golden": str(self.golden), "ok": self.ok, "updated": self.updated, "checked": self.checked,
-                "deviations": [d.__dict__ | {"message": d.line()} for d in self.deviations]}
+        return {
+            "golden": str(self.golden),
+            "ok": self.ok,
+            "updated": self.updated,
+            "checked": self.checked,
+            "deviations": [d.__dict__ | {"message": d.line()} for d in self.deviations],
+        }
 
 
 def sha256_array(arr: np.ndarray) -> str:
@@ -83,7 +91,9 @@ def tolerance_for(metric: str, spec: dict[str, Any], protocol: Any) -> float:
         is_float64 = isinstance(protocol.metric(metric), PixelMetric)
     except UsageError:
         is_float64 = False
-    return float(tol.get("float64", DEFAULT_TOL_FLOAT64) if is_float64 else tol.get("network", DEFAULT_TOL_NETWORK))
+    return float(
+        tol.get("float64", DEFAULT_TOL_FLOAT64) if is_float64 else tol.get("network", DEFAULT_TOL_NETWORK)
+    )
 
 
 def load_golden(path: str | Path) -> dict[str, Any]:
@@ -93,18 +103,24 @@ def load_golden(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise UsageError(f"{p}: cannot read golden file ({exc})") from None
     if spec.get("format") != GOLDEN_FORMAT:
-        raise UsageError(f"{p}: not a golden file (format {spec.get('format')!r}, expected {GOLDEN_FORMAT!r})")
+        raise UsageError(
+            f"{p}: not a golden file (format {spec.get('format')!r}, expected {GOLDEN_FORMAT!r})"
+        )
     return spec
 
 
-def _reconstructions(spec: dict[str, Any], golden: Path, nsd: Any, subject: int, ids: list[int],
-                     gt: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+def _reconstructions(
+    spec: dict[str, Any], golden: Path, nsd: Any, subject: int, ids: list[int], gt: np.ndarray
+) -> dict[tuple[int, int], np.ndarray]:
     from nsdbench.submission_writers import box_blur
 
     rec = spec["reconstructions"]
     if rec["kind"] == "blur":
-        return {(nsd_id, k): box_blur(gt[i], int(rec["radius"]) + k)
-                for i, nsd_id in enumerate(ids) for k in range(int(rec.get("samples", 1)))}
+        return {
+            (nsd_id, k): box_blur(gt[i], int(rec["radius"]) + k)
+            for i, nsd_id in enumerate(ids)
+            for k in range(int(rec.get("samples", 1)))
+        }
     if rec["kind"] == "file":
         path = golden.parent / rec["path"]
         with np.load(path, allow_pickle=False) as z:
@@ -120,8 +136,9 @@ def _protocol_names(spec: dict[str, Any]) -> list[str]:
     return list(spec["protocols"])
 
 
-def _score_spec(spec: dict[str, Any], golden: Path, data: str | None, device: str,
-                progress: bool) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, str]], dict[str, Any]]:
+def _score_spec(
+    spec: dict[str, Any], golden: Path, data: str | None, device: str, progress: bool
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, str]], dict[str, Any]]:
     """Rescore the golden set: set scores per protocol and subject, plus hashes of the inputs."""
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd import open_nsd
@@ -141,14 +158,28 @@ def _score_spec(spec: dict[str, Any], golden: Path, data: str | None, device: st
         if spec.get("brain") and any(has_brain_metrics(p) for p in protocols.values()):
             brain, _ = brain_target(nsd, int(subject), spec["split"], spec["weights_mode"], True)
         for name, proto in protocols.items():
-            result = score_subject(nsd, int(subject), spec["split"], proto, images, spec["weights_mode"], device,
-                                   brain=brain if has_brain_metrics(proto) else None, progress=progress)
+            result = score_subject(
+                nsd,
+                int(subject),
+                spec["split"],
+                proto,
+                images,
+                spec["weights_mode"],
+                device,
+                brain=brain if has_brain_metrics(proto) else None,
+                progress=progress,
+            )
             scores[name][str(subject)] = {k: float(v) for k, v in result.set_scores.items()}
     return scores, hashes, protocols
 
 
-def check(golden: str | Path | None = None, update: bool = False, data: str | None = None, device: str = "cpu",
-          progress: bool = False) -> DriftReport:
+def check(
+    golden: str | Path | None = None,
+    update: bool = False,
+    data: str | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> DriftReport:
     """Rescore the golden set; list every metric beyond tolerance. With update=True rewrite the file instead."""
     gpath = Path(golden) if golden else shipped_golden()
     spec = load_golden(gpath)
@@ -158,16 +189,34 @@ def check(golden: str | Path | None = None, update: bool = False, data: str | No
     for name, proto in protocols.items():
         rec = spec["protocols"][name]
         if proto.hash != rec.get("hash"):
-            devs.append(Deviation(name, "*", "definition", None, None, None,
-                                  f"protocol definition changed: hash {rec.get('hash')} -> {proto.hash} "
-                                  f"(version {rec.get('version')} -> {proto.version})"))
+            devs.append(
+                Deviation(
+                    name,
+                    "*",
+                    "definition",
+                    None,
+                    None,
+                    None,
+                    f"protocol definition changed: hash {rec.get('hash')} -> {proto.hash} "
+                    f"(version {rec.get('version')} -> {proto.version})",
+                )
+            )
     for kind, label in (("gt", "ground-truth images"), ("rec", "reconstructions")):
         for subj, h in hashes[kind].items():
             want = spec.get(f"{kind}_sha256", {}).get(subj)
             if want and want != h:
-                devs.append(Deviation("*", subj, f"{kind}_sha256", None, None, None,
-                                      f"{label} changed (sha256 {want[:12]} -> {h[:12]}): the data or its "
-                                      "generator moved, not (only) the metrics"))
+                devs.append(
+                    Deviation(
+                        "*",
+                        subj,
+                        f"{kind}_sha256",
+                        None,
+                        None,
+                        None,
+                        f"{label} changed (sha256 {want[:12]} -> {h[:12]}): the data or its "
+                        "generator moved, not (only) the metrics",
+                    )
+                )
     for name, proto in protocols.items():
         expected_by_subject = spec["expected"].get(name, {})
         for subj in sorted(set(expected_by_subject) | set(scores[name])):
@@ -175,18 +224,38 @@ def check(golden: str | Path | None = None, update: bool = False, data: str | No
             for metric in sorted(set(expected) | set(actual)):
                 e, a = expected.get(metric), actual.get(metric)
                 tol = tolerance_for(metric, spec, proto)
-                report.checked.append({"protocol": name, "subject": subj, "metric": metric, "expected": e, "actual": a,
-                                           "tolerance": tol})
+                report.checked.append(
+                    {
+                        "protocol": name,
+                        "subject": subj,
+                        "metric": metric,
+                        "expected": e,
+                        "actual": a,
+                        "tolerance": tol,
+                    }
+                )
                 if e is None:
-                    devs.append(Deviation(name, subj, metric, None, a, tol, "new metric, not in the golden file"))
+                    devs.append(
+                        Deviation(name, subj, metric, None, a, tol, "new metric, not in the golden file")
+                    )
                 elif a is None:
-                    devs.append(Deviation(name, subj, metric, e, None, tol, "metric missing from the rescore"))
+                    devs.append(
+                        Deviation(name, subj, metric, e, None, tol, "metric missing from the rescore")
+                    )
                 elif not (abs(a - e) <= tol):  # NaN counts as drift
                     devs.append(Deviation(name, subj, metric, e, a, tol, "beyond tolerance"))
     if update:
-        write_golden(gpath, {**spec, "expected": scores,
-                             "protocols": {n: {"version": p.version, "hash": p.hash} for n, p in protocols.items()},
-                             "gt_sha256": hashes["gt"], "rec_sha256": hashes["rec"], "created": _created()})
+        write_golden(
+            gpath,
+            {
+                **spec,
+                "expected": scores,
+                "protocols": {n: {"version": p.version, "hash": p.hash} for n, p in protocols.items()},
+                "gt_sha256": hashes["gt"],
+                "rec_sha256": hashes["rec"],
+                "created": _created(),
+            },
+        )
         report.updated = True
     return report
 
@@ -195,8 +264,11 @@ def _created() -> dict[str, str]:
     from nsdbench.leaderboards.store import environment
 
     env = environment()
-    return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "nsdbench_version": env["nsdbench_version"], "torch_version": env["torch_version"]}
+    return {
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "nsdbench_version": env["nsdbench_version"],
+        "torch_version": env["torch_version"],
+    }
 
 
 def write_golden(path: Path, spec: dict[str, Any]) -> Path:
@@ -243,7 +315,8 @@ def create_golden(
     data_value = "synthetic" if data in (None, "synthetic") else str(Path(data).expanduser().resolve())
     spec: dict[str, Any] = {
         "format": GOLDEN_FORMAT,
-        "description": description or f"{', '.join(p.name for p in protos)} on {split}, {weights_mode} weights",
+        "description": description
+        or f"{', '.join(p.name for p in protos)} on {split}, {weights_mode} weights",
         "data": data_value,
         "split": split,
         "protocols": {p.name: {"version": p.version, "hash": p.hash} for p in protos},
@@ -254,9 +327,13 @@ def create_golden(
     }
     ids: dict[str, list[int]] = {}
     if submission is None:
-        spec["reconstructions"] = {"kind": "blur", "radius": int(blur_radius), "samples": int(samples),
-                                   "note": "integer box blur of the ground truth, radius + sample index "
-                                           "(nsdbench.submission_writers.box_blur)"}
+        spec["reconstructions"] = {
+            "kind": "blur",
+            "radius": int(blur_radius),
+            "samples": int(samples),
+            "note": "integer box blur of the ground truth, radius + sample index "
+            "(nsdbench.submission_writers.box_blur)",
+        }
         for s in subjects:
             ids[str(s)] = [int(i) for i in get_split(nsd, split, s).test_ids][: max_images or None]
     else:
@@ -266,15 +343,26 @@ def create_golden(
         with load_submission(submission, submission_format, order, subjects=subjects) as sub:
             problems = errors(validate(sub, nsd, split, subjects))
             if problems:
-                raise InvalidSubmission(f"{submission}: {len(problems)} problem(s), first: {problems[0].line()}")
+                raise InvalidSubmission(
+                    f"{submission}: {len(problems)} problem(s), first: {problems[0].line()}"
+                )
             payload = {}
             for s in subjects:
                 entries = sub.entries_for(s)
                 sel = sorted({e.nsd_id for e in entries})[: max_images or None]
                 n_samples = min(sum(1 for e in entries if e.nsd_id == i) for i in sel)
                 by_key = {(e.nsd_id, e.sample): e for e in entries}
-                arr = np.stack([np.stack([sub.image(by_key[(i, k)]) for k in sorted(
-                    x[1] for x in by_key if x[0] == i)[:n_samples]]) for i in sel])
+                arr = np.stack(
+                    [
+                        np.stack(
+                            [
+                                sub.image(by_key[(i, k)])
+                                for k in sorted(x[1] for x in by_key if x[0] == i)[:n_samples]
+                            ]
+                        )
+                        for i in sel
+                    ]
+                )
                 payload[f"subj{s:02d}"] = arr
                 payload[f"subj{s:02d}_nsd_ids"] = np.asarray(sel, dtype=np.int64)
                 ids[str(s)] = sel

@@ -83,8 +83,18 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|")
 
 
-_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+_LATEX_SPECIAL = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+}
 
 
 def latex_escape(s: str) -> str:
@@ -98,8 +108,11 @@ def to_latex(lb: Leaderboard, digits: int = 3) -> str:
         out.append(f"% {latex_escape(t.title)}")
         out.append(r"\begin{tabular}{ll" + "r" * len(t.metrics) + "}")
         out.append(r"\toprule")
-        out.append("Method & Subjects & " + " & ".join(
-            header(m, r"$\uparrow$", r"$\downarrow$").replace("_", r"\_") for m in t.metrics) + r" \\")
+        out.append(
+            "Method & Subjects & "
+            + " & ".join(header(m, r"$\uparrow$", r"$\downarrow$").replace("_", r"\_") for m in t.metrics)
+            + r" \\"
+        )
         out.append(r"\midrule")
         for r in t.rows:
             cells = []
@@ -134,8 +147,11 @@ def to_html(lb: Leaderboard, digits: int = 3) -> str:
         best = _best(t)
         out.append(f"<h3>{e(t.title)}</h3>")
         out.append('<table class="nsdbench-leaderboard">')
-        out.append("<thead><tr><th>Method</th><th>Subjects</th>" +
-                   "".join(f"<th>{e(header(m))}</th>" for m in t.metrics) + "</tr></thead>")
+        out.append(
+            "<thead><tr><th>Method</th><th>Subjects</th>"
+            + "".join(f"<th>{e(header(m))}</th>" for m in t.metrics)
+            + "</tr></thead>"
+        )
         out.append("<tbody>")
         for r in t.rows:
             cls = ' class="reported"' if r.origin == "reported" else ""
@@ -150,8 +166,21 @@ def to_html(lb: Leaderboard, digits: int = 3) -> str:
     return "\n".join(out) + "\n"
 
 
-CSV_COLUMNS = ["table", "method", "origin", "run_id", "subjects", "source", "metric", "label", "higher_is_better",
-               "mean", "ci_lo", "ci_hi", "n"]
+CSV_COLUMNS = [
+    "table",
+    "method",
+    "origin",
+    "run_id",
+    "subjects",
+    "source",
+    "metric",
+    "label",
+    "higher_is_better",
+    "mean",
+    "ci_lo",
+    "ci_hi",
+    "n",
+]
 
 
 def to_csv(lb: Leaderboard) -> str:
@@ -165,10 +194,23 @@ def to_csv(lb: Leaderboard) -> str:
                 if c is None:
                     continue
                 label, hib = _meta(m)
-                w.writerow({"table": t.scope, "method": r.method, "origin": r.origin, "run_id": r.run_id,
-                                "subjects": r.subjects, "source": r.source, "metric": m, "label": label, "higher_is_better": hib,
-                                "mean": repr(c.mean), "ci_lo": "" if c.lo is None else repr(c.lo),
-                                "ci_hi": "" if c.hi is None else repr(c.hi), "n": "" if c.n is None else c.n})
+                w.writerow(
+                    {
+                        "table": t.scope,
+                        "method": r.method,
+                        "origin": r.origin,
+                        "run_id": r.run_id,
+                        "subjects": r.subjects,
+                        "source": r.source,
+                        "metric": m,
+                        "label": label,
+                        "higher_is_better": hib,
+                        "mean": repr(c.mean),
+                        "ci_lo": "" if c.lo is None else repr(c.lo),
+                        "ci_hi": "" if c.hi is None else repr(c.hi),
+                        "n": "" if c.n is None else c.n,
+                    }
+                )
     return buf.getvalue()
 
 
@@ -190,7 +232,7 @@ def rich_tables(lb: Leaderboard, digits: int = 3) -> list[Any]:
         for r in t.rows:
             cells = []
             for m in t.metrics:
-                c = fmt_cell(r.cells.get(m), digits)
+                c = fmt_cell(r.cells.get(m), digits).replace(" [", "\n[")  # CI under the mean: narrower
                 if r.origin == "reproduced" and m in best and r.cells[m].mean == best[m]:
                     c = f"[bold]{c}[/]"
                 cells.append(c)
@@ -237,5 +279,7 @@ def run_summary_table(lb: Leaderboard, digits: int = 3) -> Any:
         rt.add_column("subject mean" if t.scope == "mean" else f"subject {t.scope}", justify="right")
     metrics = tables[0].metrics if tables else []
     for m in metrics:
-        rt.add_row(header(m), *[fmt_cell(t.rows[0].cells.get(m), digits) for t in tables])
+        rt.add_row(
+            header(m), *[fmt_cell(t.rows[0].cells.get(m), digits).replace(" [", "\n[") for t in tables]
+        )
     return rt

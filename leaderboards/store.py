@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from nsdbench import config
 from nsdbench.errors import NSDBenchError, UsageError
 
@@ -140,7 +141,11 @@ def _git_sha() -> str:
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -151,7 +156,12 @@ def environment() -> dict[str, str]:
     """Versions recorded with every run."""
     import nsdbench
 
-    env = {"nsdbench_version": nsdbench.__version__, "git_sha": _git_sha(), "torch_version": "", "cuda_version": ""}
+    env = {
+        "nsdbench_version": nsdbench.__version__,
+        "git_sha": _git_sha(),
+        "torch_version": "",
+        "cuda_version": "",
+    }
     try:
         import torch
 
@@ -180,7 +190,9 @@ class Store:
 
     def __init__(self, db_path: str | Path | None = None, lock_timeout: float | None = None) -> None:
         self.path = config.default_db(db_path)
-        self.lock_timeout = float(lock_timeout if lock_timeout is not None else config.get("db_lock_timeout") or 300)
+        self.lock_timeout = float(
+            lock_timeout if lock_timeout is not None else config.get("db_lock_timeout") or 300
+        )
 
     # -- connections ---------------------------------------------------------------------------
     @contextmanager
@@ -466,9 +478,10 @@ def _merge_provenance(record: RunRecord, metas: list[dict[str, Any]]) -> RunReco
         precision.update(prov.get("precision") or {})
         device = device or str(prov.get("device") or "")
     phash = record.protocol_hash or str(metas[0].get("protocol_hash") or "")
-    return replace(record, weights_sha256=weights_sha, precision=precision, device=device, protocol_hash=phash)
+    return replace(
+        record, weights_sha256=weights_sha, precision=precision, device=device, protocol_hash=phash
+    )
 
 
 def default_store(db: str | Path | None = None) -> Store:
     return Store(db)
-

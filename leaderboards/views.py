@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from nsdbench import config
 from nsdbench.errors import UsageError
 from nsdbench.leaderboards.aggregate import aggregate_scores
@@ -59,8 +60,9 @@ class Leaderboard:
 
         d = asdict(self)
         metrics = sorted({m for t in self.tables for m in t.metrics}, key=_order)
-        d["metrics"] = {m: {"label": LABELS.get(m, m), "higher_is_better": HIGHER_IS_BETTER.get(m, True)}
-                        for m in metrics}
+        d["metrics"] = {
+            m: {"label": LABELS.get(m, m), "higher_is_better": HIGHER_IS_BETTER.get(m, True)} for m in metrics
+        }
         return d
 
 
@@ -120,7 +122,9 @@ def select_runs(
     return [chosen[m] for m in sorted(chosen)]
 
 
-def run_aggregates(store: Store, run: dict[str, Any], subjects: tuple[int, ...] | None, n_resamples: int) -> pd.DataFrame:
+def run_aggregates(
+    store: Store, run: dict[str, Any], subjects: tuple[int, ...] | None, n_resamples: int
+) -> pd.DataFrame:
     """Stored aggregates, or recomputed over a subset of the run's subjects."""
     run_subjects = tuple(int(s) for s in str(run["subjects"]).split(","))
     if subjects is None or tuple(sorted(subjects)) == tuple(sorted(run_subjects)):
@@ -169,7 +173,11 @@ def build_leaderboard(
     all_runs = store.runs(include_smoke=True)
     pinned = list(runs or [])
     if len(all_runs):
-        mask = (all_runs["split"] == split) & (all_runs["protocol"] == protocol) & (all_runs["status"] == "complete")
+        mask = (
+            (all_runs["split"] == split)
+            & (all_runs["protocol"] == protocol)
+            & (all_runs["status"] == "complete")
+        )
         if subjects:
             want = set(subjects)
             mask &= all_runs["subjects"].map(lambda s: want <= {int(x) for x in str(s).split(",")})
@@ -179,7 +187,9 @@ def build_leaderboard(
         if not include_smoke:
             cand = cand[~cand["smoke"] | cand["id"].isin(pinned_full)]
             if n_smoke:
-                notes.append(f"{n_smoke} smoke run(s) (random/tiny weights) hidden; --include-smoke shows them")
+                notes.append(
+                    f"{n_smoke} smoke run(s) (random/tiny weights) hidden; --include-smoke shows them"
+                )
         if cand.empty:
             here = all_runs[(all_runs["split"] == split) & (all_runs["protocol"] == protocol)]
             if here.empty:
@@ -205,18 +215,29 @@ def build_leaderboard(
         cells = _cells(aggs[r["id"]], scope)
         if not cells:
             return None
-        run_subjects = subjects_key(subjects) if subjects and scope == "mean" else (
-            r["subjects"] if scope == "mean" else scope)
-        return Row(r["method"], "reproduced", run_subjects, cells, run_id=r["id"], smoke=bool(r["smoke"]),
-                   note="smoke" if r["smoke"] else "")
+        run_subjects = (
+            subjects_key(subjects)
+            if subjects and scope == "mean"
+            else (r["subjects"] if scope == "mean" else scope)
+        )
+        return Row(
+            r["method"],
+            "reproduced",
+            run_subjects,
+            cells,
+            run_id=r["id"],
+            smoke=bool(r["smoke"]),
+            note="smoke" if r["smoke"] else "",
+        )
 
     def reported_for(subject_set: str | None) -> list[Row]:
         if rep.empty:
             return []
         sel = rep if subject_set is None else rep[rep["subjects"] == subject_set]
         out = []
-        for (src, tbl, method, subj, note), g in sel.groupby(["source", "table", "method", "subjects", "note"],
-                                                            sort=False):
+        for (src, tbl, method, subj, note), g in sel.groupby(
+            ["source", "table", "method", "subjects", "note"], sort=False
+        ):
             cells = {m: Cell(float(v)) for m, v in zip(g["metric"], g["value"]) if m in cols}
             if not cells:
                 continue
@@ -228,17 +249,26 @@ def build_leaderboard(
     if subjects:
         mean_rep = reported_for(subjects_key(subjects))
     else:
-        mean_rep = [row for row in reported_for(None) if "," in row.subjects or len(selected) == 0 or
-                    row.subjects in {str(r["subjects"]) for r in selected}]
+        mean_rep = [
+            row
+            for row in reported_for(None)
+            if "," in row.subjects
+            or len(selected) == 0
+            or row.subjects in {str(r["subjects"]) for r in selected}
+        ]
     tables.append(Table(f"{split} · {protocol} · subject mean", "mean", cols, mean_rows + mean_rep))
     if per_subject:
-        subj_set = sorted(subjects) if subjects else sorted(
-            {int(s) for r in selected for s in str(r["subjects"]).split(",")})
+        subj_set = (
+            sorted(subjects)
+            if subjects
+            else sorted({int(s) for r in selected for s in str(r["subjects"]).split(",")})
+        )
         for s in subj_set:
             rows = [row for r in selected if (row := reproduced_row(r, str(s)))]
             if rows:
-                tables.append(Table(f"{split} · {protocol} · subject {s}", str(s), cols,
-                                    rows + reported_for(str(s))))
+                tables.append(
+                    Table(f"{split} · {protocol} · subject {s}", str(s), cols, rows + reported_for(str(s)))
+                )
     return Leaderboard(split, protocol, tuple(subjects) if subjects else None, tables, notes)
 
 
@@ -256,7 +286,10 @@ def compare_runs(
     from nsdbench.metrics.names import HIGHER_IS_BETTER, order_key
 
     a, b = store.run(run_a), store.run(run_b)
-    if (a["protocol"], a["protocol_hash"]) != (b["protocol"], b["protocol_hash"]) and not allow_protocol_mismatch:
+    if (a["protocol"], a["protocol_hash"]) != (
+        b["protocol"],
+        b["protocol_hash"],
+    ) and not allow_protocol_mismatch:
         raise UsageError(
             f"runs {a['id']} and {b['id']} were scored under different protocols "
             f"({a['protocol']}#{a['protocol_hash']} vs {b['protocol']}#{b['protocol_hash']}); their metrics are not "
@@ -264,19 +297,38 @@ def compare_runs(
         )
     ia, ib = store.image_scores(a["id"]), store.image_scores(b["id"])
     merged = ia.merge(ib, on=["subject", "nsd_id", "metric"], suffixes=("_a", "_b")).dropna(
-        subset=["value_a", "value_b"])
+        subset=["value_a", "value_b"]
+    )
     rows = []
     for metric, g in sorted(merged.groupby("metric"), key=lambda kv: order_key(kv[0])):
         if metrics and metric not in metrics:
             continue
         g = g.sort_values(["subject", "nsd_id"])
-        diff, lo, hi, p = paired_bootstrap(g["value_a"].to_numpy(), g["value_b"].to_numpy(),
-                                           n_resamples=n_resamples, seed=seed)
-        rows.append({"metric": metric, "n": len(g), "mean_a": float(g["value_a"].mean()),
-                         "mean_b": float(g["value_b"].mean()), "diff": float(diff), "ci_lo": float(lo), "ci_hi": float(hi),
-                         "p_value": float(p), "higher_is_better": HIGHER_IS_BETTER.get(metric, True)})
-    return {"run_a": a["id"], "run_b": b["id"], "method_a": a["method"], "method_b": b["method"],
-            "protocol": a["protocol"], "n_resamples": n_resamples, "rows": rows}
+        diff, lo, hi, p = paired_bootstrap(
+            g["value_a"].to_numpy(), g["value_b"].to_numpy(), n_resamples=n_resamples, seed=seed
+        )
+        rows.append(
+            {
+                "metric": metric,
+                "n": len(g),
+                "mean_a": float(g["value_a"].mean()),
+                "mean_b": float(g["value_b"].mean()),
+                "diff": float(diff),
+                "ci_lo": float(lo),
+                "ci_hi": float(hi),
+                "p_value": float(p),
+                "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
+            }
+        )
+    return {
+        "run_a": a["id"],
+        "run_b": b["id"],
+        "method_a": a["method"],
+        "method_b": b["method"],
+        "protocol": a["protocol"],
+        "n_resamples": n_resamples,
+        "rows": rows,
+    }
 
 
 def single_run_board(store: Store, run_id: str) -> Leaderboard:
@@ -291,10 +343,21 @@ def single_run_board(store: Store, run_id: str) -> Leaderboard:
     for scope in ["mean", *[str(s) for s in run["subjects"]]]:
         cells = _cells(agg, scope) if len(agg) else {}
         title = f"{run['method']} · {run['split']} · {run['protocol']} · " + (
-            "subject mean" if scope == "mean" else f"subject {scope}")
-        row = Row(run["method"], "reproduced", subj if scope == "mean" else scope, cells, run_id=run["id"],
-                  smoke=bool(run["smoke"]), note="smoke" if run["smoke"] else "")
+            "subject mean" if scope == "mean" else f"subject {scope}"
+        )
+        row = Row(
+            run["method"],
+            "reproduced",
+            subj if scope == "mean" else scope,
+            cells,
+            run_id=run["id"],
+            smoke=bool(run["smoke"]),
+            note="smoke" if run["smoke"] else "",
+        )
         tables.append(Table(title, scope, cols, [row]))
-    notes = ["smoke run (random/tiny weights): hidden from leaderboard views unless --include-smoke"] if run[
-        "smoke"] else []
+    notes = (
+        ["smoke run (random/tiny weights): hidden from leaderboard views unless --include-smoke"]
+        if run["smoke"]
+        else []
+    )
     return Leaderboard(run["split"], run["protocol"], tuple(run["subjects"]), tables, notes)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
 from nsdbench.errors import DataError, UsageError
 from nsdbench.methods.protocol import Reconstruction, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
-from PIL import Image
 
 
 def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from nsdbench.errors import DataError, UsageError
 from nsdbench.methods import ridge_ops as ops
 from nsdbench.methods import ridge_store as store
@@ -128,8 +129,9 @@ class RidgeModel:
         dt = self.settings.dtype
         Xb = ops.asarray(b, X, dt)
         out = np.empty((X.shape[0], self.n_targets), dtype=dt)
-        for chunk in _progress_chunks(self.n_targets, chunk_size or self.settings.chunk_size, "ridge predict",
-                                      progress):
+        for chunk in _progress_chunks(
+            self.n_targets, chunk_size or self.settings.chunk_size, "ridge predict", progress
+        ):
             coef = ops.asarray(b, self.coef[:, chunk], dt)
             index = None if self.index is None else ops.index_array(b, self.index[:, chunk], Xb)
             for sl, rel in _blocks(chunk):
@@ -152,8 +154,10 @@ def _check_matrix(X: Any, name: str) -> np.ndarray:
         raise UsageError(f"ridge: {name} must hold real numbers; got dtype {X.dtype}")
     if X.size and not np.isfinite(X).all():
         r, c = ops.first_nonfinite(X)
-        raise DataError(f"ridge: {name} has a non-finite value (NaN/inf) at sample {r}, feature {c}; "
-                        f"expected finite betas/features")
+        raise DataError(
+            f"ridge: {name} has a non-finite value (NaN/inf) at sample {r}, feature {c}; "
+            f"expected finite betas/features"
+        )
     return X
 
 
@@ -162,7 +166,9 @@ def _check_targets(Y: Any, n: int) -> tuple[np.ndarray, tuple[int, ...]]:
     if Y.ndim == 0:
         raise UsageError("ridge: Y must have one row per sample; got a scalar")
     if Y.shape[0] != n:
-        raise UsageError(f"ridge: X has {n} rows (samples) but Y has {Y.shape[0]}; expected one target row per sample")
+        raise UsageError(
+            f"ridge: X has {n} rows (samples) but Y has {Y.shape[0]}; expected one target row per sample"
+        )
     if not np.issubdtype(Y.dtype, np.number) or np.iscomplexobj(Y):
         raise UsageError(f"ridge: Y must hold real numbers; got dtype {Y.dtype}")
     target_shape = tuple(Y.shape[1:])
@@ -178,7 +184,9 @@ def _check_fit_inputs(X: Any, Y: Any, settings: RidgeSettings):
     if n < 2:
         raise DataError(f"ridge: need at least 2 training samples to fit, got {n}")
     if settings.uses_cv and n < 2 * settings.cv:
-        raise DataError(f"ridge: {settings.cv}-fold CV needs at least {2 * settings.cv} training samples, got {n}")
+        raise DataError(
+            f"ridge: {settings.cv}-fold CV needs at least {2 * settings.cv} training samples, got {n}"
+        )
     if Y2.shape[1] == 0:
         raise UsageError("ridge: Y has no targets")
     return X, Y2, target_shape
@@ -189,8 +197,10 @@ def _target_block(b, Y2: np.ndarray, sl: slice, dt: str):
     Yb = ops.asarray(b, block, dt)
     if not ops.all_finite(b, Yb):
         r, c = ops.first_nonfinite(np.asarray(block))
-        raise DataError(f"ridge: Y has a non-finite value (NaN/inf) at sample {r}, target {sl.start + c}; "
-                        f"expected finite targets")
+        raise DataError(
+            f"ridge: Y has a non-finite value (NaN/inf) at sample {r}, target {sl.start + c}; "
+            f"expected finite targets"
+        )
     return Yb
 
 
@@ -200,8 +210,10 @@ def kfold_indices(n: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     sizes[: n % k] += 1
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     idx = np.arange(n)
-    return [(np.concatenate([idx[: bounds[i]], idx[bounds[i + 1]:]]), idx[bounds[i]: bounds[i + 1]])
-            for i in range(k)]
+    return [
+        (np.concatenate([idx[: bounds[i]], idx[bounds[i + 1] :]]), idx[bounds[i] : bounds[i + 1]])
+        for i in range(k)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- progress
@@ -217,8 +229,14 @@ def _progress_bar(enabled: bool | None, total: int, description: str) -> Iterato
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
 
@@ -357,7 +375,9 @@ def _cv_scores_chunk(design: _Design, folds, Yb, alphas: tuple[float, ...]) -> n
             pred = Q @ (Z / (s + a)[:, None]) + ymean
             ss_res = ((Yva - pred) ** 2).sum(0)
             valid = ss_tot > 0
-            r2 = (1 - ss_res / (ss_tot + ~valid)) * valid  # constant validation targets score 0 for every alpha
+            r2 = (
+                1 - ss_res / (ss_tot + ~valid)
+            ) * valid  # constant validation targets score 0 for every alpha
             rows.append(ops.to_numpy(b, r2))
         scores = np.stack(rows).astype(np.float64)
         total = scores if total is None else total + scores
@@ -395,10 +415,10 @@ def _selected_chunk(design: _Design, Yc, alpha: float, k: int, xtx):
     step = max(1, int(2**24 // max(1, k * k)))  # bound the (m, k, k) stack to ~16M elements
     cols = ops.arange(b, t, Yc)
     for s0 in range(0, t, step):
-        sel = idx[:, s0: s0 + step].T  # (m, k)
+        sel = idx[:, s0 : s0 + step].T  # (m, k)
         A = xtx[sel[:, :, None], sel[:, None, :]] + alpha * ops.eye(b, k, Yc)[None]
-        rhs = XtY[sel, cols[s0: s0 + step, None]]  # (m, k)
-        out[:, s0: s0 + step] = ops.batched_spd_solve(b, A, rhs).T
+        rhs = XtY[sel, cols[s0 : s0 + step, None]]  # (m, k)
+        out[:, s0 : s0 + step] = ops.batched_spd_solve(b, A, rhs).T
     return out, idx
 
 
@@ -414,7 +434,9 @@ def _choose_alphas(design: _Design, Y2: np.ndarray, progress: bool | None) -> tu
     for sl in _progress_chunks(t, s.chunk_size, "ridge CV", progress):
         Ychunk = _target_block(design.b, Y2, sl, s.dtype)
         for gl, rel in _blocks(sl):
-            scores[:, gl] = _cv_scores_chunk(design, folds, ops.contiguous(design.b, Ychunk[:, rel]), s.alphas)
+            scores[:, gl] = _cv_scores_chunk(
+                design, folds, ops.contiguous(design.b, Ychunk[:, rel]), s.alphas
+            )
     alphas = np.asarray(s.alphas)
     if s.per_target:
         chosen = alphas[np.argmax(scores, axis=0)]
@@ -463,7 +485,9 @@ def single_threaded_if(small: bool) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _run(X, Y2, settings: RidgeSettings, X_test, sink, progress: bool | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _run(
+    X, Y2, settings: RidgeSettings, X_test, sink, progress: bool | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Shared driver: prepares X once, streams target chunks, hands each block's result to `sink`."""
     with _blas_threads_for(*X.shape):
         return _run_inner(X, Y2, settings, X_test, sink, progress)
@@ -480,7 +504,9 @@ def _run_inner(X, Y2, settings, X_test, sink, progress) -> tuple[np.ndarray, np.
     else:
         alpha_t = np.full(t, float(settings.alpha))
         shared = True
-    plan = _Plan(alpha=alpha_t, shared=shared, k=settings.selection if 0 < settings.selection < design.p else 0)
+    plan = _Plan(
+        alpha=alpha_t, shared=shared, k=settings.selection if 0 < settings.selection < design.p else 0
+    )
     plan.Xt = design.center_test(X_test) if X_test is not None else None
     if plan.k:
         plan.xtx = design.gram if design.form == "primal" else design.Xc.T @ design.Xc
@@ -615,18 +641,33 @@ def fit_ridge(
         if hit is None:  # pragma: no cover - the entry was just written
             raise DataError(f"ridge cache entry {path} vanished after writing")
         return _model_from_entry(hit, settings, key)
-    return RidgeModel(coef=sink.coef, intercept=sink.intercept, alpha=alpha_t, settings=settings,
-                      n_features=int(X.shape[1]), target_shape=target_shape, index=sink.index,
-                      cv_score=cv_score, meta=meta)
+    return RidgeModel(
+        coef=sink.coef,
+        intercept=sink.intercept,
+        alpha=alpha_t,
+        settings=settings,
+        n_features=int(X.shape[1]),
+        target_shape=target_shape,
+        index=sink.index,
+        cv_score=cv_score,
+        meta=meta,
+    )
 
 
 def _model_from_entry(hit, settings: RidgeSettings, key: str) -> RidgeModel:
     meta, arrays = hit
     return RidgeModel(
-        coef=arrays["coef"], intercept=np.asarray(arrays["intercept"]), alpha=np.asarray(arrays["alpha"]),
-        settings=settings, n_features=int(meta["n_features"]), target_shape=tuple(meta["target_shape"]),
-        index=arrays.get("index"), cv_score=None if "cv_score" not in arrays else np.asarray(arrays["cv_score"]),
-        key=key, path=store.entry_dir(key), meta=meta,
+        coef=arrays["coef"],
+        intercept=np.asarray(arrays["intercept"]),
+        alpha=np.asarray(arrays["alpha"]),
+        settings=settings,
+        n_features=int(meta["n_features"]),
+        target_shape=tuple(meta["target_shape"]),
+        index=arrays.get("index"),
+        cv_score=None if "cv_score" not in arrays else np.asarray(arrays["cv_score"]),
+        key=key,
+        path=store.entry_dir(key),
+        meta=meta,
     )
 
 
@@ -648,7 +689,9 @@ def fit_predict(
     X_train, Y2, target_shape = _check_fit_inputs(X_train, Y_train, settings)
     X_test = _check_matrix(X_test, "X_test")
     if X_test.shape[1] != X_train.shape[1]:
-        raise UsageError(f"ridge: X_test has {X_test.shape[1]} features (voxels) but X_train has {X_train.shape[1]}")
+        raise UsageError(
+            f"ridge: X_test has {X_test.shape[1]} features (voxels) but X_train has {X_train.shape[1]}"
+        )
     key = store.content_key([X_train, Y2, X_test], _cache_meta(settings, "predictions")) if cache else None
     if key is not None:
         hit = store.read_entry(key)
@@ -660,8 +703,14 @@ def fit_predict(
     if key is not None:
         writer = store.EntryWriter(key)
         writer.save_array("pred", sink.pred)
-        writer.commit({"format": store.FORMAT_VERSION, "kind": "predictions", "settings": asdict(settings),
-                       "identity": settings.identity()})
+        writer.commit(
+            {
+                "format": store.FORMAT_VERSION,
+                "kind": "predictions",
+                "settings": asdict(settings),
+                "identity": settings.identity(),
+            }
+        )
     return sink.pred.reshape((X_test.shape[0], *target_shape))
 
 
@@ -675,9 +724,9 @@ def target_moments(Y: Any, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     mean = np.empty(Y2.shape[1])
     std = np.empty(Y2.shape[1])
     for s in range(0, Y2.shape[1], chunk):
-        block = np.asarray(Y2[:, s: s + chunk], dtype=np.float64)
-        mean[s: s + chunk] = block.mean(0)
-        std[s: s + chunk] = block.std(0)
+        block = np.asarray(Y2[:, s : s + chunk], dtype=np.float64)
+        mean[s : s + chunk] = block.mean(0)
+        std[s : s + chunk] = block.std(0)
     return mean.reshape(Y.shape[1:]), std.reshape(Y.shape[1:])
 
 
@@ -702,13 +751,19 @@ def bd_postprocess(
     train_mean = np.asarray(train_mean, dtype=np.float64)
     train_std = np.asarray(train_std, dtype=np.float64)
     if pred.shape[1:] != train_mean.shape or train_std.shape != train_mean.shape:
-        raise UsageError(f"bd_postprocess: predictions have target shape {pred.shape[1:]} but the training "
-                         f"targets have {train_mean.shape}")
+        raise UsageError(
+            f"bd_postprocess: predictions have target shape {pred.shape[1:]} but the training "
+            f"targets have {train_mean.shape}"
+        )
     if pred.shape[0] < 2:
-        raise DataError(f"bd_postprocess z-scores across the test set and needs at least 2 predictions, "
-                        f"got {pred.shape[0]}")
+        raise DataError(
+            f"bd_postprocess z-scores across the test set and needs at least 2 predictions, "
+            f"got {pred.shape[0]}"
+        )
     p64 = pred.astype(np.float64)
     mu = p64.mean(0)
     sd = p64.std(0)
     z = np.divide(p64 - mu, sd, out=np.zeros_like(p64), where=sd > 0)
-    return (z * train_std + train_mean).astype(pred.dtype if np.issubdtype(pred.dtype, np.floating) else np.float64)
+    return (z * train_std + train_mean).astype(
+        pred.dtype if np.issubdtype(pred.dtype, np.floating) else np.float64
+    )

@@ -11,13 +11,14 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from nsdbench.errors import UsageError
 
 BACKENDS: tuple[str, ...] = ("auto", "numpy", "torch", "torch_cuda")
 
 
 def resolve_backend_name(name: str) -> str:
-    """"auto" → torch_cuda when a GPU is visible, else numpy (on a CPU numpy's BLAS computes X @ X.T with
+    """ "auto" → torch_cuda when a GPU is visible, else numpy (on a CPU numpy's BLAS computes X @ X.T with
     a symmetric rank-k update, about twice as fast as torch's general matmul)."""
     if name not in BACKENDS:
         raise UsageError(f"unknown ridge backend {name!r}; expected one of {', '.join(BACKENDS)}")

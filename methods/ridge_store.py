@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from nsdbench import config
 from nsdbench.errors import DataError
 
@@ -85,9 +86,7 @@ def read_entry(key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        arrays = {
-            p.stem: np.load(p, mmap_mode="r", allow_pickle=False) for p in sorted(folder.glob("*.npy"))
-        }
+        arrays = {p.stem: np.load(p, mmap_mode="r", allow_pickle=False) for p in sorted(folder.glob("*.npy"))}
     except (ValueError, OSError) as exc:
         raise DataError(f"ridge cache entry {folder} is unreadable ({exc}); delete it to refit") from None
     if meta.get("format") != FORMAT_VERSION:

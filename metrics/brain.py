@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
 from nsdbench.errors import DataError, UsageError
 
 # metric name -> ROI key of NSD.roi_voxel_masks (same table as nsdbench.metrics.names.BRAIN_ROIS)
@@ -74,7 +75,9 @@ def brain_correlation(
             raise DataError(f"brain correlation: ROI {roi!r} has {int(mask.sum())} voxels; need at least 2")
         out[metric] = pearson_rows(pred[:, mask], measured[:, mask])
     if not out:
-        raise UsageError(f"brain correlation: no known ROI in {sorted(rois)}; expected {sorted(BRAIN_ROIS.values())}")
+        raise UsageError(
+            f"brain correlation: no known ROI in {sorted(rois)}; expected {sorted(BRAIN_ROIS.values())}"
+        )
     return out
 
 
@@ -101,13 +104,17 @@ class BrainTarget:
         out = np.asarray(self.encoder.predict(images))
         n_vox = next(iter(self.measured.values())).shape[0] if self.measured else out.shape[-1]
         if out.ndim != 2 or out.shape[1] != n_vox:
-            raise DataError(f"brain target: encoder predicted shape {out.shape}; expected (N, {n_vox}) voxels")
+            raise DataError(
+                f"brain target: encoder predicted shape {out.shape}; expected (N, {n_vox}) voxels"
+            )
         return out
 
     def measured_matrix(self, nsd_ids: Sequence[int]) -> np.ndarray:
         missing = [int(i) for i in nsd_ids if int(i) not in self.measured]
         if missing:
-            raise UsageError(f"brain target has no measured betas for nsd_id {missing[0]} (not in the test split)")
+            raise UsageError(
+                f"brain target has no measured betas for nsd_id {missing[0]} (not in the test split)"
+            )
         return np.stack([np.asarray(self.measured[int(i)]) for i in nsd_ids])
 
     def score(self, nsd_ids: Sequence[int], images: Any) -> dict[str, np.ndarray]:
@@ -115,8 +122,9 @@ class BrainTarget:
         return brain_correlation(self.predict(images), self.measured_matrix(nsd_ids), self.rois)
 
 
-def load_brain_target(nsd, subject: int, split: str = "nsd982", weights_mode: str = "pretrained",
-                      **kwargs: Any) -> BrainTarget:
+def load_brain_target(
+    nsd, subject: int, split: str = "nsd982", weights_mode: str = "pretrained", **kwargs: Any
+) -> BrainTarget:
     """The canonical BrainTarget of a subject (fits or loads the cached encoder); see metrics.encoder."""
     from nsdbench.metrics.encoder import load_brain_target as _load
 

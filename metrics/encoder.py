@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from nsdbench import config, weights
-from nsdbench.errors import DataError, NSDBenchError, UsageError
+from nsdbench.errors import DataError, UsageError
 from nsdbench.methods import ridge_store
 from nsdbench.methods.ridge import RidgeModel, RidgeSettings, fit_ridge
 from nsdbench.metrics.brain import BRAIN_ROIS, BrainTarget
@@ -80,12 +81,15 @@ def _resize_batch(images: Sequence[np.ndarray] | np.ndarray, size: int) -> np.nd
     for i, im in enumerate(images):
         im = np.asarray(im)
         if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-            raise UsageError(f"encoder: image {i} has shape {im.shape} dtype {im.dtype}; expected uint8 H×W×3")
+            raise UsageError(
+                f"encoder: image {i} has shape {im.shape} dtype {im.dtype}; expected uint8 H×W×3"
+            )
         if im.shape[:2] == (size, size):
             out[i] = im
         else:
-            out[i] = np.asarray(Image.fromarray(np.ascontiguousarray(im)).resize((size, size),
-                                                                                  Image.Resampling.BILINEAR))
+            out[i] = np.asarray(
+                Image.fromarray(np.ascontiguousarray(im)).resize((size, size), Image.Resampling.BILINEAR)
+            )
     return out
 
 
@@ -121,6 +125,7 @@ class FeatureExtractor:
     def _batch(self, images: np.ndarray) -> list[np.ndarray]:
         import torch
         import torch.nn.functional as F
+
         from nsdbench.metrics.networks import normalize
 
         n = len(images)
@@ -157,14 +162,15 @@ class FeatureExtractor:
         parts: list[list[np.ndarray]] = []
         with single_threaded_if(self.mode == "tiny" and self.device == "cpu"):  # tiny nets: threads only cost
             for s in range(0, len(images), FEATURE_BATCH):
-                parts.append(self._batch(_resize_batch(images[s: s + FEATURE_BATCH], self.spec.image_size)))
+                parts.append(self._batch(_resize_batch(images[s : s + FEATURE_BATCH], self.spec.image_size)))
         if not parts:
             raise UsageError("encoder: no images given")
         return [np.concatenate(g) for g in zip(*parts)]
 
 
-def _features_for_ids(extractor: FeatureExtractor, nsd, ids: Sequence[int], progress: bool | None,
-                      label: str) -> list[np.ndarray]:
+def _features_for_ids(
+    extractor: FeatureExtractor, nsd, ids: Sequence[int], progress: bool | None, label: str
+) -> list[np.ndarray]:
     """Features of NSD images read lazily in batches (the full NSD's images never sit in memory)."""
     from nsdbench.methods.ridge import _progress_bar
 
@@ -172,7 +178,7 @@ def _features_for_ids(extractor: FeatureExtractor, nsd, ids: Sequence[int], prog
     parts: list[list[np.ndarray]] = []
     with _progress_bar(progress, len(ids), label) as advance:
         for s in range(0, len(ids), step):
-            batch = list(ids[s: s + step])
+            batch = list(ids[s : s + step])
             parts.append(extractor(nsd.images(batch)))
             advance(len(batch))
     return [np.concatenate(g) for g in zip(*parts)]
@@ -244,7 +250,9 @@ def voxel_correlation(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
     return pearson_rows(np.asarray(pred).T, np.asarray(measured).T)
 
 
-def accuracy_summary(r: np.ndarray, nc: np.ndarray, rois: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def accuracy_summary(
+    r: np.ndarray, nc: np.ndarray, rois: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
     """Per ROI: voxels, mean / median r, mean noise ceiling, and fraction of the ceiling explained
     (Σ max(r, 0)² / Σ NC over voxels with a defined ceiling)."""
     out = {}
@@ -306,15 +314,16 @@ def predict_rows(ridge: RidgeModel, X: np.ndarray) -> np.ndarray:
     out = []
     for s in range(0, len(X), FEATURE_BATCH):
         block = np.zeros((FEATURE_BATCH, X.shape[1]), X.dtype)
-        part = X[s: s + FEATURE_BATCH]
+        part = X[s : s + FEATURE_BATCH]
         block[: len(part)] = part
         out.append(ridge.predict(block, progress=False)[: len(part)])
     return np.concatenate(out) if out else np.zeros((0, ridge.n_targets))
 
 
 def _ridge_settings(spec: EncoderSpec) -> RidgeSettings:
-    return RidgeSettings(alphas=spec.alphas, cv=spec.cv, per_target=True, fit_intercept=True, dtype="float64",
-                         backend="auto")
+    return RidgeSettings(
+        alphas=spec.alphas, cv=spec.cv, per_target=True, fit_intercept=True, dtype="float64", backend="auto"
+    )
 
 
 def _test_trial_betas(nsd, sp, normalize: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -324,12 +333,21 @@ def _test_trial_betas(nsd, sp, normalize: str) -> tuple[np.ndarray, list[np.ndar
     return betas, [rows.loc[list(g)].to_numpy() for g in sp.test_trials]
 
 
-def _identity_key(nsd, sp, spec: EncoderSpec, mode: str, net_sha: str, y_train: np.ndarray,
-                  y_test: np.ndarray) -> str:
+def _identity_key(
+    nsd, sp, spec: EncoderSpec, mode: str, net_sha: str, y_train: np.ndarray, y_test: np.ndarray
+) -> str:
     probe_ids = sorted({*sp.train_ids[:2], *sp.train_ids[-2:], *sp.test_ids[:2], *sp.test_ids[-2:]})
     arrays = [y_train, y_test, np.asarray(sp.train_ids), np.asarray(sp.test_ids), nsd.images(probe_ids)]
-    meta = {"kind": "encoder", "encoder_format": ENCODER_FORMAT, "spec": asdict(spec), "subject": sp.subject,
-            "split": sp.name, "weights_mode": mode, "network_sha256": net_sha, "n_images": int(nsd.n_images)}
+    meta = {
+        "kind": "encoder",
+        "encoder_format": ENCODER_FORMAT,
+        "spec": asdict(spec),
+        "subject": sp.subject,
+        "split": sp.name,
+        "weights_mode": mode,
+        "network_sha256": net_sha,
+        "n_images": int(nsd.n_images),
+    }
     return ridge_store.content_key(arrays, meta)
 
 
@@ -357,8 +375,10 @@ def fit_encoder(
     y_train = split_betas(nsd, sp, "train", normalize=spec.normalize)
     y_test = split_betas(nsd, sp, "test", normalize=spec.normalize)
     if len(sp.train_ids) < 2 * spec.cv:
-        raise DataError(f"encoder: subject {subject} has {len(sp.train_ids)} training images in {split}; "
-                        f"need at least {2 * spec.cv}")
+        raise DataError(
+            f"encoder: subject {subject} has {len(sp.train_ids)} training images in {split}; "
+            f"need at least {2 * spec.cv}"
+        )
     extractor = FeatureExtractor(spec, mode, device)
     key = _identity_key(nsd, sp, spec, mode, extractor.network_sha256, y_train, y_test)
     if cache:
@@ -367,11 +387,17 @@ def fit_encoder(
             return hit
     rois = nsd.roi_voxel_masks(sp.subject)
     if len(rois["nsdgeneral"]) != y_train.shape[1]:
-        raise DataError(f"encoder: ROI masks cover {len(rois['nsdgeneral'])} voxels but the betas have "
-                        f"{y_train.shape[1]} (subject {subject})")
+        raise DataError(
+            f"encoder: ROI masks cover {len(rois['nsdgeneral'])} voxels but the betas have "
+            f"{y_train.shape[1]} (subject {subject})"
+        )
     t0 = time.perf_counter()
-    train_groups = _features_for_ids(extractor, nsd, sp.train_ids, progress, f"encoder features subj{subject:02d} train")
-    test_groups = _features_for_ids(extractor, nsd, sp.test_ids, progress, f"encoder features subj{subject:02d} test")
+    train_groups = _features_for_ids(
+        extractor, nsd, sp.train_ids, progress, f"encoder features subj{subject:02d} train"
+    )
+    test_groups = _features_for_ids(
+        extractor, nsd, sp.test_ids, progress, f"encoder features subj{subject:02d} test"
+    )
     scaler = FeatureScaler.fit(train_groups)
     X_train, X_test = scaler(train_groups), scaler(test_groups)
     t_feat = time.perf_counter() - t0
@@ -401,8 +427,18 @@ def fit_encoder(
         "seconds": {"features": round(t_feat, 2), "total": round(time.perf_counter() - t0, 2)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    model = EncodingModel(spec=spec, subject=sp.subject, split=sp.name, weights_mode=mode, scaler=scaler,
-                          ridge=ridge, r=r, nc=nc, meta=meta, device=device)
+    model = EncodingModel(
+        spec=spec,
+        subject=sp.subject,
+        split=sp.name,
+        weights_mode=mode,
+        scaler=scaler,
+        ridge=ridge,
+        r=r,
+        nc=nc,
+        meta=meta,
+        device=device,
+    )
     if cache:
         path = _save_entry(model, key)
         model = _load_entry(path, device) or model
@@ -418,8 +454,15 @@ def _save_entry(model: EncodingModel, key: str) -> Path:
 
     final = encoder_dir() / key
     tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=encoder_dir()))
-    arrays = {"coef": model.ridge.coef, "intercept": model.ridge.intercept, "alpha": model.ridge.alpha,
-              "feat_mean": model.scaler.mean, "feat_scale": model.scaler.scale, "r": model.r, "nc": model.nc}
+    arrays = {
+        "coef": model.ridge.coef,
+        "intercept": model.ridge.intercept,
+        "alpha": model.ridge.alpha,
+        "feat_mean": model.scaler.mean,
+        "feat_scale": model.scaler.scale,
+        "r": model.r,
+        "nc": model.nc,
+    }
     try:
         for name, x in arrays.items():
             np.save(tmp / f"{name}.npy", np.asarray(x), allow_pickle=False)
@@ -449,16 +492,35 @@ def _load_entry(path: Path, device: str) -> EncodingModel | None:
     sd["layers"] = tuple(tuple(x) for x in sd["layers"])
     sd["alphas"] = tuple(sd["alphas"])
     spec = EncoderSpec(**sd)
-    ridge = RidgeModel(coef=arr["coef"], intercept=arr["intercept"], alpha=arr["alpha"],
-                       settings=_ridge_settings(spec), n_features=int(arr["coef"].shape[0]),
-                       target_shape=(int(arr["coef"].shape[1]),))
-    return EncodingModel(spec=spec, subject=int(meta["subject"]), split=meta["split"],
-                         weights_mode=meta["weights_mode"], scaler=FeatureScaler(arr["feat_mean"], arr["feat_scale"]),
-                         ridge=ridge, r=arr["r"], nc=arr["nc"], meta=meta, path=path, device=device)
+    ridge = RidgeModel(
+        coef=arr["coef"],
+        intercept=arr["intercept"],
+        alpha=arr["alpha"],
+        settings=_ridge_settings(spec),
+        n_features=int(arr["coef"].shape[0]),
+        target_shape=(int(arr["coef"].shape[1]),),
+    )
+    return EncodingModel(
+        spec=spec,
+        subject=int(meta["subject"]),
+        split=meta["split"],
+        weights_mode=meta["weights_mode"],
+        scaler=FeatureScaler(arr["feat_mean"], arr["feat_scale"]),
+        ridge=ridge,
+        r=arr["r"],
+        nc=arr["nc"],
+        meta=meta,
+        path=path,
+        device=device,
+    )
 
 
-def find_fitted(subject: int, split: str | None = None, weights_mode: str | None = None,
-                data_root: str | Path | None = None) -> list[dict[str, Any]]:
+def find_fitted(
+    subject: int,
+    split: str | None = None,
+    weights_mode: str | None = None,
+    data_root: str | Path | None = None,
+) -> list[dict[str, Any]]:
     """Metadata of cached encoders matching the filters, newest first (no fitting, no data access)."""
     found = []
     for meta_path in encoder_dir().glob("*/meta.json"):
@@ -486,10 +548,19 @@ GNET8_IMAGE_SIZE = 227  # GNet8 input: PIL Lanczos to 227 px, RGB / 255, minus t
 GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH = 64, 192
 
 
-def _gnet8_modules(trunk_width: int, pass_through: int, mean: np.ndarray, n_voxels: int):
+def _gnet8_modules(
+    trunk_width: int,
+    pass_through: int,
+    mean: np.ndarray,
+    n_voxels: int,
+    widths: tuple[int, int, int] = (64, 192, 128),
+    image_size: int = 227,
+):
     """GNet8 (St-Yves et al. 2023): an AlexNet-like pre-filter, a trunk of BN→dropout→conv blocks giving two
     feature maps (25×25 and 13×13 at 227 px), and per voxel a softmax spatial pooling field on each map,
-    log-compressed features and a linear readout. Attribute names follow the published state dicts."""
+    log-compressed features and a linear readout. Attribute names follow the published state dicts;
+    `widths` (pre-filter conv1, conv2, trunk conv3 channels) and `image_size` shrink it for `tiny` mode."""
+    w1, w2, w3 = widths
     import torch
     from torch import nn
 
@@ -506,8 +577,10 @@ def _gnet8_modules(trunk_width: int, pass_through: int, mean: np.ndarray, n_voxe
     class PreFilter(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv1 = nn.Sequential(nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2))
-            self.conv2 = nn.Sequential(nn.Conv2d(64, 192, 5, padding=2), nn.ReLU())
+            self.conv1 = nn.Sequential(
+                nn.Conv2d(3, w1, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2)
+            )
+            self.conv2 = nn.Sequential(nn.Conv2d(w1, w2, 5, padding=2), nn.ReLU())
 
         def forward(self, x):
             return self.conv2(self.conv1(x))
@@ -517,11 +590,11 @@ def _gnet8_modules(trunk_width: int, pass_through: int, mean: np.ndarray, n_voxe
             super().__init__()
             ss = tw + pt
             self.tw = tw
-            self.conv3 = nn.Conv2d(192, 128, kernel_size=3, stride=1, padding=0)
+            self.conv3 = nn.Conv2d(w2, w3, kernel_size=3, stride=1, padding=0)
             self.drop1 = nn.Dropout2d(p=0.5)
-            self.bn1 = nn.BatchNorm2d(192, eps=1e-05, momentum=0.25)
+            self.bn1 = nn.BatchNorm2d(w2, eps=1e-05, momentum=0.25)
             self.pool1 = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-            self.conv4a, self.conv5a, self.conv6a = Trunk(128, ss), Trunk(ss, ss), Trunk(ss, ss)
+            self.conv4a, self.conv5a, self.conv6a = Trunk(w3, ss), Trunk(ss, ss), Trunk(ss, ss)
             self.conv4b, self.conv5b, self.conv6b = Trunk(ss, ss), Trunk(ss, ss), Trunk(ss, tw)
 
         def forward(self, x):
@@ -533,8 +606,10 @@ def _gnet8_modules(trunk_width: int, pass_through: int, mean: np.ndarray, n_voxe
             c5b = self.conv5b(c5a)
             c6a = self.conv6a(c5b)
             c6b = self.conv6b(c6a)
-            return [torch.cat([c3, c4a[:, :tw], c4b[:, :tw]], 1),
-                    torch.cat([c5a[:, :tw], c5b[:, :tw], c6a[:, :tw], c6b], 1)]
+            return [
+                torch.cat([c3, c4a[:, :tw], c4b[:, :tw]], 1),
+                torch.cat([c5a[:, :tw], c5b[:, :tw], c6a[:, :tw], c6b], 1),
+            ]
 
     class GEncoder(nn.Module):
         def __init__(self):
@@ -568,7 +643,7 @@ def _gnet8_modules(trunk_width: int, pass_through: int, mean: np.ndarray, n_voxe
 
     trunk = GEncoder()
     with torch.no_grad():
-        fm = trunk(torch.zeros(1, 3, GNET8_IMAGE_SIZE, GNET8_IMAGE_SIZE))
+        fm = trunk(torch.zeros(1, 3, image_size, image_size))
     readout = Readout([int(f.shape[-1]) for f in fm], int(sum(f.shape[1] for f in fm)))
     return trunk, readout
 
@@ -577,7 +652,16 @@ def _read_gnet8(path: Path) -> dict:
     """torch.load(weights_only=True), allowing numpy arrays (the release stores some as ndarrays)."""
     import torch
 
-    allowed = [np.ndarray, np.dtype, np.core.multiarray._reconstruct]
+    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / numpy 1
+    reconstruct = core.multiarray._reconstruct
+    # files pickled under numpy 1 name numpy.core.*, under numpy 2 numpy._core.*: allow both spellings
+    allowed: list = [
+        np.ndarray,
+        np.dtype,
+        reconstruct,
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        (reconstruct, "numpy._core.multiarray._reconstruct"),
+    ]
     allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "bool")]
     try:
         with torch.serialization.safe_globals(allowed):
@@ -600,6 +684,7 @@ class GNet8Encoder:
         self.subject = int(subject)
         self.mode = weights.check_mode(weights_mode)
         self.device = device
+        self.image_size = GNET8_IMAGE_SIZE if self.mode != "tiny" else 67
         if self.mode == "pretrained":
             path = weights.require(GNET8_ARTIFACT.name)
             ckpt = _read_gnet8(path)
@@ -608,20 +693,26 @@ class GNet8Encoder:
                 fwrf = params["fwrfs"][self.subject]
                 mean = np.asarray(ckpt["input_mean"], np.float32)
             except (KeyError, TypeError) as exc:
-                raise DataError(f"{path}: not a GNet8 multisubject checkpoint (missing {exc}) for subject "
-                                f"{self.subject}") from None
+                raise DataError(
+                    f"{path}: not a GNet8 multisubject checkpoint (missing {exc}) for subject {self.subject}"
+                ) from None
             nv = int(np.asarray(fwrf["w"]).shape[0])
             if nv != n_voxels:
-                raise DataError(f"{path}: GNet8 subject {self.subject} predicts {nv} voxels; the subject's "
-                                f"nsdgeneral mask has {n_voxels}")
+                raise DataError(
+                    f"{path}: GNet8 subject {self.subject} predicts {nv} voxels; the subject's "
+                    f"nsdgeneral mask has {n_voxels}"
+                )
             trunk, readout = _gnet8_modules(GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH, mean, nv)
             trunk.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in params["enc"].items()})
             readout.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in fwrf.items()})
             self.sha256 = weights.recorded_sha256(GNET8_ARTIFACT.name)
         else:
+            mean = np.full((1, 3, 1, 1), 0.45, np.float32)
             with weights.seeded(8):
-                tw, pt = (GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH) if self.mode == "random" else (8, 8)
-                trunk, readout = _gnet8_modules(tw, pt, np.full((1, 3, 1, 1), 0.45, np.float32), n_voxels)
+                if self.mode == "random":
+                    trunk, readout = _gnet8_modules(GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH, mean, n_voxels)
+                else:
+                    trunk, readout = _gnet8_modules(8, 8, mean, n_voxels, widths=(8, 16, 16), image_size=67)
             self.sha256 = weights.module_sha256(torch.nn.ModuleList([trunk, readout]))
         self.trunk = trunk.eval().requires_grad_(False).to(device)
         self.readout = readout.eval().requires_grad_(False).to(device)
@@ -633,14 +724,16 @@ class GNet8Encoder:
 
         out = []
         for s in range(0, len(images), FEATURE_BATCH):
-            batch = np.zeros((FEATURE_BATCH, GNET8_IMAGE_SIZE, GNET8_IMAGE_SIZE, 3), np.float32)
-            part = images[s: s + FEATURE_BATCH]
+            size = self.image_size
+            batch = np.zeros((FEATURE_BATCH, size, size, 3), np.float32)
+            part = images[s : s + FEATURE_BATCH]
             for i, im in enumerate(part):
                 im = np.asarray(im)
                 if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-                    raise UsageError(f"GNet8: image {s + i} has shape {im.shape} dtype {im.dtype}; expected uint8 H×W×3")
-                pil = Image.fromarray(np.ascontiguousarray(im)).resize((GNET8_IMAGE_SIZE, GNET8_IMAGE_SIZE),
-                                                                      Image.Resampling.LANCZOS)
+                    raise UsageError(
+                        f"GNet8: image {s + i} has shape {im.shape} dtype {im.dtype}; expected uint8 H×W×3"
+                    )
+                pil = Image.fromarray(np.ascontiguousarray(im)).resize((size, size), Image.Resampling.LANCZOS)
                 batch[i] = np.asarray(pil, np.float32) / 255.0
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
             with torch.inference_mode():
@@ -650,8 +743,9 @@ class GNet8Encoder:
         return np.concatenate(out)
 
 
-def load_published_encoder(name: str, subject: int, n_voxels: int, weights_mode: str = "pretrained",
-                           device: str = "cpu") -> GNet8Encoder:
+def load_published_encoder(
+    name: str, subject: int, n_voxels: int, weights_mode: str = "pretrained", device: str = "cpu"
+) -> GNet8Encoder:
     """A published encoding model plugged in through the weights registry. Known: "gnet8".
 
     In `pretrained` mode its artifact must be fetched first (`nsdbench weights fetch gnet8-multisubject`);
@@ -684,8 +778,12 @@ def load_brain_target(
     if encoder == "nsdbench":
         model = fit_encoder(nsd, subject, split, weights_mode, spec=spec, device=device, progress=progress)
         normalize = model.spec.normalize
-        info = {"encoder": model.spec.name, "encoder_key": model.meta.get("key"), "weights_mode": model.weights_mode,
-                "accuracy": model.accuracy}
+        info = {
+            "encoder": model.spec.name,
+            "encoder_key": model.meta.get("key"),
+            "weights_mode": model.weights_mode,
+            "accuracy": model.accuracy,
+        }
     else:
         n_vox = int(nsd.roi_voxel_masks(sp.subject)["nsdgeneral"].size)
         model = load_published_encoder(encoder, subject, n_vox, weights_mode, device)
@@ -696,5 +794,9 @@ def load_brain_target(
     missing = [r for r in BRAIN_ROIS.values() if r not in rois]
     if missing:
         raise DataError(f"subject {subject}: no ROI mask for {missing}")
-    return BrainTarget(encoder=model, measured={int(i): measured[k] for k, i in enumerate(sp.test_ids)},
-                       rois=rois, info={"subject": sp.subject, "split": sp.name, **info})
+    return BrainTarget(
+        encoder=model,
+        measured={int(i): measured[k] for k, i in enumerate(sp.test_ids)},
+        rois=rois,
+        info={"subject": sp.subject, "split": sp.name, **info},
+    )

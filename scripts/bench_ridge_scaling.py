@@ -50,9 +50,17 @@ def measure(n: int, p: int, tokens: int, dims: int, repeats: int) -> dict:
     ref = _sklearn_loop(X, Y, Xt)
     t_sk = time.perf_counter() - t0
     err = float(np.abs(ours - ref).max() / np.abs(ref).max())
-    return {"samples": n, "voxels": p, "tokens": tokens, "dims": dims, "targets": tokens * dims,
-            "sklearn_s": round(t_sk, 3), "nsdbench_s": round(best, 3), "speedup": round(t_sk / best, 1),
-            "max_rel_err": err}
+    return {
+        "samples": n,
+        "voxels": p,
+        "tokens": tokens,
+        "dims": dims,
+        "targets": tokens * dims,
+        "sklearn_s": round(t_sk, 3),
+        "nsdbench_s": round(best, 3),
+        "speedup": round(t_sk / best, 1),
+        "max_rel_err": err,
+    }
 
 
 def main() -> None:
@@ -71,14 +79,19 @@ def main() -> None:
     )
     rows = []
     print(f"# load average {os.getloadavg()}, {os.cpu_count()} CPUs")
-    print("| varied | samples | voxels | targets (tokens×dims) | sklearn loop s | nsdbench s | speedup | max rel err |")
+    print(
+        "| varied | samples | voxels | targets (tokens×dims) | sklearn loop s | nsdbench s | speedup | max rel err |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for varied, n, p, t in grid:
         r = measure(n, p, t, a.dims, a.repeats)
         r["varied"] = varied
         rows.append(r)
-        print(f"| {varied} | {n} | {p} | {r['targets']} ({t}×{a.dims}) | {r['sklearn_s']:.2f} | "
-              f"{r['nsdbench_s']:.2f} | {r['speedup']:.0f}× | {r['max_rel_err']:.1e} |", flush=True)
+        print(
+            f"| {varied} | {n} | {p} | {r['targets']} ({t}×{a.dims}) | {r['sklearn_s']:.2f} | "
+            f"{r['nsdbench_s']:.2f} | {r['speedup']:.0f}× | {r['max_rel_err']:.1e} |",
+            flush=True,
+        )
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -36,7 +36,9 @@ def _random(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply every size by this (e.g. 0.02 on a CPU)")
+    ap.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every size by this (e.g. 0.02 on a CPU)"
+    )
     ap.add_argument("--backend", default="auto", help="auto | torch_cuda | torch | numpy")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--chunk-size", type=int, default=16384)
@@ -61,9 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         fit_predict(X[:64], Y[:64, :64], Xt[:4], settings)  # warm-up: CUDA context, kernels
         t0 = time.perf_counter()
         pred = fit_predict(X, Y, Xt, settings, progress=True)
-        row = {"regression": name, "samples": s["n"], "voxels": s["p"], "targets": t, "test": s["n_test"],
-               "alpha": alpha, "dtype": a.dtype, "backend": a.backend, "device": device,
-               "fit_predict_s": round(time.perf_counter() - t0, 2)}
+        row = {
+            "regression": name,
+            "samples": s["n"],
+            "voxels": s["p"],
+            "targets": t,
+            "test": s["n_test"],
+            "alpha": alpha,
+            "dtype": a.dtype,
+            "backend": a.backend,
+            "device": device,
+            "fit_predict_s": round(time.perf_counter() - t0, 2),
+        }
         if a.weights:
             t0 = time.perf_counter()
             model = fit_ridge(X, Y, settings, cache=False, progress=True)
@@ -73,14 +84,20 @@ def main(argv: list[str] | None = None) -> int:
             from sklearn.linear_model import Ridge
 
             k = min(64, t)
-            ref = Ridge(alpha=alpha).fit(X.astype(np.float64), Y[:, :k].astype(np.float64)).predict(
-                Xt.astype(np.float64))
+            ref = (
+                Ridge(alpha=alpha)
+                .fit(X.astype(np.float64), Y[:, :k].astype(np.float64))
+                .predict(Xt.astype(np.float64))
+            )
             row["max_rel_err_vs_sklearn"] = float(np.abs(pred[:, :k] - ref).max() / np.abs(ref).max())
         rows.append(row)
-        print(f"{name:11s} {s['n']}×{s['p']} → {t}: fit_predict {row['fit_predict_s']:.2f} s"
-              + (f", fit (weights) {row['fit_weights_s']:.2f} s" if a.weights else "")
-              + (f", max rel err {row['max_rel_err_vs_sklearn']:.1e}" if a.check else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"{name:11s} {s['n']}×{s['p']} → {t}: fit_predict {row['fit_predict_s']:.2f} s"
+            + (f", fit (weights) {row['fit_weights_s']:.2f} s" if a.weights else "")
+            + (f", max rel err {row['max_rel_err_vs_sklearn']:.1e}" if a.check else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         del Y, pred
     if a.json:
         print(json.dumps(rows, indent=2))

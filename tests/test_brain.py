@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import pearsonr
+
 from nsdbench.errors import DataError, UsageError
 from nsdbench.metrics.brain import BRAIN_ROIS, BrainTarget, brain_correlation
-from scipy.stats import pearsonr
 
 
 def _rois(n_vox: int, rng) -> dict[str, np.ndarray]:

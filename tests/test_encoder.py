@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
+
 from nsdbench import weights
-from nsdbench.errors import WeightsMissing
+from nsdbench.errors import DataError, WeightsMissing
 from nsdbench.metrics import encoder as enc
 from nsdbench.metrics.brain import brain_correlation
 
@@ -84,16 +85,83 @@ def test_brain_correlation_of_ground_truth_beats_shuffled(model, nsd):
 def test_published_gnet8_needs_its_weights(nsd):
     assert "gnet8-multisubject" in weights.artifacts()
     with pytest.raises(WeightsMissing, match="nsdbench weights fetch gnet8-multisubject"):
-        enc.load_published_encoder("gnet8", 1)
+        enc.load_published_encoder("gnet8", 1, 320)
     with pytest.raises(WeightsMissing):
-        enc.load_brain_target(nsd, 1, "nsd982", "tiny", encoder="gnet8")
+        enc.load_brain_target(nsd, 1, "nsd982", "pretrained", encoder="gnet8")
+
+
+def test_gnet8_tiny_brain_target_plumbing(nsd):
+    target = enc.load_brain_target(nsd, 1, "nsd982", "tiny", encoder="gnet8")
+    ids = sorted(target.measured)[:20]
+    images = nsd.images(ids)
+    pred = target.predict(images)
+    assert pred.shape == (20, len(target.rois["nsdgeneral"])) and np.isfinite(pred).all()
+    np.testing.assert_array_equal(
+        np.concatenate([target.predict(images[:3]), target.predict(images[3:])]), pred
+    )
+    assert set(target.score(ids, images)) == {
+        "bc_v1",
+        "bc_v2",
+        "bc_v3",
+        "bc_v4",
+        "bc_early",
+        "bc_higher_vis",
+        "bc_nsdgeneral",
+    }
+
+
+def test_gnet8_release_layout_loads_with_weights_only():
+    """A checkpoint in the MindEye2 release layout (best_params.enc / best_params.fwrfs[subject] / numpy
+    input_mean) loads through the registry path with torch.load(weights_only=True)."""
+    import torch
+
+    n_vox = 12
+    trunk, readout = enc._gnet8_modules(
+        enc.GNET8_TRUNK_WIDTH, enc.GNET8_PASS_THROUGH, np.full((1, 3, 1, 1), 0.4, np.float32), n_vox
+    )
+    ckpt = {
+        "input_mean": np.full((1, 3, 1, 1), 0.4, np.float32),
+        "best_params": {
+            "enc": trunk.state_dict(),
+            "fwrfs": {1: {k: v.numpy() for k, v in readout.state_dict().items()}},
+        },
+        "voxel_mask": {1: np.ones(n_vox, bool)},
+    }
+    path = weights.local_path("gnet8-multisubject")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    try:
+        loaded = enc.GNet8Encoder(1, n_vox, "pretrained")
+        for a, b in ((loaded.trunk, trunk), (loaded.readout, readout)):
+            sa, sb = a.state_dict(), b.state_dict()
+            assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        with pytest.raises(DataError, match="predicts 12 voxels"):
+            enc.GNet8Encoder(1, n_vox + 1, "pretrained")
+    finally:
+        weights.remove("gnet8-multisubject")
 
 
 def test_cli_encoder_fit_and_show(model, synth_root, capsys):
     from nsdbench.cli import main
 
-    assert main(["encoder", "fit", "--subject", "1", "--data", str(synth_root), "--weights", "tiny",
-                 "--split", "nsd982", "--json"]) == 0
+    assert (
+        main(
+            [
+                "encoder",
+                "fit",
+                "--subject",
+                "1",
+                "--data",
+                str(synth_root),
+                "--weights",
+                "tiny",
+                "--split",
+                "nsd982",
+                "--json",
+            ]
+        )
+        == 0
+    )
     fitted = json.loads(capsys.readouterr().out)
     assert fitted["key"] == model.meta["key"]
     assert main(["encoder", "show", "--subject", "1", "--data", str(synth_root), "--json"]) == 0

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from nsdbench.cli import main
 from nsdbench.leaderboards.store import Store
 from nsdbench.nsd import open_nsd
@@ -29,8 +30,26 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cmd(sub: Path, root: Path, db: Path, work: Path, subjects: str) -> list[str]:
-    return [sys.executable, "-m", "nsdbench.cli", "score", str(sub), "--data", str(root), "--db", str(db),
-            "--weights", "tiny", "--no-brain", "--bootstrap", "100", "--subjects", subjects, "--work-dir", str(work)]
+    return [
+        sys.executable,
+        "-m",
+        "nsdbench.cli",
+        "score",
+        str(sub),
+        "--data",
+        str(root),
+        "--db",
+        str(db),
+        "--weights",
+        "tiny",
+        "--no-brain",
+        "--bootstrap",
+        "100",
+        "--subjects",
+        subjects,
+        "--work-dir",
+        str(work),
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -43,12 +62,19 @@ def test_concurrent_scoring_and_a_killed_run_record_each_run_once(small_root, tm
     nsd = open_nsd(small_root)
     db = tmp_path / "lb.duckdb"
     work_a = tmp_path / "work-a"
-    sub_a = write_submission(demo_images(nsd, "nsd982", [1, 2], "blur", radius=3), tmp_path / "blurA", "folder")
+    sub_a = write_submission(
+        demo_images(nsd, "nsd982", [1, 2], "blur", radius=3), tmp_path / "blurA", "folder"
+    )
     sub_b = write_submission(demo_images(nsd, "nsd982", [1], "blur", radius=6), tmp_path / "blurB", "folder")
     cmd_a = _cmd(sub_a, small_root, db, work_a, "1,2")
     a = subprocess.Popen(cmd_a, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    b = subprocess.Popen(_cmd(sub_b, small_root, db, tmp_path / "work-b", "1"), env=_env(), text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    b = subprocess.Popen(
+        _cmd(sub_b, small_root, db, tmp_path / "work-b", "1"),
+        env=_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     while not (work_a / "subj01.parquet").exists() and a.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -13,6 +13,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+
 from nsdbench.errors import NSDBenchError
 from nsdbench.leaderboards.store import RunRecord, Store
 from nsdbench.metrics.protocols import get_protocol
@@ -26,13 +27,17 @@ def fake_result(values: dict[str, np.ndarray], ids: list[int]) -> SimpleNamespac
     rows = [(i, 0, m, float(v[k])) for m, v in values.items() for k, i in enumerate(ids)]
     per_sample = pd.DataFrame(rows, columns=["nsd_id", "sample", "metric", "value"])
     per_image = per_sample.drop(columns="sample")
-    return SimpleNamespace(per_sample=per_sample, per_image=per_image,
-                           set_scores={m: float(np.mean(v)) for m, v in values.items()},
-                           provenance={"networks": {"alexnet:x:fp32": {"sha256": "abc"}}, "device": "cpu"})
+    return SimpleNamespace(
+        per_sample=per_sample,
+        per_image=per_image,
+        set_scores={m: float(np.mean(v)) for m, v in values.items()},
+        provenance={"networks": {"alexnet:x:fp32": {"sha256": "abc"}}, "device": "cpu"},
+    )
 
 
-def write_fake_run(folder: Path, run_id: str, subjects=(1, 2), seed=0, protocol="nsdbench-v1", n=12,
-                   shift=0.0) -> list[Path]:
+def write_fake_run(
+    folder: Path, run_id: str, subjects=(1, 2), seed=0, protocol="nsdbench-v1", n=12, shift=0.0
+) -> list[Path]:
     proto = get_protocol(protocol)
     rng = np.random.default_rng(seed)
     ids = list(range(100, 100 + n))
@@ -40,17 +45,40 @@ def write_fake_run(folder: Path, run_id: str, subjects=(1, 2), seed=0, protocol=
     for s in subjects:
         values = {m: rng.uniform(0, 1, n) + shift for m in METRICS}
         df = scores_frame(fake_result(values, ids), run_id, s)
-        paths.append(write_scores_parquet(df, folder / run_id / f"subj{s:02d}.parquet",
-                                          {"run_id": run_id, "subject": s, "protocol_hash": proto.hash,
-                                           "provenance": fake_result(values, ids).provenance}))
+        paths.append(
+            write_scores_parquet(
+                df,
+                folder / run_id / f"subj{s:02d}.parquet",
+                {
+                    "run_id": run_id,
+                    "subject": s,
+                    "protocol_hash": proto.hash,
+                    "provenance": fake_result(values, ids).provenance,
+                },
+            )
+        )
     return paths
 
 
-def record(store: Store, run_id: str, method="m", subjects=(1, 2), weights="pretrained", protocol="nsdbench-v1",
-           created_at="") -> RunRecord:
-    return store.new_run_record(kind="score", method=method, subjects=subjects, split="nsd982",
-                                protocol=get_protocol(protocol), weights_mode=weights, run_id=run_id,
-                                created_at=created_at)
+def record(
+    store: Store,
+    run_id: str,
+    method="m",
+    subjects=(1, 2),
+    weights="pretrained",
+    protocol="nsdbench-v1",
+    created_at="",
+) -> RunRecord:
+    return store.new_run_record(
+        kind="score",
+        method=method,
+        subjects=subjects,
+        split="nsd982",
+        protocol=get_protocol(protocol),
+        weights_mode=weights,
+        run_id=run_id,
+        created_at=created_at,
+    )
 
 
 def test_ingest_records_everything_once(tmp_path):
@@ -59,8 +87,13 @@ def test_ingest_records_everything_once(tmp_path):
     res = store.ingest(record(store, "r1"), paths, n_resamples=100)
     assert res.inserted
     counts = store.counts()
-    assert counts == {"runs": 1, "sample_scores": 2 * 12 * 3, "image_scores": 2 * 12 * 3, "set_scores": 2 * 3,
-                      "aggregates": 3 * 3}
+    assert counts == {
+        "runs": 1,
+        "sample_scores": 2 * 12 * 3,
+        "image_scores": 2 * 12 * 3,
+        "set_scores": 2 * 3,
+        "aggregates": 3 * 3,
+    }
     assert not store.ingest(record(store, "r1"), paths).inserted
     assert store.counts() == counts
     run = store.run("r1")
@@ -86,7 +119,13 @@ def test_failed_transaction_leaves_nothing_visible(tmp_path, monkeypatch):
     monkeypatch.setattr(RunRecord, "row", broken_row)
     with pytest.raises(duckdb.ConstraintException):
         store.ingest(rec, paths)
-    assert store.counts() == {"runs": 0, "sample_scores": 0, "image_scores": 0, "set_scores": 0, "aggregates": 0}
+    assert store.counts() == {
+        "runs": 0,
+        "sample_scores": 0,
+        "image_scores": 0,
+        "set_scores": 0,
+        "aggregates": 0,
+    }
     monkeypatch.setattr(RunRecord, "row", good_row)
     assert store.ingest(rec, paths, n_resamples=50).inserted and store.counts()["runs"] == 1
 
@@ -152,13 +191,25 @@ def test_two_processes_ingesting_concurrently_lose_nothing(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
     db = tmp_path / "lb.duckdb"
-    procs = [subprocess.Popen([sys.executable, str(script), tag, str(tmp_path / tag), str(db)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tag in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), tag, str(tmp_path / tag), str(db)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in ("a", "b")
+    ]
     for p in procs:
         _, err = p.communicate(timeout=240)
         assert p.returncode == 0, err[-2000:]
     store = Store(db)
     runs = store.runs()
     assert sorted(runs["id"]) == sorted(f"{t}-{k}" for t in "ab" for k in range(5))
-    assert store.counts() == {"runs": 10, "sample_scores": 10 * 72, "image_scores": 10 * 72,
-                              "set_scores": 10 * 6, "aggregates": 10 * 9}
+    assert store.counts() == {
+        "runs": 10,
+        "sample_scores": 10 * 72,
+        "image_scores": 10 * 72,
+        "set_scores": 10 * 6,
+        "aggregates": 10 * 9,
+    }

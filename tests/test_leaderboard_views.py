@@ -9,12 +9,13 @@ import json
 
 import numpy as np
 import pytest
+from test_leaderboard_store import record, write_fake_run
+
 from nsdbench.cli import main
 from nsdbench.leaderboards.exports import render
 from nsdbench.leaderboards.store import Store
 from nsdbench.leaderboards.views import build_leaderboard
 from nsdbench.metrics.bootstrap import bootstrap_ci, paired_bootstrap
-from test_leaderboard_store import record, write_fake_run
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,9 @@ def db(tmp_path_factory):
     for rid, method, subjects, weights, seed, shift, ts in runs:
         proto = "mindeye" if rid == "d-mind" else "nsdbench-v1"
         paths = write_fake_run(tmp, rid, subjects, seed=seed, protocol=proto, shift=shift)
-        store.ingest(record(store, rid, method, subjects, weights, proto, created_at=ts), paths, n_resamples=300)
+        store.ingest(
+            record(store, rid, method, subjects, weights, proto, created_at=ts), paths, n_resamples=300
+        )
     return tmp / "lb.duckdb"
 
 
@@ -51,7 +54,12 @@ def test_one_row_per_method_cells_equal_stored_aggregates(db):
         for m in mean.metrics:
             stored = _agg(store, row.run_id, "mean", m)
             c = row.cells[m]
-            assert (c.mean, c.lo, c.hi, c.n) == (stored["mean"], stored["ci_lo"], stored["ci_hi"], stored["n"])
+            assert (c.mean, c.lo, c.hi, c.n) == (
+                stored["mean"],
+                stored["ci_lo"],
+                stored["ci_hi"],
+                stored["n"],
+            )
     assert [t.scope for t in lb.tables] == ["mean", "1", "2"]
     assert lb.tables[1].rows[0].cells["ssim"].mean == _agg(store, "a-new", "1", "ssim")["mean"]
     assert any("smoke" in n for n in lb.notes)
@@ -63,7 +71,9 @@ def test_one_row_per_method_cells_equal_stored_aggregates(db):
 def test_best_by_pinned_run_and_subject_subset(db):
     store = Store(db)
     a_old, a_new = (_agg(store, r, "mean", "effnet_b")["mean"] for r in ("a-old", "a-new"))
-    lb = build_leaderboard(store, protocol="nsdbench-v1", best_by="effnet_b", reported=False)  # lower is better
+    lb = build_leaderboard(
+        store, protocol="nsdbench-v1", best_by="effnet_b", reported=False
+    )  # lower is better
     assert lb.tables[0].rows[0].run_id == ("a-old" if a_old < a_new else "a-new")
     lb = build_leaderboard(store, protocol="nsdbench-v1", runs=["a-ol"], reported=False)
     assert lb.tables[0].rows[0].run_id == "a-old"
@@ -81,7 +91,8 @@ def test_subject_mean_resamples_images_jointly(db):
     m = img[img["metric"] == "ssim"].pivot(index="nsd_id", columns="subject", values="value")
     stored = _agg(store, "b-1", "mean", "ssim")
     assert (stored["mean"], stored["ci_lo"], stored["ci_hi"]) == pytest.approx(
-        bootstrap_ci(m.mean(axis=1).to_numpy(), 300, 0), abs=1e-12)
+        bootstrap_ci(m.mean(axis=1).to_numpy(), 300, 0), abs=1e-12
+    )
 
 
 def test_reported_rows_appear_beside_reproduced(db, capsys):
@@ -89,16 +100,35 @@ def test_reported_rows_appear_beside_reproduced(db, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     # no reproduced run covers 1,2,5,7: the columns are the reported ones, in the papers' order
-    assert ("| Brain-Diffuser *(reported: brain-diffuser-2023, Table 1)* | 1,2,5,7 | 0.254 | 0.356 | 0.942 | 0.962 |"
-            " 0.872 | 0.915 | 0.775 | 0.423 |") in out
+    assert (
+        "| Brain-Diffuser *(reported: brain-diffuser-2023, Table 1)* | 1,2,5,7 | 0.254 | 0.356 | 0.942 | 0.962 |"
+        " 0.872 | 0.915 | 0.775 | 0.423 |"
+    ) in out
     assert "no run under nsdbench-v1 on nsd982 covers subjects 1,2,5,7" in out
     rc = main(["leaderboard", "--db", str(db), "--format", "md", "--no-per-subject"])
     out = capsys.readouterr().out
     assert "| alpha | 1,2 |" in out
-    assert "| Brain-Diffuser *(reported: brain-diffuser-2023, Table 1)* | 1,2,5,7 | 0.254 | 0.356 | 0.775 |" in out
+    assert (
+        "| Brain-Diffuser *(reported: brain-diffuser-2023, Table 1)* | 1,2,5,7 | 0.254 | 0.356 | 0.775 |"
+        in out
+    )
     assert "Takagi" not in out  # a reported row with none of the shown metrics is left out
-    rc = main(["leaderboard", "--db", str(db), "--format", "md", "--split", "nsd897", "--protocol",
-               "second-sight-2023", "--no-per-subject", "--subjects", "1"])
+    rc = main(
+        [
+            "leaderboard",
+            "--db",
+            str(db),
+            "--format",
+            "md",
+            "--split",
+            "nsd897",
+            "--protocol",
+            "second-sight-2023",
+            "--no-per-subject",
+            "--subjects",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert "| Second Sight *(reported: second-sight-2023, Table 1+2)* | 1 | 0.185 | 0.288 |" in out
 
@@ -109,8 +139,9 @@ def _fmt(c):
 
 def test_markdown_and_latex_text(db):
     store = Store(db)
-    lb = build_leaderboard(store, protocol="nsdbench-v1", metrics=["pixcorr", "effnet_b"], reported=False,
-                           per_subject=False)
+    lb = build_leaderboard(
+        store, protocol="nsdbench-v1", metrics=["pixcorr", "effnet_b"], reported=False, per_subject=False
+    )
     a = {m: _agg(store, "a-new", "mean", m) for m in ("pixcorr", "effnet_b")}
     b = {m: _agg(store, "b-1", "mean", m) for m in ("pixcorr", "effnet_b")}
     best_pix = "a" if a["pixcorr"]["mean"] > b["pixcorr"]["mean"] else "b"
@@ -186,7 +217,8 @@ def test_compare_is_a_paired_bootstrap_on_shared_images(db, capsys):
         x = ia[ia["metric"] == r["metric"]].sort_values(["subject", "nsd_id"])["value"].to_numpy()
         y = ib[ib["metric"] == r["metric"]].sort_values(["subject", "nsd_id"])["value"].to_numpy()
         assert (r["diff"], r["ci_lo"], r["ci_hi"], r["p_value"]) == pytest.approx(
-            paired_bootstrap(x, y, 500, 0), abs=1e-12)
+            paired_bootstrap(x, y, 500, 0), abs=1e-12
+        )
         assert r["n"] == 24 and r["diff"] < 0  # beta was shifted up by 0.5
     rc = main(["compare", "a-new", "d-mind", "--db", str(db)])
     assert rc == 2 and "different protocols" in capsys.readouterr().err

@@ -8,11 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from scipy.stats import pearsonr
+
 from nsdbench.errors import UsageError
 from nsdbench.methods import baselines, registry
 from nsdbench.methods.protocol import FitCache, Method, zscore_with_train
 from nsdbench.methods.seeds import image_seed, torch_generator
-from scipy.stats import pearsonr
 
 
 def test_image_seed_is_the_documented_sha256():
@@ -175,3 +176,20 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
     assert "entry point" in registry.method_source("plugin-demo")
     with pytest.raises(UsageError, match="broken.*failed to load"):
         registry.get_method("broken")
+
+
+def test_methods_cli_list_and_show(capsys):
+    import json
+
+    from nsdbench.cli import main
+
+    assert main(["methods", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["ridge-pixels"]["variants"]["16px"] == {"size": 16}
+    assert rows["shuffled"]["source"] == "builtin"
+    assert main(["methods", "show", "best-library-image", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert "Second Sight" in shown["paper"] and shown["defaults"]["samples"] == 1
+    assert main(["methods", "show", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown method 'nope'" in err and len(err.splitlines()) == 1

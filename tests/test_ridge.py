@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.linear_model import Ridge
+
 from nsdbench.errors import DataError, UsageError
 from nsdbench.methods.ridge import (
     TARGET_BLOCK,
@@ -15,7 +17,6 @@ from nsdbench.methods.ridge import (
     fit_ridge,
     kfold_indices,
 )
-from sklearn.linear_model import Ridge
 
 BACKENDS = ["numpy", "torch"]
 
@@ -77,7 +78,9 @@ def test_brain_diffuser_per_token_loop_and_postprocess():
 def test_float32_close_to_float64_reference():
     X, Y, Xt = _data(50, 120, t=5)
     ref = Ridge(alpha=10.0).fit(X, Y).predict(Xt)
-    out = fit_predict(X.astype(np.float32), Y.astype(np.float32), Xt, RidgeSettings(alpha=10.0, dtype="float32"))
+    out = fit_predict(
+        X.astype(np.float32), Y.astype(np.float32), Xt, RidgeSettings(alpha=10.0, dtype="float32")
+    )
     assert out.dtype == np.float32
     _close(out, ref, rel=1e-3)
 
@@ -113,12 +116,18 @@ def test_cv_matches_bruteforce_sklearn(backend, shape, intercept):
     np.testing.assert_allclose(model.cv_score, ref_scores, atol=1e-8)
     best = np.asarray(alphas)[ref_scores.argmax(0)]
     np.testing.assert_array_equal(model.alpha, best)
-    ref = np.stack([Ridge(alpha=a, fit_intercept=intercept).fit(X, Y[:, j]).predict(Xt)
-                    for j, a in enumerate(best)], axis=1)
+    ref = np.stack(
+        [Ridge(alpha=a, fit_intercept=intercept).fit(X, Y[:, j]).predict(Xt) for j, a in enumerate(best)],
+        axis=1,
+    )
     _close(model.predict(Xt), ref)
     _close(fit_predict(X, Y, Xt, s), ref)
-    shared = fit_ridge(X, Y, RidgeSettings(alphas=alphas, cv=4, per_target=False, fit_intercept=intercept,
-                                           backend=backend), cache=False)
+    shared = fit_ridge(
+        X,
+        Y,
+        RidgeSettings(alphas=alphas, cv=4, per_target=False, fit_intercept=intercept, backend=backend),
+        cache=False,
+    )
     assert np.all(shared.alpha == alphas[int(ref_scores.mean(1).argmax())])
 
 
@@ -161,11 +170,15 @@ def test_selection_with_all_features_is_plain_ridge():
     _close(a, Ridge(alpha=1.0).fit(X, Y).predict(Xt))
 
 
-@pytest.mark.parametrize("settings", [
-    RidgeSettings(alpha=5.0),
-    RidgeSettings(alphas=(0.5, 5.0, 50.0), cv=3),
-    RidgeSettings(alpha=5.0, selection=6),
-], ids=["fixed", "cv", "select"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        RidgeSettings(alpha=5.0),
+        RidgeSettings(alphas=(0.5, 5.0, 50.0), cv=3),
+        RidgeSettings(alpha=5.0, selection=6),
+    ],
+    ids=["fixed", "cv", "select"],
+)
 def test_chunking_does_not_change_predictions(settings):
     from dataclasses import replace
 
@@ -175,8 +188,9 @@ def test_chunking_does_not_change_predictions(settings):
     for chunk in (1, TARGET_BLOCK + 5):
         s = replace(settings, chunk_size=chunk)
         np.testing.assert_array_equal(fit_predict(X, Y, Xt, s), full)
-        np.testing.assert_array_equal(fit_ridge(X, Y, s, cache=False).predict(Xt, chunk_size=chunk + 2),
-                                      model_full)
+        np.testing.assert_array_equal(
+            fit_ridge(X, Y, s, cache=False).predict(Xt, chunk_size=chunk + 2), model_full
+        )
 
 
 def test_cache_hit_returns_identical_model():
@@ -248,8 +262,14 @@ def test_bad_inputs_give_one_line_errors():
         fit_ridge(X, Y, cache=False).predict(Xt[:, :4])
     with pytest.raises(UsageError):
         fit_ridge(X[:, 0], Y, cache=False)
-    for bad in ({"alpha": 0}, {"alphas": (1.0, -1.0)}, {"dtype": "float16"}, {"backend": "jax"},
-                {"alphas": (1.0,), "selection": 3}, {"chunk_size": 0}):
+    for bad in (
+        {"alpha": 0},
+        {"alphas": (1.0, -1.0)},
+        {"dtype": "float16"},
+        {"backend": "jax"},
+        {"alphas": (1.0,), "selection": 3},
+        {"chunk_size": 0},
+    ):
         with pytest.raises(UsageError):
             RidgeSettings(**bad)
 
@@ -263,7 +283,21 @@ def test_gpu_bench_script_runs_on_cpu_at_small_scale(capsys):
     spec = importlib.util.spec_from_file_location("gpu_bench_ridge", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--scale", "0.005", "--backend", "numpy", "--only", "clipvision", "--weights", "--check",
-                     "--json"]) == 0
+    assert (
+        mod.main(
+            [
+                "--scale",
+                "0.005",
+                "--backend",
+                "numpy",
+                "--only",
+                "clipvision",
+                "--weights",
+                "--check",
+                "--json",
+            ]
+        )
+        == 0
+    )
     (row,) = json.loads(capsys.readouterr().out)
     assert row["targets"] == int(197376 * 0.005) and row["max_rel_err_vs_sklearn"] < 1e-4

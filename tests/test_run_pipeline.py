@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from nsdbench.cli import main
 from nsdbench.commands.run import build_spec
+from nsdbench.errors import NSDBenchError
 from nsdbench.executors import Worker, run_inprocess
 from nsdbench.methods import baselines
 from nsdbench.runner import (
@@ -35,12 +37,18 @@ from nsdbench.runner import (
 FAST = "h5-test-fast"
 HOOK_MODULE = "nsdbench_h5_test_hooks"
 HOOK_SOURCE = textwrap.dedent(
-    f'''
-    """Registers the reduced test protocol (imported by the tests and by Ray workers)."""
+    """
+    \"\"\"Test-only registrations, imported by the tests and by Ray workers (worker setup hook).\"\"\"
+    import os
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    from nsdbench.errors import NSDBenchError
+    from nsdbench.methods import baselines, registry
     from nsdbench.metrics import protocols as P
 
     FAST = P.Protocol(
-        name="{FAST}",
+        name="FAST_NAME",
         version="1",
         description="tests only: pixel metrics at native size and brain correlation",
         split="nsd982",
@@ -50,10 +58,38 @@ HOOK_SOURCE = textwrap.dedent(
     )
 
 
+    @dataclass(frozen=True)
+    class Flaky(baselines.Shuffled):
+        \"\"\"Fails the first attempt of every shard (marker files in $H5_FLAKY_DIR), then succeeds.\"\"\"
+
+        name: str = "h5-test-flaky"
+
+        def reconstruct(self, test_items, fitted, ctx):
+            marker = Path(os.environ["H5_FLAKY_DIR"]) / str(test_items[0].nsd_id)
+            if not marker.exists():
+                marker.touch()
+                raise RuntimeError("transient failure")
+            yield from super().reconstruct(test_items, fitted, ctx)
+
+
+    @dataclass(frozen=True)
+    class Broken(baselines.Shuffled):
+        \"\"\"Always fails with a user-facing error (never worth a retry).\"\"\"
+
+        name: str = "h5-test-broken"
+
+        def reconstruct(self, test_items, fitted, ctx):
+            raise NSDBenchError(f"broken adapter at NSD id {test_items[0].nsd_id}")
+            yield
+
+
     def setup():
         P.PROTOCOLS.setdefault(FAST.name, FAST)
-    '''
-)
+        registry.list_methods()
+        for cls in (Flaky, Broken):
+            registry.register_method(cls, source="test hook")
+    """
+).replace("FAST_NAME", FAST)
 SUBJECT = 1
 SHARD_SIZE = 30  # 91 synthetic test images -> 4 shards
 
@@ -69,6 +105,10 @@ def hook_dir(tmp_path_factory) -> Path:
     yield path
     sys.path.remove(str(path))
     protocols.PROTOCOLS.pop(FAST, None)
+    from nsdbench.methods import registry
+
+    for name in ("h5-test-flaky", "h5-test-broken"):
+        registry.unregister_method(name)
 
 
 def _spec(method: str, data: Path, shard_size: int = SHARD_SIZE, **kw):
@@ -203,7 +243,12 @@ def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, t
     prepare_run_dir(out, spec)
     import os
 
-    env = {"PYTHONPATH": os.pathsep.join([str(hook_dir), os.environ.get("PYTHONPATH", "")])}
+    flaky_dir = tmp_path / "flaky-markers"
+    flaky_dir.mkdir()
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(hook_dir), os.environ.get("PYTHONPATH", "")]),
+        "H5_FLAKY_DIR": str(flaky_dir),
+    }
     # a worker setup hook is job-level in Ray: the test's ray.init carries it, run_ray reuses that instance
     ray.init(
         num_cpus=2,
@@ -213,11 +258,22 @@ def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, t
     )
     try:
         result = run_ray(out, spec)
+        # every shard of the flaky adapter fails once and is retried by Ray
+        flaky = _spec("h5-test-flaky", synth_root)
+        prepare_run_dir(tmp_path / "flaky", flaky)
+        flaky_result = run_ray(tmp_path / "flaky", flaky)
+        # a user-facing error is reported once per shard, not retried
+        broken = _spec("h5-test-broken", synth_root)
+        prepare_run_dir(tmp_path / "broken", broken)
+        with pytest.raises(NSDBenchError, match=r"4 task\(s\) failed \(first: subj01-\d+: broken adapter"):
+            run_ray(tmp_path / "broken", broken)
     finally:
         ray.shutdown()
     assert result.all_complete and result.images_written == 91
     assert _files(out) == _files(ref)
     pd.testing.assert_frame_equal(_scores(out), _scores(ref))
+    assert flaky_result.all_complete and flaky_result.images_written == 91
+    assert len(list(flaky_dir.iterdir())) == 4
 
 
 def test_ingest_of_sharded_run_is_single_and_idempotent(ridge_run, tmp_path):
@@ -472,3 +528,22 @@ def test_ingest_refuses_an_incomplete_run(ridge_run, tmp_path, capsys):
     assert main(["ingest", str(out), "--db", str(tmp_path / "lb.duckdb")]) == 1
     err = capsys.readouterr().err.strip()
     assert "1 of 4 shards are incomplete (subj01-0002)" in err and len(err.splitlines()) == 1
+
+
+def test_pretrained_weights_missing_fail_before_any_work(synth_root, tmp_path, capsys):
+    rc = main(["run", "--method", "ridge-pixels", "--subjects", "1", "--data", str(synth_root),
+               "--out", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "nsdbench weights fetch" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_fit_only_fits_this_workers_subjects_and_writes_no_images(hook_dir, synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--method", "shuffled", "--subjects", "1,2", "--data", str(synth_root), "--weights", "tiny",
+            "--protocol", FAST, "--out", str(out), "--fit-only", "--json"]  # fmt: skip
+    assert main([*argv, "--shard", "1/2"]) == 0
+    assert '"fitted_subjects": [2]' in capsys.readouterr().out
+    log = (out / "run.log").read_text()
+    assert "fit subj02" in log and "fit subj01" not in log
+    assert not list(out.glob("subj*/*.png")) and not (out / "shards").exists()

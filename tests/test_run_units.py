@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nsdbench.errors import DataError, UsageError
 from nsdbench.executors import Worker, parse_shard, resolve_worker
 from nsdbench.runner import (
@@ -147,3 +148,37 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_resolve_device_uses_local_rank_for_cuda(monkeypatch):
+    from nsdbench.runner import resolve_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("cuda") == "cuda:3"
+    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("cuda") == "cuda"
+
+
+def test_prepare_run_dir_tolerates_a_concurrent_workers_temp_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".spec.toml.abc.part").write_text("half written by another array task")
+    prepare_run_dir(run, _spec())
+    assert read_spec(run)[0] == _spec()
+
+
+def test_check_image_keeps_the_method_size_and_rejects_bad_arrays():
+    from nsdbench.errors import NSDBenchError
+    from nsdbench.runner import check_image
+
+    img = np.zeros((512, 512, 3), np.uint8)
+    assert check_image(img, "m", 5, 0).shape == (512, 512, 3)  # stored as produced, never resized
+    for bad in (
+        np.zeros((64, 64, 3), np.float32),
+        np.zeros((64, 64), np.uint8),
+        np.zeros((4, 4, 3), np.uint8),
+    ):
+        with pytest.raises(NSDBenchError, match="method m: image for NSD id 5 sample 0"):
+            check_image(bad, "m", 5, 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nsdbench.cli import main
 from nsdbench.leaderboards.store import Store
 from nsdbench.nsd import open_nsd
@@ -53,15 +54,32 @@ def scored(images, small_root, db, tmp_path_factory) -> dict:
     subs = {
         "png": (write_submission(images, tmp / "png", "folder"), ()),
         "tar": (write_submission(first, tmp / "w.tar", "tar"), ()),
-        "pt": (write_submission(first, tmp / "subj01_all_recons.pt", "pt", channels_first=True, as_float=True,
-                                with_ids=False), ("--order", "nsd-ascending")),
+        "pt": (
+            write_submission(
+                first, tmp / "subj01_all_recons.pt", "pt", channels_first=True, as_float=True, with_ids=False
+            ),
+            ("--order", "nsd-ascending"),
+        ),
     }
     out = {}
     for name, (path, extra) in subs.items():
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            rc = main(["score", str(path), "--data", str(small_root), "--db", str(db), "--json", *SCORE,
-                       "--method-name", name, *extra])
+            rc = main(
+                [
+                    "score",
+                    str(path),
+                    "--data",
+                    str(small_root),
+                    "--db",
+                    str(db),
+                    "--json",
+                    *SCORE,
+                    "--method-name",
+                    name,
+                    *extra,
+                ]
+            )
         assert rc == 0
         doc = json.loads(buf.getvalue())
         assert doc["recorded"] is True
@@ -88,8 +106,15 @@ def test_recorded_values_are_the_engines(scored, images, small_root, db):
     store = Store(db)
     nsd = open_nsd(small_root)
     gt_ids = sorted({i for (_, i, _) in images})
-    res = score(gt_ids, nsd.images(gt_ids), gt_ids, [0] * len(gt_ids), [images[(1, i, 0)] for i in gt_ids],
-                "nsdbench-v1", weights_mode="tiny")
+    res = score(
+        gt_ids,
+        nsd.images(gt_ids),
+        gt_ids,
+        [0] * len(gt_ids),
+        [images[(1, i, 0)] for i in gt_ids],
+        "nsdbench-v1",
+        weights_mode="tiny",
+    )
     stored = store.image_scores(run_id)
     merged = stored.merge(res.per_image, on=["nsd_id", "metric"], suffixes=("_db", "_engine"))
     assert len(merged) == len(res.per_image) == len(stored)
@@ -100,7 +125,9 @@ def test_recorded_values_are_the_engines(scored, images, small_root, db):
         assert sets[metric] == value
         row = agg[(agg["subject"] == "1") & (agg["metric"] == metric)].iloc[0]
         vals = res.per_image[res.per_image["metric"] == metric].sort_values("nsd_id")["value"].to_numpy()
-        assert (row["mean"], row["ci_lo"], row["ci_hi"]) == pytest.approx(bootstrap_ci(vals, 200, 0), abs=1e-12)
+        assert (row["mean"], row["ci_lo"], row["ci_hi"]) == pytest.approx(
+            bootstrap_ci(vals, 200, 0), abs=1e-12
+        )
         assert row["mean"] == pytest.approx(value, abs=1e-12) and row["n"] == 8
         mean_row = agg[(agg["subject"] == "mean") & (agg["metric"] == metric)].iloc[0]
         assert mean_row["mean"] == pytest.approx(value, abs=1e-12)  # one subject: mean of subject means

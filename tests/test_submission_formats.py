@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from nsdbench.cli import main
 from nsdbench.nsd import open_nsd
 from nsdbench.nsd.splits import get_split
 from nsdbench.submission import errors, load_submission, validate
 from nsdbench.submission_writers import box_blur, demo_images, write_submission
-from PIL import Image
 
 SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}  # 8 test images per subject in nsd982
 
@@ -45,8 +46,10 @@ def _load_all(path: Path, nsd, **kw) -> tuple[dict, list]:
     return got, problems
 
 
-@pytest.mark.parametrize("fmt,suffix", [("folder", ""), ("manifest", ""), ("npz", ".npz"), ("pt", ".pt"),
-                                        ("hdf5", ".h5"), ("tar", ".tar")])
+@pytest.mark.parametrize(
+    "fmt,suffix",
+    [("folder", ""), ("manifest", ""), ("npz", ".npz"), ("pt", ".pt"), ("hdf5", ".h5"), ("tar", ".tar")],
+)
 def test_every_format_reads_back_the_exact_images(fmt, suffix, images, nsd, tmp_path):
     path = write_submission(images, tmp_path / f"sub{suffix}", fmt)
     got, problems = _load_all(path, nsd)
@@ -58,8 +61,9 @@ def test_every_format_reads_back_the_exact_images(fmt, suffix, images, nsd, tmp_
 
 def test_mindeye2_style_float_chw_tensor_in_ascending_order(images, nsd, tmp_path):
     one = {k: v for k, v in images.items() if k[0] == 1 and k[2] == 0}
-    path = write_submission(one, tmp_path / "subj01_all_recons.pt", "pt", channels_first=True, as_float=True,
-                            with_ids=False)
+    path = write_submission(
+        one, tmp_path / "subj01_all_recons.pt", "pt", channels_first=True, as_float=True, with_ids=False
+    )
     got, problems = _load_all(path, nsd, order="nsd-ascending")  # subject 1 from the file name
     assert errors(problems) == []
     assert set(got) == set(one) and all(np.array_equal(got[k], one[k]) for k in one)
@@ -75,6 +79,20 @@ def test_npy_with_id_file_and_first_presentation_order(images, nsd, tmp_path):
     np.save(tmp_path / "bd.npy", np.stack([one[(2, i, 0)] for i in first]))
     got, problems = _load_all(tmp_path / "bd.npy", nsd, order="first-presentation", subjects=[2])
     assert errors(problems) == [] and all(np.array_equal(got[k], one[k]) for k in one)
+
+
+def test_folder_named_by_position_with_order(images, nsd, small_root, tmp_path, capsys):
+    """brain-diffuser writes <index>.png in first-presentation order; --order maps positions to NSD ids."""
+    first = get_split(nsd, "nsd982", 1).first_presentation
+    d = tmp_path / "bd" / "subj01"
+    d.mkdir(parents=True)
+    for pos, nsd_id in enumerate(first):
+        Image.fromarray(images[(1, nsd_id, 0)]).save(d / f"{pos}.png")
+    got, problems = _load_all(tmp_path / "bd", nsd, order="first-presentation")
+    assert errors(problems) == [] and set(got) == {(1, i, 0) for i in first}
+    assert all(np.array_equal(got[(1, i, 0)], images[(1, i, 0)]) for i in first)
+    rc, text = _validate_cli(tmp_path / "bd", small_root, capsys)  # without --order: a hint, exit 3
+    assert rc == 3 and "file names look like positions 0..7" in text
 
 
 def test_box_blur_matches_a_literal_loop():
@@ -126,6 +144,10 @@ def test_missing_duplicate_extra_and_counts(images, nsd, small_root, tmp_path, c
     assert rc == 3
     assert f"missing [subject 1, nsd_id {ids[0]}]" in text and "extra [subject 1, nsd_id 999]" in text
     assert "expected 2 samples, got 3" in text
+    (root / "subj01" / f"{ids[3]}_1.png").rename(root / "subj01" / f"{ids[3]}_5.png")
+    problems = validate(load_submission(root), nsd, "nsd982")
+    p = next(p for p in problems if p.nsd_id == ids[3])
+    assert (p.code, p.expected, p.actual) == ("sample-count", "samples [0, 1]", "samples [0, 5]")
 
 
 def test_duplicate_rows_in_manifest(images, nsd, tmp_path):
@@ -184,21 +206,29 @@ def test_array_dtype_range_nan_shape_and_missing_ids(images, nsd, tmp_path):
     f[0, 0, 0, 0] = 1.5
     f[1, 0, 0, 0] = np.nan
     np.save(tmp_path / "f.npy", f)
-    problems = validate(load_submission(tmp_path / "f.npy", order="nsd-ascending", subjects=[1]), nsd, "nsd982")
+    problems = validate(
+        load_submission(tmp_path / "f.npy", order="nsd-ascending", subjects=[1]), nsd, "nsd982"
+    )
     codes = {p.code: p for p in problems}
     assert codes["range"].actual.startswith("min 0") and "max 1.5" in codes["range"].actual
     assert codes["nonfinite"].actual == "1 NaN, 0 inf"
     np.save(tmp_path / "i.npy", one.astype(np.int64))
-    problems = validate(load_submission(tmp_path / "i.npy", order="nsd-ascending", subjects=[1]), nsd, "nsd982")
+    problems = validate(
+        load_submission(tmp_path / "i.npy", order="nsd-ascending", subjects=[1]), nsd, "nsd982"
+    )
     assert {p.code for p in problems} == {"dtype"} and all(p.actual == "int64" for p in problems)
     np.save(tmp_path / "g.npy", one[..., 0])  # (N, H, W): no channel axis
-    problems = validate(load_submission(tmp_path / "g.npy", order="nsd-ascending", subjects=[1]), nsd, "nsd982")
+    problems = validate(
+        load_submission(tmp_path / "g.npy", order="nsd-ascending", subjects=[1]), nsd, "nsd982"
+    )
     assert _codes(problems) == {"shape"}
     np.save(tmp_path / "noids.npy", one)
     problems = validate(load_submission(tmp_path / "noids.npy", subjects=[1]), nsd, "nsd982")
     assert "no NSD id list" in problems[0].message
     np.save(tmp_path / "short.npy", one[: n - 1])
-    problems = validate(load_submission(tmp_path / "short.npy", order="nsd-ascending", subjects=[1]), nsd, "nsd982")
+    problems = validate(
+        load_submission(tmp_path / "short.npy", order="nsd-ascending", subjects=[1]), nsd, "nsd982"
+    )
     assert problems[0].code == "count" and problems[0].actual == f"{n - 1} images"
 
 
@@ -234,7 +264,11 @@ def test_manifest_paths_cannot_escape(images, nsd, tmp_path):
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
     problems = validate(load_submission(root), nsd, "nsd982")
     escapes = [p for p in problems if p.code == "path-escape"]
-    assert len(escapes) == 3 and {p.actual for p in escapes} == {"'../secret.png'", repr(str(outside)), "'link.png'"}
+    assert len(escapes) == 3 and {p.actual for p in escapes} == {
+        "'../secret.png'",
+        repr(str(outside)),
+        "'link.png'",
+    }
 
 
 def test_tar_members_cannot_escape_and_links_are_refused(images, nsd, tmp_path):
@@ -257,12 +291,16 @@ def test_tar_members_cannot_escape_and_links_are_refused(images, nsd, tmp_path):
 
 def test_pickles_are_never_loaded(nsd, tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    problems = validate(load_submission(tmp_path / "obj.npy", subjects=[1], order="nsd-ascending"), nsd, "nsd982")
+    problems = validate(
+        load_submission(tmp_path / "obj.npy", subjects=[1], order="nsd-ascending"), nsd, "nsd982"
+    )
     assert problems[0].code == "unreadable" and "pickle" in problems[0].message.lower()
     import torch
 
     torch.save({"images": torch.zeros(2, 3, 8, 8), "payload": Path("x")}, tmp_path / "obj.pt")
-    problems = validate(load_submission(tmp_path / "obj.pt", subjects=[1], order="nsd-ascending"), nsd, "nsd982")
+    problems = validate(
+        load_submission(tmp_path / "obj.pt", subjects=[1], order="nsd-ascending"), nsd, "nsd982"
+    )
     assert problems[0].code == "unreadable" and "weights_only" in problems[0].message
 
 

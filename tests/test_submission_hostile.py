@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from nsdbench.cli import main
 
 SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}
@@ -25,22 +26,43 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthesize(tmp_path_factory.getbasetemp() / "h4-small-nsd", seed=0, **SMALL)
 
 
-NASTY_PATHS = ["../x.png", "/etc/passwd", "a/../../b.png", "ok.png", "", "C:\\x.png", "sub/../../../x.png",
-               "images/1_0.png", "\u2603.png", "x.jpg", "manifest.csv"]
+NASTY_PATHS = [
+    "../x.png",
+    "/etc/passwd",
+    "a/../../b.png",
+    "ok.png",
+    "",
+    "C:\\x.png",
+    "sub/../../../x.png",
+    "images/1_0.png",
+    "\u2603.png",
+    "x.jpg",
+    "manifest.csv",
+]
 
 ids = st.one_of(st.integers(-3, 80000), st.sampled_from(["1.5", "x", "", "nan", "1e3", " 7 "]))
-manifest_rows = st.lists(st.tuples(ids, ids, ids, st.one_of(st.sampled_from(NASTY_PATHS), st.text(max_size=12))),
-                         max_size=6)
+manifest_rows = st.lists(
+    st.tuples(ids, ids, ids, st.one_of(st.sampled_from(NASTY_PATHS), st.text(max_size=12))), max_size=6
+)
 dtypes = st.sampled_from(["uint8", "float32", "float64", "int16", "bool", "uint16"])
 shapes = st.lists(st.integers(0, 5), min_size=1, max_size=5).map(tuple)
 
 submissions = st.one_of(
     st.tuples(st.just("png"), st.lists(st.binary(max_size=300), min_size=1, max_size=3)),
-    st.tuples(st.just("npy"), st.tuples(shapes, dtypes, st.sampled_from([0.0, 1.0, 2.0, float("nan"), -1.0]))),
+    st.tuples(
+        st.just("npy"), st.tuples(shapes, dtypes, st.sampled_from([0.0, 1.0, 2.0, float("nan"), -1.0]))
+    ),
     st.tuples(st.just("manifest"), manifest_rows),
-    st.tuples(st.just("tar"), st.lists(st.tuples(st.one_of(st.sampled_from(NASTY_PATHS), st.text(min_size=1,
-                                                                                                    max_size=12)),
-                                                 st.binary(max_size=200)), max_size=4)),
+    st.tuples(
+        st.just("tar"),
+        st.lists(
+            st.tuples(
+                st.one_of(st.sampled_from(NASTY_PATHS), st.text(min_size=1, max_size=12)),
+                st.binary(max_size=200),
+            ),
+            max_size=4,
+        ),
+    ),
     st.tuples(st.sampled_from(["rawtar", "npz", "pt", "h5", "npyraw"]), st.binary(max_size=400)),
 )
 
@@ -62,8 +84,9 @@ def _write(kind: str, payload, root: Path) -> Path:
         d = root / "m"
         d.mkdir()
         (d / "ok.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
-        lines = ["subject,nsd_id,sample,path"] + [",".join(str(x).replace(",", ";").replace("\n", " ")
-                                                           for x in row) for row in payload]
+        lines = ["subject,nsd_id,sample,path"] + [
+            ",".join(str(x).replace(",", ";").replace("\n", " ") for x in row) for row in payload
+        ]
         (d / "manifest.csv").write_text("\n".join(lines) + "\n")
         return d
     if kind == "tar":
@@ -84,8 +107,11 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(sub=submissions)
 def test_malformed_submissions_fail_cleanly(sub, small_root, capsys):
     kind, payload = sub
@@ -94,8 +120,23 @@ def test_malformed_submissions_fail_cleanly(sub, small_root, capsys):
         path = _write(kind, payload, root)
         db = root / "lb.duckdb"
         before = _digest(db)
-        rc = main(["score", str(path), "--data", str(small_root), "--db", str(db), "--weights", "tiny",
-                   "--no-brain", "--subjects", "1", "--order", "nsd-ascending"])
+        rc = main(
+            [
+                "score",
+                str(path),
+                "--data",
+                str(small_root),
+                "--db",
+                str(db),
+                "--weights",
+                "tiny",
+                "--no-brain",
+                "--subjects",
+                "1",
+                "--order",
+                "nsd-ascending",
+            ]
+        )
         cap = capsys.readouterr()
         assert rc in (2, 3), (kind, rc, cap.err[-500:])
         assert "Traceback" not in cap.out + cap.err

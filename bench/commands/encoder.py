@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from nsdbench import config
-from nsdbench.errors import NSDBenchError
 from rich.console import Console
 from rich.table import Table
+
+from nsdbench import config
+from nsdbench.errors import NSDBenchError
 
 out = Console()
 
@@ -48,16 +49,23 @@ def _print_summary(meta: dict[str, Any]) -> None:
     for col in ("ROI", "voxels", "mean r", "median r", "noise ceiling", "fraction of NC"):
         table.add_column(col, justify="left" if col == "ROI" else "right")
     for roi, acc in meta["accuracy"].items():
-        table.add_row(roi, str(acc["voxels"]), f"{acc['mean_r']:.3f}", f"{acc['median_r']:.3f}",
-                      f"{acc['mean_nc']:.3f}", f"{acc['frac_nc']:.3f}")
+        table.add_row(
+            roi,
+            str(acc["voxels"]),
+            f"{acc['mean_r']:.3f}",
+            f"{acc['median_r']:.3f}",
+            f"{acc['mean_nc']:.3f}",
+            f"{acc['frac_nc']:.3f}",
+        )
     out.print(table)
     if "path" in meta:
         out.print(f"[dim]{meta['path']}[/]")
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="The encoding model behind brain correlation (fit, show accuracy).",
-                        no_args_is_help=True)
+    group = typer.Typer(
+        help="The encoding model behind brain correlation (fit, show accuracy).", no_args_is_help=True
+    )
 
     @group.command("fit")
     def fit(
@@ -73,8 +81,13 @@ def register(app: typer.Typer) -> None:
         from nsdbench.nsd import open_nsd
 
         nsd = open_nsd(data)
-        model = fit_encoder(nsd, subject, str(config.get("split", split)), str(config.get("weights", weights_mode)),
-                            device=_device(device))
+        model = fit_encoder(
+            nsd,
+            subject,
+            str(config.get("split", split)),
+            str(config.get("weights", weights_mode)),
+            device=_device(device),
+        )
         meta = dict(model.meta, path=str(model.path) if model.path else None)
         if as_json:
             print(json.dumps(meta, indent=2, sort_keys=True))

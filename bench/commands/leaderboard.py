@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import typer
-from nsdbench.commands.score import parse_subjects, resolve_device
-from nsdbench.errors import MetricDrift, UsageError
 from rich.console import Console
 from rich.table import Table
+
+from nsdbench.commands.score import parse_subjects, resolve_device
+from nsdbench.errors import MetricDrift, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -24,16 +25,28 @@ def register(app: typer.Typer) -> None:
     def leaderboard_cmd(
         split: str = typer.Option(None, "--split", help="Test split (default: the protocol's)."),
         protocol: str = typer.Option(None, "--protocol", help="Protocol (default: config, nsdbench-v1)."),
-        subjects: str = typer.Option(None, "--subjects", help="Only runs covering these subjects; mean over them."),
-        metric: str = typer.Option(None, "--metric", help="Comma-separated metrics to show (default: all scored)."),
+        subjects: str = typer.Option(
+            None, "--subjects", help="Only runs covering these subjects; mean over them."
+        ),
+        metric: str = typer.Option(
+            None, "--metric", help="Comma-separated metrics to show (default: all scored)."
+        ),
         fmt: str = typer.Option("table", "--format", help="table|md|csv|json|latex|html."),
-        include_smoke: bool = typer.Option(False, "--include-smoke", help="Show random/tiny-weight runs too."),
+        include_smoke: bool = typer.Option(
+            False, "--include-smoke", help="Show random/tiny-weight runs too."
+        ),
         run: list[str] = typer.Option(None, "--run", help="Use this run for its method (repeatable)."),
-        best_by: str = typer.Option(None, "--best-by", help="Pick each method's run by this metric (default: latest)."),
-        reported: bool = typer.Option(True, "--reported/--no-reported", help="Published rows beside reproduced."),
+        best_by: str = typer.Option(
+            None, "--best-by", help="Pick each method's run by this metric (default: latest)."
+        ),
+        reported: bool = typer.Option(
+            True, "--reported/--no-reported", help="Published rows beside reproduced."
+        ),
         per_subject: bool = typer.Option(True, "--per-subject/--no-per-subject", help="Per-subject tables."),
         digits: int = typer.Option(3, "--digits", min=1, max=8),
-        db: Path = typer.Option(None, "--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb)."),
+        db: Path = typer.Option(
+            None, "--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb)."
+        ),
         output: Path = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
     ) -> None:
         """One row per method (mean [95% CI]), columns in the papers' order, reported rows marked."""
@@ -43,9 +56,18 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in FORMATS:
             raise UsageError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
-        board = build_leaderboard(Store(db), split=split, protocol=protocol, subjects=parse_subjects(subjects),
-                                  metrics=_metrics(metric), include_smoke=include_smoke, runs=run, best_by=best_by,
-                                  reported=reported, per_subject=per_subject)
+        board = build_leaderboard(
+            Store(db),
+            split=split,
+            protocol=protocol,
+            subjects=parse_subjects(subjects),
+            metrics=_metrics(metric),
+            include_smoke=include_smoke,
+            runs=run,
+            best_by=best_by,
+            reported=reported,
+            per_subject=per_subject,
+        )
         if output is not None:
             output.write_text(render(board, fmt, digits))
             err.print(f"wrote {output}")
@@ -54,7 +76,7 @@ def register(app: typer.Typer) -> None:
             for t in rich_tables(board, digits):
                 wide.print(t)
             for n in board.notes:
-                err.print(n)
+                err.print(n, markup=False)
         else:
             print(render(board, fmt, digits), end="")
 
@@ -78,15 +100,24 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(res, indent=2))
             return
-        t = Table(title=f"{res['method_a']} ({res['run_a']}) − {res['method_b']} ({res['run_b']}) · {res['protocol']}",
-                  title_justify="left")
+        t = Table(
+            title=f"{res['method_a']} ({res['run_a']}) − {res['method_b']} ({res['run_b']}) · {res['protocol']}",
+            title_justify="left",
+        )
         for c in ("metric", "n", "A", "B", "A − B [95% CI]", "p", "better"):
             t.add_column(c, justify="left" if c == "metric" else "right")
         for r in res["rows"]:
             sig = r["ci_lo"] > 0 or r["ci_hi"] < 0
             better = ("A" if (r["diff"] > 0) == r["higher_is_better"] else "B") if sig else "–"
-            t.add_row(LABELS.get(r["metric"], r["metric"]), str(r["n"]), f"{r['mean_a']:.4f}", f"{r['mean_b']:.4f}",
-                      f"{r['diff']:+.4f} [{r['ci_lo']:+.4f}, {r['ci_hi']:+.4f}]", f"{r['p_value']:.4f}", better)
+            t.add_row(
+                LABELS.get(r["metric"], r["metric"]),
+                str(r["n"]),
+                f"{r['mean_a']:.4f}",
+                f"{r['mean_b']:.4f}",
+                f"{r['diff']:+.4f} [{r['ci_lo']:+.4f}, {r['ci_hi']:+.4f}]",
+                f"{r['p_value']:.4f}",
+                better,
+            )
         out.print(t)
 
     runs = typer.Typer(help="Recorded runs.", no_args_is_help=True)
@@ -100,7 +131,17 @@ def register(app: typer.Typer) -> None:
         from nsdbench.leaderboards.store import Store
 
         df = Store(db).runs(include_smoke=True)
-        cols = ["id", "kind", "method", "subjects", "split", "protocol", "weights_mode", "smoke", "created_at"]
+        cols = [
+            "id",
+            "kind",
+            "method",
+            "subjects",
+            "split",
+            "protocol",
+            "weights_mode",
+            "smoke",
+            "created_at",
+        ]
         if as_json:
             print(df[cols].to_json(orient="records", date_format="iso", indent=2) if len(df) else "[]")
             return
@@ -134,7 +175,9 @@ def register(app: typer.Typer) -> None:
         for k, v in info.items():
             t.add_row(k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v))
         out.print(t)
-        out.print(run_summary_table(single_run_board(store, info["id"])))
+        (out if out.is_terminal else Console(highlight=False, width=200)).print(
+            run_summary_table(single_run_board(store, info["id"]))
+        )
 
     @runs.command("delete")
     def runs_delete(
@@ -156,22 +199,38 @@ def register(app: typer.Typer) -> None:
 
     @app.command("drift")
     def drift_cmd(
-        golden: Path = typer.Option(None, "--golden", help="Golden file (default: the shipped synthetic/tiny one)."),
-        update: bool = typer.Option(False, "--update", help="Rewrite the expected values after a deliberate change."),
+        golden: Path = typer.Option(
+            None, "--golden", help="Golden file (default: the shipped synthetic/tiny one)."
+        ),
+        update: bool = typer.Option(
+            False, "--update", help="Rewrite the expected values after a deliberate change."
+        ),
         create: bool = typer.Option(False, "--create", help="Make a new golden file at --golden."),
-        data: str = typer.Option(None, "--data", help="NSD root or 'synthetic' (default: the golden file's)."),
-        submission: Path = typer.Option(None, "--submission", help="--create: reconstructions to freeze (else blur)."),
+        data: str = typer.Option(
+            None, "--data", help="NSD root or 'synthetic' (default: the golden file's)."
+        ),
+        submission: Path = typer.Option(
+            None, "--submission", help="--create: reconstructions to freeze (else blur)."
+        ),
         fmt: str = typer.Option(None, "--format", help="--create: submission format (default: detect)."),
         order: str = typer.Option(None, "--order", help="--create: order for arrays without ids."),
         split: str = typer.Option(None, "--split", help="--create: test split (default: the protocol's)."),
-        protocols: str = typer.Option("nsdbench-v1", "--protocols", help="--create: comma-separated protocols."),
+        protocols: str = typer.Option(
+            "nsdbench-v1", "--protocols", help="--create: comma-separated protocols."
+        ),
         subjects: str = typer.Option("1", "--subjects", help="--create: subjects."),
         weights_mode: str = typer.Option("pretrained", "--weights", help="--create: pretrained|random|tiny."),
-        max_images: int = typer.Option(None, "--max-images", min=2, help="--create: first N ids per subject."),
+        max_images: int = typer.Option(
+            None, "--max-images", min=2, help="--create: first N ids per subject."
+        ),
         radius: int = typer.Option(3, "--radius", min=0, help="--create without --submission: blur radius."),
         brain: bool = typer.Option(False, "--brain/--no-brain", help="--create: include brain correlation."),
-        tol_float64: float = typer.Option(1e-6, "--tol-float64", help="--create: tolerance, float64 pixel metrics."),
-        tol_network: float = typer.Option(1e-4, "--tol-network", help="--create: tolerance, network metrics."),
+        tol_float64: float = typer.Option(
+            1e-6, "--tol-float64", help="--create: tolerance, float64 pixel metrics."
+        ),
+        tol_network: float = typer.Option(
+            1e-4, "--tol-network", help="--create: tolerance, network metrics."
+        ),
         device: str = typer.Option("cpu", "--device", help="cpu|cuda|auto."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ) -> None:
@@ -184,10 +243,23 @@ def register(app: typer.Typer) -> None:
             if golden is None:
                 raise UsageError("--create needs --golden FILE (where to write the golden file)")
             report = drift.create_golden(
-                golden, data=data, split=split, protocols=tuple(_metrics(protocols) or ()), subjects=parse_subjects(subjects) or (1,),
-                weights_mode=weights.check_mode(weights_mode), submission=submission, submission_format=fmt,
-                order=order, blur_radius=radius, max_images=max_images, brain=brain, tol_float64=tol_float64,
-                tol_network=tol_network, device=dev, progress=True)
+                golden,
+                data=data,
+                split=split,
+                protocols=tuple(_metrics(protocols) or ()),
+                subjects=parse_subjects(subjects) or (1,),
+                weights_mode=weights.check_mode(weights_mode),
+                submission=submission,
+                submission_format=fmt,
+                order=order,
+                blur_radius=radius,
+                max_images=max_images,
+                brain=brain,
+                tol_float64=tol_float64,
+                tol_network=tol_network,
+                device=dev,
+                progress=True,
+            )
         else:
             report = drift.check(golden, update=update, data=data, device=dev, progress=True)
         if as_json:
@@ -195,22 +267,34 @@ def register(app: typer.Typer) -> None:
         else:
             t = Table(title=f"drift check · {report.golden}", title_justify="left")
             for c in ("protocol", "subject", "metric", "expected", "actual", "|diff|", "tolerance", "status"):
-                t.add_column(c, justify="left" if c in ("protocol", "subject", "metric", "status") else "right")
+                t.add_column(
+                    c, justify="left" if c in ("protocol", "subject", "metric", "status") else "right"
+                )
             bad = {(d.protocol, d.subject, d.metric) for d in report.deviations}
             for c in report.checked:
                 e, a = c["expected"], c["actual"]
                 diff = abs(a - e) if e is not None and a is not None else None
-                t.add_row(c["protocol"], c["subject"], c["metric"], _num(e), _num(a), _num(diff, ".2e"), f"{c['tolerance']:g}",
-                          "[red]DRIFT[/]" if (c["protocol"], c["subject"], c["metric"]) in bad else "ok")
+                t.add_row(
+                    c["protocol"],
+                    c["subject"],
+                    c["metric"],
+                    _num(e),
+                    _num(a),
+                    _num(diff, ".2e"),
+                    f"{c['tolerance']:g}",
+                    "[red]DRIFT[/]" if (c["protocol"], c["subject"], c["metric"]) in bad else "ok",
+                )
             (out if out.is_terminal else Console(highlight=False, width=160)).print(t)
             for d in report.deviations:
-                err.print(f"drift: {d.line()}")
+                err.print(f"drift: {d.line()}", markup=False)
         if report.updated:
             err.print(f"{'created' if create else 'updated'} {report.golden}")
             return
         if report.deviations:
-            raise MetricDrift(f"{len(report.deviations)} value(s) beyond tolerance in {report.golden} "
-                              f"(listed above; `nsdbench drift --update` after a deliberate change)")
+            raise MetricDrift(
+                f"{len(report.deviations)} value(s) beyond tolerance in {report.golden} "
+                f"(listed above; `nsdbench drift --update` after a deliberate change)"
+            )
         err.print(f"no drift: {len(report.checked)} values within tolerance")
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from nsdbench.errors import UsageError
 from rich.console import Console
 from rich.table import Table
+
+from nsdbench.errors import UsageError
 
 out = Console()
 err = Console(stderr=True)
@@ -79,8 +80,8 @@ def build_spec(
         )
     for s in subj:
         get_split(nsd, split_name, s)  # UsageError when the split is not available for this dataset
-    if mode == "pretrained":
-        for name in m.required_weights:
+    if mode == "pretrained":  # fail now, not after hours of reconstruction
+        for name in (*m.required_weights, *protocol_artifacts(proto)):
             weights.require(name)
     spec = RunSpec(
         method=m.name,
@@ -99,6 +100,18 @@ def build_spec(
         nsdbench_version=nsdbench.__version__,
     )
     return spec, nsd
+
+
+def protocol_artifacts(proto: Any) -> list[str]:
+    """The pretrained artifacts the protocol's feature metrics load (nsdbench.metrics.networks)."""
+    from nsdbench.metrics.networks import ARTIFACT_OF
+
+    names = []
+    for metric in proto.metrics:
+        key = (getattr(metric, "network", None), getattr(metric, "weights", None))
+        if key in ARTIFACT_OF and ARTIFACT_OF[key] not in names:
+            names.append(ARTIFACT_OF[key])
+    return names
 
 
 def register(app: typer.Typer) -> None:
@@ -142,6 +155,10 @@ def register(app: typer.Typer) -> None:
         shard_size: Annotated[int, typer.Option("--shard-size", help="Test images per shard.")] = 100,
         db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database.")] = None,
         ingest: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Record the finished run.")] = True,
+        fit_only: Annotated[
+            bool,
+            typer.Option("--fit-only", help="Only fit (and cache) the decoders of this worker's subjects."),
+        ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
         """Run a method end to end: fit, reconstruct the test split with fixed seeds, score, record."""
@@ -153,6 +170,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
         if executor == "ray" and shard:
             raise UsageError("--shard and --executor ray exclude each other (Ray runs every shard)")
+        if executor == "ray" and fit_only:
+            raise UsageError("--fit-only is for in-process workers (Ray fits each subject first by itself)")
         if executor != "ray" and address:
             raise UsageError("--address is only used with --executor ray")
         worker = resolve_worker(shard) if executor == "inprocess" else None
@@ -163,13 +182,28 @@ def register(app: typer.Typer) -> None:
         prepare_run_dir(run_dir, spec)
         who = f"worker {worker.k}/{worker.n} ({worker.source})" if worker and worker.sharded else executor
         log_event(run_dir, f"start {who} resume={resume}")
-        err.print(f"run {spec.run_id} → {run_dir} ({who})", highlight=False, soft_wrap=True)
+        from nsdbench.runner import data_label, open_data
+
+        err.print(
+            f"run {spec.run_id} → {run_dir} ({who}; data: {data_label(open_data(spec.data), spec.data)})",
+            highlight=False,
+            soft_wrap=True,
+        )
         with RichProgress() as progress:
             if executor == "ray":
                 result = run_ray(run_dir, spec, address=address, progress=progress, force=not resume)
             else:
-                result = run_inprocess(run_dir, spec, worker, progress=progress, force=not resume)
+                result = run_inprocess(
+                    run_dir, spec, worker, progress=progress, force=not resume, fit_only=fit_only
+                )
         ingested: Any = None
+        if fit_only:
+            mine = list(spec.subjects)[worker.k :: worker.n] if worker else []
+            if as_json:
+                print(json.dumps({"run_id": spec.run_id, "run_dir": str(run_dir), "fitted_subjects": mine}))
+            else:
+                out.print(f"{who}: fitted subjects {','.join(map(str, mine)) or 'none'}", highlight=False)
+            return
         if result.all_complete and ingest and not (worker and worker.sharded):
             ingested = ingest_run(run_dir, db)
         doc = {

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from nsdbench import config
-from nsdbench.errors import InvalidSubmission, UsageError
 from rich.console import Console
 from rich.markup import escape
+
+from nsdbench import config
+from nsdbench.errors import InvalidSubmission, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -23,7 +24,9 @@ def parse_subjects(value: str | None) -> tuple[int, ...] | None:
     try:
         subjects = tuple(sorted({int(x) for x in value.replace(" ", "").split(",") if x}))
     except ValueError:
-        raise UsageError(f"--subjects expects a comma-separated list of subject numbers, got {value!r}") from None
+        raise UsageError(
+            f"--subjects expects a comma-separated list of subject numbers, got {value!r}"
+        ) from None
     if not subjects or min(subjects) < 1:
         raise UsageError(f"--subjects expects subject numbers >= 1, got {value!r}")
     return subjects
@@ -50,12 +53,22 @@ def _print_problems(problems: list, as_json: bool, path: Path) -> None:
 
     n_err = len(errors(problems))
     if as_json:
-        print(json.dumps({"submission": str(path), "valid": n_err == 0, "errors": n_err,
-                          "warnings": len(problems) - n_err, "problems": [p.as_dict() for p in problems]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "submission": str(path),
+                    "valid": n_err == 0,
+                    "errors": n_err,
+                    "warnings": len(problems) - n_err,
+                    "problems": [p.as_dict() for p in problems],
+                },
+                indent=2,
+            )
+        )
         return
     for p in problems:
         style = "red" if p.severity == "error" else "yellow"
-        out.print(f"[{style}]{p.severity}[/]{escape(p.line()[len(p.severity):])}", markup=True)
+        out.print(f"[{style}]{p.severity}[/]{escape(p.line()[len(p.severity) :])}", markup=True)
 
 
 def _validated(path: Path, fmt, order, ids, subjects, split_name, nsd, as_json: bool, quiet_ok: bool = False):
@@ -70,16 +83,28 @@ def _validated(path: Path, fmt, order, ids, subjects, split_name, nsd, as_json: 
         sub.close()
         raise InvalidSubmission(f"{path}: {len(bad)} problem(s) listed above; nothing was scored")
     if not as_json and not quiet_ok:
-        out.print(f"{path}: valid ({sub.fmt}, {len(sub.entries)} reconstructions, subjects "
-                  f"{', '.join(map(str, subjects or sub.subjects))}, split {split_name})")
+        out.print(
+            f"{path}: valid ({sub.fmt}, {len(sub.entries)} reconstructions, subjects "
+            f"{', '.join(map(str, subjects or sub.subjects))}, split {split_name})"
+        )
     return sub, problems
 
 
-def score_run_id(sub_sha: str, method: str, subjects: tuple[int, ...], split: str, protocol: Any, weights_mode: str,
-                 brain: bool | None, data: str) -> str:
+def score_run_id(
+    sub_sha: str,
+    method: str,
+    subjects: tuple[int, ...],
+    split: str,
+    protocol: Any,
+    weights_mode: str,
+    brain: bool | None,
+    data: str,
+) -> str:
     """Deterministic: rescoring the same submission the same way names (and records) the same run."""
-    key = json.dumps([sub_sha, method, list(subjects), split, protocol.name, protocol.hash, weights_mode,
-                      brain, data], sort_keys=True)
+    key = json.dumps(
+        [sub_sha, method, list(subjects), split, protocol.name, protocol.hash, weights_mode, brain, data],
+        sort_keys=True,
+    )
     return "score-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -87,13 +112,23 @@ def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate_cmd(
         submission: Path = typer.Argument(..., help="Submission folder or file."),
-        subjects: str = typer.Option(None, "--subjects", help="Subjects to check, e.g. 1,2,5,7 (default: all present)."),
+        subjects: str = typer.Option(
+            None, "--subjects", help="Subjects to check, e.g. 1,2,5,7 (default: all present)."
+        ),
         split: str = typer.Option(None, "--split", help="Test split (default: the protocol's)."),
-        protocol: str = typer.Option(None, "--protocol", help="Protocol whose split is used (default: config)."),
+        protocol: str = typer.Option(
+            None, "--protocol", help="Protocol whose split is used (default: config)."
+        ),
         data: str = typer.Option(None, "--data", help="NSD root, or 'synthetic'."),
-        fmt: str = typer.Option(None, "--format", help="folder|manifest|npy|npz|pt|hdf5|tar (default: detect)."),
-        order: str = typer.Option(None, "--order", help="Arrays without ids: nsd-ascending|first-presentation."),
-        ids: Path = typer.Option(None, "--ids", help="Arrays without ids: file with one 0-based NSD id per row."),
+        fmt: str = typer.Option(
+            None, "--format", help="folder|manifest|npy|npz|pt|hdf5|tar (default: detect)."
+        ),
+        order: str = typer.Option(
+            None, "--order", help="Arrays without ids: nsd-ascending|first-presentation."
+        ),
+        ids: Path = typer.Option(
+            None, "--ids", help="Arrays without ids: file with one 0-based NSD id per row."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ) -> None:
         """Check a submission without scoring it: every problem with its id, expected vs actual (exit 3)."""
@@ -108,19 +143,34 @@ def register(app: typer.Typer) -> None:
     @app.command("score")
     def score_cmd(
         submission: Path = typer.Argument(..., help="Submission folder or file."),
-        subjects: str = typer.Option(None, "--subjects", help="Subjects to score, e.g. 1,2,5,7 (default: all present)."),
+        subjects: str = typer.Option(
+            None, "--subjects", help="Subjects to score, e.g. 1,2,5,7 (default: all present)."
+        ),
         split: str = typer.Option(None, "--split", help="Test split (default: the protocol's)."),
-        protocol: str = typer.Option(None, "--protocol", help="Metric protocol (default: config, nsdbench-v1)."),
-        method_name: str = typer.Option(None, "--method-name", help="Leaderboard name (default: the file/folder name)."),
+        protocol: str = typer.Option(
+            None, "--protocol", help="Metric protocol (default: config, nsdbench-v1)."
+        ),
+        method_name: str = typer.Option(
+            None, "--method-name", help="Leaderboard name (default: the file/folder name)."
+        ),
         data: str = typer.Option(None, "--data", help="NSD root, or 'synthetic'."),
         weights_mode: str = typer.Option(None, "--weights", help="pretrained|random|tiny (default: config)."),
         device: str = typer.Option(None, "--device", help="cpu|cuda|auto (default: config)."),
-        brain: bool = typer.Option(None, "--brain/--no-brain",
-                                   help="Brain correlation (default: on when an encoder can be built)."),
-        fmt: str = typer.Option(None, "--format", help="folder|manifest|npy|npz|pt|hdf5|tar (default: detect)."),
-        order: str = typer.Option(None, "--order", help="Arrays without ids: nsd-ascending|first-presentation."),
-        ids: Path = typer.Option(None, "--ids", help="Arrays without ids: file with one 0-based NSD id per row."),
-        db: Path = typer.Option(None, "--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb)."),
+        brain: bool = typer.Option(
+            None, "--brain/--no-brain", help="Brain correlation (default: on when an encoder can be built)."
+        ),
+        fmt: str = typer.Option(
+            None, "--format", help="folder|manifest|npy|npz|pt|hdf5|tar (default: detect)."
+        ),
+        order: str = typer.Option(
+            None, "--order", help="Arrays without ids: nsd-ascending|first-presentation."
+        ),
+        ids: Path = typer.Option(
+            None, "--ids", help="Arrays without ids: file with one 0-based NSD id per row."
+        ),
+        db: Path = typer.Option(
+            None, "--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb)."
+        ),
         work_dir: Path = typer.Option(None, "--work-dir", help="Where per-subject score files go."),
         batch_size: int = typer.Option(32, "--batch-size", min=1),
         n_resamples: int = typer.Option(2000, "--bootstrap", min=10, help="Bootstrap resamples for the CIs."),
@@ -146,7 +196,7 @@ def register(app: typer.Typer) -> None:
         with sub:
             warnings_ = [p for p in problems if p.severity == "warning"]
             for p in warnings_:
-                err.print(p.line())
+                err.print(p.line(), markup=False)
             subj = subj or tuple(sub.subjects)
             method = method_name or submission.name.split(".")[0]
             data_id = str(Path(nsd.root).resolve())
@@ -169,19 +219,50 @@ def register(app: typer.Typer) -> None:
                     target, note = brain_target(nsd, s, split_name, mode, brain)
                     if note:
                         notes.append(note)
-                        err.print(note)
+                        err.print(note, markup=False)
                 used_brain = used_brain or target is not None
-                err.print(f"scoring subject {s} ({len(sub.entries_for(s))} reconstructions, {proto.name}, {mode} "
-                          f"weights, {dev})")
-                paths.append(score_images_to_parquet(
-                    nsd, s, split_name, proto, sub.images(s), mode, dev, path, run_id, brain=target,
-                    batch_size=batch_size, progress=True, extra_meta={"submission_sha256": sub_sha}))
+                err.print(
+                    f"scoring subject {s} ({len(sub.entries_for(s))} reconstructions, {proto.name}, {mode} "
+                    f"weights, {dev})"
+                )
+                paths.append(
+                    score_images_to_parquet(
+                        nsd,
+                        s,
+                        split_name,
+                        proto,
+                        sub.images(s),
+                        mode,
+                        dev,
+                        path,
+                        run_id,
+                        brain=target,
+                        batch_size=batch_size,
+                        progress=True,
+                        extra_meta={"submission_sha256": sub_sha},
+                    )
+                )
             record = store.new_run_record(
-                kind="score", method=method, subjects=subj, split=split_name, protocol=proto, weights_mode=mode,
-                run_id=run_id, device=dev, submission_sha256=sub_sha, data=data_id, brain=used_brain,
-                config={"submission": str(submission.resolve()), "format": sub.fmt, "order": order,
-                        "ids": str(ids) if ids else None, "n_resamples": n_resamples, "batch_size": batch_size,
-                        "notes": notes},
+                kind="score",
+                method=method,
+                subjects=subj,
+                split=split_name,
+                protocol=proto,
+                weights_mode=mode,
+                run_id=run_id,
+                device=dev,
+                submission_sha256=sub_sha,
+                data=data_id,
+                brain=used_brain,
+                config={
+                    "submission": str(submission.resolve()),
+                    "format": sub.fmt,
+                    "order": order,
+                    "ids": str(ids) if ids else None,
+                    "n_resamples": n_resamples,
+                    "batch_size": batch_size,
+                    "notes": notes,
+                },
             )
             result = store.ingest(record, paths, n_resamples=n_resamples)
             _report(store, run_id, as_json, inserted=result.inserted)
@@ -194,9 +275,13 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option(None, "--data", help="NSD root, or 'synthetic'."),
         split: str = typer.Option(None, "--split", help="Test split (default: config)."),
         subjects: str = typer.Option(None, "--subjects", help="Subjects (default: all in the data)."),
-        transform: str = typer.Option("blur", "--transform", help="blur|identity|shuffle of the ground truth."),
+        transform: str = typer.Option(
+            "blur", "--transform", help="blur|identity|shuffle of the ground truth."
+        ),
         radius: int = typer.Option(3, "--radius", min=0, help="Box-blur radius in pixels."),
-        samples: int = typer.Option(1, "--samples", min=1, help="Samples per image (blur radius grows by one)."),
+        samples: int = typer.Option(
+            1, "--samples", min=1, help="Samples per image (blur radius grows by one)."
+        ),
         fmt: str = typer.Option("folder", "--format", help="folder|manifest|npy|npz|pt|hdf5|tar."),
         limit: int = typer.Option(None, "--limit", min=2, help="Only the first N test ids per subject."),
     ) -> None:
@@ -209,8 +294,10 @@ def register(app: typer.Typer) -> None:
         subj = parse_subjects(subjects) or tuple(nsd.subjects)
         images = demo_images(nsd, split_name, subj, transform, radius, samples, limit)
         path = write_submission(images, out_path, fmt)
-        out.print(f"wrote {len(images)} reconstructions ({transform}, {fmt}) for subjects "
-                  f"{', '.join(map(str, subj))} to {path}")
+        out.print(
+            f"wrote {len(images)} reconstructions ({transform}, {fmt}) for subjects "
+            f"{', '.join(map(str, subj))} to {path}"
+        )
 
     app.add_typer(demo, name="submission")
 
@@ -221,11 +308,22 @@ def _report(store: Any, run_id: str, as_json: bool, inserted: bool) -> None:
 
     board = single_run_board(store, run_id)
     if as_json:
-        print(json.dumps({"run_id": run_id, "recorded": inserted, "already_recorded": not inserted,
-                          "db": str(store.path), **board.to_dict()}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "recorded": inserted,
+                    "already_recorded": not inserted,
+                    "db": str(store.path),
+                    **board.to_dict(),
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
-    out.print(run_summary_table(board))
+    (out if out.is_terminal else Console(highlight=False, width=200)).print(run_summary_table(board))
     for n in board.notes:
-        err.print(n)
+        err.print(n, markup=False)
     state = "recorded" if inserted else "already recorded (nothing changed)"
     out.print(f"run {run_id} {state} in {store.path}")

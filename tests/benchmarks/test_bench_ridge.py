@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 import pytest
+
 from nsdbench.methods.ridge import RidgeSettings, fit_predict
 
 SCALE = float(os.environ.get("NSDBENCH_BENCH_SCALE", "0") or 0)
@@ -38,7 +39,9 @@ def problem():
     X = rng.standard_normal((s["n"], s["p"]))
     Xt = rng.standard_normal((s["n_test"], s["p"]))
     W = rng.standard_normal((s["p"], s["tokens"] * s["dims"])) / np.sqrt(s["p"])
-    Y = (X @ W + rng.standard_normal((s["n"], s["tokens"] * s["dims"]))).reshape(s["n"], s["tokens"], s["dims"])
+    Y = (X @ W + rng.standard_normal((s["n"], s["tokens"] * s["dims"]))).reshape(
+        s["n"], s["tokens"], s["dims"]
+    )
     return X, Y, Xt
 
 

@@ -41,10 +41,10 @@ def aggregate_scores(images: pd.DataFrame, n_resamples: int = 2000, seed: int = 
     Per subject: the mean over images (the published statistic) and its bootstrap CI over images.
     Mean row: the mean of the subject means. When all subjects share the same images (the NSD test
     splits), images are resampled jointly: the bootstrap runs over the per-image subject mean.
-    NaN values (a metric undefined for an image) are left out and `n` says how many remained.
+    NaN or inf values (a metric undefined for an image) are left out and `n` says how many remained.
     """
     rows: list[dict] = []
-    df = images.dropna(subset=["value"])
+    df = images[np.isfinite(images["value"].astype(np.float64))]
     for metric, mdf in df.groupby("metric", sort=True):
         per_subject: dict[int, pd.Series] = {}
         for subject, sdf in mdf.groupby("subject", sort=True):

@@ -182,7 +182,10 @@ class RidgePixels:
         size, roi = int(s["size"]), str(s["roi"])
         x_train = train.betas("train", roi=roi)
         x_test = train.betas("test", roi=roi)
-        y_train = downsample(train.train_images(), size).reshape(len(x_train), -1)
+        ids = train.train_ids  # in chunks: the real training set at 425 px would need ~5 GB at once
+        y_train = np.concatenate(
+            [downsample(train.images(ids[i : i + 256]), size) for i in range(0, len(ids), 256)]
+        ).reshape(len(x_train), -1)
         # the whole test set is predicted at once and cached by content hash (nsdbench.methods.ridge):
         # every shard reads the same predictions, whatever the sharding
         pred = _ridge_fit_predict(

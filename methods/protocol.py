@@ -100,7 +100,8 @@ class SubjectData:
         return self.betas("test", roi, normalize)[rows]
 
     def train_images(self) -> np.ndarray:
-        """Training stimuli, uint8 (n_train, H, W, 3), rows aligned with train_ids."""
+        """Training stimuli, uint8 (n_train, H, W, 3), rows aligned with train_ids (kept in memory: on the
+        real NSD this is ~5 GB at 425 px; prefer `images` over chunks of train_ids)."""
         key = ("train_images",)
         if key not in self._cache:
             self._cache[key] = self.nsd.images(list(self.train_ids))

@@ -15,17 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from nsdbench.errors import DataError, UsageError
+from nsdbench.metrics.names import BRAIN_ROIS  # metric name -> ROI key of NSD.roi_voxel_masks
 
-# metric name -> ROI key of NSD.roi_voxel_masks (same table as nsdbench.metrics.names.BRAIN_ROIS)
-BRAIN_ROIS: dict[str, str] = {
-    "bc_v1": "V1",
-    "bc_v2": "V2",
-    "bc_v3": "V3",
-    "bc_v4": "V4",
-    "bc_early": "early",
-    "bc_higher_vis": "higher_vis",
-    "bc_nsdgeneral": "nsdgeneral",
-}
+__all__ = ["BRAIN_ROIS", "BrainTarget", "brain_correlation", "load_brain_target", "pearson_rows"]
 
 
 def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -103,6 +103,19 @@ def _write(kind: str, payload, root: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def populated_db(tmp_path_factory) -> Path:
+    """A leaderboard that already holds a run: hostile submissions must leave its bytes unchanged."""
+    from test_leaderboard_store import record, write_fake_run
+
+    from nsdbench.leaderboards.store import Store
+
+    tmp = tmp_path_factory.mktemp("hostile-db")
+    store = Store(tmp / "lb.duckdb")
+    store.ingest(record(store, "kept"), write_fake_run(tmp, "kept"), n_resamples=50)
+    return store.path
+
+
 def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
@@ -113,12 +126,12 @@ def _digest(path: Path) -> str | None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(sub=submissions)
-def test_malformed_submissions_fail_cleanly(sub, small_root, capsys):
+def test_malformed_submissions_fail_cleanly(sub, small_root, populated_db, capsys):
     kind, payload = sub
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         path = _write(kind, payload, root)
-        db = root / "lb.duckdb"
+        db = populated_db
         before = _digest(db)
         rc = main(
             [
@@ -141,5 +154,5 @@ def test_malformed_submissions_fail_cleanly(sub, small_root, capsys):
         assert rc in (2, 3), (kind, rc, cap.err[-500:])
         assert "Traceback" not in cap.out + cap.err
         assert cap.err.strip().splitlines()[-1].startswith("error:")
-        assert _digest(db) == before  # nothing recorded (no database created)
+        assert _digest(db) == before  # nothing recorded, the file untouched
         assert not any(p.name == "evil.png" for p in root.parent.iterdir())

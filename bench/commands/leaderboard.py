@@ -16,6 +16,11 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _wide() -> Console:
+    """stdout console; when not a terminal, wide enough that tables are not squeezed."""
+    return out if out.is_terminal else Console(highlight=False, width=200)
+
+
 def _metrics(value: str | None) -> list[str] | None:
     return [m.strip() for m in value.split(",") if m.strip()] if value else None
 
@@ -118,7 +123,7 @@ def register(app: typer.Typer) -> None:
                 f"{r['p_value']:.4f}",
                 better,
             )
-        out.print(t)
+        _wide().print(t)
 
     runs = typer.Typer(help="Recorded runs.", no_args_is_help=True)
 
@@ -150,7 +155,7 @@ def register(app: typer.Typer) -> None:
             t.add_column(c)
         for r in df.to_dict("records"):
             t.add_row(*[str(r[c]) for c in cols])
-        out.print(t)
+        _wide().print(t)
 
     @runs.command("show")
     def runs_show(

@@ -164,7 +164,15 @@ def register(app: typer.Typer) -> None:
         """Run a method end to end: fit, reconstruct the test split with fixed seeds, score, record."""
         from nsdbench import config
         from nsdbench.executors import EXECUTORS, resolve_worker, run_inprocess, run_ray
-        from nsdbench.runner import RichProgress, ingest_run, log_event, prepare_run_dir
+        from nsdbench.nsd.splits import get_split
+        from nsdbench.runner import (
+            RichProgress,
+            data_label,
+            ingest_run,
+            log_event,
+            make_shards,
+            prepare_run_dir,
+        )
 
         if executor not in EXECUTORS:
             raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
@@ -175,17 +183,18 @@ def register(app: typer.Typer) -> None:
         if executor != "ray" and address:
             raise UsageError("--address is only used with --executor ray")
         worker = resolve_worker(shard) if executor == "inprocess" else None
-        spec, _ = build_spec(
+        spec, nsd = build_spec(
             method, subjects, split, samples, seed, protocol, data, weights_mode, device, variant, shard_size
+        )
+        n_shards = len(
+            make_shards({s: get_split(nsd, spec.split, s).test_ids for s in spec.subjects}, shard_size)
         )
         run_dir = (out_dir or config.home() / "runs" / spec.run_id).expanduser().resolve()
         prepare_run_dir(run_dir, spec)
         who = f"worker {worker.k}/{worker.n} ({worker.source})" if worker and worker.sharded else executor
         log_event(run_dir, f"start {who} resume={resume}")
-        from nsdbench.runner import data_label, open_data
-
         err.print(
-            f"run {spec.run_id} → {run_dir} ({who}; data: {data_label(open_data(spec.data), spec.data)})",
+            f"run {spec.run_id} → {run_dir} ({who}; {n_shards} shards; data: {data_label(nsd, spec.data)})",
             highlight=False,
             soft_wrap=True,
         )
@@ -212,6 +221,7 @@ def register(app: typer.Typer) -> None:
             "method": spec.method,
             "subjects": list(spec.subjects),
             "smoke": spec.smoke,
+            "shards_total": n_shards,
             "shards_run": result.shards_run,
             "images_written": result.images_written,
             "complete": result.all_complete,

@@ -81,7 +81,8 @@ def _validated(path: Path, fmt, order, ids, subjects, split_name, nsd, as_json: 
         _print_problems(problems, as_json, path)
     if bad:
         sub.close()
-        raise InvalidSubmission(f"{path}: {len(bad)} problem(s) listed above; nothing was scored")
+        tail = "" if quiet_ok is False else "; nothing was scored"
+        raise InvalidSubmission(f"{path}: {len(bad)} problem(s) listed above{tail}")
     if not as_json and not quiet_ok:
         out.print(
             f"{path}: valid ({sub.fmt}, {len(sub.entries)} reconstructions, subjects "

@@ -248,11 +248,18 @@ def run_ray(
             s: score.remote(rd, s, force, *[shard_refs[sh.name] for sh in shards if sh.subject == s])
             for s in spec.subjects
         }
-        progress.start("ray-shards", f"ray: {len(shards)} shards", len(shards), unit="shard")
-        progress.start(
-            "ray-score", f"ray: score {len(spec.subjects)} subjects", len(spec.subjects), unit="subj"
-        )
+        # the same bars as in-process: per subject, per stage (fit, reconstruct, score)
+        n_items = {s: 0 for s in spec.subjects}
+        for sh in shards:
+            n_items[sh.subject] += len(sh.items(spec.samples))
+        for s in spec.subjects:
+            progress.start(f"fit-{s}", f"subj{s:02d} fit", 1, unit="fit")
+            progress.start(f"rec-{s}", f"subj{s:02d} reconstruct", n_items[s])
+            progress.start(f"score-{s}", f"subj{s:02d} score", n_items[s])
+        by_name = {sh.name: sh for sh in shards}
+        # fits are waited on too: a fit that fails with a user-facing error is reported, not swallowed
         pending = {
+            **{ref: ("fit", s) for s, ref in fits.items()},
             **{ref: ("shard", name) for name, ref in shard_refs.items()},
             **{ref: ("score", s) for s, ref in score_refs.items()},
         }
@@ -267,13 +274,20 @@ def run_ray(
                     out = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a task that failed after all its retries
                     last = (str(exc).strip().splitlines() or [""])[-1]
-                    out = {"ok": False, "error": f"{name}: {type(exc).__name__}: {last}"}
+                    label = name if kind == "shard" else f"subj{name:02d} {kind}"
+                    out = {"ok": False, "error": f"{label}: {type(exc).__name__}: {last}"}
                 if not out.get("ok"):
                     if not out.get("upstream"):
                         errors.append(out["error"])
+                    continue
+                if kind == "fit":
+                    progress.advance(f"fit-{name}", 1)
                 elif kind == "shard":
                     written += int(out.get("written", 0))
-                progress.advance("ray-shards" if kind == "shard" else "ray-score", 1)
+                    shard = by_name[name]
+                    progress.advance(f"rec-{shard.subject}", len(shard.items(spec.samples)))
+                else:
+                    progress.advance(f"score-{name}", n_items[name])
         from nsdbench.runner import log_event
 
         log_event(

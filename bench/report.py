@@ -130,17 +130,24 @@ def choose_ids(data: ReportData, n: int, seed: int, ids: Sequence[int] | None = 
     only on (candidates, n, seed).
     """
     subjects = data.subjects
-    if ids is not None:
-        pinned = list(dict.fromkeys(int(i) for i in ids))
-        return {s: pinned for s in subjects}
-    if n <= 0:
-        raise UsageError(f"--n must be positive (got {n})")
     scores = data.image_scores
     candidates = {
         s: np.union1d(scores.loc[scores["subject"] == s, "nsd_id"].to_numpy(dtype=np.int64),
                       np.asarray(sorted(data.unscored_ids.get(s, ())), dtype=np.int64))
         for s in subjects
     }
+    if ids is not None:
+        pinned = list(dict.fromkeys(int(i) for i in ids))
+        known = set().union(*(c.tolist() for c in candidates.values())) if candidates else set()
+        unknown = [i for i in pinned if i not in known]
+        if unknown:
+            raise UsageError(
+                f"--ids: NSD id {unknown[0]} is not an image of run(s) {', '.join(r.run_id for r in data.runs)} "
+                f"(subjects {', '.join(map(str, subjects))}); expected ids of their test images"
+            )
+        return {s: pinned for s in subjects}
+    if n <= 0:
+        raise UsageError(f"--n must be positive (got {n})")
     common = None
     for s in subjects:
         common = candidates[s] if common is None else np.intersect1d(common, candidates[s])

@@ -497,8 +497,8 @@ def _isnan(v: Any) -> bool:
 
 def _generated_at() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    now = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch and epoch.isdigit()
-           else _dt.datetime.now(_dt.timezone.utc))
+    now = (_dt.datetime.fromtimestamp(int(epoch), _dt.UTC) if epoch and epoch.isdigit()
+           else _dt.datetime.now(_dt.UTC))
     return now.strftime("%Y-%m-%d %H:%M UTC")
 
 

@@ -23,20 +23,22 @@ import os
 import socket
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
 from nsdbench.errors import DataError, NSDBenchError, UsageError
 
 SPEC_FILE = "spec.toml"
 LOG_FILE = "run.log"
 SPEC_FORMAT = 1
+# how the work is cut, not what it produces: part of the folder's spec, not of the run's identity (run_id)
+EXECUTION_FIELDS = ("shard_size",)
 
 
 # ---------------------------------------------------------------------------------------------- spec
@@ -78,8 +80,11 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """Deterministic: the same spec is the same run (ingesting it twice records it once)."""
-        return f"{self.method}{'-' + self.variant if self.variant else ''}-{self.hash[:12]}"
+        """Deterministic: the same spec is the same run (ingesting it twice records it once), whatever
+        the shard size it was cut into."""
+        outputs = {k: v for k, v in self.identity().items() if k not in EXECUTION_FIELDS}
+        digest = hashlib.sha256(json.dumps(outputs, sort_keys=True).encode()).hexdigest()
+        return f"{self.method}{'-' + self.variant if self.variant else ''}-{digest[:12]}"
 
     @property
     def smoke(self) -> bool:
@@ -103,7 +108,7 @@ def write_spec(run_dir: Path, spec: RunSpec) -> None:
         "format": SPEC_FORMAT,
         "run_id": spec.run_id,
         "spec_hash": spec.hash,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "spec": spec.identity(),
     }
     atomic_write_bytes(run_dir / SPEC_FILE, tomli_w.dumps(doc).encode())
@@ -213,7 +218,7 @@ def sha256_file(path: Path) -> str | None:
 
 def log_event(run_dir: Path, message: str) -> None:
     """Append one line to run.log (one write call, so concurrent workers do not interleave lines)."""
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     line = f"{stamp} {socket.gethostname()}:{os.getpid()} {message}\n".encode()
     fd = os.open(Path(run_dir) / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -310,6 +315,8 @@ class Progress:
 
     def advance(self, key: str, n: int = 1) -> None: ...
 
+    def set_total(self, key: str, total: int | None, unit: str = "img") -> None: ...
+
     def finish(self, key: str) -> None: ...
 
     def message(self, text: str) -> None: ...
@@ -320,7 +327,13 @@ class RichProgress(Progress):
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         from rich.progress import Progress as RP
 
         class Rate(TextColumn):
@@ -340,6 +353,7 @@ class RichProgress(Progress):
             BarColumn(),
             MofNCompleteColumn(),
             Rate(),
+            TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
             transient=False,
@@ -364,6 +378,11 @@ class RichProgress(Progress):
     def advance(self, key: str, n: int = 1) -> None:
         if key in self.tasks:
             self.bars.advance(self.tasks[key], n)
+
+    def set_total(self, key: str, total: int | None, unit: str = "img") -> None:
+        if key in self.tasks:
+            self.totals[key] = total
+            self.bars.update(self.tasks[key], total=total, unit=unit)
 
     def finish(self, key: str) -> None:
         if key in self.tasks:
@@ -428,6 +447,7 @@ class RunSession:
         from nsdbench.methods.protocol import FitCache, RunContext
 
         adv = (lambda n, k=progress_key: self.progress.advance(k, n)) if progress_key else None
+        total = (lambda t, u, k=progress_key: self.progress.set_total(k, t, u)) if progress_key else None
         return RunContext(
             method=self.spec.method,
             subject=subject,
@@ -440,6 +460,7 @@ class RunSession:
             settings=dict(self.spec.settings),
             cache=FitCache(config.cache_dir("methods", self.spec.method)),
             progress=adv,
+            progress_total=total,
         )
 
     # -- stages ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,7 @@ def score_images_to_parquet(
         "n_images": int(result.per_image["nsd_id"].nunique()) if len(result.per_image) else 0,
         "n_reconstructions": len(images),
         "provenance": getattr(result, "provenance", {}) or {},
-        "written_at": datetime.now(timezone.utc).isoformat(),
+        "written_at": datetime.now(UTC).isoformat(),
         **(extra_meta or {}),
     }
     return write_scores_parquet(df, Path(out_path), meta)

@@ -13,10 +13,9 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
-from typing_extensions import Self
 
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.submission_formats import (

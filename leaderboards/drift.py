@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -265,7 +265,7 @@ def _created() -> dict[str, str]:
 
     env = environment()
     return {
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "nsdbench_version": env["nsdbench_version"],
         "torch_version": env["torch_version"],
     }

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ class RunRecord:
             d[key] = json.dumps(d[key], sort_keys=True, default=str)
         d["smoke"] = self.smoke
         d["created_at"] = _parse_ts(self.created_at)
-        d["recorded_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
+        d["recorded_at"] = datetime.now(UTC).replace(tzinfo=None)
         d["status"] = status
         return d
 
@@ -132,9 +132,9 @@ class IngestResult:
 
 def _parse_ts(value: str) -> datetime:
     if not value:
-        return datetime.now(timezone.utc).replace(tzinfo=None)
+        return datetime.now(UTC).replace(tzinfo=None)
     ts = datetime.fromisoformat(value)
-    return ts.astimezone(timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
 
 
 def _git_sha() -> str:
@@ -270,7 +270,7 @@ class Store:
             protocol_version=version,
             protocol_hash=phash,
             weights_mode=weights_mode,
-            created_at=fields.pop("created_at", "") or datetime.now(timezone.utc).isoformat(),
+            created_at=fields.pop("created_at", "") or datetime.now(UTC).isoformat(),
             **env,
             **fields,
         )

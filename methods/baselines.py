@@ -94,16 +94,24 @@ def rowwise_correlation_argmax(pred: np.ndarray, measured: np.ndarray, block: in
 
 
 @dataclass(frozen=True)
-class GroundTruth:
-    """The stimulus itself: the upper bound of every metric."""
+class _Baseline:
+    """The Method fields every baseline shares: no paper, no pretrained weights, one sample, no variants."""
 
-    name: str = "ground-truth"
-    description: str = "The test stimulus itself (upper bound of every metric)."
+    name: str = ""
+    description: str = ""
     paper: str = ""
     version: str = "1"
     required_weights: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=lambda: _frozen({"samples": 1}))
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
+
+
+@dataclass(frozen=True)
+class GroundTruth(_Baseline):
+    """The stimulus itself: the upper bound of every metric."""
+
+    name: str = "ground-truth"
+    description: str = "The test stimulus itself (upper bound of every metric)."
 
     def fit(self, train: SubjectData, ctx: RunContext) -> None:
         return None
@@ -118,16 +126,11 @@ class GroundTruth:
 
 
 @dataclass(frozen=True)
-class Shuffled:
+class Shuffled(_Baseline):
     """Another test image: a fixed derangement of the subject's test set, one per sample (chance level)."""
 
     name: str = "shuffled"
     description: str = "Another test image, by a fixed seeded derangement of the test set (chance level)."
-    paper: str = ""
-    version: str = "1"
-    required_weights: tuple[str, ...] = ()
-    defaults: Mapping[str, Any] = field(default_factory=lambda: _frozen({"samples": 1}))
-    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, dict[int, int]]:
         test_ids = np.asarray(train.test_ids)
@@ -150,7 +153,7 @@ class Shuffled:
 
 
 @dataclass(frozen=True)
-class RidgePixels:
+class RidgePixels(_Baseline):
     """Linear decoding of a downsampled image from nsdgeneral betas (ridge, alpha by cross-validation)."""
 
     name: str = "ridge-pixels"
@@ -158,9 +161,6 @@ class RidgePixels:
         "Ridge regression from z-scored nsdgeneral betas to a 32x32 RGB image (alpha chosen by 5-fold "
         "cross-validation on the training split), upsampled bicubically to the NSD image size."
     )
-    paper: str = ""
-    version: str = "1"
-    required_weights: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = field(
         default_factory=lambda: _frozen(
             {
@@ -180,6 +180,7 @@ class RidgePixels:
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, np.ndarray]:
         s = ctx.settings
         size, roi = int(s["size"]), str(s["roi"])
+        ctx.set_total(1, unit="fit")
         x_train = train.betas("train", roi=roi)
         x_test = train.betas("test", roi=roi)
         ids = train.train_ids  # in chunks: the real training set at 425 px would need ~5 GB at once
@@ -221,7 +222,7 @@ def _ridge_fit_predict(
 
 
 @dataclass(frozen=True)
-class BestLibraryImage:
+class BestLibraryImage(_Baseline):
     """The unseen NSD image whose predicted betas (encoding model) correlate best with the measured ones."""
 
     name: str = "best-library-image"
@@ -233,10 +234,8 @@ class BestLibraryImage:
         "Kneeland et al. 2023, Second Sight ('Best Library Image'); "
         "Kneeland et al. CCN 2023 ('Best COCO Image')"
     )
-    version: str = "1"
-    required_weights: tuple[str, ...] = ()  # the encoding model's weights are registered by metrics.encoder
+    # required_weights: none of its own; the encoding model's weights are registered by metrics.encoder
     defaults: Mapping[str, Any] = field(default_factory=lambda: _frozen({"samples": 1, "batch_size": 64}))
-    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
 
     def library_ids(self, train: SubjectData) -> np.ndarray:
         """Every NSD id the subject never saw (ascending)."""
@@ -262,6 +261,7 @@ class BestLibraryImage:
         batch = int(ctx.settings["batch_size"])
 
         def compute() -> dict[str, np.ndarray]:
+            ctx.set_total(len(lib), unit="img")
             preds = []
             for start in range(0, len(lib), batch):
                 ids = lib[start : start + batch]

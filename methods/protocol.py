@@ -194,6 +194,7 @@ class RunContext:
     settings: Mapping[str, Any] = field(default_factory=dict)
     cache: FitCache | None = None
     progress: Callable[[int], None] | None = None  # advance the current stage's progress bar
+    progress_total: Callable[[int | None, str], None] | None = None  # set that bar's total and unit
 
     def seed(self, nsd_id: int, sample: int) -> int:
         return seeds.image_seed(self.base_seed, self.method, self.subject, nsd_id, sample)
@@ -205,8 +206,14 @@ class RunContext:
         return seeds.torch_generator(self.seed(nsd_id, sample), self.device)
 
     def advance(self, n: int = 1) -> None:
+        """Advance the current stage's progress bar by n units."""
         if self.progress is not None:
             self.progress(n)
+
+    def set_total(self, total: int | None, unit: str = "img") -> None:
+        """Announce how many units the current stage will advance by, so the bar shows a rate and an ETA."""
+        if self.progress_total is not None:
+            self.progress_total(total, unit)
 
     def items(self, nsd_ids: Iterable[int]) -> list[TestItem]:
         """All samples of the given ids as TestItems (id-major)."""
@@ -229,7 +236,8 @@ class Method(Protocol):
     variants: Mapping[str, Mapping[str, Any]]  # named setting overrides (ablations)
 
     def fit(self, train: SubjectData, ctx: RunContext) -> Any:
-        """Fit the decoders for one subject (cache them through ctx.cache)."""
+        """Fit the decoders for one subject (cache them through ctx.cache; report long loops with
+        ctx.set_total and ctx.advance)."""
         ...
 
     def reconstruct(

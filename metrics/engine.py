@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
 from nsdbench import weights as weights_mod
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.metrics import distances, features_cache, identification, pixel
@@ -178,9 +179,15 @@ def _validate(gt_ids, gt_images, rec_ids, rec_samples, rec_images) -> _Inputs:
 
 
 @contextlib.contextmanager
-def deterministic_mode(allow_tf32: bool = False) -> Iterator[dict[str, Any]]:
-    """Precision/determinism flags for the duration of scoring; the previous state is restored."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+def deterministic_mode(device: str = "cpu", allow_tf32: bool = False) -> Iterator[dict[str, Any]]:
+    """Precision/determinism flags for the duration of scoring; the previous state is restored.
+
+    CPU kernels are deterministic already; on CUDA, cuDNN is made deterministic, benchmarking and TF32
+    are turned off and torch's deterministic algorithms are requested (warning where none exists).
+    """
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     saved = (
         torch.backends.cudnn.deterministic,
         torch.backends.cudnn.benchmark,
@@ -193,14 +200,15 @@ def deterministic_mode(allow_tf32: bool = False) -> Iterator[dict[str, Any]]:
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if cuda:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield {
             "cudnn_deterministic": True,
             "cudnn_benchmark": False,
             "tf32": allow_tf32,
-            "deterministic_algorithms": "on (warn_only)",
-            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            "deterministic_algorithms": "on (warn_only)" if cuda else "cpu kernels (deterministic)",
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG") if cuda else None,
         }
     finally:
         (
@@ -211,7 +219,8 @@ def deterministic_mode(allow_tf32: bool = False) -> Iterator[dict[str, Any]]:
             det,
             warn,
         ) = saved
-        torch.use_deterministic_algorithms(det, warn_only=warn)
+        if cuda:
+            torch.use_deterministic_algorithms(det, warn_only=warn)
 
 
 # --------------------------------------------------------------------------- feature passes
@@ -249,7 +258,8 @@ class _Forwarder:
         if head.shape[0] < self.chunk:
             pad = head.new_zeros((self.chunk - head.shape[0], *head.shape[1:]))
             head = torch.cat([head, pad])
-        x = normalize(to_float(head, torch.float32), self.kind)
+        # contiguous NCHW like a DataLoader batch (not the channels-last strides of the HWC->CHW permute)
+        x = normalize(to_float(head, torch.float32), self.kind).contiguous()
         _sync(x.device)
         t0 = _now()
         saved = torch.backends.cuda.matmul.allow_tf32
@@ -391,7 +401,7 @@ def score_protocols(
     ids = inputs.gt_ids
     n = len(ids)
 
-    with deterministic_mode() as flags, _progress(progress) as bar:
+    with deterministic_mode(dev) as flags, _progress(progress) as bar:
         networks: dict[FeaturePass, Any] = {}
         net_info: dict[str, dict[str, Any]] = {}
         for fp in list(plan.gt_passes) + list(plan.rec_passes):

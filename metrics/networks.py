@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+from torch import nn
+
 from nsdbench import weights
 from nsdbench.errors import NSDBenchError, UsageError
-from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -9,9 +9,10 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from PIL import Image
+
 from nsdbench.errors import UsageError
 from nsdbench.metrics.protocols import Chain, ResizeStep
-from PIL import Image
 
 _PIL_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -78,9 +79,9 @@ def apply_chain(
             raise UsageError(
                 f"images of different sizes {sorted(shapes)} and no resize step to equalize them"
             )
-        return torch.from_numpy(np.stack(items)).to(device).permute(0, 3, 1, 2)
+        return torch.from_numpy(np.stack(items)).to(device).permute(0, 3, 1, 2).contiguous()
     if len(shapes) == 1:
-        x = torch.from_numpy(np.stack(items)).to(device).permute(0, 3, 1, 2).float().div(255)
+        x = torch.from_numpy(np.stack(items)).to(device).permute(0, 3, 1, 2).contiguous().float().div(255)
         for s in torch_steps:
             x = torch_resize(x, s)
         return x

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("NSDBENCH_HOME", tempfile.mkdtemp(prefix="nsdbench-bench-"))
     import torch
+
     from nsdbench.metrics import engine
     from nsdbench.metrics.protocols import PROTOCOLS
 

@@ -7,20 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
+from test_score_fixtures import small_root_fixture  # noqa: F401
 
 from nsdbench.cli import main
 from nsdbench.nsd import open_nsd
 from nsdbench.submission_writers import demo_images, write_submission
-
-SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}
-
-
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nsdbench.nsd.synth import synthesize
-
-    return synthesize(tmp_path_factory.getbasetemp() / "h4-small-nsd", seed=0, **SMALL)
 
 
 def _drift(capsys, *args: str) -> tuple[int, dict]:
@@ -30,24 +21,15 @@ def _drift(capsys, *args: str) -> tuple[int, dict]:
     return rc, json.loads(cap.out)
 
 
+def _create(capsys, golden: Path, root: Path, subject: int, *extra: str) -> tuple[int, dict]:
+    """`drift --create` with tiny weights on the first 5 test images of one subject."""
+    args = ["--golden", str(golden), "--data", str(root), "--weights", "tiny", "--max-images", "5"]
+    return _drift(capsys, "--create", *args, "--subjects", str(subject), *extra)
+
+
 def test_golden_roundtrip_tamper_and_update(small_root, tmp_path, capsys):
     golden = tmp_path / "golden.json"
-    rc, doc = _drift(
-        capsys,
-        "--create",
-        "--golden",
-        str(golden),
-        "--data",
-        str(small_root),
-        "--weights",
-        "tiny",
-        "--subjects",
-        "1",
-        "--max-images",
-        "5",
-        "--radius",
-        "6",
-    )
+    rc, doc = _create(capsys, golden, small_root, 1, "--radius", "6")
     assert rc == 0 and doc["updated"] and doc["deviations"] == []
     spec = json.loads(golden.read_text())
     expected = dict(spec["expected"]["nsdbench-v1"]["1"])
@@ -70,6 +52,8 @@ def test_golden_roundtrip_tamper_and_update(small_root, tmp_path, capsys):
     spec["expected"]["nsdbench-v1"]["1"]["ssim"] += 5e-7  # within it
     spec["expected"]["nsdbench-v1"]["1"]["effnet_b"] += 5e-5  # within the 1e-4 network tolerance
     spec["expected"]["nsdbench-v1"]["1"]["swav"] += 2e-4  # beyond it
+    spec["expected"]["nsdbench-v1"]["1"]["alexnet7"] += 5e-4  # beyond it too, but within its override:
+    spec["tolerance"]["overrides"] = {"alexnet7": 1e-3}
     spec["protocols"]["nsdbench-v1"]["hash"] = "0000"
     golden.write_text(json.dumps(spec))
     rc, doc = _drift(capsys, "--golden", str(golden))
@@ -79,6 +63,7 @@ def test_golden_roundtrip_tamper_and_update(small_root, tmp_path, capsys):
     pix = next(d for d in doc["deviations"] if d["metric"] == "pixcorr")
     assert pix["tolerance"] == 1e-6 and abs(pix["expected"] - pix["actual"] - 1e-5) < 1e-9
     assert len(doc["checked"]) == 10
+    assert next(c for c in doc["checked"] if c["metric"] == "alexnet7")["tolerance"] == 1e-3
 
     rc = main(["drift", "--golden", str(golden)])  # the human-readable form lists each one
     err = capsys.readouterr().err
@@ -98,24 +83,7 @@ def test_golden_from_a_submission_detects_changed_reconstructions(small_root, tm
     images = demo_images(nsd, "nsd982", [2], "blur", radius=4, limit=None)
     sub = write_submission(images, tmp_path / "recons.npz", "npz")
     golden = tmp_path / "mine.json"
-    rc, doc = _drift(
-        capsys,
-        "--create",
-        "--golden",
-        str(golden),
-        "--data",
-        str(small_root),
-        "--weights",
-        "tiny",
-        "--subjects",
-        "2",
-        "--max-images",
-        "5",
-        "--submission",
-        str(sub),
-        "--protocols",
-        "brain-diffuser-2023",
-    )
+    rc, doc = _create(capsys, golden, small_root, 2, "--submission", str(sub), "--protocols", "brain-diffuser-2023")
     assert rc == 0
     spec = json.loads(golden.read_text())
     assert spec["reconstructions"] == {"kind": "file", "path": "mine.npz"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nsdbench.errors import UsageError
 from nsdbench.metrics.bootstrap import bootstrap_ci, paired_bootstrap
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.metrics import engine
 from nsdbench.metrics.protocols import BrainMetric, FeatureMetric, PixelMetric, Protocol, ResizeStep

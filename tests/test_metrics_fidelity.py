@@ -16,13 +16,14 @@ import torch
 import torchvision
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from nsdbench.metrics import engine
-from nsdbench.metrics.networks import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_network
-from nsdbench.metrics.protocols import PROTOCOLS, Protocol
 from PIL import Image
 from scipy.spatial.distance import correlation as scipy_correlation
 from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity as ssim
+
+from nsdbench.metrics import engine
+from nsdbench.metrics.networks import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_network
+from nsdbench.metrics.protocols import PROTOCOLS, Protocol
 
 TOL = 1e-6
 N = 4

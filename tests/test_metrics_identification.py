@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import correlation as scipy_correlation
+
 from nsdbench.errors import InvalidSubmission
 from nsdbench.metrics import distances, identification
-from scipy.spatial.distance import correlation as scipy_correlation
 
 TOL = 1e-6
 

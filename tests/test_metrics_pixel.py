@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nsdbench.metrics import pixel
 from scipy.ndimage import gaussian_filter1d
 from skimage.color import rgb2gray as sk_rgb2gray
 from skimage.metrics import structural_similarity
+
+from nsdbench.metrics import pixel
 
 TOL = 1e-6  # float64 paths
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+
 from nsdbench.cli import main
 from nsdbench.errors import UsageError
 from nsdbench.metrics.names import HIGHER_IS_BETTER, LABELS, METRIC_ORDER

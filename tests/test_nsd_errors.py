@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.io
+
 from nsdbench.errors import DataError, UsageError
 from nsdbench.nsd import NSD
 from nsdbench.nsd import layout as L

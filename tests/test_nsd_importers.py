@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
 from nsdbench.errors import DataError
 from nsdbench.nsd import layout as L
 from nsdbench.nsd.importers import import_brain_diffuser, import_mindeye2

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.io
+
 from nsdbench.nsd import NSD, open_nsd
 from nsdbench.nsd import layout as L
 

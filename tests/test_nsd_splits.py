@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from nsdbench.errors import DataError, UsageError
 from nsdbench.nsd import layout as L
 from nsdbench.nsd.splits import (

@@ -99,6 +99,9 @@ def test_choose_ids_is_seeded_shared_and_pinnable(nsd):
     assert choose_ids(data, n=8, seed=3, ids=[ids[5], ids[2], ids[5]]) == {1: [ids[5], ids[2]], 2: [ids[5], ids[2]]}
     with pytest.raises(UsageError):
         choose_ids(data, n=0, seed=0)
+    outside = max(ids) + 1
+    with pytest.raises(UsageError, match=f"NSD id {outside} is not an image of run"):
+        choose_ids(data, n=8, seed=3, ids=[ids[0], outside])
 
 
 def test_extremes_follow_metric_direction_with_stable_ties(nsd):

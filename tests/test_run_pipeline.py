@@ -8,6 +8,7 @@ through a worker setup hook (a module written next to the test data).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from nsdbench.errors import NSDBenchError
 from nsdbench.executors import Worker, run_inprocess
 from nsdbench.methods import baselines
 from nsdbench.runner import (
+    Progress,
     RunSession,
     encode_png,
     ingest_run,
@@ -83,10 +85,20 @@ HOOK_SOURCE = textwrap.dedent(
             yield
 
 
+    @dataclass(frozen=True)
+    class BrokenFit(baselines.Shuffled):
+        \"\"\"Its fit fails with a user-facing error: the run must report it, not finish silently.\"\"\"
+
+        name: str = "h5-test-broken-fit"
+
+        def fit(self, train, ctx):
+            raise NSDBenchError(f"no decoder for subject {ctx.subject}")
+
+
     def setup():
         P.PROTOCOLS.setdefault(FAST.name, FAST)
         registry.list_methods()
-        for cls in (Flaky, Broken):
+        for cls in (Flaky, Broken, BrokenFit):
             registry.register_method(cls, source="test hook")
     """
 ).replace("FAST_NAME", FAST)
@@ -107,7 +119,7 @@ def hook_dir(tmp_path_factory) -> Path:
     protocols.PROTOCOLS.pop(FAST, None)
     from nsdbench.methods import registry
 
-    for name in ("h5-test-flaky", "h5-test-broken"):
+    for name in ("h5-test-flaky", "h5-test-broken", "h5-test-broken-fit"):
         registry.unregister_method(name)
 
 
@@ -129,10 +141,35 @@ def _spec(method: str, data: Path, shard_size: int = SHARD_SIZE, **kw):
     return spec
 
 
-def _run(method: str, data: Path, out: Path, worker: Worker | None = None, **kw):
+def _run(method: str, data: Path, out: Path, worker: Worker | None = None, progress=None, **kw):
     spec = _spec(method, data, **kw)
     prepare_run_dir(out, spec)
-    return spec, run_inprocess(out, spec, worker or Worker())
+    return spec, run_inprocess(out, spec, worker or Worker(), progress=progress)
+
+
+def _argv(method: str, data: Path, out: Path, *extra: str) -> list[str]:
+    """`nsdbench run` of one subject with the test protocol and shard size."""
+    return ["run", "--method", method, "--subjects", str(SUBJECT), "--data", str(data), "--weights", "tiny",
+            "--protocol", FAST, "--shard-size", str(SHARD_SIZE), "--device", "cpu", "--out", str(out),
+            *extra]  # fmt: skip
+
+
+class Recorder(Progress):
+    """Records what the runner reports: totals per bar and units advanced per bar."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, tuple[int | None, str]] = {}
+        self.done: dict[str, int] = {}
+
+    def start(self, key, description, total, unit="img"):
+        self.totals[key] = (total, unit)
+        self.done[key] = 0
+
+    def set_total(self, key, total, unit="img"):
+        self.totals[key] = (total, unit)
+
+    def advance(self, key, n=1):
+        self.done[key] += n
 
 
 def _files(run_dir: Path) -> dict[str, bytes]:
@@ -159,30 +196,7 @@ def ridge_run(hook_dir, synth_root, tmp_path_factory) -> tuple[Path, object]:
 def shuffled_run(hook_dir, synth_root, tmp_path_factory) -> Path:
     """shuffled through the CLI, recorded in a leaderboard database."""
     base = tmp_path_factory.mktemp("shuffled")
-    rc = main(
-        [
-            "run",
-            "--method",
-            "shuffled",
-            "--subjects",
-            str(SUBJECT),
-            "--data",
-            str(synth_root),
-            "--weights",
-            "tiny",
-            "--protocol",
-            FAST,
-            "--shard-size",
-            str(SHARD_SIZE),
-            "--device",
-            "cpu",
-            "--out",
-            str(base / "run"),
-            "--db",
-            str(base / "lb.duckdb"),
-        ]
-    )
-    assert rc == 0
+    assert main(_argv("shuffled", synth_root, base / "run", "--db", str(base / "lb.duckdb"))) == 0
     return base / "run"
 
 
@@ -227,6 +241,34 @@ def test_resume_after_kill_gives_identical_files_and_scores(shuffled_run, synth_
     assert again.images_written == 0
 
 
+def test_ctrl_c_exits_130_in_one_line_and_the_rerun_resumes(
+    shuffled_run, synth_root, tmp_path, monkeypatch, capsys
+):
+    out, db = tmp_path / "run", tmp_path / "lb.duckdb"
+    original = baselines.Shuffled.reconstruct
+    produced = []
+
+    def interrupted(self, items, fitted, ctx):
+        for item in original(self, items, fitted, ctx):
+            if len(produced) == 40:  # Ctrl-C in the middle of the second shard
+                raise KeyboardInterrupt
+            produced.append(item[:2])
+            yield item
+
+    monkeypatch.setattr(baselines.Shuffled, "reconstruct", interrupted)
+    assert main(_argv("shuffled", synth_root, out, "--db", str(db))) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: interrupted") and "rerun the same command to resume" in err, err
+    assert "interrupted" in (out / "run.log").read_text().splitlines()[-1]
+    monkeypatch.setattr(baselines.Shuffled, "reconstruct", original)
+
+    assert main(_argv("shuffled", synth_root, out, "--db", str(db), "--json")) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["images_written"] == 91 - 40 and doc["complete"] and doc["ingested"]
+    assert _files(out) == _files(shuffled_run)
+    pd.testing.assert_frame_equal(_scores(out), _scores(shuffled_run))
+
+
 def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, tmp_path):
     ref, spec = ridge_run
     three = tmp_path / "three"
@@ -257,7 +299,8 @@ def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, t
         runtime_env={"env_vars": env, "worker_process_setup_hook": f"{HOOK_MODULE}.setup"},
     )
     try:
-        result = run_ray(out, spec)
+        progress = Recorder()
+        result = run_ray(out, spec, progress=progress)
         # every shard of the flaky adapter fails once and is retried by Ray
         flaky = _spec("h5-test-flaky", synth_root)
         prepare_run_dir(tmp_path / "flaky", flaky)
@@ -267,9 +310,17 @@ def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, t
         prepare_run_dir(tmp_path / "broken", broken)
         with pytest.raises(NSDBenchError, match=r"4 task\(s\) failed \(first: subj01-\d+: broken adapter"):
             run_ray(tmp_path / "broken", broken)
+        # a fit that fails is reported (its shards and scoring are skipped, not counted again)
+        broken_fit = _spec("h5-test-broken-fit", synth_root)
+        prepare_run_dir(tmp_path / "broken-fit", broken_fit)
+        with pytest.raises(NSDBenchError, match=r"1 task\(s\) failed \(first: subj01 fit: no decoder for"):
+            run_ray(tmp_path / "broken-fit", broken_fit)
     finally:
         ray.shutdown()
     assert result.all_complete and result.images_written == 91
+    # the same bars as in-process: per subject and stage, each run to its total
+    assert progress.totals == {"fit-1": (1, "fit"), "rec-1": (91, "img"), "score-1": (91, "img")}
+    assert progress.done == {"fit-1": 1, "rec-1": 91, "score-1": 91}
     assert _files(out) == _files(ref)
     pd.testing.assert_frame_equal(_scores(out), _scores(ref))
     assert flaky_result.all_complete and flaky_result.images_written == 91
@@ -394,29 +445,7 @@ def test_split_not_available_for_the_dataset_exits_2(synth_root, tmp_path, capsy
 
 def test_resume_into_folder_of_another_run_exits_2(ridge_run, synth_root, capsys):
     run_dir, _ = ridge_run
-    rc = main(
-        [
-            "run",
-            "--method",
-            "ridge-pixels",
-            "--subjects",
-            "1",
-            "--seed",
-            "5",
-            "--data",
-            str(synth_root),
-            "--weights",
-            "tiny",
-            "--protocol",
-            FAST,
-            "--shard-size",
-            str(SHARD_SIZE),
-            "--device",
-            "cpu",
-            "--out",
-            str(run_dir),
-        ]
-    )
+    rc = main(_argv("ridge-pixels", synth_root, run_dir, "--seed", "5"))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "holds a different run (seed: 0 there, 5 now)" in err
 
@@ -470,9 +499,17 @@ def test_per_image_seeds_do_not_depend_on_batch_order_or_shards(hook_dir, synth_
 def test_baselines_beat_shuffled_with_disjoint_bootstrap_cis(ridge_run, shuffled_run, synth_root, tmp_path):
     from nsdbench.metrics.bootstrap import bootstrap_ci
 
+    from nsdbench import config
+
     library_dir = tmp_path / "library"
-    _, result = _run("best-library-image", synth_root, library_dir)
+    shutil.rmtree(config.cache_dir("methods", "best-library-image"))  # the fit must run, not be read
+    progress = Recorder()
+    spec, result = _run("best-library-image", synth_root, library_dir, progress=progress)
     assert result.all_complete
+    # every stage reports a total it reaches: the library scan has an ETA, not a spinner
+    n_library = len(baselines.BestLibraryImage().library_ids(RunSession(library_dir, spec).subject_data(1)))
+    assert progress.totals["fit-1"] == (n_library, "img") and progress.done["fit-1"] == n_library
+    assert progress.totals["rec-1"] == (91, "img") and progress.done["rec-1"] == 91
     chance = _scores(shuffled_run).query("level == 'image'")
     for name, run_dir in (("ridge-pixels", ridge_run[0]), ("best-library-image", library_dir)):
         scores = _scores(run_dir).query("level == 'image'")
@@ -484,27 +521,7 @@ def test_baselines_beat_shuffled_with_disjoint_bootstrap_cis(ridge_run, shuffled
 
 def test_slurm_array_then_ingest(shuffled_run, synth_root, tmp_path, monkeypatch, capsys):
     out, db = tmp_path / "run", tmp_path / "lb.duckdb"
-    argv = [
-        "run",
-        "--method",
-        "shuffled",
-        "--subjects",
-        str(SUBJECT),
-        "--data",
-        str(synth_root),
-        "--weights",
-        "tiny",
-        "--protocol",
-        FAST,
-        "--shard-size",
-        str(SHARD_SIZE),
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        "--db",
-        str(db),
-    ]
+    argv = _argv("shuffled", synth_root, out, "--db", str(db))
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
     for task in (3, 1, 2):  # array tasks finish in any order

@@ -109,6 +109,8 @@ def test_run_id_is_deterministic_and_spec_sensitive():
     assert _spec().run_id == _spec().run_id
     assert _spec().run_id.startswith("ground-truth-")
     assert _spec(samples=2).run_id != _spec().run_id
+    # how the work is cut is not what it produces: same run id, but a folder keeps one shard size
+    assert _spec(shard_size=7).run_id == _spec().run_id and _spec(shard_size=7).hash != _spec().hash
     assert _spec(variant="16px").run_id.startswith("ground-truth-16px-")
 
 

@@ -8,21 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_score_fixtures import small_root_fixture  # noqa: F401
 
 from nsdbench.cli import main
 from nsdbench.leaderboards.store import Store
 from nsdbench.nsd import open_nsd
 from nsdbench.submission_writers import demo_images, write_submission
 
-SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}
 SCORE = ["--weights", "tiny", "--no-brain", "--bootstrap", "200", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nsdbench.nsd.synth import synthesize
-
-    return synthesize(tmp_path_factory.getbasetemp() / "h4-small-nsd", seed=0, **SMALL)
 
 
 @pytest.fixture(scope="module")

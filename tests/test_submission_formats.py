@@ -11,21 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_score_fixtures import small_root_fixture  # noqa: F401
 
 from nsdbench.cli import main
 from nsdbench.nsd import open_nsd
 from nsdbench.nsd.splits import get_split
 from nsdbench.submission import errors, load_submission, validate
 from nsdbench.submission_writers import box_blur, demo_images, write_submission
-
-SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}  # 8 test images per subject in nsd982
-
-
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nsdbench.nsd.synth import synthesize
-
-    return synthesize(tmp_path_factory.getbasetemp() / "h4-small-nsd", seed=0, **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +50,17 @@ def test_every_format_reads_back_the_exact_images(fmt, suffix, images, nsd, tmp_
     for key, img in images.items():
         assert got[key].dtype == np.uint8 and np.array_equal(got[key], img), key
 
+
+def test_parquet_manifest_reads_like_the_csv_one(images, nsd, tmp_path):
+    import pandas as pd
+
+    root = write_submission(images, tmp_path / "m", "manifest")
+    csv = root / "manifest.csv"
+    pd.read_csv(csv).to_parquet(root / "manifest.parquet", index=False)
+    csv.unlink()
+    got, problems = _load_all(root, nsd)
+    assert problems == [] and set(got) == set(images)
+    assert all(np.array_equal(got[k], images[k]) for k in images)
 
 def test_mindeye2_style_float_chw_tensor_in_ascending_order(images, nsd, tmp_path):
     one = {k: v for k, v in images.items() if k[0] == 1 and k[2] == 0}
@@ -310,6 +313,11 @@ def test_usage_errors_exit_2(small_root, tmp_path, capsys):
     (tmp_path / "x.bin").write_bytes(b"1")
     rc = main(["validate", str(tmp_path / "x.bin"), "--data", str(small_root)])
     assert rc == 2 and "unknown submission format" in capsys.readouterr().err
+    rc = main(["validate", str(tmp_path / "x.bin"), "--data", str(small_root), "--split", "nsd555"])
+    assert rc == 2 and "unknown split 'nsd555'" in capsys.readouterr().err
+    rc = main(["score", str(tmp_path / "x.bin"), "--data", str(small_root), "--weights", "tiny", "--device", "tpu"])
+    cap = capsys.readouterr()
+    assert rc == 2 and "unknown device 'tpu'" in cap.err and "Traceback" not in cap.err
 
 
 def test_validate_json_lists_problems(images, small_root, tmp_path, capsys):

@@ -13,18 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_score_fixtures import small_root_fixture  # noqa: F401
 
 from nsdbench.cli import main
-
-SMALL = {"shared": 12, "missing_shared": 2, "sessions": 2}
-
-
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nsdbench.nsd.synth import synthesize
-
-    return synthesize(tmp_path_factory.getbasetemp() / "h4-small-nsd", seed=0, **SMALL)
-
 
 NASTY_PATHS = [
     "../x.png",

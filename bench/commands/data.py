@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from nsdbench.errors import NSDBenchError
 from rich.console import Console
 from rich.table import Table
+
+from nsdbench.errors import NSDBenchError
 
 out = Console()
 err = Console(stderr=True)
@@ -153,7 +154,7 @@ def register(app: typer.Typer) -> None:
                 "/".join(str(vox.get(k, "?")) for k in ("V1", "V2", "V3", "V4")),
                 *(fmt(e["splits"][n]) for n in ("nsd982", "nsd897", "nsd1000")),
             )
-        out.print(table)
+        (out if out.is_terminal else Console(width=160)).print(table)  # piped: do not squeeze the cells
         out.print("splits: test images / test trials / train images")
 
     @data_app.command("import-brain-diffuser")

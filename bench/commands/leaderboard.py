@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from nsdbench.commands.score import parse_subjects, resolve_device
+from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, wide
 from nsdbench.errors import MetricDrift, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _wide() -> Console:
-    """stdout console; when not a terminal, wide enough that tables are not squeezed."""
-    return out if out.is_terminal else Console(highlight=False, width=200)
 
 
 def _metrics(value: str | None) -> list[str] | None:
@@ -40,7 +36,9 @@ def register(app: typer.Typer) -> None:
         include_smoke: bool = typer.Option(
             False, "--include-smoke", help="Show random/tiny-weight runs too."
         ),
-        run: list[str] = typer.Option(None, "--run", help="Use this run for its method (repeatable)."),
+        run: Annotated[
+            list[str] | None, typer.Option("--run", help="Use this run for its method (repeatable).")
+        ] = None,
         best_by: str = typer.Option(
             None, "--best-by", help="Pick each method's run by this metric (default: latest)."
         ),
@@ -49,10 +47,10 @@ def register(app: typer.Typer) -> None:
         ),
         per_subject: bool = typer.Option(True, "--per-subject/--no-per-subject", help="Per-subject tables."),
         digits: int = typer.Option(3, "--digits", min=1, max=8),
-        db: Path = typer.Option(
-            None, "--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb)."
-        ),
-        output: Path = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+        db: Path = DB_OPT,
+        output: Annotated[
+            Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+        ] = None,
     ) -> None:
         """One row per method (mean [95% CI]), columns in the papers' order, reported rows marked."""
         from nsdbench.leaderboards.exports import FORMATS, render, rich_tables
@@ -77,9 +75,9 @@ def register(app: typer.Typer) -> None:
             output.write_text(render(board, fmt, digits))
             err.print(f"wrote {output}")
         elif fmt == "table":
-            wide = out if out.is_terminal else Console(highlight=False, width=max(200, 40 + 26 * 17))
+            console = wide(width=40 + 26 * 17)
             for t in rich_tables(board, digits):
-                wide.print(t)
+                console.print(t)
             for n in board.notes:
                 err.print(n, markup=False)
         else:
@@ -93,8 +91,8 @@ def register(app: typer.Typer) -> None:
         n_resamples: int = typer.Option(2000, "--bootstrap", min=10),
         seed: int = typer.Option(0, "--seed"),
         allow_mismatch: bool = typer.Option(False, "--allow-protocol-mismatch"),
-        db: Path = typer.Option(None, "--db"),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        db: Path = DB_OPT,
+        as_json: bool = JSON_OPT,
     ) -> None:
         """Paired bootstrap per metric on the images both runs scored: A − B with 95% CI and p-value."""
         from nsdbench.leaderboards.store import Store
@@ -123,14 +121,14 @@ def register(app: typer.Typer) -> None:
                 f"{r['p_value']:.4f}",
                 better,
             )
-        _wide().print(t)
+        wide().print(t)
 
     runs = typer.Typer(help="Recorded runs.", no_args_is_help=True)
 
     @runs.command("list")
     def runs_list(
-        db: Path = typer.Option(None, "--db"),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        db: Path = DB_OPT,
+        as_json: bool = JSON_OPT,
     ) -> None:
         """Every recorded run, newest first (smoke runs included and marked)."""
         from nsdbench.leaderboards.store import Store
@@ -155,13 +153,13 @@ def register(app: typer.Typer) -> None:
             t.add_column(c)
         for r in df.to_dict("records"):
             t.add_row(*[str(r[c]) for c in cols])
-        _wide().print(t)
+        wide().print(t)
 
     @runs.command("show")
     def runs_show(
         run_id: str = typer.Argument(..., help="Run id (or unique prefix)."),
-        db: Path = typer.Option(None, "--db"),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        db: Path = DB_OPT,
+        as_json: bool = JSON_OPT,
     ) -> None:
         """A run's provenance and aggregates."""
         from nsdbench.leaderboards.exports import run_summary_table
@@ -180,15 +178,13 @@ def register(app: typer.Typer) -> None:
         for k, v in info.items():
             t.add_row(k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v))
         out.print(t)
-        (out if out.is_terminal else Console(highlight=False, width=200)).print(
-            run_summary_table(single_run_board(store, info["id"]))
-        )
+        wide().print(run_summary_table(single_run_board(store, info["id"])))
 
     @runs.command("delete")
     def runs_delete(
         run_id: str = typer.Argument(..., help="Run id (or unique prefix)."),
         yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-        db: Path = typer.Option(None, "--db"),
+        db: Path = DB_OPT,
     ) -> None:
         """Remove a run and all its scores (one transaction)."""
         from nsdbench.leaderboards.store import Store
@@ -204,9 +200,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("drift")
     def drift_cmd(
-        golden: Path = typer.Option(
-            None, "--golden", help="Golden file (default: the shipped synthetic/tiny one)."
-        ),
+        golden: Annotated[
+            Path | None, typer.Option("--golden", help="Golden file (default: the shipped synthetic/tiny one).")
+        ] = None,
         update: bool = typer.Option(
             False, "--update", help="Rewrite the expected values after a deliberate change."
         ),
@@ -214,9 +210,9 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option(
             None, "--data", help="NSD root or 'synthetic' (default: the golden file's)."
         ),
-        submission: Path = typer.Option(
-            None, "--submission", help="--create: reconstructions to freeze (else blur)."
-        ),
+        submission: Annotated[
+            Path | None, typer.Option("--submission", help="--create: reconstructions to freeze (else blur).")
+        ] = None,
         fmt: str = typer.Option(None, "--format", help="--create: submission format (default: detect)."),
         order: str = typer.Option(None, "--order", help="--create: order for arrays without ids."),
         split: str = typer.Option(None, "--split", help="--create: test split (default: the protocol's)."),
@@ -237,7 +233,7 @@ def register(app: typer.Typer) -> None:
             1e-4, "--tol-network", help="--create: tolerance, network metrics."
         ),
         device: str = typer.Option("cpu", "--device", help="cpu|cuda|auto."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        as_json: bool = JSON_OPT,
     ) -> None:
         """Rescore the golden set; exit 4 listing every metric that moved beyond its tolerance."""
         from nsdbench import weights
@@ -289,7 +285,7 @@ def register(app: typer.Typer) -> None:
                     f"{c['tolerance']:g}",
                     "[red]DRIFT[/]" if (c["protocol"], c["subject"], c["metric"]) in bad else "ok",
                 )
-            (out if out.is_terminal else Console(highlight=False, width=160)).print(t)
+            wide(width=160).print(t)
             for d in report.deviations:
                 err.print(f"drift: {d.line()}", markup=False)
         if report.updated:

@@ -10,11 +10,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nsdbench.errors import UsageError
+from nsdbench.errors import NSDBenchError, UsageError
 
 out = Console()
 err = Console(stderr=True)
 Opt = str | None
+
+
+class Interrupted(NSDBenchError):
+    """Ctrl-C / SIGINT during a run: one line, the conventional exit code 128 + SIGINT."""
+
+    exit_code = 130
 
 
 def parse_subjects(text: str) -> tuple[int, ...]:
@@ -198,13 +204,20 @@ def register(app: typer.Typer) -> None:
             highlight=False,
             soft_wrap=True,
         )
-        with RichProgress() as progress:
-            if executor == "ray":
-                result = run_ray(run_dir, spec, address=address, progress=progress, force=not resume)
-            else:
-                result = run_inprocess(
-                    run_dir, spec, worker, progress=progress, force=not resume, fit_only=fit_only
-                )
+        try:
+            with RichProgress() as progress:
+                if executor == "ray":
+                    result = run_ray(run_dir, spec, address=address, progress=progress, force=not resume)
+                else:
+                    result = run_inprocess(
+                        run_dir, spec, worker, progress=progress, force=not resume, fit_only=fit_only
+                    )
+        except KeyboardInterrupt:
+            log_event(run_dir, f"interrupted {who}")
+            raise Interrupted(
+                f"interrupted; finished images and shards in {run_dir} are kept: "
+                "rerun the same command to resume"
+            ) from None
         ingested: Any = None
         if fit_only:
             mine = list(spec.subjects)[worker.k :: worker.n] if worker else []
@@ -263,8 +276,13 @@ def register(app: typer.Typer) -> None:
         from nsdbench import config
         from nsdbench.runner import RichProgress, ingest_run
 
-        with RichProgress() as progress:
-            result = ingest_run(run_dir.expanduser().resolve(), db, progress=progress)
+        try:
+            with RichProgress() as progress:
+                result = ingest_run(run_dir.expanduser().resolve(), db, progress=progress)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted; nothing was recorded from {run_dir}: rerun `nsdbench ingest` to finish"
+            ) from None
         doc = {
             "run_id": result.run_id,
             "inserted": result.inserted,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,22 @@ from nsdbench.errors import InvalidSubmission, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# Options that `validate` and `score` (and `submission demo`) declare alike.
+SUBMISSION_ARG = typer.Argument(..., help="Submission folder or file.")
+SPLIT_OPT = typer.Option(None, "--split", help="Test split (default: the protocol's).")
+DATA_OPT = typer.Option(None, "--data", help="NSD root, or 'synthetic'.")
+FORMAT_OPT = typer.Option(None, "--format", help="folder|manifest|npy|npz|pt|hdf5|tar (default: detect).")
+ORDER_OPT = typer.Option(None, "--order", help="Arrays without ids: nsd-ascending|first-presentation.")
+IDS_OPT = typer.Option(None, "--ids", help="Arrays without ids: file with one 0-based NSD id per row.")
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON document.")
+DB_OPT = typer.Option(None, "--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb).")
+
+
+def wide(width: int = 200) -> Console:
+    """stdout console; when not a terminal, `width` columns so that tables are not squeezed."""
+    return out if out.is_terminal else Console(highlight=False, width=width)
 
 
 def parse_subjects(value: str | None) -> tuple[int, ...] | None:
@@ -33,19 +49,30 @@ def parse_subjects(value: str | None) -> tuple[int, ...] | None:
 
 
 def resolve_device(flag: str | None) -> str:
+    """flag > config; 'auto' → cuda when visible; anything torch cannot use is a usage error (exit 2)."""
+    import torch
+
     device = str(config.get("device", flag))
     if device == "auto":
-        import torch
-
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device: unknown device {device!r}; expected cpu, cuda, cuda:N or auto") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
     return device
 
 
 def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[Any, str]:
     from nsdbench.metrics.protocols import get_protocol
+    from nsdbench.nsd.splits import SPLITS
 
     proto = get_protocol(str(config.get("protocol", protocol)))
-    return proto, split or proto.split
+    split_name = split or proto.split
+    if split_name not in SPLITS:
+        raise UsageError(f"unknown split {split_name!r}; expected one of {', '.join(SPLITS)}")
+    return proto, split_name
 
 
 def _print_problems(problems: list, as_json: bool, path: Path) -> None:
@@ -112,25 +139,19 @@ def score_run_id(
 def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate_cmd(
-        submission: Path = typer.Argument(..., help="Submission folder or file."),
+        submission: Path = SUBMISSION_ARG,
         subjects: str = typer.Option(
             None, "--subjects", help="Subjects to check, e.g. 1,2,5,7 (default: all present)."
         ),
-        split: str = typer.Option(None, "--split", help="Test split (default: the protocol's)."),
+        split: str = SPLIT_OPT,
         protocol: str = typer.Option(
             None, "--protocol", help="Protocol whose split is used (default: config)."
         ),
-        data: str = typer.Option(None, "--data", help="NSD root, or 'synthetic'."),
-        fmt: str = typer.Option(
-            None, "--format", help="folder|manifest|npy|npz|pt|hdf5|tar (default: detect)."
-        ),
-        order: str = typer.Option(
-            None, "--order", help="Arrays without ids: nsd-ascending|first-presentation."
-        ),
-        ids: Path = typer.Option(
-            None, "--ids", help="Arrays without ids: file with one 0-based NSD id per row."
-        ),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        data: str = DATA_OPT,
+        fmt: str = FORMAT_OPT,
+        order: str = ORDER_OPT,
+        ids: Path = IDS_OPT,
+        as_json: bool = JSON_OPT,
     ) -> None:
         """Check a submission without scoring it: every problem with its id, expected vs actual (exit 3)."""
         from nsdbench.nsd import open_nsd
@@ -143,39 +164,33 @@ def register(app: typer.Typer) -> None:
 
     @app.command("score")
     def score_cmd(
-        submission: Path = typer.Argument(..., help="Submission folder or file."),
+        submission: Path = SUBMISSION_ARG,
         subjects: str = typer.Option(
             None, "--subjects", help="Subjects to score, e.g. 1,2,5,7 (default: all present)."
         ),
-        split: str = typer.Option(None, "--split", help="Test split (default: the protocol's)."),
+        split: str = SPLIT_OPT,
         protocol: str = typer.Option(
             None, "--protocol", help="Metric protocol (default: config, nsdbench-v1)."
         ),
         method_name: str = typer.Option(
             None, "--method-name", help="Leaderboard name (default: the file/folder name)."
         ),
-        data: str = typer.Option(None, "--data", help="NSD root, or 'synthetic'."),
+        data: str = DATA_OPT,
         weights_mode: str = typer.Option(None, "--weights", help="pretrained|random|tiny (default: config)."),
         device: str = typer.Option(None, "--device", help="cpu|cuda|auto (default: config)."),
         brain: bool = typer.Option(
             None, "--brain/--no-brain", help="Brain correlation (default: on when an encoder can be built)."
         ),
-        fmt: str = typer.Option(
-            None, "--format", help="folder|manifest|npy|npz|pt|hdf5|tar (default: detect)."
-        ),
-        order: str = typer.Option(
-            None, "--order", help="Arrays without ids: nsd-ascending|first-presentation."
-        ),
-        ids: Path = typer.Option(
-            None, "--ids", help="Arrays without ids: file with one 0-based NSD id per row."
-        ),
-        db: Path = typer.Option(
-            None, "--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb)."
-        ),
-        work_dir: Path = typer.Option(None, "--work-dir", help="Where per-subject score files go."),
+        fmt: str = FORMAT_OPT,
+        order: str = ORDER_OPT,
+        ids: Path = IDS_OPT,
+        db: Path = DB_OPT,
+        work_dir: Annotated[
+            Path | None, typer.Option("--work-dir", help="Where per-subject score files go.")
+        ] = None,
         batch_size: int = typer.Option(32, "--batch-size", min=1),
         n_resamples: int = typer.Option(2000, "--bootstrap", min=10, help="Bootstrap resamples for the CIs."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        as_json: bool = JSON_OPT,
     ) -> None:
         """Validate, score and record a submission in the leaderboard (nothing is scored if it is invalid)."""
         from nsdbench import weights
@@ -272,8 +287,10 @@ def register(app: typer.Typer) -> None:
 
     @demo.command("demo")
     def demo_cmd(
-        out_path: Path = typer.Argument(..., help="Where to write (a folder, or a file for array formats)."),
-        data: str = typer.Option(None, "--data", help="NSD root, or 'synthetic'."),
+        out_path: Annotated[
+            Path, typer.Argument(help="Where to write (a folder, or a file for array formats).")
+        ],
+        data: str = DATA_OPT,
         split: str = typer.Option(None, "--split", help="Test split (default: config)."),
         subjects: str = typer.Option(None, "--subjects", help="Subjects (default: all in the data)."),
         transform: str = typer.Option(
@@ -323,7 +340,7 @@ def _report(store: Any, run_id: str, as_json: bool, inserted: bool) -> None:
             )
         )
         return
-    (out if out.is_terminal else Console(highlight=False, width=200)).print(run_summary_table(board))
+    wide().print(run_summary_table(board))
     for n in board.notes:
         err.print(n, markup=False)
     state = "recorded" if inserted else "already recorded (nothing changed)"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
 from nsdbench import config
 from nsdbench.errors import DataError
 from nsdbench.nsd import layout as L
@@ -27,15 +28,20 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
 
 
-def hdf5_grid(path: Path) -> tuple[int, tuple[int, int, int]]:
-    """(n_trials, (X, Y, Z)) of an HDF5 betas file stored as (trials, Z, Y, X)."""
+def h5_shape(path: Path, key: str) -> tuple[int, ...]:
+    """Shape of dataset `key` in an HDF5 file; a missing key or unreadable file is a DataError naming it."""
     try:
         with h5py.File(path, "r") as f:
-            shape = f[L.BETAS_KEY].shape
+            return tuple(f[key].shape)
     except KeyError:
-        raise DataError(f"{path}: no dataset '{L.BETAS_KEY}'") from None
+        raise DataError(f"{path}: no dataset '{key}'") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read HDF5 (truncated or corrupt? {exc})") from None
+
+
+def hdf5_grid(path: Path) -> tuple[int, tuple[int, int, int]]:
+    """(n_trials, (X, Y, Z)) of an HDF5 betas file stored as (trials, Z, Y, X)."""
+    shape = h5_shape(path, L.BETAS_KEY)
     if len(shape) != 4:
         raise DataError(f"{path}: '{L.BETAS_KEY}' has shape {shape}, expected (trials, Z, Y, X)")
     return shape[0], (shape[3], shape[2], shape[1])

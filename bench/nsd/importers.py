@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
 from nsdbench.errors import DataError
 from nsdbench.nsd import betas as B
 from nsdbench.nsd import layout as L

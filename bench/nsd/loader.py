@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+
 from nsdbench import config
 from nsdbench.errors import DataError, UsageError
 from nsdbench.nsd import betas as B
@@ -142,13 +143,7 @@ class NSD:
     @cached_property
     def _stim_shape(self) -> tuple[int, ...]:
         path = self.root / L.STIMULI
-        try:
-            with h5py.File(path, "r") as f:
-                shape = f[L.STIM_IMAGE_KEY].shape
-        except KeyError:
-            raise DataError(f"{path}: no dataset '{L.STIM_IMAGE_KEY}'") from None
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read HDF5 (truncated or corrupt? {exc})") from None
+        shape = B.h5_shape(path, L.STIM_IMAGE_KEY)
         if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
             raise DataError(f"{path}: {L.STIM_IMAGE_KEY} has shape {shape}, expected (n, S, S, 3)")
         return shape

@@ -18,6 +18,7 @@ from importlib import resources
 
 import numpy as np
 import pandas as pd
+
 from nsdbench.errors import DataError, UsageError
 from nsdbench.nsd import layout as L
 
@@ -45,18 +46,11 @@ class Split:
 
     def order(self, kind: str = "nsd-ascending") -> tuple[int, ...]:
         """Test ids in canonical (ascending NSD id) or brain-diffuser's first-presentation order."""
-        if kind == "nsd-ascending":
-            return self.test_ids
-        if kind == "first-presentation":
-            return self.first_presentation
-        raise UsageError(f"unknown order {kind!r} (known: {', '.join(ORDERS)})")
+        return _pick_order(kind, self.test_ids, self.first_presentation)
 
     def train_order(self, kind: str = "nsd-ascending") -> tuple[int, ...]:
-        if kind == "nsd-ascending":
-            return self.train_ids
-        if kind == "first-presentation":
-            return self.train_first_presentation
-        raise UsageError(f"unknown order {kind!r} (known: {', '.join(ORDERS)})")
+        """Training ids in either order, like `order`."""
+        return _pick_order(kind, self.train_ids, self.train_first_presentation)
 
     @property
     def n_test_trials(self) -> int:
@@ -139,6 +133,14 @@ def build_split(
         train_first_presentation=train_first,
         train_trials=tuple(train[i] for i in train_ids),
     )
+
+
+def _pick_order(kind: str, ascending: tuple[int, ...], first: tuple[int, ...]) -> tuple[int, ...]:
+    if kind == "nsd-ascending":
+        return ascending
+    if kind == "first-presentation":
+        return first
+    raise UsageError(f"unknown order {kind!r} (known: {', '.join(ORDERS)})")
 
 
 def get_split(nsd, name: str, subject: int) -> Split:

@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import scipy.io
+
 from nsdbench.errors import UsageError
 from nsdbench.nsd import layout as L
 

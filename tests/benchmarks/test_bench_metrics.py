@@ -23,17 +23,19 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from nsdbench.metrics import engine
-from nsdbench.metrics.networks import IMAGENET_MEAN, IMAGENET_STD, get_network
-from nsdbench.metrics.protocols import PROTOCOLS, Protocol
 from PIL import Image
 from scipy.spatial.distance import correlation as scipy_correlation
 from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity as ssim
 from torch.utils.data import DataLoader, Dataset
 
+from nsdbench.metrics import engine
+from nsdbench.metrics.networks import IMAGENET_MEAN, IMAGENET_STD, get_network
+from nsdbench.metrics.protocols import PROTOCOLS, Protocol
+
 N = int(os.environ.get("NSDBENCH_BENCH_N", "2"))
 MODE = os.environ.get("NSDBENCH_BENCH_WEIGHTS", "tiny")
+ROUNDS = int(os.environ.get("NSDBENCH_BENCH_ROUNDS", "1"))
 BD = PROTOCOLS["brain-diffuser-2023"]
 METRICS = ("pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "effnet_b", "swav")
 PROTOCOL = Protocol(
@@ -162,7 +164,7 @@ def test_bench_reference_structure(benchmark, inputs):
         wall["s"] = time.perf_counter() - t0
         return res
 
-    out = benchmark.pedantic(run, rounds=1, iterations=1)
+    out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     benchmark.extra_info.update(
         {
             "n_images": N,
@@ -200,7 +202,7 @@ def test_bench_engine(benchmark, inputs):
         ps = res.per_sample
         return {m: ps[ps["metric"] == m].sort_values("nsd_id")["value"].to_numpy() for m in METRICS}
 
-    out = benchmark.pedantic(run, rounds=1, iterations=1)
+    out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     benchmark.extra_info.update(
         {
             "n_images": N,

@@ -51,14 +51,18 @@ _register_all()
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user-facing errors become one line and a documented exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except NSDBenchError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
-        err.print("aborted")
+    except typer.Abort:  # Ctrl-C: what was finished is kept (every write is atomic)
+        err.print("interrupted")
+        return 130
+    except OSError as exc:  # a file that vanished, a full disk, a permission: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True)
         return 1
     except Exception as exc:  # click usage errors carry their own exit code
         import click
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, click.exceptions.Exit):
             return exc.exit_code
         raise
-    return 0
+    return rc if type(rc) is int else 0
 
 
 if __name__ == "__main__":

@@ -113,15 +113,15 @@ def run_inprocess(
     scored = []
     prog = session.progress
     for subject in sorted(by_subject):
-        mine = by_subject[subject]
-        if force or not all(shard_is_complete(run_dir, spec, s) for s in mine):
+        # complete shards are skipped outright, so a resumed run's bars count (and time) only new work
+        todo = [s for s in by_subject[subject] if force or not shard_is_complete(run_dir, spec, s)]
+        if todo:
             session.fitted(subject)  # fit first, so the bars read fit -> reconstruct -> score
-        prog.start(
-            f"rec-{subject}", f"subj{subject:02d} reconstruct", sum(len(s.items(spec.samples)) for s in mine)
-        )
-        for shard in mine:
-            written += session.run_shard(shard)
-        prog.finish(f"rec-{subject}")
+            key = f"rec-{subject}"
+            prog.start(key, f"subj{subject:02d} reconstruct", sum(len(s.items(spec.samples)) for s in todo))
+            for shard in todo:
+                written += session.run_shard(shard)
+            prog.finish(key)
         # with several workers, the one completing a subject scores it; `ingest` catches any left over
         if session.score_subject(subject, lock=worker.sharded):
             scored.append(subject)

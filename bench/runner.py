@@ -25,7 +25,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,17 @@ def read_spec(run_dir: Path) -> tuple[RunSpec, dict[str, Any]]:
             f"{path}: spec_hash {doc['spec_hash'][:12]} does not match its contents ({spec.hash[:12]})"
         )
     return spec, doc
+
+
+def adopt_execution(run_dir: Path, spec: RunSpec) -> RunSpec:
+    """`spec` with the shard size of the run already in `run_dir` when only that differs: a folder keeps
+    the cut it was started with, and resuming it with another --shard-size continues the same run."""
+    if not (Path(run_dir) / SPEC_FILE).is_file():
+        return spec
+    old, _ = read_spec(run_dir)
+    if old.run_id != spec.run_id:
+        return spec  # a different run: prepare_run_dir says so
+    return replace(spec, **{k: getattr(old, k) for k in EXECUTION_FIELDS})
 
 
 def prepare_run_dir(run_dir: Path, spec: RunSpec) -> Path:

@@ -285,6 +285,9 @@ def compare_runs(
     from nsdbench.metrics.bootstrap import paired_bootstrap
     from nsdbench.metrics.names import HIGHER_IS_BETTER, order_key
 
+    unknown = [m for m in metrics or [] if m not in HIGHER_IS_BETTER]
+    if unknown:
+        raise UsageError(f"unknown metric {unknown[0]!r}; expected names from {', '.join(HIGHER_IS_BETTER)}")
     a, b = store.run(run_a), store.run(run_b)
     if (a["protocol"], a["protocol_hash"]) != (
         b["protocol"],
@@ -319,6 +322,12 @@ def compare_runs(
                 "p_value": float(p),
                 "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
             }
+        )
+    if not rows:
+        raise UsageError(
+            f"runs {a['id']} and {b['id']} share no scored (subject, nsd_id) images"
+            + (f" for metrics {', '.join(metrics)}" if metrics else "")
+            + "; compare needs the same images scored in both"
         )
     return {
         "run_a": a["id"],

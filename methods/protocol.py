@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from nsdbench.errors import NSDBenchError
 from nsdbench.methods import seeds
 
 
@@ -49,7 +50,7 @@ class SubjectData:
         self.nsd = nsd
         self.subject = int(subject)
         self.split = split
-        self._cache: dict[tuple, Any] = {}
+        self._cache: dict[Any, Any] = {}
 
     @property
     def train_ids(self) -> tuple[int, ...]:
@@ -108,8 +109,18 @@ class SubjectData:
         return self._cache[key]
 
     def images(self, nsd_ids: Sequence[int]) -> np.ndarray:
-        """Arbitrary NSD images (library images, training images); never call this for test ids."""
-        return self.nsd.images(list(nsd_ids))
+        """NSD images other than the test stimuli (training, library); a test id is an error, so a method
+        cannot read the images it must reconstruct."""
+        ids = [int(n) for n in nsd_ids]
+        if "test_set" not in self._cache:
+            self._cache["test_set"] = frozenset(int(n) for n in self.split.test_ids)
+        leaked = [n for n in ids if n in self._cache["test_set"]]
+        if leaked:
+            raise NSDBenchError(
+                f"subject {self.subject}: a method asked for the image of test NSD id {leaked[0]} "
+                f"({self.split.name}); only the ground-truth baselines read test stimuli (ground_truth_images)"
+            )
+        return self.nsd.images(ids)
 
     def ground_truth_images(self, nsd_ids: Sequence[int]) -> np.ndarray:
         """The test stimuli themselves: only the ground-truth and shuffled baselines use this."""

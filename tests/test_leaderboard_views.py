@@ -205,6 +205,8 @@ def test_csv_json_html_and_table_formats(db, capsys):
             assert "alpha" in out and "PixCorr ↑" in out
     rc = main(["leaderboard", "--db", str(db), "--format", "nope"])
     assert rc == 2
+    rc = main(["leaderboard", "--db", str(db), "--format", "md", "--output", f"{db}/x.md"])
+    assert rc == 2 and "--output" in capsys.readouterr().err  # the database file is not a folder
 
 
 def test_compare_is_a_paired_bootstrap_on_shared_images(db, capsys):
@@ -224,6 +226,10 @@ def test_compare_is_a_paired_bootstrap_on_shared_images(db, capsys):
     assert rc == 2 and "different protocols" in capsys.readouterr().err
     rc = main(["compare", "a-new", "b-1", "--db", str(db)])
     assert rc == 0 and "PixCorr" in capsys.readouterr().out
+    rc = main(["compare", "a-new", "b-1", "--db", str(db), "--metric", "pixcor"])
+    assert rc == 2 and "unknown metric 'pixcor'" in capsys.readouterr().err
+    rc = main(["compare", "a-new", "b-1", "--db", str(db), "--metric", "clip_2way"])  # scored by neither
+    assert rc == 2 and "share no scored" in capsys.readouterr().err
 
 
 def test_runs_list_show_delete(db, tmp_path, capsys):

@@ -193,3 +193,16 @@ def test_methods_cli_list_and_show(capsys):
     assert main(["methods", "show", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown method 'nope'" in err and len(err.splitlines()) == 1
+
+
+def test_subject_data_never_hands_out_test_images(nsd):
+    from nsdbench.errors import NSDBenchError
+    from nsdbench.methods.protocol import SubjectData
+    from nsdbench.nsd.splits import get_split
+
+    data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
+    train_id, test_id = data.train_ids[0], data.test_ids[3]
+    np.testing.assert_array_equal(data.images([train_id]), nsd.images([train_id]))
+    with pytest.raises(NSDBenchError, match=f"test NSD id {test_id} \\(nsd982\\)"):
+        data.images([train_id, test_id])
+    np.testing.assert_array_equal(data.ground_truth_images([test_id]), nsd.images([test_id]))

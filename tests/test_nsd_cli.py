@@ -29,6 +29,12 @@ def test_data_synth_writes_a_readable_dataset(tmp_path: Path, capsys) -> None:
     )
     assert main(["data", "synth", "--out", str(out), "--seed", "5"]) == 2
     assert "--force" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--seed", "-1"]) == 2
+    assert "--seed must be >= 0" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["data", "synth", "--out", str(tmp_path / "file" / "nsd")]) == 2  # parent is a file
+    err = capsys.readouterr().err
+    assert "cannot create folder" in err and len(err.strip().splitlines()) == 1
 
 
 def test_data_info_json(nsd, synth_root: Path, capsys) -> None:

@@ -30,6 +30,13 @@ def shadow(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:
     return dst
 
 
+def edited_responses(synth_root: Path, tmp_path: Path, subject: int, edit) -> Path:
+    """A shadow root whose responses.tsv for `subject` is `edit(the original DataFrame)`."""
+    rel = L.responses(subject)
+    root = shadow(synth_root, tmp_path, copy=(rel,))
+    edit(pd.read_csv(root / rel, sep="\t")).to_csv(root / rel, sep="\t", index=False)
+    return root
+
 def test_truncated_hdf5_betas(synth_root: Path, tmp_path: Path) -> None:
     rel = L.betas_hdf5(2, 2)
     root = shadow(synth_root, tmp_path, copy=(rel,))
@@ -83,11 +90,11 @@ def test_mask_of_the_wrong_grid(synth_root: Path, tmp_path: Path) -> None:
 
 
 def test_responses_73kid_zero_based(synth_root: Path, tmp_path: Path) -> None:
-    rel = L.responses(1)
-    root = shadow(synth_root, tmp_path, copy=(rel,))
-    resp = pd.read_csv(root / rel, sep="\t")
-    resp["73KID"] -= 1
-    resp.to_csv(root / rel, sep="\t", index=False)
+    def edit(resp: pd.DataFrame) -> pd.DataFrame:
+        resp["73KID"] -= 1
+        return resp
+
+    root = edited_responses(synth_root, tmp_path, 1, edit)
     with pytest.raises(DataError, match=r"responses\.tsv.*0-based/1-based mix-up"):
         NSD(root).trials(1)
 
@@ -114,11 +121,11 @@ def test_stim_info_rep_columns_zero_based(synth_root: Path, tmp_path: Path) -> N
 
 
 def test_one_trial_disagrees(synth_root: Path, tmp_path: Path) -> None:
-    rel = L.responses(5)
-    root = shadow(synth_root, tmp_path, copy=(rel,))
-    resp = pd.read_csv(root / rel, sep="\t")
-    resp.loc[800, "73KID"] = resp.loc[801, "73KID"]
-    resp.to_csv(root / rel, sep="\t", index=False)
+    def edit(resp: pd.DataFrame) -> pd.DataFrame:
+        resp.loc[800, "73KID"] = resp.loc[801, "73KID"]
+        return resp
+
+    root = edited_responses(synth_root, tmp_path, 5, edit)
     with pytest.raises(
         DataError,
         match=r"responses\.tsv: 73KID-1 .* global trial 800 \(session 2, run 1, trial 51\).*1 trials",
@@ -131,20 +138,17 @@ def test_ids_out_of_range(nsd, synth_root: Path, tmp_path: Path) -> None:
         nsd.images([0, nsd.n_images])
     with pytest.raises(DataError, match="out of range"):
         nsd.captions([-1])
-    rel = L.responses(7)
-    root = shadow(synth_root, tmp_path, copy=(rel,))
-    resp = pd.read_csv(root / rel, sep="\t")
-    resp.loc[3, "73KID"] = nsd.n_images + 5
-    resp.to_csv(root / rel, sep="\t", index=False)
+    def edit(resp: pd.DataFrame) -> pd.DataFrame:
+        resp.loc[3, "73KID"] = nsd.n_images + 5
+        return resp
+
+    root = edited_responses(synth_root, tmp_path, 7, edit)
     with pytest.raises(DataError, match=r"73KID .* out of range"):
         NSD(root).trials(7)
 
 
 def test_incomplete_session_in_responses(synth_root: Path, tmp_path: Path) -> None:
-    rel = L.responses(1)
-    root = shadow(synth_root, tmp_path, copy=(rel,))
-    resp = pd.read_csv(root / rel, sep="\t")
-    resp.drop(index=[10]).to_csv(root / rel, sep="\t", index=False)
+    root = edited_responses(synth_root, tmp_path, 1, lambda resp: resp.drop(index=[10]))
     with pytest.raises(DataError, match=r"responses\.tsv: session\(s\) \[1\] do not have 750 trials"):
         NSD(root).trials(1)
 
@@ -165,10 +169,11 @@ def test_unknown_subject_split_and_normalization(nsd) -> None:
 def test_cli_prints_one_line(synth_root: Path, tmp_path: Path, capsys) -> None:
     from nsdbench.cli import main
 
-    root = shadow(synth_root, tmp_path, copy=(L.responses(1),))
-    resp = pd.read_csv(root / L.responses(1), sep="\t")
-    resp["73KID"] -= 1
-    resp.to_csv(root / L.responses(1), sep="\t", index=False)
+    def edit(resp: pd.DataFrame) -> pd.DataFrame:
+        resp["73KID"] -= 1
+        return resp
+
+    root = edited_responses(synth_root, tmp_path, 1, edit)
     rc = main(["splits", "show", "nsd982", "--subject", "1", "--data", str(root)])
     err = capsys.readouterr().err
     assert rc == 1

@@ -232,13 +232,17 @@ def test_resume_after_kill_gives_identical_files_and_scores(shuffled_run, synth_
     assert len(list(out.glob("shards/*.json"))) == 1 and not score_path(out, SUBJECT).exists()
     monkeypatch.setattr(baselines.Shuffled, "reconstruct", original)
 
-    _, result = _run("shuffled", synth_root, out)
+    progress = Recorder()
+    _, result = _run("shuffled", synth_root, out, progress=progress)
     assert result.images_written == 91 - 45  # finished images were not redone
     assert result.all_complete
+    # the bar spans the unfinished shards only (the interrupted one's 15 finished images are skipped)
+    assert progress.totals["rec-1"] == (91 - SHARD_SIZE, "img") and progress.done["rec-1"] == 91 - SHARD_SIZE
     assert _files(out) == _files(shuffled_run)
     pd.testing.assert_frame_equal(_scores(out), _scores(shuffled_run))
-    _, again = _run("shuffled", synth_root, out)  # a complete run does nothing
-    assert again.images_written == 0
+    progress = Recorder()
+    _, again = _run("shuffled", synth_root, out, progress=progress)  # a complete run does nothing
+    assert again.images_written == 0 and "rec-1" not in progress.totals and "fit-1" not in progress.totals
 
 
 def test_ctrl_c_exits_130_in_one_line_and_the_rerun_resumes(
@@ -269,8 +273,8 @@ def test_ctrl_c_exits_130_in_one_line_and_the_rerun_resumes(
     pd.testing.assert_frame_equal(_scores(out), _scores(shuffled_run))
 
 
-def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, tmp_path):
-    ref, spec = ridge_run
+def test_one_vs_three_shards_identical(ridge_run, synth_root, tmp_path):
+    ref, _ = ridge_run
     three = tmp_path / "three"
     for k in range(3):
         _, result = _run("ridge-pixels", synth_root, three, Worker(k, 3, "--shard"))
@@ -278,13 +282,16 @@ def test_one_vs_three_shards_vs_ray_identical(ridge_run, synth_root, hook_dir, t
     assert _files(three) == _files(ref)
     pd.testing.assert_frame_equal(_scores(three), _scores(ref))
 
+
+def test_ray_identical_to_one_worker_retries_and_reports_errors(ridge_run, synth_root, hook_dir, tmp_path):
+    import os
+
     ray = pytest.importorskip("ray", reason='Ray is optional: pip install "nsdbench[ray]"')
     from nsdbench.executors import run_ray
 
+    ref, spec = ridge_run
     out = tmp_path / "ray"
     prepare_run_dir(out, spec)
-    import os
-
     flaky_dir = tmp_path / "flaky-markers"
     flaky_dir.mkdir()
     env = {
@@ -497,9 +504,8 @@ def test_per_image_seeds_do_not_depend_on_batch_order_or_shards(hook_dir, synth_
 
 
 def test_baselines_beat_shuffled_with_disjoint_bootstrap_cis(ridge_run, shuffled_run, synth_root, tmp_path):
-    from nsdbench.metrics.bootstrap import bootstrap_ci
-
     from nsdbench import config
+    from nsdbench.metrics.bootstrap import bootstrap_ci
 
     library_dir = tmp_path / "library"
     shutil.rmtree(config.cache_dir("methods", "best-library-image"))  # the fit must run, not be read

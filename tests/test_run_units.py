@@ -184,3 +184,28 @@ def test_check_image_keeps_the_method_size_and_rejects_bad_arrays():
     ):
         with pytest.raises(NSDBenchError, match="method m: image for NSD id 5 sample 0"):
             check_image(bad, "m", 5, 0)
+
+
+def test_rich_progress_bar_takes_its_total_and_unit_later(capsys):
+    from nsdbench.runner import RichProgress
+
+    with RichProgress() as progress:
+        progress.start("fit-1", "subj01 fit", None, unit="step")  # a fit announces its size once it knows it
+        progress.set_total("fit-1", 10, "img")
+        progress.advance("fit-1", 4)
+        (task,) = progress.bars.tasks
+        assert (task.total, task.completed, task.fields["unit"]) == (10, 4, "img")
+        progress.finish("fit-1")
+        assert task.completed == 10
+    assert "subj01 fit" in capsys.readouterr().err
+
+
+def test_a_run_folder_keeps_its_shard_size(tmp_path):
+    from nsdbench.runner import adopt_execution
+
+    prepare_run_dir(tmp_path / "run", _spec(shard_size=100))
+    resumed = adopt_execution(tmp_path / "run", _spec(shard_size=7))  # same run, another --shard-size
+    assert resumed == _spec(shard_size=100)
+    prepare_run_dir(tmp_path / "run", resumed)
+    assert adopt_execution(tmp_path / "run", _spec(seed=3, shard_size=7)).shard_size == 7  # another run
+    assert adopt_execution(tmp_path / "new", _spec(shard_size=7)).shard_size == 7  # no folder yet

@@ -318,6 +318,10 @@ def test_usage_errors_exit_2(small_root, tmp_path, capsys):
     rc = main(["score", str(tmp_path / "x.bin"), "--data", str(small_root), "--weights", "tiny", "--device", "tpu"])
     cap = capsys.readouterr()
     assert rc == 2 and "unknown device 'tpu'" in cap.err and "Traceback" not in cap.err
+    rc = main(["submission", "demo", str(tmp_path), "--data", str(small_root)])  # holds x.bin: never mixed
+    assert rc == 2 and "non-empty folder" in capsys.readouterr().err
+    rc = main(["submission", "demo", str(tmp_path / "x.bin" / "sub"), "--data", str(small_root)])
+    assert rc == 2 and "cannot create folder" in capsys.readouterr().err
 
 
 def test_validate_json_lists_problems(images, small_root, tmp_path, capsys):

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nsdbench.errors import NSDBenchError
+from nsdbench.commands.score import writable
+from nsdbench.errors import NSDBenchError, UsageError
 
 out = Console()
 err = Console(stderr=True)
@@ -112,7 +113,9 @@ def register(app: typer.Typer) -> None:
         from nsdbench.nsd.loader import synthetic_root
         from nsdbench.nsd.synth import synthesize
 
-        target = Path(out_dir).expanduser() if out_dir else synthetic_root()
+        if seed < 0:
+            raise UsageError(f"--seed must be >= 0 (got {seed})")
+        target = writable(Path(out_dir), "--out") if out_dir else synthetic_root()
         sizes = {k: v for k, v in (("sessions", sessions), ("image_size", image_size)) if v is not None}
         path = synthesize(target, seed=seed, overwrite=force, progress=not as_json, **sizes)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, wide
+from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, wide, writable
 from nsdbench.errors import MetricDrift, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -59,6 +59,8 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in FORMATS:
             raise UsageError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        if output is not None:
+            writable(output, "--output")
         board = build_leaderboard(
             Store(db),
             split=split,
@@ -243,6 +245,7 @@ def register(app: typer.Typer) -> None:
         if create:
             if golden is None:
                 raise UsageError("--create needs --golden FILE (where to write the golden file)")
+            writable(golden, "--golden")
             report = drift.create_golden(
                 golden,
                 data=data,

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nsdbench import config
+from nsdbench.commands.score import writable
 from nsdbench.errors import UsageError
 
 err = Console(stderr=True)
@@ -66,6 +67,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--thumb must be between 48 and 512 pixels (got {thumb})")
         if k < 0:
             raise UsageError(f"--k must be >= 0 (got {k})")
+        writable(out, "--out")
         seed_value = int(config.get("seed", seed))
         pinned = parse_int_list(ids, "--ids")
         report_data = load_report_data(runs, db=db, data=data, subjects=parse_int_list(subjects, "--subjects"))

@@ -173,6 +173,7 @@ def register(app: typer.Typer) -> None:
         from nsdbench.nsd.splits import get_split
         from nsdbench.runner import (
             RichProgress,
+            adopt_execution,
             data_label,
             ingest_run,
             log_event,
@@ -192,11 +193,12 @@ def register(app: typer.Typer) -> None:
         spec, nsd = build_spec(
             method, subjects, split, samples, seed, protocol, data, weights_mode, device, variant, shard_size
         )
-        n_shards = len(
-            make_shards({s: get_split(nsd, spec.split, s).test_ids for s in spec.subjects}, shard_size)
-        )
         run_dir = (out_dir or config.home() / "runs" / spec.run_id).expanduser().resolve()
+        spec = adopt_execution(run_dir, spec)
         prepare_run_dir(run_dir, spec)
+        n_shards = len(
+            make_shards({s: get_split(nsd, spec.split, s).test_ids for s in spec.subjects}, spec.shard_size)
+        )
         who = f"worker {worker.k}/{worker.n} ({worker.source})" if worker and worker.sharded else executor
         log_event(run_dir, f"start {who} resume={resume}")
         err.print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,22 @@ DB_OPT = typer.Option(None, "--db", help="Leaderboard database (default: NSDBENC
 def wide(width: int = 200) -> Console:
     """stdout console; when not a terminal, `width` columns so that tables are not squeezed."""
     return out if out.is_terminal else Console(highlight=False, width=width)
+
+
+def writable(path: Path, flag: str, folder: bool = False) -> Path:
+    """Create `path` (folder=True) or its parent now, so an unwritable output is a one-line usage error
+    before any work is done rather than a traceback after it."""
+    target = Path(path).expanduser()
+    where = target if folder else target.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag} {target}: cannot create folder {where} ({exc.strerror or exc})") from None
+    try:  # a real probe: permission bits say nothing to root or on special file systems
+        tempfile.TemporaryFile(dir=where).close()
+    except OSError as exc:
+        raise UsageError(f"{flag} {target}: cannot write in {where} ({exc.strerror or exc})") from None
+    return target
 
 
 def parse_subjects(value: str | None) -> tuple[int, ...] | None:
@@ -222,7 +239,7 @@ def register(app: typer.Typer) -> None:
             if store.has_run(run_id):
                 _report(store, run_id, as_json, inserted=False)
                 return
-            wdir = Path(work_dir) if work_dir else config.home() / "scores" / run_id
+            wdir = writable(work_dir, "--work-dir", folder=True) if work_dir else config.home() / "scores" / run_id
             paths, notes, used_brain = [], [], False
             for s in subj:
                 path = wdir / f"subj{s:02d}.parquet"
@@ -302,11 +319,20 @@ def register(app: typer.Typer) -> None:
         ),
         fmt: str = typer.Option("folder", "--format", help="folder|manifest|npy|npz|pt|hdf5|tar."),
         limit: int = typer.Option(None, "--limit", min=2, help="Only the first N test ids per subject."),
+        force: bool = typer.Option(False, "--force", help="Write into an existing, non-empty target."),
     ) -> None:
         """Write a reconstruction set made from the ground truth (e.g. blurred) to try `score` offline."""
         from nsdbench.nsd import open_nsd
         from nsdbench.submission_writers import demo_images, write_submission
 
+        target = writable(out_path, "submission demo")
+        if not force and target.is_file():
+            raise UsageError(f"{target} already exists; choose a new path, or --force to replace it")
+        if not force and target.is_dir() and any(target.iterdir()):
+            raise UsageError(
+                f"{target} is a non-empty folder; files from another set would mix with the new ones "
+                "(choose a new path, or --force)"
+            )
         nsd = open_nsd(data)
         split_name = split or str(config.get("split"))
         subj = parse_subjects(subjects) or tuple(nsd.subjects)

@@ -522,6 +522,8 @@ def synthesize(
     kept as is; anything else at `out` needs overwrite=True.
     """
     out = Path(out).expanduser().resolve()
+    if int(seed) < 0:
+        raise UsageError(f"seed must be a non-negative integer (got {seed})")
     spec = SynthSizes(**sizes)
     spec.check()
     meta_path = out / L.SYNTH_META

@@ -176,6 +176,47 @@ def test_bench_reference_structure(benchmark, inputs):
     assert set(out) == set(METRICS)
 
 
+def _engine_run(ids, gt, rec, cache: bool, timings: dict[str, float]) -> dict[str, np.ndarray]:
+    res = engine.score_protocols(
+        ids,
+        gt,
+        ids,
+        np.zeros(len(ids), int),
+        rec,
+        [PROTOCOL],
+        weights_mode=MODE,
+        cache=cache,
+        batch_size=64,
+        timings=timings,
+    )[PROTOCOL.name]
+    ps = res.per_sample
+    return {m: ps[ps["metric"] == m].sort_values("nsd_id")["value"].to_numpy() for m in METRICS}
+
+
+@pytest.mark.benchmark(group="metrics-vs-brain-diffuser")
+def test_bench_engine_warm_ground_truth_cache(benchmark, inputs):
+    """The leaderboard's steady state: ground-truth features were cached by an earlier submission
+    (the reference structure recomputes them for every submission)."""
+    ids, gt, rec, _nets = inputs
+    cold = _engine_run(ids, gt, rec, True, {})  # fills the on-disk ground-truth feature cache
+    timings: dict[str, float] = {}
+    wall = {}
+
+    def run():
+        timings.clear()
+        t0 = time.perf_counter()
+        res = _engine_run(ids, gt, rec, True, timings)
+        wall["s"] = time.perf_counter() - t0
+        return res
+
+    out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info.update(
+        {"n_images": N, "weights": MODE, "forward_share": timings.get("forward", 0) / wall["s"]}
+    )
+    for m in METRICS:  # a cache hit changes nothing
+        np.testing.assert_array_equal(out[m], cold[m], err_msg=m)
+
+
 @pytest.mark.benchmark(group="metrics-vs-brain-diffuser")
 def test_bench_engine(benchmark, inputs):
     ids, gt, rec, nets = inputs
@@ -186,21 +227,9 @@ def test_bench_engine(benchmark, inputs):
     def run():
         timings.clear()
         t0 = time.perf_counter()
-        res = engine.score_protocols(
-            ids,
-            gt,
-            ids,
-            np.zeros(len(ids), int),
-            rec,
-            [PROTOCOL],
-            weights_mode=MODE,
-            cache=False,
-            batch_size=64,
-            timings=timings,
-        )[PROTOCOL.name]
+        res = _engine_run(ids, gt, rec, False, timings)
         wall["s"] = time.perf_counter() - t0
-        ps = res.per_sample
-        return {m: ps[ps["metric"] == m].sort_values("nsd_id")["value"].to_numpy() for m in METRICS}
+        return res
 
     out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     benchmark.extra_info.update(

@@ -12,6 +12,8 @@ from nsdbench import weights
 from nsdbench.errors import NSDBenchError
 
 out = Console()
+FETCH_NAMES = typer.Argument(None, help="Artifacts to fetch (default: all).")
+VERIFY_NAMES = typer.Argument(None, help="Artifacts to verify (default: cached).")
 
 
 def register(app: typer.Typer) -> None:
@@ -43,16 +45,14 @@ def register(app: typer.Typer) -> None:
         out.print(table)
 
     @group.command("fetch")
-    def fetch(
-        names: list[str] = typer.Argument(None, help="Artifacts to fetch (default: all)."),
-    ) -> None:
+    def fetch(names: list[str] = FETCH_NAMES) -> None:
         """Download artifacts with their standard client (needs network access)."""
         for name in names or list(weights.artifacts()):
             path = weights.fetch(name)
             out.print(f"{name}: {path} sha256={weights.recorded_sha256(name)}")
 
     @group.command("verify")
-    def verify(names: list[str] = typer.Argument(None, help="Artifacts to verify (default: cached).")) -> None:
+    def verify(names: list[str] = VERIFY_NAMES) -> None:
         """Recompute the sha256 of cached artifacts and compare with the published hash when known."""
         todo = names or [n for n in weights.artifacts() if weights.is_cached(n)]
         bad = []

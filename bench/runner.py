@@ -662,6 +662,7 @@ def score_images(
 
     spec = session.spec
     split = session.split(subject)
+    report = scaled_progress(advance, len(images)) if advance is not None else None
     brain, note = brain_target(session.nsd, subject, split.name, spec.weights, None)
     if note:
         log_event(session.run_dir, note)
@@ -677,11 +678,26 @@ def score_images(
         out_path=Path(out_path),
         run_id=spec.run_id,
         brain=brain,
+        progress=report or False,
         extra_meta={"run_dir_spec_hash": spec.hash},
     )
-    if advance is not None:
-        advance(len(images))
+    if report is not None:
+        report(1, 1)  # the bar ends at its total whatever the engine reported
     return Path(path)
+
+
+def scaled_progress(advance: Callable[[int], None], units: int) -> Callable[[int, int], None]:
+    """Map the engine's (done, total) work count onto a bar of `units` (its reconstructions) as increments."""
+    shown = 0
+
+    def report(done: int, total: int) -> None:
+        nonlocal shown
+        target = units if total <= 0 else min(units, done * units // total)
+        if target > shown:
+            advance(target - shown)
+            shown = target
+
+    return report
 
 
 # ---------------------------------------------------------------------------------------------- ingest

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,12 @@ def score_subject(
     device: str = "cpu",
     brain: Any = None,
     batch_size: int = 32,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
 ) -> Any:
-    """Score one subject's reconstructions against the split's ground truth; returns the engine's ScoreResult."""
+    """Score one subject's reconstructions against the split's ground truth; returns the engine's ScoreResult.
+
+    `progress`: False, True (rich bars) or a callback(done, total) as in metrics.engine.score_protocols.
+    """
     from nsdbench.metrics.engine import score
     from nsdbench.metrics.protocols import get_protocol
 
@@ -176,7 +179,7 @@ def score_images_to_parquet(
     run_id: str,
     brain: Any = None,
     batch_size: int = 32,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     extra_meta: dict[str, Any] | None = None,
 ) -> Path:
     """Score one subject and write its per-sample, per-image and set scores to `out_path` atomically."""

@@ -3,8 +3,10 @@
 A golden file (JSON) records the data, split, protocol (name, version, hash), weights mode, the NSD
 ids per subject, how to get the reconstructions (regenerated: an integer box blur of the ground
 truth, exact on every machine; or stored: an .npz beside the JSON), hashes of ground truth and
-reconstructions, tolerances, and the expected set score per subject and metric. Rescoring goes
-through nsdbench.scoring, the same path as `nsdbench score`.
+reconstructions, tolerances, the expected set score per subject and metric and, optionally (files
+written before it existed lack it), the expected per-image value per subject, metric and NSD id under
+"expected_per_image", compared with the same tolerances. Rescoring goes through nsdbench.scoring, the
+same path as `nsdbench score`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ GOLDEN_FORMAT = "nsdbench-golden/1"
 SHIPPED_GOLDEN = "golden_synthetic_tiny.json"
 DEFAULT_TOL_FLOAT64 = 1e-6
 DEFAULT_TOL_NETWORK = 1e-4
+PER_IMAGE_KEY = "expected_per_image"  # {protocol: {subject: {metric: {nsd_id: value}}}}
+SHOWN_IDS = 5  # moved NSD ids named in a per-image deviation's one-line message (all are in its `images`)
 
 
 def shipped_golden() -> Path:
@@ -41,6 +45,8 @@ class Deviation:
     actual: float | None
     tolerance: float | None
     reason: str
+    level: str = "set"  # "set": the set score; "image": per-image values (every moved one in `images`)
+    images: list[dict[str, Any]] = field(default_factory=list)  # {nsd_id, expected, actual}
 
     def line(self) -> str:
         where = f"{self.protocol} subject {self.subject} {self.metric}"
@@ -57,6 +63,7 @@ class DriftReport:
     golden: Path
     checked: list[dict[str, Any]] = field(default_factory=list)  # every compared value
     deviations: list[Deviation] = field(default_factory=list)
+    checked_per_image: int = 0  # per-image values compared (0 for a golden file without them)
     updated: bool = False
 
     @property
@@ -69,6 +76,7 @@ class DriftReport:
             "ok": self.ok,
             "updated": self.updated,
             "checked": self.checked,
+            "checked_per_image": self.checked_per_image,
             "deviations": [d.__dict__ | {"message": d.line()} for d in self.deviations],
         }
 
@@ -136,10 +144,26 @@ def _protocol_names(spec: dict[str, Any]) -> list[str]:
     return list(spec["protocols"])
 
 
+@dataclass
+class _Rescore:
+    scores: dict[str, dict[str, dict[str, float]]]  # protocol -> subject -> metric -> set score
+    per_image: dict[str, dict[str, dict[str, dict[str, float]]]]  # ... -> metric -> nsd_id -> value
+    hashes: dict[str, dict[str, str]]  # "gt"/"rec" -> subject -> sha256
+    protocols: dict[str, Any]
+
+
+def _per_image(result: Any) -> dict[str, dict[str, float]]:
+    """{metric: {nsd_id: value}} from a ScoreResult, ids ascending."""
+    out: dict[str, dict[str, float]] = {}
+    for row in result.per_image.sort_values(["nsd_id"], kind="stable").itertuples(index=False):
+        out.setdefault(str(row.metric), {})[str(int(row.nsd_id))] = float(row.value)
+    return out
+
+
 def _score_spec(
     spec: dict[str, Any], golden: Path, data: str | None, device: str, progress: bool
-) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, str]], dict[str, Any]]:
-    """Rescore the golden set: set scores per protocol and subject, plus hashes of the inputs."""
+) -> _Rescore:
+    """Rescore the golden set: set scores, per-image values and input hashes per protocol and subject."""
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd import open_nsd
     from nsdbench.scoring import brain_target, has_brain_metrics, score_subject
@@ -147,6 +171,7 @@ def _score_spec(
     nsd = open_nsd(data if data is not None else spec.get("data"))
     protocols = {name: get_protocol(name) for name in _protocol_names(spec)}
     scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in protocols}
+    per_image: dict[str, dict[str, dict[str, dict[str, float]]]] = {name: {} for name in protocols}
     hashes: dict[str, dict[str, str]] = {"gt": {}, "rec": {}}
     for subject in spec["subjects"]:
         ids = [int(i) for i in spec["ids"][str(subject)]]
@@ -170,7 +195,41 @@ def _score_spec(
                 progress=progress,
             )
             scores[name][str(subject)] = {k: float(v) for k, v in result.set_scores.items()}
-    return scores, hashes, protocols
+            per_image[name][str(subject)] = _per_image(result)
+    return _Rescore(scores, per_image, hashes, protocols)
+
+
+def _moved(expected: float, actual: float, tol: float) -> bool:
+    """Beyond tolerance; a NaN on one side only counts as moved, NaN on both does not."""
+    if np.isnan(expected) or np.isnan(actual):
+        return bool(np.isnan(expected) != np.isnan(actual))
+    return not abs(actual - expected) <= tol
+
+
+def _image_deviation(
+    protocol: str, subject: str, metric: str, expected: dict[str, float], actual: dict[str, float], tol: float
+) -> Deviation | None:
+    """One deviation naming every NSD id whose per-image value moved (or is missing on one side)."""
+    moved = []
+    for nsd_id in sorted(set(expected) | set(actual), key=int):
+        e, a = expected.get(nsd_id), actual.get(nsd_id)
+        if e is None or a is None or _moved(e, a, tol):
+            moved.append({"nsd_id": int(nsd_id), "expected": e, "actual": a})
+    if not moved:
+        return None
+    diffs = [
+        abs(m["actual"] - m["expected"])
+        for m in moved
+        if m["expected"] is not None and m["actual"] is not None
+    ]
+    worst = f", max |diff| {max(diffs):.3g}" if diffs and np.isfinite(max(diffs)) else ""
+    shown = ", ".join(str(m["nsd_id"]) for m in moved[:SHOWN_IDS])
+    more = f" (+{len(moved) - SHOWN_IDS} more)" if len(moved) > SHOWN_IDS else ""
+    reason = (
+        f"{len(moved)} of {len(set(expected) | set(actual))} per-image values beyond tolerance {tol:g}"
+        f"{worst}: nsd_id {shown}{more}"
+    )
+    return Deviation(protocol, subject, metric, None, None, tol, reason, level="image", images=moved)
 
 
 def check(
@@ -183,7 +242,8 @@ def check(
     """Rescore the golden set; list every metric beyond tolerance. With update=True rewrite the file instead."""
     gpath = Path(golden) if golden else shipped_golden()
     spec = load_golden(gpath)
-    scores, hashes, protocols = _score_spec(spec, gpath, data, device, progress)
+    rescore = _score_spec(spec, gpath, data, device, progress)
+    scores, hashes, protocols = rescore.scores, rescore.hashes, rescore.protocols
     report = DriftReport(gpath)
     devs = report.deviations
     for name, proto in protocols.items():
@@ -242,20 +302,31 @@ def check(
                     devs.append(
                         Deviation(name, subj, metric, e, None, tol, "metric missing from the rescore")
                     )
-                elif not (abs(a - e) <= tol):  # NaN counts as drift
+                elif _moved(e, a, tol):
                     devs.append(Deviation(name, subj, metric, e, a, tol, "beyond tolerance"))
+    for name, proto in protocols.items():
+        for subj, expected in spec.get(PER_IMAGE_KEY, {}).get(name, {}).items():
+            actual = rescore.per_image[name].get(subj, {})
+            for metric in sorted(set(expected) & set(actual)):  # a metric on one side only is reported above
+                report.checked_per_image += len(expected[metric])
+                dev = _image_deviation(
+                    name, subj, metric, expected[metric], actual[metric], tolerance_for(metric, spec, proto)
+                )
+                if dev is not None:
+                    devs.append(dev)
     if update:
-        write_golden(
-            gpath,
-            {
-                **spec,
-                "expected": scores,
-                "protocols": {n: {"version": p.version, "hash": p.hash} for n, p in protocols.items()},
-                "gt_sha256": hashes["gt"],
-                "rec_sha256": hashes["rec"],
-                "created": _created(),
-            },
-        )
+        new = {
+            **{k: v for k, v in spec.items() if k != PER_IMAGE_KEY},
+            "expected": scores,
+            "protocols": {n: {"version": p.version, "hash": p.hash} for n, p in protocols.items()},
+            "gt_sha256": hashes["gt"],
+            "rec_sha256": hashes["rec"],
+            "created": _created(),
+        }
+        # the per-image values follow the set scores they average to
+        keys = list(new)
+        keys.insert(keys.index("expected") + 1, PER_IMAGE_KEY)
+        write_golden(gpath, {k: rescore.per_image if k == PER_IMAGE_KEY else new[k] for k in keys})
         report.updated = True
     return report
 
@@ -271,10 +342,29 @@ def _created() -> dict[str, str]:
     }
 
 
+def golden_text(spec: dict[str, Any]) -> str:
+    """JSON indented by one, with lists of scalars and each per-image {nsd_id: value} map on one line."""
+
+    def fmt(obj: Any, depth: int, path: tuple[str, ...]) -> str:
+        leaf = len(path) == 4 and path[0] == PER_IMAGE_KEY
+        if isinstance(obj, dict) and obj and not leaf:
+            pad = " " * (depth + 1)
+            items = [
+                f"{pad}{json.dumps(str(k))}: {fmt(v, depth + 1, (*path, str(k)))}" for k, v in obj.items()
+            ]
+            return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+        if isinstance(obj, list) and any(isinstance(v, dict | list) for v in obj):
+            pad = " " * (depth + 1)
+            return "[\n" + ",\n".join(pad + fmt(v, depth + 1, path) for v in obj) + "\n" + " " * depth + "]"
+        return json.dumps(obj)
+
+    return fmt(spec, 0, ()) + "\n"
+
+
 def write_golden(path: Path, spec: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=1, sort_keys=False) + "\n")
+    tmp.write_text(golden_text(spec))
     tmp.replace(path)
     return path
 

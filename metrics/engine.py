@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,6 +37,9 @@ from nsdbench.metrics.protocols import (
 from nsdbench.metrics.resize import apply_chain, to_float
 
 FORWARD_BATCH = {"cpu": 8, "cuda": 64}  # fixed per device: part of the result's identity
+
+# False, True (rich bars on stderr) or a callback(done, total)
+ProgressArg = bool | Callable[[int, int], None]
 
 
 @dataclass
@@ -345,7 +348,7 @@ def score(
     device: str = "cpu",
     brain=None,
     batch_size: int = 32,
-    progress: bool = False,
+    progress: ProgressArg = False,
     cache: bool = True,
 ) -> ScoreResult:
     """Score reconstructions against ground truth under one protocol (see score_protocols)."""
@@ -377,7 +380,7 @@ def score_protocols(
     device: str = "cpu",
     brain=None,
     batch_size: int = 32,
-    progress: bool = False,
+    progress: ProgressArg = False,
     cache: bool = True,
     timings: dict[str, float] | None = None,
 ) -> dict[str, ScoreResult]:
@@ -386,6 +389,9 @@ def score_protocols(
     gt_images: uint8 (N, H, W, 3) array/tensor or a sequence of HxWx3 uint8 images (read lazily);
     rec_images likewise (M items, any size); rec_ids / rec_samples: length M. `brain`: None or an
     object with .predict(uint8 NHWC) -> (B, V), .measured {nsd_id: (V,)}, .rois {roi: bool (V,)}.
+    `progress`: True draws rich bars on stderr; a callable gets (done, total) in image units: one per
+    ground-truth image (the feature pass, or at once when every pass is cached) and one per image of
+    each sample set (pixel metrics, reconstruction features, brain predictions), ending at total.
     """
     protos = [get_protocol(p) for p in protocols]
     if not protos:
@@ -400,8 +406,9 @@ def score_protocols(
     chunk = FORWARD_BATCH["cuda" if dev.startswith("cuda") else "cpu"]
     ids = inputs.gt_ids
     n = len(ids)
+    units = n * (len(inputs.samples) + (1 if plan.gt_passes else 0))
 
-    with deterministic_mode(dev) as flags, _progress(progress) as bar:
+    with deterministic_mode(dev) as flags, _progress(progress, units) as bar:
         networks: dict[FeaturePass, Any] = {}
         net_info: dict[str, dict[str, Any]] = {}
         for fp in list(plan.gt_passes) + list(plan.rec_passes):
@@ -443,6 +450,8 @@ def score_protocols(
                         gt_feats[fp] = {k: torch.from_numpy(v).to(dev) for k, v in hit.items()}
                         continue
                 todo[fp] = key or ""
+        if plan.gt_passes and not todo:
+            bar.skip(n)  # every ground-truth pass came from the cache
         if todo:
             fwd = {
                 fp: _Forwarder(
@@ -679,8 +688,11 @@ class _NoBar:
     def advance(self, *_a, **_k):
         return None
 
+    def skip(self, *_a, **_k):
+        return None
 
-class _RichBar:
+
+class _RichBar(_NoBar):
     def __init__(self, progress) -> None:
         self.p = progress
 
@@ -691,9 +703,27 @@ class _RichBar:
         self.p.advance(task, k)
 
 
+class _CallbackBar(_NoBar):
+    """Sums every stage's images into one (done, total) count for a caller's own progress display."""
+
+    def __init__(self, fn: Callable[[int, int], None], total: int) -> None:
+        self.fn, self.total, self.done = fn, total, 0
+        fn(0, total)
+
+    def advance(self, _task, k: int) -> None:
+        self.done += k
+        self.fn(self.done, self.total)
+
+    def skip(self, k: int) -> None:
+        self.advance(None, k)
+
+
 @contextlib.contextmanager
-def _progress(enabled: bool):
-    if not enabled:
+def _progress(progress: ProgressArg, total: int):
+    if callable(progress):
+        yield _CallbackBar(progress, total)
+        return
+    if not progress:
         yield _NoBar()
         return
     from rich.console import Console

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_score_fixtures import small_root_fixture  # noqa: F401
 
 from nsdbench.cli import main
@@ -33,6 +34,7 @@ def test_golden_roundtrip_tamper_and_update(small_root, tmp_path, capsys):
     assert rc == 0 and doc["updated"] and doc["deviations"] == []
     spec = json.loads(golden.read_text())
     expected = dict(spec["expected"]["nsdbench-v1"]["1"])
+    per_image = spec["expected_per_image"]["nsdbench-v1"]["1"]
     assert set(expected) == {
         "pixcorr",
         "ssim",
@@ -75,7 +77,65 @@ def test_golden_roundtrip_tamper_and_update(small_root, tmp_path, capsys):
     # rescoring is deterministic: the rewritten values are exactly the ones first recorded, so a check passes
     updated = json.loads(golden.read_text())
     assert updated["expected"]["nsdbench-v1"]["1"] == expected
+    assert updated["expected_per_image"]["nsdbench-v1"]["1"] == per_image
     assert updated["protocols"]["nsdbench-v1"]["hash"] != "0000"
+
+
+def test_per_image_values_recorded_and_each_moved_id_named(small_root, tmp_path, capsys):
+    golden = tmp_path / "golden.json"
+    rc, _ = _create(capsys, golden, small_root, 1, "--radius", "6")
+    spec = json.loads(golden.read_text())
+    ids = spec["ids"]["1"]
+    per_image = spec["expected_per_image"]["nsdbench-v1"]["1"]
+    assert rc == 0 and set(per_image) == set(spec["expected"]["nsdbench-v1"]["1"])
+    for metric, values in per_image.items():  # the set score is the mean of the per-image values
+        assert list(values) == [str(i) for i in ids]
+        assert np.mean(list(values.values())) == pytest.approx(
+            spec["expected"]["nsdbench-v1"]["1"][metric], abs=1e-12
+        )
+    rc, doc = _drift(capsys, "--golden", str(golden))
+    assert rc == 0 and doc["checked_per_image"] == len(ids) * len(per_image)
+
+    tampered = json.loads(golden.read_text())
+    pi = tampered["expected_per_image"]["nsdbench-v1"]["1"]
+    pi["pixcorr"][str(ids[2])] += 1e-5  # beyond the 1e-6 float64 tolerance; its set score is untouched
+    pi["ssim"][str(ids[0])] += 5e-7  # within it
+    for i in ids[:4]:  # four ids of one network metric, beyond the 1e-4 tolerance
+        pi["swav"][str(i)] -= 3e-4
+    golden.write_text(json.dumps(tampered))
+    rc, doc = _drift(capsys, "--golden", str(golden))
+    assert rc == 4
+    devs = {d["metric"]: d for d in doc["deviations"]}
+    assert set(devs) == {"pixcorr", "swav"} and {d["level"] for d in devs.values()} == {"image"}
+    assert [m["nsd_id"] for m in devs["pixcorr"]["images"]] == [ids[2]]
+    assert [m["nsd_id"] for m in devs["swav"]["images"]] == ids[:4]
+    assert (
+        f"nsd_id {ids[2]}" in devs["pixcorr"]["message"] and "1 of 5 per-image" in devs["pixcorr"]["message"]
+    )
+
+    rc = main(["drift", "--golden", str(golden)])
+    err = capsys.readouterr().err
+    assert rc == 4 and "nsdbench-v1 subject 1 pixcorr: 1 of 5 per-image values" in err
+    assert (
+        "swav: 4 of 5 per-image values beyond tolerance 0.0001" in err
+        and ", ".join(map(str, ids[:4])) in err
+    )
+
+
+def test_golden_without_per_image_values_still_checks(small_root, tmp_path, capsys):
+    golden = tmp_path / "golden.json"
+    rc, _ = _create(capsys, golden, small_root, 1, "--radius", "6")
+    spec = json.loads(golden.read_text())
+    del spec["expected_per_image"]  # a golden file written before per-image values were recorded
+    golden.write_text(json.dumps(spec))
+    rc, doc = _drift(capsys, "--golden", str(golden))
+    assert rc == 0 and doc["deviations"] == [] and doc["checked_per_image"] == 0 and len(doc["checked"]) == 10
+    spec["expected"]["nsdbench-v1"]["1"]["pixcorr"] += 1e-5
+    golden.write_text(json.dumps(spec))
+    rc, doc = _drift(capsys, "--golden", str(golden))
+    assert rc == 4 and [d["metric"] for d in doc["deviations"]] == ["pixcorr"]
+    rc, doc = _drift(capsys, "--golden", str(golden), "--update")  # --update adds them
+    assert rc == 0 and "expected_per_image" in json.loads(golden.read_text())
 
 
 def test_golden_from_a_submission_detects_changed_reconstructions(small_root, tmp_path, capsys):
@@ -83,7 +143,9 @@ def test_golden_from_a_submission_detects_changed_reconstructions(small_root, tm
     images = demo_images(nsd, "nsd982", [2], "blur", radius=4, limit=None)
     sub = write_submission(images, tmp_path / "recons.npz", "npz")
     golden = tmp_path / "mine.json"
-    rc, doc = _create(capsys, golden, small_root, 2, "--submission", str(sub), "--protocols", "brain-diffuser-2023")
+    rc, doc = _create(
+        capsys, golden, small_root, 2, "--submission", str(sub), "--protocols", "brain-diffuser-2023"
+    )
     assert rc == 0
     spec = json.loads(golden.read_text())
     assert spec["reconstructions"] == {"kind": "file", "path": "mine.npz"}
@@ -121,3 +183,9 @@ def test_shipped_golden_is_consistent():
         if not spec["brain"]:
             names = {m for m in names if not m.startswith("bc_")}
         assert set(spec["expected"][name]["1"]) == names
+        per_image = spec["expected_per_image"][name]["1"]
+        assert set(per_image) == names
+        for metric, values in per_image.items():
+            assert list(values) == [str(i) for i in spec["ids"]["1"]]
+            mean = np.mean(list(values.values()))
+            assert mean == pytest.approx(spec["expected"][name]["1"][metric], abs=1e-12), (name, metric)

@@ -189,6 +189,39 @@ def test_protocols_scored_together_match_separate_runs(data):
     pd.testing.assert_frame_equal(together["test-small-2"].per_sample, alone.per_sample, check_exact=True)
 
 
+def test_progress_callback_counts_images_to_total(data, nsdbench_home):
+    ids, gt, rec0, rec1 = data
+    n = len(ids)
+    rec_ids, samples, recs = np.concatenate([ids, ids]), np.repeat([0, 1], n), np.concatenate([rec0, rec1])
+    quiet = _score(ids, gt, rec_ids, samples, recs, batch_size=4)
+    calls: list[tuple[int, int]] = []
+    res = _score(ids, gt, rec_ids, samples, recs, batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    pd.testing.assert_frame_equal(res.per_sample, quiet.per_sample, check_exact=True)
+    # one unit per ground-truth image (feature pass) and per image of each sample set, in batches of 4
+    assert calls == [(d, 3 * n) for d in (0, 4, 6, 10, 12, 16, 18)]
+    # ground-truth features from the disk cache count at once; the count still ends at its total
+    for _ in range(2):
+        calls.clear()
+        _score(
+            ids,
+            gt,
+            rec_ids,
+            samples,
+            recs,
+            batch_size=4,
+            cache=True,
+            progress=lambda d, t: calls.append((d, t)),
+        )
+    done = [d for d, _ in calls]
+    assert {t for _, t in calls} == {3 * n} and done == sorted(done) and done[0] == 0 and done[-1] == 3 * n
+    assert done[1] == n  # cache hit: the whole ground-truth pass at once
+    # a protocol without feature metrics has no ground-truth pass to count
+    pixel_only = Protocol("test-pixel", "0", "", "nsd982", "nsd-ascending", SMALL.metrics[:2])
+    calls.clear()
+    _score(ids, gt, rec_ids, samples, recs, protocol=pixel_only, progress=lambda d, t: calls.append((d, t)))
+    assert calls[0] == (0, 2 * n) and calls[-1] == (2 * n, 2 * n)
+
+
 @pytest.mark.parametrize(
     "mutate, match",
     [

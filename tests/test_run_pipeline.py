@@ -160,16 +160,19 @@ class Recorder(Progress):
     def __init__(self) -> None:
         self.totals: dict[str, tuple[int | None, str]] = {}
         self.done: dict[str, int] = {}
+        self.steps: dict[str, list[int]] = {}
 
     def start(self, key, description, total, unit="img"):
         self.totals[key] = (total, unit)
         self.done[key] = 0
+        self.steps[key] = []
 
     def set_total(self, key, total, unit="img"):
         self.totals[key] = (total, unit)
 
     def advance(self, key, n=1):
         self.done[key] += n
+        self.steps[key].append(n)
 
 
 def _files(run_dir: Path) -> dict[str, bytes]:
@@ -238,6 +241,9 @@ def test_resume_after_kill_gives_identical_files_and_scores(shuffled_run, synth_
     assert result.all_complete
     # the bar spans the unfinished shards only (the interrupted one's 15 finished images are skipped)
     assert progress.totals["rec-1"] == (91 - SHARD_SIZE, "img") and progress.done["rec-1"] == 91 - SHARD_SIZE
+    # the score bar follows the engine as it goes, not one jump at the end
+    assert progress.totals["score-1"] == (91, "img") and progress.done["score-1"] == 91
+    assert len(progress.steps["score-1"]) > 2 and min(progress.steps["score-1"]) > 0
     assert _files(out) == _files(shuffled_run)
     pd.testing.assert_frame_equal(_scores(out), _scores(shuffled_run))
     progress = Recorder()

@@ -200,6 +200,18 @@ def test_rich_progress_bar_takes_its_total_and_unit_later(capsys):
     assert "subj01 fit" in capsys.readouterr().err
 
 
+def test_scaled_progress_maps_engine_units_onto_the_score_bar():
+    from nsdbench.runner import scaled_progress
+
+    steps: list[int] = []
+    report = scaled_progress(steps.append, 7)  # a bar of 7 reconstructions; the engine counts 21 units
+    for done in (0, 4, 7, 10, 14, 14, 20, 21):
+        report(done, 21)
+    assert steps == [1, 1, 1, 1, 2, 1] and sum(steps) == 7  # floor(done * 7 / 21), as increments
+    report(1, 1)  # the runner's closing call adds nothing once the bar is full
+    assert sum(steps) == 7
+
+
 def test_a_run_folder_keeps_its_shard_size(tmp_path):
     from nsdbench.runner import adopt_execution
 

@@ -203,7 +203,8 @@ def register(app: typer.Typer) -> None:
     @app.command("drift")
     def drift_cmd(
         golden: Annotated[
-            Path | None, typer.Option("--golden", help="Golden file (default: the shipped synthetic/tiny one).")
+            Path | None,
+            typer.Option("--golden", help="Golden file (default: the shipped synthetic/tiny one)."),
         ] = None,
         update: bool = typer.Option(
             False, "--update", help="Rewrite the expected values after a deliberate change."
@@ -274,7 +275,12 @@ def register(app: typer.Typer) -> None:
                 t.add_column(
                     c, justify="left" if c in ("protocol", "subject", "metric", "status") else "right"
                 )
-            bad = {(d.protocol, d.subject, d.metric) for d in report.deviations}
+            bad = {(d.protocol, d.subject, d.metric) for d in report.deviations if d.level == "set"}
+            moved = {
+                (d.protocol, d.subject, d.metric): len(d.images)
+                for d in report.deviations
+                if d.level == "image"
+            }
             for c in report.checked:
                 e, a = c["expected"], c["actual"]
                 diff = abs(a - e) if e is not None and a is not None else None
@@ -286,7 +292,7 @@ def register(app: typer.Typer) -> None:
                     _num(a),
                     _num(diff, ".2e"),
                     f"{c['tolerance']:g}",
-                    "[red]DRIFT[/]" if (c["protocol"], c["subject"], c["metric"]) in bad else "ok",
+                    _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved),
                 )
             wide(width=160).print(t)
             for d in report.deviations:
@@ -295,12 +301,24 @@ def register(app: typer.Typer) -> None:
             err.print(f"{'created' if create else 'updated'} {report.golden}")
             return
         if report.deviations:
+            n_moved = sum(len(d.images) or 1 for d in report.deviations)  # per-image: each moved id
             raise MetricDrift(
-                f"{len(report.deviations)} value(s) beyond tolerance in {report.golden} "
+                f"{n_moved} value(s) beyond tolerance in {report.golden} "
                 f"(listed above; `nsdbench drift --update` after a deliberate change)"
             )
-        err.print(f"no drift: {len(report.checked)} values within tolerance")
+        images = f" and {report.checked_per_image} per-image values" if report.checked_per_image else ""
+        err.print(f"no drift: {len(report.checked)} set scores{images} within tolerance")
 
 
 def _num(x: float | None, spec: str = ".8f") -> str:
     return "–" if x is None else format(x, spec)
+
+
+def _drift_status(protocol: str, subject: str, metric: str, bad: set, moved: dict) -> str:
+    """A drift table row's status: the set score moved, only some per-image values moved, or ok."""
+    key = (protocol, subject, metric)
+    if key in bad:
+        return "[red]DRIFT[/]"
+    if key in moved:
+        return f"[red]{moved[key]} img moved[/]"
+    return "ok"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +226,3 @@ def load_state_dict(path: Path) -> dict:
 
     obj = torch.load(path, map_location="cpu", weights_only=True)
     return obj
-
-
-ModelBuilder = Callable[..., object]

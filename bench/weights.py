@@ -59,7 +59,7 @@ def _load_builtin_entries() -> None:
     # registry complete for `nsdbench weights list` without importing torch-heavy code paths twice.
     import importlib
 
-    for module in ("nsdbench.metrics.networks", "nsdbench.metrics.encoder", "nsdbench.methods.registry"):
+    for module in ("nsdbench.metrics.networks", "nsdbench.metrics.gnet8", "nsdbench.methods.registry"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:  # a module not written yet in this checkout

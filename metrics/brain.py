@@ -17,6 +17,9 @@ import numpy as np
 from nsdbench.errors import DataError, UsageError
 from nsdbench.metrics.names import BRAIN_ROIS  # metric name -> ROI key of NSD.roi_voxel_masks
 
+ENCODER_BATCH = 16  # images per encoder forward pass; batches are zero-padded to this size so that an
+# image's predicted betas never depend on which other images share its batch
+
 __all__ = ["BRAIN_ROIS", "BrainTarget", "brain_correlation", "load_brain_target", "pearson_rows"]
 
 

@@ -10,6 +10,7 @@ import pytest
 from nsdbench import weights
 from nsdbench.errors import DataError, WeightsMissing
 from nsdbench.metrics import encoder as enc
+from nsdbench.metrics import gnet8
 from nsdbench.metrics.brain import brain_correlation
 
 
@@ -85,7 +86,7 @@ def test_brain_correlation_of_ground_truth_beats_shuffled(model, nsd):
 def test_published_gnet8_needs_its_weights(nsd):
     assert "gnet8-multisubject" in weights.artifacts()
     with pytest.raises(WeightsMissing, match="nsdbench weights fetch gnet8-multisubject"):
-        enc.load_published_encoder("gnet8", 1, 320)
+        gnet8.load_published_encoder("gnet8", 1, 320)
     with pytest.raises(WeightsMissing):
         enc.load_brain_target(nsd, 1, "nsd982", "pretrained", encoder="gnet8")
 
@@ -116,8 +117,8 @@ def test_gnet8_release_layout_loads_with_weights_only():
     import torch
 
     n_vox = 12
-    trunk, readout = enc._gnet8_modules(
-        enc.GNET8_TRUNK_WIDTH, enc.GNET8_PASS_THROUGH, np.full((1, 3, 1, 1), 0.4, np.float32), n_vox
+    trunk, readout = gnet8._gnet8_modules(
+        gnet8.GNET8_TRUNK_WIDTH, gnet8.GNET8_PASS_THROUGH, np.full((1, 3, 1, 1), 0.4, np.float32), n_vox
     )
     ckpt = {
         "input_mean": np.full((1, 3, 1, 1), 0.4, np.float32),
@@ -131,12 +132,12 @@ def test_gnet8_release_layout_loads_with_weights_only():
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     try:
-        loaded = enc.GNet8Encoder(1, n_vox, "pretrained")
+        loaded = gnet8.GNet8Encoder(1, n_vox, "pretrained")
         for a, b in ((loaded.trunk, trunk), (loaded.readout, readout)):
             sa, sb = a.state_dict(), b.state_dict()
             assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
         with pytest.raises(DataError, match="predicts 12 voxels"):
-            enc.GNet8Encoder(1, n_vox + 1, "pretrained")
+            gnet8.GNet8Encoder(1, n_vox + 1, "pretrained")
     finally:
         weights.remove("gnet8-multisubject")
 

@@ -151,16 +151,15 @@ def reference_structure(gt, rec, nets, timer=None) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.benchmark(group="metrics-vs-brain-diffuser")
-def test_bench_reference_structure(benchmark, inputs):
-    _ids, gt, rec, nets = inputs
-    timer: dict[str, float] = {}
+def _measure(benchmark, fn) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Benchmark fn(timings) and record the share of the last round's wall time spent in forward passes."""
+    timings: dict[str, float] = {}
     wall = {}
 
     def run():
-        timer.clear()
+        timings.clear()
         t0 = time.perf_counter()
-        res = reference_structure(gt, rec, nets, timer)
+        res = fn(timings)
         wall["s"] = time.perf_counter() - t0
         return res
 
@@ -169,10 +168,17 @@ def test_bench_reference_structure(benchmark, inputs):
         {
             "n_images": N,
             "weights": MODE,
-            "t_forward": timer["forward"],
-            "forward_share": timer["forward"] / wall["s"],
+            "forward_share": timings.get("forward", 0.0) / wall["s"],
+            **{f"t_{k}": v for k, v in timings.items()},
         }
     )
+    return out, timings
+
+
+@pytest.mark.benchmark(group="metrics-vs-brain-diffuser")
+def test_bench_reference_structure(benchmark, inputs):
+    _ids, gt, rec, nets = inputs
+    out, _ = _measure(benchmark, lambda timings: reference_structure(gt, rec, nets, timings))
     assert set(out) == set(METRICS)
 
 
@@ -199,20 +205,7 @@ def test_bench_engine_warm_ground_truth_cache(benchmark, inputs):
     (the reference structure recomputes them for every submission)."""
     ids, gt, rec, _nets = inputs
     cold = _engine_run(ids, gt, rec, True, {})  # fills the on-disk ground-truth feature cache
-    timings: dict[str, float] = {}
-    wall = {}
-
-    def run():
-        timings.clear()
-        t0 = time.perf_counter()
-        res = _engine_run(ids, gt, rec, True, timings)
-        wall["s"] = time.perf_counter() - t0
-        return res
-
-    out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
-    benchmark.extra_info.update(
-        {"n_images": N, "weights": MODE, "forward_share": timings.get("forward", 0) / wall["s"]}
-    )
+    out, _ = _measure(benchmark, lambda timings: _engine_run(ids, gt, rec, True, timings))
     for m in METRICS:  # a cache hit changes nothing
         np.testing.assert_array_equal(out[m], cold[m], err_msg=m)
 
@@ -220,26 +213,7 @@ def test_bench_engine_warm_ground_truth_cache(benchmark, inputs):
 @pytest.mark.benchmark(group="metrics-vs-brain-diffuser")
 def test_bench_engine(benchmark, inputs):
     ids, gt, rec, nets = inputs
-    timings: dict[str, float] = {}
-
-    wall = {}
-
-    def run():
-        timings.clear()
-        t0 = time.perf_counter()
-        res = _engine_run(ids, gt, rec, False, timings)
-        wall["s"] = time.perf_counter() - t0
-        return res
-
-    out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
-    benchmark.extra_info.update(
-        {
-            "n_images": N,
-            "weights": MODE,
-            "forward_share": timings.get("forward", 0) / wall["s"],
-            **{f"t_{k}": v for k, v in timings.items()},
-        }
-    )
+    out, _ = _measure(benchmark, lambda timings: _engine_run(ids, gt, rec, False, timings))
     # same numbers as the reference structure
     ref = reference_structure(gt, rec, nets)
     for m in METRICS:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from nsdbench.errors import UsageError
+from nsdbench.files import atomic_write_text
 
 # (run_id, subject, nsd_id) -> uint8 HxWx3 reconstruction (first sample), or None when it is missing.
 ReconFetcher = Callable[[str, int, int], "np.ndarray | None"]
@@ -132,8 +133,10 @@ def choose_ids(data: ReportData, n: int, seed: int, ids: Sequence[int] | None = 
     subjects = data.subjects
     scores = data.image_scores
     candidates = {
-        s: np.union1d(scores.loc[scores["subject"] == s, "nsd_id"].to_numpy(dtype=np.int64),
-                      np.asarray(sorted(data.unscored_ids.get(s, ())), dtype=np.int64))
+        s: np.union1d(
+            scores.loc[scores["subject"] == s, "nsd_id"].to_numpy(dtype=np.int64),
+            np.asarray(sorted(data.unscored_ids.get(s, ())), dtype=np.int64),
+        )
         for s in subjects
     }
     if ids is not None:
@@ -207,8 +210,9 @@ class ReportResult:
 Progress = Callable[[int], Callable[[], None]]  # progress(total) -> advance()
 
 
-def render_report(data: ReportData, options: ReportOptions = ReportOptions(), progress: Progress | None = None
-                  ) -> tuple[str, dict[int, list[int]], list[str]]:
+def render_report(
+    data: ReportData, options: ReportOptions = ReportOptions(), progress: Progress | None = None
+) -> tuple[str, dict[int, list[int]], list[str]]:
     """(page, grid ids per subject, notes): the whole page as one self-contained HTML string."""
     from nsdbench.report_html import render
 
@@ -217,13 +221,14 @@ def render_report(data: ReportData, options: ReportOptions = ReportOptions(), pr
     return page, grid_ids, notes
 
 
-def write_report(data: ReportData, out: str | Path, options: ReportOptions = ReportOptions(),
-                 progress: Progress | None = None) -> ReportResult:
+def write_report(
+    data: ReportData,
+    out: str | Path,
+    options: ReportOptions = ReportOptions(),
+    progress: Progress | None = None,
+) -> ReportResult:
     """Render and write atomically (temp file + rename), so a crash never leaves half a page."""
     out = Path(out)
     page, grid_ids, notes = render_report(data, options, progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, page)
     return ReportResult(out, out.stat().st_size, grid_ids, notes)

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from nsdbench.errors import DataError, NSDBenchError, UsageError
+from nsdbench.files import atomic_write_bytes, sha256_file
 
 SPEC_FILE = "spec.toml"
 LOG_FILE = "run.log"
@@ -172,21 +172,6 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> Path:
 # ---------------------------------------------------------------------------------------------- files
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of a uint8 HxWx3 image (no metadata: equal pixels give equal bytes)."""
     import io
@@ -216,13 +201,10 @@ def read_png(path: Path, size: int | None = None) -> np.ndarray | None:
     return arr
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str | None:
+def file_digest(path: Path) -> str | None:
+    """sha256 of a file, or None when it is missing or unreadable."""
     try:
-        return sha256_bytes(Path(path).read_bytes())
+        return sha256_file(path)
     except OSError:
         return None
 
@@ -304,7 +286,7 @@ def shard_is_complete(run_dir: Path, spec: RunSpec, shard: Shard) -> bool:
     files = rec.get("files", {})
     for nsd_id, sample in shard.items(spec.samples):
         name = f"{nsd_id}_{sample}.png"
-        if files.get(name) is None or sha256_file(subject_dir(run_dir, shard.subject) / name) != files[name]:
+        if files.get(name) is None or file_digest(subject_dir(run_dir, shard.subject) / name) != files[name]:
             return False
     return True
 
@@ -502,7 +484,7 @@ class RunSession:
             if self.force:
                 todo.append((nsd_id, sample))
             elif name in old_files:
-                if sha256_file(path) != old_files[name]:
+                if file_digest(path) != old_files[name]:
                     todo.append((nsd_id, sample))
             elif read_png(path) is None:
                 todo.append((nsd_id, sample))
@@ -539,7 +521,7 @@ class RunSession:
         files = {}
         for nsd_id, sample in items:
             path = png_path(self.run_dir, shard.subject, nsd_id, sample)
-            digest = sha256_file(path)
+            digest = file_digest(path)
             if digest is None:
                 raise NSDBenchError(f"{path}: missing after shard {shard.name} finished")
             files[path.name] = digest
@@ -573,7 +555,7 @@ class RunSession:
             rec is not None
             and rec.get("spec_hash") == self.spec.hash
             and rec.get("images_digest") == self.images_digest(subject)
-            and sha256_file(score_path(self.run_dir, subject)) == rec.get("parquet_sha256")
+            and file_digest(score_path(self.run_dir, subject)) == rec.get("parquet_sha256")
         )
 
     def score_subject(self, subject: int, lock: bool = False) -> bool:
@@ -621,7 +603,7 @@ class RunSession:
             "subject": subject,
             "spec_hash": spec.hash,
             "images_digest": digest,
-            "parquet_sha256": sha256_file(out),
+            "parquet_sha256": file_digest(out),
             "n_images": len(items),
         }
         atomic_write_bytes(score_record_path(self.run_dir, subject), json.dumps(record, indent=1).encode())

@@ -20,6 +20,7 @@ from typing import Literal
 
 from nsdbench import config
 from nsdbench.errors import UsageError, WeightsMissing
+from nsdbench.files import sha256_file
 
 WeightsMode = Literal["pretrained", "random", "tiny"]
 MODES: tuple[str, ...] = ("pretrained", "random", "tiny")
@@ -135,14 +136,6 @@ def fetch(name: str) -> Path:
     path = local_path(name)
     _write_sha_record(name, path)
     return path
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_path(path: Path) -> str:

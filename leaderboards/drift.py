@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from nsdbench.errors import UsageError
+from nsdbench.files import atomic_write_text
 
 GOLDEN_FORMAT = "nsdbench-golden/1"
 SHIPPED_GOLDEN = "golden_synthetic_tiny.json"
@@ -362,10 +363,7 @@ def golden_text(spec: dict[str, Any]) -> str:
 
 
 def write_golden(path: Path, spec: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(golden_text(spec))
-    tmp.replace(path)
+    atomic_write_text(path, golden_text(spec))
     return path
 
 

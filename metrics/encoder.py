@@ -36,7 +36,7 @@ from nsdbench.metrics.brain import ENCODER_BATCH as FEATURE_BATCH
 from nsdbench.metrics.gnet8 import load_published_encoder
 
 ENCODER_FORMAT = 1
-ROI_ORDER = ("V1", "V2", "V3", "V4", "early", "higher_vis", "nsdgeneral")
+ROI_ORDER = tuple(BRAIN_ROIS.values())  # V1 … nsdgeneral, in the leaderboard's order
 
 
 @dataclass(frozen=True)

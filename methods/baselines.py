@@ -240,18 +240,14 @@ class BestLibraryImage(_Baseline):
     def library_ids(self, train: SubjectData) -> np.ndarray:
         """Every NSD id the subject never saw (ascending)."""
         seen = {int(i) for i in train.seen_ids()} | set(train.train_ids) | set(train.test_ids)
-        lib = np.array([i for i in range(int(train.nsd.n_images)) if i not in seen], dtype=np.int64)
+        lib = np.array([i for i in range(train.n_images) if i not in seen], dtype=np.int64)
         if len(lib) == 0:
             raise DataError(f"subject {train.subject}: no NSD image left that the subject never saw")
         return lib
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, int]:
         from nsdbench.methods.protocol import FitCache
-        from nsdbench.metrics.encoder import load_brain_target
-
-        target = load_brain_target(
-            train.nsd, train.subject, ctx.split, ctx.weights_mode, device=ctx.device, progress=False
-        )
+        target = train.brain_target(ctx.weights_mode, device=ctx.device)
         lib = self.library_ids(train)
         test_ids = list(train.test_ids)
         missing = [n for n in test_ids if n not in target.measured]

@@ -20,8 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from nsdbench.errors import NSDBenchError
 from nsdbench.methods import seeds
+from nsdbench.nsd.subject import SubjectData, zscore_with_train  # noqa: F401 (moved there; re-exported)
 
 
 @dataclass(frozen=True)
@@ -33,105 +33,6 @@ class TestItem:
     nsd_id: int
     sample: int
     seed: int
-
-
-def zscore_with_train(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Z-score `train` by its column mean/std and `others` by the same (constant columns: std 1)."""
-    mean = train.mean(axis=0, dtype=np.float64)
-    std = train.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0
-    return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
-
-
-class SubjectData:
-    """What a method may read for one subject and split; arrays are loaded once and kept."""
-
-    def __init__(self, nsd, subject: int, split) -> None:
-        self.nsd = nsd
-        self.subject = int(subject)
-        self.split = split
-        self._cache: dict[Any, Any] = {}
-
-    @property
-    def train_ids(self) -> tuple[int, ...]:
-        return tuple(self.split.train_ids)
-
-    @property
-    def test_ids(self) -> tuple[int, ...]:
-        return tuple(self.split.test_ids)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.nsd.image_size)
-
-    def _raw(self, part: str, roi: str) -> np.ndarray:
-        key = ("raw", part, roi)
-        if key not in self._cache:
-            from nsdbench.nsd.splits import split_betas
-
-            self._cache[key] = np.asarray(
-                split_betas(self.nsd, self.split, part=part, roi=roi, normalize="none")
-            )
-        return self._cache[key]
-
-    def betas(self, part: str, roi: str = "nsdgeneral", normalize: str = "train-zscore") -> np.ndarray:
-        """Repetition-averaged betas, rows aligned with train_ids/test_ids.
-
-        normalize="train-zscore" z-scores both parts with the training mean/std (brain-diffuser's choice);
-        "none" returns betas/300 as stored.
-        """
-        if part not in ("train", "test"):
-            raise ValueError(f"part must be 'train' or 'test', got {part!r}")
-        if normalize == "none":
-            return self._raw(part, roi)
-        if normalize != "train-zscore":
-            raise ValueError(f"unknown normalization {normalize!r}")
-        key = ("z", roi)
-        if key not in self._cache:
-            self._cache[key] = zscore_with_train(self._raw("train", roi), self._raw("test", roi))
-        train, test = self._cache[key]
-        return train if part == "train" else test
-
-    def test_betas_for(
-        self, nsd_ids: Sequence[int], roi: str = "nsdgeneral", normalize: str = "train-zscore"
-    ) -> np.ndarray:
-        """Test betas for the given test ids (rows in the order given)."""
-        index = {nid: i for i, nid in enumerate(self.test_ids)}
-        rows = [index[int(n)] for n in nsd_ids]
-        return self.betas("test", roi, normalize)[rows]
-
-    def train_images(self) -> np.ndarray:
-        """Training stimuli, uint8 (n_train, H, W, 3), rows aligned with train_ids (kept in memory: on the
-        real NSD this is ~5 GB at 425 px; prefer `images` over chunks of train_ids)."""
-        key = ("train_images",)
-        if key not in self._cache:
-            self._cache[key] = self.nsd.images(list(self.train_ids))
-        return self._cache[key]
-
-    def images(self, nsd_ids: Sequence[int]) -> np.ndarray:
-        """NSD images other than the test stimuli (training, library); a test id is an error, so a method
-        cannot read the images it must reconstruct."""
-        ids = [int(n) for n in nsd_ids]
-        if "test_set" not in self._cache:
-            self._cache["test_set"] = frozenset(int(n) for n in self.split.test_ids)
-        leaked = [n for n in ids if n in self._cache["test_set"]]
-        if leaked:
-            raise NSDBenchError(
-                f"subject {self.subject}: a method asked for the image of test NSD id {leaked[0]} "
-                f"({self.split.name}); only the ground-truth baselines read test stimuli (ground_truth_images)"
-            )
-        return self.nsd.images(ids)
-
-    def ground_truth_images(self, nsd_ids: Sequence[int]) -> np.ndarray:
-        """The test stimuli themselves: only the ground-truth and shuffled baselines use this."""
-        return self.nsd.images(list(nsd_ids))
-
-    def seen_ids(self) -> np.ndarray:
-        """Every NSD id assigned to this subject (expdesign subjectim, 10k on the real NSD: also the images of
-        sessions not released or not run) plus every id in its trials."""
-        assigned = np.asarray(self.nsd.design["subjectim"][self.subject - 1], dtype=np.int64) - 1
-        shown = self.nsd.trials(self.subject)["nsd_id"].to_numpy(dtype=np.int64)
-        return np.union1d(assigned, shown)
 
 
 class FitCache:

@@ -204,3 +204,30 @@ def test_floc_voxels_are_category_selective(nsd) -> None:
 
     assert t_stat("floc-faces", "face") > 50 and abs(t_stat("floc-faces", "sign")) < 20
     assert t_stat("floc-words", "sign") > 50 and abs(t_stat("floc-words", "face")) < 20
+
+
+def test_streams_roi_follows_the_simulated_encoding_model(synth_root: Path) -> None:
+    """streams: NSD's label table; early = the V1-V3 voxels, ventral = the category-selective (floc) ones."""
+    from nsdbench.nsd import open_nsd
+
+    nsd = open_nsd(synth_root)
+    for s in (1, 7):
+        assert nsd.roi_labels(s, "streams") == {
+            0: "Unknown", 1: "early", 2: "midventral", 3: "midlateral", 4: "midparietal",
+            5: "ventral", 6: "lateral", 7: "parietal",
+        }  # fmt: skip
+        streams, vis = nsd.roi(s, "streams"), nsd.roi(s, "prf-visualrois")
+        floc = np.zeros(streams.shape, bool)
+        for name in ("floc-faces", "floc-words", "floc-places", "floc-bodies"):
+            floc |= nsd.roi(s, name) > 0
+        np.testing.assert_array_equal(nsd.roi_mask(s, "streams:early"), (vis >= 1) & (vis <= 6))
+        np.testing.assert_array_equal(nsd.roi_mask(s, "streams:ventral"), floc & (vis <= 0))
+        np.testing.assert_array_equal(streams < 0, nsd.roi(s, "nsdgeneral") < 0)  # -1 outside the brain
+        assert set(np.unique(streams)) == set(range(-1, 8))
+        # the simulated model gives the ventral voxels category weights and the early ones none
+        truth = np.load(synth_root / L.SYNTH_TRUTH)
+        gen = nsd.roi_mask(s, "nsdgeneral")
+        cats = truth[f"subj{s:02d}_cats"]
+        early = nsd.roi_mask(s, "streams:early")[gen]
+        ventral = nsd.roi_mask(s, "streams:ventral")[gen]
+        assert np.all(cats[early] == 0) and np.all(cats[ventral].max(1) > 0)

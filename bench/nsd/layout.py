@@ -37,6 +37,7 @@ ROI_NAMES = (
     "floc-words",
     "floc-places",
     "floc-bodies",
+    "streams",
 )
 
 # Derivatives written by published code (importers read them; the generator writes them too).

@@ -20,6 +20,7 @@ from nsdbench.errors import DataError, UsageError
 from nsdbench.nsd import betas as B
 from nsdbench.nsd import captions as C
 from nsdbench.nsd import layout as L
+from nsdbench.nsd import rois as R
 
 NORMALIZE_TRIALS = ("none", "session-zscore")
 
@@ -397,12 +398,41 @@ class NSD:
                 raise DataError(f"{path}: line {n} is not '<int> <name>': {line!r}") from None
         return out
 
-    def roi_mask(self, subject: int, roi: str) -> np.ndarray:
-        """Boolean (X, Y, Z) mask: voxels with a positive label in the ROI volume."""
-        mask = self.roi(subject, roi) > 0
+    def roi_mask(self, subject: int, roi: R.RoiSpec) -> np.ndarray:
+        """Boolean (X, Y, Z) mask of an ROI spec: "nsdgeneral" (positive labels), "streams:early" (one ctab
+        label) or a list of them (their union)."""
+        subject = int(subject)
+        mask: np.ndarray | None = None
+        for name, label in R.parse_roi(roi):
+            vol = self.roi(subject, name)
+            if label is None:
+                part = vol > 0
+            else:
+                labels = self.roi_labels(subject, name)
+                part = vol == R.label_value(labels, label, str(self.root / L.ctab_file(subject, name)))
+            if mask is not None and part.shape != mask.shape:
+                raise DataError(
+                    f"{self.root / L.roi_file(subject, name)}: grid {part.shape} differs from {mask.shape}"
+                )
+            mask = part if mask is None else mask | part
+        assert mask is not None
         if not mask.any():
-            raise DataError(f"{self.root / L.roi_file(subject, roi)}: ROI has no voxels > 0")
+            raise DataError(
+                f"{self.root / L.roi_file(subject, R.parse_roi(roi)[0][0])}: ROI {R.roi_key(roi)} has no voxels"
+            )
         return mask
+
+    def roi_paths(self, subject: int, roi: R.RoiSpec) -> list[Path]:
+        """The ROI volume files a spec reads (label tables too when it names labels)."""
+        out: list[Path] = []
+        for name, label in R.parse_roi(roi):
+            for rel in (
+                L.roi_file(int(subject), name),
+                *([L.ctab_file(int(subject), name)] if label else []),
+            ):
+                if self.root / rel not in out:
+                    out.append(self.root / rel)
+        return out
 
     def roi_voxel_masks(self, subject: int) -> dict[str, np.ndarray]:
         """Boolean masks over the nsdgeneral voxels: V1, V2, V3, V4, early, higher_vis, nsdgeneral."""
@@ -456,11 +486,13 @@ class NSD:
         if bad:
             raise UsageError(f"subject {subject} has no session(s) {bad} (sessions 1..{max(have)})")
         mask = self.roi_mask(subject, roi)
-        roi_path = self.root / L.roi_file(subject, roi)
+        roi_path, *more_rois = self.roi_paths(subject, roi)
         files = [B.session_file(self.root, subject, s, source) for s in sessions]
         for path, kind in files:
             B.check_grid(path, kind, mask.shape, roi_path)
-        params = {"subject": subject, "sessions": sessions, "roi": roi, "source": source}
+        params = {"subject": subject, "sessions": sessions, "roi": R.roi_key(roi), "source": source}
+        if more_rois:
+            params["roi_files"] = [B._stamp(p) for p in more_rois]
         if not progress:
             return B.cached_betas(files, mask, roi_path, normalize, params)
         from rich.console import Console
@@ -487,10 +519,11 @@ def open_nsd(data: str | Path | None = None) -> NSD:
     value = config.get("data", data)
     if value is None or str(value) == "synthetic":
         root = synthetic_root()
-        if not (root / L.SYNTH_META).is_file():
-            from nsdbench.nsd.synth import synthesize
+        from nsdbench.nsd.synth import SYNTH_VERSION, synthesize
 
-            print(f"generating the synthetic NSD in {root} (first use)", file=sys.stderr)
+        meta = root / L.SYNTH_META
+        if not meta.is_file() or json.loads(meta.read_text()).get("version") != SYNTH_VERSION:
+            print(f"generating the synthetic NSD in {root} (first use or new generator)", file=sys.stderr)
             synthesize(root, seed=0, overwrite=root.exists())
         return NSD(root)
     path = Path(str(value)).expanduser()

@@ -30,7 +30,7 @@ import scipy.io
 from nsdbench.errors import UsageError
 from nsdbench.nsd import layout as L
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: adds the streams ROI
 SYNTH_SESSIONS = 3
 SYNTH_SHARED = 100
 SYNTH_IMAGE_SIZE = 64
@@ -66,7 +66,11 @@ CTABS = {
     "floc-words": ["0 Unknown", "1 OWFA", "2 VWFA-1", "3 VWFA-2", "4 mfs-words", "5 mTL-words"],
     "floc-places": ["0 Unknown", "1 OPA", "2 PPA", "3 RSC"],
     "floc-bodies": ["0 Unknown", "1 EBA", "2 FBA-1", "3 FBA-2", "4 mTL-bodies"],
-}
+    "streams": [
+        "0 Unknown", "1 early", "2 midventral", "3 midlateral", "4 midparietal", "5 ventral", "6 lateral",
+        "7 parietal",
+    ],
+}  # fmt: skip
 RESPONSES_COLUMNS = [
     "SUBJECT", "SESSION", "RUN", "TRIAL", "73KID", "10KID", "TIME", "ISOLD", "ISCORRECT", "RT",
     "CHANGEMIND", "MEMORYRECENT", "MEMORYFIRST", "ISOLDCURRENT", "ISCORRECTCURRENT", "TOTAL1",
@@ -363,9 +367,34 @@ def make_rois(grid: tuple[int, int, int], rng: np.random.Generator) -> dict[str,
             sel = higher & (d <= d[higher].min())
         sub = np.clip(((v[sel] - v[sel].min()) / 0.2 * nlabels[name]).astype(int) + 1, 1, nlabels[name])
         rois[name][sel] = sub.astype(np.int16)
+    rois["streams"] = streams_volume(rois, brain, v, w)
     rois_out = dict(rois)
     rois_out["brain"] = brain
     return rois_out
+
+
+def streams_volume(
+    rois: dict[str, np.ndarray], brain: np.ndarray, v: np.ndarray, w: np.ndarray
+) -> np.ndarray:
+    """NSD's `streams` labels from the other ROIs (no random draws): early = V1-V3, midventral = hV4,
+    ventral = the category-selective floc voxels, the rest of nsdgeneral split into mid/outer lateral
+    (w <= 0.5) and parietal (w > 0.5) by distance from the occipital pole."""
+    out = np.where(brain, 0, -1).astype(np.int16)
+    vis = rois["prf-visualrois"]
+    floc = np.zeros(brain.shape, bool)
+    for name in ("floc-faces", "floc-words", "floc-places", "floc-bodies"):
+        floc |= rois[name] > 0
+    rest = (rois["nsdgeneral"] > 0) & (vis <= 0) & ~floc
+    mid = v < (np.median(v[rest]) if rest.any() else 0.0)
+    dorsal = w > 0.5
+    out[rest & mid & ~dorsal] = 3
+    out[rest & mid & dorsal] = 4
+    out[rest & ~mid & ~dorsal] = 6
+    out[rest & ~mid & dorsal] = 7
+    out[floc & (vis <= 0)] = 5
+    out[vis == 7] = 2
+    out[(vis >= 1) & (vis <= 6)] = 1
+    return out
 
 
 def voxel_model(rois: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -532,8 +561,11 @@ def synthesize(
     if out.exists() and any(out.iterdir()) and not overwrite:
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            if meta.get("seed") == seed and meta.get("sizes") == _jsonable(asdict(spec)):
+            same = meta.get("seed") == seed and meta.get("sizes") == _jsonable(asdict(spec))
+            if same and meta.get("version") == SYNTH_VERSION:
                 return out
+            if same:  # written by an older generator (e.g. without the streams ROI): rebuild it
+                return synthesize(out, seed, overwrite=True, progress=progress, **sizes)
             raise UsageError(
                 f"{out} holds a synthetic NSD with seed {meta.get('seed')} and other sizes or seed; "
                 "pass --force / overwrite=True to replace it"

@@ -59,7 +59,7 @@ def _reachable(obj, depth: int = 0, seen: set[int] | None = None):
             continue
         try:
             value = getattr(obj, name)
-        except Exception:  # noqa: BLE001 - a property may refuse; that path leads nowhere
+        except Exception:  # noqa: BLE001, S112 - a property may refuse; that path leads nowhere
             continue
         if inspect.ismethod(value) or inspect.isfunction(value) or inspect.isbuiltin(value):
             continue

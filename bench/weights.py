@@ -41,6 +41,10 @@ class Artifact:
     revision: str | None = None
     allow_patterns: tuple[str, ...] = field(default_factory=tuple)  # for "hf-snapshot"
     used_by: tuple[str, ...] = field(default_factory=tuple)
+    loader: str = ""  # how it is read: "diffusers", "transformers", "open_clip", "state_dict", ...
+    subfolder: str = ""  # the model's folder inside a Hub snapshot ("unet", "vae", "text_encoder", ...)
+    variant: str = ""  # dtype variant of the files ("fp16"), as diffusers' `variant=`
+    size_bytes: int | None = None  # download size when known
 
 
 _REGISTRY: dict[str, Artifact] = {}
@@ -55,12 +59,29 @@ def register(artifact: Artifact) -> Artifact:
     return artifact
 
 
+ARTIFACT_MODULES = ("nsdbench.metrics.networks", "nsdbench.metrics.gnet8", "nsdbench.methods.registry")
+COMPONENT_PACKAGE = "nsdbench.methods.components"  # every module below it is imported (they register)
+
+
+def artifact_modules() -> list[str]:
+    """Modules that register artifacts at import: the fixed list plus every module of the components
+    package (found with pkgutil, so a new component module needs no edit here)."""
+    import importlib
+    import pkgutil
+
+    found = list(ARTIFACT_MODULES)
+    package = importlib.import_module(COMPONENT_PACKAGE)
+    for info in pkgutil.walk_packages(package.__path__, prefix=COMPONENT_PACKAGE + "."):
+        found.append(info.name)
+    return found
+
+
 def _load_builtin_entries() -> None:
-    # Modules that define artifacts register them on import; importing them here makes the
-    # registry complete for `nsdbench weights list` without importing torch-heavy code paths twice.
+    # Modules that define artifacts register them on import; importing them here makes the registry
+    # complete for `nsdbench weights list` without running any method.
     import importlib
 
-    for module in ("nsdbench.metrics.networks", "nsdbench.metrics.gnet8", "nsdbench.methods.registry"):
+    for module in artifact_modules():
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:  # a module not written yet in this checkout
@@ -79,6 +100,28 @@ def get(name: str) -> Artifact:
         known = ", ".join(table) or "none"
         raise UsageError(f"unknown weights artifact {name!r} (known: {known})")
     return table[name]
+
+
+def method_artifacts(method_name: str) -> list[Artifact]:
+    """What `nsdbench weights fetch --method NAME` downloads: the method's `required_artifacts()` when it has
+    one (names or Artifacts), else its `required_weights` plus every artifact whose used_by names it."""
+    from nsdbench.methods.registry import get_method
+
+    method = get_method(method_name)
+    table = artifacts()
+    ask = getattr(method, "required_artifacts", None)
+    if callable(ask):
+        names = [a.name if isinstance(a, Artifact) else str(a) for a in ask()]
+    else:
+        names = list(getattr(method, "required_weights", ()) or ())
+        names += [a.name for a in table.values() if method_name in a.used_by]
+    return [get(n) for n in dict.fromkeys(names)]
+
+
+def download_size(arts: list[Artifact]) -> tuple[int, int]:
+    """(known total bytes, number of artifacts of unknown size) of those not yet cached."""
+    todo = [a for a in arts if not is_cached(a.name)]
+    return sum(a.size_bytes or 0 for a in todo), sum(a.size_bytes is None for a in todo)
 
 
 def weights_dir() -> Path:

@@ -16,6 +16,15 @@ FETCH_NAMES = typer.Argument(None, help="Artifacts to fetch (default: all).")
 VERIFY_NAMES = typer.Argument(None, help="Artifacts to verify (default: cached).")
 
 
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Manage pretrained artifacts in NSDBENCH_HOME/weights.", no_args_is_help=True)
 
@@ -31,6 +40,12 @@ def register(app: typer.Typer) -> None:
                 "path": str(weights.local_path(a.name)),
                 "used_by": list(a.used_by),
                 "description": a.description,
+                "loader": a.loader,
+                "subfolder": a.subfolder,
+                "variant": a.variant,
+                "size_bytes": a.size_bytes,
+                "revision": a.revision,
+                "sha256": a.sha256,
             }
             for a in weights.artifacts().values()
         ]
@@ -45,8 +60,21 @@ def register(app: typer.Typer) -> None:
         out.print(table)
 
     @group.command("fetch")
-    def fetch(names: list[str] = FETCH_NAMES) -> None:
+    def fetch(
+        names: list[str] = FETCH_NAMES,
+        method: str = typer.Option(None, "--method", help="Fetch exactly what this method needs."),
+    ) -> None:
         """Download artifacts with their standard client (needs network access)."""
+        if method:
+            todo = [a.name for a in weights.method_artifacts(method)] + list(names or [])
+            known, unknown = weights.download_size([weights.get(n) for n in todo])
+            out.print(
+                f"{method}: {len(todo)} artifacts ({', '.join(todo) or 'none'}); to download "
+                f"{_human(known)}{f' + {unknown} of unknown size' if unknown else ''}"
+            )
+            names = todo
+            if not names:
+                return
         for name in names or list(weights.artifacts()):
             path = weights.fetch(name)
             out.print(f"{name}: {path} sha256={weights.recorded_sha256(name)}")

@@ -106,7 +106,13 @@ def test_fetch_method_shows_the_size_first_and_fetches_exactly_those(
     src = tmp_path / "published.bin"
     src.write_bytes(b"\x01" * 2048)
     art = weights.Artifact(
-        "test-method-file", "test", "url", src.as_uri(), "model.bin", size_bytes=2048, used_by=("file-method",)
+        "test-method-file",
+        "test",
+        "url",
+        src.as_uri(),
+        "model.bin",
+        size_bytes=2048,
+        used_by=("file-method",),
     )
     monkeypatch.setitem(weights._REGISTRY, art.name, art)
     registry.register_method(_Fake("file-method"))

@@ -129,9 +129,15 @@ class RidgeModel:
         dt = self.settings.dtype
         Xb = ops.asarray(b, X, dt)
         out = np.empty((X.shape[0], self.n_targets), dtype=dt)
+        dense = self._dense_blocks(b, dt) if self.index is None else None
         for chunk in _progress_chunks(
             self.n_targets, chunk_size or self.settings.chunk_size, "ridge predict", progress
         ):
+            if dense is not None:
+                for sl, _ in _blocks(chunk):
+                    W, c = dense[sl.start // TARGET_BLOCK]
+                    out[:, sl] = ops.to_numpy(b, Xb @ W + c)
+                continue
             coef = ops.asarray(b, self.coef[:, chunk], dt)
             index = None if self.index is None else ops.index_array(b, self.index[:, chunk], Xb)
             for sl, rel in _blocks(chunk):
@@ -141,6 +147,21 @@ class RidgeModel:
                     W = _dense_from_selected(b, coef[:, rel], index[:, rel], self.n_features)
                 out[:, sl] = ops.to_numpy(b, Xb @ W + ops.asarray(b, self.intercept[sl], dt))
         return out.reshape((X.shape[0], *self.target_shape))
+
+    def _dense_blocks(self, b, dt: str) -> list[tuple[Any, Any]]:
+        """(W, intercept) per aligned TARGET_BLOCK of targets, contiguous on the backend: made on the first
+        predict and kept, so later calls only multiply (same block shapes, hence the same numbers)."""
+        key = (b.name, dt)
+        cached = self.__dict__.get("_dense_cache")
+        if cached is None or cached[0] != key:
+            blocks = []
+            for s in range(0, self.n_targets, TARGET_BLOCK):
+                e = min(s + TARGET_BLOCK, self.n_targets)
+                W = ops.contiguous(b, ops.asarray(b, self.coef[:, s:e], dt))
+                blocks.append((W, ops.asarray(b, self.intercept[s:e], dt)))
+            cached = (key, blocks)
+            object.__setattr__(self, "_dense_cache", cached)
+        return cached[1]
 
 
 # ----------------------------------------------------------------------------------------------- inputs

@@ -112,14 +112,20 @@ class FeatureExtractor:
 
     def _batch(self, images: np.ndarray) -> list[np.ndarray]:
         import torch
-        import torch.nn.functional as F
-
-        from nsdbench.metrics.networks import normalize
 
         n = len(images)
         x = torch.zeros((FEATURE_BATCH, 3, self.spec.image_size, self.spec.image_size))
         x[:n] = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-        x = x.to(self.device)
+        return [g[:n].double().cpu().numpy() for g in self.tensor_groups(x.to(self.device))]
+
+    def tensor_groups(self, x) -> list:
+        """Float32 (FEATURE_BATCH, 3, S, S) in [0, 1] on the device → feature groups [(FEATURE_BATCH, D_g)]
+        float32 on the device (AlexNet layers, pooled; then the low-level group)."""
+        import torch
+        import torch.nn.functional as F
+
+        from nsdbench.metrics.networks import normalize
+
         layers = tuple(name for name, _ in self.spec.layers)
         feats = self.net.features(normalize(x, "imagenet"), layers)
         groups = []
@@ -131,7 +137,7 @@ class FeatureExtractor:
             groups.append(f)
         low = _lowres_features(x, self.spec.lowres_grid)
         groups.append(torch.cat(low, 1))
-        return [g[:n].double().cpu().numpy() for g in groups]
+        return groups
 
     def _channels(self, layer: str) -> int:
         """Channels of a hooked conv-block output: those of the last conv at or before `layer`."""
@@ -501,6 +507,23 @@ def _load_entry(path: Path, device: str) -> EncodingModel | None:
         path=path,
         device=device,
     )
+
+
+def load_guidance_encoder(
+    name: str,
+    nsd,
+    subject: int,
+    *,
+    weights_mode: str,
+    device: str,
+    split: str = "nsd982",
+    dtype: str = "float32",
+):
+    """A device-resident torch encoding model for guiding generation (see metrics/guidance.py):
+    "nsdbench-encoder-v1" (the canonical encoder, fitted or cached) or "gnet8" (needs its artifact)."""
+    from nsdbench.metrics.guidance import load_guidance_encoder as load
+
+    return load(name, nsd, subject, weights_mode=weights_mode, device=device, split=split, dtype=dtype)
 
 
 def find_fitted(

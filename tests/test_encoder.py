@@ -174,3 +174,76 @@ def test_cli_encoder_fit_and_show(model, synth_root, capsys):
     assert main(["encoder", "show", "--subject", "2", "--data", str(synth_root)]) == 1
     err = capsys.readouterr().err
     assert "nsdbench encoder fit --subject 2" in err and len(err.strip().splitlines()) <= 2
+
+
+def _nchw(images: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+def test_guidance_encoder_matches_the_numpy_encoder(model, nsd):
+    """Same numbers as EncodingModel.predict: to 1e-4 of the largest |prediction| in float32 and 1e-6 in
+    float64 (the numpy encoder returns float32) at the encoder's input size; to 0.02 (antialiased bilinear
+    vs PIL) for images it must resize."""
+    import torch
+
+    from nsdbench.metrics.guidance import GuidanceEncoder
+
+    ids = list(nsd.trials(1)["nsd_id"].unique()[:19])
+    images = nsd.images(ids)
+    ref = model.predict(images).astype(np.float64)
+    scale = np.abs(ref).max()
+    g32 = enc.load_guidance_encoder("nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu")
+    assert isinstance(g32, GuidanceEncoder) and g32.identity.startswith(
+        "nsdbench-encoder-v1/subj01/nsd982/tiny/"
+    )
+    assert model.meta["key"][:16] in g32.identity
+    assert enc.load_guidance_encoder("nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu") is g32
+    out = g32.predict(_nchw(images))
+    assert isinstance(out, torch.Tensor) and out.shape == (19, g32.n_voxels) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-4 * scale)
+    g64 = enc.load_guidance_encoder(
+        "nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu", dtype="float64"
+    )
+    np.testing.assert_allclose(g64.predict(_nchw(images)).numpy(), ref, rtol=0, atol=1e-6 * scale)
+    # float input in [0, 1] gives the same as uint8; batching does not change a result
+    np.testing.assert_array_equal(g64.predict(_nchw(images).float() / 255), g64.predict(_nchw(images)))
+    parts = torch.cat([g32.predict(_nchw(images[:4])), g32.predict(_nchw(images[4:]))])
+    torch.testing.assert_close(parts, out, rtol=0, atol=0)
+    # larger images are resized on the device (torch antialiased bilinear) vs PIL bilinear in numpy
+    from PIL import Image
+
+    big = np.stack(
+        [np.asarray(Image.fromarray(im).resize((96, 96), Image.Resampling.NEAREST)) for im in images]
+    )
+    ref_big = model.predict(big).astype(np.float64)
+    np.testing.assert_allclose(g64.predict(_nchw(big)).numpy(), ref_big, rtol=0, atol=0.02 * scale)
+
+
+def test_guidance_encoder_rejects_bad_input_and_names(nsd):
+    import torch
+
+    from nsdbench.errors import UsageError
+
+    g = enc.load_guidance_encoder("nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu")
+    with pytest.raises(UsageError, match="NCHW"):
+        g.predict(torch.zeros(2, 64, 64, 3))
+    with pytest.raises(UsageError, match="unknown guidance encoder 'alexnet'"):
+        enc.load_guidance_encoder("alexnet", nsd, 1, weights_mode="tiny", device="cpu")
+
+
+def test_gnet8_guidance_encoder(nsd):
+    with pytest.raises(WeightsMissing, match="nsdbench weights fetch gnet8-multisubject"):
+        enc.load_guidance_encoder("gnet8", nsd, 1, weights_mode="pretrained", device="cpu")
+    g = enc.load_guidance_encoder("gnet8", nsd, 1, weights_mode="tiny", device="cpu")
+    assert g.identity.startswith("gnet8/subj01/tiny/")
+    ids = list(nsd.trials(1)["nsd_id"].unique()[:5])
+    images = nsd.images(ids)
+    n_vox = int(nsd.roi_mask(1, "nsdgeneral").sum())
+    ref = gnet8.load_published_encoder("gnet8", 1, n_vox, "tiny").predict(images)
+    out = g.predict(_nchw(images)).numpy()
+    assert out.shape == ref.shape == (5, n_vox)
+    # the numpy path resizes 64 → 67 px with PIL Lanczos, this one with torch's antialiased bicubic
+    r = np.corrcoef(out.ravel(), ref.ravel())[0, 1]
+    assert r > 0.99, r

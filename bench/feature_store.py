@@ -149,7 +149,11 @@ class FeatureStore:
         with self._locked():
             have = self._read_ids()
             known = set(have.tolist())
-            keep = [i for i, n in enumerate(ids) if n not in known and n not in ids[:i]]
+            keep = []
+            for i, n in enumerate(ids):
+                if n not in known:
+                    known.add(n)
+                    keep.append(i)
             if not keep:
                 return
             data = np.ascontiguousarray(rows[keep], dtype=self.dtype)

@@ -112,3 +112,13 @@ def test_a_different_store_in_the_same_folder_is_an_error(tmp_path: Path) -> Non
     (store.path / "meta.json").write_text('{"format": 1, "extractor_id": "else"}')
     with pytest.raises(DataError, match="delete"):
         FeatureStore(tmp_path, "toy", SHAPE, np.float16)
+
+
+def test_put_keeps_the_first_row_of_a_repeated_id(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path, "toy", SHAPE, np.float16)
+    rows = features([3, 3, 5])
+    rows[1] = 0
+    store.put([3, 3, 5], rows)
+    store.put([5], np.ones((1, *SHAPE)))  # already stored: skipped, never overwritten
+    assert len(store) == 2
+    np.testing.assert_array_equal(store.get([5, 3]), features([5, 3]))

@@ -105,6 +105,9 @@ def run_inprocess(
 ) -> ExecResult:
     """Run worker k of n's shards in this process (one method instance for all its subjects), scoring
     each subject that becomes complete under every protocol."""
+    from nsdbench.runs.folder import clean_leftovers
+
+    clean_leftovers(run_dir)  # temp files of killed writers (a live worker's own are kept)
     session = RunSession(run_dir, spec, progress=progress, force=force, protocols=protocols, device=device)
     try:
         return _run_inprocess(session, worker, fit_only)

@@ -101,7 +101,7 @@ def score_subject(session: RunSession, subject: int, protocol: Any, lock: bool =
 
 
 def _score(session: RunSession, subject: int, protocol: Any) -> bool:
-    from nsdbench.scoring import brain_target, score_images_to_parquet
+    from nsdbench.scoring import brain_target, has_brain_metrics, score_images_to_parquet
 
     spec = session.spec
     key = f"score-{subject}"
@@ -117,8 +117,9 @@ def _score(session: RunSession, subject: int, protocol: Any) -> bool:
     digest = images_digest(session, subject)
     out = score_path(session.run_dir, subject, protocol.name)
     report = scaled_progress(lambda n: session.progress.advance(key, n), len(items))
-    brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, None)
-    if note:
+    wanted = None if has_brain_metrics(protocol) else False
+    brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, wanted)
+    if note and wanted is None:
         log_event(session.run_dir, note)
         session.progress.message(note)
     score_images_to_parquet(  # written atomically by nsdbench.scoring

@@ -272,7 +272,9 @@ def run_ray(
         fits = {s: fit.remote(rd, s, force) for s in spec.subjects}
         shard_refs = {sh.name: work.remote(rd, sh.name, force, fits[sh.subject]) for sh in shards}
         score_refs = {
-            s: score.remote(rd, s, force, tuple(protocols), *[shard_refs[sh.name] for sh in shards if sh.subject == s])
+            s: score.remote(
+                rd, s, force, tuple(protocols), *[shard_refs[sh.name] for sh in shards if sh.subject == s]
+            )
             for s in spec.subjects
         }
         # the same bars as in-process: per subject, per stage (fit, reconstruct, score)
@@ -326,7 +328,9 @@ def run_ray(
                 f"{len(errors)} task(s) failed (first: {errors[0]}); other errors were retried "
                 f"{max_retries} times; rerun the same command to resume"
             )
-        scored = tuple(s for s in spec.subjects if protos and all(score_is_complete(session, s, p) for p in protos))
+        scored = tuple(
+            s for s in spec.subjects if protos and all(score_is_complete(session, s, p) for p in protos)
+        )
         return ExecResult(len(shards), written, scored, bool(protos) and len(scored) == len(spec.subjects))
     finally:
         if started_here:

@@ -217,7 +217,6 @@ def from_folder(folder: Path, notes: list[str], subjects: Sequence[int] | None,
     """
     from nsdbench.leaderboards.aggregate import aggregate_scores
     from nsdbench.runner import read_spec
-
     from nsdbench.runs.scores import row_id
 
     folder = folder.resolve()

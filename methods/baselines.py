@@ -22,7 +22,6 @@ from nsdbench.errors import DataError, UsageError
 from nsdbench.methods.protocol import Method, Reconstruction, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
 
-
 # ---------------------------------------------------------------------------------------------- pure
 
 
@@ -148,7 +147,7 @@ class RidgePixels(Method):
         "cross-validation on the training split), upsampled bicubically to the NSD image size."
     )
     Settings = RidgePixelsSettings
-    variants = {"16px": {"size": 16}, "64px": {"size": 64}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {"16px": {"size": 16}, "64px": {"size": 64}}
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, np.ndarray]:
         s = self.settings

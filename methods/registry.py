@@ -127,9 +127,9 @@ def _coerce(tp: Any, value: Any) -> Any:
                 return a
         raise ValueError(value)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
+        none = value is None or (isinstance(value, str) and value.lower() == "none")
+        if none and type(None) in args:
+            return None
         for a in args:
             if a is type(None):
                 continue

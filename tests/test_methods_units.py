@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import subprocess
 import sys
-
-import dataclasses
-import json
 
 import numpy as np
 import pytest

@@ -73,8 +73,15 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
     from nsdbench.leaderboards.store import Store
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import get_split
-    from nsdbench.runner import (RunSpec, atomic_write_bytes, encode_png, png_path, prepare_run_dir, row_id,
-                                 score_path)
+    from nsdbench.runner import (
+        RunSpec,
+        atomic_write_bytes,
+        encode_png,
+        png_path,
+        prepare_run_dir,
+        row_id,
+        score_path,
+    )
     from nsdbench.scoring import score_images_to_parquet
 
     subjects = tuple(int(s) for s in SUBJECTS.split(","))

@@ -51,6 +51,8 @@ SOURCE = textwrap.dedent(
     SSIM = P.Protocol(name="lifecycle-ssim", version="1", description="tests: SSIM only",
                       split="nsd982", published_order="nsd-ascending",
                       metrics=(P.PixelMetric("ssim", (), (), "gray", "ssim-2d"),))
+    BRAIN = P.Protocol(name="lifecycle-brain", version="1", description="tests: brain correlation only",
+                       split="nsd982", published_order="nsd-ascending", metrics=P._brain(("bc_nsdgeneral",)))
     OTHER_SPLIT = P.Protocol(name="lifecycle-897", version="1", description="tests: another split",
                              split="nsd897", published_order="nsd-ascending",
                              metrics=(P.PixelMetric("pixcorr", (), (), "rgb", "pearson"),))
@@ -147,7 +149,7 @@ SOURCE = textwrap.dedent(
 
 
     def setup():
-        for proto in (PIX, SSIM, OTHER_SPLIT):
+        for proto in (PIX, SSIM, BRAIN, OTHER_SPLIT):
             P.PROTOCOLS.setdefault(proto.name, proto)
         registry.list_methods()
         for cls in (BatchNorm, Stepper, Peeker):
@@ -185,7 +187,7 @@ def methods(tmp_path_factory):
     sys.path.remove(str(path))
     for name in ("lifecycle-batchnorm", "lifecycle-stepper", "lifecycle-peeker"):
         registry.unregister_method(name)
-    for name in ("lifecycle-pixcorr", "lifecycle-ssim", "lifecycle-897"):
+    for name in ("lifecycle-pixcorr", "lifecycle-ssim", "lifecycle-brain", "lifecycle-897"):
         protocols.PROTOCOLS.pop(name, None)
 
 
@@ -195,9 +197,9 @@ def _spec(method: str, data: Path, batch: int | None = BATCH, **kw):
     return spec
 
 
-def _generate(spec, out: Path, worker: Worker = Worker()):
+def _generate(spec, out: Path, worker: Worker | None = None):
     prepare_run_dir(out, spec)
-    return run_inprocess(out, spec, worker)  # no protocols: generation only
+    return run_inprocess(out, spec, worker or Worker())  # no protocols: generation only
 
 
 def _files(run_dir: Path) -> dict[str, bytes]:
@@ -233,19 +235,30 @@ def test_resume_after_sigkill_at_random_points_is_byte_identical(reference, meth
     env = {**os.environ, "LIFECYCLE_COUNT_FILE": str(tmp_path / "count")}
     for after in kills:  # each attempt is killed `after` items into its own work
         (tmp_path / "count").unlink(missing_ok=True)
-        proc = subprocess.run([sys.executable, "-c", DRIVER, str(hook_dir), str(synth_root), str(out)],
-                              env={**env, "LIFECYCLE_KILL_AFTER": str(after)}, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", DRIVER, str(hook_dir), str(synth_root), str(out)],
+            env={**env, "LIFECYCLE_KILL_AFTER": str(after)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert 0 < len(list(out.glob("subj01/*_0.png"))) < 91
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(hook_dir), str(synth_root), str(out)],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(hook_dir), str(synth_root), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _files(out) == _files(reference)
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp file of the killed writers is left
 
 
-def test_injected_failures_then_three_shards_are_byte_identical(reference, methods, synth_root, tmp_path,
-                                                                monkeypatch):
+def test_injected_failures_then_three_shards_are_byte_identical(
+    reference, methods, synth_root, tmp_path, monkeypatch
+):
     _, mod = methods
     spec = _spec("lifecycle-batchnorm", synth_root)
     out = tmp_path / "three"
@@ -271,8 +284,9 @@ def test_injected_failures_then_three_shards_are_byte_identical(reference, metho
     assert _files(out) == _files(reference)
 
 
-def test_extras_are_written_with_digests_and_a_corrupt_extra_regenerates_its_batch(reference, synth_root,
-                                                                                     tmp_path):
+def test_extras_are_written_with_digests_and_a_corrupt_extra_regenerates_its_batch(
+    reference, synth_root, tmp_path
+):
     import hashlib
     import shutil
 
@@ -321,7 +335,9 @@ def test_checkpoint_resumes_mid_image(methods, synth_root, tmp_path, monkeypatch
     RunSession(out, spec).run_shard(shard)
     # steps 1-3 ran before the crash; the resumed image continued at step 4, it did not start over
     assert steps.read_text().split() == [f"{target}:{k}" for k in (1, 2, 3, 4, 5)]
-    assert (out / "subj01" / f"{target}_0.png").read_bytes() == (ref / "subj01" / f"{target}_0.png").read_bytes()
+    assert (out / "subj01" / f"{target}_0.png").read_bytes() == (
+        ref / "subj01" / f"{target}_0.png"
+    ).read_bytes()
     assert not (out / "checkpoints" / "subj01" / f"{target}_0.npz").exists()  # removed once written
 
 
@@ -374,7 +390,9 @@ def test_run_under_two_protocols_then_rescore_a_third(methods, synth_root, tmp_p
     inserted = {r["run_id"]: r["inserted"] for r in doc["rows"]}
     assert inserted == {row_id(run_id, "lifecycle-ssim"): True, row_id(run_id, "lifecycle-pixcorr"): False}
     assert {p: p.stat().st_mtime_ns for p in out.glob("subj01/*.png")} == pngs  # nothing generated
-    assert score_path(out, 1, "lifecycle-ssim").is_file() and score_path(out, 1, "lifecycle-pixcorr").is_file()
+    assert (
+        score_path(out, 1, "lifecycle-ssim").is_file() and score_path(out, 1, "lifecycle-pixcorr").is_file()
+    )
     runs = Store(db).runs(include_smoke=True).set_index("id")
     assert set(runs["run"]) == {run_id} and set(runs["protocol"]) == {"lifecycle-pixcorr", "lifecycle-ssim"}
     # the ground truth scores PixCorr 1 and SSIM 1 under either protocol
@@ -428,3 +446,57 @@ def test_guidance_encoder_identity_is_recorded(methods, synth_root, tmp_path, ns
     enc = ctx.encoder("gnet8")
     assert ctx.encoder("gnet8") is enc  # loaded once
     assert guiding_encoders(out) == [str(enc.identity)]
+
+
+def test_circular_guidance_matches_the_metric_encoder_by_name_key_or_hash():
+    from nsdbench.runs.scores import circular_guidance
+
+    info = {"encoder": "gnet8", "encoder_key": "ab12cd34", "accuracy": {"v1": 0.3}, "subject": 1}
+    assert circular_guidance(["gnet8:ab12cd34"], [info])
+    assert circular_guidance(["ab12cd34"], [info])
+    assert not circular_guidance(["clip-vit-l14:0000"], [info])
+    assert not circular_guidance([], [info])  # an unguided run is never circular
+    assert not circular_guidance(["gnet8:ab12cd34"], [{}])  # scored without brain correlation
+
+
+@pytest.mark.slow  # fits the tiny encoding model (about a minute on 2 busy cores)
+def test_leaderboard_marks_brain_cells_of_runs_guided_by_the_metric_encoder(
+    methods, synth_root, tmp_path, capsys
+):
+    import pandas as pd
+
+    from nsdbench.leaderboards.store import read_parquet_meta
+    from nsdbench.runs.session import record_guiding_encoder
+
+    out, db = tmp_path / "run", tmp_path / "lb.duckdb"
+    _generate(_spec("ground-truth", synth_root), out)
+    assert main(["rescore", str(out), "--protocol", "lifecycle-brain", "--no-ingest"]) == 0
+    brain = read_parquet_meta(score_path(out, 1, "lifecycle-brain"))["brain_encoder"]
+    assert brain.get("encoder_key")
+    record_guiding_encoder(
+        out, f"{brain['encoder']}:{brain['encoder_key']}"
+    )  # guided by the metric's encoder
+    assert main(["ingest", str(out), "--db", str(db), "--protocol", "lifecycle-brain"]) == 0
+    capsys.readouterr()
+    base = [
+        "leaderboard",
+        "--protocol",
+        "lifecycle-brain",
+        "--include-smoke",
+        "--no-reported",
+        "--db",
+        str(db),
+    ]
+    assert main([*base, "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    assert md.count(" ‡") == 2 and "circular" in md  # the mean table and subject 1's, plus the note
+    assert main([*base, "--format", "csv"]) == 0
+    import io
+
+    rows = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert rows["circular"].all() and set(rows["metric"]) == {"bc_nsdgeneral"}
+    assert main([*base, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert all(c["circular"] for t in doc["tables"] for r in t["rows"] for c in r["cells"].values())
+    assert main([*base, "--format", "latex"]) == 0
+    assert r"$^\ddagger$" in capsys.readouterr().out

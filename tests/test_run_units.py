@@ -278,7 +278,7 @@ def test_clean_leftovers_removes_dead_writers_temp_files_only(tmp_path):
 
     from nsdbench.runs.folder import _host, clean_leftovers, owned_temp, write_owned
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False)
     dead_pid = int(dead.stdout)
     (tmp_path / "subj01").mkdir()
     killed = tmp_path / "subj01" / f".5_0.png.{_host()}.{dead_pid}.0badc0de.part"

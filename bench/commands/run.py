@@ -206,8 +206,8 @@ def register(app: typer.Typer) -> None:
         """Run a method end to end: fit, reconstruct the test split with fixed seeds, score, record."""
         from nsdbench import config
         from nsdbench.executors import EXECUTORS, resolve_worker, run_inprocess, run_ray
-        from nsdbench.nsd.splits import get_split
         from nsdbench.methods.registry import parse_assignments
+        from nsdbench.nsd.splits import get_split
         from nsdbench.runs.folder import clean_leftovers, log_event
         from nsdbench.runs.progress import RichProgress
         from nsdbench.runs.scores import ingest_run
@@ -248,7 +248,12 @@ def register(app: typer.Typer) -> None:
             with RichProgress() as progress:
                 if executor == "ray":
                     result = run_ray(
-                        run_dir, spec, address=address, progress=progress, force=not resume, protocols=protocols
+                        run_dir,
+                        spec,
+                        address=address,
+                        progress=progress,
+                        force=not resume,
+                        protocols=protocols,
                     )
                 else:
                     result = run_inprocess(
@@ -317,12 +322,14 @@ def register(app: typer.Typer) -> None:
         run_dir: Annotated[Path, typer.Argument(help="A run folder written by `nsdbench run`.")],
         db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database.")] = None,
         protocol: Annotated[
-            Opt, typer.Option("--protocol", help="Protocol(s) to record (default: those the run was scored under).")
+            Opt,
+            typer.Option(
+                "--protocol", help="Protocol(s) to record (default: those the run was scored under)."
+            ),
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
         """Score any unscored subject of a finished (sharded) run, then record it in the leaderboard."""
-        from nsdbench import config
         from nsdbench.runs.progress import RichProgress
         from nsdbench.runs.scores import ingest_run
 
@@ -365,7 +372,9 @@ def register(app: typer.Typer) -> None:
             with RichProgress() as progress:
                 results = rescore_run(folder, names, db, progress=progress, ingest=ingest)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted; scores finished in {folder} are kept: rerun to continue") from None
+            raise Interrupted(
+                f"interrupted; scores finished in {folder} are kept: rerun to continue"
+            ) from None
         if not ingest:
             doc = {"run_dir": str(folder), "protocols": list(names), "ingested": False}
             if as_json:
@@ -477,8 +486,12 @@ def describe(cls: Any) -> dict[str, Any]:
         "default_batch_size": cls.default_batch_size,
         "reads_ground_truth": bool(cls.reads_ground_truth),
         "defaults": jsonable(settings_dict(cls.Settings())),
-        "setting_types": {k: getattr(t, "__name__", None) or str(t).replace("typing.", "") for k, t in types_.items()},
+        "setting_types": {
+            k: getattr(t, "__name__", None) or str(t).replace("typing.", "") for k, t in types_.items()
+        },
         "variants": {k: jsonable(dict(v)) for k, v in cls.variants.items()},
-        "required_artifacts": {m: [_artifact_info(a) for a in arts] for m, arts in cls.artifacts_by_mode().items()},
+        "required_artifacts": {
+            m: [_artifact_info(a) for a in arts] for m, arts in cls.artifacts_by_mode().items()
+        },
         "source": method_source(cls.name),
     }

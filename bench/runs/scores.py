@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,16 @@ from nsdbench.runs.progress import Progress, scaled_progress
 from nsdbench.runs.session import RunSession, data_label, guiding_encoders
 from nsdbench.runs.shards import shard_files, shard_is_complete
 from nsdbench.runs.spec import read_spec
+
+IDENTITY_KEYS = ("encoder", "encoder_key", "encoder_sha256")  # what names the metric's encoder
+
+
+def circular_guidance(guiding: list[str], brain_infos: list[dict[str, Any]]) -> bool:
+    """True when a guidance encoder is the brain-correlation metric's own encoder: a guiding identity
+    names the metric encoder's name, content key or sha256 (then its brain-correlation cells are
+    circular, and the leaderboard marks them)."""
+    names = {str(info.get(k)) for info in brain_infos for k in IDENTITY_KEYS if info.get(k)}
+    return any(name == g or name in g.replace("/", ":").split(":") for g in guiding for name in names)
 
 
 def row_id(run_id: str, protocol: str) -> str:
@@ -151,7 +161,9 @@ def _score(session: RunSession, subject: int, protocol: Any) -> bool:
         "parquet_sha256": file_digest(out),
         "n_images": len(items),
     }
-    write_owned(score_record_path(session.run_dir, subject, protocol.name), json.dumps(record, indent=1).encode())
+    write_owned(
+        score_record_path(session.run_dir, subject, protocol.name), json.dumps(record, indent=1).encode()
+    )
     log_event(
         session.run_dir,
         f"scored subj{subject:02d} {protocol.name} {len(items)} images {time.perf_counter() - t0:.2f}s",
@@ -190,7 +202,7 @@ def ingest_run(
     """Score any complete-but-unscored subject under each protocol, then record one leaderboard row per
     protocol (single writer). Protocols default to those the run folder has scores/ folders for."""
     from nsdbench import config
-    from nsdbench.leaderboards.store import Store
+    from nsdbench.leaderboards.store import Store, read_parquet_meta
 
     spec, doc = read_spec(run_dir)
     names = list(protocols or scored_protocols(run_dir) or [str(config.get("protocol", None))])
@@ -234,6 +246,9 @@ def ingest_run(
             created_at=str(doc.get("created", "")),
         )
         paths = [score_path(run_dir, s, proto.name) for s in spec.subjects]
+        brain_infos = [dict(read_parquet_meta(p).get("brain_encoder") or {}) for p in paths]
+        circular = circular_guidance(encoders, brain_infos)
+        record = replace(record, config={**record.config, "circular_brain": circular})
         result = store.ingest(record, paths)
         log_event(run_dir, f"ingested {rid} into {store.path} (new={result.inserted})")
         results.append(result)

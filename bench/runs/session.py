@@ -206,13 +206,17 @@ class RunSession:
             if i in done:
                 continue
             record["batches"][str(i)] = {"files": self._generate_batch(shard, i, batch)}
-            write_owned(shard_record_path(self.run_dir, shard), json.dumps(record, indent=1, sort_keys=True).encode())
+            write_owned(
+                shard_record_path(self.run_dir, shard), json.dumps(record, indent=1, sort_keys=True).encode()
+            )
             written += len(batch)
             self.progress.advance(rkey, len(batch))
         if written:
             log_event(self.run_dir, f"shard {shard.name} {written} images {time.perf_counter() - t0:.2f}s")
         elif not shard_record_path(self.run_dir, shard).is_file():
-            write_owned(shard_record_path(self.run_dir, shard), json.dumps(record, indent=1, sort_keys=True).encode())
+            write_owned(
+                shard_record_path(self.run_dir, shard), json.dumps(record, indent=1, sort_keys=True).encode()
+            )
         return written
 
     def _generate_batch(self, shard: Shard, index: int, batch: list[tuple[int, int]]) -> dict[str, str]:
@@ -306,5 +310,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-__all__ = ["RunSession", "open_data", "data_label", "resolve_device", "device_type", "file_digest", "png_path",
-           "extra_path", "guiding_encoders"]  # fmt: skip
+__all__ = [
+    "RunSession",
+    "data_label",
+    "device_type",
+    "extra_path",
+    "file_digest",
+    "guiding_encoders",
+    "open_data",
+    "png_path",
+    "resolve_device",
+]  # fmt: skip

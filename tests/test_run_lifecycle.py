@@ -500,3 +500,28 @@ def test_leaderboard_marks_brain_cells_of_runs_guided_by_the_metric_encoder(
     assert all(c["circular"] for t in doc["tables"] for r in t["rows"] for c in r["cells"].values())
     assert main([*base, "--format", "latex"]) == 0
     assert r"$^\ddagger$" in capsys.readouterr().out
+
+
+def test_readme_worked_example_runs_end_to_end(methods, synth_root, tmp_path, monkeypatch):
+    """The README's "Writing a method" module, as printed, registers and runs through the runner."""
+    from nsdbench.methods import registry
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Writing a method", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_mean_image.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    registry.list_methods()
+    __import__("readme_mean_image")
+    spec = _spec("mean-image", synth_root, batch=None, overrides={"n_train": "20"})
+    assert spec.batch_size == 8 and spec.settings == {"n_train": 20, "noise": 20.0}
+    out = tmp_path / "run"
+    assert _generate(spec, out).images_written == 91
+    first = sorted(out.glob("subj01/*_0.png"))[0]
+    assert first.with_name(first.name.replace(".png", ".stage1.png")).is_file()
+    clean = _spec("mean-image", synth_root, batch=None, overrides={"n_train": "20", "noise": "0"})
+    _generate(clean, tmp_path / "clean")
+    img = (tmp_path / "clean" / "subj01" / first.name).read_bytes()
+    assert img == (tmp_path / "clean" / "subj01" / first.name.replace(".png", ".stage1.png")).read_bytes()

@@ -73,12 +73,20 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
     from nsdbench.leaderboards.store import Store
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import get_split
-    from nsdbench.runner import RunSpec, atomic_write_bytes, encode_png, png_path, prepare_run_dir, score_path
+    from nsdbench.runner import (
+        RunSpec,
+        atomic_write_bytes,
+        encode_png,
+        png_path,
+        prepare_run_dir,
+        row_id,
+        score_path,
+    )
     from nsdbench.scoring import score_images_to_parquet
 
     subjects = tuple(int(s) for s in SUBJECTS.split(","))
-    spec = RunSpec(method=method, subjects=subjects, split="nsd982", protocol="nsdbench-v1", data=data,
-                   weights="tiny", device="cpu")
+    spec = RunSpec(method=method, subjects=subjects, split="nsd982", data=data, weights="tiny", device="cpu")
+    rid = row_id(spec.run_id, "nsdbench-v1")
     run_dir = prepare_run_dir(base / method, spec)
     for s in subjects:
         split = get_split(nsd, "nsd982", s)
@@ -87,16 +95,16 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
         images = {(i, 0): gt[pick(k, len(ids))] for k, i in enumerate(ids)}
         for (i, sample), img in images.items():
             atomic_write_bytes(png_path(run_dir, s, i, sample), encode_png(img))
-        score_images_to_parquet(nsd, s, split, "nsdbench-v1", images, "tiny", "cpu", score_path(run_dir, s),
-                                spec.run_id)
+        score_images_to_parquet(nsd, s, split, "nsdbench-v1", images, "tiny", "cpu",
+                                score_path(run_dir, s, "nsdbench-v1"), rid)
     store = Store(db)
     record = store.new_run_record(
         kind="run", method=method, subjects=subjects, split="nsd982", protocol=get_protocol("nsdbench-v1"),
-        weights_mode="tiny", run_id=spec.run_id, seeds={"base_seed": 0, "samples": 1}, data=data,
+        weights_mode="tiny", run_id=rid, run=spec.run_id, seeds={"base_seed": 0, "samples": 1}, data=data,
         config={"run_dir": str(run_dir), **spec.identity()},
     )
-    store.ingest(record, [score_path(run_dir, s) for s in subjects], n_resamples=200)
-    return spec.run_id, run_dir
+    store.ingest(record, [score_path(run_dir, s, "nsdbench-v1") for s in subjects], n_resamples=200)
+    return rid, run_dir
 
 
 def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 4) -> tuple[str, Path]:
@@ -312,3 +320,30 @@ def test_run_folder_not_scored_yet_shows_its_images(runs, tmp_path: Path, capsys
     assert "No scores recorded for these runs." in html
     assert html.count('class="thumb rec"') == 6 and html.count('class="thumb gt"') == 6
     assert 'class="plot"' not in html
+
+
+def test_stage1_extras_are_shown_beside_the_final_images(runs, tmp_path: Path, capsys):
+    """A run folder's image extras (`<id>_<sample>.stage1.png`) become a column next to the run's own."""
+    from nsdbench.runner import encode_png, row_id
+
+    _, made = runs
+    folder = tmp_path / "staged"
+    shutil.copytree(made["shuffled"][1], folder)
+    finals = sorted((folder / "subj01").glob("*_0.png"))
+    for f in finals:
+        (folder / "subj01" / f.name.replace(".png", ".stage1.png")).write_bytes(
+            encode_png(np.full((32, 32, 3), 7, np.uint8))
+        )
+    ids = [int(f.name.split("_")[0]) for f in finals]
+    page = tmp_path / "staged.html"
+    capsys.readouterr()
+    assert main(["report", str(folder), "--out", str(page), "--ids", ",".join(map(str, ids)), "--subjects", "1",
+                 "--k", "0", "--json"]) == 0  # fmt: skip
+    info = json.loads(capsys.readouterr().out)
+    own = next(r for r in info["runs"] if not r.endswith(":stage1"))
+    assert own.endswith("@nsdbench-v1") and info["runs"] == [own, f"{own}:stage1"]
+    html = page.read_text()
+    assert "shuffled · stage1" in html
+    assert html.count('class="thumb rec"') == 2 * len(ids)  # final and stage-1 image of every id
+    # the scores are the final images', unchanged by the extras
+    assert row_id(own.split("@")[0], "nsdbench-v1") == own

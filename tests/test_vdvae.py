@@ -32,7 +32,9 @@ TOL = 1e-5
 class ReplayNoise:
     """Feeds the fixture's recorded draws in the order the model consumes them."""
 
-    def __init__(self, normal_flat: np.ndarray, u_mix: np.ndarray | None = None, u_pixel: np.ndarray | None = None):
+    def __init__(
+        self, normal_flat: np.ndarray, u_mix: np.ndarray | None = None, u_pixel: np.ndarray | None = None
+    ):
         self.normal_flat = torch.from_numpy(normal_flat.astype(np.float32))
         self.offset = 0
         self.uniforms = [torch.from_numpy(u) for u in (u_mix, u_pixel) if u is not None]
@@ -108,7 +110,9 @@ def test_preprocess_is_imagenet64_shift_and_scale(fixture_model):
     expected = (images.astype(np.float64) - 115.92961967) / 69.37404
     assert x.dtype == torch.float32
     np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
-    np.testing.assert_array_equal(vdvae.preprocess(fixture_model, images.astype(np.float32)).numpy(), x.numpy())
+    np.testing.assert_array_equal(
+        vdvae.preprocess(fixture_model, images.astype(np.float32)).numpy(), x.numpy()
+    )
 
 
 def test_encode_reproduces_published_code(fixture_model, fixture_io):
@@ -158,12 +162,16 @@ def test_tiny_batch_of_four_equals_one_at_a_time(tiny):
     images = np.random.default_rng(2).integers(0, 256, size=(4, 64, 64, 3), dtype=np.uint8)
     seeds = [11, 12, 13, 14]
     batch = vdvae.encode_latents(tiny, images, gens(seeds))
-    single = torch.cat([vdvae.encode_latents(tiny, images[i : i + 1], gens([s])) for i, s in enumerate(seeds)])
+    single = torch.cat(
+        [vdvae.encode_latents(tiny, images[i : i + 1], gens([s])) for i, s in enumerate(seeds)]
+    )
     torch.testing.assert_close(batch, single, rtol=0, atol=1e-5)
 
     def decoded(rows: slice, seeds: list[int]) -> torch.Tensor:
         latents = vdvae.unflatten_latents(TINY, batch[rows])
-        return vdvae.decode(tiny, latents, vdvae.PerImageNoise(gens(seeds), torch.device("cpu"), torch.float32), 1.0)
+        return vdvae.decode(
+            tiny, latents, vdvae.PerImageNoise(gens(seeds), torch.device("cpu"), torch.float32), 1.0
+        )
 
     together = decoded(slice(0, 4), seeds)
     apart = torch.cat([decoded(slice(i, i + 1), [s]) for i, s in enumerate(seeds)])

@@ -84,7 +84,9 @@ def preprocess(model: VDVAE, images: torch.Tensor | np.ndarray) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
     expected = (cfg.image_size, cfg.image_size, cfg.image_channels)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        raise UsageError(f"VDVAE ({cfg.name}) expects images (N, {', '.join(map(str, expected))}); got {tuple(x.shape)}")
+        raise UsageError(
+            f"VDVAE ({cfg.name}) expects images (N, {', '.join(map(str, expected))}); got {tuple(x.shape)}"
+        )
     x = x.to(torch.float32)
     shift = torch.tensor(cfg.shift, dtype=torch.float32)
     scale = torch.tensor(cfg.scale, dtype=torch.float32)
@@ -139,8 +141,10 @@ def unflatten_latents(cfg: VDVAEConfig, flat: torch.Tensor) -> list[torch.Tensor
         start += size
     if start != flat.shape[1]:
         sizes = ", ".join(str(cfg.latent_dim(k)) for k in (1, cfg.n_latent_groups, len(cfg.latent_shapes())))
-        raise UsageError(f"VDVAE ({cfg.name}) latents of width {flat.shape[1]} do not end at a group boundary "
-                         f"(e.g. {sizes})")
+        raise UsageError(
+            f"VDVAE ({cfg.name}) latents of width {flat.shape[1]} do not end at a group boundary "
+            f"(e.g. {sizes})"
+        )
     return out
 
 
@@ -158,7 +162,11 @@ def encode_latents(
     """
     x = preprocess(model, images)
     device, dtype = _device_dtype(model)
-    noise = PosteriorMean(len(x), device, dtype) if generators is None else PerImageNoise(generators, device, dtype)
+    noise = (
+        PosteriorMean(len(x), device, dtype)
+        if generators is None
+        else PerImageNoise(generators, device, dtype)
+    )
     if generators is not None and len(generators) != len(x):
         raise UsageError(f"encode_latents: {len(x)} images but {len(generators)} generators")
     latents = encode(model, x, noise, model.cfg.n_latent_groups if groups is None else groups)
@@ -178,8 +186,9 @@ def decode_latents(
     """
     flat = torch.as_tensor(np.asarray(latents) if not isinstance(latents, torch.Tensor) else latents)
     if flat.ndim != 2 or len(generators) != flat.shape[0]:
-        raise UsageError(f"decode_latents: latents {tuple(flat.shape)} need (N, D) and N generators, "
-                         f"got {len(generators)}")
+        raise UsageError(
+            f"decode_latents: latents {tuple(flat.shape)} need (N, D) and N generators, got {len(generators)}"
+        )
     device, dtype = _device_dtype(model)
     groups = [z.to(device, dtype) for z in unflatten_latents(model.cfg, flat.float())]
     image = decode(model, groups, PerImageNoise(generators, device, dtype), temperature)
@@ -226,8 +235,16 @@ def load_checkpoint(path: Path, cfg: VDVAEConfig, expected: dict[str, list[int]]
     if got != expected:
         missing = [k for k in expected if k not in got]
         extra = [k for k in got if k not in expected]
-        wrong = [f"{k} {got[k]} (expected {expected[k]})" for k in expected if k in got and got[k] != expected[k]]
-        first = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra else f"shape of {wrong[0]}")
+        wrong = [
+            f"{k} {got[k]} (expected {expected[k]})" for k in expected if k in got and got[k] != expected[k]
+        ]
+        first = (
+            f"missing {missing[0]}"
+            if missing
+            else f"unexpected {extra[0]}"
+            if extra
+            else f"shape of {wrong[0]}"
+        )
         raise NSDBenchError(
             f"VDVAE weights at {path} do not have the {cfg.name} layout ({len(expected)} tensors): {first}"
         )
@@ -265,8 +282,8 @@ __all__ = [
     "IMAGENET64",
     "TINY",
     "VDVAE",
-    "VDVAEConfig",
     "PerImageNoise",
+    "VDVAEConfig",
     "build_vdvae",
     "config_for",
     "decode",

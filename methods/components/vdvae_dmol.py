@@ -7,7 +7,9 @@ import torch
 UNIFORM_LOW, UNIFORM_HIGH = 1e-5, 1.0 - 1e-5  # open interval of the uniform draws, as published
 
 
-def sample_dmol(logits: torch.Tensor, num_mixtures: int, u_mix: torch.Tensor, u_pixel: torch.Tensor) -> torch.Tensor:
+def sample_dmol(
+    logits: torch.Tensor, num_mixtures: int, u_mix: torch.Tensor, u_pixel: torch.Tensor
+) -> torch.Tensor:
     """Image (N, H, W, 3) in [-1, 1] from head logits (N, H, W, 10 * num_mixtures).
 
     `u_mix` (N, H, W, num_mixtures) picks a component by the Gumbel-max trick; `u_pixel` (N, H, W, 3) draws

@@ -33,7 +33,9 @@ def _conv(c_in: int, c_out: int, kernel: int) -> nn.Conv2d:
 class Block(nn.Module):
     """Bottleneck residual unit: four GELU-preceded convolutions (1x1, 3x3, 3x3, 1x1), optional pooling."""
 
-    def __init__(self, c_in: int, c_mid: int, c_out: int, *, residual: bool, spatial: bool, down: int | None = None):
+    def __init__(
+        self, c_in: int, c_mid: int, c_out: int, *, residual: bool, spatial: bool, down: int | None = None
+    ):
         super().__init__()
         k = 3 if spatial else 1  # 3x3 kernels only above 2x2 resolution
         self.c1 = _conv(c_in, c_mid, 1)
@@ -105,7 +107,9 @@ class DecBlock(nn.Module):
     def finish(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.resnet(x + self.z_proj(z))
 
-    def posterior_step(self, x: torch.Tensor, acts: torch.Tensor, noise: Noise) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior_step(
+        self, x: torch.Tensor, acts: torch.Tensor, noise: Noise
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample z from q(z | x, encoder activation); returns (z, new state)."""
         q_mean, q_logstd = self.enc(torch.cat([x, acts], dim=1)).chunk(2, dim=1)
         _, _, x_prior = self.prior_split(x)
@@ -143,7 +147,9 @@ class Decoder(nn.Module):
         self.cfg = cfg
         self.dec_blocks = nn.ModuleList(DecBlock(cfg, res, mixin) for res, mixin in cfg.decoder_layers())
         self.bias_xs = nn.ParameterList(
-            nn.Parameter(torch.zeros(1, cfg.width, res, res)) for res in cfg.resolutions() if res <= cfg.no_bias_above
+            nn.Parameter(torch.zeros(1, cfg.width, res, res))
+            for res in cfg.resolutions()
+            if res <= cfg.no_bias_above
         )
         self.out_net = DmolNet(cfg)
         self.gain = nn.Parameter(torch.ones(1, cfg.width, 1, 1))
@@ -152,7 +158,9 @@ class Decoder(nn.Module):
     def initial_states(self) -> dict[int, torch.Tensor]:
         return {b.shape[2]: b for b in self.bias_xs}
 
-    def posterior_latents(self, acts: dict[int, torch.Tensor], groups: int, noise: Noise) -> list[torch.Tensor]:
+    def posterior_latents(
+        self, acts: dict[int, torch.Tensor], groups: int, noise: Noise
+    ) -> list[torch.Tensor]:
         """Latents of the first `groups` groups sampled from the posterior given encoder activations."""
         xs = self.initial_states()
         latents = []

@@ -212,3 +212,24 @@ def test_checkpoint_loader_strips_ddp_prefix_and_checks_layout(tmp_path, tiny):
     torch.save(sd, path)
     with pytest.raises(NSDBenchError, match=r"ckpt.th .*missing decoder.gain"):
         vdvae.load_checkpoint(path, TINY, expected)
+
+
+def test_resize_matches_torchvision_on_pil_images():
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    images = np.random.default_rng(3).integers(0, 256, size=(2, 100, 100, 3), dtype=np.uint8)
+    ours = vdvae.resize_like_brain_diffuser(images)
+    theirs = np.stack([np.asarray(TF.resize(Image.fromarray(im), (64, 64))) for im in images])
+    assert ours.shape == (2, 64, 64, 3) and ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.slow
+def test_random_mode_runs_at_imagenet64_size():
+    model = vdvae.load_vdvae("random")
+    images = np.random.default_rng(4).integers(0, 256, size=(1, 64, 64, 3), dtype=np.uint8)
+    z = vdvae.encode_latents(model, images, gens([0]))
+    assert z.shape == (1, 91168) and torch.isfinite(z).all()
+    out = vdvae.decode_latents(model, z, gens([0]))
+    assert out.shape == (1, 64, 64, 3) and out.dtype == torch.uint8

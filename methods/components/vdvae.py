@@ -41,7 +41,8 @@ SEEDS = {"random": 1600000, "tiny": 64}  # seeds of the random-weight modes
 
 
 class PerImageNoise:
-    """Draws for image i from `generators[i]` on the CPU, stacked and moved to the model's device and dtype."""
+    """Draws for image i from `generators[i]` on the CPU, stacked and moved to the model's device; normals in
+    the model's dtype, uniforms in float32 (in float16, 1 - 1e-5 would round to 1 and the logs to infinity)."""
 
     def __init__(self, generators: Sequence[torch.Generator], device: torch.device, dtype: torch.dtype):
         self.generators, self.device, self.dtype = list(generators), device, dtype
@@ -52,7 +53,7 @@ class PerImageNoise:
 
     def uniform(self, shape: tuple[int, ...], low: float, high: float) -> torch.Tensor:
         draws = [torch.empty(shape).uniform_(low, high, generator=g) for g in self.generators]
-        return torch.stack(draws).to(self.device, self.dtype)
+        return torch.stack(draws).to(self.device)
 
 
 class PosteriorMean:
@@ -120,8 +121,8 @@ def decode(
     with torch.inference_mode():
         logits = model.decoder.from_latents(n, latents, noise, temperature).float()
         size = tuple(logits.shape[1:3])
-        u_mix = noise.uniform((*size, cfg.num_mixtures), UNIFORM_LOW, UNIFORM_HIGH).float()
-        u_pixel = noise.uniform((*size, 3), UNIFORM_LOW, UNIFORM_HIGH).float()
+        u_mix = noise.uniform((*size, cfg.num_mixtures), UNIFORM_LOW, UNIFORM_HIGH)
+        u_pixel = noise.uniform((*size, 3), UNIFORM_LOW, UNIFORM_HIGH)
         return sample_dmol(logits, cfg.num_mixtures, u_mix, u_pixel)
 
 

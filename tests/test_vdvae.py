@@ -245,3 +245,34 @@ def test_float16_model_stays_close_to_float32(tiny):
         vdvae.decode_latents(half, z, gens([3, 4])).float() - vdvae.decode_latents(tiny, z, gens([3, 4]))
     ).abs()
     assert diff.mean() < 0.25
+
+
+def test_gpu_bench_script_runs_on_cpu_with_tiny_weights(capsys):
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench_vdvae.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench_vdvae", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = [
+        "--weights",
+        "tiny",
+        "--device",
+        "cpu",
+        "--n",
+        "2",
+        "--batch",
+        "2",
+        "--dtypes",
+        "float32",
+        "--json",
+    ]
+    assert mod.main(argv) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {(r["stage"], r["batch"]) for r in doc["rows"]} == {
+        ("encode", 1),
+        ("encode", 2),
+        ("decode", 1),
+        ("decode", 2),
+    }

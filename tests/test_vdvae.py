@@ -12,6 +12,7 @@ from nsdbench import weights
 from nsdbench.errors import NSDBenchError, WeightsMissing
 from nsdbench.methods.components import vdvae
 from nsdbench.methods.components.vdvae_hparams import IMAGENET64, TINY, VDVAEConfig
+from nsdbench.methods.components.vdvae_pixel_path import wire_pixel_path
 
 DATA = Path(__file__).parent / "data" / "vdvae"
 
@@ -181,6 +182,24 @@ def test_tiny_batch_of_four_equals_one_at_a_time(tiny):
     assert (out.int() - one.int()).abs().max() <= 1 and (out != one).float().mean() < 1e-3
 
 
+def test_tiny_latents_carry_the_image(tiny):
+    """The pixel path: the last latent group holds the 32-px normalized image, decoding gives it back."""
+    rng = np.random.default_rng(6)
+    images = np.repeat(np.repeat(rng.integers(0, 256, size=(6, 8, 8, 3)), 8, 1), 8, 2).astype(np.uint8)
+    z = vdvae.encode_latents(tiny, images, gens(range(6)))
+    last = vdvae.unflatten_latents(TINY, z)[-1][:, :3]
+    pooled = torch.nn.functional.avg_pool2d(
+        torch.from_numpy((images - 115.92961967) / 69.37404).permute(0, 3, 1, 2), 2
+    )
+    gelu = torch.nn.functional.gelu
+    expected = gelu(gelu(gelu(gelu(pooled.float() + 4.0)))) - 4.0  # four GELUs on the path, offset by 4
+    torch.testing.assert_close(last, expected, rtol=0, atol=0.03)  # posterior std exp(-5) = 0.007
+    out = vdvae.decode_latents(tiny, z, gens(range(10, 16))).numpy().reshape(6, -1).astype(float)
+    corr = np.corrcoef(out, images.reshape(6, -1).astype(float))[:6, 6:]
+    assert np.diag(corr).min() > 0.99 and np.abs(corr[~np.eye(6, dtype=bool)]).max() < 0.3
+    assert np.abs(out - images.reshape(6, -1)).mean() < 6  # gray levels
+
+
 def test_decode_rejects_latents_off_group_boundary(tiny):
     with pytest.raises(NSDBenchError, match="group boundary"):
         vdvae.decode_latents(tiny, torch.zeros(1, TINY.latent_dim() - 1), gens([0]))
@@ -190,7 +209,8 @@ def test_decode_rejects_latents_off_group_boundary(tiny):
 
 def test_load_once_and_mode_identity(tiny):
     assert vdvae.load_vdvae("tiny") is tiny
-    assert tiny.weights_sha256 == weights.module_sha256(vdvae.build_vdvae(TINY, seed=vdvae.SEEDS["tiny"]))
+    rebuilt = wire_pixel_path(vdvae.build_vdvae(TINY, seed=vdvae.SEEDS["tiny"]))
+    assert tiny.weights_sha256 == weights.module_sha256(rebuilt)
     assert not any(p.requires_grad for p in tiny.parameters())
 
 

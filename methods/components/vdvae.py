@@ -22,6 +22,7 @@ from nsdbench.methods.components import load_once
 from nsdbench.methods.components.vdvae_dmol import UNIFORM_HIGH, UNIFORM_LOW, sample_dmol, to_uint8
 from nsdbench.methods.components.vdvae_hparams import CONFIGS, IMAGENET64, TINY, VDVAEConfig
 from nsdbench.methods.components.vdvae_net import VDVAE, Noise, init_like_published
+from nsdbench.methods.components.vdvae_pixel_path import wire_pixel_path
 
 ARTIFACT = weights.register(
     weights.Artifact(
@@ -258,7 +259,8 @@ def load_vdvae(mode: str, device: str | torch.device = "cpu", dtype: torch.dtype
     """The VDVAE in one weights mode, in eval mode without gradients, loaded once per process.
 
     pretrained: the published imagenet64 EMA checkpoint from NSDBENCH_HOME/weights; random: imagenet64
-    architecture, seeded published initialization; tiny: the reduced `TINY` architecture, seeded.
+    architecture, seeded published initialization; tiny: the reduced `TINY` architecture, seeded, with a
+    pixel path (`wire_pixel_path`) so that its latents carry the image at 32 px.
     The returned module carries `weights_sha256` (file hash, or content hash of random weights).
     """
     mode = weights.check_mode(mode)
@@ -269,6 +271,8 @@ def load_vdvae(mode: str, device: str | torch.device = "cpu", dtype: torch.dtype
             sha = weights.recorded_sha256(ARTIFACT.name)
         else:
             model = build_vdvae(config_for(mode), seed=SEEDS[mode])
+            if mode == "tiny":
+                model = wire_pixel_path(model)
             sha = weights.module_sha256(model)
         model = model.eval().requires_grad_(False).to(device=device, dtype=dtype)
         model.weights_sha256 = sha

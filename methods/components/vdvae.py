@@ -164,12 +164,11 @@ def encode_latents(
     """
     x = preprocess(model, images)
     device, dtype = _device_dtype(model)
-    noise = (
-        PosteriorMean(len(x), device, dtype)
-        if generators is None
-        else PerImageNoise(generators, device, dtype)
-    )
-    if generators is not None and len(generators) != len(x):
+    if generators is None:
+        noise: Noise = PosteriorMean(len(x), device, dtype)
+    elif len(generators) == len(x):
+        noise = PerImageNoise(generators, device, dtype)
+    else:
         raise UsageError(f"encode_latents: {len(x)} images but {len(generators)} generators")
     latents = encode(model, x, noise, model.cfg.n_latent_groups if groups is None else groups)
     return flatten_latents(latents).float().cpu()

@@ -308,3 +308,33 @@ def test_random_mode_configs_have_the_published_parameter_counts():
         )
     assert count(pipe.image_unet) == 859_520_964 + attention
     assert models["image_encoder"].config.image_size // models["image_encoder"].config.patch_size == 16  # 257
+
+
+def test_pretrained_loads_a_versatile_diffusion_snapshot_offline(vd, inputs, tmp_path, monkeypatch):
+    """A snapshot laid out as shi-labs/versatile-diffusion (VersatileDiffusionPipeline.save_pretrained of
+    tiny seeded models) loads through the pretrained path, dual attention merged by the pipeline, and
+    samples exactly as the same models built in tiny mode."""
+    from diffusers import DDIMScheduler, VersatileDiffusionPipeline
+    from transformers import CLIPImageProcessor
+
+    from nsdbench.methods.components import release_all
+    from nsdbench.methods.components.clip_tokenizer import tiny_clip_tokenizer
+    from nsdbench.methods.components.versatile_diffusion import _strip_class, load_config
+
+    models = build_models("tiny")
+    VersatileDiffusionPipeline(
+        tokenizer=tiny_clip_tokenizer(),
+        image_feature_extractor=CLIPImageProcessor(**_strip_class(load_config("image_feature_extractor", "tiny"))),
+        scheduler=DDIMScheduler.from_config(_strip_class(load_config("scheduler", "tiny"))),
+        **models,
+    ).save_pretrained(tmp_path / "weights" / "versatile-diffusion")
+    monkeypatch.setenv("NSDBENCH_HOME", str(tmp_path))
+    try:
+        loaded = load_components("pretrained")
+        images, vision, text = inputs
+        settings = DualGuidedSettings(**FAST)
+        a = dual_guided_img2img(loaded, images[:2], vision[:2], text[:2], _generators([4, 5]), settings)
+        b = dual_guided_img2img(vd, images[:2], vision[:2], text[:2], _generators([4, 5]), settings)
+        assert np.array_equal(a, b)
+    finally:
+        release_all()

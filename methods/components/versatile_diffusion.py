@@ -94,10 +94,6 @@ def _build(mode: str, device: torch.device, dtype: torch.dtype) -> VDComponents:
     pipe = _pretrained_pipeline(dtype) if mode == "pretrained" else _random_pipeline(mode, device)
     pipe.remove_unused_weights()  # the text UNet's blocks now live inside the image UNet
     accept_attention_masks(pipe.image_unet)
-    from diffusers import DDIMScheduler
-
-    # The DDIM of the published VD sampler, whatever scheduler the snapshot's model_index names.
-    scheduler = DDIMScheduler.from_config(_strip_class(load_config("scheduler", mode)))
     modules = {
         "unet": pipe.image_unet,
         "vae": pipe.vae,
@@ -113,7 +109,7 @@ def _build(mode: str, device: torch.device, dtype: torch.dtype) -> VDComponents:
         **modules,
         tokenizer=pipe.tokenizer,
         image_processor=pipe.image_feature_extractor,
-        scheduler=scheduler,
+        scheduler=pipe.scheduler,
         mode=mode,
         device=device,
         dtype=dtype,
@@ -137,14 +133,54 @@ def accept_attention_masks(unet: torch.nn.Module) -> None:
 
 
 def _pretrained_pipeline(dtype: torch.dtype):
-    """The published weights from NSDBENCH_HOME/weights/versatile-diffusion, offline; the pipeline's own
-    constructor merges the text UNet's attention blocks into the image UNet."""
-    from diffusers import VersatileDiffusionDualGuidedPipeline
-
-    path = weights.require(ARTIFACT.name)
-    return VersatileDiffusionDualGuidedPipeline.from_pretrained(
-        str(path), torch_dtype=dtype, local_files_only=True
+    """The published weights from NSDBENCH_HOME/weights/versatile-diffusion, offline, one component per
+    snapshot folder (model_index.json names the text UNet's class in a module recent diffusers no longer
+    resolves); the pipeline's own constructor merges the text UNet's attention blocks into the image UNet."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
     )
+
+    path = str(weights.require(ARTIFACT.name))
+    offline = {"local_files_only": True}
+    loaders = {
+        "image_unet": UNet2DConditionModel,
+        "text_unet": text_unet_class(),
+        "vae": AutoencoderKL,
+        "text_encoder": CLIPTextModelWithProjection,
+        "image_encoder": CLIPVisionModelWithProjection,
+    }
+    models = {
+        name: cls.from_pretrained(path, subfolder=name, torch_dtype=dtype, **offline) for name, cls in loaders.items()
+    }
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **offline)
+    processor = CLIPImageProcessor.from_pretrained(path, subfolder="image_feature_extractor", **offline)
+    return _dual_pipeline(models, tokenizer, processor, "pretrained")
+
+
+def _dual_pipeline(models: dict[str, Any], tokenizer: Any, processor: Any, mode: str):
+    """The dual-guided pipeline over loaded models, with the DDIM of the published VD sampler (shipped
+    config; the snapshot's own scheduler folder is not read)."""
+    from diffusers import DDIMScheduler, VersatileDiffusionDualGuidedPipeline
+
+    return VersatileDiffusionDualGuidedPipeline(
+        tokenizer=tokenizer,
+        image_feature_extractor=processor,
+        scheduler=DDIMScheduler.from_config(_strip_class(load_config("scheduler", mode))),
+        **models,
+    )
+
+
+def text_unet_class() -> type:
+    """diffusers' UNetFlatConditionModel (moved under pipelines.deprecated in recent releases)."""
+    try:
+        from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
+    except ImportError:
+        from diffusers.pipelines.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
+    return UNetFlatConditionModel
 
 
 def _strip_class(config: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +191,6 @@ def build_models(mode: str, seed: int = RANDOM_SEED) -> dict[str, Any]:
     """Every model of the snapshot at its shipped configuration with seeded random weights, on the current
     default device (a `torch.device` context selects it)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
     from transformers import (
         CLIPTextConfig,
         CLIPTextModelWithProjection,
@@ -166,7 +201,7 @@ def build_models(mode: str, seed: int = RANDOM_SEED) -> dict[str, Any]:
     torch.manual_seed(seed)
     return {
         "image_unet": UNet2DConditionModel(**_strip_class(load_config("image_unet", mode))),
-        "text_unet": UNetFlatConditionModel(**_strip_class(load_config("text_unet", mode))),
+        "text_unet": text_unet_class()(**_strip_class(load_config("text_unet", mode))),
         "vae": AutoencoderKL(**_strip_class(load_config("vae", mode))),
         "text_encoder": CLIPTextModelWithProjection(
             CLIPTextConfig(**_strip_class(load_config("text_encoder", mode)))
@@ -180,7 +215,6 @@ def build_models(mode: str, seed: int = RANDOM_SEED) -> dict[str, Any]:
 def _random_pipeline(mode: str, device: torch.device):
     """The dual-guided pipeline over seeded random models (random: published configuration; tiny: reduced).
     Random weights are drawn on `device` (fast on a GPU), so they are reproducible per device type."""
-    from diffusers import VersatileDiffusionDualGuidedPipeline
     from transformers import CLIPImageProcessor
 
     from nsdbench.methods.components.clip_tokenizer import tiny_clip_tokenizer
@@ -190,11 +224,4 @@ def _random_pipeline(mode: str, device: torch.device):
     processor = CLIPImageProcessor(**_strip_class(load_config("image_feature_extractor", mode)))
     # No tokenizer files exist offline; the byte-level tiny tokenizer yields ids valid for any CLIP vocab.
     tokenizer = tiny_clip_tokenizer(int(models["text_encoder"].config.max_position_embeddings))
-    from diffusers import DDIMScheduler
-
-    return VersatileDiffusionDualGuidedPipeline(
-        tokenizer=tokenizer,
-        image_feature_extractor=processor,
-        scheduler=DDIMScheduler.from_config(_strip_class(load_config("scheduler", mode))),
-        **models,
-    )
+    return _dual_pipeline(models, tokenizer, processor, mode)

@@ -338,3 +338,21 @@ def test_pretrained_loads_a_versatile_diffusion_snapshot_offline(vd, inputs, tmp
         assert np.array_equal(a, b)
     finally:
         release_all()
+
+
+def test_gpu_bench_script_runs_tiny_on_the_cpu(capsys):
+    """scripts/gpu_bench_brain_diffuser.py end to end with --tiny (its full-size run needs a GPU)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench_brain_diffuser.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench_brain_diffuser", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--tiny", "--device", "cpu", "--images", "2", "--reference-images", "2", "--batch-size", "2"]
+    assert script.main([*argv, "--steps", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["mode"] == "tiny" and result["denoising_steps"] == 3 and result["image_size"] == 32
+    assert result["batched_images_per_s"] > 0 and result["reference_images_per_s"] > 0
+    assert result["max_abs_uint8_diff_batched_vs_batch1"] <= 1

@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny random components (CPU smoke check)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"], help="default: fp16 on CUDA")
+    ap.add_argument(
+        "--dtype", default=None, choices=["float16", "bfloat16", "float32"], help="default: fp16 on CUDA"
+    )
     ap.add_argument("--images", type=int, default=32, help="images for the batched loop")
     ap.add_argument("--reference-images", type=int, default=8, help="images for the batch-1 loop")
     ap.add_argument("--batch-size", type=int, default=16)

@@ -30,7 +30,7 @@ from nsdbench.methods.diffusion.versatile import (
 
 EQUIVALENCE_ATOL = 1e-5  # float32 on the CPU, identical operation order: differences are rounding only
 BATCH_ATOL = 1e-4  # batch 4 vs 4 × batch 1 (measured max |Δ| about 1e-6 in tiny mode)
-FAST = dict(steps=10, guidance=7.5, mix=0.6, eta=0.0)  # 7 denoising steps at strength 0.75
+FAST = {"steps": 10, "guidance": 7.5, "mix": 0.6, "eta": 0.0}  # 7 denoising steps at strength 0.75
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,7 +123,7 @@ def _ours(vd, images, vision, text, seeds, settings):
 
 def test_strength_one_equals_diffusers_dual_guided_pipeline(vd, inputs, monkeypatch):
     """Pure text/image-guided sampling (the pipeline's own mode) from the same start noise."""
-    images, vision, text = inputs
+    _, vision, text = inputs
     settings = DualGuidedSettings(strength=1.0, **FAST)
     ours = _ours(vd, None, vision, text, range(4), settings)
     start, _ = initial_latents(vd, None, _generators(range(4)), settings)
@@ -195,7 +195,10 @@ def test_batch_of_four_equals_four_batches_of_one(vd, inputs):
     seeds = [101, 102, 103, 104]
     together = _ours(vd, images, vision, text, seeds, settings)
     alone = torch.cat(
-        [_ours(vd, images[i : i + 1], vision[i : i + 1], text[i : i + 1], seeds[i : i + 1], settings) for i in range(4)]
+        [
+            _ours(vd, images[i : i + 1], vision[i : i + 1], text[i : i + 1], seeds[i : i + 1], settings)
+            for i in range(4)
+        ]
     )
     diff = (together - alone).abs().max().item()
     print(f"batch 4 vs 4 x batch 1, tiny mode: max |diff| = {diff:.3g}")
@@ -238,8 +241,14 @@ def test_clip_tokens_equal_the_pipelines_own_encoders(vd, inputs):
 
     images, vision, text = inputs
     pipe = VersatileDiffusionDualGuidedPipeline(
-        tokenizer=vd.tokenizer, image_feature_extractor=vd.image_processor, text_encoder=vd.text_encoder,
-        image_encoder=vd.image_encoder, image_unet=vd.unet, text_unet=None, vae=vd.vae, scheduler=vd.scheduler,
+        tokenizer=vd.tokenizer,
+        image_feature_extractor=vd.image_processor,
+        text_encoder=vd.text_encoder,
+        image_encoder=vd.image_encoder,
+        image_unet=vd.unet,
+        text_unet=None,
+        vae=vd.vae,
+        scheduler=vd.scheduler,
     )
     captions = ["a cat on a mat", "two dogs", "a red bus", "a bowl of fruit"]
     theirs_text = pipe._encode_text_prompt(captions, vd.device, 1, False)
@@ -248,7 +257,8 @@ def test_clip_tokens_equal_the_pipelines_own_encoders(vd, inputs):
     assert torch.allclose(text, theirs_text, atol=1e-6)
     assert torch.allclose(vision, theirs_vision, atol=1e-6)
     assert torch.allclose(vision[:, 0].norm(dim=-1), torch.ones(4), atol=1e-5)
-    eot = vd.tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids.argmax(-1)
+    ids = vd.tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    eot = ids.argmax(-1)  # the end-of-text id is the tiny vocabulary's largest
     assert torch.allclose(text[torch.arange(4), eot].norm(dim=-1), torch.ones(4), atol=1e-5)
     uncond_text, uncond_vision = unconditional_tokens(vd)
     assert torch.allclose(uncond_text, clip_text_tokens(vd, [""]))
@@ -324,7 +334,9 @@ def test_pretrained_loads_a_versatile_diffusion_snapshot_offline(vd, inputs, tmp
     models = build_models("tiny")
     VersatileDiffusionPipeline(
         tokenizer=tiny_clip_tokenizer(),
-        image_feature_extractor=CLIPImageProcessor(**_strip_class(load_config("image_feature_extractor", "tiny"))),
+        image_feature_extractor=CLIPImageProcessor(
+            **_strip_class(load_config("image_feature_extractor", "tiny"))
+        ),
         scheduler=DDIMScheduler.from_config(_strip_class(load_config("scheduler", "tiny"))),
         **models,
     ).save_pretrained(tmp_path / "weights" / "versatile-diffusion")

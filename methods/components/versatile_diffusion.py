@@ -154,7 +154,8 @@ def _pretrained_pipeline(dtype: torch.dtype):
         "image_encoder": CLIPVisionModelWithProjection,
     }
     models = {
-        name: cls.from_pretrained(path, subfolder=name, torch_dtype=dtype, **offline) for name, cls in loaders.items()
+        name: cls.from_pretrained(path, subfolder=name, torch_dtype=dtype, **offline)
+        for name, cls in loaders.items()
     }
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **offline)
     processor = CLIPImageProcessor.from_pretrained(path, subfolder="image_feature_extractor", **offline)
@@ -177,7 +178,9 @@ def _dual_pipeline(models: dict[str, Any], tokenizer: Any, processor: Any, mode:
 def text_unet_class() -> type:
     """diffusers' UNetFlatConditionModel (moved under pipelines.deprecated in recent releases)."""
     try:
-        from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
+        from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import (
+            UNetFlatConditionModel,
+        )
     except ImportError:
         from diffusers.pipelines.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
     return UNetFlatConditionModel

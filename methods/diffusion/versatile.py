@@ -59,7 +59,9 @@ def configure_dual_context(unet: torch.nn.Module, text_len: int, vision_len: int
             module.transformer_index_for_condition = [1, 0]
 
 
-def schedule(components: VDComponents, settings: DualGuidedSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
+def schedule(
+    components: VDComponents, settings: DualGuidedSettings
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The denoising timesteps (descending) and the timestep the init latent is noised to (None at
     strength 1: start from pure noise)."""
     scheduler = components.scheduler
@@ -180,7 +182,11 @@ def _check_batch(components, init_images, vision, text, generators) -> None:
         "vision tokens": (vision.shape, (n, vision_len**2 + 1, components.unet.config.cross_attention_dim)),
         "text tokens": (
             text.shape,
-            (n, components.text_encoder.config.max_position_embeddings, components.unet.config.cross_attention_dim),
+            (
+                n,
+                components.text_encoder.config.max_position_embeddings,
+                components.unet.config.cross_attention_dim,
+            ),
         ),
     }
     for what, (got, want) in expected.items():

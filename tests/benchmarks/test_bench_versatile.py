@@ -30,7 +30,8 @@ def problem():
     torch.set_num_threads(1)
     vd = load_components("tiny")
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (N_IMAGES, 8, 8, 3), dtype=np.uint8)  # stage-1 images, upsampled by the loop
+    # small stage-1 images, which the loop upsamples to the output size
+    images = rng.integers(0, 256, (N_IMAGES, 8, 8, 3), dtype=np.uint8)
     vision = clip_vision_tokens(vd, images)
     text = clip_text_tokens(vd, [f"caption {i}" for i in range(N_IMAGES)])
     yield vd, images, vision, text

@@ -163,16 +163,17 @@ def _pretrained_pipeline(dtype: torch.dtype):
 
 
 def _dual_pipeline(models: dict[str, Any], tokenizer: Any, processor: Any, mode: str):
-    """The dual-guided pipeline over loaded models, with the DDIM of the published VD sampler (shipped
-    config; the snapshot's own scheduler folder is not read)."""
+    """The dual-guided pipeline over built models, with the DDIM of the published VD sampler (shipped
+    config; the snapshot's own scheduler folder is not read). The pipeline's constructor creates each
+    dual-context transformer with two placeholder blocks and swaps in the image and text UNets' blocks at
+    once, so the placeholders are built on the meta device (never initialized, never allocated)."""
     from diffusers import DDIMScheduler, VersatileDiffusionDualGuidedPipeline
 
-    return VersatileDiffusionDualGuidedPipeline(
-        tokenizer=tokenizer,
-        image_feature_extractor=processor,
-        scheduler=DDIMScheduler.from_config(_strip_class(load_config("scheduler", mode))),
-        **models,
-    )
+    scheduler = DDIMScheduler.from_config(_strip_class(load_config("scheduler", mode)))
+    with torch.device("meta"):
+        return VersatileDiffusionDualGuidedPipeline(
+            tokenizer=tokenizer, image_feature_extractor=processor, scheduler=scheduler, **models
+        )
 
 
 def text_unet_class() -> type:

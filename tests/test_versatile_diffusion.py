@@ -262,8 +262,8 @@ def test_clip_tokens_equal_the_pipelines_own_encoders(vd, inputs):
     assert torch.allclose(text[torch.arange(4), eot].norm(dim=-1), torch.ones(4), atol=1e-5)
     uncond_text, uncond_vision = unconditional_tokens(vd)
     assert torch.allclose(uncond_text, clip_text_tokens(vd, [""]))
-    black = np.zeros((1, 32, 32, 3), np.uint8)
-    assert torch.allclose(uncond_vision, clip_vision_tokens(vd, black))
+    gray = np.full((1, 32, 32, 3), 127, np.uint8)  # VD's zero image in [-1, 1] space, as CLIP receives it
+    assert torch.allclose(uncond_vision, clip_vision_tokens(vd, gray))
 
 
 def test_bad_inputs_are_one_line_errors(vd, inputs):

@@ -40,13 +40,18 @@ def clip_text_tokens(components: VDComponents, captions: Sequence[str]) -> torch
     return (tokens / torch.norm(out.text_embeds.unsqueeze(1), dim=-1, keepdim=True)).float()
 
 
+# The published sampler's "zero image" is torch.zeros in VD's [-1, 1] pixel space; VD maps it to (x + 1) / 2
+# = 0.5 and the CLIP feature extractor then truncates 0.5 * 255 to uint8: a uniform mid-gray image.
+ZERO_IMAGE_GRAY = 127
+
+
 @torch.no_grad()
 def unconditional_tokens(components: VDComponents) -> tuple[torch.Tensor, torch.Tensor]:
     """The unconditional contexts of the published sampler: tokens of the empty caption (1, 77, D) and of
-    an all-zero (black) image (1, 257, D)."""
+    its zero image, which reaches CLIP as uniform gray 127 (1, 257, D)."""
     crop = components.image_processor.crop_size
-    black = np.zeros((1, crop["height"], crop["width"], 3), dtype=np.uint8)
-    return clip_text_tokens(components, [""]), clip_vision_tokens(components, black)
+    gray = np.full((1, crop["height"], crop["width"], 3), ZERO_IMAGE_GRAY, dtype=np.uint8)
+    return clip_text_tokens(components, [""]), clip_vision_tokens(components, gray)
 
 
 def _as_uint8_batch(images: np.ndarray | torch.Tensor) -> np.ndarray:

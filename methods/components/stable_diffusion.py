@@ -186,13 +186,25 @@ def _is_diffusers(cls: type) -> bool:
     return cls.__module__.startswith("diffusers")
 
 
+def _quiet_cast(module: Any, dtype: torch.dtype) -> Any:
+    """Cast without diffusers' warning about modules kept in fp32 (SD's UNet and VAE have none)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return module.to(dtype=dtype)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def _finish(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
     if "torch_device" in inspect.signature(module.to).parameters:  # StableUnCLIPImageNormalizer's own .to
         module = module.to(torch_device=device, torch_dtype=dtype)
     else:
         module = module.to(device=device)
         if module.dtype != dtype:
-            module = module.to(dtype=dtype)
+            module = _quiet_cast(module, dtype)
     module.eval()
     module.requires_grad_(False)
     return module
@@ -211,7 +223,9 @@ def _tokenizer(model: str, mode: str) -> Any:
     from transformers import CLIPTokenizer
 
     if mode == "pretrained":
-        return CLIPTokenizer.from_pretrained(weights.require(model), subfolder="tokenizer", local_files_only=True)
+        return CLIPTokenizer.from_pretrained(
+            weights.require(model), subfolder="tokenizer", local_files_only=True
+        )
     return tiny_clip_tokenizer(77)
 
 
@@ -271,7 +285,7 @@ def load_unclip(
             )
         else:
             processor = CLIPImageProcessor(**component_config(UNCLIP, "feature_extractor", mode))
-        part: Callable[[str, type], Any] = lambda name, cls: _model(  # noqa: E731
+        part: Callable[[str, type], Any] = lambda name, cls: _model(
             UNCLIP, name, cls, mode, seed, device, dtype
         )
         return UnclipComponents(
@@ -297,7 +311,10 @@ def encode_prompts(components: SD14Components | UnclipComponents, texts: list[st
     """Text conditioning (N, 77, width) as the diffusers pipelines compute it: padded to 77, no attention
     mask, the encoder's last hidden state (for SD 2.1 that is OpenCLIP's penultimate layer)."""
     tokens = components.tokenizer(
-        texts, padding="max_length", max_length=components.tokenizer.model_max_length, truncation=True,
+        texts,
+        padding="max_length",
+        max_length=components.tokenizer.model_max_length,
+        truncation=True,
         return_tensors="pt",
     )
     ids = tokens.input_ids.to(components.device)

@@ -54,7 +54,9 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_cumprod: torch.Tensor
     return a**0.5 * x0 + (1 - a) ** 0.5 * noise
 
 
-def ddim_step(sample: torch.Tensor, model_output: torch.Tensor, t: int, schedule: DDIMSchedule) -> torch.Tensor:
+def ddim_step(
+    sample: torch.Tensor, model_output: torch.Tensor, t: int, schedule: DDIMSchedule
+) -> torch.Tensor:
     """One eta-0 DDIM update x_t -> x_{t-step} for an epsilon- or v-predicting model."""
     a_t = schedule.alpha(t)
     a_prev = schedule.alpha(t - schedule.step_size)

@@ -48,7 +48,9 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return (images / 2 + 0.5).clamp(0, 1)
 
 
-def unet_eps(unet, latents, t, cond, class_labels, guidance_scale: float, use_checkpoint: bool) -> torch.Tensor:
+def unet_eps(
+    unet, latents, t, cond, class_labels, guidance_scale: float, use_checkpoint: bool
+) -> torch.Tensor:
     """The UNet's (guided) prediction for a batch at timestep t; `cond` is [uncond; cond] when guiding."""
     guided = guidance_scale > 1.0
     x = torch.cat([latents, latents]) if guided else latents
@@ -56,8 +58,10 @@ def unet_eps(unet, latents, t, cond, class_labels, guidance_scale: float, use_ch
     def call(x, cond, class_labels):
         return unet(x, t, encoder_hidden_states=cond, class_labels=class_labels).sample
 
-    out = checkpoint(call, x, cond, class_labels, use_reentrant=False) if use_checkpoint else call(
-        x, cond, class_labels
+    out = (
+        checkpoint(call, x, cond, class_labels, use_reentrant=False)
+        if use_checkpoint
+        else call(x, cond, class_labels)
     )
     return guide(out, guidance_scale) if guided else out
 
@@ -111,7 +115,12 @@ def img2img_latents(
     guided = settings.guidance_scale > 1.0
     cond = torch.cat([negative_prompt_embeds, prompt_embeds]) if guided else prompt_embeds
     return sample_from(
-        unet, schedule, timesteps, latents, cond.to(device=device, dtype=dtype), settings.guidance_scale,
+        unet,
+        schedule,
+        timesteps,
+        latents,
+        cond.to(device=device, dtype=dtype),
+        settings.guidance_scale,
         use_checkpoint=settings.gradient_checkpointing,
     )
 

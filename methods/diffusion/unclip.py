@@ -94,8 +94,14 @@ def unclip_img2img_latents(
     cond = torch.cat([negative_prompt_embeds, prompt_embeds]) if guided else prompt_embeds
     class_labels = torch.cat([torch.zeros_like(labels), labels]) if guided else labels
     return sample_from(
-        unet, schedule, timesteps, latents, cond.to(device=device, dtype=dtype), settings.guidance_scale,
-        class_labels=class_labels, use_checkpoint=settings.gradient_checkpointing,
+        unet,
+        schedule,
+        timesteps,
+        latents,
+        cond.to(device=device, dtype=dtype),
+        settings.guidance_scale,
+        class_labels=class_labels,
+        use_checkpoint=settings.gradient_checkpointing,
     )
 
 
@@ -123,8 +129,15 @@ def unclip_img2img(
 ) -> torch.Tensor:
     """Images in [0, 1] (B, 3, H, W): unclip_img2img_latents decoded by the VAE."""
     latents = unclip_img2img_latents(
-        components, image_embeds, prompt_embeds, negative_prompt_embeds, generators, settings, init_images,
-        init_latents, latent_shape,
+        components,
+        image_embeds,
+        prompt_embeds,
+        negative_prompt_embeds,
+        generators,
+        settings,
+        init_images,
+        init_latents,
+        latent_shape,
     )
     return decode_latents(components.vae, latents)
 

@@ -60,7 +60,12 @@ def _load_builtin_entries() -> None:
     # registry complete for `nsdbench weights list` without importing torch-heavy code paths twice.
     import importlib
 
-    for module in ("nsdbench.metrics.networks", "nsdbench.metrics.gnet8", "nsdbench.methods.registry"):
+    for module in (
+        "nsdbench.metrics.networks",
+        "nsdbench.metrics.gnet8",
+        "nsdbench.methods.registry",
+        "nsdbench.methods.components.stable_diffusion",
+    ):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:  # a module not written yet in this checkout

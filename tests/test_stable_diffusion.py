@@ -121,6 +121,34 @@ def test_img2img_equals_diffusers_pipeline(sd14, prompts, strength):
     assert (ours - ref).abs().max().item() < PIPELINE_TOL
 
 
+def test_ldm_noise_offset_matches_compvis_img2img_arithmetic(sd14, prompts):
+    """CompVis: ddim_timesteps = range(0, 1000, 20) + 1, t_enc = int(0.8 * 50) = 40, noised with
+    alphas_cumprod[ddim_timesteps[40]] = [801], then decoded from ddim_timesteps[39] = 781 down."""
+    from nsdbench.methods.diffusion.ddim import ddim_schedule, strength_timesteps
+    from nsdbench.methods.diffusion.img2img import noise_timestep
+
+    ddim_timesteps = np.arange(0, 1000, 1000 // 50) + 1
+    schedule = ddim_schedule(sd14.scheduler, 50)
+    timesteps = strength_timesteps(schedule, 0.8)
+    assert timesteps == tuple(int(t) for t in ddim_timesteps[:40][::-1])
+    assert noise_timestep(schedule, timesteps, ldm_noise_offset=True) == ddim_timesteps[40] == 801
+    assert noise_timestep(schedule, timesteps, ldm_noise_offset=False) == 781
+    with pytest.raises(ValueError, match="strength < 1"):
+        noise_timestep(schedule, strength_timesteps(schedule, 1.0), ldm_noise_offset=True)
+    pe, ne = prompts
+    with torch.inference_mode():
+        a = img2img(sd14, pe, ne, gens(), Img2ImgSettings(4, 0.5, 5.0), init_images=init_images())
+        b = img2img(
+            sd14,
+            pe,
+            ne,
+            gens(),
+            Img2ImgSettings(4, 0.5, 5.0, ldm_noise_offset=True),
+            init_images=init_images(),
+        )
+    assert (a - b).abs().max() > 1e-4
+
+
 def test_img2img_is_deterministic_and_uses_its_inputs(sd14, prompts):
     pe, ne = prompts
     run = lambda seeds, strength=0.8: img2img(

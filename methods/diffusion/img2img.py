@@ -32,6 +32,19 @@ class Img2ImgSettings:
     strength: float = 0.8
     guidance_scale: float = 5.0
     gradient_checkpointing: bool = False
+    # CompVis' img2img (run by Takagi's and MindDiffuser's code) noises the init latent to the DDIM timestep
+    # one step above the first one it denoises (801 vs 781 at 50 steps, strength 0.8); diffusers uses the same.
+    ldm_noise_offset: bool = False
+
+
+def noise_timestep(schedule, timesteps: Sequence[int], ldm_noise_offset: bool) -> int:
+    """The timestep the init latent is noised to before denoising `timesteps`."""
+    t = timesteps[0] + (schedule.step_size if ldm_noise_offset else 0)
+    if t >= len(schedule.alphas_cumprod):
+        raise ValueError(
+            "ldm_noise_offset needs strength < 1 (CompVis' img2img has no timestep above the last)"
+        )
+    return t
 
 
 def encode_images(vae, images: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -111,7 +124,8 @@ def img2img_latents(
     schedule = ddim_schedule(components.scheduler, settings.num_inference_steps)
     timesteps = strength_timesteps(schedule, settings.strength)
     noise = randn_per_image(init_latents.shape[1:], generators, device, dtype)
-    latents = add_noise(init_latents, noise, schedule.alpha(timesteps[0]))
+    t_noise = noise_timestep(schedule, timesteps, settings.ldm_noise_offset)
+    latents = add_noise(init_latents, noise, schedule.alpha(t_noise))
     guided = settings.guidance_scale > 1.0
     cond = torch.cat([negative_prompt_embeds, prompt_embeds]) if guided else prompt_embeds
     return sample_from(

@@ -409,3 +409,46 @@ def test_gpu_bench_scripts_run_tiny_on_cpu(name, capsys):
     assert _script(name).main(["--tiny", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["batched_s"] > 0 and report["one_at_a_time_s"] > 0 and report["max_abs_diff"] < BATCH_TOL
+
+
+def _write_snapshot(components, root: Path, parts: tuple[str, ...]) -> None:
+    for part in parts:
+        getattr(components, part).save_pretrained(root / part)
+
+
+def test_pretrained_mode_reads_a_local_snapshot(tmp_path, monkeypatch, sd14, unclip):
+    """A Hub-layout snapshot (here: the tiny components saved with save_pretrained) under
+    NSDBENCH_HOME/weights/<artifact> loads offline into the same weights and the same images."""
+    from nsdbench.methods.components import release_all
+
+    monkeypatch.setenv("NSDBENCH_HOME", str(tmp_path))
+    weights_root = tmp_path / "weights"
+    _write_snapshot(sd14, weights_root / sd.SD14, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+    _write_snapshot(
+        unclip,
+        weights_root / sd.UNCLIP,
+        (
+            "unet",
+            "vae",
+            "text_encoder",
+            "tokenizer",
+            "scheduler",
+            "image_encoder",
+            "feature_extractor",
+            "image_normalizer",
+            "image_noising_scheduler",
+        ),
+    )
+    try:
+        loaded = sd.load_sd14("pretrained")
+        loaded_unclip = sd.load_unclip("pretrained")
+        for ours, ref in ((loaded, sd14), (loaded_unclip, unclip)):
+            for part in ("unet", "vae", "text_encoder", "image_encoder", "image_normalizer"):
+                if hasattr(ref, part):
+                    a, b = getattr(ours, part).state_dict(), getattr(ref, part).state_dict()
+                    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+            assert ours.scheduler.config.prediction_type == ref.scheduler.config.prediction_type
+            assert torch.equal(sd.encode_prompts(ours, ["a house"]), sd.encode_prompts(ref, ["a house"]))
+        assert loaded_unclip.feature_extractor.crop_size == unclip.feature_extractor.crop_size
+    finally:
+        release_all()

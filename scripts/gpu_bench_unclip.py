@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strength", type=float, default=0.92 - 0.3 * (1 / 6) ** 3, help="first iteration's")
     ap.add_argument("--scale", type=float, default=10.0)
     ap.add_argument("--noise-level", type=int, default=0)
+    ap.add_argument("--size", type=int, default=0, help="image size (default: the model's native 768)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     c = load_unclip(args.weights, device)
     settings = UnclipSettings(args.steps, args.strength, args.scale, args.noise_level)
     n = args.samples
-    size = c.unet.config.sample_size * 2 ** (len(c.vae.config.block_out_channels) - 1)
+    size = args.size or c.unet.config.sample_size * 2 ** (len(c.vae.config.block_out_channels) - 1)
     g = torch.Generator().manual_seed(0)
     init = torch.rand(1, 3, size, size, generator=g).expand(n, -1, -1, -1)  # the branch's seed image
     dim = c.image_encoder.config.projection_dim

@@ -1,5 +1,6 @@
 """Stable Diffusion 1.4 and 2.1 unCLIP components (diffusers/transformers classes), loaded once per process in
-one of the three weight modes: pretrained (local Hub snapshot), random (published configs, seeded) or tiny."""
+one of three weight modes: pretrained (local Hub snapshot, safetensors only), random (published configs,
+seeded) or tiny (reduced configs, CPU-fast)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch
 from nsdbench import weights
 from nsdbench.errors import UsageError
 from nsdbench.methods.components import load_once
-from nsdbench.methods.components.clip_tokenizer import tiny_clip_tokenizer
 
 SD14 = "stable-diffusion-v1-4"
 UNCLIP = "stable-diffusion-2-1-unclip"
@@ -56,7 +56,8 @@ weights.register(
             "text_encoder/model.safetensors",
             "image_encoder/config.json",
             "image_encoder/model.safetensors",
-            "image_normalizer/*",
+            "image_normalizer/config.json",
+            "image_normalizer/diffusion_pytorch_model.safetensors",
             "image_noising_scheduler/*",
             "feature_extractor/*",
             "tokenizer/*",
@@ -214,13 +215,17 @@ def _model(model: str, part: str, cls: type, mode: str, seed: int, device: torch
     if mode == "pretrained":
         root = weights.require(model)
         dtype_kw = {"torch_dtype" if _is_diffusers(cls) else "dtype": dtype}
-        loaded = cls.from_pretrained(root, subfolder=part, local_files_only=True, **dtype_kw)
+        loaded = cls.from_pretrained(
+            root, subfolder=part, local_files_only=True, use_safetensors=True, **dtype_kw
+        )
         return _finish(loaded, device, dtype)
     return _finish(build_random(part, cls, component_config(model, part, mode), seed, device), device, dtype)
 
 
 def _tokenizer(model: str, mode: str) -> Any:
     from transformers import CLIPTokenizer
+
+    from nsdbench.methods.components.clip_tokenizer import tiny_clip_tokenizer
 
     if mode == "pretrained":
         return CLIPTokenizer.from_pretrained(

@@ -452,3 +452,20 @@ def test_pretrained_mode_reads_a_local_snapshot(tmp_path, monkeypatch, sd14, unc
         assert loaded_unclip.feature_extractor.crop_size == unclip.feature_extractor.crop_size
     finally:
         release_all()
+
+
+def test_samplers_reject_inconsistent_inputs(sd14, unclip, prompts, unclip_inputs):
+    pe, ne = prompts
+    with pytest.raises(ValueError, match="exactly one of init_images and init_latents"):
+        img2img(sd14, pe, ne, gens(), Img2ImgSettings(2))
+    with pytest.raises(ValueError, match="3 init images need 3 generators"):
+        img2img(sd14, pe, ne, gens(SEEDS[:2]), Img2ImgSettings(2), init_images=init_images())
+    with pytest.raises(ValueError, match="strength must be in"):
+        img2img(sd14, pe, ne, gens(), Img2ImgSettings(2, strength=0.0), init_images=init_images())
+    emb, upe, une = unclip_inputs
+    with pytest.raises(ValueError, match="needs init images or init latents"):
+        unclip_img2img(unclip, emb, upe, une, gens(), UnclipSettings(2, strength=0.5))
+    with pytest.raises(ValueError, match="3 image embeddings need 3 generators"):
+        unclip_img2img(unclip, emb, upe[:2], une, gens(), UnclipSettings(2))
+    with pytest.raises(Exception, match="unknown weights mode 'huge'"):
+        sd.load_sd14("huge")

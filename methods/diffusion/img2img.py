@@ -35,6 +35,7 @@ class Img2ImgSettings:
     # CompVis' img2img (run by Takagi's and MindDiffuser's code) noises the init latent to the DDIM timestep
     # one step above the first one it denoises (801 vs 781 at 50 steps, strength 0.8); diffusers uses the same.
     ldm_noise_offset: bool = False
+    vae_batch_size: int | None = 16  # images per VAE encode/decode call (None: the whole batch)
 
 
 def noise_timestep(schedule, timesteps: Sequence[int], ldm_noise_offset: bool) -> int:
@@ -47,17 +48,32 @@ def noise_timestep(schedule, timesteps: Sequence[int], ldm_noise_offset: bool) -
     return t
 
 
-def encode_images(vae, images: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def encode_images(
+    vae, images: torch.Tensor, generators: Sequence[torch.Generator], batch_size: int | None = None
+) -> torch.Tensor:
     """Scaled VAE latents of images in [0, 1] (B, 3, H, W): one posterior sample per image from its own
-    generator, as diffusers' img2img pipeline draws it."""
-    moments = vae.encode(images.to(device=vae.device, dtype=vae.dtype) * 2 - 1).latent_dist
-    eps = randn_per_image(moments.mean.shape[1:], generators, moments.mean.device, moments.mean.dtype)
-    return (moments.mean + moments.std * eps) * vae.config.scaling_factor
+    generator, as diffusers' img2img pipeline draws it; the VAE runs on `batch_size` images at a time."""
+    step = batch_size or len(images)
+    moments = [
+        vae.encode(images[i : i + step].to(device=vae.device, dtype=vae.dtype) * 2 - 1).latent_dist
+        for i in range(0, len(images), step)
+    ]
+    mean = torch.cat([m.mean for m in moments])
+    std = torch.cat([m.std for m in moments])
+    eps = randn_per_image(mean.shape[1:], generators, mean.device, mean.dtype)
+    return (mean + std * eps) * vae.config.scaling_factor
 
 
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] (B, 3, H, W) from scaled latents."""
-    images = vae.decode(latents / vae.config.scaling_factor).sample
+def decode_latents(vae, latents: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Images in [0, 1] (B, 3, H, W) from scaled latents, decoding `batch_size` latents at a time (the VAE
+    decoder, not the UNet, bounds memory for large batches at 768 px)."""
+    step = batch_size or len(latents)
+    images = torch.cat(
+        [
+            vae.decode(latents[i : i + step] / vae.config.scaling_factor).sample
+            for i in range(0, len(latents), step)
+        ]
+    )
     return (images / 2 + 0.5).clamp(0, 1)
 
 
@@ -118,7 +134,7 @@ def img2img_latents(
         raise ValueError(f"{n} init images need {n} generators, prompt and negative prompt embeddings")
     unet, dtype, device = components.unet, components.unet.dtype, components.unet.device
     if init_latents is None:
-        init_latents = encode_images(components.vae, init_images, generators)
+        init_latents = encode_images(components.vae, init_images, generators, settings.vae_batch_size)
     init_latents = init_latents.to(device=device, dtype=dtype)
 
     schedule = ddim_schedule(components.scheduler, settings.num_inference_steps)
@@ -152,4 +168,4 @@ def img2img(
     latents = img2img_latents(
         components, prompt_embeds, negative_prompt_embeds, generators, settings, init_images, init_latents
     )
-    return decode_latents(components.vae, latents)
+    return decode_latents(components.vae, latents, settings.vae_batch_size)

@@ -30,6 +30,7 @@ class UnclipSettings:
     guidance_scale: float = 10.0
     noise_level: int = 0
     gradient_checkpointing: bool = False
+    vae_batch_size: int | None = 16  # images per VAE encode/decode call (None: the whole batch)
 
 
 def noise_image_embeddings(
@@ -82,7 +83,7 @@ def unclip_img2img_latents(
     timesteps = strength_timesteps(schedule, settings.strength)
     if from_init:
         if init_latents is None:
-            init_latents = encode_images(components.vae, init_images, generators)
+            init_latents = encode_images(components.vae, init_images, generators, settings.vae_batch_size)
         init_latents = init_latents.to(device=device, dtype=dtype)
         noise = randn_per_image(init_latents.shape[1:], generators, device, dtype)
         latents = add_noise(init_latents, noise, schedule.alpha(timesteps[0]))
@@ -139,7 +140,7 @@ def unclip_img2img(
         init_latents,
         latent_shape,
     )
-    return decode_latents(components.vae, latents)
+    return decode_latents(components.vae, latents, settings.vae_batch_size)
 
 
 @torch.no_grad()

@@ -32,8 +32,9 @@ class Img2ImgSettings:
     strength: float = 0.8
     guidance_scale: float = 5.0
     gradient_checkpointing: bool = False
-    # CompVis' img2img (run by Takagi's and MindDiffuser's code) noises the init latent to the DDIM timestep
-    # one step above the first one it denoises (801 vs 781 at 50 steps, strength 0.8); diffusers uses the same.
+    # CompVis' DDIMSampler img2img (as Takagi's published script runs it) noises the init latent to the DDIM
+    # timestep one step above the first one it denoises (801 vs 781 at 50 steps, strength 0.8); diffusers
+    # noises to the first denoised one.
     ldm_noise_offset: bool = False
     vae_batch_size: int | None = 16  # images per VAE encode/decode call (None: the whole batch)
 

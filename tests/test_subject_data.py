@@ -78,9 +78,8 @@ def test_every_public_method_refuses_test_stimuli(data, nsd):
     test_id = data.test_ids[0]
     test_image = nsd.images([test_id])[0]
     test_caps = nsd.captions([test_id])[0]
-    allowed = {"ground_truth_images"}  # deprecated; moves to the GroundTruthStimuli capability
     for name, fn in inspect.getmembers(data, inspect.ismethod):
-        if name.startswith("_") or name in allowed:
+        if name.startswith("_"):
             continue
         params = inspect.signature(fn).parameters
         if "nsd_ids" not in params:

@@ -184,11 +184,6 @@ class SubjectData:
         self._refuse_test(ids, "caption")
         return self._nsd.captions(ids)
 
-    def ground_truth_images(self, nsd_ids: Sequence[int]) -> np.ndarray:
-        """Deprecated: the test stimuli themselves, for the ground-truth baselines only; they move to the
-        GroundTruthStimuli capability (bench/nsd/ground_truth.py) and this method goes away."""
-        return self._nsd.images(list(nsd_ids))
-
     def seen_ids(self) -> np.ndarray:
         """Every NSD id assigned to this subject (expdesign subjectim, 10k on the real NSD: also the images of
         sessions not released or not run) plus every id in its trials."""

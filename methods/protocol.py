@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from nsdbench.errors import NSDBenchError
 from nsdbench.methods import seeds
 from nsdbench.nsd.subject import SubjectData, zscore_with_train  # noqa: F401 (moved there; re-exported)
 

@@ -862,42 +862,50 @@ def read_hdf5(path: Path) -> ArrayReader:
     return r
 
 
+INSIDE = "; nsdbench reads only what is inside the submission file"
+
+
 def _check_hdf5_inside(f: Any) -> None:
     """Refuse an HDF5 file that points anywhere outside itself (checked on every link and dataset)."""
     import h5py
 
-    def link(name: str, lnk: Any) -> None:
+    # h5py's visitors stop at the first non-None return; an exception raised inside them is mangled.
+    def link(name: str, lnk: Any) -> Refused | None:
         if isinstance(lnk, h5py.ExternalLink):
-            raise Refused(
+            return Refused(
                 "path-escape",
-                f"HDF5 object {name!r} is an external link to another file; nsdbench reads only what is "
-                "inside the submission file",
+                f"HDF5 object {name!r} is an external link to another file{INSIDE}",
                 expected="datasets stored in the file",
-                actual=f"external link to {lnk.filename!r}",
+                actual=f"external link to {ascii(lnk.filename)}",
             )
         if not isinstance(lnk, (h5py.HardLink, h5py.SoftLink)):
-            raise Refused("path-escape", f"HDF5 object {name!r} is a user-defined link", "hard or soft links")
+            return Refused("path-escape", f"HDF5 object {name!r} is a user-defined link{INSIDE}", "hard or soft links")
+        return None
 
-    def dataset(name: str, obj: Any) -> None:
+    def dataset(name: str, obj: Any) -> Refused | None:
         if not isinstance(obj, h5py.Dataset):
-            return
+            return None
         if obj.is_virtual:
-            raise Refused(
+            return Refused(
                 "path-escape",
-                f"HDF5 dataset {name!r} is a virtual dataset (its data lives in other files or datasets)",
+                f"HDF5 dataset {name!r} is a virtual dataset (its data lives in other files or datasets){INSIDE}",
                 expected="datasets stored in the file",
                 actual="a virtual dataset",
             )
         if obj.external:
-            raise Refused(
+            return Refused(
                 "path-escape",
-                f"HDF5 dataset {name!r} keeps its raw data in external files",
+                f"HDF5 dataset {name!r} keeps its raw data in external files{INSIDE}",
                 expected="datasets stored in the file",
                 actual=f"external storage in {ascii(obj.external[0][0])}",
             )
+        return None
 
-    f.visititems_links(link)  # H5Lvisit: follows no soft or external link
-    f.visititems(dataset)  # every dataset, reached through hard links (soft links now stay inside)
+    refusal = f.visititems_links(link)  # H5Lvisit: follows no soft or external link
+    # every dataset, reached through hard links (with no external link left, soft links stay inside)
+    refusal = refusal or f.visititems(dataset)
+    if refusal is not None:
+        raise refusal
 
 
 def read_ids_file(path: Path) -> list[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,33 +92,64 @@ class NpzMember:
         self.path, self.info, self.head = path, info, head
         self.shape, self.dtype = head.shape, head.dtype
         self._data: np.ndarray | None = None
+        self._refused: Refused | None = None
 
     def _array(self) -> np.ndarray:
+        if self._refused is not None:
+            raise self._refused
         if self._data is None:
-            self._data = self._load()
+            try:
+                self._data = self._load()
+            except Refused as exc:
+                self._refused = exc
+                raise
         return self._data
+
+    def _crc_refused(self) -> Refused:
+        return Refused(
+            "corrupt",
+            f"npz member {self.info.filename!r} fails its zip CRC check (damaged bytes)",
+            "intact member data",
+        )
 
     def _load(self) -> np.ndarray:
         head, info = self.head, self.info
         order = "F" if head.fortran else "C"
-        if head.nbytes == 0:
-            return np.empty(head.shape, head.dtype)
         if info.compress_type == zipfile.ZIP_STORED:
             with open(self.path, "rb") as fh:
                 fh.seek(info.header_offset)
                 local = fh.read(30)
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            offset = info.header_offset + 30 + name_len + extra_len + head.data_offset
-            return np.memmap(self.path, head.dtype, "r", offset, head.shape, order)
-        with zipfile.ZipFile(self.path) as zf, zf.open(info) as fh:
-            fh.read(head.data_offset)
-            data = fh.read(head.nbytes)  # bounded by the header: never inflates past the array
+                name_len, extra_len = struct.unpack("<HH", local[26:30])
+                start = info.header_offset + 30 + name_len + extra_len
+                fh.seek(start)
+                crc, left = 0, info.file_size
+                while left > 0 and (block := fh.read(min(left, 1 << 22))):
+                    crc, left = zlib.crc32(block, crc), left - len(block)
+            if left or crc != info.CRC:
+                raise self._crc_refused()
+            if head.nbytes == 0:
+                return np.empty(head.shape, head.dtype)
+            return np.memmap(self.path, head.dtype, "r", start + head.data_offset, head.shape, order)
+        try:
+            with zipfile.ZipFile(self.path) as zf, zf.open(info) as fh:
+                fh.read(head.data_offset)
+                data = fh.read(head.nbytes)  # bounded by the header: never inflates past the array
+                fh.read(1)  # reaching the end makes zipfile check the member's CRC
+        except zipfile.BadZipFile:
+            raise self._crc_refused() from None
+        # zlib.error, EOFError, OSError: a damaged deflate stream
+        except Exception:  # noqa: BLE001
+            raise Refused("unreadable", f"npz member {info.filename!r} cannot be inflated (damaged data)") from None
         if len(data) != head.nbytes:
-            raise Refused("truncated", f"npz member {self.info.filename!r} is shorter than its header declares")
+            raise Refused("truncated", f"npz member {info.filename!r} is shorter than its header declares")
         return np.frombuffer(data, head.dtype).reshape(head.shape, order=order)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         return self._array()[index]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = np.asarray(self._array())
+        return arr if dtype is None else arr.astype(dtype)
 
     def __len__(self) -> int:
         return self.shape[0] if self.shape else 0

@@ -72,7 +72,8 @@ class Problem:
             where.append(f"sample {self.sample}")
         loc = f" [{', '.join(where)}]" if where else ""
         src = f" ({self.source})" if self.source else ""
-        exp = f": expected {self.expected}, got {self.actual}" if self.expected or self.actual else ""
+        got = f", got {self.actual}" if self.actual else ""
+        exp = f": expected {self.expected}{got}" if self.expected else (f": got {self.actual}" if self.actual else "")
         return f"{self.severity}: {self.code}{loc}{src} {self.message}{exp}"
 
     def as_dict(self) -> dict[str, Any]:

@@ -139,7 +139,9 @@ class NpzMember:
             raise self._crc_refused() from None
         # zlib.error, EOFError, OSError: a damaged deflate stream
         except Exception:  # noqa: BLE001
-            raise Refused("unreadable", f"npz member {info.filename!r} cannot be inflated (damaged data)") from None
+            raise Refused(
+                "unreadable", f"npz member {info.filename!r} cannot be inflated (damaged data)"
+            ) from None
         if len(data) != head.nbytes:
             raise Refused("truncated", f"npz member {info.filename!r} is shorter than its header declares")
         return np.frombuffer(data, head.dtype).reshape(head.shape, order=order)
@@ -163,14 +165,19 @@ def npz_members(path: Path) -> dict[str, NpzMember]:
         zf = zipfile.ZipFile(path)
     # zipfile raises BadZipFile, OSError, ValueError, struct.error, ... on damaged archives.
     except Exception:  # noqa: BLE001
-        raise Refused("unreadable", "the .npz file is not a valid zip archive", "an archive saved by numpy.savez") from None
+        raise Refused(
+            "unreadable", "the .npz file is not a valid zip archive", "an archive saved by numpy.savez"
+        ) from None
     with zf:
         for info in zf.infolist():
             if info.is_dir():
                 continue
             if not info.filename.endswith(".npy"):
                 raise Refused(
-                    "format", "the .npz archive holds a member that is not an .npy array", "*.npy members", repr(info.filename)
+                    "format",
+                    "the .npz archive holds a member that is not an .npy array",
+                    "*.npy members",
+                    repr(info.filename),
                 )
             what = f"npz member {info.filename!r}"
             if info.flag_bits & 0x1:

@@ -553,7 +553,9 @@ def _check_keys(
                 else "sample indices differ from the other images",
                 subject=subject,
                 nsd_id=nsd_id,
-                expected=f"{len(common)} samples" if len(samples) != len(common) else f"samples {sorted(common)}",
+                expected=f"{len(common)} samples"
+                if len(samples) != len(common)
+                else f"samples {sorted(common)}",
                 actual=f"{len(samples)}" if len(samples) != len(common) else f"samples {sorted(samples)}",
             )
         )

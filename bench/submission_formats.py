@@ -22,7 +22,15 @@ import numpy as np
 
 from nsdbench import config
 from nsdbench.npy_headers import map_npy, npz_members, read_npy_header
-from nsdbench.untrusted import PNG_SIGNATURE, Refused, check_png, check_regular, parse_id, read_regular
+from nsdbench.untrusted import (
+    PNG_SIGNATURE,
+    Refused,
+    check_png,
+    check_regular,
+    os_reason,
+    parse_id,
+    read_regular,
+)
 
 IMAGE_EXTS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -73,7 +81,11 @@ class Problem:
         loc = f" [{', '.join(where)}]" if where else ""
         src = f" ({self.source})" if self.source else ""
         got = f", got {self.actual}" if self.actual else ""
-        exp = f": expected {self.expected}{got}" if self.expected else (f": got {self.actual}" if self.actual else "")
+        exp = (
+            f": expected {self.expected}{got}"
+            if self.expected
+            else (f": got {self.actual}" if self.actual else "")
+        )
         return f"{self.severity}: {self.code}{loc}{src} {self.message}{exp}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -139,8 +151,12 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, str]:
     except Exception as exc:  # noqa: BLE001
         truncated = isinstance(exc, EOFError) or "truncated" in str(exc).lower()
         if truncated:
-            raise ImageError("truncated", "image data ends early (truncated file)", "a complete image") from None
-        raise ImageError("unreadable", "image data is corrupt and cannot be decoded", "a decodable PNG or JPEG") from None
+            raise ImageError(
+                "truncated", "image data ends early (truncated file)", "a complete image"
+            ) from None
+        raise ImageError(
+            "unreadable", "image data is corrupt and cannot be decoded", "a decodable PNG or JPEG"
+        ) from None
     return arr, fmt
 
 
@@ -356,7 +372,9 @@ def read_manifest(manifest: Path) -> ImageFolderReader:
         r.problem(
             "manifest",
             "cannot parse the manifest",
-            expected="a Parquet file" if parquet else "UTF-8 CSV with a header row subject,nsd_id,sample,path",
+            expected="a Parquet file"
+            if parquet
+            else "UTF-8 CSV with a header row subject,nsd_id,sample,path",
             actual="unparsable bytes",
         )
         return r
@@ -436,9 +454,16 @@ class TarReader(Reader):
             data = fh.read(info.size) if fh is not None else b""
         # tarfile and the gzip/bz2/lzma streams below it raise many types on damaged bytes.
         except Exception:  # noqa: BLE001
-            raise ImageError("truncated", "cannot read tar member: the archive is damaged or truncated") from None
+            raise ImageError(
+                "truncated", "cannot read tar member: the archive is damaged or truncated"
+            ) from None
         if len(data) != info.size:
-            raise ImageError("truncated", "tar member is shorter than its header declares", f"{info.size} bytes", f"{len(data)} bytes")
+            raise ImageError(
+                "truncated",
+                "tar member is shorter than its header declares",
+                f"{info.size} bytes",
+                f"{len(data)} bytes",
+            )
         return decode_image(data, entry.source)
 
     def close(self) -> None:
@@ -532,7 +557,9 @@ def read_tar(path: Path) -> TarReader:
                     "manifest",
                     f"sidecar {key}.json does not hold a usable subject, nsd_id and sample",
                     expected='{"subject": int, "nsd_id": int, "sample": int} (non-negative integers)',
-                    actual=ascii({k: meta[k] for k in list(meta)[:5]} if isinstance(meta, dict) else meta)[:200],
+                    actual=ascii({k: meta[k] for k in list(meta)[:5]} if isinstance(meta, dict) else meta)[
+                        :200
+                    ],
                 )
                 continue
             r.problem(
@@ -586,7 +613,8 @@ class ArrayReader(Reader):
         # memmaps, h5py filters and torch storages raise many types on damaged data; one problem each.
         except Exception:  # noqa: BLE001
             raise ImageError(
-                "unreadable", f"cannot read image {index} of array {key!r}: the file's data is damaged or truncated"
+                "unreadable",
+                f"cannot read image {index} of array {key!r}: the file's data is damaged or truncated",
             ) from None
         return img, "array"
 
@@ -798,7 +826,11 @@ def read_pt(path: Path) -> ArrayReader:
             r.add_block("tensor", obj)
         elif isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
             tensors = {k: v for k, v in obj.items() if isinstance(v, (torch.Tensor, list, tuple))}
-            _add_mapping(r, tensors, lambda k: tensors[k] if isinstance(tensors[k], torch.Tensor) else _as_array(tensors[k]))
+            _add_mapping(
+                r,
+                tensors,
+                lambda k: tensors[k] if isinstance(tensors[k], torch.Tensor) else _as_array(tensors[k]),
+            )
         else:
             r.problem(
                 "format",
@@ -828,7 +860,11 @@ def read_hdf5(path: Path) -> ArrayReader:
         f = h5py.File(path, "r")  # kept open for lazy reads; closed by ArrayReader.close
     # h5py raises OSError with HDF5's error stack text; one problem in our words.
     except Exception:  # noqa: BLE001
-        r.problem("unreadable", "not a readable HDF5 file (damaged, truncated or another format)", expected="an HDF5 file")
+        r.problem(
+            "unreadable",
+            "not a readable HDF5 file (damaged, truncated or another format)",
+            expected="an HDF5 file",
+        )
         return r
     r._h5 = f
     try:
@@ -877,10 +913,12 @@ def _check_hdf5_inside(f: Any) -> None:
                 "path-escape",
                 f"HDF5 object {name!r} is an external link to another file{INSIDE}",
                 expected="datasets stored in the file",
-                actual=f"external link to {ascii(lnk.filename)}",
+                actual=f"external link to {lnk.filename!a}",
             )
         if not isinstance(lnk, (h5py.HardLink, h5py.SoftLink)):
-            return Refused("path-escape", f"HDF5 object {name!r} is a user-defined link{INSIDE}", "hard or soft links")
+            return Refused(
+                "path-escape", f"HDF5 object {name!r} is a user-defined link{INSIDE}", "hard or soft links"
+            )
         return None
 
     def dataset(name: str, obj: Any) -> Refused | None:
@@ -898,7 +936,7 @@ def _check_hdf5_inside(f: Any) -> None:
                 "path-escape",
                 f"HDF5 dataset {name!r} keeps its raw data in external files{INSIDE}",
                 expected="datasets stored in the file",
-                actual=f"external storage in {ascii(obj.external[0][0])}",
+                actual=f"external storage in {obj.external[0][0]!a}",
             )
         return None
 
@@ -943,7 +981,7 @@ def read_ids_file(path: Path) -> list[int]:
             continue  # a header row
         val = parse_id(tok)
         if val is None:
-            raise refuse(f"line {n}: {ascii(tok[:40])} is not a non-negative integer in ASCII digits")
+            raise refuse(f"line {n}: {tok[:40]!a} is not a non-negative integer in ASCII digits")
         out.append(val)
     return out
 
@@ -977,7 +1015,9 @@ FORMATS = ("folder", "manifest", "npy", "npz", "pt", "hdf5", "tar")
 
 def _manifest_in(folder: Path) -> Path | None:
     """manifest.parquet or manifest.csv in a folder, whatever kind of file it is (checked when read)."""
-    return next((p for p in (folder / "manifest.parquet", folder / "manifest.csv") if os.path.lexists(p)), None)
+    return next(
+        (p for p in (folder / "manifest.parquet", folder / "manifest.csv") if os.path.lexists(p)), None
+    )
 
 
 def open_reader(path: Path, fmt: str) -> Reader:

@@ -53,9 +53,7 @@ def os_reason(exc: OSError) -> str:
 
 def _check_stat(st: os.stat_result, limit: int, what: str) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise Refused(
-            "not-a-file", f"{what} is not a regular file", "a regular file", file_kind(st.st_mode)
-        )
+        raise Refused("not-a-file", f"{what} is not a regular file", "a regular file", file_kind(st.st_mode))
     if st.st_size > limit:
         raise Refused("size", f"{what} is too large", f"<= {limit} bytes", f"{st.st_size} bytes")
 
@@ -120,7 +118,9 @@ def check_png(data: bytes) -> None:
     from PIL import Image
 
     if len(data) < 33 or data[12:16] != b"IHDR":
-        raise Refused("truncated", "PNG file ends before its IHDR header", "a complete PNG", f"{len(data)} bytes")
+        raise Refused(
+            "truncated", "PNG file ends before its IHDR header", "a complete PNG", f"{len(data)} bytes"
+        )
     _w, _h, depth, colour = struct.unpack(">IIBB", data[16:26])
     if colour in (0, 4, 6) or colour not in PNG_COLOUR_TYPES:
         raise Refused(

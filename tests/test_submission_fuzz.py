@@ -111,7 +111,12 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 
 def _raw_png(w: int, h: int, depth: int, colour: int, idat: bytes) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _folder_with(b: Bases, d: Path, name: str, data: bytes | None = None) -> Path:
@@ -154,7 +159,12 @@ def _valid_members(b: Bases, skip: int = -1) -> list[tuple[tarfile.TarInfo, byte
 
 def random_bytes(rng: random.Random, b: Bases, d: Path):
     ext = rng.choice([".npy", ".npz", ".pt", ".h5", ".tar", ".csv", ".parquet", ".png"])
-    magic = {".npy": b"\x93NUMPY", ".npz": b"PK\x03\x04", ".h5": b"\x89HDF\r\n\x1a\n", ".png": b"\x89PNG\r\n\x1a\n"}
+    magic = {
+        ".npy": b"\x93NUMPY",
+        ".npz": b"PK\x03\x04",
+        ".h5": b"\x89HDF\r\n\x1a\n",
+        ".png": b"\x89PNG\r\n\x1a\n",
+    }
     data = (magic.get(ext, b"") if rng.random() < 0.5 else b"") + rng.randbytes(rng.randint(0, 3000))
     if ext == ".png":
         return _folder_with(b, d, f"{b.ids[0]}_0.png", data), []
@@ -230,26 +240,55 @@ def bombs(rng: random.Random, b: Bases, d: Path):
         path = d / "subj01_fill.h5"
         side = rng.choice([5000, 20000])
         with h5py.File(path, "w") as f:
-            f.create_dataset("images", shape=(8, side, side, 3), dtype=np.uint8, chunks=(1, 256, 256, 3), compression="gzip")
+            f.create_dataset(
+                "images",
+                shape=(8, side, side, 3),
+                dtype=np.uint8,
+                chunks=(1, 256, 256, 3),
+                compression="gzip",
+            )
         return path, _array_args(path)
     path = d / "subj01.tar.gz"
     png = _raw_png(30000, 30000, 8, 2, zlib.compress(b"\0" * 100_000, 9))
     with tarfile.open(path, "w:gz") as tf:
-        for info, data in _valid_members(b, skip=0) + [(_member("k0.png"), png), (_member("k0.json"), json.dumps({"subject": 1, "nsd_id": b.ids[0]}).encode())]:
+        for info, data in _valid_members(b, skip=0) + [
+            (_member("k0.png"), png),
+            (_member("k0.json"), json.dumps({"subject": 1, "nsd_id": b.ids[0]}).encode()),
+        ]:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return path, []
 
 
-DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64", "float16", "float32",
-          "float64", "complex64", "complex128", "datetime64[s]", "timedelta64[s]", "U4", "S4", "uint8"]
+DTYPES = [
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    "datetime64[s]",
+    "timedelta64[s]",
+    "U4",
+    "S4",
+    "uint8",
+]
 
 
 def dtypes(rng: random.Random, b: Bases, d: Path):
     dtype = rng.choice(DTYPES)
     fmt = rng.choice([".npy", ".npz", ".h5"] if dtype[0] not in "USdtc" else [".npy", ".npz"])
     arr = b.stack.astype(np.float64) / 255.0
-    if dtype.startswith(("float", "uint8")):  # allowed dtypes get invalid content: out of range, NaN, constant
+    if dtype.startswith(
+        ("float", "uint8")
+    ):  # allowed dtypes get invalid content: out of range, NaN, constant
         arr = rng.choice([arr * 3.0, np.where(arr > 0.5, np.nan, arr), np.zeros_like(arr), -arr])
     with np.errstate(invalid="ignore", over="ignore"):
         arr = (arr * 100).astype(dtype) if dtype[0] not in "dt" else arr.astype("int64").astype(dtype)
@@ -301,8 +340,11 @@ def pickles(rng: random.Random, b: Bases, d: Path):
         import torch
 
         path = d / "subj01_o.pt"
-        torch.save({"images": torch.from_numpy(b.stack), "x": payload}, path,
-                   _use_new_zipfile_serialization=kind == "pt_dict")
+        torch.save(
+            {"images": torch.from_numpy(b.stack), "x": payload},
+            path,
+            _use_new_zipfile_serialization=kind == "pt_dict",
+        )
     elif kind == "npz_object":
         path = d / "subj01_o.npz"
         np.savez(path, images=b.stack, extra=np.array([payload], dtype=object))
@@ -313,18 +355,22 @@ def pickles(rng: random.Random, b: Bases, d: Path):
 
 
 def tar_traversal(rng: random.Random, b: Bases, d: Path):
-    evil = rng.choice(["../evil.png", "/tmp/evil.png", "a/../../evil.png", "subj01/../../evil.png", "..\\evil.png"])
+    evil = rng.choice(
+        ["../evil.png", "/tmp/evil.png", "a/../../evil.png", "subj01/../../evil.png", "..\\evil.png"]
+    )
     png = b.png(0)
-    hostile = rng.choice([
-        [(_member(evil), png)],
-        [(_member("k0.png", tarfile.SYMTYPE, "/etc/passwd"), None)],
-        [(_member("k0.png", tarfile.SYMTYPE, "../" * 5 + "etc/passwd"), None)],
-        [(_member("k0.png", tarfile.LNKTYPE, "k1.png"), None)],
-        [(_member("k0.png", tarfile.CHRTYPE), None)],
-        [(_member("k0.png", tarfile.FIFOTYPE), None)],
-        [(_member("k0.png"), png), (_member("k0.png"), b.png(1))],
-        [(_member("x" * 300 + ".png"), png)],
-    ])
+    hostile = rng.choice(
+        [
+            [(_member(evil), png)],
+            [(_member("k0.png", tarfile.SYMTYPE, "/etc/passwd"), None)],
+            [(_member("k0.png", tarfile.SYMTYPE, "../" * 5 + "etc/passwd"), None)],
+            [(_member("k0.png", tarfile.LNKTYPE, "k1.png"), None)],
+            [(_member("k0.png", tarfile.CHRTYPE), None)],
+            [(_member("k0.png", tarfile.FIFOTYPE), None)],
+            [(_member("k0.png"), png), (_member("k0.png"), b.png(1))],
+            [(_member("x" * 300 + ".png"), png)],
+        ]
+    )
     meta = (_member("k0.json"), json.dumps({"subject": 1, "nsd_id": b.ids[0]}).encode())
     return _tar(d, _valid_members(b, skip=0) + hostile + [meta]), []
 
@@ -339,8 +385,14 @@ def manifest_tricks(rng: random.Random, b: Bases, d: Path):
         "out_of_split": lambda: rows + [f"{s},70000,{k},{p}"] * rng.randint(1, 500),
         "unicode": lambda: [f"{s},{''.join(chr(0x0660 + int(c)) for c in i)},{k},{p}"] + rows[1:],
         "fullwidth": lambda: [f"{s},{''.join(chr(0xFF10 + int(c)) for c in i)},{k},{p}"] + rows[1:],
-        "numbers": lambda: [f"{s},{rng.choice(['1e3', '+5', '-1', '7.0', '1_0', '99999999999999999999999', 'nan'])},{k},{p}"] + rows[1:],
-        "escape": lambda: [f"{s},{i},{k},{rng.choice(['../x.png', '/etc/passwd', 'C:/x.png', 'images/../../x.png', ''])}"] + rows[1:],
+        "numbers": lambda: (
+            [f"{s},{rng.choice(['1e3', '+5', '-1', '7.0', '1_0', '99999999999999999999999', 'nan'])},{k},{p}"]
+            + rows[1:]
+        ),
+        "escape": lambda: (
+            [f"{s},{i},{k},{rng.choice(['../x.png', '/etc/passwd', 'C:/x.png', 'images/../../x.png', ''])}"]
+            + rows[1:]
+        ),
         "self": lambda: [f"{s},{i},{k},manifest.csv"] + rows[1:],
         "folder": lambda: [f"{s},{i},{k},images"] + rows[1:],
         "nul": lambda: [f"{s},{i},{k},{p}\0.png"] + rows[1:],
@@ -357,8 +409,21 @@ def manifest_tricks(rng: random.Random, b: Bases, d: Path):
 
 
 def special_files(rng: random.Random, b: Bases, d: Path):
-    kind = rng.choice(["fifo_image", "fifo_manifest_image", "fifo_file", "dev_zero", "dev_null", "loop_image",
-                       "loop_file", "dangling", "dir_image", "dir_file", "fifo_manifest"])
+    kind = rng.choice(
+        [
+            "fifo_image",
+            "fifo_manifest_image",
+            "fifo_file",
+            "dev_zero",
+            "dev_null",
+            "loop_image",
+            "loop_file",
+            "dangling",
+            "dir_image",
+            "dir_file",
+            "fifo_manifest",
+        ]
+    )
     if kind == "fifo_image":
         root = _folder_with(b, d, "")
         os.mkfifo(root / "subj01" / f"{b.ids[0]}_0.png")
@@ -418,7 +483,9 @@ def hdf5_links(rng: random.Random, b: Bases, d: Path):
         else:
             raw = d / "raw.bin"
             raw.write_bytes(b.stack.tobytes())
-            f.create_dataset("images", shape=shape, dtype=np.uint8, external=[(str(raw), 0, raw.stat().st_size)])
+            f.create_dataset(
+                "images", shape=shape, dtype=np.uint8, external=[(str(raw), 0, raw.stat().st_size)]
+            )
     return path, _array_args(path)
 
 
@@ -426,8 +493,22 @@ def tensors(rng: random.Random, b: Bases, d: Path):
     import torch
 
     t = torch.from_numpy(b.stack.copy()).float() / 255
-    kind = rng.choice(["sparse_coo", "sparse_csr", "quantized", "float8_e4m3fn", "float8_e5m2", "complex64",
-                       "bool", "int32", "ragged", "int_keys", "bfloat16_nan", "ids_sparse"])
+    kind = rng.choice(
+        [
+            "sparse_coo",
+            "sparse_csr",
+            "quantized",
+            "float8_e4m3fn",
+            "float8_e5m2",
+            "complex64",
+            "bool",
+            "int32",
+            "ragged",
+            "int_keys",
+            "bfloat16_nan",
+            "ids_sparse",
+        ]
+    )
     obj = {
         "sparse_coo": lambda: t.to_sparse(),
         "sparse_csr": lambda: torch.eye(8).to_sparse_csr(),
@@ -452,10 +533,27 @@ def tensors(rng: random.Random, b: Bases, d: Path):
 
 
 def sidecars(rng: random.Random, b: Bases, d: Path):
-    value = rng.choice(["1e400", "-1", "true", '"\\u0663\\u0665"', '"1_0"', "null", "NaN", "Infinity", "[1]",
-                        '{"a": 1}', '"' + "9" * 5000 + '"', "1.5", "[" * 5000 + "]" * 5000])
+    value = rng.choice(
+        [
+            "1e400",
+            "-1",
+            "true",
+            '"\\u0663\\u0665"',
+            '"1_0"',
+            "null",
+            "NaN",
+            "Infinity",
+            "[1]",
+            '{"a": 1}',
+            '"' + "9" * 5000 + '"',
+            "1.5",
+            "[" * 5000 + "]" * 5000,
+        ]
+    )
     key = rng.choice(["nsd_id", "subject", "sample"])
-    meta = json.dumps({"subject": 1, "nsd_id": b.ids[0], "sample": 0}).replace(f'"{key}": ', f'"{key}": {value}, "_": ', 1)
+    meta = json.dumps({"subject": 1, "nsd_id": b.ids[0], "sample": 0}).replace(
+        f'"{key}": ', f'"{key}": {value}, "_": ', 1
+    )
     if rng.random() < 0.2:
         meta = rng.choice(["[]", "1", "", "{", '"x"'])
     members = _valid_members(b, skip=0) + [(_member("k0.png"), b.png(0)), (_member("k0.json"), meta.encode())]
@@ -463,8 +561,20 @@ def sidecars(rng: random.Random, b: Bases, d: Path):
 
 
 def folder_names(rng: random.Random, b: Bases, d: Path):
-    kind = rng.choice(["arabic", "fullwidth", "subj_unicode", "subj_file", "empty", "hidden_only", "nested",
-                       "png_folder", "spaces", "no_subject"])
+    kind = rng.choice(
+        [
+            "arabic",
+            "fullwidth",
+            "subj_unicode",
+            "subj_file",
+            "empty",
+            "hidden_only",
+            "nested",
+            "png_folder",
+            "spaces",
+            "no_subject",
+        ]
+    )
     if kind in ("empty", "hidden_only", "no_subject"):
         root = d / "sub"
         root.mkdir()
@@ -496,8 +606,22 @@ def folder_names(rng: random.Random, b: Bases, d: Path):
 
 FAMILIES: dict[str, Callable] = {
     f.__name__: f
-    for f in (random_bytes, truncation, mutation, bombs, dtypes, shapes, pickles, tar_traversal,
-              manifest_tricks, special_files, hdf5_links, tensors, sidecars, folder_names)
+    for f in (
+        random_bytes,
+        truncation,
+        mutation,
+        bombs,
+        dtypes,
+        shapes,
+        pickles,
+        tar_traversal,
+        manifest_tricks,
+        special_files,
+        hdf5_links,
+        tensors,
+        sidecars,
+        folder_names,
+    )
 }
 
 
@@ -530,7 +654,9 @@ def fuzz_home(tmp_path_factory):
     old = os.environ.get("NSDBENCH_HOME")
     os.environ["NSDBENCH_HOME"] = str(home)
     store = Store(home / "leaderboard.duckdb")
-    store.ingest(record(store, "kept"), write_fake_run(tmp_path_factory.mktemp("fake"), "kept"), n_resamples=50)
+    store.ingest(
+        record(store, "kept"), write_fake_run(tmp_path_factory.mktemp("fake"), "kept"), n_resamples=50
+    )
     yield home
     os.environ["NSDBENCH_HOME"] = old or ""
 
@@ -543,8 +669,19 @@ def test_hostile_submissions_fuzz(small_root, fuzz_home, tmp_path, capsys):
     cases_dir = tmp_path / "cases"
     cases_dir.mkdir()
     db = fuzz_home / "leaderboard.duckdb"
-    common = ["--data", str(small_root), "--weights", "tiny", "--no-brain", "--bootstrap", "10", "--device", "cpu",
-              "--subjects", "1"]
+    common = [
+        "--data",
+        str(small_root),
+        "--weights",
+        "tiny",
+        "--no-brain",
+        "--bootstrap",
+        "10",
+        "--device",
+        "cpu",
+        "--subjects",
+        "1",
+    ]
     rng = random.Random(SEED)
     outcomes: dict[str, Counter] = defaultdict(Counter)
     failures: list[str] = []
@@ -572,14 +709,19 @@ def test_hostile_submissions_fuzz(small_root, fuzz_home, tmp_path, capsys):
                 where = f"{d.name} rc={rc}: {text[-400:]!r}"
                 if rc not in (0, 3) or _clean(text):
                     failures.append(f"{where} {_clean(text)}")
-                if rc == 3 and (_digest(db) != before or not cap.err.strip().splitlines()[-1].startswith("error:")):
+                if rc == 3 and (
+                    _digest(db) != before or not cap.err.strip().splitlines()[-1].startswith("error:")
+                ):
                     failures.append(f"{where} leaderboard changed or no closing error line")
     finally:
         signal.signal(signal.SIGALRM, old_handler)
     fuzz_seconds = time.perf_counter() - started
     table = {f: dict(c) for f, c in outcomes.items()}
-    print(f"\nfuzz: {sum(map(sum, (c.values() for c in outcomes.values())))} cases in {fuzz_seconds:.1f} s, "
-          f"slowest {slowest[1]} {slowest[0]:.2f} s; exit codes per family: {json.dumps(table)}", file=sys.__stderr__)
+    print(
+        f"\nfuzz: {sum(map(sum, (c.values() for c in outcomes.values())))} cases in {fuzz_seconds:.1f} s, "
+        f"slowest {slowest[1]} {slowest[0]:.2f} s; exit codes per family: {json.dumps(table)}",
+        file=sys.__stderr__,
+    )
     assert not failures, "\n".join(failures[:20])
     assert not (cases_dir / MARKER).exists(), "a pickle payload ran"
     leaked = [p for p in tmp_path.rglob("evil.png")] + [p for p in Path("/tmp").glob("evil.png")]
@@ -598,7 +740,10 @@ def test_hostile_submissions_fuzz(small_root, fuzz_home, tmp_path, capsys):
 
 SUBPROCESS_CASES = [
     ("fifo .npy", lambda d: (os.mkfifo(d / "subj01.npy"), d / "subj01.npy")[1]),
-    ("random bytes .h5", lambda d: ((d / "subj01.h5").write_bytes(random.Random(1).randbytes(2000)), d / "subj01.h5")[1]),
+    (
+        "random bytes .h5",
+        lambda d: ((d / "subj01.h5").write_bytes(random.Random(1).randbytes(2000)), d / "subj01.h5")[1],
+    ),
 ]
 
 
@@ -606,9 +751,20 @@ SUBPROCESS_CASES = [
 def test_hostile_submissions_in_a_subprocess(name, build, small_root, tmp_path):
     path = build(tmp_path)
     env = {**os.environ, "NSDBENCH_HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "nsdbench.cli", "validate", str(path), "--data", str(small_root), "--subjects", "1",
-           "--order", "nsd-ascending"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    cmd = [
+        sys.executable,
+        "-m",
+        "nsdbench.cli",
+        "validate",
+        str(path),
+        "--data",
+        str(small_root),
+        "--subjects",
+        "1",
+        "--order",
+        "nsd-ascending",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert not _clean(proc.stdout + proc.stderr)
     assert proc.stderr.strip().splitlines()[-1].startswith("error:")

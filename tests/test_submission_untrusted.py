@@ -156,7 +156,7 @@ def test_hdf5_soft_link_inside_the_file_reads_its_target(images, nsd, tmp_path):
 
 def test_fifo_and_devices_never_block_or_flood(images, nsd, small_root, tmp_path, capsys):
     folder = write_submission(images, tmp_path / "folder", "folder")
-    first = sorted(images)[0]
+    first = min(images)
     img = folder / "subj01" / f"{first[1]}_0.png"
     img.unlink()
     os.mkfifo(img)
@@ -193,7 +193,7 @@ def test_fifo_and_devices_never_block_or_flood(images, nsd, small_root, tmp_path
 
 def test_symlink_loops_are_one_line_each(images, small_root, tmp_path, capsys):
     folder = write_submission(images, tmp_path / "folder", "folder")
-    img = folder / "subj01" / f"{sorted(images)[0][1]}_0.png"
+    img = folder / "subj01" / f"{min(images)[1]}_0.png"
     img.unlink()
     img.symlink_to(img)
     rc, text = _cli(folder, small_root, capsys)
@@ -297,7 +297,12 @@ def _png16(arr: np.ndarray, colour: int) -> bytes:
     h, w = arr.shape[:2]
     rows = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(rows))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def test_png_crc_bit_depth_and_unicode_digit_rules(images, nsd, tmp_path):
@@ -346,7 +351,9 @@ def test_manifest_duplicates_and_out_of_split_rows_are_never_decoded(images, nsd
     header, rows = lines[0], lines[1:]
     first = rows[0].split(",")
     outside = ",".join([first[0], "70000", *first[2:]])
-    (root / "manifest.csv").write_text("\n".join([header, *rows, *[rows[0]] * 20_000, *[outside] * 5_000]) + "\n")
+    (root / "manifest.csv").write_text(
+        "\n".join([header, *rows, *[rows[0]] * 20_000, *[outside] * 5_000]) + "\n"
+    )
     decoded: list[int] = []
     real = submission_formats.decode_image
 
@@ -358,7 +365,10 @@ def test_manifest_duplicates_and_out_of_split_rows_are_never_decoded(images, nsd
     problems = validate(load_submission(root), nsd, "nsd982")
     assert len(decoded) == len(rows)  # each test image once: no duplicate, no out-of-split row
     dup = [p for p in problems if p.code == "duplicate"]
-    assert [(p.nsd_id, p.actual) for p in dup] == [(first_id := int(first[1]), "20001 images"), (70000, "5000 images")]
+    assert [(p.nsd_id, p.actual) for p in dup] == [
+        (int(first[1]), "20001 images"),
+        (70000, "5000 images"),
+    ]
     assert [p.nsd_id for p in problems if p.code == "extra"] == [70000]
 
 
@@ -381,3 +391,28 @@ def test_ids_file_fifo_is_a_usage_error_not_a_hang(images, small_root, tmp_path,
         rc, text = _cli(tmp_path / "subj01.npy", small_root, capsys, "--ids", str(tmp_path / "ids.txt"))
     assert rc == 2 and "not a regular file" in text and not fired.is_set()
     json.dumps(text)  # one printable line
+
+
+def test_npz_members_are_crc_checked_before_use(images, nsd, tmp_path):
+    import zipfile
+
+    stack = np.stack([images[k] for k in sorted(images)])
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"subj01_{save.__name__}.npz"
+        save(path, images=stack)
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("images.npy")
+        data = bytearray(path.read_bytes())
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+        data[start + info.compress_size // 2] ^= 0x20  # a flipped bit in the member's data
+        path.write_bytes(bytes(data))
+        problems = _problems(path, nsd, order="nsd-ascending")
+        assert problems and {p.code for p in problems} <= {"corrupt", "unreadable"}, problems
+        assert all("npz member 'images.npy'" in p.message for p in problems)
+
+
+def test_a_folder_that_cannot_be_listed_is_one_problem(tmp_path):
+    r = submission_formats.read_convention_folder(tmp_path / "gone")
+    assert [(p.code, p.message) for p in r.problems] == [
+        ("unreadable", "cannot list folder: it does not exist (or is a dangling symlink)")
+    ]

@@ -162,7 +162,7 @@ class Submission:
         if self.fmt == "folder" and not self.positional:
             return f"file subj{subject:02d}/{nsd_id}_{sample}.png"
         if self.fmt == "manifest":
-            return f"a row {subject},{nsd_id},{sample},<path> in {self.path.name}"
+            return f"a row {subject},{nsd_id},{sample},<path> in {self.reader.path.name}"
         if self.fmt == "tar":
             return f"a member with subject {subject}, nsd_id {nsd_id}, sample {sample}"
         return f"nsd_id {nsd_id} (sample {sample}) in the array's id list"

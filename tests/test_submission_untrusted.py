@@ -379,9 +379,12 @@ def test_manifest_ids_must_be_ascii_digits(images, nsd, tmp_path):
     lines[1] = ",".join([s, "".join(chr(0x0660 + int(c)) for c in i), k, p])
     lines[2] = ",".join([*lines[2].split(",")[:1], "1_0", *lines[2].split(",")[2:]])
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    problems = [p for p in validate(load_submission(root), nsd, "nsd982") if p.code == "manifest"]
+    every = validate(load_submission(root), nsd, "nsd982")
+    problems = [p for p in every if p.code == "manifest"]
     assert len(problems) == 2 and all("ASCII digits" in p.message for p in problems)
     assert "\\u066" in problems[0].actual
+    missing = next(p for p in every if p.code == "missing" and p.nsd_id == int(i))
+    assert missing.expected == f"a row 1,{i},0,<path> in manifest.csv"
 
 
 def test_ids_file_fifo_is_a_usage_error_not_a_hang(images, small_root, tmp_path, capsys):

@@ -110,6 +110,7 @@ class NpzMember:
             "corrupt",
             f"npz member {self.info.filename!r} fails its zip CRC check (damaged bytes)",
             "intact member data",
+            whole_file=True,
         )
 
     def _load(self) -> np.ndarray:
@@ -140,10 +141,16 @@ class NpzMember:
         # zlib.error, EOFError, OSError: a damaged deflate stream
         except Exception:  # noqa: BLE001
             raise Refused(
-                "unreadable", f"npz member {info.filename!r} cannot be inflated (damaged data)"
+                "unreadable",
+                f"npz member {info.filename!r} cannot be inflated (damaged data)",
+                whole_file=True,
             ) from None
         if len(data) != head.nbytes:
-            raise Refused("truncated", f"npz member {info.filename!r} is shorter than its header declares")
+            raise Refused(
+                "truncated",
+                f"npz member {info.filename!r} is shorter than its header declares",
+                whole_file=True,
+            )
         return np.frombuffer(data, head.dtype).reshape(head.shape, order=order)
 
     def __getitem__(self, index: Any) -> np.ndarray:

@@ -186,6 +186,8 @@ class Submission:
         try:
             raw, fmt = self.reader.read(entry)
         except ImageError as exc:
+            if exc.whole_file:  # one problem for the file, not one per image (see _check_contents)
+                key = {"source": str(self.path)}
             return None, [Problem(exc.code, exc.message, expected=exc.expected, actual=exc.actual, **key)], ""
         # The readers turn every failure they know into ImageError; anything else from hostile bytes is
         # still one problem for this image, never a traceback.
@@ -580,9 +582,11 @@ def _check_contents(sub: Submission, todo: list[Entry], progress: bool) -> list[
     sizes: dict[int, Counter] = {}
     where: dict[tuple[int, tuple[int, int]], Entry] = {}
     jpeg: Counter = Counter()
+    seen: set[Problem] = set()
     for e in todo:
         img, problems, fmt = sub.load(e)
-        out.extend(problems)
+        out.extend(p for p in problems if p not in seen)
+        seen.update(problems)
         if fmt == "JPEG":
             jpeg[e.subject] += 1
         if img is not None:

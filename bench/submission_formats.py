@@ -410,8 +410,10 @@ def read_manifest(manifest: Path) -> ImageFolderReader:
         target = resolved[rel]
         if target is None:
             r.problem(
-                "path-escape",
-                "manifest path is absolute or leaves the submission folder",
+                "path-escape" if rel else "manifest",
+                "manifest path is absolute or leaves the submission folder"
+                if rel
+                else "row has an empty path",
                 subject=subject,
                 nsd_id=nsd_id,
                 sample=sample,

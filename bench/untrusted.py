@@ -23,9 +23,12 @@ PNG_COLOUR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale with a
 class Refused(Exception):
     """An untrusted file or value that nsdbench will not use; carries the problem code."""
 
-    def __init__(self, code: str, message: str, expected: str = "", actual: str = "") -> None:
+    def __init__(
+        self, code: str, message: str, expected: str = "", actual: str = "", whole_file: bool = False
+    ) -> None:
         super().__init__(message)
         self.code, self.message, self.expected, self.actual = code, message, expected, actual
+        self.whole_file = whole_file  # the same for every image read from the file: reported once
 
 
 def file_kind(mode: int) -> str:

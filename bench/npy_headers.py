@@ -164,9 +164,10 @@ class NpzMember:
         return self.shape[0] if self.shape else 0
 
 
-def npz_members(path: Path) -> dict[str, NpzMember]:
-    """Every array of an .npz archive, from headers only; Refused for a member that is not a plain array
-    or whose zip entry size disagrees with its header (a mismatch hides what would be inflated)."""
+def npz_members(path: Path, max_inflate: int) -> dict[str, NpzMember]:
+    """Every array of an .npz archive, from headers only; Refused for a member that is not a plain array,
+    whose zip entry size disagrees with its header (a mismatch hides what would be inflated), or that is
+    compressed and would inflate past `max_inflate` bytes (stored members are memory-mapped instead)."""
     out: dict[str, NpzMember] = {}
     try:
         zf = zipfile.ZipFile(path)
@@ -205,6 +206,14 @@ def npz_members(path: Path) -> dict[str, NpzMember]:
                     f"{what}: the zip entry's size disagrees with the array its header declares",
                     f"{declared} bytes",
                     f"{info.file_size} bytes",
+                )
+            if info.compress_type != zipfile.ZIP_STORED and head.nbytes > max_inflate:
+                raise Refused(
+                    "size",
+                    f"{what} is compressed and would inflate past the limit (NSDBENCH_MAX_INFLATE_BYTES); "
+                    "numpy.savez (uncompressed) is read without inflating",
+                    f"<= {max_inflate} bytes",
+                    f"{head.nbytes} bytes",
                 )
             out[info.filename[: -len(".npy")]] = NpzMember(path, info, head)
     return out

@@ -51,6 +51,11 @@ def max_image_pixels() -> int:
     return int(config.get("max_image_pixels") or 4096 * 4096)
 
 
+def max_inflate_bytes() -> int:
+    """Largest compressed npz member that is inflated into memory (NSDBENCH_MAX_INFLATE_BYTES, 8 GiB)."""
+    return int(config.get("max_inflate_bytes") or 8 * 1024**3)
+
+
 def max_array_bytes() -> int:
     """Largest array a container may declare before it is refused (NSDBENCH_MAX_ARRAY_BYTES, 64 GiB)."""
     return int(config.get("max_array_bytes") or 64 * 1024**3)
@@ -786,7 +791,7 @@ def read_npz(path: Path) -> ArrayReader:
     """An .npz archive: every member's header is checked before anything is inflated."""
     r = ArrayReader(path, "npz")
     try:
-        members = npz_members(path)
+        members = npz_members(path, max_inflate_bytes())
         _add_mapping(r, members, members.__getitem__)
     except Refused as exc:
         r.refuse(exc)

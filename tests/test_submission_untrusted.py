@@ -419,3 +419,13 @@ def test_a_folder_that_cannot_be_listed_is_one_problem(tmp_path):
     assert [(p.code, p.message) for p in r.problems] == [
         ("unreadable", "cannot list folder: it does not exist (or is a dangling symlink)")
     ]
+
+
+def test_compressed_npz_inflation_is_capped(images, nsd, tmp_path, monkeypatch):
+    stack = np.stack([images[k] for k in sorted(images)])
+    np.savez_compressed(tmp_path / "subj01_c.npz", images=stack)
+    np.savez(tmp_path / "subj01_s.npz", images=stack)
+    monkeypatch.setenv("NSDBENCH_MAX_INFLATE_BYTES", str(stack.nbytes - 1))
+    problems = _problems(tmp_path / "subj01_c.npz", nsd, order="nsd-ascending")
+    assert [(p.code, p.actual) for p in problems] == [("size", f"{stack.nbytes} bytes")]
+    assert _problems(tmp_path / "subj01_s.npz", nsd, order="nsd-ascending") == []  # mapped, never inflated

@@ -320,7 +320,9 @@ def read_convention_folder(root: Path) -> ImageFolderReader:
                 if UNICODE_ID_FILE.match(f.name):
                     r.problem(
                         "ids",
-                        "file name has non-ASCII digits; NSD ids are written with ASCII digits 0-9",
+                        "file name has non-ASCII digits; NSD ids are written with ASCII digits 0-9"
+                        if not f.name.isascii()
+                        else "file name's id or sample number has too many digits",
                         subject=subject,
                         source=str(f),
                         expected="<nsd_id>_<sample>.png in ASCII digits",

@@ -422,6 +422,7 @@ def special_files(rng: random.Random, b: Bases, d: Path):
             "dir_image",
             "dir_file",
             "fifo_manifest",
+            "dev_node",
         ]
     )
     if kind == "fifo_image":
@@ -451,6 +452,14 @@ def special_files(rng: random.Random, b: Bases, d: Path):
         path = d / f"subj01{rng.choice(['.npy', '.npz', '.pt', '.h5', '.tar'])}"
         path.symlink_to(path if kind == "loop_file" else d / "nowhere")
         return path, _array_args(path)
+    if kind == "dev_node":
+        root = _folder_with(b, d, "")
+        img = root / "subj01" / f"{b.ids[0]}_0.png"
+        try:
+            os.mknod(img, 0o20644, os.makedev(1, 5))  # a character device with /dev/zero's numbers
+        except PermissionError:
+            os.mkfifo(img)
+        return root, []
     if kind == "dir_image":
         root = _folder_with(b, d, "")
         (root / "subj01" / f"{b.ids[0]}_0.png").mkdir()

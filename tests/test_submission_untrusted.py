@@ -429,3 +429,17 @@ def test_compressed_npz_inflation_is_capped(images, nsd, tmp_path, monkeypatch):
     problems = _problems(tmp_path / "subj01_c.npz", nsd, order="nsd-ascending")
     assert [(p.code, p.actual) for p in problems] == [("size", f"{stack.nbytes} bytes")]
     assert _problems(tmp_path / "subj01_s.npz", nsd, order="nsd-ascending") == []  # mapped, never inflated
+
+
+def test_a_device_node_in_place_of_an_image_is_never_read(images, small_root, tmp_path, capsys):
+    import stat
+
+    folder = write_submission(images, tmp_path / "folder", "folder")
+    img = folder / "subj01" / f"{min(images)[1]}_0.png"
+    img.unlink()
+    try:
+        os.mknod(img, stat.S_IFCHR | 0o644, os.makedev(1, 5))  # /dev/zero's numbers, inside the folder
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD")
+    rc, text = _cli(folder, small_root, capsys)
+    assert rc == 3 and "not a regular file" in text and "got a character device" in text

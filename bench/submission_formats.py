@@ -14,6 +14,7 @@ import os
 import re
 import tarfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -808,12 +809,19 @@ def read_pt(path: Path) -> ArrayReader:
 
     r = ArrayReader(path, "pt")
     try:
+        if _compressed_zip_members(path):
+            r.problem(
+                "size",
+                "the .pt archive has compressed members (torch.save stores them uncompressed); nsdbench "
+                "does not inflate them",
+                expected="a .pt file written by torch.save",
+                actual="deflated members",
+            )
+            return r
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+            # the zip format is memory-mapped; the legacy format holds raw storages: neither inflates
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     # Corrupt bytes raise anything; torch's own text may advise weights_only=False, so it is never shown.
     except Exception as exc:  # noqa: BLE001
         if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
@@ -850,6 +858,14 @@ def read_pt(path: Path) -> ArrayReader:
     except Refused as exc:
         r.refuse(exc)
     return r
+
+
+def _compressed_zip_members(path: Path) -> bool:
+    """True for a zip archive with any member that is not stored (such a member would be inflated)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(i.compress_type != zipfile.ZIP_STORED for i in zf.infolist())
 
 
 def _as_array(values: Any) -> np.ndarray:

@@ -210,7 +210,9 @@ def mutation(rng: random.Random, b: Bases, d: Path):
 
 
 def bombs(rng: random.Random, b: Bases, d: Path):
-    kind = rng.choice(["png_pixels", "npz_zeros", "npz_lie", "npy_header", "hdf5_fill", "tar_gz"])
+    kind = rng.choice(
+        ["png_pixels", "npz_zeros", "npz_lie", "npy_header", "hdf5_fill", "tar_gz", "pt_deflated"]
+    )
     if kind == "png_pixels":
         side = rng.choice([5000, 30000, 65535])
         data = _raw_png(side, side, 8, 2, zlib.compress(b"\0" * 100_000, 9))
@@ -234,6 +236,12 @@ def bombs(rng: random.Random, b: Bases, d: Path):
         )
         path.write_bytes(buf.getvalue() + b"\0" * 1000)
         return path, _array_args(path)
+    if kind == "pt_deflated":  # torch.load would inflate a deflated storage in memory
+        path = d / "subj01_z.pt"
+        with zipfile.ZipFile(b.paths["pt"]) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info))
+        return path, []
     if kind == "hdf5_fill":
         import h5py
 

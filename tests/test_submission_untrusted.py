@@ -443,3 +443,25 @@ def test_a_device_node_in_place_of_an_image_is_never_read(images, small_root, tm
         pytest.skip("creating a device node needs CAP_MKNOD")
     rc, text = _cli(folder, small_root, capsys)
     assert rc == 3 and "not a regular file" in text and "got a character device" in text
+
+
+def test_pt_with_deflated_members_is_not_inflated(images, small_root, tmp_path, capsys):
+    import zipfile
+
+    import torch
+
+    torch.save(torch.zeros(8, 3, 64, 64), tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src:
+        with zipfile.ZipFile(tmp_path / "subj01_z.pt", "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info))
+    rc, text = _cli(tmp_path / "subj01_z.pt", small_root, capsys, "--order", "nsd-ascending")
+    assert rc == 3 and "compressed members" in text
+    legacy = tmp_path / "subj01_legacy.pt"
+    torch.save(
+        torch.from_numpy(np.stack([images[k] for k in sorted(images)])),
+        legacy,
+        _use_new_zipfile_serialization=False,
+    )
+    rc, text = _cli(legacy, small_root, capsys, "--order", "nsd-ascending")
+    assert rc == 0, text  # the legacy format still reads

@@ -10,8 +10,9 @@ Formats and the safe readers live in nsdbench.submission_formats.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -33,6 +34,7 @@ from nsdbench.submission_formats import (
 )
 
 ORDERS = ("nsd-ascending", "first-presentation")
+SUMMARY_AFTER = 10  # per-key problems of one subject beyond which a count summary is added
 
 __all__ = ["FORMATS", "ORDERS", "Entry", "Problem", "Submission", "errors", "load_submission", "validate"]
 
@@ -155,6 +157,16 @@ class Submission:
         kw.setdefault("source", str(self.path))
         self.problems.append(Problem(code, message, **kw))
 
+    def expected_location(self, subject: int, nsd_id: int, sample: int) -> str:
+        """Where a reconstruction of (subject, nsd_id, sample) belongs in this submission, in words."""
+        if self.fmt == "folder" and not self.positional:
+            return f"file subj{subject:02d}/{nsd_id}_{sample}.png"
+        if self.fmt == "manifest":
+            return f"a row {subject},{nsd_id},{sample},<path> in {self.reader.path.name}"
+        if self.fmt == "tar":
+            return f"a member with subject {subject}, nsd_id {nsd_id}, sample {sample}"
+        return f"nsd_id {nsd_id} (sample {sample}) in the array's id list"
+
     @property
     def subjects(self) -> list[int]:
         return sorted({e.subject for e in self.entries})
@@ -174,7 +186,13 @@ class Submission:
         try:
             raw, fmt = self.reader.read(entry)
         except ImageError as exc:
+            if exc.whole_file:  # one problem for the file, not one per image (see _check_contents)
+                key = {"source": str(self.path)}
             return None, [Problem(exc.code, exc.message, expected=exc.expected, actual=exc.actual, **key)], ""
+        # The readers turn every failure they know into ImageError; anything else from hostile bytes is
+        # still one problem for this image, never a traceback.
+        except Exception:  # noqa: BLE001
+            return None, [Problem("unreadable", "cannot read this reconstruction (damaged data)", **key)], ""
         problems = check_image(raw, key)
         if any(p.severity == "error" for p in problems):
             return None, problems, fmt
@@ -324,7 +342,7 @@ def load_submission(
 ) -> Submission:
     """Open a submission (structure only). Usage mistakes raise UsageError; bad content becomes problems."""
     p = Path(path).expanduser()
-    if not p.exists():
+    if not os.path.lexists(p):  # a dangling or looping symlink exists: its reader refuses it (exit 3)
         raise UsageError(f"{p}: no such submission file or folder")
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"unknown submission format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -334,7 +352,7 @@ def load_submission(
     if (
         fmt == "manifest"
         and p.is_dir()
-        and not any((p / n).is_file() for n in ("manifest.csv", "manifest.parquet"))
+        and not any(os.path.lexists(p / n) for n in ("manifest.csv", "manifest.parquet"))
     ):
         raise UsageError(f"{p}: no manifest.csv or manifest.parquet in the folder")
     if fmt in ("folder",) and not p.is_dir():
@@ -384,6 +402,7 @@ def validate(
             )
         )
     structural = any(p.severity == "error" for p in problems)
+    todo: list[Entry] = []
     for s in scope:
         if s not in present:
             if structural:  # the file-level problem above is the cause; do not list its consequence
@@ -403,15 +422,41 @@ def validate(
         except UsageError as exc:
             problems.append(Problem("split", str(exc), subject=s))
             continue
-        problems.extend(_check_keys(sub.entries_for(s), split.test_ids, s, split_name))
-    problems.extend(_check_contents(sub, scope, progress))
+        entries = sub.entries_for(s)
+        keyed = _check_keys(entries, split.test_ids, s, split_name, sub.expected_location)
+        problems.extend(keyed)
+        todo.extend(_to_decode(entries, split.test_ids, keyed))
+    problems.extend(_check_contents(sub, todo, progress))
     return problems
 
 
+def _to_decode(entries: list[Entry], test_ids: Sequence[int], keyed: list[Problem]) -> list[Entry]:
+    """The entries whose images are read: one per (nsd_id, sample) of the split. Duplicates and ids
+    outside the split are refused from their keys alone; an array whose keys are wrong is not inflated."""
+    if any(p.severity == "error" for p in keyed) and any(isinstance(e.ref, tuple) for e in entries):
+        return []
+    wanted = {int(i) for i in test_ids}
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for e in entries:
+        if e.nsd_id in wanted and (e.nsd_id, e.sample) not in seen:
+            seen.add((e.nsd_id, e.sample))
+            out.append(e)
+    return out
+
+
 def _check_keys(
-    entries: list[Entry], test_ids: Sequence[int], subject: int, split_name: str
+    entries: list[Entry],
+    test_ids: Sequence[int],
+    subject: int,
+    split_name: str,
+    where: Callable[[int, int, int], str] | None = None,
 ) -> list[Problem]:
+    """Duplicate, extra, missing and per-image sample-count problems of one subject, from keys alone.
+
+    `where(subject, nsd_id, sample)` names the file or row a missing reconstruction is expected in."""
     out: list[Problem] = []
+    where = where or (lambda s, i, k: f"a reconstruction of nsd_id {i}, sample {k}")
     expected = {int(i) for i in test_ids}
     keys = Counter((e.nsd_id, e.sample) for e in entries)
     first_source = {}
@@ -468,6 +513,11 @@ def _check_keys(
                 actual=str(nsd_id),
             )
         )
+    sample_sets: dict[int, frozenset[int]] = {}
+    for nsd_id, sample in keys:
+        if nsd_id in expected:
+            sample_sets[nsd_id] = sample_sets.get(nsd_id, frozenset()) | {sample}
+    common = Counter(sample_sets.values()).most_common(1)[0][0] if sample_sets else frozenset({0})
     for nsd_id in missing:
         out.append(
             Problem(
@@ -475,66 +525,68 @@ def _check_keys(
                 "no reconstruction for a test image",
                 subject=subject,
                 nsd_id=nsd_id,
-                expected=">= 1 sample",
-                actual="0",
+                expected=where(subject, nsd_id, min(common))
+                + (f" (and samples {sorted(common)[1:]})" if len(common) > 1 else ""),
+                actual="none",
             )
         )
-    per_image = Counter(k[0] for k in keys if k[0] in expected)
-    if per_image:
-        mode = Counter(per_image.values()).most_common(1)[0][0]
-        sample_sets: dict[int, frozenset[int]] = {}
-        for nsd_id, sample in keys:
-            if nsd_id in expected:
-                sample_sets[nsd_id] = sample_sets.get(nsd_id, frozenset()) | {sample}
-        common = Counter(sample_sets.values()).most_common(1)[0][0]
-        for nsd_id, n in sorted(per_image.items()):
-            if n != mode:
+    for nsd_id, samples in sorted(sample_sets.items()):
+        if samples == common:
+            continue
+        if samples < common:  # only some samples are missing: name each missing file
+            for k in sorted(common - samples):
                 out.append(
                     Problem(
-                        "sample-count",
-                        "number of samples differs from the other images",
+                        "missing",
+                        f"no reconstruction for this sample (the other images have samples {sorted(common)})",
                         subject=subject,
                         nsd_id=nsd_id,
-                        expected=f"{mode} samples",
-                        actual=f"{n}",
+                        sample=k,
+                        expected=where(subject, nsd_id, k),
+                        actual="none",
                     )
                 )
-            elif sample_sets[nsd_id] != common:
-                out.append(
-                    Problem(
-                        "sample-count",
-                        "sample indices differ from the other images",
-                        subject=subject,
-                        nsd_id=nsd_id,
-                        expected=f"samples {sorted(common)}",
-                        actual=f"samples {sorted(sample_sets[nsd_id])}",
-                    )
-                )
-        n_expected = len(expected) * mode
-        n_actual = sum(keys.values())
-        if n_actual != n_expected:
-            out.append(
-                Problem(
-                    "count",
-                    f"number of reconstructions for the {split_name} split",
-                    subject=subject,
-                    expected=f"{n_expected} ({len(expected)} ids x {mode} samples)",
-                    actual=str(n_actual),
-                )
+            continue
+        out.append(
+            Problem(
+                "sample-count",
+                "number of samples differs from the other images"
+                if len(samples) != len(common)
+                else "sample indices differ from the other images",
+                subject=subject,
+                nsd_id=nsd_id,
+                expected=f"{len(common)} samples"
+                if len(samples) != len(common)
+                else f"samples {sorted(common)}",
+                actual=f"{len(samples)}" if len(samples) != len(common) else f"samples {sorted(samples)}",
             )
+        )
+    if len(out) > SUMMARY_AFTER:
+        # many problems: a count summary helps; for a few it only repeats them
+        n_expected = len(expected) * len(common)
+        out.append(
+            Problem(
+                "count",
+                f"number of reconstructions for the {split_name} split",
+                subject=subject,
+                expected=f"{n_expected} ({len(expected)} ids x {len(common)} samples)",
+                actual=str(sum(keys.values())),
+            )
+        )
     return out
 
 
-def _check_contents(sub: Submission, scope: Sequence[int], progress: bool) -> list[Problem]:
+def _check_contents(sub: Submission, todo: list[Entry], progress: bool) -> list[Problem]:
     out: list[Problem] = []
-    todo = [e for s in scope for e in sub.entries_for(s)]
     bar = _progress(progress, len(todo), "validating images")
     sizes: dict[int, Counter] = {}
     where: dict[tuple[int, tuple[int, int]], Entry] = {}
     jpeg: Counter = Counter()
+    seen: set[Problem] = set()
     for e in todo:
         img, problems, fmt = sub.load(e)
-        out.extend(problems)
+        out.extend(p for p in problems if p not in seen)
+        seen.update(problems)
         if fmt == "JPEG":
             jpeg[e.subject] += 1
         if img is not None:

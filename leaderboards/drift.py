@@ -118,6 +118,20 @@ def load_golden(path: str | Path) -> dict[str, Any]:
     return spec
 
 
+def missing_per_image_blocks(spec: dict[str, Any]) -> list[str]:
+    """'protocol/subject/metric' for each set score whose per-image block is absent from a golden file
+    that records per-image values (an absent block would silently skip that metric's image check)."""
+    if PER_IMAGE_KEY not in spec:
+        return []  # a golden file written before per-image values were recorded
+    per_image = spec[PER_IMAGE_KEY] if isinstance(spec[PER_IMAGE_KEY], dict) else {}
+    missing = []
+    for name, by_subject in spec.get("expected", {}).items():
+        for subj, metrics in by_subject.items():
+            blocks = per_image.get(name, {}).get(subj, {})
+            missing += [f"{name}/{subj}/{m}" for m in metrics if not isinstance(blocks.get(m), dict)]
+    return missing
+
+
 def _reconstructions(
     spec: dict[str, Any], golden: Path, nsd: Any, subject: int, ids: list[int], gt: np.ndarray
 ) -> dict[tuple[int, int], np.ndarray]:
@@ -243,6 +257,13 @@ def check(
     """Rescore the golden set; list every metric beyond tolerance. With update=True rewrite the file instead."""
     gpath = Path(golden) if golden else shipped_golden()
     spec = load_golden(gpath)
+    missing = [] if update else missing_per_image_blocks(spec)
+    if missing:
+        raise UsageError(
+            f"{gpath}: {PER_IMAGE_KEY} lacks the per-image block of {len(missing)} metric(s) "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); expected one block per "
+            "metric of 'expected' (restore the file, or rewrite it with --update)"
+        )
     rescore = _score_spec(spec, gpath, data, device, progress)
     scores, hashes, protocols = rescore.scores, rescore.hashes, rescore.protocols
     report = DriftReport(gpath)

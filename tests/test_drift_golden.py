@@ -189,3 +189,17 @@ def test_shipped_golden_is_consistent():
             assert list(values) == [str(i) for i in spec["ids"]["1"]]
             mean = np.mean(list(values.values()))
             assert mean == pytest.approx(spec["expected"][name]["1"][metric], abs=1e-12), (name, metric)
+
+
+def test_golden_with_a_per_image_block_removed_is_refused(tmp_path, capsys):
+    from nsdbench.leaderboards.drift import missing_per_image_blocks, shipped_golden
+
+    spec = json.loads(shipped_golden().read_text())
+    assert missing_per_image_blocks(spec) == []
+    del spec["expected_per_image"]["nsdbench-v1"]["1"]["ssim"]
+    assert missing_per_image_blocks(spec) == ["nsdbench-v1/1/ssim"]
+    golden = tmp_path / "golden.json"
+    golden.write_text(json.dumps(spec))
+    rc = main(["drift", "--golden", str(golden)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nsdbench-v1/1/ssim" in err and "Traceback" not in err

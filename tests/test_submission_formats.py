@@ -141,8 +141,9 @@ def test_missing_duplicate_extra_and_counts(images, nsd, small_root, tmp_path, c
     problems = validate(sub, nsd, "nsd982")
     by = {(p.code, p.nsd_id) for p in problems}
     assert ("missing", ids[0]) in by and ("extra", 999) in by and ("sample-count", ids[2]) in by
-    count = next(p for p in problems if p.code == "count")
-    assert count.expected.startswith(f"{len(ids) * 2} ") and count.actual == str(len(ids) * 2 - 2 + 2 + 1)
+    missing = next(p for p in problems if p.code == "missing")
+    assert missing.expected == f"file subj01/{ids[0]}_0.png (and samples [1])"
+    assert "count" not in _codes(problems)  # three problems explain the count; no summary repeats them
     rc, text = _validate_cli(root, small_root, capsys)
     assert rc == 3
     assert f"missing [subject 1, nsd_id {ids[0]}]" in text and "extra [subject 1, nsd_id 999]" in text
@@ -151,6 +152,30 @@ def test_missing_duplicate_extra_and_counts(images, nsd, small_root, tmp_path, c
     problems = validate(load_submission(root), nsd, "nsd982")
     p = next(p for p in problems if p.nsd_id == ids[3])
     assert (p.code, p.expected, p.actual) == ("sample-count", "samples [0, 1]", "samples [0, 5]")
+
+
+def test_one_missing_png_is_one_problem_naming_its_file(images, nsd, tmp_path):
+    root = _folder(images, tmp_path / "s")
+    ids = sorted({k[1] for k in images if k[0] == 1})
+    (root / "subj01" / f"{ids[3]}_1.png").unlink()
+    problems = validate(load_submission(root), nsd, "nsd982")
+    assert [(p.code, p.nsd_id, p.sample, p.expected) for p in problems] == [
+        ("missing", ids[3], 1, f"file subj01/{ids[3]}_1.png")
+    ]
+
+
+def test_many_missing_images_get_a_count_summary(images, nsd, tmp_path):
+    root = _folder(images, tmp_path / "s")
+    ids = sorted({k[1] for k in images if k[0] == 1})
+    for i in ids[:3]:
+        (root / "subj01" / f"{i}_1.png").unlink()
+    for n in range(8):
+        (root / "subj01" / f"{70000 + n}_0.png").write_bytes((root / "subj01" / f"{ids[7]}_0.png").read_bytes())
+    problems = validate(load_submission(root), nsd, "nsd982")
+    assert [p.code for p in problems].count("missing") == 3
+    count = next(p for p in problems if p.code == "count")
+    assert count.expected == f"{len(ids) * 2} ({len(ids)} ids x 2 samples)"
+    assert count.actual == str(len(ids) * 2 - 3 + 8)
 
 
 def test_duplicate_rows_in_manifest(images, nsd, tmp_path):
@@ -186,13 +211,13 @@ def test_image_content_problems(images, nsd, small_root, tmp_path, capsys):
     (d / f"{ids[4]}_0.png").unlink()
     problems = validate(load_submission(root), nsd, "nsd982")
     by = {p.nsd_id: p for p in problems if p.nsd_id is not None}
-    assert by[ids[0]].code == "channels" and by[ids[0]].actual == "mode L"
+    assert by[ids[0]].code == "channels" and by[ids[0]].actual == "grayscale"
     assert by[ids[1]].code == "constant"
     assert by[ids[2]].code == "truncated"
     assert by[ids[3]].code == "unreadable"
     assert any(p.code == "jpeg" and p.severity == "warning" for p in problems)
     rc, text = _validate_cli(root, small_root, capsys)
-    assert rc == 3 and "constant" in text and "expected mode RGB, got mode L" in text
+    assert rc == 3 and "constant" in text and "expected RGB, 8 bits per channel, got grayscale" in text
 
 
 def test_jpeg_alone_is_only_a_warning(images, small_root, tmp_path, capsys):
@@ -331,5 +356,6 @@ def test_validate_json_lists_problems(images, small_root, tmp_path, capsys):
     rc = main(["validate", str(root), "--data", str(small_root), "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 3 and doc["valid"] is False
-    sc = next(p for p in doc["problems"] if p["code"] == "sample-count")
-    assert (sc["subject"], sc["nsd_id"], sc["expected"], sc["actual"]) == (1, ids[0], "2 samples", "1")
+    assert [(p["code"], p["subject"], p["nsd_id"], p["sample"], p["expected"]) for p in doc["problems"]] == [
+        ("missing", 1, ids[0], 0, f"file subj01/{ids[0]}_0.png")
+    ]

@@ -591,6 +591,31 @@ def score_protocols(
     }
 
 
+def metric_features(
+    metric: FeatureMetric,
+    images: Sequence[np.ndarray] | np.ndarray,
+    side: str = "gt",
+    weights_mode: str = "pretrained",
+    device: str = "cpu",
+) -> np.ndarray:
+    """The raw layer features (N, D) float32 that score() computes for one side ("gt" or "rec") of a
+    feature metric: same chain, normalization, precision, TF32 flags and fixed forward chunks."""
+    if side not in ("gt", "rec"):
+        raise UsageError(f"side must be 'gt' or 'rec' (got {side!r})")
+    mode = weights_mode_checked(weights_mode)
+    dev = _resolve_device(device)
+    version = metric.weights if mode == "pretrained" else "-"
+    net = get_network(metric.network, version, mode, metric.precision, dev)
+    chunk = FORWARD_BATCH["cuda" if dev.startswith("cuda") else "cpu"]
+    chain = metric.gt_chain if side == "gt" else metric.rec_chain
+    fwd = _Forwarder(net, (metric.layer,), chunk, metric.normalize, {}, metric.tf32, bool(metric.tf32_conv))
+    items = [_check_image(im, side, k) for k, im in enumerate(images)]
+    with deterministic_mode(dev):
+        for s in range(0, len(items), 32):
+            fwd.push(apply_chain(items[s : s + 32], chain, dev))
+        return fwd.finish()[metric.layer].cpu().numpy()
+
+
 def weights_mode_checked(mode: str) -> str:
     return weights_mod.check_mode(mode)
 

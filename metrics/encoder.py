@@ -579,6 +579,6 @@ def load_brain_target(
         encoder_name=encoder,
         beta_normalization=normalize,
         variant=lambda enc, norm: load_brain_target(
-            nsd, subject, split, weights_mode, encoder=enc, device=device, progress=progress, beta_normalization=norm
+            nsd, subject, split, weights_mode, encoder=enc, device=device, beta_normalization=norm
         ),
     )

@@ -244,7 +244,9 @@ class FeatureNetwork:
             self.sha256 = weights.module_sha256(module)
         module.eval().requires_grad_(False)
         if key.precision == "fp16-openai":
-            self.dtype = torch.float16  # the input is cast like OpenAI's encode_image: image.type(conv1 dtype)
+            self.dtype = (
+                torch.float16
+            )  # the input is cast like OpenAI's encode_image: image.type(conv1 dtype)
             self.module = to_openai_fp16(module.to(key.device))
         else:
             self.dtype = torch.float16 if key.precision == "fp16" else torch.float32

@@ -483,25 +483,26 @@ _TF32_WHY = (
     "convolutions in TF32 on an Ampere or newer GPU"
 )
 
-NSDBENCH_BRAIN = dict(
-    encoder="nsdbench",
-    encoder_artifact="fitted per subject and split (nsdbench-encoder-v1 ridge on alexnet-imagenet1k-v1 features)",
-    encoder_input=(),
-    encoder_preprocessing="PIL bilinear 224, ImageNet normalization; AlexNet features.4 pooled 4x4, "
+NSDBENCH_BRAIN: dict[str, Any] = {
+    "encoder": "nsdbench",
+    "encoder_artifact": "fitted per subject and split (nsdbench-encoder-v1 ridge on alexnet-imagenet1k-v1 "
+    "features)",
+    "encoder_input": (),
+    "encoder_preprocessing": "PIL bilinear 224, ImageNet normalization; AlexNet features.4 pooled 4x4, "
     "features.11 pooled 3x3, 16x16 low-level colour/contrast grid",
-    beta_normalization="session-zscore",
-)
+    "beta_normalization": "session-zscore",
+}
 GNET8_PREP = "PIL Lanczos 227 on uint8, /255, minus the checkpoint's input mean"
 
 
 def _gnet8(encoder_input: Chain, betas: str) -> dict[str, Any]:
-    return dict(
-        encoder="gnet8",
-        encoder_artifact="gnet8-multisubject",
-        encoder_input=encoder_input,
-        encoder_preprocessing=GNET8_PREP,
-        beta_normalization=betas,
-    )
+    return {
+        "encoder": "gnet8",
+        "encoder_artifact": "gnet8-multisubject",
+        "encoder_input": encoder_input,
+        "encoder_preprocessing": GNET8_PREP,
+        "beta_normalization": betas,
+    }
 
 
 def _revise(
@@ -521,9 +522,7 @@ def _revise(
         else m
         for m in p.metrics
     )
-    return dataclasses.replace(
-        p, version=version, metrics=metrics, changelog=p.changelog + changes, **fields
-    )
+    return dataclasses.replace(p, version=version, metrics=metrics, changelog=p.changelog + changes, **fields)
 
 
 _INITIAL = "first published definition."
@@ -579,7 +578,9 @@ MINDEYE_1_1 = _revise(
             "MindEye2 computed brain correlation with GNet8",
             "a different encoder: brain values are not comparable with 1.0",
         ),
-        Change("1.1", "cuDNN convolutions in TF32 on CUDA (matmul TF32 was on already).", _TF32_WHY, _TF32_SIZE),
+        Change(
+            "1.1", "cuDNN convolutions in TF32 on CUDA (matmul TF32 was on already).", _TF32_WHY, _TF32_SIZE
+        ),
     ),
     feature={"tf32_conv": True},
     brain=_gnet8(_ME256, "session-zscore"),
@@ -650,9 +651,11 @@ MINDEYE1 = Protocol(
     published_order="nsd-ascending",
     metrics=tuple(_me1(m) for m in MINDEYE_1_1.metrics if not isinstance(m, BrainMetric)),
     notes=(
-        "Ground truth: PIL bicubic 425 -> 256 (assumed: the webdataset's resize filter is not published), "
-        "JPEG quality 100 (webdataset's encoder for .jpg entries), decoded to uint8; reconstructions as "
-        "in mindeye.",
+        (
+            "Ground truth: PIL bicubic 425 -> 256 (assumed: the webdataset's resize filter is not published), "
+            "JPEG quality 100 (webdataset's encoder for .jpg entries), decoded to uint8; reconstructions as "
+            "in mindeye."
+        ),
         *MINDEYE_1_1.notes[:2],
         "Square images assumed: torchvision Resize(int) on a square image gives size x size.",
     ),
@@ -696,7 +699,9 @@ def get_protocol(name: str | Protocol) -> Protocol:
     if "@" in key:
         if key not in PROTOCOL_VERSIONS:
             known = ", ".join(k for k in PROTOCOL_VERSIONS if k.startswith(key.split("@")[0] + "@"))
-            raise UsageError(f"unknown protocol version {key!r}; known: {known or ', '.join(PROTOCOL_VERSIONS)}")
+            raise UsageError(
+                f"unknown protocol version {key!r}; known: {known or ', '.join(PROTOCOL_VERSIONS)}"
+            )
         p = PROTOCOL_VERSIONS[key]
     elif key in PROTOCOLS:
         p = PROTOCOLS[key]
@@ -729,7 +734,9 @@ def with_encoder(protocol: Protocol, encoder: str | None) -> Protocol:
     fields = NSDBENCH_BRAIN if encoder == "nsdbench" else _gnet8((), "session-zscore")
     return dataclasses.replace(
         protocol,
-        metrics=tuple(dataclasses.replace(m, **fields) if isinstance(m, BrainMetric) else m for m in protocol.metrics),
+        metrics=tuple(
+            dataclasses.replace(m, **fields) if isinstance(m, BrainMetric) else m for m in protocol.metrics
+        ),
     )
 
 

@@ -21,7 +21,9 @@ def images(n: int, seed: int = 14) -> tuple[np.ndarray, np.ndarray]:
 
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (n, 6, 6, 3), dtype=np.uint8)
-    gt = np.stack([np.asarray(Image.fromarray(c).resize((425, 425), Image.Resampling.BICUBIC)) for c in coarse])
+    gt = np.stack(
+        [np.asarray(Image.fromarray(c).resize((425, 425), Image.Resampling.BICUBIC)) for c in coarse]
+    )
     w = np.linspace(0.1, 0.6, n)[rng.permutation(n)][:, None, None, None]
     mix = w * gt + (1 - w) * gt[(np.arange(n) + rng.integers(1, n, n)) % n]
     rec = np.stack([np.asarray(Image.fromarray(m.astype(np.uint8)).resize((256, 256))) for m in mix])
@@ -48,7 +50,9 @@ def main() -> None:
     ids = np.arange(args.n)
     runs = {}
     for label, proto in (("tf32", as_shipped), ("fp32", exact)):
-        res = engine.score(ids, gt, ids, np.zeros(args.n, int), rec, proto, args.weights, args.device, cache=False)
+        res = engine.score(
+            ids, gt, ids, np.zeros(args.n, int), rec, proto, args.weights, args.device, cache=False
+        )
         runs[label] = res
     out = {}
     for m in feats:
@@ -60,7 +64,12 @@ def main() -> None:
             "max_per_image_diff": float(np.abs(a - b).max()),
             "per_image_changed": int((a != b).sum()),
         }
-    print(json.dumps({"protocol": p.identity, "n": args.n, "weights": args.weights, "device": args.device, **out}, indent=2))
+    print(
+        json.dumps(
+            {"protocol": p.identity, "n": args.n, "weights": args.weights, "device": args.device, **out},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -47,13 +47,22 @@ def test_engine_uses_the_encoder_and_betas_each_protocol_names(nsd):
     ids = np.array(sp.test_ids[:10])
     gt = nsd.images(ids.tolist())
     rng = np.random.default_rng(5)
-    rec = np.clip(gt[:, ::3, ::3].astype(int) + rng.integers(-60, 60, gt[:, ::3, ::3].shape), 0, 255).astype(np.uint8)
+    rec = np.clip(gt[:, ::3, ::3].astype(int) + rng.integers(-60, 60, gt[:, ::3, ::3].shape), 0, 255).astype(
+        np.uint8
+    )
     target = enc.load_brain_target(nsd, 1, "nsd982", "tiny", encoder="gnet8")  # session z-scores
     assert (target.encoder_name, target.beta_normalization) == ("gnet8", "session-zscore")
     gnet = target.encoder
     out = engine.score_protocols(
-        ids, gt, ids, np.zeros(len(ids), int), rec, [_brain_only("mindeye"), _brain_only("second-sight-2023")],
-        weights_mode="tiny", brain=target, cache=False,
+        ids,
+        gt,
+        ids,
+        np.zeros(len(ids), int),
+        rec,
+        [_brain_only("mindeye"), _brain_only("second-sight-2023")],
+        weights_mode="tiny",
+        brain=target,
+        cache=False,
     )
     rois = target.rois
     # MindEye2: the 256-px reconstruction (torch bilinear, no antialias) through ToPILImage, then GNet8
@@ -73,11 +82,24 @@ def test_engine_uses_the_encoder_and_betas_each_protocol_names(nsd):
             got = ps[ps["metric"] == metric].sort_values("nsd_id")["value"].to_numpy()
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=f"{name} {metric}")
         assert res.provenance["brain"]["encoders"][0]["encoder"] == "gnet8"
-    assert out["second-sight-2023"].provenance["brain"]["encoders"][0]["beta_normalization"] == "all-sessions-zscore"
+    assert (
+        out["second-sight-2023"].provenance["brain"]["encoders"][0]["beta_normalization"]
+        == "all-sessions-zscore"
+    )
     # a target that cannot provide the named encoder is an error, not a silent substitution
     fixed = BrainTarget(gnet, target.measured, target.rois)
     with pytest.raises(UsageError, match="protocol needs gnet8"):
-        engine.score(ids, gt, ids, np.zeros(len(ids), int), rec, _brain_only("mindeye"), "tiny", brain=fixed, cache=False)
+        engine.score(
+            ids,
+            gt,
+            ids,
+            np.zeros(len(ids), int),
+            rec,
+            _brain_only("mindeye"),
+            "tiny",
+            brain=fixed,
+            cache=False,
+        )
 
 
 def test_brain_target_for_the_protocol_and_missing_gnet8(nsd):
@@ -88,7 +110,10 @@ def test_brain_target_for_the_protocol_and_missing_gnet8(nsd):
         brain_target(nsd, 1, "nsd982", "pretrained", True, me)
     target, note = brain_target(nsd, 1, "nsd982", "pretrained", None, me)
     assert target is None and "nsdbench weights fetch gnet8-multisubject" in note and "\n" not in note
-    assert brain_target(nsd, 1, "nsd982", "pretrained", False, me) == (None, "brain correlation off (--no-brain)")
+    assert brain_target(nsd, 1, "nsd982", "pretrained", False, me) == (
+        None,
+        "brain correlation off (--no-brain)",
+    )
 
 
 def test_cli_encoder_only_where_the_protocol_allows_a_choice(tmp_path, capsys):

@@ -24,7 +24,10 @@ def test_openai_fp16_rule(device):
     net = get_network("clip_vit_l14", "-", "tiny", "fp16-openai", device)
     dtypes = _weights_like_openai(net.module)
     layernorm = {
-        f"{mn}.{pn}" for mn, m in net.module.named_modules() if isinstance(m, nn.LayerNorm) for pn, _ in m.named_parameters()
+        f"{mn}.{pn}"
+        for mn, m in net.module.named_modules()
+        if isinstance(m, nn.LayerNorm)
+        for pn, _ in m.named_parameters()
     }
     for name, dt in dtypes.items():
         fp32 = name in layernorm or name in ("class_embedding", "positional_embedding")

@@ -54,13 +54,18 @@ def images():
     another image, plus noise: related, but not enough for every 2-way comparison to succeed."""
     rng = np.random.default_rng(14)
     coarse = rng.integers(0, 256, (N, 6, 6, 3), dtype=np.uint8)
-    gt = np.stack([np.asarray(Image.fromarray(c).resize((425, 425), Image.Resampling.BICUBIC)) for c in coarse])
+    gt = np.stack(
+        [np.asarray(Image.fromarray(c).resize((425, 425), Image.Resampling.BICUBIC)) for c in coarse]
+    )
     gt = np.clip(gt + rng.normal(0, 10, gt.shape), 0, 255).astype(np.uint8)
     weight = np.linspace(0.1, 0.6, N)[rng.permutation(N)]
     other = gt[(np.arange(N) + rng.integers(1, N, N)) % N]
     mix = weight[:, None, None, None] * gt + (1 - weight[:, None, None, None]) * other
     rec = np.stack(
-        [np.asarray(Image.fromarray(m.astype(np.uint8)).resize((128, 128), Image.Resampling.BOX)) for m in mix]
+        [
+            np.asarray(Image.fromarray(m.astype(np.uint8)).resize((128, 128), Image.Resampling.BOX))
+            for m in mix
+        ]
     )
     rec = np.clip(rec + rng.normal(0, 30, rec.shape), 0, 255).astype(np.uint8)
     return np.arange(N) * 7 + 3, gt, rec
@@ -103,7 +108,9 @@ def _openai_fp16(module: nn.Module) -> nn.Module:
         if isinstance(m, nn.LayerNorm):
 
             def ln(x, m=m):
-                return nn.functional.layer_norm(x.float(), m.normalized_shape, m.weight, m.bias, m.eps).to(x.dtype)
+                return nn.functional.layer_norm(x.float(), m.normalized_shape, m.weight, m.bias, m.eps).to(
+                    x.dtype
+                )
 
             m.forward = ln
     return module
@@ -195,7 +202,11 @@ def _ref_brain_diffuser(gt, rec):
             )
         )
     ref = {k: np.array(v) for k, v in ref.items()}
-    ref.update(_bd_like_features(gt, rec, IMAGENET, ("alexnet2", "alexnet5", "inception", "clip_2way", "effnet_b", "swav")))
+    ref.update(
+        _bd_like_features(
+            gt, rec, IMAGENET, ("alexnet2", "alexnet5", "inception", "clip_2way", "effnet_b", "swav")
+        )
+    )
     return ref
 
 
@@ -206,12 +217,22 @@ def _ref_nsdbench_v1(gt, rec):
         gti = np.array(Image.fromarray(g).resize((425, 425), Image.Resampling.BICUBIC)) / 255.0
         ref["pixcorr"].append(np.corrcoef(gti.ravel(), gen.ravel())[0, 1])
         ref["ssim"].append(
-            ssim(rgb2gray(gen), rgb2gray(gti), gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+            ssim(
+                rgb2gray(gen),
+                rgb2gray(gti),
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=1.0,
+            )
         )
     ref = {k: np.array(v) for k, v in ref.items()}
     ref.update(
         _bd_like_features(
-            gt, rec, IMAGENET, ("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way", "effnet_b", "swav")
+            gt,
+            rec,
+            IMAGENET,
+            ("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way", "effnet_b", "swav"),
         )
     )
     clip = _module("clip_vit_l14")
@@ -284,13 +305,23 @@ def _ref_second_sight(gt, rec, tmp_path):
         gg = rgb2gray(np.array(Image.fromarray(g).resize((425, 425))) / 255.0)
         rr = rgb2gray(np.array(Image.fromarray(r).resize((425, 425))) / 255.0)
         ref["ssim"].append(
-            ssim(rr, gg, gaussian_weights=True, sigma=1.5, use_sample_covariance=True, data_range=gg.max() - gg.min())
+            ssim(
+                rr,
+                gg,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=True,
+                data_range=gg.max() - gg.min(),
+            )
         )
     ref = {k: np.array(v) for k, v in ref.items()}
     # every network gets CLIP's mean/std (the reference dataset class defaults to CLIP)
     ref.update(
         _bd_like_features(
-            saved, rec, CLIPNORM, ("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way", "effnet_b", "swav")
+            saved,
+            rec,
+            CLIPNORM,
+            ("alexnet2", "alexnet5", "alexnet7", "inception", "clip_2way", "effnet_b", "swav"),
         )
     )
 
@@ -304,7 +335,9 @@ def _ref_second_sight(gt, rec, tmp_path):
     with torch.no_grad():
         fg = clip(torch.stack([processor(x) for x in saved])).numpy()
         fr = clip(torch.stack([processor(x) for x in rec])).numpy()
-    cos = np.array([np.dot(fg[i], fr[i]) / np.linalg.norm(fg[i]) / np.linalg.norm(fr[i]) for i in range(len(fg))])
+    cos = np.array(
+        [np.dot(fg[i], fr[i]) / np.linalg.norm(fg[i]) / np.linalg.norm(fr[i]) for i in range(len(fg))]
+    )
     ref["clip_cos"] = (fg, fr, cos)
     return ref
 
@@ -417,7 +450,10 @@ _FILTER_SWAP = {"bilinear": "bicubic", "bicubic": "bilinear", "lanczos": "biline
 
 
 def _swap_filters(chain):
-    return tuple(dataclasses.replace(s, filter=_FILTER_SWAP[s.filter]) if isinstance(s, ResizeStep) else s for s in chain)
+    return tuple(
+        dataclasses.replace(s, filter=_FILTER_SWAP[s.filter]) if isinstance(s, ResizeStep) else s
+        for s in chain
+    )
 
 
 def _mutations(m: FeatureMetric):
@@ -425,7 +461,10 @@ def _mutations(m: FeatureMetric):
     others = [layer for layer in NETWORK_LAYERS[m.network] if layer != m.layer]
     if others:
         yield f"layer {m.layer}->{others[0]}", dataclasses.replace(m, layer=others[0])
-    yield "resize filters", dataclasses.replace(m, gt_chain=_swap_filters(m.gt_chain), rec_chain=_swap_filters(m.rec_chain))
+    yield (
+        "resize filters",
+        dataclasses.replace(m, gt_chain=_swap_filters(m.gt_chain), rec_chain=_swap_filters(m.rec_chain)),
+    )
     other_norm = "clip" if m.normalize == "imagenet" else "imagenet"
     yield f"normalization {m.normalize}->{other_norm}", dataclasses.replace(m, normalize=other_norm)
     if m.precision == "fp16-openai":

@@ -30,13 +30,21 @@ def test_names_tables_are_complete():
 
 
 def test_shipped_protocols_and_their_key_choices():
-    assert list(PROTOCOLS) == ["nsdbench-v1", "brain-diffuser-2023", "mindeye", "second-sight-2023", "mindeye1"]
+    assert list(PROTOCOLS) == [
+        "nsdbench-v1",
+        "brain-diffuser-2023",
+        "mindeye",
+        "second-sight-2023",
+        "mindeye1",
+    ]
     bd, me, ss, v1 = (
         get_protocol(n) for n in ("brain-diffuser-2023", "mindeye", "second-sight-2023", "nsdbench-v1")
     )
     assert bd.metric("ssim").kind == "ssim-columnwise" and v1.metric("ssim").kind == "ssim-2d"
     assert ss.metric("ssim").sample_covariance and ss.metric("ssim").data_range == "gt-range"
-    assert me.metric("clip_2way").precision == "fp16-openai" and me.metric("effnet_b").weights == "IMAGENET1K_V2"
+    assert (
+        me.metric("clip_2way").precision == "fp16-openai" and me.metric("effnet_b").weights == "IMAGENET1K_V2"
+    )
     assert ss.metric("alexnet2").normalize == "clip" and bd.metric("alexnet2").normalize == "imagenet"
     assert (bd.split, me.split, ss.split, v1.split) == ("nsd982", "nsd1000", "nsd897", "nsd982")
     assert "alexnet7" not in bd.metric_names and "clip_cos" in ss.metric_names
@@ -111,7 +119,8 @@ def test_earlier_versions_stay_readable_with_their_recorded_hash():
 
 def test_issue14_protocol_choices():
     ss, me, me1, v1, bd = (
-        get_protocol(n) for n in ("second-sight-2023", "mindeye", "mindeye1", "nsdbench-v1", "brain-diffuser-2023")
+        get_protocol(n)
+        for n in ("second-sight-2023", "mindeye", "mindeye1", "nsdbench-v1", "brain-diffuser-2023")
     )
     old_ss = get_protocol("second-sight-2023@1.0")
     lanczos768 = ResizeStep("pil", "lanczos", 768)
@@ -126,7 +135,9 @@ def test_issue14_protocol_choices():
     assert {(m.encoder, m.encoder_input) for m in brain["mindeye"]} == {
         ("gnet8", (ResizeStep("torch", "bilinear", 256, False),))
     }
-    assert {(m.encoder, m.beta_normalization) for m in brain["nsdbench-v1"]} == {("nsdbench", "session-zscore")}
+    assert {(m.encoder, m.beta_normalization) for m in brain["nsdbench-v1"]} == {
+        ("nsdbench", "session-zscore")
+    }
     assert all(m.encoder_artifact == "gnet8-multisubject" for m in brain["mindeye"])
     # TF32: exact float32 for nsdbench's own protocol, the reference's GPU defaults for the papers'
     feats = {p.name: [m for m in p.metrics if isinstance(m, FeatureMetric)] for p in (ss, me, v1, bd)}

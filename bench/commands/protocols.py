@@ -58,8 +58,8 @@ def register(app: typer.Typer) -> None:
 
         p = get_protocol(name)
         if as_json:
-            changelog = [dataclasses.asdict(c) for c in p.changelog]
-            print(json.dumps({**p.to_dict(), "hash": p.hash, "identity": p.identity, "changelog": changelog}, indent=2))
+            doc = {**p.to_dict(), "hash": p.hash, "identity": p.identity}
+            print(json.dumps({**doc, "changelog": [dataclasses.asdict(c) for c in p.changelog]}, indent=2))
             return
         out.print(f"[bold]{p.name}[/] version {p.version}  hash {p.hash}")
         out.print(p.description)

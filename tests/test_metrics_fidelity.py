@@ -4,9 +4,10 @@ The reference side re-does what the published code does (PIL / torchvision resiz
 Normalize, forward hooks, np.corrcoef, scipy, scikit-image, OpenAI clip's fp16 rule, Second Sight's
 768-px ground-truth PNG, MindEye1's JPEG webdataset) on 32 images whose reconstructions are only partly
 related to the ground truth, so 2-way values lie well inside (0, 1). Compared per image and per feature:
-raw layer features to 1e-5 of their scale (fp16 towers 2e-5: the whole-tower fp16 cast is 1e-4 off), float64 values to 1e-6, 2-way values
-exactly (fp16: within one flip of 1/(N-1)), MindEye's float32 SSIM to 1e-5. A mutation test changes each
-network metric's layer, resize filters and normalization in turn and shows the checks catch each one.
+raw layer features to 1e-5 of their scale (fp16 towers 2e-5; the whole-tower fp16 cast is 1e-4 off),
+float64 values to 1e-6 (SSIM on every 4th image: skimage is slow), 2-way values exactly (fp16: within one
+flip of 1/(N-1)), MindEye's float32 SSIM to 1e-5. A mutation test changes each network metric's layer,
+resize filters, normalization (and fp16 rule) in turn and shows the checks catch each one.
 """
 
 from __future__ import annotations

@@ -233,12 +233,13 @@ def has_brain_metrics(protocol: Any) -> bool:
 
 
 def brain_target(
-    nsd: Any, subject: int, split_name: str, weights_mode: str, wanted: bool | None
+    nsd: Any, subject: int, split_name: str, weights_mode: str, wanted: bool | None, protocol: Any = None
 ) -> tuple[Any, str]:
     """The encoding-model target for brain correlation, or (None, reason).
 
     wanted=None: use it when an encoder can be built for this weights mode, else skip with a note;
-    wanted=True: required (errors propagate); wanted=False: off.
+    wanted=True: required (errors propagate); wanted=False: off. `protocol`: build the encoder and beta
+    normalization its brain metrics name (default nsdbench's encoder; others are built on demand).
     """
     if wanted is False:
         return None, "brain correlation off (--no-brain)"
@@ -251,7 +252,11 @@ def brain_target(
             ) from None
         return None, "brain correlation skipped: no encoding model in this installation"
     try:
-        return load_brain_target(nsd, subject, split_name, weights_mode), ""
+        kwargs = {}
+        first = next((m for m in getattr(protocol, "metrics", ()) if hasattr(m, "encoder_name")), None)
+        if first is not None:
+            kwargs = {"encoder": first.encoder_name, "beta_normalization": first.betas}
+        return load_brain_target(nsd, subject, split_name, weights_mode, **kwargs), ""
     except NSDBenchError as exc:
         if wanted:
             raise

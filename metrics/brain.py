@@ -8,7 +8,7 @@ higher visual = nsdgeneral minus early, nsdgeneral; masks over the nsdgeneral vo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,7 +20,19 @@ from nsdbench.metrics.names import BRAIN_ROIS  # metric name -> ROI key of NSD.r
 ENCODER_BATCH = 16  # images per encoder forward pass; batches are zero-padded to this size so that an
 # image's predicted betas never depend on which other images share its batch
 
-__all__ = ["BRAIN_ROIS", "BrainTarget", "brain_correlation", "load_brain_target", "pearson_rows"]
+__all__ = [
+    "BETA_NORMALIZATIONS",
+    "BRAIN_ROIS",
+    "BrainTarget",
+    "brain_correlation",
+    "load_brain_target",
+    "measured_betas",
+    "pearson_rows",
+]
+
+# session-zscore: each voxel z-scored within each session (MindEye2, nsdbench);
+# all-sessions-zscore: each voxel z-scored over every trial of the split's sessions (Second Sight)
+BETA_NORMALIZATIONS = ("session-zscore", "all-sessions-zscore")
 
 
 def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -94,6 +106,25 @@ class BrainTarget:
     measured: dict[int, np.ndarray]
     rois: dict[str, np.ndarray]
     info: dict[str, Any] = field(default_factory=dict)
+    encoder_name: str = "nsdbench"
+    beta_normalization: str = "session-zscore"
+    # builds the target of the same subject and split for another (encoder, beta normalization)
+    variant: Callable[[str, str], BrainTarget] | None = None
+    _variants: dict[tuple[str, str], BrainTarget] = field(default_factory=dict, repr=False)
+
+    def for_encoder(self, encoder: str, beta_normalization: str) -> BrainTarget:
+        """This target, or the one a protocol's brain metric names (built once through `variant`)."""
+        key = (encoder, beta_normalization)
+        if key == (self.encoder_name, self.beta_normalization):
+            return self
+        if key not in self._variants:
+            if self.variant is None:
+                raise UsageError(
+                    f"brain target uses encoder {self.encoder_name} with {self.beta_normalization} betas; the "
+                    f"protocol needs {encoder} with {beta_normalization} betas"
+                )
+            self._variants[key] = self.variant(encoder, beta_normalization)
+        return self._variants[key]
 
     def predict(self, images: Any) -> np.ndarray:
         out = np.asarray(self.encoder.predict(images))
@@ -120,7 +151,31 @@ class BrainTarget:
 def load_brain_target(
     nsd, subject: int, split: str = "nsd982", weights_mode: str = "pretrained", **kwargs: Any
 ) -> BrainTarget:
-    """The canonical BrainTarget of a subject (fits or loads the cached encoder); see metrics.encoder."""
+    """The BrainTarget of a subject (kwargs encoder=, beta_normalization=; default nsdbench's encoder with
+    session-z-scored betas); see metrics.encoder."""
     from nsdbench.metrics.encoder import load_brain_target as _load
 
     return _load(nsd, subject, split, weights_mode, **kwargs)
+
+
+def zscore_trials(betas: np.ndarray) -> np.ndarray:
+    """Each voxel (column) z-scored over all trials (rows), float64 statistics, population std."""
+    b = np.asarray(betas, dtype=np.float64)
+    mu = b.mean(0)
+    sd = b.std(0)
+    return ((b - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+
+
+def measured_betas(nsd, split, normalization: str) -> np.ndarray:
+    """The split's test betas (n_ids, n_vox), averaged over repetitions after `normalization`."""
+    from nsdbench.nsd.splits import average_rows, split_betas
+
+    if normalization == "session-zscore":
+        return split_betas(nsd, split, "test", normalize="session-zscore")
+    if normalization != "all-sessions-zscore":
+        raise UsageError(
+            f"beta normalization {normalization!r}; expected one of {', '.join(BETA_NORMALIZATIONS)}"
+        )
+    trials = zscore_trials(nsd.betas(split.subject, sessions=split.sessions, normalize="none"))
+    rows = nsd.trial_rows(split.subject, split.sessions)
+    return average_rows(trials, rows, split.test_trials)

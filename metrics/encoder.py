@@ -565,11 +565,13 @@ def load_brain_target(
     spec: EncoderSpec | None = None,
     device: str = "cpu",
     progress: bool | None = None,
+    beta_normalization: str | None = None,
 ) -> BrainTarget:
     """BrainTarget of one subject: the encoder (canonical, fitted or cached; or a published one), the
-    test split's measured betas (session-z-scored, averaged over repetitions) keyed by NSD id, and the
-    ROI masks over the nsdgeneral voxels."""
-    from nsdbench.nsd.splits import get_split, split_betas
+    test split's measured betas (session-z-scored unless `beta_normalization` says otherwise, averaged
+    over repetitions) keyed by NSD id, and the ROI masks over the nsdgeneral voxels."""
+    from nsdbench.metrics.brain import measured_betas
+    from nsdbench.nsd.splits import get_split
 
     sp = get_split(nsd, split, int(subject))
     if encoder == "nsdbench":
@@ -586,7 +588,8 @@ def load_brain_target(
         model = load_published_encoder(encoder, subject, n_vox, weights_mode, device)
         normalize = "session-zscore"
         info = {"encoder": encoder, "weights_mode": weights_mode, "encoder_sha256": model.sha256}
-    measured = split_betas(nsd, sp, "test", normalize=normalize)
+    normalize = beta_normalization or normalize
+    measured = measured_betas(nsd, sp, normalize)
     rois = nsd.roi_voxel_masks(sp.subject)
     missing = [r for r in BRAIN_ROIS.values() if r not in rois]
     if missing:
@@ -595,5 +598,10 @@ def load_brain_target(
         encoder=model,
         measured={int(i): measured[k] for k, i in enumerate(sp.test_ids)},
         rois=rois,
-        info={"subject": sp.subject, "split": sp.name, **info},
+        info={"subject": sp.subject, "split": sp.name, "beta_normalization": normalize, **info},
+        encoder_name=encoder,
+        beta_normalization=normalize,
+        variant=lambda enc, norm: load_brain_target(
+            nsd, subject, split, weights_mode, encoder=enc, device=device, beta_normalization=norm
+        ),
     )

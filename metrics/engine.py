@@ -60,6 +60,7 @@ class FeaturePass:
     normalize: str
     chain: Chain
     tf32: bool = False
+    tf32_conv: bool = False
 
     def part(self, layers: Sequence[str], mode: str, forward_batch: int, device_type: str) -> dict[str, Any]:
         return {
@@ -240,9 +241,10 @@ class _Forwarder:
         normalize_kind: str,
         timer: dict[str, float],
         tf32: bool = False,
+        tf32_conv: bool = False,
     ):
         self.net, self.layers, self.chunk, self.kind, self.timer = net, layers, chunk, normalize_kind, timer
-        self.tf32 = tf32
+        self.tf32, self.tf32_conv = tf32, tf32_conv
         self.buffer: list[torch.Tensor] = []
         self.n_buffered = 0
         self.out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
@@ -265,12 +267,13 @@ class _Forwarder:
         x = normalize(to_float(head, torch.float32), self.kind).contiguous()
         _sync(x.device)
         t0 = _now()
-        saved = torch.backends.cuda.matmul.allow_tf32
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32_conv
         try:
             feats = self.net.features(x, self.layers)
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = saved
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
         _sync(x.device)
         self.timer["forward"] = self.timer.get("forward", 0.0) + _now() - t0
         for layer in self.layers:
@@ -313,8 +316,9 @@ def _plan(protocols: list[Protocol], mode: str, with_brain: bool) -> _Plan:
                 plan.pixel.setdefault((m.gt_chain, m.rec_chain), []).append((p.name, m))
             elif isinstance(m, FeatureMetric):
                 version = m.weights if mode == "pretrained" else "-"
-                gp = FeaturePass(m.network, version, m.precision, m.normalize, m.gt_chain, m.tf32)
-                rp = FeaturePass(m.network, version, m.precision, m.normalize, m.rec_chain, m.tf32)
+                conv = bool(m.tf32_conv)
+                gp = FeaturePass(m.network, version, m.precision, m.normalize, m.gt_chain, m.tf32, conv)
+                rp = FeaturePass(m.network, version, m.precision, m.normalize, m.rec_chain, m.tf32, conv)
                 plan.gt_passes.setdefault(gp, set()).add(m.layer)
                 plan.rec_passes.setdefault(rp, set()).add(m.layer)
                 plan.features.append((p.name, m, gp, rp))
@@ -455,7 +459,13 @@ def score_protocols(
         if todo:
             fwd = {
                 fp: _Forwarder(
-                    networks[fp], tuple(sorted(plan.gt_passes[fp])), chunk, fp.normalize, timer, fp.tf32
+                    networks[fp],
+                    tuple(sorted(plan.gt_passes[fp])),
+                    chunk,
+                    fp.normalize,
+                    timer,
+                    fp.tf32,
+                    fp.tf32_conv,
                 )
                 for fp in todo
             }
@@ -481,12 +491,7 @@ def score_protocols(
                         {"pass": fp.part(sorted(plan.gt_passes[fp]), mode, chunk, dev), "n": n},
                     )
 
-        measured = None
-        if plan.brain:
-            missing = [int(i) for i in ids if int(i) not in brain.measured]
-            if missing:
-                raise InvalidSubmission(f"brain target has no measured betas for nsd_id {missing[0]}")
-            measured = np.stack([np.asarray(brain.measured[int(i)], dtype=np.float64) for i in ids])
+        groups = _brain_groups(plan.brain, brain, ids)
 
         # ---- each sample set: pixel metrics, reconstruction features, brain predictions
         rows: list[tuple[str, int, int, str, float]] = []  # protocol, nsd_id, sample, metric, value
@@ -494,11 +499,13 @@ def score_protocols(
             rpos = inputs.rec_pos[sample]
             pix: dict[tuple[str, str], list[np.ndarray]] = {}
             fwd = {
-                fp: _Forwarder(networks[fp], tuple(sorted(layers)), chunk, fp.normalize, timer, fp.tf32)
+                fp: _Forwarder(
+                    networks[fp], tuple(sorted(layers)), chunk, fp.normalize, timer, fp.tf32, fp.tf32_conv
+                )
                 for fp, layers in plan.rec_passes.items()
             }
-            brain_pred: list[np.ndarray] = []
-            brain_buf: list[np.ndarray] = []
+            for g in groups:
+                g.pred, g.buf = [], []
             task = bar.add(f"sample {sample}", n)
             for s in range(0, n, batch_size):
                 bids = ids[s : s + batch_size]
@@ -527,11 +534,11 @@ def score_protocols(
                     timer["resize"] = timer.get("resize", 0.0) + _now() - t0
                     for fp in fps:
                         fwd[fp].push(x)
-                if plan.brain:
-                    brain_buf.extend(recs)
-                    while len(brain_buf) >= chunk:
-                        brain_pred.append(_predict(brain, brain_buf[:chunk], timer))
-                        brain_buf = brain_buf[chunk:]
+                for g in groups:
+                    g.buf.extend(_encoder_input(recs, g.chain))
+                    while len(g.buf) >= chunk:
+                        g.pred.append(_predict(g.target, g.buf[:chunk], timer))
+                        g.buf = g.buf[chunk:]
                 bar.advance(task, len(bids))
             rec_feats = {fp: f.finish() for fp, f in fwd.items()}
             t0 = _now()
@@ -550,16 +557,16 @@ def score_protocols(
                 rows.extend(
                     (pname, int(i), sample, m.name, float(v)) for i, v in zip(ids, vals.cpu().numpy())
                 )
-            if plan.brain:
-                if brain_buf:
-                    brain_pred.append(_predict(brain, brain_buf, timer))
-                pred = np.concatenate(brain_pred)
-                if pred.shape != measured.shape:
+            for g in groups:
+                if g.buf:
+                    g.pred.append(_predict(g.target, g.buf, timer))
+                pred = np.concatenate(g.pred)
+                if pred.shape != g.measured.shape:
                     raise InvalidSubmission(
-                        f"brain target predicted shape {pred.shape}, measured betas have {measured.shape}"
+                        f"brain target predicted shape {pred.shape}, measured betas have {g.measured.shape}"
                     )
-                bc = _brain_correlation(pred, measured, brain.rois)
-                for pname, m in plan.brain:
+                bc = _brain_correlation(pred, g.measured, g.target.rois)
+                for pname, m in g.metrics:
                     if m.name in bc:
                         rows.extend(
                             (pname, int(i), sample, m.name, float(v)) for i, v in zip(ids, bc[m.name])
@@ -576,12 +583,37 @@ def score_protocols(
             net_info,
             plan,
             chunk,
-            brain,
+            [g for g in groups if any(pname == p.name for pname, _ in g.metrics)],
             n,
             len(inputs.samples),
         )
         for p in protos
     }
+
+
+def metric_features(
+    metric: FeatureMetric,
+    images: Sequence[np.ndarray] | np.ndarray,
+    side: str = "gt",
+    weights_mode: str = "pretrained",
+    device: str = "cpu",
+) -> np.ndarray:
+    """The raw layer features (N, D) float32 that score() computes for one side ("gt" or "rec") of a
+    feature metric: same chain, normalization, precision, TF32 flags and fixed forward chunks."""
+    if side not in ("gt", "rec"):
+        raise UsageError(f"side must be 'gt' or 'rec' (got {side!r})")
+    mode = weights_mode_checked(weights_mode)
+    dev = _resolve_device(device)
+    version = metric.weights if mode == "pretrained" else "-"
+    net = get_network(metric.network, version, mode, metric.precision, dev)
+    chunk = FORWARD_BATCH["cuda" if dev.startswith("cuda") else "cpu"]
+    chain = metric.gt_chain if side == "gt" else metric.rec_chain
+    fwd = _Forwarder(net, (metric.layer,), chunk, metric.normalize, {}, metric.tf32, bool(metric.tf32_conv))
+    items = [_check_image(im, side, k) for k, im in enumerate(images)]
+    with deterministic_mode(dev):
+        for s in range(0, len(items), 32):
+            fwd.push(apply_chain(items[s : s + 32], chain, dev))
+        return fwd.finish()[metric.layer].cpu().numpy()
 
 
 def weights_mode_checked(mode: str) -> str:
@@ -593,6 +625,47 @@ def _by_chain(passes) -> dict[Chain, list[FeaturePass]]:
     for fp in passes:
         out.setdefault(fp.chain, []).append(fp)
     return out
+
+
+@dataclass
+class _BrainGroup:
+    """Brain metrics that share an encoder, its input chain and the beta normalization."""
+
+    target: Any
+    chain: Chain
+    measured: np.ndarray
+    metrics: list[tuple[str, BrainMetric]]
+    pred: list[np.ndarray] = dataclasses.field(default_factory=list)
+    buf: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+def _brain_groups(metrics: list[tuple[str, BrainMetric]], brain: Any, ids: np.ndarray) -> list[_BrainGroup]:
+    """One group per (encoder, beta normalization, encoder input); the target is asked for the encoder a
+    metric names (BrainTarget.for_encoder) when it can provide it, else used as given."""
+    groups: dict[tuple, _BrainGroup] = {}
+    for pname, m in metrics:
+        key = (m.encoder_name, m.betas, m.encoder_input or ())
+        if key not in groups:
+            pick = getattr(brain, "for_encoder", None)
+            target = pick(m.encoder_name, m.betas) if pick else brain
+            missing = [int(i) for i in ids if int(i) not in target.measured]
+            if missing:
+                raise InvalidSubmission(f"brain target has no measured betas for nsd_id {missing[0]}")
+            measured = np.stack([np.asarray(target.measured[int(i)], dtype=np.float64) for i in ids])
+            groups[key] = _BrainGroup(target, m.encoder_input or (), measured, [])
+        groups[key].metrics.append((pname, m))
+    return list(groups.values())
+
+
+def _encoder_input(images: list[np.ndarray], chain: Chain) -> list[np.ndarray]:
+    """The reconstruction as the encoder receives it: through `chain`, then uint8 HxWx3 as torchvision's
+    ToPILImage makes it from a float tensor (x * 255, truncated)."""
+    if not chain:
+        return images
+    x = apply_chain(images, chain, "cpu")
+    if x.dtype != torch.uint8:
+        x = x.mul(255).to(torch.uint8)
+    return list(x.permute(0, 2, 3, 1).contiguous().numpy())
 
 
 def _predict(brain, images: list[np.ndarray], timer: dict[str, float]) -> np.ndarray:
@@ -657,6 +730,7 @@ def _result(
             "statistics": "float64",
             **flags,
             "tf32_feature_matmul_cuda": any(getattr(m, "tf32", False) for m in p.metrics),
+            "tf32_feature_conv_cuda": any(bool(getattr(m, "tf32_conv", False)) for m in p.metrics),
         },
         "forward_batch": chunk,
         "device": dev,
@@ -669,10 +743,19 @@ def _result(
         "n_samples": n_samples,
         "metrics": list(set_scores),
         "brain": None
-        if brain is None
+        if not brain
         else {
-            "type": type(brain).__name__,
-            "info": getattr(brain, "info", None) or getattr(brain, "provenance", None),
+            "type": type(brain[0].target).__name__,
+            "info": getattr(brain[0].target, "info", None) or getattr(brain[0].target, "provenance", None),
+            "encoders": [
+                {
+                    "encoder": m.encoder_name,
+                    "beta_normalization": m.betas,
+                    "info": getattr(g.target, "info", None),
+                }
+                for g in brain
+                for m in [g.metrics[0][1]]
+            ],
         },
     }
     return ScoreResult(per_sample, per_image.reset_index(drop=True), set_scores, prov)

@@ -147,20 +147,35 @@ class TinyPooledCNN(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-def _clip_visual(tiny: bool) -> nn.Module:
+def _clip_visual(tiny: bool, fp32_layernorm: bool = False) -> nn.Module:
+    """open_clip's ViT tower; fp32_layernorm builds it with LayerNormFp32 (input cast to fp32 and back,
+    weights kept fp32), which is OpenAI clip's LayerNorm."""
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
+    cast = torch.float16 if fp32_layernorm else None
     if tiny:
         cfg = CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=32, image_size=224)
-        return _build_vision_tower(16, cfg, quick_gelu=True)
+        return _build_vision_tower(16, cfg, quick_gelu=True, cast_dtype=cast)
     cfg = CLIPVisionCfg(layers=24, width=1024, patch_size=14, image_size=224)  # open_clip ViT-L-14-quickgelu
-    return _build_vision_tower(768, cfg, quick_gelu=True)
+    return _build_vision_tower(768, cfg, quick_gelu=True, cast_dtype=cast)
 
 
-def _architecture(network: str, mode: str) -> nn.Module:
+def to_openai_fp16(module: nn.Module) -> nn.Module:
+    """OpenAI clip's convert_weights: conv, linear and attention weights and the projection to fp16;
+    LayerNorm weights and the class / positional embeddings stay fp32 (the tower casts them to the
+    activations' dtype, LayerNormFp32 computes in fp32 and casts back)."""
+    from open_clip.model import convert_weights_to_lp
+
+    convert_weights_to_lp(module, torch.float16)
+    return module
+
+
+def _architecture(network: str, mode: str, precision: str = "fp32") -> nn.Module:
     import torchvision.models as tvm
 
     tiny = mode == "tiny"
+    if precision == "fp16-openai" and network != "clip_vit_l14":
+        raise UsageError(f"precision fp16-openai is OpenAI CLIP's rule; network {network!r} has no such mode")
     if network == "alexnet":
         return TinyAlexNet() if tiny else tvm.alexnet(weights=None)
     if network == "inception_v3":
@@ -175,7 +190,7 @@ def _architecture(network: str, mode: str) -> nn.Module:
     if network == "swav_resnet50":
         return TinyPooledCNN(20) if tiny else tvm.resnet50(weights=None)
     if network == "clip_vit_l14":
-        return _clip_visual(tiny)
+        return _clip_visual(tiny, fp32_layernorm=precision == "fp16-openai")
     raise UsageError(f"unknown metric network {network!r}; expected one of {', '.join(NETWORK_LAYERS)}")
 
 
@@ -220,7 +235,7 @@ class FeatureNetwork:
         mode = weights.check_mode(key.mode)
         seed = zlib.crc32(key.network.encode())
         with weights.seeded(seed):
-            module = _architecture(key.network, mode)
+            module = _architecture(key.network, mode, key.precision)
         self.artifact: str | None = None
         if mode == "pretrained":
             self.artifact = _load_pretrained(key.network, key.weights, module)
@@ -228,8 +243,14 @@ class FeatureNetwork:
         else:
             self.sha256 = weights.module_sha256(module)
         module.eval().requires_grad_(False)
-        self.dtype = torch.float16 if key.precision == "fp16" else torch.float32
-        self.module = module.to(device=key.device, dtype=self.dtype)
+        if key.precision == "fp16-openai":
+            self.dtype = (
+                torch.float16
+            )  # the input is cast like OpenAI's encode_image: image.type(conv1 dtype)
+            self.module = to_openai_fp16(module.to(key.device))
+        else:
+            self.dtype = torch.float16 if key.precision == "fp16" else torch.float32
+            self.module = module.to(device=key.device, dtype=self.dtype)
 
     def features(self, x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Normalized float32 input (B, 3, H, W) -> {layer: (B, D) float32 features}."""

@@ -34,7 +34,19 @@ class ResizeStep:
         return f"{self.library} {self.filter} {self.size}{aa}"
 
 
-Chain = tuple[ResizeStep, ...]
+@dataclass(frozen=True)
+class JpegStep:
+    """Encode as JPEG with PIL at `quality` and decode again (uint8 in, uint8 out): a dataset stored as JPEG."""
+
+    quality: int
+    subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] = "4:2:0"
+    library: Library = "pil"
+
+    def describe(self) -> str:
+        return f"pil jpeg q{self.quality} {self.subsampling}"
+
+
+Chain = tuple[ResizeStep | JpegStep, ...]
 
 
 def describe_chain(chain: Chain) -> str:
@@ -72,22 +84,69 @@ class FeatureMetric:
     gt_chain: Chain
     rec_chain: Chain
     normalize: Literal["imagenet", "clip"]
-    precision: Literal["fp32", "fp16"] = "fp32"
+    # fp16 = the whole tower cast to half; fp16-openai = OpenAI clip's convert_weights: conv, linear and
+    # attention weights (and the projection) in fp16, LayerNorm weights fp32 and LayerNorm computed in fp32
+    precision: Literal["fp32", "fp16", "fp16-openai"] = "fp32"
     statistic: Literal["2way-pearson", "correlation-distance", "cosine"] = "2way-pearson"
     tf32: bool = False  # CUDA matmuls in TF32 (only where the reference code enabled it)
     note: str = ""
+    tf32_conv: bool | None = None  # cuDNN convolutions in TF32 on CUDA (None: off, protocols before 1.1)
 
 
 @dataclass(frozen=True)
 class BrainMetric:
-    """Pearson correlation across an ROI's voxels between encoder-predicted and measured betas."""
+    """Pearson correlation across an ROI's voxels between encoder-predicted and measured betas.
+
+    The encoder fields (None in protocols before 1.1: nsdbench's encoder, session-z-scored betas) name the
+    encoding model, its weights artifact, the chain applied to the reconstruction before it (the engine
+    runs it; torch chains are converted to uint8 like torchvision's ToPILImage) and the encoder's own
+    input preparation, and how the measured betas were normalized.
+    """
 
     name: str
     roi: str
     statistic: str = "pearson across ROI voxels per image, mean over images"
+    encoder: Literal["nsdbench", "gnet8"] | None = None
+    encoder_artifact: str | None = None
+    encoder_input: Chain | None = None
+    encoder_preprocessing: str | None = None
+    beta_normalization: Literal["session-zscore", "all-sessions-zscore"] | None = None
+
+    @property
+    def encoder_name(self) -> str:
+        return self.encoder or "nsdbench"
+
+    @property
+    def betas(self) -> str:
+        return self.beta_normalization or "session-zscore"
 
 
 Metric = PixelMetric | FeatureMetric | BrainMetric
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changelog entry: what changed in `version`, why, and how large the effect on scores is."""
+
+    version: str
+    what: str
+    why: str
+    size: str
+
+    def line(self) -> str:
+        parts = [f"{self.version}: {self.what}"]
+        parts += [f"{k}: {v}." for k, v in (("Why", self.why), ("Size", self.size)) if v != "-"]
+        return " ".join(parts)
+
+
+def _drop_unset(obj: Any) -> Any:
+    """Fields left at None are not part of a definition: fields added after 1.0 default to None, so
+    earlier versions keep the hash recorded with their scores."""
+    if isinstance(obj, dict):
+        return {k: _drop_unset(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list | tuple):
+        return [_drop_unset(v) for v in obj]
+    return obj
 
 
 @dataclass(frozen=True)
@@ -99,6 +158,8 @@ class Protocol:
     published_order: str  # how the reference code orders the test images (nsdbench keys by NSD id)
     metrics: tuple[Metric, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    encoder_choices: tuple[str, ...] | None = None  # brain encoders `score --encoder` may pick (None: fixed)
+    changelog: tuple[Change, ...] = field(default=(), compare=False)  # documentation, not in the hash
 
     @property
     def metric_names(self) -> list[str]:
@@ -115,8 +176,9 @@ class Protocol:
     def to_dict(self) -> dict[str, Any]:
         """The full definition as plain JSON-able data (what the hash covers)."""
         d = dataclasses.asdict(self)
+        d.pop("changelog")
         d["metrics"] = [{"type": type(m).__name__, **dataclasses.asdict(m)} for m in self.metrics]
-        return d
+        return _drop_unset(d)
 
     @property
     def hash(self) -> str:
@@ -409,18 +471,277 @@ NSDBENCH_V1 = Protocol(
     ),
 )
 
+# --------------------------------------------------------------------------- version 1.1 (issue 14)
+
+_TF32_SIZE = (
+    "CUDA only (CPU results unchanged): TF32 keeps 10 mantissa bits, so layer features move by about 1e-3 "
+    "of their scale (TF32 rounding emulated on a full-size random AlexNet: 4.8e-4 to 6.5e-4) and 2-way "
+    "values flip only at near-ties (emulated: 1 of 48 per-image values, set score 4.4e-4); expected set "
+    "score changes below 1e-3, correlation distances and cosines about 1e-5; scripts/gpu_tf32_difference.py "
+    "measures it on a GPU"
+)
+_TF32_WHY = (
+    "PyTorch enables cuDNN TF32 for convolutions by default, so the reference code ran its CNNs' "
+    "convolutions in TF32 on an Ampere or newer GPU"
+)
+
+NSDBENCH_BRAIN: dict[str, Any] = {
+    "encoder": "nsdbench",
+    "encoder_artifact": "fitted per subject and split (nsdbench-encoder-v1 ridge on alexnet-imagenet1k-v1 "
+    "features)",
+    "encoder_input": (),
+    "encoder_preprocessing": "PIL bilinear 224, ImageNet normalization; AlexNet features.4 pooled 4x4, "
+    "features.11 pooled 3x3, 16x16 low-level colour/contrast grid",
+    "beta_normalization": "session-zscore",
+}
+GNET8_PREP = "PIL Lanczos 227 on uint8, /255, minus the checkpoint's input mean"
+
+
+def _gnet8(encoder_input: Chain, betas: str) -> dict[str, Any]:
+    return {
+        "encoder": "gnet8",
+        "encoder_artifact": "gnet8-multisubject",
+        "encoder_input": encoder_input,
+        "encoder_preprocessing": GNET8_PREP,
+        "beta_normalization": betas,
+    }
+
+
+def _revise(
+    p: Protocol,
+    version: str,
+    changes: tuple[Change, ...],
+    feature: dict[str, Any] | None = None,
+    brain: dict[str, Any] | None = None,
+    **fields: Any,
+) -> Protocol:
+    """A new version of `p`: the same metrics with `feature` / `brain` fields replaced, plus `fields`."""
+    metrics = tuple(
+        dataclasses.replace(m, **feature)
+        if isinstance(m, FeatureMetric) and feature
+        else dataclasses.replace(m, **brain)
+        if isinstance(m, BrainMetric) and brain
+        else m
+        for m in p.metrics
+    )
+    return dataclasses.replace(p, version=version, metrics=metrics, changelog=p.changelog + changes, **fields)
+
+
+_INITIAL = "first published definition."
+
+
+def _initial(p: Protocol) -> Protocol:
+    return dataclasses.replace(p, changelog=(Change(p.version, _INITIAL, "-", "-"),))
+
+
+NSDBENCH_V1_1_0, BRAIN_DIFFUSER_2023_1_0, MINDEYE_1_0, SECOND_SIGHT_2023_1_0 = (
+    _initial(p) for p in (NSDBENCH_V1, BRAIN_DIFFUSER_2023, MINDEYE, SECOND_SIGHT_2023)
+)
+
+NSDBENCH_V1_1_1 = _revise(
+    NSDBENCH_V1_1_0,
+    "1.1",
+    (
+        Change(
+            "1.1",
+            "brain metrics name their encoder (nsdbench-encoder-v1), its input preparation and the beta "
+            "normalization (session z-score); `score --encoder gnet8` may pick GNet8; TF32 recorded as off.",
+            "the encoder and the betas define the brain numbers and were not in the hash",
+            "none: same computation, new hash",
+        ),
+    ),
+    feature={"tf32_conv": False},
+    brain=NSDBENCH_BRAIN,
+    encoder_choices=("nsdbench", "gnet8"),
+)
+
+BRAIN_DIFFUSER_2023_1_1 = _revise(
+    BRAIN_DIFFUSER_2023_1_0,
+    "1.1",
+    (Change("1.1", "cuDNN convolutions in TF32 on CUDA (matmuls stay float32).", _TF32_WHY, _TF32_SIZE),),
+    feature={"tf32_conv": True},
+)
+
+MINDEYE_1_1 = _revise(
+    MINDEYE_1_0,
+    "1.1",
+    (
+        Change(
+            "1.1",
+            "CLIP in fp16 as OpenAI's clip package runs it (conv/linear/attention weights fp16, LayerNorm "
+            "in fp32, cast back) instead of the whole tower in fp16.",
+            "MindEye loaded CLIP with OpenAI's clip package",
+            "full-size random ViT-L/14 embeddings move by about 1.4e-3 relative (issue 14); clip_2way values "
+            "flip only at near-ties",
+        ),
+        Change(
+            "1.1",
+            "brain correlation with GNet8 on the 256-px reconstruction converted to uint8 (ToPILImage), "
+            "betas z-scored per session; was nsdbench's encoder.",
+            "MindEye2 computed brain correlation with GNet8",
+            "a different encoder: brain values are not comparable with 1.0",
+        ),
+        Change(
+            "1.1", "cuDNN convolutions in TF32 on CUDA (matmul TF32 was on already).", _TF32_WHY, _TF32_SIZE
+        ),
+    ),
+    feature={"tf32_conv": True},
+    brain=_gnet8(_ME256, "session-zscore"),
+)
+MINDEYE_1_1 = dataclasses.replace(
+    MINDEYE_1_1,
+    metrics=tuple(
+        dataclasses.replace(m, precision="fp16-openai")
+        if isinstance(m, FeatureMetric) and m.precision == "fp16"
+        else m
+        for m in MINDEYE_1_1.metrics
+    ),
+)
+
+_GT768 = _pil("lanczos", 768)
+
+
+def _gt768(m: Metric) -> Metric:
+    if isinstance(m, PixelMetric | FeatureMetric):
+        return dataclasses.replace(m, gt_chain=(_GT768,) + m.gt_chain)
+    return m
+
+
+SECOND_SIGHT_2023_1_1 = _revise(
+    SECOND_SIGHT_2023_1_0,
+    "1.1",
+    (
+        Change(
+            "1.1",
+            "every ground-truth chain starts with PIL Lanczos 425 -> 768 (the saved 'Ground Truth.png').",
+            "Second Sight's statistics script reads the 768-px Lanczos upsample for every metric",
+            "on blurry reconstructions SSIM about 0.02, PixCorr about 0.001, AlexNet(5) / CLIP cosine / "
+            "EffNet-B / SwAV 1e-5 to 3e-4",
+        ),
+        Change(
+            "1.1",
+            "brain correlation with GNet8 on the reconstruction as saved, betas z-scored per voxel over all "
+            "sessions; was nsdbench's encoder with per-session z-scores.",
+            "Second Sight computed brain correlation with GNet8",
+            "a different encoder: brain values are not comparable with 1.0",
+        ),
+        Change("1.1", "cuDNN convolutions in TF32 on CUDA (matmuls stay float32).", _TF32_WHY, _TF32_SIZE),
+    ),
+    feature={"tf32_conv": True},
+    brain=_gnet8((), "all-sessions-zscore"),
+)
+SECOND_SIGHT_2023_1_1 = dataclasses.replace(
+    SECOND_SIGHT_2023_1_1, metrics=tuple(_gt768(m) for m in SECOND_SIGHT_2023_1_1.metrics)
+)
+
+# MindEye1's webdataset stores each stimulus at 256 px as a ".jpg" entry, which webdataset encodes with
+# PIL at quality 100 (PIL's default 4:2:0 chroma subsampling); its evaluation decodes those JPEGs.
+_ME1_GT = (_pil("bicubic", 256), JpegStep(100, "4:2:0"))
+
+
+def _me1(m: Metric) -> Metric:
+    if isinstance(m, PixelMetric | FeatureMetric):
+        return dataclasses.replace(m, gt_chain=_ME1_GT + m.gt_chain)
+    return m
+
+
+MINDEYE1 = Protocol(
+    name="mindeye1",
+    version="1.0",
+    description="MindEye1's evaluation (Scotti et al. 2023) on nsd982: the ground truth is the 256-px JPEG "
+    "of its webdataset, then MindEye's torchvision resizes; fp16 CLIP as OpenAI runs it; no brain metrics.",
+    split="nsd982",
+    published_order="nsd-ascending",
+    metrics=tuple(_me1(m) for m in MINDEYE_1_1.metrics if not isinstance(m, BrainMetric)),
+    notes=(
+        (
+            "Ground truth: PIL bicubic 425 -> 256 (assumed: the webdataset's resize filter is not published), "
+            "JPEG quality 100 (webdataset's encoder for .jpg entries), decoded to uint8; reconstructions as "
+            "in mindeye."
+        ),
+        *MINDEYE_1_1.notes[:2],
+        "Square images assumed: torchvision Resize(int) on a square image gives size x size.",
+    ),
+    changelog=(
+        Change(
+            "1.0",
+            "split from mindeye: nsd982 and the JPEG ground truth of MindEye1's webdataset.",
+            "MindEye1 reported on nsd982 against JPEG decodes, MindEye2 on nsd1000 against the PNG stimuli",
+            "the JPEG q100 step alone moves pixels by 0.6 grey levels on average; on 16 synthetic blurred "
+            "pairs PixCorr by 1.7e-3 and SSIM by 2.4e-4",
+        ),
+    ),
+)
+
+# every version ever shipped, by "name@version"; PROTOCOLS holds the current version of each name
+PROTOCOL_VERSIONS: dict[str, Protocol] = {
+    f"{p.name}@{p.version}": p
+    for p in (
+        NSDBENCH_V1_1_0,
+        NSDBENCH_V1_1_1,
+        BRAIN_DIFFUSER_2023_1_0,
+        BRAIN_DIFFUSER_2023_1_1,
+        MINDEYE_1_0,
+        MINDEYE_1_1,
+        SECOND_SIGHT_2023_1_0,
+        SECOND_SIGHT_2023_1_1,
+        MINDEYE1,
+    )
+}
 PROTOCOLS: dict[str, Protocol] = {
-    p.name: p for p in (NSDBENCH_V1, BRAIN_DIFFUSER_2023, MINDEYE, SECOND_SIGHT_2023)
+    p.name: p
+    for p in (NSDBENCH_V1_1_1, BRAIN_DIFFUSER_2023_1_1, MINDEYE_1_1, SECOND_SIGHT_2023_1_1, MINDEYE1)
 }
 
 
 def get_protocol(name: str | Protocol) -> Protocol:
-    """A shipped protocol by name (a Protocol passes through)."""
+    """A shipped protocol: "name" (current version), "name@version" or "name@version#hash" (checked), so
+    scores stored under an earlier version stay readable. A Protocol passes through."""
     if isinstance(name, Protocol):
         return name
-    if name not in PROTOCOLS:
+    key, _, want_hash = str(name).partition("#")
+    if "@" in key:
+        if key not in PROTOCOL_VERSIONS:
+            known = ", ".join(k for k in PROTOCOL_VERSIONS if k.startswith(key.split("@")[0] + "@"))
+            raise UsageError(
+                f"unknown protocol version {key!r}; known: {known or ', '.join(PROTOCOL_VERSIONS)}"
+            )
+        p = PROTOCOL_VERSIONS[key]
+    elif key in PROTOCOLS:
+        p = PROTOCOLS[key]
+    else:
         raise UsageError(f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
+    if want_hash and want_hash != p.hash:
+        raise UsageError(f"protocol {key}: hash {want_hash} does not match the shipped definition {p.hash}")
+    return p
+
+
+def with_encoder(protocol: Protocol, encoder: str | None) -> Protocol:
+    """The protocol with its brain metrics on `encoder` (None: unchanged); only where the protocol allows
+    a choice. The choice is part of the definition, so the hash changes with it."""
+    if encoder is None:
+        return protocol
+    brain = [m for m in protocol.metrics if isinstance(m, BrainMetric)]
+    if brain and all(m.encoder_name == encoder for m in brain):
+        return protocol
+    if not brain:
+        raise UsageError(f"--encoder {encoder}: protocol {protocol.name} has no brain metrics")
+    if not protocol.encoder_choices:
+        raise UsageError(
+            f"--encoder {encoder}: protocol {protocol.name} fixes its brain encoder to {brain[0].encoder_name} "
+            "(as the paper ran it); use a protocol that allows a choice, e.g. nsdbench-v1"
+        )
+    if encoder not in protocol.encoder_choices:
+        raise UsageError(
+            f"--encoder {encoder}: protocol {protocol.name} allows {', '.join(protocol.encoder_choices)}"
+        )
+    fields = NSDBENCH_BRAIN if encoder == "nsdbench" else _gnet8((), "session-zscore")
+    return dataclasses.replace(
+        protocol,
+        metrics=tuple(
+            dataclasses.replace(m, **fields) if isinstance(m, BrainMetric) else m for m in protocol.metrics
+        ),
+    )
 
 
 def metric_fields(metric: Metric) -> dict[str, str]:
@@ -448,10 +769,23 @@ def metric_fields(metric: Metric) -> dict[str, str]:
             "gt resize": describe_chain(metric.gt_chain),
             "rec resize": describe_chain(metric.rec_chain),
             "normalization": metric.normalize,
-            "precision": metric.precision + (" (TF32 matmul on CUDA)" if metric.tf32 else ""),
+            "precision": metric.precision,
+            "tf32 (cuda)": _tf32_text(metric),
             "statistic": metric.statistic,
         }
-    return {"roi": metric.roi, "statistic": metric.statistic}
+    out = {"roi": metric.roi, "statistic": metric.statistic}
+    if metric.encoder is not None:
+        out |= {
+            "encoder": f"{metric.encoder} ({metric.encoder_artifact})",
+            "encoder input": describe_chain(metric.encoder_input or ()) + f"; {metric.encoder_preprocessing}",
+        }
+    out["betas"] = metric.betas
+    return out
+
+
+def _tf32_text(m: FeatureMetric) -> str:
+    parts = [p for p, on in (("matmul", m.tf32), ("conv", bool(m.tf32_conv))) if on]
+    return " + ".join(parts) if parts else "off"
 
 
 def differences(protocols: list[Protocol]) -> list[dict[str, Any]]:

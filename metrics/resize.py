@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 from nsdbench.errors import UsageError
-from nsdbench.metrics.protocols import Chain, ResizeStep
+from nsdbench.metrics.protocols import Chain, JpegStep, ResizeStep
 
 _PIL_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -31,13 +32,25 @@ def split_chain(chain: Chain) -> tuple[Chain, Chain]:
     return chain[:n_pil], chain[n_pil:]
 
 
+def jpeg_roundtrip(im: Image.Image, step: JpegStep) -> Image.Image:
+    """Image.save(format="JPEG", quality=q, subsampling=s) and decode again, in memory."""
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=step.quality, subsampling=step.subsampling)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return decoded.convert("RGB")
+
+
 def pil_resize(image: np.ndarray, steps: Chain) -> np.ndarray:
-    """One HxWx3 uint8 image through PIL resizes, exactly as Image.resize((s, s), filter)."""
+    """One HxWx3 uint8 image through PIL steps, exactly as Image.resize((s, s), filter) (and JPEG steps)."""
     if not steps:
         return np.ascontiguousarray(image)
     im = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
     for s in steps:
-        im = im.resize((s.size, s.size), _PIL_FILTERS[s.filter])
+        if isinstance(s, JpegStep):
+            im = jpeg_roundtrip(im, s)
+        else:
+            im = im.resize((s.size, s.size), _PIL_FILTERS[s.filter])
     return np.asarray(im)
 
 

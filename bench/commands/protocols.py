@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import typer
@@ -57,7 +58,8 @@ def register(app: typer.Typer) -> None:
 
         p = get_protocol(name)
         if as_json:
-            print(json.dumps({**p.to_dict(), "hash": p.hash, "identity": p.identity}, indent=2))
+            doc = {**p.to_dict(), "hash": p.hash, "identity": p.identity}
+            print(json.dumps({**doc, "changelog": [dataclasses.asdict(c) for c in p.changelog]}, indent=2))
             return
         out.print(f"[bold]{p.name}[/] version {p.version}  hash {p.hash}")
         out.print(p.description)
@@ -73,6 +75,10 @@ def register(app: typer.Typer) -> None:
         out.print(table)
         for n in p.notes:
             out.print(f"- {n}")
+        if p.changelog:
+            out.print("[bold]changelog[/]")
+            for c in p.changelog:
+                out.print(f"- {c.line()}", markup=False)
         others = [q for q in PROTOCOLS.values() if q.name != p.name]
         out.print(_diff_table(differences([p, *others]), [p.name] + [q.name for q in others]))
 

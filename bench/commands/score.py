@@ -198,6 +198,9 @@ def register(app: typer.Typer) -> None:
         brain: bool = typer.Option(
             None, "--brain/--no-brain", help="Brain correlation (default: on when an encoder can be built)."
         ),
+        encoder: str = typer.Option(
+            None, "--encoder", help="Brain encoder (nsdbench|gnet8), only where the protocol allows a choice."
+        ),
         fmt: str = FORMAT_OPT,
         order: str = ORDER_OPT,
         ids: Path = IDS_OPT,
@@ -212,6 +215,7 @@ def register(app: typer.Typer) -> None:
         """Validate, score and record a submission in the leaderboard (nothing is scored if it is invalid)."""
         from nsdbench import weights
         from nsdbench.leaderboards.store import Store
+        from nsdbench.metrics.protocols import with_encoder
         from nsdbench.nsd import open_nsd
         from nsdbench.scoring import (
             brain_target,
@@ -222,6 +226,7 @@ def register(app: typer.Typer) -> None:
 
         subj = parse_subjects(subjects)
         proto, split_name = _resolve_protocol_split(protocol, split)
+        proto = with_encoder(proto, encoder)
         mode = weights.check_mode(str(config.get("weights", weights_mode)))
         dev = resolve_device(device)
         nsd = open_nsd(data)
@@ -249,7 +254,7 @@ def register(app: typer.Typer) -> None:
                     continue
                 target = None
                 if has_brain_metrics(proto):
-                    target, note = brain_target(nsd, s, split_name, mode, brain)
+                    target, note = brain_target(nsd, s, split_name, mode, brain, proto)
                     if note:
                         notes.append(note)
                         err.print(note, markup=False)

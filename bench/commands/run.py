@@ -137,14 +137,18 @@ def build_spec(
 
 
 def protocol_artifacts(proto: Any) -> list[str]:
-    """The pretrained artifacts the protocol's feature metrics load (nsdbench.metrics.networks)."""
+    """The pretrained artifacts the protocol's metrics load: feature networks (nsdbench.metrics.networks)
+    and the brain metrics' encoder checkpoint where it is a registered artifact (GNet8)."""
+    from nsdbench import weights
     from nsdbench.metrics.networks import ARTIFACT_OF
 
+    registered = weights.artifacts()
     names = []
     for metric in proto.metrics:
         key = (getattr(metric, "network", None), getattr(metric, "weights", None))
-        if key in ARTIFACT_OF and ARTIFACT_OF[key] not in names:
-            names.append(ARTIFACT_OF[key])
+        name = ARTIFACT_OF.get(key) or getattr(metric, "encoder_artifact", None)
+        if name in registered and name not in names:
+            names.append(name)
     return names
 
 

@@ -128,7 +128,7 @@ def _score(session: RunSession, subject: int, protocol: Any) -> bool:
     out = score_path(session.run_dir, subject, protocol.name)
     report = scaled_progress(lambda n: session.progress.advance(key, n), len(items))
     wanted = None if has_brain_metrics(protocol) else False
-    brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, wanted)
+    brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, wanted, protocol=protocol)
     if note and wanted is None:
         log_event(session.run_dir, note)
         session.progress.message(note)

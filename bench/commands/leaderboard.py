@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, wide, writable
+from nsdbench.commands.options import check_split, out_opt, parse_protocols, subjects_opt
 from nsdbench.errors import MetricDrift, UsageError
+from nsdbench.files import atomic_write_text
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -25,14 +27,15 @@ def register(app: typer.Typer) -> None:
     @app.command("leaderboard")
     def leaderboard_cmd(
         split: str = typer.Option(None, "--split", help="Test split (default: the protocol's)."),
-        protocol: str = typer.Option(None, "--protocol", help="Protocol (default: config, nsdbench-v1)."),
-        subjects: str = typer.Option(
-            None, "--subjects", help="Only runs covering these subjects; mean over them."
+        protocol: str = typer.Option(
+            None, "--protocol", "-p", help="Protocol, or a comma list: one board each (default: config)."
         ),
+        subjects: str = subjects_opt("Only runs covering these subjects; mean over them."),
         metric: str = typer.Option(
             None, "--metric", help="Comma-separated metrics to show (default: all scored)."
         ),
         fmt: str = typer.Option("table", "--format", help="table|md|csv|json|latex|html."),
+        ci: bool = typer.Option(False, "--ci", help="Terminal table: show the 95% CI beside each mean."),
         include_smoke: bool = typer.Option(
             False, "--include-smoke", help="Show random/tiny-weight runs too."
         ),
@@ -46,44 +49,61 @@ def register(app: typer.Typer) -> None:
             True, "--reported/--no-reported", help="Published rows beside reproduced."
         ),
         per_subject: bool = typer.Option(True, "--per-subject/--no-per-subject", help="Per-subject tables."),
-        digits: int = typer.Option(3, "--digits", min=1, max=8),
+        digits: int = typer.Option(3, "--digits", min=1, max=8, help="Decimals shown (1-8)."),
         db: Path = DB_OPT,
-        output: Annotated[
-            Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
-        ] = None,
+        output: Annotated[Path | None, out_opt("Write to this file instead of stdout.")] = None,
+        output_old: Annotated[Path | None, typer.Option("--output", hidden=True)] = None,
+        as_json: bool = JSON_OPT,
     ) -> None:
-        """One row per method (mean [95% CI]), columns in the papers' order, reported rows marked."""
-        from nsdbench.leaderboards.exports import FORMATS, render, rich_tables
+        """One row per method, columns in the papers' order, reported rows marked with their source."""
+        from nsdbench.leaderboards.exports import FORMATS, render
         from nsdbench.leaderboards.store import Store
         from nsdbench.leaderboards.views import build_leaderboard
 
         if fmt not in FORMATS:
             raise UsageError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        if as_json and fmt not in ("table", "json"):
+            raise UsageError(f"--json and --format {fmt} exclude each other")
+        fmt = "json" if as_json else fmt
+        flag = "--out" if output is not None or output_old is None else "--output"
+        output = output or output_old
+        protocols = parse_protocols(protocol)
+        if split is not None:
+            check_split(split)
+        if len(protocols) > 1 and fmt == "csv":
+            raise UsageError("--format csv takes one --protocol (the CSV has no protocol column)")
         if output is not None:
-            writable(output, "--output")
-        board = build_leaderboard(
-            Store(db),
-            split=split,
-            protocol=protocol,
-            subjects=parse_subjects(subjects),
-            metrics=_metrics(metric),
-            include_smoke=include_smoke,
-            runs=run,
-            best_by=best_by,
-            reported=reported,
-            per_subject=per_subject,
-        )
+            writable(output, flag)
+        subj = parse_subjects(subjects)
+        metrics = _metrics(metric)
+        boards = [
+            build_leaderboard(
+                Store(db),
+                split=split,
+                protocol=p,
+                subjects=subj,
+                metrics=metrics,
+                include_smoke=include_smoke,
+                runs=run,
+                best_by=best_by,
+                reported=reported,
+                per_subject=per_subject,
+            )
+            for p in protocols or [None]
+        ]
+        if fmt == "json":
+            docs = [b.to_dict() for b in boards]
+            text = json.dumps(docs[0] if len(docs) == 1 else {"leaderboards": docs}, indent=2, default=str) + "\n"
+        else:
+            text = "".join(render(b, fmt, digits) for b in boards)
         if output is not None:
-            output.write_text(render(board, fmt, digits))
+            atomic_write_text(output, text)
             err.print(f"wrote {output}")
         elif fmt == "table":
-            console = wide(width=40 + 26 * 17)
-            for t in rich_tables(board, digits):
-                console.print(t)
-            for n in board.notes:
-                err.print(n, markup=False)
+            for b in boards:
+                _print_board(b, digits, ci)
         else:
-            print(render(board, fmt, digits), end="")
+            print(text, end="")
 
     @app.command("compare")
     def compare_cmd(
@@ -308,6 +328,25 @@ def register(app: typer.Typer) -> None:
             )
         images = f" and {report.checked_per_image} per-image values" if report.checked_per_image else ""
         err.print(f"no drift: {len(report.checked)} set scores{images} within tolerance")
+
+
+def _print_board(board, digits: int, ci: bool) -> None:
+    """The leaderboard on stdout: metric groups that fit the terminal, footnotes, notes on stderr."""
+    from nsdbench.leaderboards.exports import terminal_tables
+    from nsdbench.terminal import console_for, stdout_width
+
+    limit = stdout_width()
+    tables, footnotes = terminal_tables(board, digits, width=limit, ci=ci)
+    for rt, need in tables:
+        console_for(need, limit).print(rt)
+    shown = console_for(0, limit)
+    for line in footnotes:
+        shown.print(line, markup=False)
+    has_ci = any(c.lo is not None for t in board.tables for r in t.rows for c in r.cells.values())
+    if has_ci and not ci:
+        shown.print("means over images; --ci adds 95% bootstrap CIs", markup=False, style="dim")
+    for n in board.notes:
+        err.print(n, markup=False)
 
 
 def _num(x: float | None, spec: str = ".8f") -> str:

@@ -6,10 +6,10 @@ import json
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from nsdbench import weights
 from nsdbench.errors import NSDBenchError
+from nsdbench.terminal import print_table_or_records
 
 out = Console()
 FETCH_NAMES = typer.Argument(None, help="Artifacts to fetch (default: all).")
@@ -37,12 +37,11 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(rows, indent=2))
             return
-        table = Table(title=f"weights in {weights.weights_dir()}")
-        for col in ("name", "cached", "source", "used by"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(r["name"], "yes" if r["cached"] else "no", r["source"], ", ".join(r["used_by"]))
-        out.print(table)
+        print_table_or_records(
+            f"weights in {weights.weights_dir()}",
+            ("name", "cached", "used by", "source"),
+            [(r["name"], "yes" if r["cached"] else "no", ",".join(r["used_by"]), r["source"]) for r in rows],
+        )
 
     @group.command("fetch")
     def fetch(names: list[str] = FETCH_NAMES) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +108,21 @@ def require(name: str) -> Path:
             f"on a machine with network access, or use --weights random|tiny"
         )
     return path
+
+
+def require_all(names: Iterable[str]) -> None:
+    """Check every artifact a command needs before any work: one error listing all missing ones and
+    the one `nsdbench weights fetch A B ...` command that gets them."""
+    wanted = list(dict.fromkeys(names))
+    for name in wanted:
+        get(name)  # an unknown name is a bug in the caller's list: fail loudly, not as "missing"
+    missing = [n for n in wanted if not is_cached(n)]
+    if missing:
+        raise WeightsMissing(
+            f"{len(missing)} pretrained artifact(s) not in the cache ({weights_dir()}): {', '.join(missing)}; "
+            f"run `nsdbench weights fetch {' '.join(missing)}` on a machine with network access, "
+            f"or use --weights random|tiny"
+        )
 
 
 def fetch(name: str) -> Path:

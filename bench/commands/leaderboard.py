@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, wide, writable
 from nsdbench.commands.options import check_split, out_opt, parse_protocols, subjects_opt
+from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, wide, writable
 from nsdbench.errors import MetricDrift, UsageError
 from nsdbench.files import atomic_write_text
 

@@ -11,7 +11,8 @@ from nsdbench import weights
 from nsdbench.errors import NSDBenchError
 from nsdbench.terminal import print_table_or_records
 
-out = Console()
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
 FETCH_NAMES = typer.Argument(None, help="Artifacts to fetch (default: all).")
 VERIFY_NAMES = typer.Argument(None, help="Artifacts to verify (default: cached).")
 
@@ -46,14 +47,43 @@ def register(app: typer.Typer) -> None:
     @group.command("fetch")
     def fetch(names: list[str] = FETCH_NAMES) -> None:
         """Download artifacts with their standard client (needs network access)."""
-        for name in names or list(weights.artifacts()):
-            path = weights.fetch(name)
-            out.print(f"{name}: {path} sha256={weights.recorded_sha256(name)}")
+        todo = names or list(weights.artifacts())
+        for name in todo:
+            weights.get(name)  # every name is checked before the first download
+        failed = []
+        for name in todo:
+            try:
+                path = weights.fetch(name)
+            except NSDBenchError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - urllib, requests, httpx and hub errors alike
+                failed.append(name)
+                err.print(
+                    f"{name}: cannot download {source_url(weights.get(name))} ({_reason(exc)})",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                continue
+            out.print(f"{name}: {path} sha256={weights.recorded_sha256(name)}", markup=False, soft_wrap=True)
+        if failed:
+            raise NSDBenchError(
+                f"{len(failed)} artifact(s) not fetched: {', '.join(failed)} (no network access? fetch on a "
+                f"machine that has it and copy {weights.weights_dir()} here)"
+            )
 
     @group.command("verify")
     def verify(names: list[str] = VERIFY_NAMES) -> None:
         """Recompute the sha256 of cached artifacts and compare with the published hash when known."""
         todo = names or [n for n in weights.artifacts() if weights.is_cached(n)]
+        if not todo:
+            out.print(
+                f"no artifacts cached in {weights.weights_dir()}: nothing to verify "
+                "(`nsdbench weights fetch` downloads them)",
+                markup=False,
+                soft_wrap=True,
+            )
+            return
         bad = []
         for name in todo:
             ok, digest = weights.verify(name)
@@ -64,3 +94,21 @@ def register(app: typer.Typer) -> None:
             raise NSDBenchError(f"sha256 mismatch for {', '.join(bad)}")
 
     app.add_typer(group, name="weights")
+
+
+def source_url(art: weights.Artifact) -> str:
+    """Where an artifact is downloaded from, as a URL a user can try in a browser."""
+    if art.kind == "url":
+        return art.source
+    rev = art.revision or "main"
+    if art.kind == "hf":
+        return f"https://huggingface.co/{art.source}/resolve/{rev}/{art.filename}"
+    return f"https://huggingface.co/{art.source}/tree/{rev}"
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a download error, in one line (not a bare `urlopen error`)."""
+    while getattr(exc, "reason", None) is not None and isinstance(exc.reason, BaseException):
+        exc = exc.reason
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

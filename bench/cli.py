@@ -63,7 +63,16 @@ def _register_all() -> None:
         module.register(app)
 
 
+def _plain_help(typer_app: typer.Typer) -> None:
+    """Click-style help everywhere: typer's rich panels label every flag `<bool>`, as if it took a value."""
+    typer_app.rich_markup_mode = None
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _plain_help(group.typer_instance)
+
+
 _register_all()
+_plain_help(app)
 
 
 def _click_exception_modules() -> list[ModuleType]:

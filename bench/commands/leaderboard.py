@@ -14,6 +14,7 @@ from nsdbench.commands.options import check_split, out_opt, parse_protocols, sub
 from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, wide, writable
 from nsdbench.errors import MetricDrift, UsageError
 from nsdbench.files import atomic_write_text
+from nsdbench.terminal import print_table_or_records
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -110,9 +111,15 @@ def register(app: typer.Typer) -> None:
         run_a: str = typer.Argument(..., help="Run id (or unique prefix)."),
         run_b: str = typer.Argument(..., help="Run id (or unique prefix)."),
         metric: str = typer.Option(None, "--metric", help="Comma-separated metrics (default: all shared)."),
-        n_resamples: int = typer.Option(2000, "--bootstrap", min=10),
-        seed: int = typer.Option(0, "--seed"),
-        allow_mismatch: bool = typer.Option(False, "--allow-protocol-mismatch"),
+        n_resamples: int = typer.Option(
+            2000, "--bootstrap", min=10, help="Paired bootstrap resamples for the CIs and p-values."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling (same seed, same CIs)."),
+        allow_mismatch: bool = typer.Option(
+            False,
+            "--allow-protocol-mismatch",
+            help="Compare runs scored under different protocols (their metrics differ in definition).",
+        ),
         db: Path = DB_OPT,
         as_json: bool = JSON_OPT,
     ) -> None:
@@ -170,12 +177,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(df[cols].to_json(orient="records", date_format="iso", indent=2) if len(df) else "[]")
             return
-        t = Table(title=f"runs in {Store(db).path}", title_justify="left")
-        for c in cols:
-            t.add_column(c)
-        for r in df.to_dict("records"):
-            t.add_row(*[str(r[c]) for c in cols])
-        wide().print(t)
+        print_table_or_records(
+            f"runs in {Store(db).path}", cols, [[str(r[c]) for c in cols] for r in df.to_dict("records")]
+        )
 
     @runs.command("show")
     def runs_show(
@@ -214,7 +218,8 @@ def register(app: typer.Typer) -> None:
         store = Store(db)
         full = store.resolve_id(run_id)
         if not yes and not typer.confirm(f"delete run {full} from {store.path}?"):
-            raise typer.Abort()
+            out.print(f"kept run {full} (nothing deleted)")
+            return
         store.delete(full)
         out.print(f"deleted run {full}")
 
@@ -239,10 +244,11 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option(None, "--format", help="--create: submission format (default: detect)."),
         order: str = typer.Option(None, "--order", help="--create: order for arrays without ids."),
         split: str = typer.Option(None, "--split", help="--create: test split (default: the protocol's)."),
-        protocols: str = typer.Option(
-            "nsdbench-v1", "--protocols", help="--create: comma-separated protocols."
+        protocol: str = typer.Option(
+            "nsdbench-v1", "--protocol", "-p", help="--create: a protocol or a comma list."
         ),
-        subjects: str = typer.Option("1", "--subjects", help="--create: subjects."),
+        protocols_old: str = typer.Option(None, "--protocols", hidden=True),
+        subjects: str = subjects_opt("--create: subjects.", default="1"),
         weights_mode: str = typer.Option("pretrained", "--weights", help="--create: pretrained|random|tiny."),
         max_images: int = typer.Option(
             None, "--max-images", min=2, help="--create: first N ids per subject."
@@ -256,6 +262,7 @@ def register(app: typer.Typer) -> None:
             1e-4, "--tol-network", help="--create: tolerance, network metrics."
         ),
         device: str = typer.Option("cpu", "--device", help="cpu|cuda|auto."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="List the set scores within tolerance too."),
         as_json: bool = JSON_OPT,
     ) -> None:
         """Rescore the golden set; exit 4 listing every metric that moved beyond its tolerance."""
@@ -271,7 +278,7 @@ def register(app: typer.Typer) -> None:
                 golden,
                 data=data,
                 split=split,
-                protocols=tuple(_metrics(protocols) or ()),
+                protocols=tuple(parse_protocols(protocols_old or protocol)),
                 subjects=parse_subjects(subjects) or (1,),
                 weights_mode=weights.check_mode(weights_mode),
                 submission=submission,
@@ -301,7 +308,12 @@ def register(app: typer.Typer) -> None:
                 for d in report.deviations
                 if d.level == "image"
             }
+            shown = 0
             for c in report.checked:
+                status = _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved)
+                if status == "ok" and not verbose:
+                    continue
+                shown += 1
                 e, a = c["expected"], c["actual"]
                 diff = abs(a - e) if e is not None and a is not None else None
                 t.add_row(
@@ -312,9 +324,18 @@ def register(app: typer.Typer) -> None:
                     _num(a),
                     _num(diff, ".2e"),
                     f"{c['tolerance']:g}",
-                    _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved),
+                    status,
                 )
-            wide(width=160).print(t)
+            if shown:
+                wide(width=160).print(t)
+            n_ok = sum(
+                _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved) == "ok" for c in report.checked
+            )
+            err.print(
+                f"{n_ok} of {len(report.checked)} set scores ok"
+                + ("" if verbose or n_ok == 0 else " (--verbose lists them)"),
+                highlight=False,
+            )
             for d in report.deviations:
                 err.print(f"drift: {d.line()}", markup=False)
         if report.updated:

@@ -289,11 +289,11 @@ class _Page:
         scores = self.data.image_scores
         a = runs[0]
         parts = [
-            '<section id="run-vs-run"><h2>Run vs run</h2>'
+            ('<section id="run-vs-run"><h2>Run vs run</h2>'
             f'<p class="lead">A = {esc(a.label)} <span class="rid">{esc(a.run_id)}</span>. Per metric, the mean '
             "difference A − B over the images both runs scored, with its 95% paired-bootstrap interval "
             f"({COMPARE_RESAMPLES} resamples, seed {COMPARE_SEED}) and p-value, as <code>nsdbench compare</code>. "
-            "<em>better</em> names the run that is better when the interval excludes 0.</p>"
+            "<em>better</em> names the run that is better when the interval excludes 0.</p>")
         ]
         for b in runs[1:]:
             parts.append(f'<h3>{esc(a.label)} − {esc(b.label)} <span class="rid">{esc(a.run_id)} − '

@@ -181,9 +181,9 @@ def register(app: typer.Typer) -> None:
         from nsdbench.nsd import open_nsd
 
         subj = parse_subjects(subjects)
-        _proto, split_name = _resolve_protocol_split(protocol, split)
         check_exists(submission, "submission")
         data = check_data(data)
+        _proto, split_name = _resolve_protocol_split(protocol, split)
         nsd = open_nsd(data)
         check_subjects_in(subj, nsd)
         sub, _ = _validated(submission, fmt, order, ids, subj, split_name, nsd, as_json)
@@ -232,12 +232,12 @@ def register(app: typer.Typer) -> None:
 
         # every cheap check first: arguments, paths, weights; then the data; then the submission
         subj = parse_subjects(subjects)
-        names = parse_protocols(protocol) or [str(config.get("protocol"))]
-        scopes = [_resolve_protocol_split(p, split) for p in names]
-        mode = weights.check_mode(str(config.get("weights", weights_mode)))
-        dev = resolve_device(device)
         check_exists(submission, "submission")
         data = check_data(data)
+        mode = weights.check_mode(str(config.get("weights", weights_mode)))
+        names = parse_protocols(protocol) or [str(config.get("protocol"))]
+        scopes = [_resolve_protocol_split(p, split) for p in names]
+        dev = resolve_device(device)
         if work_dir:
             writable(work_dir, "--work-dir", folder=True)
         if mode == "pretrained":

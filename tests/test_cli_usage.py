@@ -41,6 +41,7 @@ def cli(*args: str, home: Path | None = None, umask: int | None = None, stdin: s
         timeout=300,
         input=stdin,
         umask=-1 if umask is None else umask,
+        check=False,
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -151,7 +152,7 @@ def _one_line_usage_errors(cases, tmp_path):
     home = tmp_path / "home"
     for case in cases:
         args = [a.replace("{tmp}", str(tmp_path)) for a in case]
-        rc, out, err = cli(*args, home=home)
+        rc, _out, err = cli(*args, home=home)
         assert rc == 2, (args, rc, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not (home / "synthetic-nsd").exists()  # nothing was generated before the check failed
@@ -238,7 +239,7 @@ def test_weights_fetch_offline_names_artifact_and_url(tmp_path, monkeypatch, cap
 
 
 def test_weights_verify_with_nothing_cached_says_so(tmp_path):
-    rc, out, err = cli("weights", "verify", home=tmp_path)
+    rc, out, _err = cli("weights", "verify", home=tmp_path)
     assert rc == 0 and "no artifacts cached" in out and "nothing to verify" in out
 
 

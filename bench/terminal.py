@@ -26,7 +26,7 @@ def stdout_width(console: Console | None = None) -> int | None:
 def console_for(width_needed: int, limit: int | None) -> Console:
     """A stdout console at least `width_needed` wide, so rich never truncates a cell with '…'."""
     base = Console(highlight=False, soft_wrap=True)
-    want = max(width_needed, limit or 0)
+    want = max(width_needed, limit or 0) or 1000  # prose without a limit: one long line each
     if base.is_terminal and base.width >= want:
         return base
     return Console(highlight=False, soft_wrap=True, width=want)

@@ -360,7 +360,7 @@ def _print_board(board, digits: int, ci: bool) -> None:
     tables, footnotes = terminal_tables(board, digits, width=limit, ci=ci)
     for rt, need in tables:
         console_for(need, limit).print(rt)
-    shown = console_for(0, limit)
+    shown = Console(highlight=False, width=limit) if limit else console_for(0, None)  # prose wraps at words
     for line in footnotes:
         shown.print(line, markup=False)
     has_ci = any(c.lo is not None for t in board.tables for r in t.rows for c in r.cells.values())

@@ -281,3 +281,13 @@ def test_atomic_writes_and_private_temp_folders_follow_the_umask(umask, tmp_path
     )
     file_mode, dir_mode = (int(x, 8) for x in proc.stdout.split())
     assert (file_mode, dir_mode) == (0o666 & ~umask, 0o777 & ~umask)
+
+
+def test_problem_lines_do_not_repeat_their_code():
+    from nsdbench.submission_formats import Problem
+
+    p = Problem("subject", "reconstructions for a subject that was not requested are ignored", subject=2,
+                severity="warning")
+    assert p.line() == "warning: subject 2: reconstructions for a subject that was not requested are ignored"
+    q = Problem("missing", "no reconstruction", subject=1, nsd_id=5)
+    assert q.line() == "error: missing [subject 1, nsd_id 5] no reconstruction"

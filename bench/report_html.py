@@ -230,9 +230,9 @@ class _Page:
 
     def nav(self) -> str:
         links = [("leaderboard", "Leaderboard")]
+        links += [(f"subj{s:02d}", f"Subject {s}") for s in self.data.subjects]
         if len(self.data.runs) > 1:
             links.append(("run-vs-run", "Run vs run"))
-        links += [(f"subj{s:02d}", f"Subject {s}") for s in self.data.subjects]
         if self.metrics and not self.data.image_scores.empty:
             links += [("extremes", "Best &amp; worst"), ("distributions", "Distributions")]
         links.append(("provenance", "Provenance"))
@@ -623,7 +623,7 @@ def render(data: ReportData, grid_ids: Mapping[int, Sequence[int]], options: Rep
     page = _Page(data, grid_ids, options)
     if progress is not None:
         page.advance = progress(page.n_thumbs)  # known only once the page has counted its thumbnails
-    body = [page.leaderboard(), page.run_vs_run(), page.grids(), page.extremes_section(), page.distributions(), page.provenance()]
+    body = [page.leaderboard(), page.grids(), page.run_vs_run(), page.extremes_section(), page.distributions(), page.provenance()]
     summary = {
         "runs": [r.run_id for r in data.runs],
         "subjects": data.subjects,

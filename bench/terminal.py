@@ -73,3 +73,12 @@ def print_table_or_records(
         console.print(r[0], markup=False, style="bold")
         for c, v in zip(columns[1:], r[1:]):
             console.print(f"  {c:<{key_w}}  {v}", markup=False)
+
+
+def print_whole(renderable) -> None:
+    """Print a rich table at its natural width, even past the terminal's, so no cell is squeezed to '…'."""
+    from rich.measure import Measurement
+
+    probe = Console(width=10_000)
+    need = Measurement.get(probe, probe.options, renderable).maximum
+    console_for(need, stdout_width()).print(renderable)

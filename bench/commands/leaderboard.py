@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from nsdbench.commands.options import check_split, out_opt, parse_protocols, subjects_opt
-from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, wide, writable
+from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, writable
 from nsdbench.errors import MetricDrift, UsageError
 from nsdbench.files import atomic_write_text
-from nsdbench.terminal import print_table_or_records
+from nsdbench.terminal import print_table_or_records, print_whole
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
                 f"{r['p_value']:.4f}",
                 better,
             )
-        wide().print(t)
+        print_whole(t)
 
     runs = typer.Typer(help="Recorded runs.", no_args_is_help=True)
 
@@ -199,12 +199,12 @@ def register(app: typer.Typer) -> None:
             print(json.dumps({"run": info, "aggregates": agg.to_dict("records")}, indent=2, default=str))
             return
         t = Table(show_header=False, title=f"run {info['id']}", title_justify="left")
-        t.add_column("field")
-        t.add_column("value")
+        t.add_column("field", no_wrap=True)
+        t.add_column("value", overflow="fold")
         for k, v in info.items():
             t.add_row(k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v))
         out.print(t)
-        wide().print(run_summary_table(single_run_board(store, info["id"])))
+        print_whole(run_summary_table(single_run_board(store, info["id"])))
 
     @runs.command("delete")
     def runs_delete(
@@ -327,7 +327,7 @@ def register(app: typer.Typer) -> None:
                     status,
                 )
             if shown:
-                wide(width=160).print(t)
+                print_whole(t)
             n_ok = sum(
                 _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved) == "ok" for c in report.checked
             )

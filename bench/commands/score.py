@@ -23,6 +23,7 @@ from nsdbench.commands.options import (
     subjects_opt,
 )
 from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.terminal import print_whole
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -436,7 +437,7 @@ def _report(store: Any, run_id: str, as_json: bool, inserted: bool) -> dict:
     }
     if as_json:
         return doc
-    wide().print(run_summary_table(board))
+    print_whole(run_summary_table(board))
     for n in board.notes:
         err.print(n, markup=False)
     state = "recorded" if inserted else "already recorded (nothing changed)"

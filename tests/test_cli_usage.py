@@ -291,3 +291,25 @@ def test_problem_lines_do_not_repeat_their_code():
     assert p.line() == "warning: subject 2: reconstructions for a subject that was not requested are ignored"
     q = Problem("missing", "no reconstruction", subject=1, nsd_id=5)
     assert q.line() == "error: missing [subject 1, nsd_id 5] no reconstruction"
+
+
+def test_weights_verify_json_lists_each_cached_artifact(tmp_path, monkeypatch, capsys):
+    import hashlib
+
+    from nsdbench import weights
+    from nsdbench.cli import main
+
+    monkeypatch.setenv("NSDBENCH_HOME", str(tmp_path))
+    path = weights.local_path("swav-resnet50-800ep")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not really swav")
+    assert main(["weights", "verify", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verified"] == [
+        {
+            "name": "swav-resnet50-800ep",
+            "ok": True,  # no published hash to compare with: the recorded one is reported
+            "sha256": hashlib.sha256(b"not really swav").hexdigest(),
+            "published_sha256": weights.get("swav-resnet50-800ep").sha256,
+        }
+    ]

@@ -73,10 +73,13 @@ def register(app: typer.Typer) -> None:
             )
 
     @group.command("verify")
-    def verify(names: list[str] = VERIFY_NAMES) -> None:
+    def verify(
+        names: list[str] = VERIFY_NAMES,
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
         """Recompute the sha256 of cached artifacts and compare with the published hash when known."""
         todo = names or [n for n in weights.artifacts() if weights.is_cached(n)]
-        if not todo:
+        if not todo and not as_json:
             out.print(
                 f"no artifacts cached in {weights.weights_dir()}: nothing to verify "
                 "(`nsdbench weights fetch` downloads them)",
@@ -84,12 +87,16 @@ def register(app: typer.Typer) -> None:
                 soft_wrap=True,
             )
             return
-        bad = []
+        bad, rows = [], []
         for name in todo:
             ok, digest = weights.verify(name)
-            out.print(f"{name}: {'ok' if ok else 'MISMATCH'} sha256={digest}")
+            rows.append({"name": name, "ok": ok, "sha256": digest, "published_sha256": weights.get(name).sha256})
+            if not as_json:
+                out.print(f"{name}: {'ok' if ok else 'MISMATCH'} sha256={digest}", markup=False)
             if not ok:
                 bad.append(name)
+        if as_json:
+            print(json.dumps({"weights_dir": str(weights.weights_dir()), "verified": rows}, indent=2))
         if bad:
             raise NSDBenchError(f"sha256 mismatch for {', '.join(bad)}")
 

@@ -20,6 +20,7 @@ from nsdbench.commands.options import (
 )
 from nsdbench.commands.score import parse_subjects, writable
 from nsdbench.errors import NSDBenchError, UsageError
+from nsdbench.terminal import print_whole
 
 out = Console()
 err = Console(stderr=True)
@@ -166,7 +167,7 @@ def register(app: typer.Typer) -> None:
                 "/".join(str(vox.get(k, "?")) for k in ("V1", "V2", "V3", "V4")),
                 *(fmt(e["splits"][n]) for n in ("nsd982", "nsd897", "nsd1000")),
             )
-        (out if out.is_terminal else Console(width=160)).print(table)  # piped: do not squeeze the cells
+        print_whole(table)  # never squeeze a cell, in a terminal or piped
         out.print("splits: test images / test trials / train images")
 
     @data_app.command("import-brain-diffuser")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from types import ModuleType
@@ -116,10 +117,20 @@ def exit_code_for(exc: BaseException) -> int | None:
     return None
 
 
+def _missing_command(args: list[str]) -> bool:
+    """`nsdbench` or `nsdbench GROUP` alone: click >= 8.2 calls it a usage error, older click exits 0."""
+    return not args or (len(args) == 1 and args[0] in {g.name for g in app.registered_groups})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user-facing errors become one line and a documented exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if _missing_command(args):
+        with contextlib.redirect_stdout(sys.stderr):  # the help, where a usage error goes
+            app(args=[*args, "--help"], standalone_mode=False, prog_name="nsdbench")
+        return 2
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="nsdbench")
+        rc = app(args=args, standalone_mode=False, prog_name="nsdbench")
     except Exception as exc:
         code = exit_code_for(exc)
         if code is None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
+from types import ModuleType
 
 import typer
 from rich.console import Console
@@ -33,6 +35,23 @@ COMMAND_MODULES = (
 err = Console(stderr=True)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        import nsdbench
+
+        print(f"nsdbench {nsdbench.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_show_version
+    ),
+) -> None:
+    """Benchmark and evaluation suite for image reconstruction from NSD 7T fMRI."""
+
+
 def _register_all() -> None:
     for name in COMMAND_MODULES:
         modname = f"nsdbench.commands.{name}"
@@ -45,34 +64,78 @@ def _register_all() -> None:
         module.register(app)
 
 
+def _plain_help(typer_app: typer.Typer) -> None:
+    """Click-style help everywhere: typer's rich panels label every flag `<bool>`, as if it took a value."""
+    typer_app.rich_markup_mode = None
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _plain_help(group.typer_instance)
+
+
 _register_all()
+_plain_help(app)
+
+
+def _click_exception_modules() -> list[ModuleType]:
+    """Every click the installed typer may raise from: its own copy (typer >= 0.17) and/or click itself."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return mods
+
+
+def _classes(attr: str, *extra: type) -> tuple[type, ...]:
+    found = [getattr(m, attr) for m in _click_exception_modules() if hasattr(m, attr)]
+    return tuple(dict.fromkeys([*extra, *found]))
+
+
+USAGE_ERRORS = _classes("ClickException")  # UsageError, NoSuchOption, MissingParameter, ... (exit_code 2)
+EXITS = _classes("Exit", typer.Exit)
+ABORTS = _classes("Abort", typer.Abort)
+
+
+def exit_code_for(exc: BaseException) -> int | None:
+    """The documented exit code for a CLI-level exception (showing its message), or None if it is a bug."""
+    if isinstance(exc, NSDBenchError):
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    if isinstance(exc, EXITS):
+        return int(getattr(exc, "exit_code", 0) or 0)
+    if isinstance(exc, ABORTS):  # Ctrl-C: what was finished is kept (every write is atomic)
+        err.print("interrupted")
+        return 130
+    if isinstance(exc, USAGE_ERRORS):
+        exc.show()
+        return int(getattr(exc, "exit_code", 2))
+    if isinstance(exc, OSError):  # a file that vanished, a full disk, a permission: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True)
+        return 1
+    return None
+
+
+def _missing_command(args: list[str]) -> bool:
+    """`nsdbench` or `nsdbench GROUP` alone: click >= 8.2 calls it a usage error, older click exits 0."""
+    return not args or (len(args) == 1 and args[0] in {g.name for g in app.registered_groups})
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user-facing errors become one line and a documented exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if _missing_command(args):
+        with contextlib.redirect_stdout(sys.stderr):  # the help, where a usage error goes
+            app(args=[*args, "--help"], standalone_mode=False, prog_name="nsdbench")
+        return 2
     try:
-        rc = app(args=argv, standalone_mode=False)
-    except NSDBenchError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:  # Ctrl-C: what was finished is kept (every write is atomic)
-        err.print("interrupted")
-        return 130
-    except OSError as exc:  # a file that vanished, a full disk, a permission: one line, not a traceback
-        where = f"{exc.filename}: " if exc.filename else ""
-        err.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True)
-        return 1
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        raise
+        rc = app(args=args, standalone_mode=False, prog_name="nsdbench")
+    except Exception as exc:
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        return code
     return rc if type(rc) is int else 0
 
 

@@ -43,6 +43,10 @@ PROVENANCE_FIRST = (
     "torch_version", "python_version", "created", "created_at", "command",
 )
 
+# `nsdbench compare` defaults, so the report's run-vs-run numbers are the ones it prints.
+COMPARE_RESAMPLES = 2000
+COMPARE_SEED = 0
+
 CSS = """
 :root { --thumb: %(thumb)dpx; --small: %(small)dpx; --ink: #1d2430; --muted: #6b7480; --line: #dde2e8;
   --accent: #2f5d8a; --bad: #a33a2c; --bg: #ffffff; --panel: #f6f8fa; }
@@ -54,7 +58,8 @@ header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
 header .sub { color: var(--muted); }
 nav { padding: 8px 32px; border-bottom: 1px solid var(--line); font-size: 13px; }
 nav a { color: var(--accent); text-decoration: none; margin-right: 16px; }
-main { padding: 8px 32px 40px; max-width: 1800px; }
+main { padding: 8px 32px 40px; max-width: 1800px; min-width: 0; }
+.scroll { overflow-x: auto; max-width: 100%%; margin-bottom: 6px; }
 section { margin-top: 26px; }
 h2 { font-size: 18px; font-weight: 600; border-bottom: 2px solid var(--ink); padding-bottom: 3px; margin: 0 0 10px; }
 h3 { font-size: 15px; font-weight: 600; margin: 18px 0 6px; }
@@ -97,7 +102,7 @@ table.extremes td.same { color: var(--muted); font-size: 12px; }
 .pair .imgs { display: flex; gap: 2px; }
 .pair img, .pair .ph { width: var(--small); height: var(--small); display: block; border-radius: 2px; }
 img.plot { max-width: 100%%; height: auto; border: 1px solid var(--line); }
-.prov { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 14px; }
+.prov { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(460px, 100%%), 1fr)); gap: 14px; }
 .card { border: 1px solid var(--line); border-radius: 4px; padding: 8px 12px; background: var(--panel); }
 .card h3 { margin-top: 2px; }
 .card details table { margin-top: 4px; }
@@ -226,6 +231,8 @@ class _Page:
     def nav(self) -> str:
         links = [("leaderboard", "Leaderboard")]
         links += [(f"subj{s:02d}", f"Subject {s}") for s in self.data.subjects]
+        if len(self.data.runs) > 1:
+            links.append(("run-vs-run", "Run vs run"))
         if self.metrics and not self.data.image_scores.empty:
             links += [("extremes", "Best &amp; worst"), ("distributions", "Distributions")]
         links.append(("provenance", "Provenance"))
@@ -268,6 +275,53 @@ class _Page:
             parts.append(self._score_table(metrics, per_subject, published=False, table_id="subject-table",
                                            subject_column=True))
             parts.append("</details>")
+        parts.append("</section>")
+        return "".join(parts)
+
+    def run_vs_run(self) -> str:
+        """Each later run against the first: paired bootstrap of A − B per metric on the images both scored,
+        the numbers `nsdbench compare A B` prints (2000 resamples, seed 0)."""
+        from nsdbench.leaderboards.views import paired_differences
+
+        runs = self.data.runs
+        if len(runs) < 2:
+            return ""
+        scores = self.data.image_scores
+        a = runs[0]
+        parts = [
+            ('<section id="run-vs-run"><h2>Run vs run</h2>'
+            f'<p class="lead">A = {esc(a.label)} <span class="rid">{esc(a.run_id)}</span>. Per metric, the mean '
+            "difference A − B over the images both runs scored, with its 95% paired-bootstrap interval "
+            f"({COMPARE_RESAMPLES} resamples, seed {COMPARE_SEED}) and p-value, as <code>nsdbench compare</code>. "
+            "<em>better</em> names the run that is better when the interval excludes 0.</p>")
+        ]
+        for b in runs[1:]:
+            parts.append(f'<h3>{esc(a.label)} − {esc(b.label)} <span class="rid">{esc(a.run_id)} − '
+                         f"{esc(b.run_id)}</span></h3>")
+            if a.protocol != b.protocol:
+                parts.append(f'<p class="lead">Not compared: scored under different protocols ({esc(a.protocol)} '
+                             f"vs {esc(b.protocol)}), whose metrics are different quantities.</p>")
+                continue
+            rows = paired_differences(scores[scores["run"] == a.run_id], scores[scores["run"] == b.run_id],
+                                      n_resamples=COMPARE_RESAMPLES, seed=COMPARE_SEED)
+            if not rows:
+                parts.append('<p class="lead">No images scored by both runs.</p>')
+                continue
+            body = []
+            for r in rows:
+                sig = r["ci_lo"] > 0 or r["ci_hi"] < 0
+                better = ("A" if (r["diff"] > 0) == r["higher_is_better"] else "B") if sig else "–"
+                arrow = "↑" if r["higher_is_better"] else "↓"
+                body.append(
+                    f'<tr data-metric="{esc(r["metric"])}" data-diff="{r["diff"]!r}" data-lo="{r["ci_lo"]!r}" '
+                    f'data-hi="{r["ci_hi"]!r}"><td class="name">{esc(metric_label(r["metric"]))} {arrow}</td>'
+                    f'<td>{r["n"]}</td><td>{fmt(r["mean_a"], 4)}</td><td>{fmt(r["mean_b"], 4)}</td>'
+                    f'<td>{r["diff"]:+.4f} [{r["ci_lo"]:+.4f}, {r["ci_hi"]:+.4f}]</td><td>{r["p_value"]:.4f}</td>'
+                    f"<td>{better}</td></tr>"
+                )
+            parts.append('<div class="scroll"><table class="scores compare"><thead><tr><th class="name">metric</th>'
+                         "<th>n</th><th>A</th><th>B</th><th>A − B [95% CI]</th><th>p</th><th>better</th></tr>"
+                         f'</thead><tbody>{"".join(body)}</tbody></table></div>')
         parts.append("</section>")
         return "".join(parts)
 
@@ -319,8 +373,8 @@ class _Page:
             body.append("<tr>" + "".join(cells) + "</tr>")
         html_rows = "".join(body)
         reported = self._published_rows(metrics, subject_column) if published else ""
-        return (f'<table class="scores" id="{table_id}"><thead><tr>{"".join(head)}</tr></thead>'
-                f"<tbody>{html_rows}</tbody>{reported}</table>")
+        return (f'<div class="scroll"><table class="scores" id="{table_id}"><thead><tr>{"".join(head)}</tr>'
+                f"</thead><tbody>{html_rows}</tbody>{reported}</table></div>")
 
     def _published_rows(self, metrics: list[str], subject_column: bool) -> str:
         pub = self.data.published
@@ -408,7 +462,8 @@ class _Page:
         parts = [intro]
         for r in self.data.runs:
             parts.append(f"<h3>{esc(r.label)} <span class=\"rid\">{esc(r.run_id)}</span></h3>")
-            parts.append('<table class="extremes"><thead><tr><th></th><th>best</th><th>worst</th></tr></thead><tbody>')
+            parts.append('<div class="scroll"><table class="extremes"><thead><tr><th></th><th>best</th><th>worst</th>'
+                         "</tr></thead><tbody>")
             any_row = False
             for m in self.metrics:
                 best, worst = extremes(self.data, r.run_id, m, k)
@@ -423,7 +478,7 @@ class _Page:
                     continue
                 self.prefetch_gt(list(best["nsd_id"]) + list(worst["nsd_id"]))
                 parts.append(f"{head}<td>{self._strip(r, m, best)}</td><td>{self._strip(r, m, worst)}</td></tr>")
-            parts.append("</tbody></table>")
+            parts.append("</tbody></table></div>")
             if not any_row:
                 parts.append('<p class="lead">No per-image scores for this run.</p>')
         parts.append("</section>")
@@ -568,7 +623,7 @@ def render(data: ReportData, grid_ids: Mapping[int, Sequence[int]], options: Rep
     page = _Page(data, grid_ids, options)
     if progress is not None:
         page.advance = progress(page.n_thumbs)  # known only once the page has counted its thumbnails
-    body = [page.leaderboard(), page.grids(), page.extremes_section(), page.distributions(), page.provenance()]
+    body = [page.leaderboard(), page.grids(), page.run_vs_run(), page.extremes_section(), page.distributions(), page.provenance()]
     summary = {
         "runs": [r.run_id for r in data.runs],
         "subjects": data.subjects,

@@ -84,6 +84,9 @@ class Problem:
             where.append(f"nsd_id {self.nsd_id}")
         if self.sample is not None:
             where.append(f"sample {self.sample}")
+        head = self.code
+        if where and where[0].split()[0] == self.code:  # "subject 2", not "subject [subject 2]"
+            head = where.pop(0) + ":"
         loc = f" [{', '.join(where)}]" if where else ""
         src = f" ({self.source})" if self.source else ""
         got = f", got {self.actual}" if self.actual else ""
@@ -92,7 +95,7 @@ class Problem:
             if self.expected
             else (f": got {self.actual}" if self.actual else "")
         )
-        return f"{self.severity}: {self.code}{loc}{src} {self.message}{exp}"
+        return f"{self.severity}: {head}{loc}{src} {self.message}{exp}"
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

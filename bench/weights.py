@@ -153,6 +153,21 @@ def require(name: str) -> Path:
     return path
 
 
+def require_all(names: Iterable[str]) -> None:
+    """Check every artifact a command needs before any work: one error listing all missing ones and
+    the one `nsdbench weights fetch A B ...` command that gets them."""
+    wanted = list(dict.fromkeys(names))
+    for name in wanted:
+        get(name)  # an unknown name is a bug in the caller's list: fail loudly, not as "missing"
+    missing = [n for n in wanted if not is_cached(n)]
+    if missing:
+        raise WeightsMissing(
+            f"{len(missing)} pretrained artifact(s) not in the cache ({weights_dir()}): {', '.join(missing)}; "
+            f"run `nsdbench weights fetch {' '.join(missing)}` on a machine with network access, "
+            f"or use --weights random|tiny"
+        )
+
+
 def fetch(name: str) -> Path:
     """Download one artifact into NSDBENCH_HOME/weights with its standard client."""
     art = get(name)
@@ -262,15 +277,3 @@ def load_state_dict(path: Path) -> dict:
 
     obj = torch.load(path, map_location="cpu", weights_only=True)
     return obj
-
-
-def require_all(names: Iterable[str]) -> None:
-    """Check every artifact at once: one error listing each missing one and a single fetch command."""
-    wanted = list(dict.fromkeys(names))
-    missing = [n for n in wanted if not is_cached(n)]
-    if missing:
-        raise WeightsMissing(
-            f"pretrained weights not in the cache ({weights_dir()}): {', '.join(missing)}; run "
-            f"`nsdbench weights fetch {' '.join(missing)}` on a machine with network access, "
-            f"or use --weights random|tiny"
-        )

@@ -227,28 +227,75 @@ def to_json(lb: Leaderboard) -> str:
     return json.dumps(lb.to_dict(), indent=2, default=str) + "\n"
 
 
-def rich_tables(lb: Leaderboard, digits: int = 3) -> list[Any]:
-    from rich.table import Table as RichTable
+def reported_marks(lb: Leaderboard) -> dict[str, int]:
+    """Footnote number per reported source, in order of first appearance."""
+    marks: dict[str, int] = {}
+    for t in lb.tables:
+        for r in t.rows:
+            if r.origin == "reported":
+                marks.setdefault(r.source, len(marks) + 1)
+    return marks
 
-    out = []
+
+def terminal_tables(
+    lb: Leaderboard, digits: int = 3, width: int | None = None, ci: bool = False
+) -> tuple[list[tuple[Any, int]], list[str]]:
+    """Rich tables for a terminal `width` columns wide (None: no limit) and their footnotes.
+
+    Metrics are split into groups that fit, each group repeating Method and Subjects; cells never wrap,
+    so a number is never cut. Reported rows carry `[n]`, a footnote naming the paper and table.
+    Returns (table, the width it needs) pairs and the footnote lines.
+    """
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    from nsdbench.terminal import table_width
+
+    marks = reported_marks(lb)
+
+    def label(r: Row) -> str:
+        if r.origin == "reported":
+            return f"{r.method} [{marks[r.source]}]"
+        return f"{r.method}{' (smoke)' if r.smoke else ''}"
+
+    def text(c: Cell | None) -> str:
+        if c is None:
+            return "–"
+        return fmt_cell(c, digits) if ci else fmt_value(c.mean, digits)
+
+    out: list[tuple[Any, int]] = []
     for t in lb.tables:
         best = _best(t)
-        rt = RichTable(title=t.title, title_justify="left")
-        rt.add_column("Method", no_wrap=True)
-        rt.add_column("Subj.")
+        labels = [label(r) for r in t.rows]
+        cells = {m: [text(r.cells.get(m)) for r in t.rows] for m in t.metrics}
+        fixed = [max([len("Method"), *map(len, labels)]), max([len("Subjects"), *(len(r.subjects) for r in t.rows)])]
+        mw = {m: max([len(header(m)), *map(len, cells[m])]) for m in t.metrics}
+        groups: list[list[str]] = [[]]
         for m in t.metrics:
-            rt.add_column(header(m), justify="right")
-        for r in t.rows:
-            cells = []
-            for m in t.metrics:
-                c = fmt_cell(r.cells.get(m), digits).replace(" [", "\n[")  # CI under the mean: narrower
-                if r.origin == "reproduced" and m in best and r.cells[m].mean == best[m]:
-                    c = f"[bold]{c}[/]"
-                cells.append(c)
-            style = "dim italic" if r.origin == "reported" else None
-            rt.add_row(row_label(r), r.subjects, *cells, style=style)
-        out.append(rt)
-    return out
+            if groups[-1] and width and table_width(fixed + [mw[x] for x in groups[-1]] + [mw[m]]) > width:
+                groups.append([])
+            groups[-1].append(m)
+        for i, group in enumerate(groups):
+            part = f" · metrics {i + 1}/{len(groups)}" if len(groups) > 1 else ""
+            rt = RichTable(title=t.title + part, title_justify="left")
+            rt.add_column("Method", no_wrap=True, overflow="ignore")
+            rt.add_column("Subjects", no_wrap=True, overflow="ignore")
+            for m in group:
+                rt.add_column(header(m), justify="right", no_wrap=True, overflow="ignore")
+            for j, r in enumerate(t.rows):
+                row = [Text(labels[j]), Text(r.subjects)]
+                for m in group:
+                    bold = r.origin == "reproduced" and m in best and r.cells[m].mean == best[m]
+                    row.append(Text(cells[m][j], style="bold" if bold else ""))
+                rt.add_row(*row, style="dim italic" if r.origin == "reported" else None)
+            out.append((rt, table_width(fixed + [mw[m] for m in group])))
+    notes = [f"[{n}] reported in {src} (the paper's value, not reproduced)" for src, n in marks.items()]
+    return out, notes
+
+
+def rich_tables(lb: Leaderboard, digits: int = 3) -> list[Any]:
+    """Every table whole, with CIs (for files and wide consoles)."""
+    return [t for t, _ in terminal_tables(lb, digits, width=None, ci=True)[0]]
 
 
 def render(lb: Leaderboard, fmt: str, digits: int = 3, width: int | None = None) -> str:
@@ -266,11 +313,13 @@ def render(lb: Leaderboard, fmt: str, digits: int = 3, width: int | None = None)
     if fmt == "table":
         from rich.console import Console
 
-        console = Console(file=io.StringIO(), width=width or 400, color_system=None, force_terminal=False)
-        for rt in rich_tables(lb, digits):
+        tables, footnotes = terminal_tables(lb, digits, width=width, ci=True)
+        need = max([width or 0, *(w for _, w in tables)])
+        console = Console(file=io.StringIO(), width=need, color_system=None, force_terminal=False)
+        for rt, _ in tables:
             console.print(rt)
-        for n in lb.notes:
-            console.print(n)
+        for n in [*footnotes, *lb.notes]:
+            console.print(n, markup=False)
         return console.file.getvalue()
     raise ValueError(f"unknown format {fmt!r}")
 

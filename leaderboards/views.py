@@ -82,7 +82,7 @@ def resolve_scope(protocol: str | None, split: str | None) -> tuple[str, str]:
         from nsdbench.metrics.protocols import get_protocol
 
         return protocol, get_protocol(protocol).split
-    except (ImportError, UsageError):
+    except ImportError:
         return protocol, str(config.get("split"))
 
 
@@ -183,8 +183,11 @@ def build_leaderboard(
 ) -> Leaderboard:
     """The leaderboard for one (split, protocol): a subject-mean table and one table per subject."""
     from nsdbench.metrics.names import METRIC_ORDER
+    from nsdbench.nsd.splits import SPLITS
 
     protocol, split = resolve_scope(protocol, split)
+    if split not in SPLITS:
+        raise UsageError(f"--split: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if metrics:
         unknown = [m for m in metrics if m not in METRIC_ORDER]
         if unknown:
@@ -308,8 +311,7 @@ def compare_runs(
     allow_protocol_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Paired bootstrap of A − B per metric over the (subject, nsd_id) images both runs scored."""
-    from nsdbench.metrics.bootstrap import paired_bootstrap
-    from nsdbench.metrics.names import HIGHER_IS_BETTER, order_key
+    from nsdbench.metrics.names import HIGHER_IS_BETTER
 
     unknown = [m for m in metrics or [] if m not in HIGHER_IS_BETTER]
     if unknown:
@@ -324,9 +326,45 @@ def compare_runs(
             f"({a['protocol']}#{a['protocol_hash']} vs {b['protocol']}#{b['protocol_hash']}); their metrics are not "
             f"the same quantities (--allow-protocol-mismatch to compare anyway)"
         )
-    ia, ib = store.image_scores(a["id"]), store.image_scores(b["id"])
-    merged = ia.merge(ib, on=["subject", "nsd_id", "metric"], suffixes=("_a", "_b")).dropna(
-        subset=["value_a", "value_b"]
+    rows = paired_differences(
+        store.image_scores(a["id"]), store.image_scores(b["id"]), metrics, n_resamples, seed
+    )
+    if not rows:
+        raise UsageError(
+            f"runs {a['id']} and {b['id']} share no scored (subject, nsd_id) images"
+            + (f" for metrics {', '.join(metrics)}" if metrics else "")
+            + "; compare needs the same images scored in both"
+        )
+    return {
+        "run_a": a["id"],
+        "run_b": b["id"],
+        "method_a": a["method"],
+        "method_b": b["method"],
+        "protocol": a["protocol"],
+        "n_resamples": n_resamples,
+        "rows": rows,
+    }
+
+
+def paired_differences(
+    ia: pd.DataFrame,
+    ib: pd.DataFrame,
+    metrics: list[str] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Per metric, the paired bootstrap of A − B over the (subject, nsd_id) images both frames scored.
+
+    Frames have columns subject, nsd_id, metric, value (per-image values); used by `compare` and the report.
+    """
+    from nsdbench.metrics.bootstrap import paired_bootstrap
+    from nsdbench.metrics.names import HIGHER_IS_BETTER, order_key
+
+    cols = ["subject", "nsd_id", "metric", "value"]
+    merged = (
+        ia[cols]
+        .merge(ib[cols], on=["subject", "nsd_id", "metric"], suffixes=("_a", "_b"))
+        .dropna(subset=["value_a", "value_b"])
     )
     rows = []
     for metric, g in sorted(merged.groupby("metric"), key=lambda kv: order_key(kv[0])):
@@ -349,21 +387,7 @@ def compare_runs(
                 "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
             }
         )
-    if not rows:
-        raise UsageError(
-            f"runs {a['id']} and {b['id']} share no scored (subject, nsd_id) images"
-            + (f" for metrics {', '.join(metrics)}" if metrics else "")
-            + "; compare needs the same images scored in both"
-        )
-    return {
-        "run_a": a["id"],
-        "run_b": b["id"],
-        "method_a": a["method"],
-        "method_b": b["method"],
-        "protocol": a["protocol"],
-        "n_resamples": n_resamples,
-        "rows": rows,
-    }
+    return rows
 
 
 def single_run_board(store: Store, run_id: str) -> Leaderboard:

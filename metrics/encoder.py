@@ -446,8 +446,10 @@ def _save_entry(model: EncodingModel, key: str) -> Path:
     import shutil
     import tempfile
 
+    from nsdbench.files import follow_umask
+
     final = encoder_dir() / key
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=encoder_dir()))
+    tmp = follow_umask(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=encoder_dir()))
     arrays = {
         "coef": model.ridge.coef,
         "intercept": model.ridge.intercept,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from nsdbench import config
+from nsdbench.files import follow_umask
 
 
 def images_sha256(items: Iterable[tuple[int, np.ndarray]]) -> str:
@@ -66,7 +67,7 @@ def save(key: str, features: Mapping[str, np.ndarray], meta: Mapping[str, Any]) 
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
+    tmp = follow_umask(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
     try:
         for layer, arr in features.items():
             np.save(tmp / f"{layer}.npy", np.ascontiguousarray(arr), allow_pickle=False)

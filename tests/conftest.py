@@ -7,6 +7,37 @@ from pathlib import Path
 
 import pytest
 
+_SIDE_EFFECTS: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep side effects out of the checkout and the system temp dir: Hypothesis's database and Ray's
+    session folders go to one private temp folder (short path: Ray's socket names), removed at the end."""
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="nsdb-t-")
+    _SIDE_EFFECTS["scratch"] = scratch
+    _SIDE_EFFECTS["RAY_TMPDIR"] = os.environ.get("RAY_TMPDIR", "")
+    os.environ["RAY_TMPDIR"] = scratch
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+
+        set_hypothesis_home_dir(Path(scratch) / "hypothesis")
+    except ImportError:
+        pass
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    if "scratch" in _SIDE_EFFECTS:
+        shutil.rmtree(_SIDE_EFFECTS.pop("scratch"), ignore_errors=True)
+        old = _SIDE_EFFECTS.pop("RAY_TMPDIR")
+        if old:
+            os.environ["RAY_TMPDIR"] = old
+        else:
+            os.environ.pop("RAY_TMPDIR", None)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def nsdbench_home(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -68,9 +68,14 @@ def test_golden_roundtrip_tamper_and_update(small_root, tmp_path, capsys):
     assert next(c for c in doc["checked"] if c["metric"] == "alexnet7")["tolerance"] == 1e-3
 
     rc = main(["drift", "--golden", str(golden)])  # the human-readable form lists each one
-    err = capsys.readouterr().err
+    cap = capsys.readouterr()
+    err = cap.err
     assert rc == 4 and "nsdbench-v1 subject 1 pixcorr: expected" in err and "definition changed" in err
     assert "3 value(s) beyond tolerance" in err
+    # the table shows the moved set scores only, and counts the others
+    table_rows = [line for line in cap.out.splitlines() if line.startswith("│")]
+    assert len(table_rows) == 2 and all("DRIFT" in r for r in table_rows)
+    assert "8 of 10 set scores ok (--verbose lists them)" in err
 
     rc, doc = _drift(capsys, "--golden", str(golden), "--update")
     assert rc == 0 and doc["updated"]

@@ -171,6 +171,7 @@ def test_cli_encoder_fit_and_show(model, synth_root, capsys):
     assert main(["encoder", "show", "--subject", "1", "--data", str(synth_root)]) == 0
     text = capsys.readouterr().out
     assert "V1" in text and "fraction of NC" in text
+    assert "noise ceiling R²" in text and "comparable with r², not r" in " ".join(text.split())
     assert main(["encoder", "show", "--subject", "2", "--data", str(synth_root)]) == 1
     err = capsys.readouterr().err
     assert "nsdbench encoder fit --subject 2" in err and len(err.strip().splitlines()) <= 2

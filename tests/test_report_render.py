@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
@@ -51,7 +53,8 @@ def parse(page: str) -> PageParser:
     return p
 
 
-def build(nsd, n_ids: int = 12, subjects=(1, 2), drop: set | None = None, runs=("good", "shuffled"), seed=0):
+def build(nsd, n_ids: int = 12, subjects=(1, 2), drop: set | None = None, runs=("good", "shuffled"), seed=0,
+          metrics=METRICS):
     """Two runs over the synthetic NSD: 'good' = noisy ground truth, 'shuffled' = another test image."""
     from nsdbench.nsd.splits import get_split
 
@@ -70,7 +73,7 @@ def build(nsd, n_ids: int = 12, subjects=(1, 2), drop: set | None = None, runs=(
                     img = gt[ids[(k + 1) % len(ids)]]
                 if (r, s, i) not in drop:
                     recs[(r, s, i)] = img
-                for m in METRICS:
+                for m in metrics:
                     rows.append((r, s, i, m, float(rng.random())))
     scores = pd.DataFrame(rows, columns=["run", "subject", "nsd_id", "metric", "value"])
     aggs = []
@@ -255,3 +258,52 @@ def test_ground_truth_root_never_falls_back_silently(tmp_path):
         ground_truth_root([("a", "/no/such/nsd")], notes)
     assert ground_truth_root([("a", str(tmp_path)), ("b", "synthetic")], notes) == str(tmp_path)
     assert len(notes) == 1 and "different NSD roots" in notes[0]
+
+
+def test_two_runs_get_a_run_vs_run_section_equal_to_the_paired_bootstrap(nsd):
+    from nsdbench.metrics.bootstrap import paired_bootstrap
+
+    data, _ = build(nsd, n_ids=8)
+    page, _, _ = render_report(data, ReportOptions(n=4, k_extremes=1, thumb=64))
+    assert 'href="#run-vs-run"' in page and '<section id="run-vs-run">' in page
+    rows = dict(re.findall(r'<tr data-metric="(\w+)" (data-diff="[^"]+" data-lo="[^"]+" data-hi="[^"]+")', page))
+    assert sorted(rows) == sorted(METRICS)
+    s = data.image_scores.sort_values(["subject", "nsd_id"])
+    for m, attrs in rows.items():
+        a = s[(s["run"] == "good") & (s["metric"] == m)]["value"].to_numpy()
+        b = s[(s["run"] == "shuffled") & (s["metric"] == m)]["value"].to_numpy()
+        diff, lo, hi, _p = paired_bootstrap(a, b, n_resamples=2000, seed=0)  # `nsdbench compare` defaults
+        got = [float(x) for x in re.findall(r'"([^"]+)"', attrs)]
+        assert got == [float(diff), float(lo), float(hi)]
+        assert abs(diff - (a.mean() - b.mean())) < 1e-12
+    one, _ = build(nsd, n_ids=8, runs=("good",))
+    assert "run-vs-run" not in render_report(one, ReportOptions(n=4, k_extremes=1, thumb=64))[0]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WIDTH_PROBE = (
+    "<script>var d=document.documentElement, t=document.getElementById('leaderboard-table').parentElement;"
+    "document.body.setAttribute('data-probe', [d.scrollWidth, window.innerWidth, t.scrollWidth, t.clientWidth,"
+    "getComputedStyle(t).overflowX].join(','));</script></body>"
+)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_wide_tables_scroll_in_their_own_box_not_the_page(nsd, tmp_path):
+    """A leaderboard with every metric is wider than a 1400 px window: the table scrolls, the page does not."""
+    from nsdbench.metrics.names import METRIC_ORDER
+
+    data, _ = build(nsd, n_ids=6, metrics=list(METRIC_ORDER))
+    page, _, _ = render_report(data, ReportOptions(n=4, k_extremes=1, thumb=64))
+    path = tmp_path / "report.html"
+    path.write_text(page.replace("</body>", WIDTH_PROBE, 1))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900", "--dump-dom", path.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True).stdout
+    probe = re.search(r'data-probe="([^"]+)"', dom)
+    assert probe, dom[:500]
+    page_w, window_w, table_w, box_w, overflow = probe.group(1).split(",")
+    assert int(page_w) <= int(window_w)  # no sideways scrolling of the page
+    assert int(table_w) > int(box_w)  # the table is wider than its box ...
+    assert overflow == "auto"  # ... and scrolls inside it

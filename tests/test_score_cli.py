@@ -146,3 +146,16 @@ def test_rescoring_the_same_submission_records_it_once(scored, small_root, db, c
     doc = _score(path, small_root, db, capsys, "--method-name", "png")
     assert doc["already_recorded"] is True and doc["run_id"] == run_id
     assert Store(db).counts() == counts
+
+
+def test_protocol_list_records_one_run_per_protocol(scored, small_root, db, capsys):
+    """`--protocol A,B` scores the same submission under each protocol: two runs, each equal to scoring
+    under that protocol alone (same deterministic run id, so the single-protocol call records nothing)."""
+    path = scored["tar"][0]
+    doc = _score(path, small_root, db, capsys, "--method", "tar", "--protocol", "nsdbench-v1,brain-diffuser-2023")
+    runs = doc["runs"]
+    assert [r["protocol"] for r in runs] == ["nsdbench-v1", "brain-diffuser-2023"]
+    assert runs[0]["run_id"] == scored["tar"][1] and runs[0]["already_recorded"]  # --method = --method-name
+    alone = _score(path, small_root, db, capsys, "--method", "tar", "--protocol", "brain-diffuser-2023")
+    assert alone["run_id"] == runs[1]["run_id"] and alone["already_recorded"]
+    assert Store(db).run(runs[1]["run_id"])["protocol"] == "brain-diffuser-2023"

@@ -10,8 +10,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nsdbench.commands.score import writable
+from nsdbench.commands.options import (
+    check_data,
+    check_exists,
+    check_split,
+    check_subjects_in,
+    subject_opt,
+    subjects_opt,
+)
+from nsdbench.commands.score import parse_subjects, writable
 from nsdbench.errors import NSDBenchError, UsageError
+from nsdbench.terminal import print_whole
 
 out = Console()
 err = Console(stderr=True)
@@ -20,9 +29,10 @@ DATA_HELP = "NSD root, or 'synthetic' (default: NSDBENCH_DATA, else the syntheti
 
 
 def _open(data: str | None):
+    """Open the NSD root after the cheap check: a missing folder is a usage error (exit 2)."""
     from nsdbench.nsd import open_nsd
 
-    return open_nsd(data)
+    return open_nsd(check_data(data))
 
 
 def describe(nsd) -> dict:
@@ -97,7 +107,7 @@ def register(app: typer.Typer) -> None:
     @data_app.command("synth")
     def synth(
         out_dir: str = typer.Option(
-            None, "--out", help="Folder to write (default: NSDBENCH_HOME/synthetic-nsd)."
+            None, "--out", "-o", help="Folder to write (default: NSDBENCH_HOME/synthetic-nsd)."
         ),
         seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same dataset."),
         force: bool = typer.Option(False, "--force", help="Replace an existing dataset at --out."),
@@ -157,7 +167,7 @@ def register(app: typer.Typer) -> None:
                 "/".join(str(vox.get(k, "?")) for k in ("V1", "V2", "V3", "V4")),
                 *(fmt(e["splits"][n]) for n in ("nsd982", "nsd897", "nsd1000")),
             )
-        (out if out.is_terminal else Console(width=160)).print(table)  # piped: do not squeeze the cells
+        print_whole(table)  # never squeeze a cell, in a terminal or piped
         out.print("splits: test images / test trials / train images")
 
     @data_app.command("import-brain-diffuser")
@@ -165,14 +175,17 @@ def register(app: typer.Typer) -> None:
         folder: str = typer.Argument(
             ..., help="brain-diffuser processed_data folder (or its subjSS subfolder)."
         ),
-        subject: int = typer.Option(..., "--subject", "-s"),
+        subject: int = subject_opt(),
         data: str = typer.Option(None, "--data", help=DATA_HELP),
-        save: str = typer.Option(None, "--out", help="Write an .npz keyed by NSD id (ascending order)."),
+        save: str = typer.Option(None, "--out", "-o", help="Write an .npz keyed by NSD id (ascending order)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ) -> None:
         """Check brain-diffuser's averaged betas against NSD and key them by NSD id."""
         from nsdbench.nsd.importers import import_brain_diffuser
 
+        check_exists(Path(folder), "brain-diffuser folder")
+        if save:
+            writable(Path(save), "--out")
         nsd = _open(data)
         imp = import_brain_diffuser(nsd, folder, subject)
         doc = {
@@ -192,13 +205,14 @@ def register(app: typer.Typer) -> None:
     @data_app.command("import-mindeye2")
     def import_me2(
         path: str = typer.Argument(..., help="betas_all_subj0S_fp32_renorm.hdf5 (or its folder)."),
-        subject: int = typer.Option(..., "--subject", "-s"),
+        subject: int = subject_opt(),
         data: str = typer.Option(None, "--data", help=DATA_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ) -> None:
         """Check a MindEye2 betas file against NSD (trials x nsdgeneral voxels) and cache it as float32."""
         from nsdbench.nsd.importers import import_mindeye2
 
+        check_exists(Path(path), "MindEye2 betas")
         nsd = _open(data)
         x = import_mindeye2(nsd, path, subject)
         doc = {"subject": subject, "path": str(path), "shape": list(x.shape), "sessions": x.shape[0] // 750}
@@ -207,9 +221,7 @@ def register(app: typer.Typer) -> None:
     @data_app.command("cache")
     def cache(
         data: str = typer.Option(None, "--data", help=DATA_HELP),
-        subjects: str = typer.Option(
-            None, "--subjects", help="Comma-separated subjects (default: all with data)."
-        ),
+        subjects: str = subjects_opt(),
         roi: str = typer.Option("nsdgeneral", "--roi", help="ROI volume whose voxels (> 0) are kept."),
         normalize: str = typer.Option("none", "--normalize", help="none or session-zscore."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -217,8 +229,10 @@ def register(app: typer.Typer) -> None:
         """Read every session's betas once into the float32 cache (later loads are memory-mapped)."""
         import time
 
+        subj = parse_subjects(subjects)
         nsd = _open(data)
-        todo = [int(x) for x in subjects.split(",")] if subjects else nsd.subjects
+        check_subjects_in(subj, nsd)
+        todo = list(subj) if subj else nsd.subjects
         rows = []
         for s in todo:
             t0 = time.perf_counter()
@@ -248,7 +262,7 @@ def register(app: typer.Typer) -> None:
     @splits_app.command("show")
     def show(
         name: str = typer.Argument(..., help="nsd982, nsd897 or nsd1000."),
-        subject: int = typer.Option(..., "--subject", "-s"),
+        subject: int = subject_opt(),
         data: str = typer.Option(None, "--data", help=DATA_HELP),
         order: str = typer.Option("nsd-ascending", "--order", help="nsd-ascending or first-presentation."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -256,7 +270,12 @@ def register(app: typer.Typer) -> None:
         """The split's test ids (with their trials) and training-set size for one subject."""
         from nsdbench.nsd.splits import get_split
 
-        split = get_split(_open(data), name, subject)
+        check_split(name)
+        if order not in ("nsd-ascending", "first-presentation"):
+            raise UsageError(f"--order: expected nsd-ascending or first-presentation, got {order!r}")
+        nsd = _open(data)
+        check_subjects_in((subject,), nsd)
+        split = get_split(nsd, name, subject)
         doc = split_doc(split, order)
         if as_json:
             print(json.dumps(doc))

@@ -11,18 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from nsdbench import config
+from nsdbench.commands.options import check_data, check_split, check_subjects_in, subject_opt
+from nsdbench.commands.score import resolve_device
 from nsdbench.errors import NSDBenchError
 
 out = Console()
-
-
-def _device(flag: str | None) -> str:
-    value = str(config.get("device", flag))
-    if value == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return value
 
 
 def _data_root(flag: str | None) -> Path:
@@ -46,7 +39,7 @@ def _print_summary(meta: dict[str, Any]) -> None:
         f"median alpha {meta['alpha_median']:g}"
     )
     table = Table(title="held-out accuracy (test split, repetition-averaged betas)")
-    for col in ("ROI", "voxels", "mean r", "median r", "noise ceiling", "fraction of NC"):
+    for col in ("ROI", "voxels", "mean r", "median r", "noise ceiling R²", "fraction of NC"):
         table.add_column(col, justify="left" if col == "ROI" else "right")
     for roi, acc in meta["accuracy"].items():
         table.add_row(
@@ -58,6 +51,11 @@ def _print_summary(meta: dict[str, Any]) -> None:
             f"{acc['frac_nc']:.3f}",
         )
     out.print(table)
+    out.print(
+        "r: Pearson correlation per voxel. The noise ceiling is a fraction of variance (R²), comparable with "
+        "r², not r; fraction of NC = Σ max(r, 0)² / Σ NC.",
+        highlight=False,
+    )
     if "path" in meta:
         out.print(f"[dim]{meta['path']}[/]")
 
@@ -69,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("fit")
     def fit(
-        subject: int = typer.Option(..., "--subject", help="NSD subject (1, 2, 5, 7)."),
+        subject: int = subject_opt(),
         data: str = typer.Option(None, "--data", help="NSD root, or 'synthetic' (default: config)."),
         split: str = typer.Option(None, "--split", help="Test split whose training images fit it."),
         weights_mode: str = typer.Option(None, "--weights", help="pretrained | random | tiny."),
@@ -77,17 +75,21 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ) -> None:
         """Fit (or load from the cache) the canonical encoder of one subject and report its accuracy."""
-        from nsdbench.metrics.encoder import fit_encoder
+        from nsdbench import weights
+        from nsdbench.metrics.encoder import default_spec, fit_encoder
+        from nsdbench.metrics.networks import ARTIFACT_OF
         from nsdbench.nsd import open_nsd
 
+        split_name = check_split(str(config.get("split", split)))
+        mode = weights.check_mode(str(config.get("weights", weights_mode)))
+        data = check_data(data)
+        dev = resolve_device(device)
+        if mode == "pretrained":
+            spec = default_spec(mode)
+            weights.require_all([ARTIFACT_OF[(spec.network, spec.network_weights)]])
         nsd = open_nsd(data)
-        model = fit_encoder(
-            nsd,
-            subject,
-            str(config.get("split", split)),
-            str(config.get("weights", weights_mode)),
-            device=_device(device),
-        )
+        check_subjects_in((subject,), nsd)
+        model = fit_encoder(nsd, subject, split_name, mode, device=dev)
         meta = dict(model.meta, path=str(model.path) if model.path else None)
         if as_json:
             print(json.dumps(meta, indent=2, sort_keys=True))
@@ -96,7 +98,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("show")
     def show(
-        subject: int = typer.Option(..., "--subject", help="NSD subject."),
+        subject: int = subject_opt(),
         data: str = typer.Option(None, "--data", help="NSD root, or 'synthetic' (default: config)."),
         split: str = typer.Option(None, "--split", help="Only encoders fit for this split."),
         weights_mode: str = typer.Option(None, "--weights", help="Only encoders with these weights."),
@@ -105,7 +107,9 @@ def register(app: typer.Typer) -> None:
         """Show the stored held-out accuracy of the newest cached encoder (fits nothing)."""
         from nsdbench.metrics.encoder import find_fitted
 
-        root = _data_root(data)
+        if split is not None:
+            check_split(split)
+        root = _data_root(check_data(data))
         found = find_fitted(subject, split, weights_mode, data_root=root)
         if not found:
             what = " ".join(f"--{k} {v}" for k, v in (("split", split), ("weights", weights_mode)) if v)

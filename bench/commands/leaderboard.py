@@ -10,8 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, wide, writable
+from nsdbench.commands.options import check_split, out_opt, parse_protocols, subjects_opt
+from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, writable
 from nsdbench.errors import MetricDrift, UsageError
+from nsdbench.files import atomic_write_text
+from nsdbench.terminal import print_table_or_records, print_whole
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -25,14 +28,15 @@ def register(app: typer.Typer) -> None:
     @app.command("leaderboard")
     def leaderboard_cmd(
         split: str = typer.Option(None, "--split", help="Test split (default: the protocol's)."),
-        protocol: str = typer.Option(None, "--protocol", help="Protocol (default: config, nsdbench-v1)."),
-        subjects: str = typer.Option(
-            None, "--subjects", help="Only runs covering these subjects; mean over them."
+        protocol: str = typer.Option(
+            None, "--protocol", "-p", help="Protocol, or a comma list: one board each (default: config)."
         ),
+        subjects: str = subjects_opt("Only runs covering these subjects; mean over them."),
         metric: str = typer.Option(
             None, "--metric", help="Comma-separated metrics to show (default: all scored)."
         ),
         fmt: str = typer.Option("table", "--format", help="table|md|csv|json|latex|html."),
+        ci: bool = typer.Option(False, "--ci", help="Terminal table: show the 95% CI beside each mean."),
         include_smoke: bool = typer.Option(
             False, "--include-smoke", help="Show random/tiny-weight runs too."
         ),
@@ -46,53 +50,76 @@ def register(app: typer.Typer) -> None:
             True, "--reported/--no-reported", help="Published rows beside reproduced."
         ),
         per_subject: bool = typer.Option(True, "--per-subject/--no-per-subject", help="Per-subject tables."),
-        digits: int = typer.Option(3, "--digits", min=1, max=8),
+        digits: int = typer.Option(3, "--digits", min=1, max=8, help="Decimals shown (1-8)."),
         db: Path = DB_OPT,
-        output: Annotated[
-            Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
-        ] = None,
+        output: Annotated[Path | None, out_opt("Write to this file instead of stdout.")] = None,
+        output_old: Annotated[Path | None, typer.Option("--output", hidden=True)] = None,
+        as_json: bool = JSON_OPT,
     ) -> None:
-        """One row per method (mean [95% CI]), columns in the papers' order, reported rows marked."""
-        from nsdbench.leaderboards.exports import FORMATS, render, rich_tables
+        """One row per method, columns in the papers' order, reported rows marked with their source."""
+        from nsdbench.leaderboards.exports import FORMATS, render
         from nsdbench.leaderboards.store import Store
         from nsdbench.leaderboards.views import build_leaderboard
 
         if fmt not in FORMATS:
             raise UsageError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        if as_json and fmt not in ("table", "json"):
+            raise UsageError(f"--json and --format {fmt} exclude each other")
+        fmt = "json" if as_json else fmt
+        flag = "--out" if output is not None or output_old is None else "--output"
+        output = output or output_old
+        protocols = parse_protocols(protocol)
+        if split is not None:
+            check_split(split)
+        if len(protocols) > 1 and fmt == "csv":
+            raise UsageError("--format csv takes one --protocol (the CSV has no protocol column)")
         if output is not None:
-            writable(output, "--output")
-        board = build_leaderboard(
-            Store(db),
-            split=split,
-            protocol=protocol,
-            subjects=parse_subjects(subjects),
-            metrics=_metrics(metric),
-            include_smoke=include_smoke,
-            runs=run,
-            best_by=best_by,
-            reported=reported,
-            per_subject=per_subject,
-        )
+            writable(output, flag)
+        subj = parse_subjects(subjects)
+        metrics = _metrics(metric)
+        boards = [
+            build_leaderboard(
+                Store(db),
+                split=split,
+                protocol=p,
+                subjects=subj,
+                metrics=metrics,
+                include_smoke=include_smoke,
+                runs=run,
+                best_by=best_by,
+                reported=reported,
+                per_subject=per_subject,
+            )
+            for p in protocols or [None]
+        ]
+        if fmt == "json":
+            docs = [b.to_dict() for b in boards]
+            text = json.dumps(docs[0] if len(docs) == 1 else {"leaderboards": docs}, indent=2, default=str) + "\n"
+        else:
+            text = "".join(render(b, fmt, digits) for b in boards)
         if output is not None:
-            output.write_text(render(board, fmt, digits))
+            atomic_write_text(output, text)
             err.print(f"wrote {output}")
         elif fmt == "table":
-            console = wide(width=40 + 26 * 17)
-            for t in rich_tables(board, digits):
-                console.print(t)
-            for n in board.notes:
-                err.print(n, markup=False)
+            for b in boards:
+                _print_board(b, digits, ci)
         else:
-            print(render(board, fmt, digits), end="")
+            print(text, end="")
 
     @app.command("compare")
     def compare_cmd(
         run_a: str = typer.Argument(..., help="Run id (or unique prefix)."),
         run_b: str = typer.Argument(..., help="Run id (or unique prefix)."),
         metric: str = typer.Option(None, "--metric", help="Comma-separated metrics (default: all shared)."),
-        n_resamples: int = typer.Option(2000, "--bootstrap", min=10),
-        seed: int = typer.Option(0, "--seed"),
-        allow_mismatch: bool = typer.Option(False, "--allow-protocol-mismatch"),
+        n_resamples: int = typer.Option(
+            2000, "--bootstrap", min=10, help="Paired bootstrap resamples for the CIs and p-values."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling (same seed, same CIs)."),
+        allow_mismatch: bool = typer.Option(
+            False,
+            "--allow-protocol-mismatch",
+            help="Compare runs scored under different protocols (their metrics differ in definition).",
+        ),
         db: Path = DB_OPT,
         as_json: bool = JSON_OPT,
     ) -> None:
@@ -123,7 +150,7 @@ def register(app: typer.Typer) -> None:
                 f"{r['p_value']:.4f}",
                 better,
             )
-        wide().print(t)
+        print_whole(t)
 
     runs = typer.Typer(help="Recorded runs.", no_args_is_help=True)
 
@@ -150,12 +177,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(df[cols].to_json(orient="records", date_format="iso", indent=2) if len(df) else "[]")
             return
-        t = Table(title=f"runs in {Store(db).path}", title_justify="left")
-        for c in cols:
-            t.add_column(c)
-        for r in df.to_dict("records"):
-            t.add_row(*[str(r[c]) for c in cols])
-        wide().print(t)
+        print_table_or_records(
+            f"runs in {Store(db).path}", cols, [[str(r[c]) for c in cols] for r in df.to_dict("records")]
+        )
 
     @runs.command("show")
     def runs_show(
@@ -175,12 +199,12 @@ def register(app: typer.Typer) -> None:
             print(json.dumps({"run": info, "aggregates": agg.to_dict("records")}, indent=2, default=str))
             return
         t = Table(show_header=False, title=f"run {info['id']}", title_justify="left")
-        t.add_column("field")
-        t.add_column("value")
+        t.add_column("field", no_wrap=True)
+        t.add_column("value", overflow="fold")
         for k, v in info.items():
             t.add_row(k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v))
         out.print(t)
-        wide().print(run_summary_table(single_run_board(store, info["id"])))
+        print_whole(run_summary_table(single_run_board(store, info["id"])))
 
     @runs.command("delete")
     def runs_delete(
@@ -194,7 +218,8 @@ def register(app: typer.Typer) -> None:
         store = Store(db)
         full = store.resolve_id(run_id)
         if not yes and not typer.confirm(f"delete run {full} from {store.path}?"):
-            raise typer.Abort()
+            out.print(f"kept run {full} (nothing deleted)")
+            return
         store.delete(full)
         out.print(f"deleted run {full}")
 
@@ -219,10 +244,11 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option(None, "--format", help="--create: submission format (default: detect)."),
         order: str = typer.Option(None, "--order", help="--create: order for arrays without ids."),
         split: str = typer.Option(None, "--split", help="--create: test split (default: the protocol's)."),
-        protocols: str = typer.Option(
-            "nsdbench-v1", "--protocols", help="--create: comma-separated protocols."
+        protocol: str = typer.Option(
+            "nsdbench-v1", "--protocol", "-p", help="--create: a protocol or a comma list."
         ),
-        subjects: str = typer.Option("1", "--subjects", help="--create: subjects."),
+        protocols_old: str = typer.Option(None, "--protocols", hidden=True),
+        subjects: str = subjects_opt("--create: subjects.", default="1"),
         weights_mode: str = typer.Option("pretrained", "--weights", help="--create: pretrained|random|tiny."),
         max_images: int = typer.Option(
             None, "--max-images", min=2, help="--create: first N ids per subject."
@@ -236,6 +262,7 @@ def register(app: typer.Typer) -> None:
             1e-4, "--tol-network", help="--create: tolerance, network metrics."
         ),
         device: str = typer.Option("cpu", "--device", help="cpu|cuda|auto."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="List the set scores within tolerance too."),
         as_json: bool = JSON_OPT,
     ) -> None:
         """Rescore the golden set; exit 4 listing every metric that moved beyond its tolerance."""
@@ -251,7 +278,7 @@ def register(app: typer.Typer) -> None:
                 golden,
                 data=data,
                 split=split,
-                protocols=tuple(_metrics(protocols) or ()),
+                protocols=tuple(parse_protocols(protocols_old or protocol)),
                 subjects=parse_subjects(subjects) or (1,),
                 weights_mode=weights.check_mode(weights_mode),
                 submission=submission,
@@ -281,7 +308,12 @@ def register(app: typer.Typer) -> None:
                 for d in report.deviations
                 if d.level == "image"
             }
+            shown = 0
             for c in report.checked:
+                status = _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved)
+                if status == "ok" and not verbose:
+                    continue
+                shown += 1
                 e, a = c["expected"], c["actual"]
                 diff = abs(a - e) if e is not None and a is not None else None
                 t.add_row(
@@ -292,9 +324,18 @@ def register(app: typer.Typer) -> None:
                     _num(a),
                     _num(diff, ".2e"),
                     f"{c['tolerance']:g}",
-                    _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved),
+                    status,
                 )
-            wide(width=160).print(t)
+            if shown:
+                print_whole(t)
+            n_ok = sum(
+                _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved) == "ok" for c in report.checked
+            )
+            err.print(
+                f"{n_ok} of {len(report.checked)} set scores ok"
+                + ("" if verbose or n_ok == 0 else " (--verbose lists them)"),
+                highlight=False,
+            )
             for d in report.deviations:
                 err.print(f"drift: {d.line()}", markup=False)
         if report.updated:
@@ -308,6 +349,25 @@ def register(app: typer.Typer) -> None:
             )
         images = f" and {report.checked_per_image} per-image values" if report.checked_per_image else ""
         err.print(f"no drift: {len(report.checked)} set scores{images} within tolerance")
+
+
+def _print_board(board, digits: int, ci: bool) -> None:
+    """The leaderboard on stdout: metric groups that fit the terminal, footnotes, notes on stderr."""
+    from nsdbench.leaderboards.exports import terminal_tables
+    from nsdbench.terminal import console_for, stdout_width
+
+    limit = stdout_width()
+    tables, footnotes = terminal_tables(board, digits, width=limit, ci=ci)
+    for rt, need in tables:
+        console_for(need, limit).print(rt)
+    shown = Console(highlight=False, width=limit) if limit else console_for(0, None)  # prose wraps at words
+    for line in footnotes:
+        shown.print(line, markup=False)
+    has_ci = any(c.lo is not None for t in board.tables for r in t.rows for c in r.cells.values())
+    if has_ci and not ci:
+        shown.print("means over images; --ci adds 95% bootstrap CIs", markup=False, style="dim")
+    for n in board.notes:
+        err.print(n, markup=False)
 
 
 def _num(x: float | None, spec: str = ".8f") -> str:

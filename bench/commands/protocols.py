@@ -7,9 +7,12 @@ import json
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-out = Console()
+from nsdbench.terminal import print_table_or_records
+
+out = Console(highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -38,15 +41,14 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps({"protocols": rows, "differences": diffs}, indent=2))
             return
-        table = Table(title="metric protocols")
-        for col in ("name", "version", "hash", "split", "metrics", "description"):
-            table.add_column(col, overflow="fold")
+        print_table_or_records(
+            "metric protocols",
+            ("name", "version", "hash", "split", "metrics"),
+            [(r["name"], r["version"], r["hash"], r["split"], str(len(r["metrics"]))) for r in rows],
+        )
         for r in rows:
-            table.add_row(
-                r["name"], r["version"], r["hash"], r["split"], str(len(r["metrics"])), r["description"]
-            )
-        out.print(table)
-        out.print(_diff_table(diffs, [p.name for p in protos]))
+            out.print(f"[bold]{r['name']}[/]: {escape(r['description'])}")
+        _print_diffs(diffs, [p.name for p in protos])
 
     @group.command("show")
     def show(
@@ -80,17 +82,19 @@ def register(app: typer.Typer) -> None:
             for c in p.changelog:
                 out.print(f"- {c.line()}", markup=False)
         others = [q for q in PROTOCOLS.values() if q.name != p.name]
-        out.print(_diff_table(differences([p, *others]), [p.name] + [q.name for q in others]))
+        _print_diffs(differences([p, *others]), [p.name] + [q.name for q in others])
 
     app.add_typer(group, name="protocols")
 
 
-def _diff_table(diffs: list[dict], names: list[str]) -> Table:
-    table = Table(title="where the protocols differ", show_lines=True)
-    table.add_column("metric")
-    table.add_column("field")
-    for n in names:
-        table.add_column(n, overflow="fold")
-    for r in diffs:
-        table.add_row(r["metric"], r["field"], *[str(r.get(n, "")) for n in names])
-    return table
+def _print_diffs(diffs: list[dict], names: list[str]) -> None:
+    """The fields where protocols differ: a table when it fits, else one block per (metric, field)."""
+    print_table_or_records(
+        "where the protocols differ",
+        ("metric · field", *names),
+        [(_diff_key(r), *[str(r.get(n, "")) for n in names]) for r in diffs],
+    )
+
+
+def _diff_key(r: dict) -> str:
+    return r["field"] if r["metric"] == "-" else f"{r['metric']} · {r['field']}"

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nsdbench import config
+from nsdbench.commands.options import check_data
 from nsdbench.commands.score import writable
 from nsdbench.errors import UsageError
 
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
     def report(
         runs: Annotated[list[str], typer.Argument(help="Leaderboard run ids (or unique prefixes) or run folders.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
-        subjects: Annotated[str | None, typer.Option("--subjects", help="Only these subjects, e.g. 1,2.")] = None,
+        subjects: Annotated[str | None, typer.Option("--subjects", "-s", help="Only these subjects, e.g. 1,2.")] = None,
         n: Annotated[int, typer.Option("--n", help="Images per subject in the grids (seeded sample).")] = 48,
         ids: Annotated[str | None, typer.Option("--ids", help="Pin the grid images: 0-based NSD ids, e.g. 2950,3077.")]
         = None,
@@ -68,6 +69,8 @@ def register(app: typer.Typer) -> None:
         if k < 0:
             raise UsageError(f"--k must be >= 0 (got {k})")
         writable(out, "--out")
+        if data is not None:
+            check_data(data)
         seed_value = int(config.get("seed", seed))
         pinned = parse_int_list(ids, "--ids")
         report_data = load_report_data(runs, db=db, data=data, subjects=parse_int_list(subjects, "--subjects"))

@@ -182,13 +182,15 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             Opt, typer.Option("--data", help="'synthetic' or an NSD root (default: config).")
         ] = None,
-        weights_mode: Annotated[Opt, typer.Option("--weights", help="pretrained | random | tiny.")] = None,
+        weights_mode: Annotated[
+            Opt, typer.Option("--weights", help="pretrained | random | tiny (default: config, pretrained).")
+        ] = None,
         device: Annotated[Opt, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = None,
         variant: Annotated[
             Opt, typer.Option("--variant", help="A named variant of the method (ablation).")
         ] = None,
         out_dir: Annotated[
-            Path | None, typer.Option("--out", help="Run folder (default HOME/runs/RUN_ID).")
+            Path | None, typer.Option("--out", "-o", help="Run folder (default HOME/runs/RUN_ID).")
         ] = None,
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Skip completed work.")] = True,
         shard: Annotated[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +14,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from nsdbench import config
+from nsdbench.commands.options import (
+    check_data,
+    check_exists,
+    check_split,
+    check_subjects_in,
+    parse_protocols,
+    subjects_opt,
+)
 from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.terminal import print_whole
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -88,7 +98,7 @@ def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[An
     proto = get_protocol(str(config.get("protocol", protocol)))
     split_name = split or proto.split
     if split_name not in SPLITS:
-        raise UsageError(f"unknown split {split_name!r}; expected one of {', '.join(SPLITS)}")
+        raise UsageError(f"--split: unknown split {split_name!r}; expected one of {', '.join(SPLITS)}")
     return proto, split_name
 
 
@@ -157,12 +167,10 @@ def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate_cmd(
         submission: Path = SUBMISSION_ARG,
-        subjects: str = typer.Option(
-            None, "--subjects", help="Subjects to check, e.g. 1,2,5,7 (default: all present)."
-        ),
+        subjects: str = subjects_opt("Subjects to check, e.g. 1,2,5,7 (default: all present)."),
         split: str = SPLIT_OPT,
         protocol: str = typer.Option(
-            None, "--protocol", help="Protocol whose split is used (default: config)."
+            None, "--protocol", "-p", help="Protocol whose split is used (default: config)."
         ),
         data: str = DATA_OPT,
         fmt: str = FORMAT_OPT,
@@ -174,26 +182,33 @@ def register(app: typer.Typer) -> None:
         from nsdbench.nsd import open_nsd
 
         subj = parse_subjects(subjects)
+        check_exists(submission, "submission")
+        data = check_data(data)
         _proto, split_name = _resolve_protocol_split(protocol, split)
         nsd = open_nsd(data)
+        check_subjects_in(subj, nsd)
         sub, _ = _validated(submission, fmt, order, ids, subj, split_name, nsd, as_json)
         sub.close()
 
     @app.command("score")
     def score_cmd(
         submission: Path = SUBMISSION_ARG,
-        subjects: str = typer.Option(
-            None, "--subjects", help="Subjects to score, e.g. 1,2,5,7 (default: all present)."
-        ),
+        subjects: str = subjects_opt("Subjects to score, e.g. 1,2,5,7 (default: all present)."),
         split: str = SPLIT_OPT,
         protocol: str = typer.Option(
-            None, "--protocol", help="Metric protocol (default: config, nsdbench-v1)."
+            None,
+            "--protocol",
+            "-p",
+            help="Metric protocol, or a comma list: one recorded run each (default: config, nsdbench-v1).",
         ),
         method_name: str = typer.Option(
-            None, "--method-name", help="Leaderboard name (default: the file/folder name)."
+            None, "--method", "-m", help="Leaderboard name (default: the file/folder name)."
         ),
+        method_name_old: str = typer.Option(None, "--method-name", hidden=True),
         data: str = DATA_OPT,
-        weights_mode: str = typer.Option(None, "--weights", help="pretrained|random|tiny (default: config)."),
+        weights_mode: str = typer.Option(
+            None, "--weights", help="pretrained|random|tiny (default: config, pretrained)."
+        ),
         device: str = typer.Option(None, "--device", help="cpu|cuda|auto (default: config)."),
         brain: bool = typer.Option(
             None, "--brain/--no-brain", help="Brain correlation (default: on when an encoder can be built)."
@@ -208,7 +223,9 @@ def register(app: typer.Typer) -> None:
         work_dir: Annotated[
             Path | None, typer.Option("--work-dir", help="Where per-subject score files go.")
         ] = None,
-        batch_size: int = typer.Option(32, "--batch-size", min=1),
+        batch_size: int = typer.Option(
+            32, "--batch-size", min=1, help="Images per forward pass of the metric networks."
+        ),
         n_resamples: int = typer.Option(2000, "--bootstrap", min=10, help="Bootstrap resamples for the CIs."),
         as_json: bool = JSON_OPT,
     ) -> None:
@@ -217,93 +234,41 @@ def register(app: typer.Typer) -> None:
         from nsdbench.leaderboards.store import Store
         from nsdbench.metrics.protocols import with_encoder
         from nsdbench.nsd import open_nsd
-        from nsdbench.scoring import (
-            brain_target,
-            completed_parquet,
-            has_brain_metrics,
-            score_images_to_parquet,
-        )
 
+        # every cheap check first: arguments, paths, weights; then the data; then the submission
         subj = parse_subjects(subjects)
-        proto, split_name = _resolve_protocol_split(protocol, split)
-        proto = with_encoder(proto, encoder)
+        check_exists(submission, "submission")
+        data = check_data(data)
         mode = weights.check_mode(str(config.get("weights", weights_mode)))
+        names = parse_protocols(protocol) or [str(config.get("protocol"))]
+        scopes = [(with_encoder(pr, encoder), sp) for pr, sp in (_resolve_protocol_split(n, split) for n in names)]
         dev = resolve_device(device)
+        if work_dir:
+            writable(work_dir, "--work-dir", folder=True)
+        if mode == "pretrained":
+            weights.require_all(a for proto, _ in scopes for a in score_artifacts(proto, brain))
         nsd = open_nsd(data)
-        sub, problems = _validated(submission, fmt, order, ids, subj, split_name, nsd, as_json, quiet_ok=True)
-        with sub:
-            warnings_ = [p for p in problems if p.severity == "warning"]
-            for p in warnings_:
-                err.print(p.line(), markup=False)
-            subj = subj or tuple(sub.subjects)
-            method = method_name or submission.name.split(".")[0]
-            data_id = str(Path(nsd.root).resolve())
-            sub_sha = sub.sha256()
-            run_id = score_run_id(sub_sha, method, subj, split_name, proto, mode, brain, data_id)
-            store = Store(db)
-            if store.has_run(run_id):
-                _report(store, run_id, as_json, inserted=False)
-                return
-            wdir = writable(work_dir, "--work-dir", folder=True) if work_dir else config.home() / "scores" / run_id
-            paths, notes, used_brain = [], [], False
-            for s in subj:
-                path = wdir / f"subj{s:02d}.parquet"
-                if completed_parquet(path, run_id, s, proto.hash):
-                    err.print(f"subject {s}: reusing {path}")
-                    paths.append(path)
-                    continue
-                target = None
-                if has_brain_metrics(proto):
-                    target, note = brain_target(nsd, s, split_name, mode, brain, proto)
-                    if note:
-                        notes.append(note)
-                        err.print(note, markup=False)
-                used_brain = used_brain or target is not None
-                err.print(
-                    f"scoring subject {s} ({len(sub.entries_for(s))} reconstructions, {proto.name}, {mode} "
-                    f"weights, {dev})"
-                )
-                paths.append(
-                    score_images_to_parquet(
-                        nsd,
-                        s,
-                        split_name,
-                        proto,
-                        sub.images(s),
-                        mode,
-                        dev,
-                        path,
-                        run_id,
-                        brain=target,
-                        batch_size=batch_size,
-                        progress=True,
-                        extra_meta={"submission_sha256": sub_sha},
-                    )
-                )
-            record = store.new_run_record(
-                kind="score",
-                method=method,
-                subjects=subj,
-                split=split_name,
-                protocol=proto,
-                weights_mode=mode,
-                run_id=run_id,
-                device=dev,
-                submission_sha256=sub_sha,
-                data=data_id,
-                brain=used_brain,
-                config={
-                    "submission": str(submission.resolve()),
-                    "format": sub.fmt,
-                    "order": order,
-                    "ids": str(ids) if ids else None,
-                    "n_resamples": n_resamples,
-                    "batch_size": batch_size,
-                    "notes": notes,
-                },
+        check_subjects_in(subj, nsd)
+        method = method_name or method_name_old or submission.name.split(".")[0]
+        store = Store(db)
+        docs = []
+        for proto, split_name in scopes:
+            sub, problems = _validated(
+                submission, fmt, order, ids, subj, split_name, nsd, as_json, quiet_ok=True
             )
-            result = store.ingest(record, paths, n_resamples=n_resamples)
-            _report(store, run_id, as_json, inserted=result.inserted)
+            with sub:
+                for p in problems:
+                    if p.severity == "warning":
+                        err.print(p.line(), markup=False)
+                settings = ScoreSettings(
+                    method, subj or tuple(sub.subjects), split_name, mode, dev, brain, batch_size, n_resamples
+                )
+                run_id, inserted = _score_one(
+                    sub, nsd, proto, settings, store, submission, fmt, order, ids, work_dir, len(scopes) > 1
+                )
+            docs.append(_report(store, run_id, as_json, inserted))
+        if as_json:
+            print(json.dumps(docs[0] if len(docs) == 1 else {"runs": docs}, indent=2, default=str))
 
     demo = typer.Typer(help="Make submissions.", no_args_is_help=True)
 
@@ -314,7 +279,7 @@ def register(app: typer.Typer) -> None:
         ],
         data: str = DATA_OPT,
         split: str = typer.Option(None, "--split", help="Test split (default: config)."),
-        subjects: str = typer.Option(None, "--subjects", help="Subjects (default: all in the data)."),
+        subjects: str = subjects_opt("Subjects (default: all in the data)."),
         transform: str = typer.Option(
             "blur", "--transform", help="blur|identity|shuffle of the ground truth."
         ),
@@ -330,6 +295,9 @@ def register(app: typer.Typer) -> None:
         from nsdbench.nsd import open_nsd
         from nsdbench.submission_writers import demo_images, write_submission
 
+        subj = parse_subjects(subjects)
+        split_name = check_split(split or str(config.get("split")))
+        data = check_data(data)
         target = writable(out_path, "submission demo")
         if not force and target.is_file():
             raise UsageError(f"{target} already exists; choose a new path, or --force to replace it")
@@ -339,8 +307,8 @@ def register(app: typer.Typer) -> None:
                 "(choose a new path, or --force)"
             )
         nsd = open_nsd(data)
-        split_name = split or str(config.get("split"))
-        subj = parse_subjects(subjects) or tuple(nsd.subjects)
+        check_subjects_in(subj, nsd)
+        subj = subj or tuple(nsd.subjects)
         images = demo_images(nsd, split_name, subj, transform, radius, samples, limit)
         path = write_submission(images, out_path, fmt)
         out.print(
@@ -351,28 +319,137 @@ def register(app: typer.Typer) -> None:
     app.add_typer(demo, name="submission")
 
 
-def _report(store: Any, run_id: str, as_json: bool, inserted: bool) -> None:
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What `score` was asked for, beside the protocol: part of the deterministic run id."""
+
+    method: str
+    subjects: tuple[int, ...]
+    split: str
+    weights_mode: str
+    device: str
+    brain: bool | None
+    batch_size: int
+    n_resamples: int
+
+
+def score_artifacts(proto: Any, brain: bool | None) -> list[str]:
+    """The pretrained artifacts scoring under `proto` loads: its feature networks, and the canonical
+    encoder's network when brain correlation is asked for (auto skips it with a note when absent)."""
+    from nsdbench.metrics.networks import ARTIFACT_OF
+
+    names = []
+    for metric in proto.metrics:
+        key = (getattr(metric, "network", None), getattr(metric, "weights", None))
+        if key in ARTIFACT_OF:
+            names.append(ARTIFACT_OF[key])
+    if brain:
+        from nsdbench.scoring import has_brain_metrics
+
+        if has_brain_metrics(proto):
+            from nsdbench import weights
+            from nsdbench.metrics.encoder import default_spec
+
+            named = [getattr(m, "encoder_artifact", None) for m in proto.metrics]
+            registered = [a for a in named if a and a in weights.artifacts()]
+            if registered:  # a published encoder checkpoint (GNet8)
+                names.extend(registered)
+            else:  # nsdbench's encoder, fitted on the feature network below
+                spec = default_spec("pretrained")
+                names.append(ARTIFACT_OF[(spec.network, spec.network_weights)])
+    return list(dict.fromkeys(names))
+
+
+def _score_one(sub, nsd, proto, st: ScoreSettings, store, submission: Path, fmt, order, ids, work_dir, many: bool):
+    """Score one validated submission under one protocol and record it; returns (run id, newly recorded)."""
+    from nsdbench.scoring import brain_target, completed_parquet, has_brain_metrics, score_images_to_parquet
+
+    data_id = str(Path(nsd.root).resolve())
+    sub_sha = sub.sha256()
+    run_id = score_run_id(sub_sha, st.method, st.subjects, st.split, proto, st.weights_mode, st.brain, data_id)
+    if store.has_run(run_id):
+        return run_id, False
+    base = config.home() / "scores" / run_id if not work_dir else Path(work_dir)
+    wdir = base / proto.name if (work_dir and many) else base
+    paths, notes, used_brain = [], [], False
+    for s in st.subjects:
+        path = wdir / f"subj{s:02d}.parquet"
+        if completed_parquet(path, run_id, s, proto.hash):
+            err.print(f"subject {s}: reusing {path}")
+            paths.append(path)
+            continue
+        target = None
+        if has_brain_metrics(proto):
+            target, note = brain_target(nsd, s, st.split, st.weights_mode, st.brain, proto)
+            if note:
+                notes.append(note)
+                err.print(note, markup=False)
+        used_brain = used_brain or target is not None
+        err.print(
+            f"scoring subject {s} ({len(sub.entries_for(s))} reconstructions, {proto.name}, {st.weights_mode} "
+            f"weights, {st.device})"
+        )
+        paths.append(
+            score_images_to_parquet(
+                nsd,
+                s,
+                st.split,
+                proto,
+                sub.images(s),
+                st.weights_mode,
+                st.device,
+                path,
+                run_id,
+                brain=target,
+                batch_size=st.batch_size,
+                progress=True,
+                extra_meta={"submission_sha256": sub_sha},
+            )
+        )
+    record = store.new_run_record(
+        kind="score",
+        method=st.method,
+        subjects=st.subjects,
+        split=st.split,
+        protocol=proto,
+        weights_mode=st.weights_mode,
+        run_id=run_id,
+        device=st.device,
+        submission_sha256=sub_sha,
+        data=data_id,
+        brain=used_brain,
+        config={
+            "submission": str(submission.resolve()),
+            "format": sub.fmt,
+            "order": order,
+            "ids": str(ids) if ids else None,
+            "n_resamples": st.n_resamples,
+            "batch_size": st.batch_size,
+            "notes": notes,
+        },
+    )
+    result = store.ingest(record, paths, n_resamples=st.n_resamples)
+    return run_id, result.inserted
+
+
+def _report(store: Any, run_id: str, as_json: bool, inserted: bool) -> dict:
+    """Print one scored run (tables, or nothing under --json) and return its JSON document."""
     from nsdbench.leaderboards.exports import run_summary_table
     from nsdbench.leaderboards.views import single_run_board
 
     board = single_run_board(store, run_id)
+    doc = {
+        "run_id": run_id,
+        "recorded": inserted,
+        "already_recorded": not inserted,
+        "db": str(store.path),
+        **board.to_dict(),
+    }
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "run_id": run_id,
-                    "recorded": inserted,
-                    "already_recorded": not inserted,
-                    "db": str(store.path),
-                    **board.to_dict(),
-                },
-                indent=2,
-                default=str,
-            )
-        )
-        return
-    wide().print(run_summary_table(board))
+        return doc
+    print_whole(run_summary_table(board))
     for n in board.notes:
         err.print(n, markup=False)
     state = "recorded" if inserted else "already recorded (nothing changed)"
     out.print(f"run {run_id} {state} in {store.path}")
+    return doc

@@ -15,6 +15,7 @@ import numpy as np
 
 from nsdbench import config
 from nsdbench.errors import DataError
+from nsdbench.files import follow_umask
 from nsdbench.nsd import layout as L
 
 CACHE_VERSION = 1
@@ -146,7 +147,7 @@ def cached_betas(
     n_vox = int(mask.sum())
     fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy", dir=folder)
     os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = follow_umask(tmp_name)
     try:
         out = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.float32, shape=(len(files) * L.TRIALS_PER_SESSION, n_vox)

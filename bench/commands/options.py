@@ -1,0 +1,79 @@
+"""The CLI vocabulary: options every command spells alike, and the cheap checks run before any work.
+
+A bad path, subject, split or protocol is a usage error (exit 2) found before data is opened or generated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nsdbench import config
+from nsdbench.errors import UsageError
+
+SUBJECTS_HELP = "Comma-separated subjects, e.g. 1,2,5,7 (default: all with data)."
+OUT_HELP = "Where to write."
+
+
+def subjects_opt(help: str = SUBJECTS_HELP, default: str | None = None):
+    """`--subjects/-s 1,2,5,7` wherever several subjects are allowed."""
+    return typer.Option(default, "--subjects", "-s", help=help)
+
+
+def subject_opt(help: str = "NSD subject (1, 2, 5, 7)."):
+    """`--subject/-s N` for commands that work on exactly one subject."""
+    return typer.Option(..., "--subject", "-s", help=help)
+
+
+def out_opt(help: str = OUT_HELP):
+    return typer.Option("--out", "-o", help=help)
+
+
+def parse_protocols(value: str | None) -> list[str]:
+    """'nsdbench-v1,mindeye' → both names, each checked against the shipped protocols (exit 2)."""
+    from nsdbench.metrics.protocols import get_protocol
+
+    if value is None or not value.strip():
+        return []
+    names = list(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+    for name in names:
+        get_protocol(name)
+    return names
+
+
+def check_split(name: str) -> str:
+    from nsdbench.nsd.splits import SPLITS
+
+    if name not in SPLITS:
+        raise UsageError(f"--split: unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+    return name
+
+
+def check_data(flag: str | None) -> str | None:
+    """The `--data` value in effect (flag > NSDBENCH_DATA > config); a missing folder is a usage error."""
+    value = config.get("data", flag)
+    if value is None or str(value) in ("", "synthetic"):
+        return flag
+    path = Path(str(value)).expanduser()
+    if not path.is_dir():
+        where = "--data" if flag is not None else "NSDBENCH_DATA/config 'data'"
+        raise UsageError(f"{where} {value}: no such NSD root folder (or use --data synthetic)")
+    return flag
+
+
+def check_exists(path: Path, what: str) -> Path:
+    if not Path(path).expanduser().exists():
+        raise UsageError(f"{what} {path} does not exist")
+    return Path(path).expanduser()
+
+
+def check_subjects_in(subjects: tuple[int, ...] | None, nsd) -> None:
+    """Every requested subject has data in this NSD root (else exit 2, naming the available ones)."""
+    available = [int(s) for s in nsd.subjects]
+    missing = [s for s in subjects or () if s not in available]
+    if missing:
+        raise UsageError(
+            f"--subjects: subject {missing[0]} has no data in {nsd.root} "
+            f"(available: {','.join(map(str, available))})"
+        )

@@ -102,19 +102,15 @@ def get(name: str) -> Artifact:
     return table[name]
 
 
-def method_artifacts(method_name: str) -> list[Artifact]:
-    """What `nsdbench weights fetch --method NAME` downloads: the method's `required_artifacts()` when it has
-    one (names or Artifacts), else its `required_weights` plus every artifact whose used_by names it."""
-    from nsdbench.methods.registry import get_method
+def method_artifacts(method_name: str, variant: str | None = None) -> list[Artifact]:
+    """What `nsdbench weights fetch --method NAME` downloads: what an instance of the method (pretrained
+    mode, default settings or the variant) says it loads, else every artifact whose used_by names it."""
+    from nsdbench.methods.registry import create_method
 
-    method = get_method(method_name)
-    table = artifacts()
-    ask = getattr(method, "required_artifacts", None)
-    if callable(ask):
-        names = [a.name if isinstance(a, Artifact) else str(a) for a in ask()]
-    else:
-        names = list(getattr(method, "required_weights", ()) or ())
-        names += [a.name for a in table.values() if method_name in a.used_by]
+    method = create_method(method_name, variant, weights_mode="pretrained")
+    names = [a.name if isinstance(a, Artifact) else str(a) for a in method.required_artifacts()]
+    if not names:
+        names = [a.name for a in artifacts().values() if method_name in a.used_by]
     return [get(n) for n in dict.fromkeys(names)]
 
 

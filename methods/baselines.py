@@ -208,7 +208,16 @@ class BestLibraryImage(Method):
         "Kneeland et al. CCN 2023 ('Best COCO Image')"
     )
     Settings = BestLibraryImageSettings
-    # required artifacts: none of its own; the encoding model's weights are registered by metrics.encoder
+
+    def required_artifacts(self) -> tuple[str, ...]:
+        """The canonical encoder's feature network (pretrained mode); the encoder itself is fitted here."""
+        if self.weights_mode != "pretrained":
+            return ()
+        from nsdbench.metrics.encoder import default_spec
+        from nsdbench.metrics.networks import ARTIFACT_OF
+
+        spec = default_spec("pretrained")
+        return (ARTIFACT_OF[(spec.network, spec.network_weights)],)
 
     def library_ids(self, train: SubjectData) -> np.ndarray:
         """Every NSD id the subject never saw (ascending)."""

@@ -188,9 +188,11 @@ def test_missing_pretrained_weights_listed_together_before_any_work(tmp_path):
     command = line.split("`")[1]
     names = command.split()[3:]
     assert command.startswith("nsdbench weights fetch ")
-    # every network of both protocols, each once: AlexNet, Inception, CLIP, both EfficientNets, SwAV
+    # every network of both protocols, each once: AlexNet, Inception, CLIP, both EfficientNets, SwAV,
+    # and mindeye's brain encoder (GNet8)
     assert sorted(names) == sorted(
         {
+            "gnet8-multisubject",
             "alexnet-imagenet1k-v1",
             "inception-v3-imagenet1k-v1",
             "clip-vit-l-14-openai",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from nsdbench import weights
 from nsdbench.cli import main
 from nsdbench.methods import registry
+from nsdbench.methods.protocol import Method
 
 
 @pytest.fixture
@@ -58,34 +58,24 @@ def test_the_real_components_package_is_walked() -> None:
     assert "nsdbench.methods.components.clip_tokenizer" in mods
 
 
-@dataclass
-class _Fake:
-    name: str
-    description: str = "test method"
-    paper: str = ""
-    version: str = "1"
-    required_weights: tuple[str, ...] = ()
-    defaults: dict = field(default_factory=dict)
-    variants: dict = field(default_factory=dict)
-    asks: tuple[str, ...] | None = None
+def _fake(name: str, asks: tuple[str, ...] = ()) -> type:
+    """A registered Method class that loads `asks` (and nothing when empty)."""
 
-    def fit(self, train, ctx):  # pragma: no cover - never run
-        return None
+    class Fake(Method):
+        description = "test method"
 
-    def reconstruct(self, test_items, fitted, ctx):  # pragma: no cover - never run
-        return iter(())
+        def required_artifacts(self) -> tuple[str, ...]:
+            return asks
 
-
-class _Asking(_Fake):
-    def required_artifacts(self):
-        return list(self.asks or ())
+    Fake.name = name
+    return Fake
 
 
 @pytest.fixture
 def fake_methods(fake_components):
-    registry.register_method(_Fake("fake-method", required_weights=("alexnet-imagenet1k-v1",)))
-    registry.register_method(_Asking("asking-method", asks=("test-beta-vae",)))
-    registry.register_method(_Fake("no-weights-method"))
+    registry.register_method(_fake("fake-method"))
+    registry.register_method(_fake("asking-method", asks=("test-beta-vae",)))
+    registry.register_method(_fake("no-weights-method"))
     yield
     for name in ("fake-method", "asking-method", "no-weights-method"):
         registry.unregister_method(name)
@@ -93,8 +83,8 @@ def fake_methods(fake_components):
 
 def test_method_artifacts_asks_the_method_then_falls_back_to_used_by(fake_methods) -> None:
     assert [a.name for a in weights.method_artifacts("asking-method")] == ["test-beta-vae"]
-    names = [a.name for a in weights.method_artifacts("fake-method")]
-    assert names == ["alexnet-imagenet1k-v1", "test-alpha-unet", "test-beta-vae"]
+    names = [a.name for a in weights.method_artifacts("fake-method")]  # nothing asked: used_by
+    assert names == ["test-alpha-unet", "test-beta-vae"]
     assert weights.method_artifacts("no-weights-method") == []
     arts = [weights.get("test-alpha-unet"), weights.get("test-beta-vae")]
     assert weights.download_size(arts) == (1500, 1)
@@ -115,7 +105,7 @@ def test_fetch_method_shows_the_size_first_and_fetches_exactly_those(
         used_by=("file-method",),
     )
     monkeypatch.setitem(weights._REGISTRY, art.name, art)
-    registry.register_method(_Fake("file-method"))
+    registry.register_method(_fake("file-method"))
     try:
         assert main(["weights", "fetch", "--method", "file-method"]) == 0
         out = capsys.readouterr().out

@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from nsdbench.errors import NSDBenchError, UsageError
-from nsdbench.runner import Progress, RunSession, RunSpec, assign, shard_is_complete
+from nsdbench.runs.progress import Progress
+from nsdbench.runs.scores import check_protocols, run_status, score_is_complete, score_subject
+from nsdbench.runs.session import RunSession
+from nsdbench.runs.shards import assign, shard_is_complete
+from nsdbench.runs.spec import RunSpec
 
 EXECUTORS = ("inprocess", "ray")
 
@@ -96,9 +100,26 @@ def run_inprocess(
     progress: Progress | None = None,
     force: bool = False,
     fit_only: bool = False,
+    protocols: tuple[str, ...] = (),
+    device: str | None = None,
 ) -> ExecResult:
-    """Run worker k of n's shards in this process, scoring each subject that becomes complete."""
-    session = RunSession(run_dir, spec, progress=progress, force=force)
+    """Run worker k of n's shards in this process (one method instance for all its subjects), scoring
+    each subject that becomes complete under every protocol."""
+    from nsdbench.runs.folder import clean_leftovers
+
+    clean_leftovers(run_dir)  # temp files of killed writers (a live worker's own are kept)
+    session = RunSession(run_dir, spec, progress=progress, force=force, protocols=protocols, device=device)
+    try:
+        return _run_inprocess(session, worker, fit_only)
+    finally:
+        session.close()
+
+
+def _run_inprocess(session: RunSession, worker: Worker, fit_only: bool) -> ExecResult:
+    spec, run_dir, force = session.spec, session.run_dir, session.force
+    protos = check_protocols(session.protocols, spec.split)
+    for proto in protos:  # the folder says which protocols were asked for (ingest scores what is left)
+        (Path(run_dir) / "scores" / proto.name).mkdir(parents=True, exist_ok=True)
     if fit_only:  # worker k fits subjects k, k+n, ...: decoders land in the cache for the shard workers
         subjects = list(spec.subjects)[worker.k :: worker.n]
         for subject in subjects:
@@ -123,12 +144,10 @@ def run_inprocess(
                 written += session.run_shard(shard)
             prog.finish(key)
         # with several workers, the one completing a subject scores it; `ingest` catches any left over
-        if session.score_subject(subject, lock=worker.sharded):
+        if protos and all(score_subject(session, subject, p, lock=worker.sharded) for p in protos):
             scored.append(subject)
-    from nsdbench.runner import run_status
-
-    status = run_status(session)
-    done = status.complete and len(status.subjects_scored) == len(spec.subjects)
+    status = run_status(session, protos)
+    done = status.complete and bool(protos) and len(status.subjects_scored) == len(spec.subjects)
     return ExecResult(len(before), written, tuple(scored), done)
 
 
@@ -138,8 +157,8 @@ _SESSIONS: dict[tuple[str, str, bool], RunSession] = {}
 
 
 def _worker_session(run_dir: str, force: bool) -> RunSession:
-    """One RunSession per (run folder, spec) in each Ray worker process, reused across its tasks."""
-    from nsdbench.runner import read_spec
+    """One RunSession (one method instance) per run in each Ray worker process, reused across its tasks."""
+    from nsdbench.runs.spec import read_spec
 
     spec, _ = read_spec(Path(run_dir))
     key = (run_dir, spec.hash, force)
@@ -169,12 +188,16 @@ def _task_shard(run_dir: str, shard_name: str, force: bool, *deps: Any) -> dict[
         return {"ok": False, "error": f"{shard_name}: {exc}"}
 
 
-def _task_score(run_dir: str, subject: int, force: bool, *deps: Any) -> dict[str, Any]:
+def _task_score(
+    run_dir: str, subject: int, force: bool, protocols: tuple[str, ...], *deps: Any
+) -> dict[str, Any]:
     for dep in deps:
         if isinstance(dep, dict) and not dep.get("ok", True):
             return {"ok": False, "error": dep["error"], "upstream": True}
     try:
-        ok = _worker_session(run_dir, force).score_subject(subject)
+        session = _worker_session(run_dir, force)
+        protos = check_protocols(protocols, session.spec.split)
+        ok = all(score_subject(session, subject, p) for p in protos)
         return (
             {"ok": ok} if ok else {"ok": False, "error": f"subj{subject:02d}: shards incomplete at scoring"}
         )
@@ -203,6 +226,7 @@ def run_ray(
     max_retries: int = 2,
     num_gpus: float | None = None,
     runtime_env: dict[str, Any] | None = None,
+    protocols: tuple[str, ...] = (),
 ) -> ExecResult:
     """One Ray task per shard (fit per subject first, scoring per subject after its shards).
 
@@ -230,7 +254,10 @@ def run_ray(
                 spec.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
             )
             num_gpus = 1.0 if wants_cuda else 0.0
-        session = RunSession(run_dir, spec, progress=progress, force=force)
+        session = RunSession(run_dir, spec, progress=progress, force=force, protocols=protocols)
+        protos = check_protocols(protocols, spec.split)
+        for proto in protos:
+            (run_dir / "scores" / proto.name).mkdir(parents=True, exist_ok=True)
         shards = session.shards()
         opts = {
             "num_gpus": num_gpus,
@@ -245,7 +272,9 @@ def run_ray(
         fits = {s: fit.remote(rd, s, force) for s in spec.subjects}
         shard_refs = {sh.name: work.remote(rd, sh.name, force, fits[sh.subject]) for sh in shards}
         score_refs = {
-            s: score.remote(rd, s, force, *[shard_refs[sh.name] for sh in shards if sh.subject == s])
+            s: score.remote(
+                rd, s, force, tuple(protocols), *[shard_refs[sh.name] for sh in shards if sh.subject == s]
+            )
             for s in spec.subjects
         }
         # the same bars as in-process: per subject, per stage (fit, reconstruct, score)
@@ -288,7 +317,7 @@ def run_ray(
                     progress.advance(f"rec-{shard.subject}", len(shard.items(spec.samples)))
                 else:
                     progress.advance(f"score-{name}", n_items[name])
-        from nsdbench.runner import log_event
+        from nsdbench.runs.folder import log_event
 
         log_event(
             run_dir,
@@ -299,8 +328,10 @@ def run_ray(
                 f"{len(errors)} task(s) failed (first: {errors[0]}); other errors were retried "
                 f"{max_retries} times; rerun the same command to resume"
             )
-        scored = tuple(s for s in spec.subjects if session.score_is_complete(s))
-        return ExecResult(len(shards), written, scored, len(scored) == len(spec.subjects))
+        scored = tuple(
+            s for s in spec.subjects if protos and all(score_is_complete(session, s, p) for p in protos)
+        )
+        return ExecResult(len(shards), written, scored, bool(protos) and len(scored) == len(spec.subjects))
     finally:
         if started_here:
             ray.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from nsdbench.errors import DataError, NSDBenchError, UsageError
 from nsdbench.report import ReportData, RunInfo
 
 IMAGE_NAME = re.compile(r"^(\d+)_(\d+)\.(png|jpg|jpeg|webp)$", re.IGNORECASE)
+EXTRA_IMAGE = re.compile(r"^(\d+)_(\d+)\.([a-z0-9][a-z0-9_-]*)\.png$")  # a run's image extras (stage-1 ...)
 SUBJECT_DIR = re.compile(r"^subj0*(\d+)$")
 # Where a leaderboard run's reconstructions are: the recorded config key, by run kind.
 IMAGE_LOCATION_KEYS = {"run": "run_dir", "score": "submission"}
@@ -34,13 +36,24 @@ PROVENANCE_COLUMNS = (
 
 
 class FolderImages:
-    """Reconstructions in subjXX/<nsd_id>_<sample>.png under a root; the lowest sample is shown."""
+    """Reconstructions in subjXX/<nsd_id>_<sample>.png under a root (or, with `extra`, the image extra
+    subjXX/<nsd_id>_<sample>.<extra>.png); the lowest sample is shown."""
 
-    def __init__(self, root: Path, notes: list[str], label: str) -> None:
+    def __init__(self, root: Path, notes: list[str], label: str, extra: str | None = None) -> None:
         self.root = Path(root)
         self.notes = notes
         self.label = label
+        self.extra = extra
         self._index: dict[int, dict[int, Path]] | None = None
+
+    def _match(self, name: str) -> tuple[int, int] | None:
+        if self.extra is None:
+            fm = IMAGE_NAME.match(name)
+        else:
+            fm = EXTRA_IMAGE.match(name)
+            if fm and fm.group(3) != self.extra:
+                return None
+        return (int(fm.group(1)), int(fm.group(2))) if fm else None
 
     def index(self) -> dict[int, dict[int, Path]]:
         if self._index is None:
@@ -52,9 +65,9 @@ class FolderImages:
                         continue
                     chosen: dict[int, tuple[int, Path]] = {}
                     for f in sub.iterdir():
-                        fm = IMAGE_NAME.match(f.name)
-                        if fm:
-                            nsd_id, sample = int(fm.group(1)), int(fm.group(2))
+                        key = self._match(f.name)
+                        if key:
+                            nsd_id, sample = key
                             if nsd_id not in chosen or sample < chosen[nsd_id][0]:
                                 chosen[nsd_id] = (sample, f)
                     index[int(m.group(1))] = {i: p for i, (_, p) in chosen.items()}
@@ -134,9 +147,42 @@ def is_run_folder(path: Path) -> bool:
     return path.is_dir() and (path / SPEC_FILE).is_file()
 
 
-def score_files(folder: Path) -> list[Path]:
-    """The Parquet score files of a run folder (scores/subjXX.parquet; temp files skipped)."""
-    return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+def score_files(folder: Path, protocol: str) -> list[Path]:
+    """The Parquet score files of a run folder under one protocol (scores/<protocol>/subjXX.parquet)."""
+    return sorted(p for p in (folder / "scores" / protocol).glob("subj*.parquet") if not p.name.startswith("."))
+
+
+def image_extras(folder: Path) -> list[str]:
+    """Names of the image extras (`<id>_<sample>.<name>.png`, e.g. stage-1 images) a run folder holds."""
+    names: set[str] = set()
+    for sub in folder.glob("subj*"):
+        for f in sub.glob("*_*.*.png") if sub.is_dir() else ():
+            m = EXTRA_IMAGE.match(f.name)
+            if m:
+                names.add(m.group(3))
+    return sorted(names)
+
+
+def choose_protocol(folder: Path, protocol: str | None, notes: list[str]) -> str:
+    """The protocol a run folder's scores are shown under: the one asked for, else the only one, else the
+    configured default when scored, else the first (with a note naming the others)."""
+    from nsdbench import config
+    from nsdbench.runs.folder import scored_protocols
+
+    have = [p for p in scored_protocols(folder) if score_files(folder, p)]
+    if protocol:
+        if protocol not in have:
+            notes.append(f"{folder}: no scores under protocol {protocol} (scored: {', '.join(have) or 'none'})")
+        return protocol
+    if not have:
+        return str(config.get("protocol", None))
+    default = str(config.get("protocol", None))
+    chosen = default if default in have else have[0]
+    if len(have) > 1:
+        others = ", ".join(p for p in have if p != chosen)
+        notes.append(f"{folder.name}: showing scores under {chosen}; also scored under {others} "
+                     f"(give {folder}@PROTOCOL)")
+    return chosen
 
 
 def read_scores(paths: Sequence[Path], run_label: str, notes: list[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -162,8 +208,8 @@ def read_scores(paths: Sequence[Path], run_label: str, notes: list[str]) -> tupl
     return pd.concat(frames, ignore_index=True), meta
 
 
-def from_folder(folder: Path, notes: list[str], subjects: Sequence[int] | None) -> tuple[RunInfo, pd.DataFrame,
-                                                                                        pd.DataFrame, Any, dict]:
+def from_folder(folder: Path, notes: list[str], subjects: Sequence[int] | None,
+                protocol: str | None = None) -> tuple[RunInfo, pd.DataFrame, pd.DataFrame, Any, dict]:
     """A run folder → (RunInfo, aggregates, image_scores, recon fetcher, unscored ids per subject).
 
     Aggregates are computed from the folder's score files with the leaderboard's own function
@@ -171,11 +217,13 @@ def from_folder(folder: Path, notes: list[str], subjects: Sequence[int] | None) 
     """
     from nsdbench.leaderboards.aggregate import aggregate_scores
     from nsdbench.runner import read_spec
+    from nsdbench.runs.scores import row_id
 
     folder = folder.resolve()
     spec, doc = read_spec(folder)
-    run_id = str(doc.get("run_id") or spec.run_id)
-    images, meta = read_scores(score_files(folder), run_id, notes)
+    protocol = choose_protocol(folder, protocol, notes)
+    run_id = row_id(str(doc.get("run_id") or spec.run_id), protocol)
+    images, meta = read_scores(score_files(folder, protocol), run_id, notes)
     subj = list(spec.subjects)
     if subjects is not None:
         subj = [s for s in subj if s in set(subjects)]
@@ -188,7 +236,8 @@ def from_folder(folder: Path, notes: list[str], subjects: Sequence[int] | None) 
     unscored: dict[int, set[int]] = {}
     for s in subj:
         if s not in scored:
-            notes.append(f"run {run_id}: subject {s} has no scores in {folder / 'scores'} (not scored yet?)")
+            notes.append(f"run {run_id}: subject {s} has no scores in {folder / 'scores' / protocol} "
+                         "(not scored yet?)")
             unscored[s] = set(found.index().get(s, {}))
     agg = aggregate_scores(images) if not images.empty else pd.DataFrame(
         columns=["subject", "metric", "mean", "ci_lo", "ci_hi", "n"])
@@ -202,7 +251,7 @@ def from_folder(folder: Path, notes: list[str], subjects: Sequence[int] | None) 
         run_id=run_id,
         label=f"{spec.method} ({spec.variant})" if spec.variant else spec.method,
         kind="run",
-        protocol=spec.protocol,
+        protocol=protocol,
         subjects=tuple(subj),
         split=spec.split,
         smoke=spec.smoke,
@@ -373,12 +422,18 @@ def load_report_data(
     infos, aggs, scores, fetchers = [], [], [], {}
     recorded_data = []
     unscored: dict[int, set[int]] = {}
+    extras: list[tuple[RunInfo, Path]] = []
     for arg in runs:
         path = Path(arg).expanduser()
+        folder_protocol = None
+        if not path.is_dir() and "@" in path.name and (path.parent / path.name.rsplit("@", 1)[0]).is_dir():
+            folder_protocol = path.name.rsplit("@", 1)[1]
+            path = path.parent / path.name.rsplit("@", 1)[0]
         if path.is_dir():
             if not is_run_folder(path):
                 raise UsageError(f"{path}: not a run folder (no spec.toml); a RUN is a run folder or a leaderboard run id")
-            info, agg, img, fetch, more = from_folder(path, notes, subjects)
+            info, agg, img, fetch, more = from_folder(path, notes, subjects, folder_protocol)
+            extras.append((info, path))
             for s, ids in more.items():
                 unscored.setdefault(s, set()).update(ids)
             recorded_data.append((info.run_id, str(info.provenance.get("data") or "")))
@@ -393,12 +448,20 @@ def load_report_data(
                 raise UsageError(f"run {arg!r} not found: no such folder, and {exc}") from None
             info, agg, img, fetch = from_store(store, full, notes, subjects, gt)
             recorded_data.append((info.run_id, str(info.provenance.get("data") or "")))
+            location = Path(str((info.provenance.get("config") or {}).get("run_dir") or ""))
+            if info.kind == "run" and str(location) not in ("", ".") and location.is_dir():
+                extras.append((info, location))
         if info.run_id in fetchers:
             raise UsageError(f"run {info.run_id} given twice")
         infos.append(info)
         aggs.append(agg.assign(run=info.run_id))
         scores.append(img.assign(run=info.run_id))
         fetchers[info.run_id] = fetch
+    for info, folder in extras:  # stage-1 images (and other image extras) beside the final ones
+        for extra in image_extras(folder):
+            found = FolderImages(folder, notes, f"{info.run_id}:{extra}", extra=extra)
+            infos.append(replace(info, run_id=f"{info.run_id}:{extra}", label=f"{info.label} · {extra}"))
+            fetchers[f"{info.run_id}:{extra}"] = lambda s, i, f=found: f(s, i)
     if data is None:
         gt.data = ground_truth_root(recorded_data, notes)
     aggregates = pd.concat(aggs, ignore_index=True) if aggs else None

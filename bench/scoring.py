@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,7 +154,9 @@ def write_scores_parquet(df: pd.DataFrame, out_path: Path, meta: dict[str, Any])
             PARQUET_META_KEY: json.dumps(info, sort_keys=True, default=str).encode(),
         }
     )
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    from nsdbench.runs.folder import owned_temp
+
+    tmp = owned_temp(out_path)  # names host and pid: a killed writer's leftover is removed on resume
     try:
         pq.write_table(table, tmp)
         with open(tmp, "rb") as fh:

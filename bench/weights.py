@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,3 +262,15 @@ def load_state_dict(path: Path) -> dict:
 
     obj = torch.load(path, map_location="cpu", weights_only=True)
     return obj
+
+
+def require_all(names: Iterable[str]) -> None:
+    """Check every artifact at once: one error listing each missing one and a single fetch command."""
+    wanted = list(dict.fromkeys(names))
+    missing = [n for n in wanted if not is_cached(n)]
+    if missing:
+        raise WeightsMissing(
+            f"pretrained weights not in the cache ({weights_dir()}): {', '.join(missing)}; run "
+            f"`nsdbench weights fetch {' '.join(missing)}` on a machine with network access, "
+            f"or use --weights random|tiny"
+        )

@@ -30,9 +30,10 @@ def fmt_value(x: float | None, digits: int = 3) -> str:
 def fmt_cell(cell: Cell | None, digits: int = 3) -> str:
     if cell is None:
         return "–"
+    mark = " ‡" if cell.circular else ""  # circular brain correlation (see the leaderboard's notes)
     if cell.lo is None or cell.hi is None:
-        return fmt_value(cell.mean, digits)
-    return f"{cell.mean:.{digits}f} [{cell.lo:.{digits}f}, {cell.hi:.{digits}f}]"
+        return fmt_value(cell.mean, digits) + mark
+    return f"{cell.mean:.{digits}f} [{cell.lo:.{digits}f}, {cell.hi:.{digits}f}]{mark}"
 
 
 def row_label(row: Row) -> str:
@@ -126,6 +127,8 @@ def to_latex(lb: Leaderboard, digits: int = 3) -> str:
                     val = rf"\textbf{{{val}}}"
                 if c.lo is not None and c.hi is not None:
                     val += rf" {{\scriptsize [{c.lo:.{digits}f}, {c.hi:.{digits}f}]}}"
+                if c.circular:
+                    val += r"$^\ddagger$"
                 cells.append(val)
             if r.origin == "reported":
                 label = rf"\textit{{{latex_escape(r.method)}}}$^\dagger$"
@@ -136,6 +139,10 @@ def to_latex(lb: Leaderboard, digits: int = 3) -> str:
         out.append(r"\end{tabular}")
         if any(r.origin == "reported" for r in t.rows):
             out.append(r"% $^\dagger$ reported in the cited paper, not reproduced")
+        if any(c.circular for r in t.rows for c in r.cells.values()):
+            out.append(
+                r"% $^\ddagger$ brain correlation of a run guided by the metric's own encoder (circular)"
+            )
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
@@ -180,6 +187,7 @@ CSV_COLUMNS = [
     "ci_lo",
     "ci_hi",
     "n",
+    "circular",
 ]
 
 
@@ -209,6 +217,7 @@ def to_csv(lb: Leaderboard) -> str:
                         "ci_lo": "" if c.lo is None else repr(c.lo),
                         "ci_hi": "" if c.hi is None else repr(c.hi),
                         "n": "" if c.n is None else c.n,
+                        "circular": c.circular,
                     }
                 )
     return buf.getvalue()

@@ -57,8 +57,12 @@ CREATE TABLE IF NOT EXISTS runs (
     config VARCHAR,                     -- JSON of the remaining settings
     created_at TIMESTAMP,
     recorded_at TIMESTAMP,
-    status VARCHAR NOT NULL
+    status VARCHAR NOT NULL,
+    run VARCHAR,                        -- kind 'run': the run folder's id (one row per protocol scored)
+    guiding_encoders VARCHAR            -- JSON list: identities of the encoders that guided generation
 );
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS run VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS guiding_encoders VARCHAR;
 CREATE TABLE IF NOT EXISTS sample_scores (
     run_id VARCHAR, subject INTEGER, nsd_id INTEGER, sample INTEGER, metric VARCHAR, value DOUBLE,
     PRIMARY KEY (run_id, subject, nsd_id, sample, metric)
@@ -106,6 +110,8 @@ class RunRecord:
     brain: bool = False
     config: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
+    run: str = ""  # kind 'run': the run's id; the row id is `<run>@<protocol>`
+    guiding_encoders: tuple[str, ...] = ()
 
     @property
     def smoke(self) -> bool:
@@ -114,6 +120,7 @@ class RunRecord:
     def row(self, status: str = "complete") -> dict[str, Any]:
         d = asdict(self)
         d["subjects"] = ",".join(str(s) for s in sorted(self.subjects))
+        d["guiding_encoders"] = json.dumps(sorted(self.guiding_encoders))
         for key in ("weights_sha256", "seeds", "precision", "config"):
             d[key] = json.dumps(d[key], sort_keys=True, default=str)
         d["smoke"] = self.smoke
@@ -405,6 +412,7 @@ class Store:
         row = self._query("SELECT * FROM runs WHERE id = ?", [full]).iloc[0].to_dict()
         for key in ("weights_sha256", "seeds", "precision", "config"):
             row[key] = json.loads(row[key]) if row.get(key) else {}
+        row["guiding_encoders"] = json.loads(row["guiding_encoders"]) if row.get("guiding_encoders") else []
         row["subjects"] = [int(s) for s in str(row["subjects"]).split(",") if s]
         return row
 

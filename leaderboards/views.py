@@ -25,6 +25,7 @@ class Cell:
     lo: float | None = None
     hi: float | None = None
     n: int | None = None
+    circular: bool = False  # brain correlation of a run guided by the metric's own encoder
 
 
 @dataclass
@@ -142,6 +143,27 @@ def _cells(agg: pd.DataFrame, scope: str) -> dict[str, Cell]:
     }
 
 
+CIRCULAR_NOTE = "‡ brain correlation of a run guided by the metric's own encoding model (circular)"
+
+
+def is_circular(run: dict[str, Any]) -> bool:
+    """Whether a runs row was guided by the brain-correlation metric's own encoder (set at ingest)."""
+    import json
+
+    cfg = run.get("config")
+    if isinstance(cfg, str):
+        cfg = json.loads(cfg) if cfg else {}
+    return bool((cfg or {}).get("circular_brain", False))
+
+
+def mark_circular(cells: dict[str, Cell]) -> dict[str, Cell]:
+    from dataclasses import replace
+
+    from nsdbench.metrics.names import BRAIN_ROIS
+
+    return {m: replace(c, circular=True) if m in BRAIN_ROIS else c for m, c in cells.items()}
+
+
 def _f(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
@@ -215,6 +237,10 @@ def build_leaderboard(
         cells = _cells(aggs[r["id"]], scope)
         if not cells:
             return None
+        if is_circular(r):
+            cells = mark_circular(cells)
+            if CIRCULAR_NOTE not in notes:
+                notes.append(CIRCULAR_NOTE)
         run_subjects = (
             subjects_key(subjects)
             if subjects and scope == "mean"

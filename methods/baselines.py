@@ -11,23 +11,16 @@ best-library-image  the image the subject never saw whose encoding-model predict
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from nsdbench.errors import DataError, UsageError
-from nsdbench.methods.protocol import Reconstruction, RunContext, SubjectData, TestItem
+from nsdbench.methods.protocol import Method, Reconstruction, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
-
-
-def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
-    from types import MappingProxyType
-
-    return MappingProxyType(dict(d))
-
 
 # ---------------------------------------------------------------------------------------------- pure
 
@@ -93,44 +86,28 @@ def rowwise_correlation_argmax(pred: np.ndarray, measured: np.ndarray, block: in
 # ---------------------------------------------------------------------------------------------- adapters
 
 
-@dataclass(frozen=True)
-class _Baseline:
-    """The Method fields every baseline shares: no paper, no pretrained weights, one sample, no variants."""
-
-    name: str = ""
-    description: str = ""
-    paper: str = ""
-    version: str = "1"
-    required_weights: tuple[str, ...] = ()
-    defaults: Mapping[str, Any] = field(default_factory=lambda: _frozen({"samples": 1}))
-    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
-
-
-@dataclass(frozen=True)
-class GroundTruth(_Baseline):
+class GroundTruth(Method):
     """The stimulus itself: the upper bound of every metric."""
 
-    name: str = "ground-truth"
-    description: str = "The test stimulus itself (upper bound of every metric)."
-
-    def fit(self, train: SubjectData, ctx: RunContext) -> None:
-        return None
+    name = "ground-truth"
+    description = "The test stimulus itself (upper bound of every metric)."
+    reads_ground_truth: ClassVar[bool] = True
 
     def reconstruct(
         self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext
     ) -> Iterator[Reconstruction]:
         ids = sorted({it.nsd_id for it in test_items})
-        images = dict(zip(ids, ctx.data.ground_truth_images(ids), strict=True))
+        images = dict(zip(ids, ctx.ground_truth.images(ids), strict=True))
         for it in test_items:
             yield it.nsd_id, it.sample, images[it.nsd_id]
 
 
-@dataclass(frozen=True)
-class Shuffled(_Baseline):
+class Shuffled(Method):
     """Another test image: a fixed derangement of the subject's test set, one per sample (chance level)."""
 
-    name: str = "shuffled"
-    description: str = "Another test image, by a fixed seeded derangement of the test set (chance level)."
+    name = "shuffled"
+    description = "Another test image, by a fixed seeded derangement of the test set (chance level)."
+    reads_ground_truth: ClassVar[bool] = True
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, dict[int, int]]:
         test_ids = np.asarray(train.test_ids)
@@ -147,53 +124,45 @@ class Shuffled(_Baseline):
         self, test_items: Sequence[TestItem], fitted: Any, ctx: RunContext
     ) -> Iterator[Reconstruction]:
         sources = sorted({fitted[it.sample][it.nsd_id] for it in test_items})
-        images = dict(zip(sources, ctx.data.ground_truth_images(sources), strict=True))
+        images = dict(zip(sources, ctx.ground_truth.images(sources), strict=True))
         for it in test_items:
             yield it.nsd_id, it.sample, images[fitted[it.sample][it.nsd_id]]
 
 
 @dataclass(frozen=True)
-class RidgePixels(_Baseline):
+class RidgePixelsSettings:
+    size: int = 32  # side of the decoded image before bicubic upsampling
+    roi: str = "nsdgeneral"
+    alphas: tuple[float, ...] = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6)
+    cv: int = 5
+    per_target: bool = False  # one alpha for all pixels, chosen by cross-validation
+
+
+class RidgePixels(Method):
     """Linear decoding of a downsampled image from nsdgeneral betas (ridge, alpha by cross-validation)."""
 
-    name: str = "ridge-pixels"
-    description: str = (
+    name = "ridge-pixels"
+    description = (
         "Ridge regression from z-scored nsdgeneral betas to a 32x32 RGB image (alpha chosen by 5-fold "
         "cross-validation on the training split), upsampled bicubically to the NSD image size."
     )
-    defaults: Mapping[str, Any] = field(
-        default_factory=lambda: _frozen(
-            {
-                "samples": 1,
-                "size": 32,
-                "roi": "nsdgeneral",
-                "alphas": (1e1, 1e2, 1e3, 1e4, 1e5, 1e6),
-                "cv": 5,
-                "per_target": False,  # one alpha for all pixels, chosen by cross-validation
-            }
-        )
-    )
-    variants: Mapping[str, Mapping[str, Any]] = field(
-        default_factory=lambda: _frozen({"16px": {"size": 16}, "64px": {"size": 64}})
-    )
+    Settings = RidgePixelsSettings
+    variants: ClassVar[dict[str, dict[str, Any]]] = {"16px": {"size": 16}, "64px": {"size": 64}}
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, np.ndarray]:
-        s = ctx.settings
-        size, roi = int(s["size"]), str(s["roi"])
+        s = self.settings
         ctx.set_total(1, unit="fit")
-        x_train = train.betas("train", roi=roi)
-        x_test = train.betas("test", roi=roi)
+        x_train = train.betas("train", roi=s.roi)
+        x_test = train.betas("test", roi=s.roi)
         ids = train.train_ids  # in chunks: the real training set at 425 px would need ~5 GB at once
         y_train = np.concatenate(
-            [downsample(train.images(ids[i : i + 256]), size) for i in range(0, len(ids), 256)]
+            [downsample(train.images(ids[i : i + 256]), s.size) for i in range(0, len(ids), 256)]
         ).reshape(len(x_train), -1)
         # the whole test set is predicted at once and cached by content hash (nsdbench.methods.ridge):
         # every shard reads the same predictions, whatever the sharding
-        pred = _ridge_fit_predict(
-            x_train, y_train, x_test, tuple(s["alphas"]), int(s["cv"]), bool(s["per_target"])
-        )
+        pred = _ridge_fit_predict(x_train, y_train, x_test, s.alphas, s.cv, s.per_target)
         ctx.advance(1)
-        pred = pred.reshape(len(x_test), size, size, 3)
+        pred = pred.reshape(len(x_test), s.size, s.size, 3)
         return {int(nid): pred[i] for i, nid in enumerate(train.test_ids)}
 
     def reconstruct(
@@ -222,20 +191,24 @@ def _ridge_fit_predict(
 
 
 @dataclass(frozen=True)
-class BestLibraryImage(_Baseline):
+class BestLibraryImageSettings:
+    library_batch: int = 64  # library images per encoding-model call
+
+
+class BestLibraryImage(Method):
     """The unseen NSD image whose predicted betas (encoding model) correlate best with the measured ones."""
 
-    name: str = "best-library-image"
-    description: str = (
+    name = "best-library-image"
+    description = (
         "Scores every NSD image the subject never saw with the encoding model and returns the one whose "
         "predicted nsdgeneral betas correlate best (Pearson) with the measured test betas."
     )
-    paper: str = (
+    paper = (
         "Kneeland et al. 2023, Second Sight ('Best Library Image'); "
         "Kneeland et al. CCN 2023 ('Best COCO Image')"
     )
-    # required_weights: none of its own; the encoding model's weights are registered by metrics.encoder
-    defaults: Mapping[str, Any] = field(default_factory=lambda: _frozen({"samples": 1, "batch_size": 64}))
+    Settings = BestLibraryImageSettings
+    # required artifacts: none of its own; the encoding model's weights are registered by metrics.encoder
 
     def library_ids(self, train: SubjectData) -> np.ndarray:
         """Every NSD id the subject never saw (ascending)."""
@@ -254,7 +227,7 @@ class BestLibraryImage(_Baseline):
         if missing:
             raise DataError(f"subject {train.subject}: no measured betas for test NSD id {missing[0]}")
         measured = np.stack([np.asarray(target.measured[n], dtype=np.float64) for n in test_ids])
-        batch = int(ctx.settings["batch_size"])
+        batch = int(self.settings.library_batch)
 
         def compute() -> dict[str, np.ndarray]:
             ctx.set_total(len(lib), unit="img")

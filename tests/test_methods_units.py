@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import subprocess
 import sys
 
@@ -134,7 +136,8 @@ def test_registry_lists_baselines_and_they_implement_the_protocol():
     names = [m.name for m in registry.list_methods()]
     for name in ("ground-truth", "shuffled", "ridge-pixels", "best-library-image"):
         assert name in names
-        assert isinstance(registry.get_method(name), Method)
+        cls = registry.get_method(name)
+        assert issubclass(cls, Method) and cls.name == name
 
 
 def test_unknown_method_is_a_usage_error():
@@ -144,22 +147,72 @@ def test_unknown_method_is_a_usage_error():
 
 def test_resolve_settings_variants_and_overrides():
     m = registry.get_method("ridge-pixels")
-    assert registry.resolve_settings(m, "16px")["size"] == 16
-    assert registry.resolve_settings(m, None, {"size": 8})["size"] == 8
+    assert registry.resolve_settings(m).size == 32
+    assert registry.resolve_settings(m, "16px").size == 16
+    assert registry.resolve_settings(m, "16px", {"size": 8}).size == 8  # explicit beats the variant
     with pytest.raises(UsageError, match="no variant"):
         registry.resolve_settings(m, "nope")
-    with pytest.raises(UsageError, match="no setting"):
+    with pytest.raises(UsageError, match="no setting 'nope'"):
         registry.resolve_settings(m, None, {"nope": 1})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        registry.resolve_settings(m).size = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "value"),
+    [
+        ("size", "64", 64),
+        ("size", " 7 ", 7),
+        ("roi", "streams:early", "streams:early"),
+        ("alphas", "1,10.5", (1.0, 10.5)),
+        ("alphas", "[1e3]", (1000.0,)),
+        ("per_target", "true", True),
+        ("per_target", "0", False),
+    ],
+)
+def test_set_values_are_parsed_by_the_settings_types(key, text, value):
+    m = registry.get_method("ridge-pixels")
+    got = getattr(registry.resolve_settings(m, None, registry.parse_assignments([f"{key}={text}"])), key)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "message"),
+    [
+        ("size", "3.5", "setting size expects int, got '3.5'"),
+        ("size", "big", "setting size expects int, got 'big'"),
+        ("alphas", "1,x", "setting alphas expects"),
+        ("per_target", "maybe", "setting per_target expects bool, got 'maybe'"),
+    ],
+)
+def test_set_type_errors_are_one_line(key, text, message):
+    m = registry.get_method("ridge-pixels")
+    with pytest.raises(UsageError, match=message) as info:
+        registry.resolve_settings(m, None, {key: text})
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_settings_class_must_be_a_frozen_dataclass():
+    from nsdbench.methods.protocol import Method as Base
+
+    @dataclasses.dataclass
+    class Loose:
+        x: int = 1
+
+    class Bad(Base):
+        name = "bad-settings"
+        Settings = Loose
+
+    with pytest.raises(TypeError, match="frozen dataclass"):
+        registry.register_method(Bad)
 
 
 def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
     pkg = tmp_path / "nsdb_plugin_demo.py"
     pkg.write_text(
         "from nsdbench.methods.baselines import GroundTruth\n"
-        "from dataclasses import dataclass\n"
-        "@dataclass(frozen=True)\n"
         "class Demo(GroundTruth):\n"
-        "    name: str = 'plugin-demo'\n"
+        "    name = 'plugin-demo'\n"
     )
     dist = tmp_path / "nsdb_plugin_demo-0.1.dist-info"
     dist.mkdir()
@@ -189,7 +242,10 @@ def test_methods_cli_list_and_show(capsys):
     assert rows["shuffled"]["source"] == "builtin"
     assert main(["methods", "show", "best-library-image", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert "Second Sight" in shown["paper"] and shown["defaults"]["samples"] == 1
+    assert "Second Sight" in shown["paper"] and shown["default_samples"] == 1
+    assert shown["defaults"] == {"library_batch": 64} and shown["setting_types"] == {"library_batch": "int"}
+    assert set(shown["required_artifacts"]) == {"pretrained", "random", "tiny"}
+    assert rows["ground-truth"]["reads_ground_truth"] and not rows["ridge-pixels"]["reads_ground_truth"]
     assert main(["methods", "show", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown method 'nope'" in err and len(err.splitlines()) == 1
@@ -206,3 +262,35 @@ def test_subject_data_never_hands_out_test_images(nsd):
     with pytest.raises(NSDBenchError, match=f"test NSD id {test_id} \\(nsd982\\)"):
         data.images([train_id, test_id])
     np.testing.assert_array_equal(data.ground_truth_images([test_id]), nsd.images([test_id]))
+
+
+def test_methods_show_lists_artifacts_per_weights_mode(monkeypatch, capsys):
+    """A method whose artifacts depend on its weights mode and settings shows them per mode."""
+    from nsdbench.cli import main
+    from nsdbench.methods.protocol import Method as Base
+
+    @dataclasses.dataclass(frozen=True)
+    class S:
+        refiner: bool = False
+
+    class Artifacty(Base):
+        name = "test-artifacty"
+        description = "needs weights in pretrained mode only"
+        Settings = S
+
+        def required_artifacts(self):
+            if self.weights_mode != "pretrained":
+                return ()
+            return ("sd-v1-4",) + (("sd-refiner",) if self.settings.refiner else ())
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    registry.register_method(Artifacty, source="test")
+    assert main(["methods", "show", "test-artifacty", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [a["name"] for a in shown["required_artifacts"]["pretrained"]] == ["sd-v1-4"]
+    assert shown["required_artifacts"]["tiny"] == [] and shown["required_artifacts"]["random"] == []
+    inst = registry.create_method("test-artifacty", None, {"refiner": "true"}, weights_mode="pretrained")
+    assert inst.required_artifacts() == ("sd-v1-4", "sd-refiner")
+    assert main(["methods", "list", "--json"]) == 0
+    assert "test-artifacty" in {r["name"] for r in json.loads(capsys.readouterr().out)}

@@ -73,12 +73,20 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
     from nsdbench.leaderboards.store import Store
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import get_split
-    from nsdbench.runner import RunSpec, atomic_write_bytes, encode_png, png_path, prepare_run_dir, score_path
+    from nsdbench.runner import (
+        RunSpec,
+        atomic_write_bytes,
+        encode_png,
+        png_path,
+        prepare_run_dir,
+        row_id,
+        score_path,
+    )
     from nsdbench.scoring import score_images_to_parquet
 
     subjects = tuple(int(s) for s in SUBJECTS.split(","))
-    spec = RunSpec(method=method, subjects=subjects, split="nsd982", protocol="nsdbench-v1", data=data,
-                   weights="tiny", device="cpu")
+    spec = RunSpec(method=method, subjects=subjects, split="nsd982", data=data, weights="tiny", device="cpu")
+    rid = row_id(spec.run_id, "nsdbench-v1")
     run_dir = prepare_run_dir(base / method, spec)
     for s in subjects:
         split = get_split(nsd, "nsd982", s)
@@ -87,16 +95,16 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
         images = {(i, 0): gt[pick(k, len(ids))] for k, i in enumerate(ids)}
         for (i, sample), img in images.items():
             atomic_write_bytes(png_path(run_dir, s, i, sample), encode_png(img))
-        score_images_to_parquet(nsd, s, split, "nsdbench-v1", images, "tiny", "cpu", score_path(run_dir, s),
-                                spec.run_id)
+        score_images_to_parquet(nsd, s, split, "nsdbench-v1", images, "tiny", "cpu",
+                                score_path(run_dir, s, "nsdbench-v1"), rid)
     store = Store(db)
     record = store.new_run_record(
         kind="run", method=method, subjects=subjects, split="nsd982", protocol=get_protocol("nsdbench-v1"),
-        weights_mode="tiny", run_id=spec.run_id, seeds={"base_seed": 0, "samples": 1}, data=data,
+        weights_mode="tiny", run_id=rid, run=spec.run_id, seeds={"base_seed": 0, "samples": 1}, data=data,
         config={"run_dir": str(run_dir), **spec.identity()},
     )
-    store.ingest(record, [score_path(run_dir, s) for s in subjects], n_resamples=200)
-    return spec.run_id, run_dir
+    store.ingest(record, [score_path(run_dir, s, "nsdbench-v1") for s in subjects], n_resamples=200)
+    return rid, run_dir
 
 
 def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 4) -> tuple[str, Path]:

@@ -12,7 +12,6 @@ import json
 import shutil
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from nsdbench.runner import (
     png_path,
     prepare_run_dir,
     read_png,
+    row_id,
     score_path,
     shard_record_path,
 )
@@ -42,7 +42,6 @@ HOOK_SOURCE = textwrap.dedent(
     """
     \"\"\"Test-only registrations, imported by the tests and by Ray workers (worker setup hook).\"\"\"
     import os
-    from dataclasses import dataclass
     from pathlib import Path
 
     from nsdbench.errors import NSDBenchError
@@ -60,11 +59,10 @@ HOOK_SOURCE = textwrap.dedent(
     )
 
 
-    @dataclass(frozen=True)
     class Flaky(baselines.Shuffled):
-        \"\"\"Fails the first attempt of every shard (marker files in $H5_FLAKY_DIR), then succeeds.\"\"\"
+        \"\"\"Fails the first attempt of every batch (marker files in $H5_FLAKY_DIR), then succeeds.\"\"\"
 
-        name: str = "h5-test-flaky"
+        name = "h5-test-flaky"
 
         def reconstruct(self, test_items, fitted, ctx):
             marker = Path(os.environ["H5_FLAKY_DIR"]) / str(test_items[0].nsd_id)
@@ -74,22 +72,20 @@ HOOK_SOURCE = textwrap.dedent(
             yield from super().reconstruct(test_items, fitted, ctx)
 
 
-    @dataclass(frozen=True)
     class Broken(baselines.Shuffled):
         \"\"\"Always fails with a user-facing error (never worth a retry).\"\"\"
 
-        name: str = "h5-test-broken"
+        name = "h5-test-broken"
 
         def reconstruct(self, test_items, fitted, ctx):
             raise NSDBenchError(f"broken adapter at NSD id {test_items[0].nsd_id}")
             yield
 
 
-    @dataclass(frozen=True)
     class BrokenFit(baselines.Shuffled):
         \"\"\"Its fit fails with a user-facing error: the run must report it, not finish silently.\"\"\"
 
-        name: str = "h5-test-broken-fit"
+        name = "h5-test-broken-fit"
 
         def fit(self, train, ctx):
             raise NSDBenchError(f"no decoder for subject {ctx.subject}")
@@ -124,7 +120,7 @@ def hook_dir(tmp_path_factory) -> Path:
 
 
 def _spec(method: str, data: Path, shard_size: int = SHARD_SIZE, **kw):
-    spec, _ = build_spec(
+    spec, _, _ = build_spec(
         method,
         str(kw.pop("subjects", SUBJECT)),
         None,
@@ -136,6 +132,8 @@ def _spec(method: str, data: Path, shard_size: int = SHARD_SIZE, **kw):
         "cpu",
         kw.pop("variant", None),
         shard_size,
+        kw.pop("overrides", None),
+        kw.pop("batch_size", None),
     )
     assert not kw
     return spec
@@ -144,7 +142,7 @@ def _spec(method: str, data: Path, shard_size: int = SHARD_SIZE, **kw):
 def _run(method: str, data: Path, out: Path, worker: Worker | None = None, progress=None, **kw):
     spec = _spec(method, data, **kw)
     prepare_run_dir(out, spec)
-    return spec, run_inprocess(out, spec, worker or Worker(), progress=progress)
+    return spec, run_inprocess(out, spec, worker or Worker(), progress=progress, protocols=(FAST,))
 
 
 def _argv(method: str, data: Path, out: Path, *extra: str) -> list[str]:
@@ -182,7 +180,7 @@ def _files(run_dir: Path) -> dict[str, bytes]:
 
 
 def _scores(run_dir: Path, subject: int = SUBJECT) -> pd.DataFrame:
-    df = pd.read_parquet(score_path(run_dir, subject))
+    df = pd.read_parquet(score_path(run_dir, subject, FAST))
     return df.sort_values(["level", "metric", "nsd_id", "sample"], na_position="first").reset_index(drop=True)
 
 
@@ -209,10 +207,10 @@ def test_cli_run_records_a_smoke_run(shuffled_run):
 
     spec, _ = read_spec(shuffled_run)
     store = Store(shuffled_run.parent / "lb.duckdb")
-    row = store.run(spec.run_id)
+    row = store.run(row_id(spec.run_id, FAST))
     assert row["kind"] == "run" and row["method"] == "shuffled" and bool(row["smoke"]) is True
-    assert row["subjects"] == [SUBJECT] and row["protocol"] == FAST
-    assert len(store.image_scores(spec.run_id)) == 91 * len(_scores(shuffled_run).query("level == 'set'"))
+    assert row["subjects"] == [SUBJECT] and row["protocol"] == FAST and row["run"] == spec.run_id
+    assert len(store.image_scores(row["id"])) == 91 * len(_scores(shuffled_run).query("level == 'set'"))
     assert (shuffled_run / "run.log").read_text().count("scored subj01") == 1
 
 
@@ -232,14 +230,14 @@ def test_resume_after_kill_gives_identical_files_and_scores(shuffled_run, synth_
     with pytest.raises(RuntimeError, match="simulated kill"):
         _run("shuffled", synth_root, out)
     assert len(list(out.glob("subj01/*.png"))) == 45
-    assert len(list(out.glob("shards/*.json"))) == 1 and not score_path(out, SUBJECT).exists()
+    assert len(list(out.glob("shards/*.json"))) == 1 and not score_path(out, SUBJECT, FAST).exists()
     monkeypatch.setattr(baselines.Shuffled, "reconstruct", original)
 
     progress = Recorder()
     _, result = _run("shuffled", synth_root, out, progress=progress)
-    assert result.images_written == 91 - 45  # finished images were not redone
+    # finished batches were not redone; the interrupted batch (items 30..45) is regenerated whole
+    assert result.images_written == 91 - SHARD_SIZE
     assert result.all_complete
-    # the bar spans the unfinished shards only (the interrupted one's 15 finished images are skipped)
     assert progress.totals["rec-1"] == (91 - SHARD_SIZE, "img") and progress.done["rec-1"] == 91 - SHARD_SIZE
     # the score bar follows the engine as it goes, not one jump at the end
     assert progress.totals["score-1"] == (91, "img") and progress.done["score-1"] == 91
@@ -274,7 +272,7 @@ def test_ctrl_c_exits_130_in_one_line_and_the_rerun_resumes(
 
     assert main(_argv("shuffled", synth_root, out, "--db", str(db), "--json")) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["images_written"] == 91 - 40 and doc["complete"] and doc["ingested"]
+    assert doc["images_written"] == 91 - SHARD_SIZE and doc["complete"] and doc["ingested"]
     assert _files(out) == _files(shuffled_run)
     pd.testing.assert_frame_equal(_scores(out), _scores(shuffled_run))
 
@@ -313,21 +311,21 @@ def test_ray_identical_to_one_worker_retries_and_reports_errors(ridge_run, synth
     )
     try:
         progress = Recorder()
-        result = run_ray(out, spec, progress=progress)
+        result = run_ray(out, spec, progress=progress, protocols=(FAST,))
         # every shard of the flaky adapter fails once and is retried by Ray
         flaky = _spec("h5-test-flaky", synth_root)
         prepare_run_dir(tmp_path / "flaky", flaky)
-        flaky_result = run_ray(tmp_path / "flaky", flaky)
+        flaky_result = run_ray(tmp_path / "flaky", flaky, protocols=(FAST,))
         # a user-facing error is reported once per shard, not retried
         broken = _spec("h5-test-broken", synth_root)
         prepare_run_dir(tmp_path / "broken", broken)
         with pytest.raises(NSDBenchError, match=r"4 task\(s\) failed \(first: subj01-\d+: broken adapter"):
-            run_ray(tmp_path / "broken", broken)
+            run_ray(tmp_path / "broken", broken, protocols=(FAST,))
         # a fit that fails is reported (its shards and scoring are skipped, not counted again)
         broken_fit = _spec("h5-test-broken-fit", synth_root)
         prepare_run_dir(tmp_path / "broken-fit", broken_fit)
         with pytest.raises(NSDBenchError, match=r"1 task\(s\) failed \(first: subj01 fit: no decoder for"):
-            run_ray(tmp_path / "broken-fit", broken_fit)
+            run_ray(tmp_path / "broken-fit", broken_fit, protocols=(FAST,))
     finally:
         ray.shutdown()
     assert result.all_complete and result.images_written == 91
@@ -336,8 +334,10 @@ def test_ray_identical_to_one_worker_retries_and_reports_errors(ridge_run, synth
     assert progress.done == {"fit-1": 1, "rec-1": 91, "score-1": 91}
     assert _files(out) == _files(ref)
     pd.testing.assert_frame_equal(_scores(out), _scores(ref))
-    assert flaky_result.all_complete and flaky_result.images_written == 91
-    assert len(list(flaky_dir.iterdir())) == 4
+    # a retried task counts only what its last attempt wrote: the batches before the failure were kept
+    assert flaky_result.all_complete and 0 < flaky_result.images_written < 91
+    assert len(list((tmp_path / "flaky").glob("subj01/*.png"))) == 91
+    assert len(list(flaky_dir.iterdir())) == 7  # one per batch: 2 in each 30-id shard, 1 in the last
 
 
 def test_ingest_of_sharded_run_is_single_and_idempotent(ridge_run, tmp_path):
@@ -345,8 +345,8 @@ def test_ingest_of_sharded_run_is_single_and_idempotent(ridge_run, tmp_path):
 
     run_dir, _ = ridge_run
     db = tmp_path / "lb.duckdb"
-    first = ingest_run(run_dir, db)
-    second = ingest_run(run_dir, db)
+    (first,) = ingest_run(run_dir, db)
+    (second,) = ingest_run(run_dir, db)
     assert first.inserted and not second.inserted
     assert Store(db).counts()["runs"] == 1
 
@@ -361,19 +361,19 @@ def test_corrupted_png_is_detected_and_regenerated(ridge_run, tmp_path):
     altered.write_bytes(encode_png(np.zeros((64, 64, 3), np.uint8)))  # a valid PNG, but not ours
     deleted.unlink()
     assert read_png(altered, 64) is not None
-    scores_before = score_path(out, SUBJECT).stat().st_mtime_ns
-    result = run_inprocess(out, spec)
-    assert result.images_written == 3
+    scores_before = score_path(out, SUBJECT, FAST).stat().st_mtime_ns
+    result = run_inprocess(out, spec, protocols=(FAST,))
+    assert result.images_written == 16  # the three sit in the shard's first batch: regenerated whole
     assert _files(out) == _files(ref)
     # identical images -> the recorded scores still describe them and are kept
-    assert score_path(out, SUBJECT).stat().st_mtime_ns == scores_before
+    assert score_path(out, SUBJECT, FAST).stat().st_mtime_ns == scores_before
 
 
 def test_no_resume_regenerates_everything_identically(ridge_run, tmp_path):
     ref, spec = ridge_run
     out = tmp_path / "run"
     shutil.copytree(ref, out)
-    result = run_inprocess(out, spec, force=True)
+    result = run_inprocess(out, spec, force=True, protocols=(FAST,))
     assert result.images_written == 91 and result.all_complete
     assert _files(out) == _files(ref)
     pd.testing.assert_frame_equal(_scores(out), _scores(ref))
@@ -388,7 +388,7 @@ def test_corrupted_png_without_shard_record_is_regenerated(ridge_run, tmp_path):
     bad = png_path(out, SUBJECT, shard.nsd_ids[0], 0)
     bad.write_bytes(bad.read_bytes()[:-20])
     session = RunSession(out, spec)
-    assert session.run_shard(shard) == 1
+    assert session.run_shard(shard) == SHARD_SIZE  # no record: every batch of the shard is redone
     assert _files(out) == _files(ref)
 
 
@@ -408,6 +408,12 @@ def test_corrupted_png_without_shard_record_is_regenerated(ridge_run, tmp_path):
         (["--method", "shuffled", "--weights", "huge"], "unknown weights mode"),
         (["--method", "ridge-pixels", "--variant", "8px"], "no variant '8px'"),
         (["--method", "shuffled", "--samples", "0"], "--samples must be >= 1"),
+        (["--method", "ridge-pixels", "--set", "size=big"], "setting size expects int, got 'big'"),
+        (["--method", "ridge-pixels", "--set", "sise=8"], "has no setting 'sise' (settings: size, roi"),
+        (["--method", "ridge-pixels", "--set", "size"], "--set 'size': expected key=value"),
+        (["--method", "ridge-pixels", "--set", "per_target=maybe"], "setting per_target expects bool"),
+        (["--method", "shuffled", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--method", "shuffled", "--protocol", "nsdbench-v1,second-sight-2023"], "conflicts with protocol"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message, synth_root, tmp_path, capsys):
@@ -463,11 +469,10 @@ def test_resume_into_folder_of_another_run_exits_2(ridge_run, synth_root, capsys
     assert rc == 2 and "holds a different run (seed: 0 there, 5 now)" in err
 
 
-@dataclass(frozen=True)
 class NoiseMethod(baselines.GroundTruth):
     """A stochastic adapter for the seed tests: the image is noise drawn from the per-image seed."""
 
-    name: str = "h5-test-noise"
+    name = "h5-test-noise"
 
     def reconstruct(self, test_items, fitted, ctx):
         size = ctx.data.image_size
@@ -486,7 +491,7 @@ def test_per_image_seeds_do_not_depend_on_batch_order_or_shards(hook_dir, synth_
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
     monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
     registry.list_methods()
-    registry.register_method(NoiseMethod(), source="test")
+    registry.register_method(NoiseMethod, source="test")
 
     outs = {}
     for shard_size in (7, 100):
@@ -541,7 +546,7 @@ def test_slurm_array_then_ingest(shuffled_run, synth_root, tmp_path, monkeypatch
         assert main(argv) == 0
         assert f"worker {task - 1}/3 (slurm)" in capsys.readouterr().err
     assert not db.exists()  # workers never write the leaderboard
-    for p in (out / "scores").glob("subj01.*"):  # as if the scoring worker had died: ingest scores it
+    for p in (out / "scores" / FAST).glob("subj01.*"):  # as if the scoring worker had died: ingest scores it
         p.unlink()
     assert main(["ingest", str(out), "--db", str(db), "--json"]) == 0
     assert '"inserted": true' in capsys.readouterr().out

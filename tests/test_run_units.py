@@ -24,7 +24,6 @@ def _spec(**kw) -> RunSpec:
         "method": "ground-truth",
         "subjects": (1, 2),
         "split": "nsd982",
-        "protocol": "nsdbench-v1",
         "data": "synthetic",
         "weights": "tiny",
         "settings": {"size": 16, "alphas": [1.0, 2.0]},
@@ -112,6 +111,20 @@ def test_run_id_is_deterministic_and_spec_sensitive():
     # how the work is cut is not what it produces: same run id, but a folder keeps one shard size
     assert _spec(shard_size=7).run_id == _spec().run_id and _spec(shard_size=7).hash != _spec().hash
     assert _spec(variant="16px").run_id.startswith("ground-truth-16px-")
+    # what determines the images is the identity: batch size, dtype, device type, weights hashes
+    for change in ({"batch_size": 4}, {"dtype": "float16"}, {"device": "cuda"}, {"weights_sha256": {"a": "0"}}):
+        assert _spec(**change).run_id != _spec().run_id, change
+
+
+def test_format_1_run_folder_is_refused_with_a_conversion_hint(tmp_path):
+    import tomli_w
+
+    raw = {**_spec().identity(), "protocol": "nsdbench-v1"}
+    del raw["batch_size"], raw["dtype"], raw["weights_sha256"]
+    (tmp_path / "spec.toml").write_text(tomli_w.dumps({"format": 1, "run_id": "x", "spec": raw}))
+    with pytest.raises(DataError, match=r"format 1 .*`nsdbench rescore .* --upgrade`") as info:
+        read_spec(tmp_path)
+    assert len(str(info.value).splitlines()) == 1
 
 
 def test_png_roundtrip_bytes_deterministic_and_corruption_detected(tmp_path):
@@ -221,3 +234,64 @@ def test_a_run_folder_keeps_its_shard_size(tmp_path):
     prepare_run_dir(tmp_path / "run", resumed)
     assert adopt_execution(tmp_path / "run", _spec(seed=3, shard_size=7)).shard_size == 7  # another run
     assert adopt_execution(tmp_path / "new", _spec(shard_size=7)).shard_size == 7  # no folder yet
+
+
+LOCK_HOLDER = """
+import sys, time
+from nsdbench.runs.folder import FileLock
+lock = FileLock(sys.argv[1])
+assert lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_score_lock_dies_with_a_killed_worker(tmp_path):
+    """Issue 11 item 8: a SIGKILLed worker's scoring lock does not outlive it."""
+    import signal
+    import subprocess
+    import sys
+
+    from nsdbench.runs.folder import FileLock
+
+    path = tmp_path / "scores" / "p" / "subj01.lock"
+    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert not FileLock(path).acquire()  # a live holder keeps it
+        assert path.read_text().strip().endswith(f":{proc.pid}")  # the owner is named in the file
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert path.exists()  # the killed worker's file is still there, but its lock is not
+    lock = FileLock(path)
+    assert lock.acquire()
+    lock.release()
+    assert not path.exists()
+
+
+def test_clean_leftovers_removes_dead_writers_temp_files_only(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from nsdbench.runs.folder import _host, clean_leftovers, owned_temp, write_owned
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False)
+    dead_pid = int(dead.stdout)
+    (tmp_path / "subj01").mkdir()
+    killed = tmp_path / "subj01" / f".5_0.png.{_host()}.{dead_pid}.0badc0de.part"
+    killed.write_bytes(b"half")
+    mine = owned_temp(tmp_path / "subj01" / "6_0.png")  # this live process, mid-write
+    mine.write_bytes(b"writing")
+    other_host = tmp_path / "subj01" / ".7_0.png.elsewhere.1.0badc0de.part"
+    other_host.write_bytes(b"?")
+    old_style = tmp_path / ".spec.toml.abc123.part"
+    old_style.write_bytes(b"old")
+    os.utime(old_style, (time.time() - 2 * 86400,) * 2)
+    write_owned(tmp_path / "subj01" / "8_0.png", b"done")
+    assert clean_leftovers(tmp_path) == 2
+    assert not killed.exists() and not old_style.exists()
+    assert mine.exists() and other_host.exists()  # live, or someone else's and recent
+    assert (tmp_path / "subj01" / "8_0.png").read_bytes() == b"done"

@@ -36,6 +36,17 @@ def parse_subjects(text: str) -> tuple[int, ...]:
     return tuple(subjects)
 
 
+def parse_protocols(text: str | None) -> tuple[str, ...]:
+    """'a,b' → ('a', 'b') (order kept, duplicates removed); None → the configured default."""
+    from nsdbench import config
+
+    value = str(config.get("protocol", text))
+    names = tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+    if not names:
+        raise UsageError("--protocol: no protocol given")
+    return names
+
+
 def build_spec(
     method: str,
     subjects: str,
@@ -48,30 +59,45 @@ def build_spec(
     device: str | None,
     variant: str | None,
     shard_size: int,
+    overrides: dict[str, str] | None = None,
+    batch_size: int | None = None,
+    dtype: str | None = None,
 ):
-    """Validate every argument against the method registry and the data; returns (spec, nsd)."""
+    """Validate every argument against the method registry and the data; returns (spec, nsd, protocols).
+
+    `protocol` is a comma list: the run is scored under each (they must share a split).
+    """
     import nsdbench
     from nsdbench import config, weights
-    from nsdbench.methods.registry import get_method, resolve_settings
+    from nsdbench.methods.protocol import settings_dict
+    from nsdbench.methods.registry import create_method, get_method
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import SPLITS, get_split
-    from nsdbench.runner import RunSpec, open_data
+    from nsdbench.runs.session import device_type, open_data
+    from nsdbench.runs.spec import RunSpec
 
     mode = weights.check_mode(str(config.get("weights", weights_mode)))
-    m = get_method(method)
-    settings = resolve_settings(m, variant)
+    cls = get_method(method)
+    dev = str(config.get("device", device))
+    dt = dtype or "float32"
+    if dt not in ("float32", "float16", "bfloat16"):
+        raise UsageError(f"--dtype {dt!r}: expected float32, float16 or bfloat16")
+    instance = create_method(cls.name, variant, overrides, device=dev, dtype=dt, weights_mode=mode)
     subj = parse_subjects(subjects)
-    proto = get_protocol(str(config.get("protocol", protocol)))
-    split_name = split or getattr(proto, "split", None) or str(config.get("split"))
+    protos = [get_protocol(n) for n in parse_protocols(protocol)]
+    split_name = split or getattr(protos[0], "split", None) or str(config.get("split"))
     if split_name not in SPLITS:
         raise UsageError(f"unknown split {split_name!r} (known: {', '.join(SPLITS)})")
-    if split and getattr(proto, "split", split) != split:
-        raise UsageError(
-            f"--split {split} conflicts with protocol {proto.name}, which scores on {proto.split}"
-        )
-    n_samples = int(samples if samples is not None else settings.get("samples", 1))
+    for proto in protos:
+        if getattr(proto, "split", split_name) != split_name:
+            source = f"--split {split}" if split else f"protocol {protos[0].name} ({split_name})"
+            raise UsageError(f"{source} conflicts with protocol {proto.name}, which scores on {proto.split}")
+    n_samples = int(samples if samples is not None else cls.default_samples)
     if n_samples < 1:
         raise UsageError(f"--samples must be >= 1, got {n_samples}")
+    n_batch = int(batch_size if batch_size is not None else cls.default_batch_size)
+    if n_batch < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {n_batch}")
     data_value = config.get("data", data)
     synthetic = data_value in (None, "", "synthetic")
     if not synthetic and not Path(str(data_value)).expanduser().is_dir():
@@ -86,26 +112,28 @@ def build_spec(
         )
     for s in subj:
         get_split(nsd, split_name, s)  # UsageError when the split is not available for this dataset
+    artifacts = tuple(instance.required_artifacts())
     if mode == "pretrained":  # fail now, not after hours of reconstruction
-        for name in (*m.required_weights, *protocol_artifacts(proto)):
-            weights.require(name)
+        weights.require_all([*artifacts, *(a for p in protos for a in protocol_artifacts(p))])
     spec = RunSpec(
-        method=m.name,
+        method=cls.name,
         subjects=subj,
         split=split_name,
-        protocol=proto.name,
         data=data_key,
         weights=mode,
         samples=n_samples,
         seed=int(config.get("seed", seed)),
-        device=str(config.get("device", device)),
+        device=device_type(dev),
+        dtype=dt,
+        batch_size=n_batch,
         variant=variant or "",
-        settings={k: v for k, v in settings.items() if k != "samples"},
-        method_version=str(m.version),
+        settings=settings_dict(instance.settings),
+        method_version=str(cls.version),
+        weights_sha256={a: weights.recorded_sha256(a) for a in artifacts} if mode == "pretrained" else {},
         shard_size=shard_size,
         nsdbench_version=nsdbench.__version__,
     )
-    return spec, nsd
+    return spec, nsd, tuple(p.name for p in protos)
 
 
 def protocol_artifacts(proto: Any) -> list[str]:
@@ -137,8 +165,16 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option("--seed", help="Base of the per-image seeds (default 0).")
         ] = None,
         protocol: Annotated[
-            Opt, typer.Option("--protocol", help="Metric protocol (default nsdbench-v1).")
+            Opt, typer.Option("--protocol", help="Metric protocol(s), comma-separated (default nsdbench-v1).")
         ] = None,
+        set_: Annotated[
+            list[str] | None,
+            typer.Option("--set", help="Override a method setting: key=value (repeatable; type-checked)."),
+        ] = None,
+        batch_size: Annotated[
+            int | None, typer.Option("--batch-size", help="Items per method call (default: the method's).")
+        ] = None,
+        dtype: Annotated[Opt, typer.Option("--dtype", help="float32 | float16 | bfloat16.")] = None,
         data: Annotated[
             Opt, typer.Option("--data", help="'synthetic' or an NSD root (default: config).")
         ] = None,
@@ -170,16 +206,14 @@ def register(app: typer.Typer) -> None:
         """Run a method end to end: fit, reconstruct the test split with fixed seeds, score, record."""
         from nsdbench import config
         from nsdbench.executors import EXECUTORS, resolve_worker, run_inprocess, run_ray
+        from nsdbench.methods.registry import parse_assignments
         from nsdbench.nsd.splits import get_split
-        from nsdbench.runner import (
-            RichProgress,
-            adopt_execution,
-            data_label,
-            ingest_run,
-            log_event,
-            make_shards,
-            prepare_run_dir,
-        )
+        from nsdbench.runs.folder import clean_leftovers, log_event
+        from nsdbench.runs.progress import RichProgress
+        from nsdbench.runs.scores import ingest_run
+        from nsdbench.runs.session import data_label
+        from nsdbench.runs.shards import make_shards
+        from nsdbench.runs.spec import adopt_execution, prepare_run_dir
 
         if executor not in EXECUTORS:
             raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
@@ -190,9 +224,11 @@ def register(app: typer.Typer) -> None:
         if executor != "ray" and address:
             raise UsageError("--address is only used with --executor ray")
         worker = resolve_worker(shard) if executor == "inprocess" else None
-        spec, nsd = build_spec(
-            method, subjects, split, samples, seed, protocol, data, weights_mode, device, variant, shard_size
-        )
+        spec, nsd, protocols = build_spec(
+            method, subjects, split, samples, seed, protocol, data, weights_mode, device, variant, shard_size,
+            parse_assignments(set_ or []), batch_size, dtype,
+        )  # fmt: skip
+        exec_device = str(config.get("device", device))
         run_dir = (out_dir or config.home() / "runs" / spec.run_id).expanduser().resolve()
         spec = adopt_execution(run_dir, spec)
         prepare_run_dir(run_dir, spec)
@@ -200,7 +236,9 @@ def register(app: typer.Typer) -> None:
             make_shards({s: get_split(nsd, spec.split, s).test_ids for s in spec.subjects}, spec.shard_size)
         )
         who = f"worker {worker.k}/{worker.n} ({worker.source})" if worker and worker.sharded else executor
-        log_event(run_dir, f"start {who} resume={resume}")
+        cleaned = clean_leftovers(run_dir)
+        log_event(run_dir, f"start {who} resume={resume} protocols={','.join(protocols)}"
+                  + (f" removed {cleaned} leftover temp files" if cleaned else ""))  # fmt: skip
         err.print(
             f"run {spec.run_id} → {run_dir} ({who}; {n_shards} shards; data: {data_label(nsd, spec.data)})",
             highlight=False,
@@ -209,18 +247,26 @@ def register(app: typer.Typer) -> None:
         try:
             with RichProgress() as progress:
                 if executor == "ray":
-                    result = run_ray(run_dir, spec, address=address, progress=progress, force=not resume)
+                    result = run_ray(
+                        run_dir,
+                        spec,
+                        address=address,
+                        progress=progress,
+                        force=not resume,
+                        protocols=protocols,
+                    )
                 else:
                     result = run_inprocess(
-                        run_dir, spec, worker, progress=progress, force=not resume, fit_only=fit_only
-                    )
+                        run_dir, spec, worker, progress=progress, force=not resume, fit_only=fit_only,
+                        protocols=protocols, device=exec_device,
+                    )  # fmt: skip
         except KeyboardInterrupt:
             log_event(run_dir, f"interrupted {who}")
             raise Interrupted(
                 f"interrupted; finished images and shards in {run_dir} are kept: "
                 "rerun the same command to resume"
             ) from None
-        ingested: Any = None
+        ingested: list[Any] = []
         if fit_only:
             mine = list(spec.subjects)[worker.k :: worker.n] if worker else []
             if as_json:
@@ -229,31 +275,34 @@ def register(app: typer.Typer) -> None:
                 out.print(f"{who}: fitted subjects {','.join(map(str, mine)) or 'none'}", highlight=False)
             return
         if result.all_complete and ingest and not (worker and worker.sharded):
-            ingested = ingest_run(run_dir, db)
+            ingested = ingest_run(run_dir, db, protocols=protocols)
         doc = {
             "run_id": spec.run_id,
             "run_dir": str(run_dir),
             "method": spec.method,
+            "protocols": list(protocols),
+            "leaderboard_ids": [r.run_id for r in ingested],
             "subjects": list(spec.subjects),
             "smoke": spec.smoke,
             "shards_total": n_shards,
             "shards_run": result.shards_run,
             "images_written": result.images_written,
             "complete": result.all_complete,
-            "ingested": bool(ingested and ingested.inserted),
+            "ingested": any(r.inserted for r in ingested),
             "db": str(config.default_db(db)) if ingested else None,
         }
         if as_json:
             print(json.dumps(doc, indent=2))
             return
-        if ingested is not None:
+        if ingested:
             hint = "nsdbench leaderboard" + (" --include-smoke" if spec.smoke else "")
-            out.print(
-                f"run {spec.run_id}: recorded in {doc['db']}"
-                f"{'' if ingested.inserted else ' (already recorded)'}; see `{hint}`",
-                highlight=False,
-                soft_wrap=True,
-            )
+            for r in ingested:
+                out.print(
+                    f"run {r.run_id}: recorded in {doc['db']}"
+                    f"{'' if r.inserted else ' (already recorded)'}; see `{hint}`",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         elif result.all_complete:
             out.print(
                 f"run {spec.run_id}: complete; record it with `nsdbench ingest {run_dir}`",
@@ -272,31 +321,84 @@ def register(app: typer.Typer) -> None:
     def ingest_cmd(
         run_dir: Annotated[Path, typer.Argument(help="A run folder written by `nsdbench run`.")],
         db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database.")] = None,
+        protocol: Annotated[
+            Opt,
+            typer.Option(
+                "--protocol", help="Protocol(s) to record (default: those the run was scored under)."
+            ),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
         """Score any unscored subject of a finished (sharded) run, then record it in the leaderboard."""
-        from nsdbench import config
-        from nsdbench.runner import RichProgress, ingest_run
+        from nsdbench.runs.progress import RichProgress
+        from nsdbench.runs.scores import ingest_run
 
+        names = parse_protocols(protocol) if protocol else None
         try:
             with RichProgress() as progress:
-                result = ingest_run(run_dir.expanduser().resolve(), db, progress=progress)
+                results = ingest_run(run_dir.expanduser().resolve(), db, progress=progress, protocols=names)
         except KeyboardInterrupt:
             raise Interrupted(
                 f"interrupted; nothing was recorded from {run_dir}: rerun `nsdbench ingest` to finish"
             ) from None
+        _print_ingested(results, db, as_json)
+
+    @app.command("rescore")
+    def rescore_cmd(
+        run_dir: Annotated[Path, typer.Argument(help="A finished run folder written by `nsdbench run`.")],
+        protocol: Annotated[
+            Opt, typer.Option("--protocol", help="Protocol(s) to score under, comma-separated.")
+        ] = None,
+        db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database.")] = None,
+        ingest: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Record the scores.")] = True,
+        upgrade: Annotated[
+            bool, typer.Option("--upgrade", help="Convert a run folder of format 1 in place first.")
+        ] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    ) -> None:
+        """Score an existing run under more protocols without generating any image."""
+        from nsdbench.runs.progress import RichProgress
+        from nsdbench.runs.scores import rescore_run
+        from nsdbench.runs.upgrade import upgrade_run_folder
+
+        folder = run_dir.expanduser().resolve()
+        old_protocol = ""
+        if upgrade:
+            _, old_protocol = upgrade_run_folder(folder)
+        if protocol is None and not old_protocol:
+            raise UsageError("rescore: --protocol is required (e.g. --protocol brain-diffuser-2023)")
+        names = parse_protocols(protocol or old_protocol)
+        try:
+            with RichProgress() as progress:
+                results = rescore_run(folder, names, db, progress=progress, ingest=ingest)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted; scores finished in {folder} are kept: rerun to continue"
+            ) from None
+        if not ingest:
+            doc = {"run_dir": str(folder), "protocols": list(names), "ingested": False}
+            if as_json:
+                print(json.dumps(doc, indent=2))
+            else:
+                out.print(f"{folder}: scored under {', '.join(names)}", highlight=False, soft_wrap=True)
+            return
+        _print_ingested(results, db, as_json)
+
+    def _print_ingested(results: list[Any], db: Path | None, as_json: bool) -> None:
+        from nsdbench import config
+
         doc = {
-            "run_id": result.run_id,
-            "inserted": result.inserted,
-            "rows": result.rows,
+            "rows": [{"run_id": r.run_id, "inserted": r.inserted, "rows": r.rows} for r in results],
+            "run_id": results[0].run_id if results else None,
+            "inserted": any(r.inserted for r in results),
             "db": str(config.default_db(db)),
         }
         if as_json:
             print(json.dumps(doc, indent=2))
-        else:
+            return
+        for r in results:
             out.print(
-                f"run {result.run_id}: {'recorded' if result.inserted else 'already recorded'} "
-                f"in {doc['db']}",
+                f"run {r.run_id}: {'recorded' if r.inserted else 'already recorded'} in {doc['db']}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -317,10 +419,11 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(rows, indent=2))
             return
         table = Table(title="nsdbench methods")
-        for col in ("name", "description", "variants", "source"):
+        for col in ("name", "description", "variants", "pretrained weights", "source"):
             table.add_column(col)
         for r in rows:
-            table.add_row(r["name"], r["description"], ", ".join(r["variants"]) or "-", r["source"])
+            needs = ", ".join(a["name"] for a in r["required_artifacts"]["pretrained"]) or "-"
+            table.add_row(r["name"], r["description"], ", ".join(r["variants"]) or "-", needs, r["source"])
         out.print(table)
 
     @methods.command("show")
@@ -328,7 +431,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Method name.")],
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
-        """Description, paper, required weights, default settings and variants of one method."""
+        """Description, paper, settings with their types and defaults, variants, artifacts per weights mode."""
         from nsdbench.methods.registry import get_method
 
         d = describe(get_method(name))
@@ -339,27 +442,56 @@ def register(app: typer.Typer) -> None:
         out.print(d["description"], highlight=False, soft_wrap=True)
         if d["paper"]:
             out.print(f"paper: {d['paper']}", highlight=False, soft_wrap=True)
+        for mode, arts in d["required_artifacts"].items():
+            text = ", ".join(f"{a['name']}" + (f" ({a['size_bytes'] / 1e9:.2f} GB)" if a["size_bytes"] else "")
+                             for a in arts) or "none"  # fmt: skip
+            out.print(f"artifacts ({mode}): {text}", highlight=False, soft_wrap=True)
         out.print(
-            f"required weights: {', '.join(d['required_weights']) or 'none'}", highlight=False, soft_wrap=True
+            f"samples {d['default_samples']}, batch size {d['default_batch_size']}"
+            + (", reads the test stimuli (ground-truth baseline)" if d["reads_ground_truth"] else ""),
+            highlight=False,
         )
-        out.print(f"defaults: {json.dumps(d['defaults'])}", highlight=False, soft_wrap=True)
+        for key, value in d["defaults"].items():
+            out.print(f"  --set {key}={json.dumps(value)}  ({d['setting_types'][key]})", highlight=False)
         for v, overrides in d["variants"].items():
             out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False, soft_wrap=True)
 
     app.add_typer(methods, name="methods")
 
 
-def describe(m: Any) -> dict[str, Any]:
-    from nsdbench.methods.registry import method_source
-    from nsdbench.runner import _jsonable
+def _artifact_info(name: str) -> dict[str, Any]:
+    from nsdbench import weights
 
+    try:
+        art = weights.get(name)
+    except UsageError:
+        return {"name": name, "size_bytes": None, "registered": False}
+    size = getattr(art, "size_bytes", None) or getattr(art, "download_size", None)
+    return {"name": name, "size_bytes": size, "registered": True, "source": art.source}
+
+
+def describe(cls: Any) -> dict[str, Any]:
+    """Everything `methods show --json` prints about a method class."""
+    from nsdbench.methods.protocol import settings_dict
+    from nsdbench.methods.registry import method_source, setting_types
+    from nsdbench.runs.spec import jsonable
+
+    types_ = setting_types(cls)
     return {
-        "name": m.name,
-        "version": str(m.version),
-        "description": m.description,
-        "paper": m.paper,
-        "required_weights": list(m.required_weights),
-        "defaults": _jsonable(dict(m.defaults)),
-        "variants": {k: _jsonable(dict(v)) for k, v in m.variants.items()},
-        "source": method_source(m.name),
+        "name": cls.name,
+        "version": str(cls.version),
+        "description": cls.description,
+        "paper": cls.paper,
+        "default_samples": cls.default_samples,
+        "default_batch_size": cls.default_batch_size,
+        "reads_ground_truth": bool(cls.reads_ground_truth),
+        "defaults": jsonable(settings_dict(cls.Settings())),
+        "setting_types": {
+            k: getattr(t, "__name__", None) or str(t).replace("typing.", "") for k, t in types_.items()
+        },
+        "variants": {k: jsonable(dict(v)) for k, v in cls.variants.items()},
+        "required_artifacts": {
+            m: [_artifact_info(a) for a in arts] for m, arts in cls.artifacts_by_mode().items()
+        },
+        "source": method_source(cls.name),
     }

@@ -1,0 +1,281 @@
+"""Scoring a run's images under any number of protocols (scores/<protocol>/), status, and ingest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from nsdbench.errors import NSDBenchError, UsageError
+from nsdbench.runs.folder import (
+    FileLock,
+    file_digest,
+    log_event,
+    png_path,
+    read_json,
+    read_png,
+    score_path,
+    score_record_path,
+    scored_protocols,
+    write_owned,
+)
+from nsdbench.runs.progress import Progress, scaled_progress
+from nsdbench.runs.session import RunSession, data_label, guiding_encoders
+from nsdbench.runs.shards import shard_files, shard_is_complete
+from nsdbench.runs.spec import read_spec
+
+IDENTITY_KEYS = ("encoder", "encoder_key", "encoder_sha256")  # what names the metric's encoder
+
+
+def circular_guidance(guiding: list[str], brain_infos: list[dict[str, Any]]) -> bool:
+    """True when a guidance encoder is the brain-correlation metric's own encoder: a guiding identity
+    names the metric encoder's name, content key or sha256 (then its brain-correlation cells are
+    circular, and the leaderboard marks them)."""
+    names = {str(info.get(k)) for info in brain_infos for k in IDENTITY_KEYS if info.get(k)}
+    return any(name == g or name in g.replace("/", ":").split(":") for g in guiding for name in names)
+
+
+def row_id(run_id: str, protocol: str) -> str:
+    """The leaderboard row of a run scored under one protocol."""
+    return f"{run_id}@{protocol}"
+
+
+def check_protocols(names: tuple[str, ...] | list[str], split: str) -> list[Any]:
+    """Protocol objects for `names`; each must score on the run's split."""
+    from nsdbench.metrics.protocols import get_protocol
+    from nsdbench.runs.folder import check_protocol_name
+
+    out = []
+    for name in names:
+        proto = get_protocol(name)
+        check_protocol_name(proto.name)
+        if getattr(proto, "split", split) != split:
+            raise UsageError(
+                f"protocol {proto.name} scores on {proto.split}, but this run generated images for {split}"
+            )
+        if proto.name not in [p.name for p in out]:
+            out.append(proto)
+    return out
+
+
+def subject_complete(session: RunSession, subject: int) -> bool:
+    return all(
+        shard_is_complete(session.run_dir, session.spec, s) for s in session.shards() if s.subject == subject
+    )
+
+
+def images_digest(session: RunSession, subject: int) -> str:
+    """Digest of the PNG hashes recorded by the subject's shards (what its scores are computed from)."""
+    h = hashlib.sha256()
+    for shard in (s for s in session.shards() if s.subject == subject):
+        for name, digest in sorted(shard_files(session.run_dir, session.spec, shard).items()):
+            if name.endswith(".png") and name.count(".") == 1:
+                h.update(f"{name}={digest};".encode())
+    return h.hexdigest()
+
+
+def score_is_complete(session: RunSession, subject: int, protocol: Any) -> bool:
+    rec = read_json(score_record_path(session.run_dir, subject, protocol.name))
+    return (
+        rec is not None
+        and rec.get("spec_hash") == session.spec.hash
+        and rec.get("protocol_hash") == protocol.hash
+        and rec.get("images_digest") == images_digest(session, subject)
+        and file_digest(score_path(session.run_dir, subject, protocol.name)) == rec.get("parquet_sha256")
+    )
+
+
+def score_subject(session: RunSession, subject: int, protocol: Any, lock: bool = False) -> bool:
+    """Score the subject's reconstructions under `protocol` once all its shards are complete; True when
+    its scores exist. lock=True (several workers): only the worker holding the OS lock scores (a killed
+    worker's lock dies with it); the others return False and `nsdbench ingest` scores what is left."""
+    if not subject_complete(session, subject):
+        return False
+    if not session.force and score_is_complete(session, subject, protocol):
+        return True
+    if not lock:
+        return _score(session, subject, protocol)
+    guard = FileLock(score_path(session.run_dir, subject, protocol.name).with_suffix(".lock"))
+    if not guard.acquire():
+        log_event(session.run_dir, f"subj{subject:02d} {protocol.name}: another worker is scoring it")
+        return False
+    try:
+        if not session.force and score_is_complete(session, subject, protocol):
+            return True
+        return _score(session, subject, protocol)
+    finally:
+        guard.release()
+
+
+def _score(session: RunSession, subject: int, protocol: Any) -> bool:
+    from nsdbench.scoring import brain_target, has_brain_metrics, score_images_to_parquet
+
+    spec = session.spec
+    key = f"score-{subject}"
+    items = [it for s in session.shards() if s.subject == subject for it in s.items(spec.samples)]
+    session.progress.start(key, f"subj{subject:02d} score {protocol.name}", len(items))
+    images = {}
+    for nsd_id, sample in items:
+        img = read_png(png_path(session.run_dir, subject, nsd_id, sample))
+        if img is None:  # changed after the completeness check: let the next pass regenerate it
+            return False
+        images[(nsd_id, sample)] = img
+    t0 = time.perf_counter()
+    digest = images_digest(session, subject)
+    out = score_path(session.run_dir, subject, protocol.name)
+    report = scaled_progress(lambda n: session.progress.advance(key, n), len(items))
+    wanted = None if has_brain_metrics(protocol) else False
+    brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, wanted)
+    if note and wanted is None:
+        log_event(session.run_dir, note)
+        session.progress.message(note)
+    score_images_to_parquet(  # written atomically by nsdbench.scoring
+        nsd=session.nsd,
+        subject=subject,
+        split=session.split(subject),
+        protocol=protocol,
+        images=images,
+        weights_mode=spec.weights,
+        device=session.device,
+        out_path=out,
+        run_id=row_id(spec.run_id, protocol.name),
+        brain=brain,
+        progress=report,
+        extra_meta={
+            "run": spec.run_id,
+            "run_dir_spec_hash": spec.hash,
+            "brain_encoder": dict(getattr(brain, "info", {}) or {}) if brain is not None else {},
+        },
+    )
+    report(1, 1)
+    session.progress.finish(key)
+    record = {
+        "subject": subject,
+        "protocol": protocol.name,
+        "protocol_hash": protocol.hash,
+        "spec_hash": spec.hash,
+        "images_digest": digest,
+        "parquet_sha256": file_digest(out),
+        "n_images": len(items),
+    }
+    write_owned(
+        score_record_path(session.run_dir, subject, protocol.name), json.dumps(record, indent=1).encode()
+    )
+    log_event(
+        session.run_dir,
+        f"scored subj{subject:02d} {protocol.name} {len(items)} images {time.perf_counter() - t0:.2f}s",
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    shards_total: int
+    shards_complete: int
+    subjects_scored: tuple[int, ...]  # scored under every protocol asked about
+    incomplete: tuple[str, ...]  # names of incomplete shards
+
+    @property
+    def complete(self) -> bool:
+        return self.shards_complete == self.shards_total
+
+
+def run_status(session: RunSession, protocols: list[Any] | None = None) -> RunStatus:
+    shards = session.shards()
+    incomplete = tuple(s.name for s in shards if not shard_is_complete(session.run_dir, session.spec, s))
+    protos = protocols if protocols is not None else check_protocols(session.protocols, session.spec.split)
+    scored = tuple(
+        s for s in session.spec.subjects if protos and all(score_is_complete(session, s, p) for p in protos)
+    )
+    return RunStatus(len(shards), len(shards) - len(incomplete), scored, incomplete)
+
+
+def ingest_run(
+    run_dir: Path,
+    db: str | Path | None = None,
+    progress: Progress | None = None,
+    protocols: tuple[str, ...] | list[str] | None = None,
+) -> list[Any]:
+    """Score any complete-but-unscored subject under each protocol, then record one leaderboard row per
+    protocol (single writer). Protocols default to those the run folder has scores/ folders for."""
+    from nsdbench import config
+    from nsdbench.leaderboards.store import Store, read_parquet_meta
+
+    spec, doc = read_spec(run_dir)
+    names = list(protocols or scored_protocols(run_dir) or [str(config.get("protocol", None))])
+    session = RunSession(run_dir, spec, progress=progress, protocols=tuple(names))
+    protos = check_protocols(names, spec.split)
+    status = run_status(session, protos)
+    if not status.complete:
+        first = ", ".join(status.incomplete[:3])
+        raise NSDBenchError(
+            f"{run_dir}: {len(status.incomplete)} of {status.shards_total} shards are incomplete ({first}"
+            f"{', ...' if len(status.incomplete) > 3 else ''}); "
+            "finish them with the same `nsdbench run` command"
+        )
+    store = Store(db)
+    encoders = guiding_encoders(run_dir)
+    results = []
+    for proto in protos:
+        for subject in spec.subjects:
+            if not score_subject(session, subject, proto):
+                raise NSDBenchError(
+                    f"{run_dir}: subject {subject} could not be scored (images changed while reading)"
+                )
+        rid = row_id(spec.run_id, proto.name)
+        record = store.new_run_record(
+            kind="run",
+            method=spec.method + (f":{spec.variant}" if spec.variant else ""),
+            subjects=spec.subjects,
+            split=spec.split,
+            protocol=proto,
+            weights_mode=spec.weights,
+            run_id=rid,
+            run=spec.run_id,
+            guiding_encoders=tuple(encoders),
+            seeds={
+                "base_seed": spec.seed,
+                "samples": spec.samples,
+                "scheme": "sha256(base,method,subject,nsd_id,sample)",
+            },
+            data=data_label(session.nsd, spec.data),
+            config={"run_dir": str(Path(run_dir).resolve()), "spec_hash": spec.hash, **spec.identity()},
+            created_at=str(doc.get("created", "")),
+        )
+        paths = [score_path(run_dir, s, proto.name) for s in spec.subjects]
+        brain_infos = [dict(read_parquet_meta(p).get("brain_encoder") or {}) for p in paths]
+        circular = circular_guidance(encoders, brain_infos)
+        record = replace(record, config={**record.config, "circular_brain": circular})
+        result = store.ingest(record, paths)
+        log_event(run_dir, f"ingested {rid} into {store.path} (new={result.inserted})")
+        results.append(result)
+    return results
+
+
+def rescore_run(
+    run_dir: Path,
+    protocols: tuple[str, ...] | list[str],
+    db: str | Path | None = None,
+    progress: Progress | None = None,
+    ingest: bool = True,
+    force: bool = False,
+) -> list[Any]:
+    """Score a finished run under more protocols without generating anything; record them unless
+    ingest=False. Returns the ingest results (or an empty list)."""
+    spec, _ = read_spec(run_dir)
+    session = RunSession(run_dir, spec, progress=progress, force=force, protocols=tuple(protocols))
+    protos = check_protocols(list(protocols), spec.split)
+    status = run_status(session, [])
+    if not status.complete:
+        raise NSDBenchError(
+            f"{run_dir}: {len(status.incomplete)} of {status.shards_total} shards are incomplete "
+            f"({status.incomplete[0]}); rescore needs a finished run: complete it with `nsdbench run`"
+        )
+    for proto in protos:
+        for subject in spec.subjects:
+            if not score_subject(session, subject, proto):
+                raise NSDBenchError(f"{run_dir}: subject {subject} could not be scored under {proto.name}")
+    return ingest_run(run_dir, db, progress, [p.name for p in protos]) if ingest else []

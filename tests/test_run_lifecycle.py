@@ -1,0 +1,502 @@
+"""The run architecture for generative methods, on the synthetic NSD with test-only methods:
+fixed batches and resume identity after kills (SIGKILL and injected errors, 1 vs 3 shards), named
+extras with digests, mid-image checkpoints, the method lifecycle, ground-truth access, rescoring under
+more protocols, and cleanup of dead writers' temp files.
+
+Generation-only runs pass no protocol (nothing is scored); the rescore tests use one-metric protocols.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nsdbench.cli import main
+from nsdbench.commands.run import build_spec
+from nsdbench.errors import NSDBenchError
+from nsdbench.executors import Worker, run_inprocess
+from nsdbench.runner import RunSession, prepare_run_dir, row_id, score_path, shard_record_path
+
+SUBJECT = 1
+SHARD_SIZE = 30  # 91 synthetic test images -> shards of 30, 30, 30, 1
+BATCH = 8  # -> batches of 8, 8, 8, 6 per full shard
+MODULE = "nsdbench_run_lifecycle_methods"
+SOURCE = textwrap.dedent(
+    '''
+    """Test-only methods and protocols, imported by the tests and by their subprocess workers."""
+    import json
+    import os
+    import signal
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from nsdbench.methods import registry
+    from nsdbench.methods.protocol import Method, Output
+    from nsdbench.metrics import protocols as P
+
+    PIX = P.Protocol(name="lifecycle-pixcorr", version="1", description="tests: PixCorr only",
+                     split="nsd982", published_order="nsd-ascending",
+                     metrics=(P.PixelMetric("pixcorr", (), (), "rgb", "pearson"),))
+    SSIM = P.Protocol(name="lifecycle-ssim", version="1", description="tests: SSIM only",
+                      split="nsd982", published_order="nsd-ascending",
+                      metrics=(P.PixelMetric("ssim", (), (), "gray", "ssim-2d"),))
+    BRAIN = P.Protocol(name="lifecycle-brain", version="1", description="tests: brain correlation only",
+                       split="nsd982", published_order="nsd-ascending", metrics=P._brain(("bc_nsdgeneral",)))
+    OTHER_SPLIT = P.Protocol(name="lifecycle-897", version="1", description="tests: another split",
+                             split="nsd897", published_order="nsd-ascending",
+                             metrics=(P.PixelMetric("pixcorr", (), (), "rgb", "pearson"),))
+
+
+    def _kill_point():
+        """SIGKILL this process after LIFECYCLE_KILL_AFTER items (counted in LIFECYCLE_COUNT_FILE)."""
+        after = os.environ.get("LIFECYCLE_KILL_AFTER")
+        if not after:
+            return
+        counter = Path(os.environ["LIFECYCLE_COUNT_FILE"])
+        n = int(counter.read_text()) if counter.exists() else 0
+        if n >= int(after):
+            os.kill(os.getpid(), signal.SIGKILL)
+        counter.write_text(str(n + 1))
+
+
+    @dataclass(frozen=True)
+    class BatchNormSettings:
+        size: int = 32
+        gain: float = 40.0
+
+
+    class BatchNorm(Method):
+        """Output depends on batch composition: each item's CPU-generator noise is normalized by the
+        batch's mean (as a batched sampler's shared statistics would). Emits extras of every kind."""
+
+        name = "lifecycle-batchnorm"
+        description = "test only: batch-dependent noise"
+        Settings = BatchNormSettings
+        default_batch_size = 8
+        setups = 0
+        closes = 0
+
+        def setup(self, ctx):
+            type(self).setups += 1
+
+        def close(self):
+            type(self).closes += 1
+
+        def reconstruct(self, items, fitted, ctx):
+            s = self.settings.size
+            noise = torch.stack([torch.randn((s, s, 3), generator=ctx.generator(it.nsd_id, it.sample))
+                                 for it in items])
+            normed = noise - noise.mean(dim=0, keepdim=True)
+            for it, z, x in zip(items, noise, normed):
+                _kill_point()
+                img = np.clip(128 + self.settings.gain * x.numpy(), 0, 255).astype(np.uint8)
+                stage1 = np.clip(128 + self.settings.gain * z.numpy(), 0, 255).astype(np.uint8)
+                trace = {"batch": [i.nsd_id for i in items], "mean": float(noise.mean())}
+                yield Output(it.nsd_id, it.sample, img,
+                             {"latent.npy": z.numpy(), "stage1.png": stage1, "trace.json": trace})
+
+
+    class Stepper(Method):
+        """A long per-image loop (5 steps) that saves its state after every step through ctx.checkpoint;
+        LIFECYCLE_FAIL_AT='nsd_id:step' raises once there. Steps run are logged to LIFECYCLE_STEPS."""
+
+        name = "lifecycle-stepper"
+        description = "test only: checkpointed per-image loop"
+        default_batch_size = 4
+
+        def reconstruct(self, items, fitted, ctx):
+            fail = os.environ.get("LIFECYCLE_FAIL_AT", "")
+            log = Path(os.environ["LIFECYCLE_STEPS"])
+            for it in items:
+                ck = ctx.checkpoint(it)
+                state = ck.load() or {"step": np.array(0), "x": np.zeros((16, 16, 3))}
+                step, x = int(state["step"]), state["x"]
+                rng = np.random.default_rng(ctx.seed(it.nsd_id, it.sample))
+                draws = rng.random((5, 16, 16, 3))  # all steps' draws: step k uses draws[k]
+                while step < 5:
+                    if fail == f"{it.nsd_id}:{step}":
+                        os.environ["LIFECYCLE_FAIL_AT"] = ""
+                        raise RuntimeError("simulated crash mid-image")
+                    x = x + draws[step]
+                    step += 1
+                    with log.open("a") as fh:
+                        fh.write(f"{it.nsd_id}:{step}\\n")
+                    ck.save({"step": np.array(step), "x": x})
+                yield it.nsd_id, it.sample, (x / 5 * 255).astype(np.uint8)
+
+
+    class Peeker(Method):
+        """Tries to read the test stimuli without declaring reads_ground_truth."""
+
+        name = "lifecycle-peeker"
+        description = "test only: must be refused"
+
+        def reconstruct(self, items, fitted, ctx):
+            images = ctx.ground_truth.images([it.nsd_id for it in items])
+            for it, img in zip(items, images):
+                yield it.nsd_id, it.sample, img
+
+
+    def setup():
+        for proto in (PIX, SSIM, BRAIN, OTHER_SPLIT):
+            P.PROTOCOLS.setdefault(proto.name, proto)
+        registry.list_methods()
+        for cls in (BatchNorm, Stepper, Peeker):
+            registry.register_method(cls, source="test", replace=True)
+    '''
+)
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import {module} as m
+    m.setup()
+    from nsdbench.commands.run import build_spec
+    from nsdbench.executors import run_inprocess
+    from nsdbench.runner import prepare_run_dir
+    spec, _, _ = build_spec("lifecycle-batchnorm", "1", None, None, None, "lifecycle-pixcorr", sys.argv[2],
+                            "tiny", "cpu", None, {shard}, None, {batch})
+    prepare_run_dir(sys.argv[3], spec)
+    run_inprocess(sys.argv[3], spec)
+    """
+).format(module=MODULE, shard=SHARD_SIZE, batch=BATCH)
+
+
+@pytest.fixture(scope="module")
+def methods(tmp_path_factory):
+    from nsdbench.methods import registry
+    from nsdbench.metrics import protocols
+
+    path = tmp_path_factory.mktemp("lifecycle-methods")
+    (path / f"{MODULE}.py").write_text(SOURCE)
+    sys.path.insert(0, str(path))
+    mod = __import__(MODULE)
+    mod.setup()
+    yield path, mod
+    sys.path.remove(str(path))
+    for name in ("lifecycle-batchnorm", "lifecycle-stepper", "lifecycle-peeker"):
+        registry.unregister_method(name)
+    for name in ("lifecycle-pixcorr", "lifecycle-ssim", "lifecycle-brain", "lifecycle-897"):
+        protocols.PROTOCOLS.pop(name, None)
+
+
+def _spec(method: str, data: Path, batch: int | None = BATCH, **kw):
+    spec, _, _ = build_spec(method, str(SUBJECT), None, None, None, "lifecycle-pixcorr", str(data), "tiny", "cpu",
+                            None, SHARD_SIZE, kw.pop("overrides", None), batch)  # fmt: skip
+    return spec
+
+
+def _generate(spec, out: Path, worker: Worker | None = None):
+    prepare_run_dir(out, spec)
+    return run_inprocess(out, spec, worker or Worker())  # no protocols: generation only
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    """Every image, extra and shard record of a run folder (relative path -> bytes)."""
+    paths = [p for p in run_dir.glob("subj*/*") if not p.name.startswith(".")]
+    paths += list(run_dir.glob("shards/*.json"))
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(paths)}
+
+
+@pytest.fixture(scope="module")
+def reference(methods, synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("batchnorm") / "ref"
+    result = _generate(_spec("lifecycle-batchnorm", synth_root), out)
+    assert result.images_written == 91
+    return out
+
+
+def test_the_test_method_really_depends_on_batch_composition(reference, synth_root, tmp_path):
+    other = tmp_path / "b5"
+    _generate(_spec("lifecycle-batchnorm", synth_root, batch=5), other)
+    a, b = _files(reference), _files(other)
+    pngs = [k for k in a if k.endswith("_0.png")]
+    assert len(pngs) == 91 and sum(a[k] != b[k] for k in pngs) > 80  # so the identity tests can fail
+    latents = [k for k in a if k.endswith(".latent.npy")]
+    assert all(a[k] == b[k] for k in latents)  # the per-item CPU-generator noise does not depend on it
+
+
+def test_resume_after_sigkill_at_random_points_is_byte_identical(reference, methods, synth_root, tmp_path):
+    hook_dir, _ = methods
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(13)
+    kills = [int(k) for k in rng.choice(np.arange(1, 40), size=2, replace=False)]  # each < the work left
+    env = {**os.environ, "LIFECYCLE_COUNT_FILE": str(tmp_path / "count")}
+    for after in kills:  # each attempt is killed `after` items into its own work
+        (tmp_path / "count").unlink(missing_ok=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", DRIVER, str(hook_dir), str(synth_root), str(out)],
+            env={**env, "LIFECYCLE_KILL_AFTER": str(after)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert 0 < len(list(out.glob("subj01/*_0.png"))) < 91
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(hook_dir), str(synth_root), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _files(out) == _files(reference)
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp file of the killed writers is left
+
+
+def test_injected_failures_then_three_shards_are_byte_identical(
+    reference, methods, synth_root, tmp_path, monkeypatch
+):
+    _, mod = methods
+    spec = _spec("lifecycle-batchnorm", synth_root)
+    out = tmp_path / "three"
+    original = mod.BatchNorm.reconstruct
+    rng = np.random.default_rng(5)
+    budget = {"left": 0}
+
+    def failing(self, items, fitted, ctx):
+        for x in original(self, items, fitted, ctx):
+            if budget["left"] == 0:
+                raise RuntimeError("injected failure")
+            budget["left"] -= 1
+            yield x
+
+    monkeypatch.setattr(mod.BatchNorm, "reconstruct", failing)
+    for k in range(3):  # worker k of 3 fails at a random point, then finishes
+        budget["left"] = int(rng.integers(1, 20))
+        with pytest.raises(RuntimeError, match="injected failure"):
+            _generate(spec, out, Worker(k, 3, "--shard"))
+    monkeypatch.setattr(mod.BatchNorm, "reconstruct", original)
+    for k in (2, 0, 1):
+        _generate(spec, out, Worker(k, 3, "--shard"))
+    assert _files(out) == _files(reference)
+
+
+def test_extras_are_written_with_digests_and_a_corrupt_extra_regenerates_its_batch(
+    reference, synth_root, tmp_path
+):
+    import hashlib
+    import shutil
+
+    spec = _spec("lifecycle-batchnorm", synth_root)
+    session = RunSession(reference, spec)
+    shard = session.shards()[0]
+    record = json.loads(shard_record_path(reference, shard).read_text())
+    assert record["batch_size"] == BATCH and sorted(record["batches"]) == ["0", "1", "2", "3"]
+    first = shard.nsd_ids[0]
+    files = record["batches"]["0"]["files"]
+    for name in (f"{first}_0.png", f"{first}_0.latent.npy", f"{first}_0.stage1.png", f"{first}_0.trace.json"):
+        data = (reference / "subj01" / name).read_bytes()
+        assert files[name] == hashlib.sha256(data).hexdigest()
+    latent = np.load(reference / "subj01" / f"{first}_0.latent.npy", allow_pickle=False)
+    assert latent.shape == (32, 32, 3) and latent.dtype == np.float32
+    trace = json.loads((reference / "subj01" / f"{first}_0.trace.json").read_text())
+    assert trace["batch"] == list(shard.nsd_ids[:BATCH])
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    victim = out / "subj01" / f"{shard.nsd_ids[BATCH]}_0.latent.npy"  # a member of batch 1
+    victim.write_bytes(victim.read_bytes()[:-8])
+    assert RunSession(out, spec).run_shard(shard) == BATCH  # exactly that batch, whole
+    assert _files(out) == _files(reference)
+
+
+def test_checkpoint_resumes_mid_image(methods, synth_root, tmp_path, monkeypatch):
+    steps = tmp_path / "steps.log"
+    monkeypatch.setenv("LIFECYCLE_STEPS", str(steps))
+    spec = _spec("lifecycle-stepper", synth_root, batch=None)
+    ref = tmp_path / "ref"
+    prepare_run_dir(ref, spec)
+    session = RunSession(ref, spec)
+    shard = session.shards()[3]  # the one-image shard
+    session.run_shard(shard)
+    assert steps.read_text().split() == [f"{shard.nsd_ids[0]}:{k}" for k in range(1, 6)]
+
+    steps.unlink()
+    out = tmp_path / "crashed"
+    prepare_run_dir(out, spec)
+    target = shard.nsd_ids[0]
+    monkeypatch.setenv("LIFECYCLE_FAIL_AT", f"{target}:3")
+    with pytest.raises(RuntimeError, match="mid-image"):
+        RunSession(out, spec).run_shard(shard)
+    assert (out / "checkpoints" / "subj01" / f"{target}_0.npz").is_file()
+    RunSession(out, spec).run_shard(shard)
+    # steps 1-3 ran before the crash; the resumed image continued at step 4, it did not start over
+    assert steps.read_text().split() == [f"{target}:{k}" for k in (1, 2, 3, 4, 5)]
+    assert (out / "subj01" / f"{target}_0.png").read_bytes() == (
+        ref / "subj01" / f"{target}_0.png"
+    ).read_bytes()
+    assert not (out / "checkpoints" / "subj01" / f"{target}_0.npz").exists()  # removed once written
+
+
+def test_lifecycle_setup_once_close_at_end_and_settings_reach_the_instance(methods, synth_root, tmp_path):
+    _, mod = methods
+    mod.BatchNorm.setups = mod.BatchNorm.closes = 0
+    spec = _spec("lifecycle-batchnorm", synth_root, overrides={"size": "16", "gain": "10"})
+    assert spec.settings == {"gain": 10.0, "size": 16} and spec.batch_size == BATCH
+    out = tmp_path / "run"
+    _generate(spec, out)
+    assert (mod.BatchNorm.setups, mod.BatchNorm.closes) == (1, 1)  # one instance for every shard
+    first = next(iter(sorted(out.glob("subj01/*.latent.npy"))))
+    assert np.load(first).shape == (16, 16, 3)
+
+
+def test_ground_truth_is_refused_to_undeclared_methods(methods, synth_root, tmp_path):
+    with pytest.raises(NSDBenchError, match="lifecycle-peeker: ctx.ground_truth.images refused"):
+        _generate(_spec("lifecycle-peeker", synth_root), tmp_path / "peek")
+
+
+def test_ground_truth_stimuli_only_cover_the_test_split(nsd):
+    from nsdbench.nsd.ground_truth import GroundTruthStimuli
+    from nsdbench.nsd.splits import get_split
+
+    split = get_split(nsd, "nsd982", 1)
+    gt = GroundTruthStimuli(nsd, 1, split)
+    ids = list(split.test_ids[:3])
+    np.testing.assert_array_equal(gt.images(ids), nsd.images(ids))
+    assert gt.captions(ids) == list(nsd.captions(ids))
+    with pytest.raises(NSDBenchError, match=f"NSD id {split.train_ids[0]} is not a test image"):
+        gt.images([split.train_ids[0]])
+
+
+def test_run_under_two_protocols_then_rescore_a_third(methods, synth_root, tmp_path, capsys):
+    from nsdbench.leaderboards.store import Store
+
+    out, db = tmp_path / "gt", tmp_path / "lb.duckdb"
+    argv = ["run", "--method", "ground-truth", "--subjects", "1", "--data", str(synth_root), "--weights", "tiny",
+            "--device", "cpu", "--out", str(out), "--db", str(db), "--shard-size", "50", "--json"]  # fmt: skip
+    assert main([*argv, "--protocol", "lifecycle-pixcorr"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    run_id = doc["run_id"]
+    assert doc["leaderboard_ids"] == [row_id(run_id, "lifecycle-pixcorr")]
+    pngs = {p: p.stat().st_mtime_ns for p in out.glob("subj01/*.png")}
+    assert len(pngs) == 91
+
+    assert main(["rescore", str(out), "--protocol", "lifecycle-ssim,lifecycle-pixcorr", "--db", str(db),
+                 "--json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    inserted = {r["run_id"]: r["inserted"] for r in doc["rows"]}
+    assert inserted == {row_id(run_id, "lifecycle-ssim"): True, row_id(run_id, "lifecycle-pixcorr"): False}
+    assert {p: p.stat().st_mtime_ns for p in out.glob("subj01/*.png")} == pngs  # nothing generated
+    assert (
+        score_path(out, 1, "lifecycle-ssim").is_file() and score_path(out, 1, "lifecycle-pixcorr").is_file()
+    )
+    runs = Store(db).runs(include_smoke=True).set_index("id")
+    assert set(runs["run"]) == {run_id} and set(runs["protocol"]) == {"lifecycle-pixcorr", "lifecycle-ssim"}
+    # the ground truth scores PixCorr 1 and SSIM 1 under either protocol
+    for proto, metric in (("lifecycle-pixcorr", "pixcorr"), ("lifecycle-ssim", "ssim")):
+        agg = Store(db).aggregates(row_id(run_id, proto)).set_index(["subject", "metric"])
+        assert agg.loc[("mean", metric), "mean"] == pytest.approx(1.0, abs=1e-6)
+
+    # a protocol on another split cannot score these images: usage error, one line
+    assert main(["rescore", str(out), "--protocol", "lifecycle-897", "--db", str(db)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "scores on nsd897, but this run generated images for nsd982" in err and len(err.splitlines()) == 1
+
+
+def test_rescore_refuses_an_unfinished_run(methods, synth_root, tmp_path, capsys):
+    spec = _spec("lifecycle-batchnorm", synth_root)
+    out = tmp_path / "partial"
+    prepare_run_dir(out, spec)
+    RunSession(out, spec).run_shard(RunSession(out, spec).shards()[0])
+    assert main(["rescore", str(out), "--protocol", "lifecycle-pixcorr", "--db", str(tmp_path / "lb")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "3 of 4 shards are incomplete" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "lb").exists()
+
+
+def test_sharded_scoring_is_not_skipped_after_a_killed_scorer(methods, synth_root, tmp_path):
+    """Issue 11 item 8: a lock file left by a killed worker does not stop the rerun from scoring."""
+    from nsdbench.runs.scores import check_protocols, score_subject
+
+    spec = _spec("ground-truth", synth_root)
+    out = tmp_path / "run"
+    _generate(spec, out)
+    lock = score_path(out, 1, "lifecycle-pixcorr").with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    lock.write_text("deadhost:12345\n")  # what a SIGKILLed worker leaves behind
+    session = RunSession(out, spec)
+    (proto,) = check_protocols(["lifecycle-pixcorr"], spec.split)
+    assert score_subject(session, 1, proto, lock=True)
+    assert score_path(out, 1, "lifecycle-pixcorr").is_file() and not lock.exists()
+
+
+def test_guidance_encoder_identity_is_recorded(methods, synth_root, tmp_path, nsd):
+    encoder = pytest.importorskip("nsdbench.metrics.encoder")
+    if not hasattr(encoder, "load_guidance_encoder"):
+        pytest.skip("nsdbench.metrics.encoder.load_guidance_encoder is not in this branch yet")
+    from nsdbench.runs.session import guiding_encoders
+
+    spec = _spec("ground-truth", synth_root)
+    out = tmp_path / "run"
+    prepare_run_dir(out, spec)
+    ctx = RunSession(out, spec).context(1)
+    enc = ctx.encoder("gnet8")
+    assert ctx.encoder("gnet8") is enc  # loaded once
+    assert guiding_encoders(out) == [str(enc.identity)]
+
+
+def test_circular_guidance_matches_the_metric_encoder_by_name_key_or_hash():
+    from nsdbench.runs.scores import circular_guidance
+
+    info = {"encoder": "gnet8", "encoder_key": "ab12cd34", "accuracy": {"v1": 0.3}, "subject": 1}
+    assert circular_guidance(["gnet8:ab12cd34"], [info])
+    assert circular_guidance(["ab12cd34"], [info])
+    assert not circular_guidance(["clip-vit-l14:0000"], [info])
+    assert not circular_guidance([], [info])  # an unguided run is never circular
+    assert not circular_guidance(["gnet8:ab12cd34"], [{}])  # scored without brain correlation
+
+
+@pytest.mark.slow  # fits the tiny encoding model (about a minute on 2 busy cores)
+def test_leaderboard_marks_brain_cells_of_runs_guided_by_the_metric_encoder(
+    methods, synth_root, tmp_path, capsys
+):
+    import pandas as pd
+
+    from nsdbench.leaderboards.store import read_parquet_meta
+    from nsdbench.runs.session import record_guiding_encoder
+
+    out, db = tmp_path / "run", tmp_path / "lb.duckdb"
+    _generate(_spec("ground-truth", synth_root), out)
+    assert main(["rescore", str(out), "--protocol", "lifecycle-brain", "--no-ingest"]) == 0
+    brain = read_parquet_meta(score_path(out, 1, "lifecycle-brain"))["brain_encoder"]
+    assert brain.get("encoder_key")
+    record_guiding_encoder(
+        out, f"{brain['encoder']}:{brain['encoder_key']}"
+    )  # guided by the metric's encoder
+    assert main(["ingest", str(out), "--db", str(db), "--protocol", "lifecycle-brain"]) == 0
+    capsys.readouterr()
+    base = [
+        "leaderboard",
+        "--protocol",
+        "lifecycle-brain",
+        "--include-smoke",
+        "--no-reported",
+        "--db",
+        str(db),
+    ]
+    assert main([*base, "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    assert md.count(" ‡") == 2 and "circular" in md  # the mean table and subject 1's, plus the note
+    assert main([*base, "--format", "csv"]) == 0
+    import io
+
+    rows = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert rows["circular"].all() and set(rows["metric"]) == {"bc_nsdgeneral"}
+    assert main([*base, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert all(c["circular"] for t in doc["tables"] for r in t["rows"] for c in r["cells"].values())
+    assert main([*base, "--format", "latex"]) == 0
+    assert r"$^\ddagger$" in capsys.readouterr().out

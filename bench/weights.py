@@ -109,6 +109,8 @@ def method_artifacts(method_name: str) -> list[Artifact]:
 
     method = get_method(method_name)
     table = artifacts()
+    if isinstance(method, type):  # a Method class: ask an instance with pretrained weights, default settings
+        method = method(weights_mode="pretrained")
     ask = getattr(method, "required_artifacts", None)
     if callable(ask):
         names = [a.name if isinstance(a, Artifact) else str(a) for a in ask()]

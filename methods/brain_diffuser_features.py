@@ -123,6 +123,8 @@ def training_features(
     from nsdbench.feature_store import FeatureStore, default_root
 
     store = FeatureStore(default_root(), extractor.identity, extractor.shape, extractor.dtype)
+    if progress is not None:
+        progress(len(nsd_ids) - len(store.missing(nsd_ids)))  # rows already stored count as done
     return store.get_or_compute(list(nsd_ids), extractor.compute, batch_size, progress=progress)
 
 

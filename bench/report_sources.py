@@ -1,8 +1,9 @@
 """Fill `ReportData` from the places runs live: the DuckDB leaderboard (by run id) or a run folder.
 
-A run folder (nsdbench.runner) holds spec.toml, subjXX/<nsd_id>_<sample>.png and Parquet score
-files; a leaderboard run records where its images are (the run folder for `run`, the submission for
-`score`). Images that cannot be found are reported as missing, never invented.
+A run folder (nsdbench.runs) holds spec.toml, subjXX/<nsd_id>_<sample>.png (and image extras such as
+stage-1 images, shown as extra columns) and Parquet score files per protocol; a leaderboard run records
+where its images are (the run folder for `run`, the submission for `score`). Images that cannot be
+found are reported as missing, never invented.
 """
 
 from __future__ import annotations

@@ -151,6 +151,8 @@ class GroundTruthDenied:
         self.method = method
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
         raise NSDBenchError(
             f"method {self.method}: ctx.ground_truth.{name} refused; only methods that declare "
             "reads_ground_truth = True (the ground-truth baselines) may read test stimuli"

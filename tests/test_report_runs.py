@@ -320,3 +320,30 @@ def test_run_folder_not_scored_yet_shows_its_images(runs, tmp_path: Path, capsys
     assert "No scores recorded for these runs." in html
     assert html.count('class="thumb rec"') == 6 and html.count('class="thumb gt"') == 6
     assert 'class="plot"' not in html
+
+
+def test_stage1_extras_are_shown_beside_the_final_images(runs, tmp_path: Path, capsys):
+    """A run folder's image extras (`<id>_<sample>.stage1.png`) become a column next to the run's own."""
+    from nsdbench.runner import encode_png, row_id
+
+    _, made = runs
+    folder = tmp_path / "staged"
+    shutil.copytree(made["shuffled"][1], folder)
+    finals = sorted((folder / "subj01").glob("*_0.png"))
+    for f in finals:
+        (folder / "subj01" / f.name.replace(".png", ".stage1.png")).write_bytes(
+            encode_png(np.full((32, 32, 3), 7, np.uint8))
+        )
+    ids = [int(f.name.split("_")[0]) for f in finals]
+    page = tmp_path / "staged.html"
+    capsys.readouterr()
+    assert main(["report", str(folder), "--out", str(page), "--ids", ",".join(map(str, ids)), "--subjects", "1",
+                 "--k", "0", "--json"]) == 0  # fmt: skip
+    info = json.loads(capsys.readouterr().out)
+    own = next(r for r in info["runs"] if not r.endswith(":stage1"))
+    assert own.endswith("@nsdbench-v1") and info["runs"] == [own, f"{own}:stage1"]
+    html = page.read_text()
+    assert "shuffled · stage1" in html
+    assert html.count('class="thumb rec"') == 2 * len(ids)  # final and stage-1 image of every id
+    # the scores are the final images', unchanged by the extras
+    assert row_id(own.split("@")[0], "nsdbench-v1") == own

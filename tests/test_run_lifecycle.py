@@ -500,3 +500,74 @@ def test_leaderboard_marks_brain_cells_of_runs_guided_by_the_metric_encoder(
     assert all(c["circular"] for t in doc["tables"] for r in t["rows"] for c in r["cells"].values())
     assert main([*base, "--format", "latex"]) == 0
     assert r"$^\ddagger$" in capsys.readouterr().out
+
+
+def test_readme_worked_example_runs_end_to_end(methods, synth_root, tmp_path, monkeypatch):
+    """The README's "Writing a method" module, as printed, registers and runs through the runner."""
+    from nsdbench.methods import registry
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Writing a method", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_mean_image.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    registry.list_methods()
+    __import__("readme_mean_image")
+    spec = _spec("mean-image", synth_root, batch=None, overrides={"n_train": "20"})
+    assert spec.batch_size == 8 and spec.settings == {"n_train": 20, "noise": 20.0}
+    out = tmp_path / "run"
+    assert _generate(spec, out).images_written == 91
+    first = min(out.glob("subj01/*_0.png"))
+    assert first.with_name(first.name.replace(".png", ".stage1.png")).is_file()
+    clean = _spec("mean-image", synth_root, batch=None, overrides={"n_train": "20", "noise": "0"})
+    _generate(clean, tmp_path / "clean")
+    img = (tmp_path / "clean" / "subj01" / first.name).read_bytes()
+    assert img == (tmp_path / "clean" / "subj01" / first.name.replace(".png", ".stage1.png")).read_bytes()
+
+
+def test_format_1_folder_is_refused_then_upgraded_in_place(methods, synth_root, tmp_path, capsys):
+    """A run folder of the old layout (protocol in the spec, one file list per shard) is refused by `run`
+    with a one-line hint, and `rescore --upgrade` converts it keeping every image."""
+    import tomli_w
+
+    from nsdbench.runner import shard_is_complete
+
+    new = _spec("ground-truth", synth_root, batch=SHARD_SIZE)
+    out = tmp_path / "old"
+    _generate(new, out)
+    session = RunSession(out, new)
+    for shard in session.shards():  # rewrite the records and the spec as format 1 wrote them
+        rec = json.loads(shard_record_path(out, shard).read_text())
+        files = {k: v for b in rec["batches"].values() for k, v in b["files"].items()}
+        old = {
+            "shard": shard.name,
+            "spec_hash": "0" * 64,
+            "subject": 1,
+            "nsd_ids": rec["nsd_ids"],
+            "files": files,
+        }
+        shard_record_path(out, shard).write_text(json.dumps(old))
+    raw = {k: v for k, v in new.identity().items() if k not in ("batch_size", "dtype", "weights_sha256")}
+    (out / "spec.toml").write_text(
+        tomli_w.dumps({"format": 1, "spec": {**raw, "protocol": "lifecycle-pixcorr"}})
+    )
+    (out / "scores").mkdir()
+    (out / "scores" / "subj01.parquet").write_bytes(b"old scores")
+    pngs = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("subj01/*.png")}
+
+    argv = ["run", "--method", "ground-truth", "--subjects", "1", "--data", str(synth_root), "--weights", "tiny",
+            "--device", "cpu", "--out", str(out), "--protocol", "lifecycle-pixcorr", "--no-ingest"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "format 1" in err and f"nsdbench rescore {out} --upgrade" in err and len(err.splitlines()) == 1
+
+    assert main(["rescore", str(out), "--upgrade", "--no-ingest"]) == 0  # scored under its old protocol
+    from nsdbench.runner import read_spec
+
+    assert read_spec(out)[0] == new  # the spec a current run with batch size = shard size has
+    assert all(shard_is_complete(out, new, s) for s in RunSession(out, new).shards())
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("subj01/*.png")} == pngs
+    assert score_path(out, 1, "lifecycle-pixcorr").is_file()
+    assert (out / "scores-format1" / "subj01.parquet").read_bytes() == b"old scores"

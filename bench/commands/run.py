@@ -470,6 +470,15 @@ def _artifact_info(name: str) -> dict[str, Any]:
     return {"name": name, "size_bytes": size, "registered": True, "source": art.source}
 
 
+def _type_name(tp: Any) -> str:
+    """'int', 'tuple[float, ...]', 'Literal['a', 'b']': how `methods show` names a setting's type."""
+    import typing
+
+    if typing.get_args(tp) or not hasattr(tp, "__name__"):
+        return str(tp).replace("typing.", "")
+    return tp.__name__
+
+
 def describe(cls: Any) -> dict[str, Any]:
     """Everything `methods show --json` prints about a method class."""
     from nsdbench.methods.protocol import settings_dict
@@ -486,9 +495,7 @@ def describe(cls: Any) -> dict[str, Any]:
         "default_batch_size": cls.default_batch_size,
         "reads_ground_truth": bool(cls.reads_ground_truth),
         "defaults": jsonable(settings_dict(cls.Settings())),
-        "setting_types": {
-            k: getattr(t, "__name__", None) or str(t).replace("typing.", "") for k, t in types_.items()
-        },
+        "setting_types": {k: _type_name(t) for k, t in types_.items()},
         "variants": {k: jsonable(dict(v)) for k, v in cls.variants.items()},
         "required_artifacts": {
             m: [_artifact_info(a) for a in arts] for m, arts in cls.artifacts_by_mode().items()

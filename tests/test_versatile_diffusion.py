@@ -262,8 +262,22 @@ def test_clip_tokens_equal_the_pipelines_own_encoders(vd, inputs):
     assert torch.allclose(text[torch.arange(4), eot].norm(dim=-1), torch.ones(4), atol=1e-5)
     uncond_text, uncond_vision = unconditional_tokens(vd)
     assert torch.allclose(uncond_text, clip_text_tokens(vd, [""]))
-    black = np.zeros((1, 32, 32, 3), np.uint8)
-    assert torch.allclose(uncond_vision, clip_vision_tokens(vd, black))
+    gray = np.full((1, 32, 32, 3), 127, np.uint8)  # VD's zero image in [-1, 1] space, as CLIP receives it
+    assert torch.allclose(uncond_vision, clip_vision_tokens(vd, gray))
+
+
+def test_brain_diffuser_clip_pixels_resize_and_truncate():
+    """The published feature path: 425-px stimuli -> 512 px; the [-1, 1] float round trip truncates some
+    levels by one (1 -> 0, never more than one, 0 and 255 kept)."""
+    from nsdbench.methods.components.vd_clip_features import brain_diffuser_clip_pixels
+
+    levels = np.tile(np.arange(256, dtype=np.uint8), (512 * 512 * 3) // 256).reshape(1, 512, 512, 3)
+    out = brain_diffuser_clip_pixels(levels)
+    drop = levels.astype(int) - out.astype(int)
+    assert out.shape == levels.shape and set(np.unique(drop)) == {0, 1}
+    first = out.reshape(-1)[:256]  # the 256 levels in order
+    assert first[0] == 0 and first[255] == 255 and first[1] == 0
+    assert brain_diffuser_clip_pixels(levels[:, :425, :425]).shape == (1, 512, 512, 3)
 
 
 def test_bad_inputs_are_one_line_errors(vd, inputs):

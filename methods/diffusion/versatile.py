@@ -129,7 +129,8 @@ def denoise(
     settings: DualGuidedSettings,
 ) -> torch.Tensor:
     """DDIM from `latents` over `timesteps` with classifier-free guidance; unconditional = empty-text and
-    zero-image tokens. One UNet call per step for the whole batch (conditional and unconditional)."""
+    zero-image tokens (zero in VD's [-1, 1] pixel space, i.e. mid-gray). One UNet call per step for the
+    whole batch, conditional and unconditional together."""
     dev, dtype = components.device, components.dtype
     n = len(latents)
     uncond_text, uncond_vision = unconditional_tokens(components)

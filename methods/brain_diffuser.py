@@ -53,7 +53,8 @@ class BrainDiffuserSettings:
             raise UsageError("brain-diffuser: stage 2 needs use_vision or use_text")
         if self.use_diffusion and not self.use_vdvae and self.strength != 1.0:
             raise UsageError(
-                f"brain-diffuser: without VDVAE there is no init image; strength must be 1.0, got {self.strength}"
+                "brain-diffuser: without VDVAE there is no init image; "
+                f"strength must be 1.0, got {self.strength}"
             )
         if self.diffusion_batch < 1 or self.feature_batch < 1:
             raise UsageError("brain-diffuser: diffusion_batch and feature_batch must be >= 1")
@@ -89,8 +90,8 @@ class BrainDiffuser(Method):
 
     name = "brain-diffuser"
     description = (
-        "Ridge from z-scored nsdgeneral betas to VDVAE latents (stage 1) and Versatile Diffusion's CLIP-vision "
-        "and CLIP-text tokens; the VDVAE image, upsampled to 512, starts VD's dual-guided img2img "
+        "Ridge from z-scored nsdgeneral betas to VDVAE latents (stage 1) and Versatile Diffusion's "
+        "CLIP-vision and CLIP-text tokens; the VDVAE image, upsampled to 512, starts VD's dual-guided img2img "
         "(DDIM 50 steps, strength 0.75, guidance 7.5, vision 0.6 / text 0.4)."
     )
     paper = "Ozcelik & VanRullen 2023, Scientific Reports 13:15666 (ozcelikfu/brain-diffuser)"

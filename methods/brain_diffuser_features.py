@@ -53,17 +53,20 @@ def vdvae_extractor(model: Any, images: Callable[[Sequence[int]], np.ndarray]) -
 
 
 def vision_extractor(components: Any, images: Callable[[Sequence[int]], np.ndarray], sha: str) -> Extractor:
-    """VD's CLIP-vision tokens (257 x D, VD-normalized) of each image."""
-    from nsdbench.methods.components.vd_clip_features import clip_vision_tokens
+    """VD's CLIP-vision tokens (257 x D, VD-normalized) of each image, from the pixels the published code
+    fed CLIP (bilinear to VD's output size, through VD's [-1, 1] round trip)."""
+    from nsdbench.methods.components.vd_clip_features import brain_diffuser_clip_pixels, clip_vision_tokens
 
     enc = components.image_encoder.config
     shape = ((enc.image_size // enc.patch_size) ** 2 + 1, int(enc.projection_dim))
     dtype = _store_dtype(components)
 
     def compute(ids: list[int]) -> np.ndarray:
-        return clip_vision_tokens(components, images(ids)).numpy().astype(dtype)
+        pixels = brain_diffuser_clip_pixels(images(ids), components.image_size)
+        return clip_vision_tokens(components, pixels).numpy().astype(dtype)
 
-    identity = f"vd-clip-vision/{shape[0]}x{shape[1]}/{components.dtype}/{components.device.type}/{sha}"
+    where = f"{components.dtype}/{components.device.type}/{sha}"
+    identity = f"vd-clip-vision/bd-pixels-{components.image_size}/{shape[0]}x{shape[1]}/{where}"
     return Extractor("vision", identity, shape, dtype, compute)
 
 

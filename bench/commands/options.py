@@ -5,6 +5,8 @@ A bad path, subject, split or protocol is a usage error (exit 2) found before da
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import typer
@@ -63,7 +65,9 @@ def check_data(flag: str | None) -> str | None:
 
 
 def check_exists(path: Path, what: str) -> Path:
-    if not Path(path).expanduser().exists():
+    """A path that is not there at all is a usage error; a link that leads nowhere (dangling, a loop) is
+    there, and the submission reader refuses it as an invalid file (exit 3)."""
+    if not os.path.lexists(Path(path).expanduser()):
         raise UsageError(f"{what} {path} does not exist")
     return Path(path).expanduser()
 

@@ -237,11 +237,11 @@ def register(app: typer.Typer) -> None:
 
         # every cheap check first: arguments, paths, weights; then the data; then the submission
         subj = parse_subjects(subjects)
-        check_exists(submission, "submission")
-        data = check_data(data)
         mode = weights.check_mode(str(config.get("weights", weights_mode)))
         names = parse_protocols(protocol) or [str(config.get("protocol"))]
         scopes = [(with_encoder(pr, encoder), sp) for pr, sp in (_resolve_protocol_split(n, split) for n in names)]
+        check_exists(submission, "submission")
+        data = check_data(data)
         dev = resolve_device(device)
         if work_dir:
             writable(work_dir, "--work-dir", folder=True)

@@ -89,6 +89,7 @@ def _image_scores(method: str, variant: str | None, data: Path, out: Path) -> pd
     return pd.read_parquet(score_path(out, 1, SIGNAL)).query("level == 'image'")
 
 
+@pytest.mark.ci
 def test_vdvae_only_beats_shuffled_with_disjoint_bootstrap_cis(signal_protocol, synth_root, tmp_path):
     from nsdbench.metrics.bootstrap import bootstrap_ci
 

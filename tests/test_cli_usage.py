@@ -164,6 +164,7 @@ def test_same_mistake_same_answer_before_any_work(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_same_mistake_same_answer_in_every_command(tmp_path):
     _one_line_usage_errors(MORE_MISTAKES, tmp_path)
 

@@ -427,6 +427,7 @@ def fidelity_failures(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(REFERENCES))
+@pytest.mark.ci
 def test_protocol_matches_its_reference_per_image_and_per_feature(name, images, references):
     p = get_protocol(name)
     ref = references[name]
@@ -473,6 +474,7 @@ def _mutations(m: FeatureMetric):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_every_mutation_of_a_network_metric_is_caught(images, references):
     """Mutation test: each network metric's layer (where its network has another metric layer), resize
     filters and normalization, changed in turn, make the fidelity checks fail for that metric."""

@@ -105,6 +105,7 @@ def test_expected_contents_maps_sub_folders_and_data() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_wheel_installs_and_holds_every_module_and_data_file(tmp_path: Path) -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     package_dir = pyproject["tool"]["setuptools"]["package-dir"]

@@ -111,13 +111,18 @@ class Takagi2023(Method):
         if self.weights_mode == "tiny":
             from nsdbench.methods.components.sd_vae_pixel_path import wire_pixel_path
 
-            vae = load_once(("sd14-tiny-vae-pixel-path", str(device), str(sd.dtype)), lambda: wire_pixel_path(sd.vae))
+            vae = load_once(
+                ("sd14-tiny-vae-pixel-path", str(device), str(sd.dtype)), lambda: wire_pixel_path(sd.vae)
+            )
             sd = replace(sd, vae=vae)
         self._sd = sd
         self._sha = tf.weights_identity(sd)
 
     def close(self) -> None:
+        from nsdbench.methods.components import release_all
+
         self._sd = self._sha = None
+        release_all()
 
     def vae_factor(self) -> int:
         return 2 ** (len(self._sd.vae.config.block_out_channels) - 1)
@@ -257,7 +262,11 @@ class Takagi2023(Method):
                 images = img2img(sd, cond, neg, generators[a:b], settings, init_images=init)
             else:  # text-to-image: DDIM from pure noise (strength 1)
                 schedule = ddim_schedule(sd.scheduler, s.steps)
-                shape = (int(sd.unet.config.in_channels), size // self.vae_factor(), size // self.vae_factor())
+                shape = (
+                    int(sd.unet.config.in_channels),
+                    size // self.vae_factor(),
+                    size // self.vae_factor(),
+                )
                 noise = randn_per_image(shape, generators[a:b], sd.device, sd.dtype)
                 guided = s.guidance > 1.0
                 ctx_embeds = torch.cat([neg, cond]) if guided else cond

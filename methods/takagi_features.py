@@ -89,9 +89,7 @@ def z_extractor(
     return Extractor("z", f"sd14-vae-latent/{size}px/posterior-sample/{where}", shape, dtype, compute)
 
 
-def c_extractor(
-    components: Any, captions: Callable[[Sequence[int]], list[list[str]]], sha: str
-) -> Extractor:
+def c_extractor(components: Any, captions: Callable[[Sequence[int]], list[list[str]]], sha: str) -> Extractor:
     """Text conditioning (77 x width) averaged over each image's captions (5 on NSD), as published."""
     import torch
 
@@ -131,7 +129,7 @@ def training_features(
 
 
 def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both sets scaled by the training trials' per-voxel mean and std (sklearn StandardScaler, as published)."""
+    """Both sets scaled by the training trials' per-voxel mean and std (StandardScaler, as published)."""
     from nsdbench.nsd.subject import zscore_with_train
 
     x_train, x_test = zscore_with_train(train, test)

@@ -26,7 +26,9 @@ BASE = ["--subjects", "1", "--data", "synthetic", "--weights", "tiny", "--sample
 def _nsdbench(*args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "nsdbench"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models are latency-bound: 10x faster on a busy CPU
-    return subprocess.run([str(exe), *args], check=False, capture_output=True, text=True, env=env, timeout=3000)
+    return subprocess.run(
+        [str(exe), *args], check=False, capture_output=True, text=True, env=env, timeout=3000
+    )
 
 
 def test_cli_run_ends_with_a_leaderboard_row_beside_the_published_ones(synth_root, tmp_path):
@@ -35,7 +37,9 @@ def test_cli_run_ends_with_a_leaderboard_row_beside_the_published_ones(synth_roo
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(list((tmp_path / "run" / "subj01").glob("*_0.decoded_z.png"))) == 91
 
-    board = _nsdbench("leaderboard", "--include-smoke", "--db", str(db), "--format", "csv", "--no-per-subject")
+    board = _nsdbench(
+        "leaderboard", "--include-smoke", "--db", str(db), "--format", "csv", "--no-per-subject"
+    )
     assert board.returncode == 0, board.stderr[-2000:]
     rows = pd.read_csv(io.StringIO(board.stdout))
     ours = rows[rows["method"] == "takagi2023"]

@@ -298,7 +298,7 @@ class MindDiffuser(Method):
         def loss_of(image):
             return structure_loss(self.clip.features(image), targets, masks, weights, s.cosine_weight)
 
-        z = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(fitted["z"][i : i + 1])).to(dev).float())
+        z = torch.nn.Parameter(torch.tensor(fitted["z"][i : i + 1], dtype=torch.float32, device=dev))  # a copy
         optimizer = torch.optim.Adam([z], lr=s.lr)
         start, losses, stage1 = 0, [], None
         state = checkpoint.load() if checkpoint is not None else None

@@ -82,7 +82,9 @@ class MindDiffuserSettings:
 
 def layer_weights(targets: Sequence[Any], published: Sequence[float]) -> np.ndarray:
     """Per-layer L2 weights: a_i (1/|Z_i|) / sum_j (1/|Z_j|) (the released script's norm balancing)."""
-    inv = np.array([1.0 / max(float(np.linalg.norm(np.asarray(t, dtype=np.float64))), 1e-12) for t in targets])
+    inv = np.array(
+        [1.0 / max(float(np.linalg.norm(np.asarray(t, dtype=np.float64))), 1e-12) for t in targets]
+    )
     return np.asarray(published, dtype=np.float64) * inv / inv.sum()
 
 
@@ -204,9 +206,13 @@ class MindDiffuser(Method):
             tokens = decode(X, text[:, 1:], X_test, s.alpha, s.voxels_c)
             bos = np.broadcast_to(text[:, :1].mean(0), (len(X_test), 1, text.shape[2]))
             out["c"] = np.concatenate([bos, tokens.reshape(len(X_test), -1, text.shape[2])], axis=1)
-            out["z"] = decode(X, latents, X_test, s.alpha, s.voxels_z).reshape(len(X_test), *latents.shape[1:])
+            out["z"] = decode(X, latents, X_test, s.alpha, s.voxels_z).reshape(
+                len(X_test), *latents.shape[1:]
+            )
             for i, Y in enumerate(clip[:-1]):
-                keep = top_fraction(cv_feature_scores(X, Y, s.alpha, s.voxels_clip, s.cv_folds), s.feature_keep)
+                keep = top_fraction(
+                    cv_feature_scores(X, Y, s.alpha, s.voxels_clip, s.cv_folds), s.feature_keep
+                )
                 pred = np.zeros((len(X_test), Y.shape[1]), np.float32)
                 pred[:, keep] = decode(X, Y[:, keep], X_test, s.alpha, s.voxels_clip)
                 out[f"clip{i}"], out[f"mask{i}"] = pred, keep
@@ -249,7 +255,9 @@ class MindDiffuser(Method):
 
     # ------------------------------------------------------------------ stages 1 and 2
 
-    def reconstruct(self, items: Sequence[TestItem], fitted: dict[str, np.ndarray], ctx: RunContext) -> Iterator[Output]:
+    def reconstruct(
+        self, items: Sequence[TestItem], fitted: dict[str, np.ndarray], ctx: RunContext
+    ) -> Iterator[Output]:
         row = {int(n): i for i, n in enumerate(fitted["test_ids"])}
         for item in items:
             checkpoint = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
@@ -298,12 +306,18 @@ class MindDiffuser(Method):
         def loss_of(image):
             return structure_loss(self.clip.features(image), targets, masks, weights, s.cosine_weight)
 
-        z = torch.nn.Parameter(torch.tensor(fitted["z"][i : i + 1], dtype=torch.float32, device=dev))  # a copy
+        z = torch.nn.Parameter(
+            torch.tensor(fitted["z"][i : i + 1], dtype=torch.float32, device=dev)
+        )  # a copy
         optimizer = torch.optim.Adam([z], lr=s.lr)
         start, losses, stage1 = 0, [], None
         state = checkpoint.load() if checkpoint is not None else None
         if state is not None:
-            start, losses, stage1 = int(state["iteration"]), [float(v) for v in state["losses"]], state["stage1"]
+            start, losses, stage1 = (
+                int(state["iteration"]),
+                [float(v) for v in state["losses"]],
+                state["stage1"],
+            )
             with torch.no_grad():
                 z.copy_(torch.from_numpy(state["z"]))
             optimizer.load_state_dict(_adam_state(optimizer, state))
@@ -353,4 +367,3 @@ def _adam_state(optimizer, state: dict[str, np.ndarray]) -> dict[str, Any]:
         }
     }
     return saved
-

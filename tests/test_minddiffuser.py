@@ -33,7 +33,10 @@ def test_settings_defaults_variants_and_artifacts():
         resolve_settings(cls, None, {"layer_weights": "1,2"})
     with pytest.raises(UsageError, match="no setting 'steps'"):
         resolve_settings(cls, None, {"steps": "3"})
-    assert create_method("minddiffuser").required_artifacts() == ("stable-diffusion-v1-4", "clip-vit-b-32-openai")
+    assert create_method("minddiffuser").required_artifacts() == (
+        "stable-diffusion-v1-4",
+        "clip-vit-b-32-openai",
+    )
     assert create_method("minddiffuser", weights_mode="tiny").required_artifacts() == ()
     s2 = resolve_settings(cls, None, {"iterations": "7", "lr": "0.5"})
     assert s2.decoding() == s.decoding()  # stage-2 settings never change the fitted decoders
@@ -61,7 +64,7 @@ def test_layer_weights_and_loss_match_an_independent_computation():
     ref = sum(wi * np.mean((g * m - t) ** 2) for wi, g, m, t in zip(w_ref, gen, masks, tgt, strict=False))
     cos = (gen[-1] @ tgt[-1].T).item() / (np.linalg.norm(gen[-1]) * np.linalg.norm(tgt[-1]))
     ref += 0.1 * (1 - cos)
-    t = lambda xs: [torch.from_numpy(x) for x in xs]  # noqa: E731
+    t = lambda xs: [torch.from_numpy(x) for x in xs]
     got = md.structure_loss(t(gen), t(tgt), t(masks), w, 0.1)
     assert abs(float(got) - ref) < 1e-10
 
@@ -108,7 +111,9 @@ def test_fit_decodes_every_feature_at_its_shape(fitted_run):
     assert fitted["c"].shape == (n, 15, 32) and fitted["z"].shape == (n, 4, 16, 16)
     dims = method.clip.feature_dims
     for k in range(6):
-        assert fitted[f"clip{k}"].shape == (n, dims[k]) and fitted[f"mask{k}"].mean() == pytest.approx(0.25, abs=0.01)
+        assert fitted[f"clip{k}"].shape == (n, dims[k]) and fitted[f"mask{k}"].mean() == pytest.approx(
+            0.25, abs=0.01
+        )
         assert not fitted[f"clip{k}"][:, ~fitted[f"mask{k}"]].any()  # zero outside the selected features
     assert fitted["clip_final"].shape == (n, dims[-1])
     # token 0 (BOS) is the same for every caption: its decoded value is the training mean, identical per row

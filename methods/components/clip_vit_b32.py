@@ -5,7 +5,6 @@ layer count) and the final 512-d embedding, differentiable with respect to the i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +75,9 @@ class GuidanceCLIP:
         self.tower = tower
         self.mode = mode
         self.device = device
-        self.identity = f"{CLIP_B32}:{mode}" + ("" if mode == "pretrained" else f":{weights.module_sha256(tower)}")
+        self.identity = f"{CLIP_B32}:{mode}" + (
+            "" if mode == "pretrained" else f":{weights.module_sha256(tower)}"
+        )
 
     @property
     def feature_dims(self) -> tuple[int, ...]:

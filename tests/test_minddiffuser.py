@@ -50,6 +50,34 @@ def test_missing_clip_weights_name_the_artifact_and_the_fetch_command():
         load_clip_b32("pretrained", "cpu")
 
 
+def test_pretrained_loading_reads_an_open_clip_vit_b32_checkpoint(tmp_path, monkeypatch):
+    """The real loading code on a checkpoint open_clip writes itself (random weights, no download): same
+    embedding as open_clip's encode_image, and the paper's 38400-d guidance layers."""
+    import open_clip
+
+    from nsdbench.methods import components
+    from nsdbench.methods.components.clip_vit_b32 import CLIP_B32, load_clip_b32
+
+    monkeypatch.setenv("NSDBENCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    folder = tmp_path / "weights" / CLIP_B32
+    folder.mkdir(parents=True)
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    key = (CLIP_B32, "pretrained", "cpu", 0)
+    try:
+        clip = load_clip_b32("pretrained", "cpu")
+        x = torch.rand(1, 3, 64, 64)
+        with torch.no_grad():
+            feats = clip.features(x)
+            ref = model.encode_image(clip.preprocess(x))
+        assert clip.feature_dims == (38400,) * 6 + (512,)
+        assert [f.shape[1] for f in feats] == list(clip.feature_dims)
+        torch.testing.assert_close(feats[-1], ref, rtol=0, atol=0)
+    finally:
+        components._LOADED.pop(key, None)
+
+
 def test_layer_weights_and_loss_match_an_independent_computation():
     rng = np.random.default_rng(0)
     dims = [40] * 6

@@ -202,13 +202,16 @@ class MindDiffuser(Method):
 
         def compute() -> dict[str, np.ndarray]:
             text, latents, clip = self.training_features(train)
+            ctx.set_total(len(clip) + 2, "decoder")  # c, z, 6 CLIP layers, the CLIP embedding
             out: dict[str, np.ndarray] = {"test_ids": test_ids}
             tokens = decode(X, text[:, 1:], X_test, s.alpha, s.voxels_c)
             bos = np.broadcast_to(text[:, :1].mean(0), (len(X_test), 1, text.shape[2]))
+            ctx.advance(1)
             out["c"] = np.concatenate([bos, tokens.reshape(len(X_test), -1, text.shape[2])], axis=1)
             out["z"] = decode(X, latents, X_test, s.alpha, s.voxels_z).reshape(
                 len(X_test), *latents.shape[1:]
             )
+            ctx.advance(1)
             for i, Y in enumerate(clip[:-1]):
                 keep = top_fraction(
                     cv_feature_scores(X, Y, s.alpha, s.voxels_clip, s.cv_folds), s.feature_keep
@@ -216,7 +219,9 @@ class MindDiffuser(Method):
                 pred = np.zeros((len(X_test), Y.shape[1]), np.float32)
                 pred[:, keep] = decode(X, Y[:, keep], X_test, s.alpha, s.voxels_clip)
                 out[f"clip{i}"], out[f"mask{i}"] = pred, keep
+                ctx.advance(1)
             out["clip_final"] = decode(X, clip[-1], X_test, s.alpha, s.voxels_clip)
+            ctx.advance(1)
             return out
 
         if ctx.cache is None:
@@ -268,7 +273,6 @@ class MindDiffuser(Method):
                 image,
                 extras={"stage1.png": stage1, "loss.json": {"loss": losses, "iterations": len(losses) - 1}},
             )
-            ctx.advance(1)
 
     def _generate(self, z, cond, uncond, item: TestItem, iteration: int):
         """The img2img image (1, 3, H, W) in [0, 1] from latent z, differentiable with respect to z."""

@@ -24,7 +24,12 @@ from nsdbench.errors import UsageError
 from nsdbench.methods.protocol import Method
 
 ENTRY_POINT_GROUP = "nsdbench.methods"
-BUILTIN_MODULES = ("nsdbench.methods.baselines", "nsdbench.methods.brain_diffuser", "nsdbench.methods.takagi")
+BUILTIN_MODULES = (
+    "nsdbench.methods.baselines",
+    "nsdbench.methods.brain_diffuser",
+    "nsdbench.methods.takagi",
+    "nsdbench.methods.minddiffuser",
+)
 
 _METHODS: dict[str, type[Method]] = {}
 _SOURCES: dict[str, str] = {}

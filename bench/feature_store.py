@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,27 @@ class FeatureStore:
             if progress is not None:
                 progress(len(batch))
         return self.get(nsd_ids)
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """One feature of the NSD images: its store identity, row shape and dtype, and the batch function."""
+
+    name: str
+    identity: str
+    shape: tuple[int, ...]
+    dtype: str
+    compute: Callable[[list[int]], np.ndarray]
+
+
+def stored_features(
+    extractor: Extractor,
+    nsd_ids: Sequence[int],
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Rows (len(nsd_ids), *shape) from the shared per-id store, computing only the ids not yet stored."""
+    store = FeatureStore(default_root(), extractor.identity, extractor.shape, extractor.dtype)
+    if progress is not None:
+        progress(len(nsd_ids) - len(store.missing(nsd_ids)))  # rows already stored count as done
+    return store.get_or_compute(list(nsd_ids), extractor.compute, batch_size, progress=progress)

@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from nsdbench.feature_store import Extractor
+from nsdbench.feature_store import stored_features as training_features  # noqa: F401 (callers use this name)
 from nsdbench.methods import seeds
 
 FEATURE_SEED = "brain-diffuser-train-latents"  # seeds each id's VDVAE posterior sample (published: sampled)
-
-
-@dataclass(frozen=True)
-class Extractor:
-    """One feature of the NSD images: its store identity, row shape and dtype, and the batch function."""
-
-    name: str  # "vdvae", "vision", "text"
-    identity: str
-    shape: tuple[int, ...]
-    dtype: str
-    compute: Callable[[list[int]], np.ndarray]
 
 
 def latent_generator(nsd_id: int):
@@ -114,21 +104,6 @@ def vd_weights_identity(components: Any) -> str:
         return weights.recorded_sha256("versatile-diffusion")
     h = [weights.module_sha256(components.image_encoder), weights.module_sha256(components.text_encoder)]
     return hashlib.sha256("|".join(h).encode()).hexdigest()
-
-
-def training_features(
-    extractor: Extractor,
-    nsd_ids: Sequence[int],
-    batch_size: int,
-    progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Rows (len(nsd_ids), *shape) from the shared per-id store, computing only the ids not yet stored."""
-    from nsdbench.feature_store import FeatureStore, default_root
-
-    store = FeatureStore(default_root(), extractor.identity, extractor.shape, extractor.dtype)
-    if progress is not None:
-        progress(len(nsd_ids) - len(store.missing(nsd_ids)))  # rows already stored count as done
-    return store.get_or_compute(list(nsd_ids), extractor.compute, batch_size, progress=progress)
 
 
 def ridge_predictions(

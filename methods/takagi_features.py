@@ -9,27 +9,17 @@ the subject or the batch it was computed in, so one store serves every subject.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from nsdbench.feature_store import Extractor
+from nsdbench.feature_store import stored_features as training_features  # noqa: F401 (callers use this name)
 from nsdbench.methods import seeds
 
 FEATURE_SEED = "takagi2023-train-latents"  # seeds each id's VAE posterior sample (published: sampled)
 PUBLISHED_ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the published RidgeCV grid for z and c
-
-
-@dataclass(frozen=True)
-class Extractor:
-    """One feature of the NSD images: its store identity, row shape and dtype, and the batch function."""
-
-    name: str  # "z" or "c"
-    identity: str
-    shape: tuple[int, ...]
-    dtype: str
-    compute: Callable[[list[int]], np.ndarray]
 
 
 def resize(images: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
@@ -111,21 +101,6 @@ def c_extractor(components: Any, captions: Callable[[Sequence[int]], list[list[s
 
     where = f"{components.dtype}/{components.device.type}/{sha}"
     return Extractor("c", f"sd14-text-mean-captions/{shape[0]}x{shape[1]}/{where}", shape, dtype, compute)
-
-
-def training_features(
-    extractor: Extractor,
-    nsd_ids: Sequence[int],
-    batch_size: int,
-    progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Rows (len(nsd_ids), *shape) from the shared per-id store, computing only the ids not yet stored."""
-    from nsdbench.feature_store import FeatureStore, default_root
-
-    store = FeatureStore(default_root(), extractor.identity, extractor.shape, extractor.dtype)
-    if progress is not None:
-        progress(len(nsd_ids) - len(store.missing(nsd_ids)))
-    return store.get_or_compute(list(nsd_ids), extractor.compute, batch_size, progress=progress)
 
 
 def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

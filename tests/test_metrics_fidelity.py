@@ -373,9 +373,12 @@ def _engine_values(protocol: Protocol, images) -> dict[str, np.ndarray]:
 
 
 def _feature_failure(m: FeatureMetric, ref, images, sides=("gt", "rec"), n: int = N) -> str | None:
-    """Raw features (of the first n images) vs the reference's, to 1e-5 of their scale (fp16: 2e-5)."""
+    """Raw features (of the first n images) vs the reference's, to 1e-5 of their scale (OpenAI's fp16 rule:
+    1e-6; other fp16: 2e-5)."""
     _ids, gt, rec = images
-    tol = 2e-5 if m.precision != "fp32" else 1e-5
+    # the OpenAI fp16 rule is the reference's own computation (observed: identical); a whole-tower fp16 cast
+    # is 1e-5 to 1e-4 off depending on the images and threads, so only a tight bound catches it every time
+    tol = {"fp32": 1e-5, "fp16-openai": 1e-6}.get(m.precision, 2e-5)
     for side, imgs, want in (("gt", gt, ref[0]), ("rec", rec, ref[1])):
         if side not in sides:
             continue

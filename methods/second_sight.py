@@ -102,7 +102,13 @@ def encoder_name(setting: str, weights_mode: str) -> str:
 
 def nchw(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> uint8 (N, 3, H, W) tensor."""
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(images, dtype=np.uint8))).permute(0, 3, 1, 2)
+    return torch.tensor(np.asarray(images, dtype=np.uint8)).permute(0, 3, 1, 2)
+
+
+def device_tensor(array: np.ndarray, device: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A C-contiguous copy of `array` in torch's memory: kernels round differently on other memory layouts (a
+    channels-last latent and its checkpointed copy), which would break bit-identical resumes."""
+    return torch.tensor(np.ascontiguousarray(array), device=device, dtype=dtype)
 
 
 def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
@@ -349,14 +355,14 @@ def second_sight_iteration(
     branches = len(state.seed_c)
     device, dtype = gen.components.device, gen.components.dtype
     rows = np.repeat(np.arange(branches), n_b)
-    c = torch.as_tensor(state.seed_c[rows], device=device, dtype=dtype)
+    c = device_tensor(state.seed_c[rows], device, dtype)
     seeds = [sm.candidate_seed(item.seed, "second-sight", i, j) for j in range(len(rows))]
     if i == 0:
-        init = torch.as_tensor(resize_square(z0_image[None], gen.image_size), device=device)
+        init = device_tensor(resize_square(z0_image[None], gen.image_size), device)
         init = init.permute(0, 3, 1, 2).to(dtype) / 255.0
         latents, images = gen.sample(c, seeds, lam, init_images=init.expand(len(rows), -1, -1, -1), batch=s.unet_batch)
     else:
-        z = torch.as_tensor(state.seed_z[rows], device=device, dtype=dtype)
+        z = device_tensor(state.seed_z[rows], device, dtype)
         latents, images = gen.sample(c, seeds, lam, init_latents=z, batch=s.unet_batch)
     pixels = to_uint8_nhwc(images)
     scores = sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
@@ -371,7 +377,7 @@ def second_sight_iteration(
 
     pool_scores, pool_images = scores, pixels
     pool_c = state.seed_c[rows]
-    pool_z = latents.float().cpu().numpy()
+    pool_z = latents.float().cpu().contiguous().numpy()
     if s.keep_seeds and i > 0:
         pool_scores = np.concatenate([state.seed_scores, scores])
         pool_images = np.concatenate([state.seed_images, pixels])
@@ -379,7 +385,7 @@ def second_sight_iteration(
         pool_z = np.concatenate([state.seed_z, pool_z])
     order = np.argsort(-pool_scores, kind="stable")[: s.branches]
     gamma = sm.second_sight_momentum(i, s.iterations, s.momentum_scale, s.momentum_power)
-    prev = torch.as_tensor(state.prev_c, dtype=torch.float64)
+    prev = device_tensor(state.prev_c, "cpu", torch.float64)
     seed_embeds = torch.as_tensor(gen.embed(pool_images[order]), dtype=torch.float64)
     new_c = sm.slerp(prev.expand_as(seed_embeds), seed_embeds, gamma).float().numpy()
     return SearchState(
@@ -479,7 +485,7 @@ class SecondSight(_UnclipMethod):
         """Run (or resume) the search of one item, saving its state after every iteration."""
         s, a = self.settings, fitted["arrays"]
         row = fitted["row"][item.nsd_id]
-        target = torch.as_tensor(a["measured"][row], device=ctx.device)
+        target = device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
         state = SearchState.from_arrays(saved) if saved else initial_state(a["c0"][row], s.branches, self.gen.image_size)
@@ -525,20 +531,20 @@ def stochastic_iteration(
     s = settings
     lam = sm.cubic_decay(i, s.iterations, s.strength_start, s.strength_end)
     device, dtype = gen.components.device, gen.components.dtype
-    cond = torch.as_tensor(np.repeat(c[None], s.search_samples, 0), device=device, dtype=dtype)
+    cond = device_tensor(np.repeat(c[None], s.search_samples, 0), device, dtype)
     seeds = [sm.candidate_seed(item.seed, "stochastic-search", i, j) for j in range(s.search_samples)]
     if i == 0 or lam >= 1.0 or len(state.seed_z) == 0:
         latents, images = gen.sample(cond, seeds, 1.0, batch=s.unet_batch)
     else:
         rows = np.arange(s.search_samples) % len(state.seed_z)
-        z = torch.as_tensor(state.seed_z[rows], device=device, dtype=dtype)
+        z = device_tensor(state.seed_z[rows], device, dtype)
         latents, images = gen.sample(cond, seeds, lam, init_latents=z, batch=s.unet_batch)
     pixels = to_uint8_nhwc(images)
     scores = sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
     pool_scores = np.concatenate([state.seed_scores, scores])
     pool_images = np.concatenate([state.seed_images, pixels])
-    pool_z = latents.float().cpu().numpy() if len(state.seed_z) == 0 else np.concatenate(
-        [state.seed_z, latents.float().cpu().numpy()]
+    pool_z = latents.float().cpu().contiguous().numpy() if len(state.seed_z) == 0 else np.concatenate(
+        [state.seed_z, latents.float().cpu().contiguous().numpy()]
     )
     order = np.argsort(-pool_scores, kind="stable")[: s.seeds]
     return SearchState(
@@ -575,7 +581,7 @@ class StochasticSearch(_UnclipMethod):
     def search(self, item: TestItem, fitted: dict[str, Any], ctx: RunContext) -> SearchState:
         s, a = self.settings, fitted["arrays"]
         row = fitted["row"][item.nsd_id]
-        target = torch.as_tensor(a["measured"][row], device=ctx.device)
+        target = device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
         state = SearchState.from_arrays(saved) if saved else initial_state(a["c"][row], 0, self.gen.image_size)
@@ -616,10 +622,8 @@ class ClipDecodingOnly(_UnclipMethod):
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[tuple]:
         a = fitted["arrays"]
         gen = self.gen
-        c = torch.as_tensor(
-            np.stack([a["c"][fitted["row"][it.nsd_id]] for it in items]),
-            device=gen.components.device,
-            dtype=gen.components.dtype,
+        c = device_tensor(
+            np.stack([a["c"][fitted["row"][it.nsd_id]] for it in items]), gen.components.device, gen.components.dtype
         )
         _, images = gen.sample(c, [it.seed for it in items], 1.0, batch=len(items))
         for it, img in zip(items, to_uint8_nhwc(images), strict=True):

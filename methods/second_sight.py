@@ -50,7 +50,6 @@ class SecondSightSettings:
     noise_level: int = 0
     unet_batch: int = 64  # candidates per sampler call
     library_batch: int = 64  # library images per encoder / CLIP call
-    ridge_alphas: tuple[float, ...] = RIDGE_ALPHAS
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ import math
 import torch
 
 
-def second_sight_strength(i: int, iterations: int, start: float = 0.92, drop: float = 0.3, power: float = 3.0) -> float:
+def second_sight_strength(
+    i: int, iterations: int, start: float = 0.92, drop: float = 0.3, power: float = 3.0
+) -> float:
     """Img2img strength of iteration i (0-based): λ = start − drop·((i+1)/iterations)^power (published: 6)."""
     return start - drop * ((i + 1) / iterations) ** power
 
@@ -42,7 +44,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     theta = torch.arccos(cos)
     sin = torch.sin(theta)
     safe = sin.abs() > 1e-6
-    wa = torch.where(safe, torch.sin((1 - t) * theta) / torch.where(safe, sin, 1.0), torch.full_like(sin, 1 - t))
+    wa = torch.where(
+        safe, torch.sin((1 - t) * theta) / torch.where(safe, sin, 1.0), torch.full_like(sin, 1 - t)
+    )
     wb = torch.where(safe, torch.sin(t * theta) / torch.where(safe, sin, 1.0), torch.full_like(sin, t))
     direction = wa * ua + wb * ub
     direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-30)

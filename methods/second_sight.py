@@ -87,7 +87,7 @@ class ClipDecodingSettings:
 
 def unseen_ids(train: SubjectData) -> np.ndarray:
     """Every NSD id the subject never saw, ascending (63k on the real NSD)."""
-    seen = set(int(i) for i in train.seen_ids()) | set(train.train_ids) | set(train.test_ids)
+    seen = {int(i) for i in train.seen_ids()} | set(train.train_ids) | set(train.test_ids)
     lib = np.array([i for i in range(train.n_images) if i not in seen], dtype=np.int64)
     if len(lib) == 0:
         raise DataError(f"subject {train.subject}: no NSD image left that the subject never saw")
@@ -203,7 +203,9 @@ def library_embeddings(gen: Generator, train: SubjectData, ids: Sequence[int], m
     from nsdbench.feature_store import FeatureStore, default_root
 
     dim = int(gen.components.image_encoder.config.projection_dim)
-    store = FeatureStore(default_root(), f"unclip-h-image-embeds/{mode}/{gen.components.dtype}", (dim,), "float32")
+    store = FeatureStore(
+        default_root(), f"unclip-h-image-embeds/{mode}/{gen.components.dtype}", (dim,), "float32"
+    )
     return store.get_or_compute(list(ids), lambda b: gen.embed(train.images(b)), gen.settings.library_batch)
 
 
@@ -214,7 +216,9 @@ def decode_clip(train: SubjectData, gen: Generator, mode: str, alphas: tuple[flo
 
     y = library_embeddings(gen, train, train.train_ids, mode)
     settings = ridge.RidgeSettings(alphas=tuple(alphas), cv=5, per_target=False, dtype="float64")
-    pred = ridge.fit_predict(train.betas("train"), y, train.betas("test"), settings, cache=True, progress=False)
+    pred = ridge.fit_predict(
+        train.betas("train"), y, train.betas("test"), settings, cache=True, progress=False
+    )
     return np.asarray(pred, dtype=np.float32)
 
 
@@ -223,7 +227,9 @@ def measured_betas(train: SubjectData) -> np.ndarray:
     return np.asarray(train.betas("test", "nsdgeneral", normalize="session-zscore"), dtype=np.float32)
 
 
-def library_predictions(encoder: Any, train: SubjectData, lib: np.ndarray, batch: int, ctx: RunContext) -> np.ndarray:
+def library_predictions(
+    encoder: Any, train: SubjectData, lib: np.ndarray, batch: int, ctx: RunContext
+) -> np.ndarray:
     """Guidance-encoder predictions (L, V) of the library, per id in the shared feature store."""
     from nsdbench.feature_store import FeatureStore, default_root
 
@@ -236,8 +242,14 @@ def library_predictions(encoder: Any, train: SubjectData, lib: np.ndarray, batch
     return store.get_or_compute(list(lib), compute, batch, progress=ctx.advance)
 
 
-def rank_library(pred: np.ndarray, measured: np.ndarray, k: int, device: str, mask: np.ndarray | None = None,
-                 block: int = 8192) -> np.ndarray:
+def rank_library(
+    pred: np.ndarray,
+    measured: np.ndarray,
+    k: int,
+    device: str,
+    mask: np.ndarray | None = None,
+    block: int = 8192,
+) -> np.ndarray:
     """Top-k library rows (T, k) per measured row by Pearson r over the voxels of `mask`, on the device."""
     m = torch.as_tensor(measured if mask is None else measured[:, mask], device=device)
     scores = []
@@ -254,8 +266,13 @@ def assemble(
     train: SubjectData, ctx: RunContext, settings: SecondSightSettings, gen: Generator, encoder: Any
 ) -> dict[str, np.ndarray]:
     """Stage 1 for every test id: c0 (T, dim) and the z0 image (T, S, S, 3) at the VDVAE's size."""
-    from nsdbench.methods.components.vdvae import decode_latents, encode_latents, load_vdvae, resize_like_brain_diffuser
     from nsdbench.methods import seeds as seeding
+    from nsdbench.methods.components.vdvae import (
+        decode_latents,
+        encode_latents,
+        load_vdvae,
+        resize_like_brain_diffuser,
+    )
 
     tiny = ctx.weights_mode == "tiny"
     k_clip = settings.clip_top_k or (10 if tiny else 100)
@@ -283,14 +300,23 @@ def assemble(
     gens = [seeding.torch_generator(ctx.seed(int(n), -1), "cpu") for n in train.test_ids]
     z_images = np.concatenate(
         [
-            decode_latents(vdvae, z_mean[s : s + settings.library_batch], gens[s : s + settings.library_batch]).numpy()
+            decode_latents(
+                vdvae, z_mean[s : s + settings.library_batch], gens[s : s + settings.library_batch]
+            ).numpy()
             for s in range(0, len(z_mean), settings.library_batch)
         ]
     )
-    return {"test_ids": np.asarray(train.test_ids, np.int64), "c0": c0, "z0_image": z_images, "measured": measured}
+    return {
+        "test_ids": np.asarray(train.test_ids, np.int64),
+        "c0": c0,
+        "z0_image": z_images,
+        "measured": measured,
+    }
 
 
-def fit_cached(method: Method, train: SubjectData, ctx: RunContext, encoder: Any, build) -> dict[str, np.ndarray]:
+def fit_cached(
+    method: Method, train: SubjectData, ctx: RunContext, encoder: Any, build
+) -> dict[str, np.ndarray]:
     """Stage 1 through ctx.cache, keyed by method, settings, data and the encoder's content identity."""
     from nsdbench.methods.protocol import settings_dict
 
@@ -359,7 +385,9 @@ def second_sight_iteration(
     if i == 0:
         init = device_tensor(resize_square(z0_image[None], gen.image_size), device)
         init = init.permute(0, 3, 1, 2).to(dtype) / 255.0
-        latents, images = gen.sample(c, seeds, lam, init_images=init.expand(len(rows), -1, -1, -1), batch=s.unet_batch)
+        latents, images = gen.sample(
+            c, seeds, lam, init_images=init.expand(len(rows), -1, -1, -1), batch=s.unet_batch
+        )
     else:
         z = device_tensor(state.seed_z[rows], device, dtype)
         latents, images = gen.sample(c, seeds, lam, init_latents=z, batch=s.unet_batch)
@@ -477,8 +505,14 @@ class SecondSight(_UnclipMethod):
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[str, Any]:
         encoder = ctx.encoder(encoder_name(self.settings.encoder, ctx.weights_mode))
-        arrays = fit_cached(self, train, ctx, encoder, lambda: assemble(train, ctx, self.settings, self.gen, encoder))
-        return {"arrays": arrays, "row": {int(n): i for i, n in enumerate(arrays["test_ids"])}, "encoder": encoder}
+        arrays = fit_cached(
+            self, train, ctx, encoder, lambda: assemble(train, ctx, self.settings, self.gen, encoder)
+        )
+        return {
+            "arrays": arrays,
+            "row": {int(n): i for i, n in enumerate(arrays["test_ids"])},
+            "encoder": encoder,
+        }
 
     def search(self, item: TestItem, fitted: dict[str, Any], ctx: RunContext) -> SearchState:
         """Run (or resume) the search of one item, saving its state after every iteration."""
@@ -487,9 +521,15 @@ class SecondSight(_UnclipMethod):
         target = device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
-        state = SearchState.from_arrays(saved) if saved else initial_state(a["c0"][row], s.branches, self.gen.image_size)
+        state = (
+            SearchState.from_arrays(saved)
+            if saved
+            else initial_state(a["c0"][row], s.branches, self.gen.image_size)
+        )
         for i in range(state.done, s.iterations):
-            state = second_sight_iteration(state, i, a["z0_image"][row], target, item, s, self.gen, fitted["encoder"])
+            state = second_sight_iteration(
+                state, i, a["z0_image"][row], target, item, s, self.gen, fitted["encoder"]
+            )
             if ckpt is not None:
                 ckpt.save(state.arrays())
         return state
@@ -507,7 +547,9 @@ class SecondSight(_UnclipMethod):
 # ---------------------------------------------------------------------------------------------- CCN form
 
 
-def decoded_fit(method: Method, train: SubjectData, ctx: RunContext, encoder: Any, gen: Generator) -> dict[str, Any]:
+def decoded_fit(
+    method: Method, train: SubjectData, ctx: RunContext, encoder: Any, gen: Generator
+) -> dict[str, Any]:
     """The ridge-decoded CLIP embeddings and measured betas of the test ids, cached."""
 
     def build() -> dict[str, np.ndarray]:
@@ -518,12 +560,22 @@ def decoded_fit(method: Method, train: SubjectData, ctx: RunContext, encoder: An
         }
 
     arrays = fit_cached(method, train, ctx, encoder, build)
-    return {"arrays": arrays, "row": {int(n): i for i, n in enumerate(arrays["test_ids"])}, "encoder": encoder}
+    return {
+        "arrays": arrays,
+        "row": {int(n): i for i, n in enumerate(arrays["test_ids"])},
+        "encoder": encoder,
+    }
 
 
 def stochastic_iteration(
-    state: SearchState, i: int, c: np.ndarray, target: torch.Tensor, item: TestItem,
-    settings: StochasticSearchSettings, gen: Generator, encoder: Any,
+    state: SearchState,
+    i: int,
+    c: np.ndarray,
+    target: torch.Tensor,
+    item: TestItem,
+    settings: StochasticSearchSettings,
+    gen: Generator,
+    encoder: Any,
 ) -> SearchState:
     """One CCN iteration: a library of `search_samples` images conditioned on the decoded c, initialized
     (after the first) from the best seeds in turn, at the cubic strength; the seeds are the best so far."""
@@ -542,8 +594,10 @@ def stochastic_iteration(
     scores = sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
     pool_scores = np.concatenate([state.seed_scores, scores])
     pool_images = np.concatenate([state.seed_images, pixels])
-    pool_z = latents.float().cpu().contiguous().numpy() if len(state.seed_z) == 0 else np.concatenate(
-        [state.seed_z, latents.float().cpu().contiguous().numpy()]
+    pool_z = (
+        latents.float().cpu().contiguous().numpy()
+        if len(state.seed_z) == 0
+        else np.concatenate([state.seed_z, latents.float().cpu().contiguous().numpy()])
     )
     order = np.argsort(-pool_scores, kind="stable")[: s.seeds]
     return SearchState(
@@ -583,7 +637,9 @@ class StochasticSearch(_UnclipMethod):
         target = device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
-        state = SearchState.from_arrays(saved) if saved else initial_state(a["c"][row], 0, self.gen.image_size)
+        state = (
+            SearchState.from_arrays(saved) if saved else initial_state(a["c"][row], 0, self.gen.image_size)
+        )
         for i in range(state.done, s.iterations):
             state = stochastic_iteration(state, i, a["c"][row], target, item, s, self.gen, fitted["encoder"])
             if ckpt is not None:
@@ -605,7 +661,9 @@ class ClipDecodingOnly(_UnclipMethod):
     """Baseline of the CCN search: one unCLIP sample from the decoded CLIP embedding, no search."""
 
     name = "clip-decoding-only"
-    description = "One SD 2.1 unCLIP sample (strength 1) conditioned on the ridge-decoded CLIP image embedding."
+    description = (
+        "One SD 2.1 unCLIP sample (strength 1) conditioned on the ridge-decoded CLIP image embedding."
+    )
     paper = CCN_PAPER
     Settings = ClipDecodingSettings
     default_batch_size: ClassVar[int] = 16
@@ -622,7 +680,9 @@ class ClipDecodingOnly(_UnclipMethod):
         a = fitted["arrays"]
         gen = self.gen
         c = device_tensor(
-            np.stack([a["c"][fitted["row"][it.nsd_id]] for it in items]), gen.components.device, gen.components.dtype
+            np.stack([a["c"][fitted["row"][it.nsd_id]] for it in items]),
+            gen.components.device,
+            gen.components.dtype,
         )
         _, images = gen.sample(c, [it.seed for it in items], 1.0, batch=len(items))
         for it, img in zip(items, to_uint8_nhwc(images), strict=True):

@@ -33,7 +33,9 @@ def search_seconds(settings, gen, encoder, target, c0, z0, images: int) -> tuple
     for k in range(images):
         state = initial_state(c0, settings.branches, gen.image_size)
         for i in range(settings.iterations):
-            state = second_sight_iteration(state, i, z0, target, TestItem(k, 0, 1000 + k), settings, gen, encoder)
+            state = second_sight_iteration(
+                state, i, z0, target, TestItem(k, 0, 1000 + k), settings, gen, encoder
+            )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / images, [float(x) for x in state.trace_scores]

@@ -3,6 +3,7 @@ monotone progress and exact resume with tiny unCLIP components, and the CLI end 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -14,7 +15,6 @@ import pytest
 import torch
 
 from nsdbench.methods import search_math as sm
-
 
 # ---------------------------------------------------------------------------------------------- pure math
 
@@ -36,7 +36,7 @@ def test_ccn_strength_falls_cubically_from_one_to_point_six():
     assert vals[0] == 1.0 and vals[-1] == pytest.approx(0.6)
     for i, v in enumerate(vals):
         assert v == pytest.approx(1.0 - 0.4 * (i / 9) ** 3, abs=1e-15)
-    assert all(a >= b for a, b in zip(vals, vals[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(vals))
 
 
 def test_slerp_follows_the_great_circle():
@@ -59,7 +59,10 @@ def test_library_ranking_equals_numpy_corrcoef():
     from nsdbench.methods.second_sight import rank_library
 
     rng = np.random.default_rng(1)
-    pred, measured = rng.normal(size=(300, 40)).astype(np.float32), rng.normal(size=(7, 40)).astype(np.float32)
+    pred, measured = (
+        rng.normal(size=(300, 40)).astype(np.float32),
+        rng.normal(size=(7, 40)).astype(np.float32),
+    )
     mask = rng.random(40) < 0.5
     for m in (None, mask):
         p = pred if m is None else pred[:, m]
@@ -127,9 +130,13 @@ def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
             state = second_sight_iteration(state, i, z0[row], target, item, settings, gen, enc)
         assert state.done == 3 and len(state.trace_images) == 3
         assert np.all(np.diff(state.trace_scores) >= 0), state.trace_scores
-        rescored = sm.pearson_rows(enc.predict(torch.as_tensor(state.trace_images).permute(0, 3, 1, 2)), target)
+        rescored = sm.pearson_rows(
+            enc.predict(torch.as_tensor(state.trace_images).permute(0, 3, 1, 2)), target
+        )
         np.testing.assert_allclose(rescored.numpy(), state.trace_scores, atol=1e-9)
-        best = sm.pearson_rows(enc.predict(torch.as_tensor(state.best_image[None]).permute(0, 3, 1, 2)), target)
+        best = sm.pearson_rows(
+            enc.predict(torch.as_tensor(state.best_image[None]).permute(0, 3, 1, 2)), target
+        )
         assert float(best[0]) == pytest.approx(float(state.best_score), abs=1e-9)
         assert state.seed_c.shape == (settings.branches, c0.shape[1]) and np.all(np.isfinite(state.seed_c))
 
@@ -149,7 +156,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_pat
     item = TestItem(int(data.test_ids[0]), 0, 42)
 
     def ctx(folder: str) -> RunContext:
-        return RunContext("second-sight", 1, "nsd982", data, weights_mode="tiny", checkpoint_dir=tmp_path / folder)
+        return RunContext(
+            "second-sight", 1, "nsd982", data, weights_mode="tiny", checkpoint_dir=tmp_path / folder
+        )
 
     whole = method.search(item, fitted, ctx("a"))
 
@@ -181,7 +190,9 @@ def test_stochastic_search_keeps_its_best_image(tiny_search):
     target = torch.as_tensor(measured[0])
     state = initial_state(c0[0], 0, gen.image_size)
     for i in range(s.iterations):
-        state = stochastic_iteration(state, i, c0[0], target, TestItem(int(data.test_ids[0]), 0, 5), s, gen, enc)
+        state = stochastic_iteration(
+            state, i, c0[0], target, TestItem(int(data.test_ids[0]), 0, 5), s, gen, enc
+        )
     assert np.all(np.diff(state.trace_scores) >= 0)
     np.testing.assert_array_equal(state.best_image, state.trace_images[-1])
 
@@ -200,7 +211,7 @@ def test_tiny_end_to_end_through_the_console_script(method, nsd, nsdbench_home, 
     cmd = [str(exe), "run", "--method", method, "--subjects", "1", "--data", "synthetic", "--weights", "tiny",
            "--device", "cpu", "--shard-size", "2", "--shard", "0/50", "--no-ingest", "--out", str(out), *sets]  # fmt: skip
     env = {**os.environ, "NSDBENCH_HOME": str(nsdbench_home)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]
     pngs = sorted((out / "subj01").glob("*_0.png"))
     assert len(pngs) == 2
@@ -209,6 +220,8 @@ def test_tiny_end_to_end_through_the_console_script(method, nsd, nsdbench_home, 
     for png in pngs:
         assert Image.open(png).size == (nsd.image_size, nsd.image_size)
         if method != "clip-decoding-only":
-            trace = json.loads(png.with_suffix(".search.json").read_text())["best_brain_correlation_per_iteration"]
+            trace = json.loads(png.with_suffix(".search.json").read_text())[
+                "best_brain_correlation_per_iteration"
+            ]
             assert len(trace) == 2 and trace[1] >= trace[0]
             assert png.with_suffix(".iter1.png").is_file()

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from nsdbench.errors import DataError
+from nsdbench.errors import DataError, UsageError
 from nsdbench.methods import search_math as sm
 from nsdbench.methods.protocol import FitCache, Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
@@ -45,6 +45,10 @@ class SecondSightSettings:
     keep_seeds: bool = True  # the previous seeds compete with the new images for the top places
     clip_top_k: int = 0
     vdvae_top_k: int = 0
+    z0_from: str = (
+        "library"  # or "decoded": ridge from nsdgeneral betas to the VDVAE latents (brain-diffuser)
+    )
+    vdvae_alpha: float = 5e4  # that ridge's alpha (brain-diffuser's)
     num_inference_steps: int = 20
     guidance_scale: float = 10.0
     noise_level: int = 0
@@ -262,18 +266,30 @@ def rank_library(
 # ---------------------------------------------------------------------------------------------- second-sight
 
 
+def vdvae_latents(vdvae: Any, train: SubjectData, ids: Sequence[int], batch: int, mode: str) -> np.ndarray:
+    """VDVAE posterior-mean latents (N, D) of NSD images at 64 px, per id in the shared feature store."""
+    from nsdbench.feature_store import FeatureStore, default_root
+    from nsdbench.methods.components.vdvae import encode_latents, resize_like_brain_diffuser
+
+    cfg = vdvae.cfg
+    dim = int(cfg.latent_dim(cfg.n_latent_groups))
+    store = FeatureStore(default_root(), f"vdvae/{cfg.name}/{mode}/posterior-mean", (dim,), "float32")
+
+    def compute(chunk: list[int]) -> np.ndarray:
+        return encode_latents(vdvae, resize_like_brain_diffuser(train.images(chunk), cfg.image_size)).numpy()
+
+    return store.get_or_compute(list(ids), compute, batch)
+
+
 def assemble(
     train: SubjectData, ctx: RunContext, settings: SecondSightSettings, gen: Generator, encoder: Any
 ) -> dict[str, np.ndarray]:
     """Stage 1 for every test id: c0 (T, dim) and the z0 image (T, S, S, 3) at the VDVAE's size."""
     from nsdbench.methods import seeds as seeding
-    from nsdbench.methods.components.vdvae import (
-        decode_latents,
-        encode_latents,
-        load_vdvae,
-        resize_like_brain_diffuser,
-    )
+    from nsdbench.methods.components.vdvae import decode_latents, load_vdvae
 
+    if settings.z0_from not in ("library", "decoded"):
+        raise UsageError(f"second-sight: z0_from must be 'library' or 'decoded', got {settings.z0_from!r}")
     tiny = ctx.weights_mode == "tiny"
     k_clip = settings.clip_top_k or (10 if tiny else 100)
     k_vdvae = settings.vdvae_top_k or (3 if tiny else 25)
@@ -289,14 +305,25 @@ def assemble(
     c0 = np.stack([np.mean([emb[int(i)] for i in row], axis=0) for row in top_c]).astype(np.float32)
 
     vdvae = load_vdvae(ctx.weights_mode, ctx.device)
-    size = vdvae.cfg.image_size
-    union_z = np.unique(top_z)
-    lat: dict[int, np.ndarray] = {}
-    for s in range(0, len(union_z), settings.library_batch):
-        ids = union_z[s : s + settings.library_batch]
-        z = encode_latents(vdvae, resize_like_brain_diffuser(train.images(ids), size)).numpy()
-        lat.update(zip(ids.tolist(), z, strict=True))
-    z_mean = np.stack([np.mean([lat[int(i)] for i in row], axis=0) for row in top_z]).astype(np.float32)
+    if settings.z0_from == "decoded":
+        from nsdbench.methods import ridge
+
+        y = vdvae_latents(vdvae, train, train.train_ids, settings.library_batch, ctx.weights_mode)
+        ridge_settings = ridge.RidgeSettings(alpha=settings.vdvae_alpha, dtype="float64")
+        z_pred = ridge.fit_predict(
+            train.betas("train"), y, train.betas("test"), ridge_settings, cache=True, progress=False
+        )
+        z_mean = ridge.bd_postprocess(z_pred, y).astype(np.float32)
+    else:
+        union_z = np.unique(top_z)
+        lat = dict(
+            zip(
+                union_z.tolist(),
+                vdvae_latents(vdvae, train, union_z, settings.library_batch, ctx.weights_mode),
+                strict=True,
+            )
+        )
+        z_mean = np.stack([np.mean([lat[int(i)] for i in row], axis=0) for row in top_z]).astype(np.float32)
     gens = [seeding.torch_generator(ctx.seed(int(n), -1), "cpu") for n in train.test_ids]
     z_images = np.concatenate(
         [
@@ -494,7 +521,10 @@ class SecondSight(_UnclipMethod):
     )
     paper = PAPER
     Settings = SecondSightSettings
-    variants: ClassVar[dict[str, dict[str, Any]]] = {"no-keep-seeds": {"keep_seeds": False}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "no-keep-seeds": {"keep_seeds": False},
+        "decoded-z0": {"z0_from": "decoded"},
+    }
 
     def required_artifacts(self) -> tuple[str, ...]:
         if self.weights_mode != "pretrained":

@@ -201,15 +201,19 @@ def test_stochastic_search_keeps_its_best_image(tiny_search):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["second-sight", "stochastic-search", "clip-decoding-only"])
+@pytest.mark.parametrize(
+    "method", ["second-sight", "second-sight:decoded-z0", "stochastic-search", "clip-decoding-only"]
+)
 def test_tiny_end_to_end_through_the_console_script(method, nsd, nsdbench_home, tmp_path):
     out = tmp_path / "run"
     exe = Path(sys.executable).with_name("nsdbench")
+    method, _, variant = method.partition(":")
     sets = {"second-sight": ["--set", "iterations=2", "--set", "search_samples=8"],
             "stochastic-search": ["--set", "iterations=2", "--set", "search_samples=4"],
             "clip-decoding-only": []}[method]  # fmt: skip
     cmd = [str(exe), "run", "--method", method, "--subjects", "1", "--data", "synthetic", "--weights", "tiny",
-           "--device", "cpu", "--shard-size", "2", "--shard", "0/50", "--no-ingest", "--out", str(out), *sets]  # fmt: skip
+           "--device", "cpu", "--shard-size", "2", "--shard", "0/50", "--no-ingest", "--out", str(out), *sets,
+           *(["--variant", variant] if variant else [])]  # fmt: skip
     env = {**os.environ, "NSDBENCH_HOME": str(nsdbench_home)}
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -135,7 +135,7 @@ def output_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
-class Generator:
+class UnclipSampler:
     """The unCLIP components, an empty prompt and the sampler settings of one run."""
 
     def __init__(self, mode: str, device: str, settings: Any) -> None:
@@ -202,7 +202,7 @@ class Generator:
         return torch.cat(latents), torch.cat(images)
 
 
-def library_embeddings(gen: Generator, train: SubjectData, ids: Sequence[int], mode: str) -> np.ndarray:
+def library_embeddings(gen: UnclipSampler, train: SubjectData, ids: Sequence[int], mode: str) -> np.ndarray:
     """OpenCLIP embeddings of NSD images from the shared per-id feature store (computed once per id)."""
     from nsdbench.feature_store import FeatureStore, default_root
 
@@ -213,7 +213,7 @@ def library_embeddings(gen: Generator, train: SubjectData, ids: Sequence[int], m
     return store.get_or_compute(list(ids), lambda b: gen.embed(train.images(b)), gen.settings.library_batch)
 
 
-def decode_clip(train: SubjectData, gen: Generator, mode: str, alphas: tuple[float, ...]) -> np.ndarray:
+def decode_clip(train: SubjectData, gen: UnclipSampler, mode: str, alphas: tuple[float, ...]) -> np.ndarray:
     """Ridge (alpha by 5-fold CV, one for all targets) from z-scored nsdgeneral betas to the CLIP image
     embedding, predicted for the test betas (rows aligned with test_ids), cached by content hash."""
     from nsdbench.methods import ridge
@@ -282,7 +282,7 @@ def vdvae_latents(vdvae: Any, train: SubjectData, ids: Sequence[int], batch: int
 
 
 def assemble(
-    train: SubjectData, ctx: RunContext, settings: SecondSightSettings, gen: Generator, encoder: Any
+    train: SubjectData, ctx: RunContext, settings: SecondSightSettings, gen: UnclipSampler, encoder: Any
 ) -> dict[str, np.ndarray]:
     """Stage 1 for every test id: c0 (T, dim) and the z0 image (T, S, S, 3) at the VDVAE's size."""
     from nsdbench.methods import seeds as seeding
@@ -396,7 +396,7 @@ def second_sight_iteration(
     target: torch.Tensor,
     item: TestItem,
     settings: SecondSightSettings,
-    gen: Generator,
+    gen: UnclipSampler,
     encoder: Any,
 ) -> SearchState:
     """One search iteration: n_b images per branch at strength λ_i, scored; the top seeds, the slerped CLIP
@@ -504,7 +504,7 @@ class _UnclipMethod(Method):
         return tuple(arts)
 
     def setup(self, ctx: RunContext) -> None:
-        self.gen = Generator(ctx.weights_mode, ctx.device, self.settings)
+        self.gen = UnclipSampler(ctx.weights_mode, ctx.device, self.settings)
 
     def close(self) -> None:
         self.gen = None
@@ -578,7 +578,7 @@ class SecondSight(_UnclipMethod):
 
 
 def decoded_fit(
-    method: Method, train: SubjectData, ctx: RunContext, encoder: Any, gen: Generator
+    method: Method, train: SubjectData, ctx: RunContext, encoder: Any, gen: UnclipSampler
 ) -> dict[str, Any]:
     """The ridge-decoded CLIP embeddings and measured betas of the test ids, cached."""
 
@@ -604,7 +604,7 @@ def stochastic_iteration(
     target: torch.Tensor,
     item: TestItem,
     settings: StochasticSearchSettings,
-    gen: Generator,
+    gen: UnclipSampler,
     encoder: Any,
 ) -> SearchState:
     """One CCN iteration: a library of `search_samples` images conditioned on the decoded c, initialized

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         args.samples, args.iterations = 8, 2
     device = torch.device(args.device or "cuda")
 
-    from nsdbench.methods.second_sight import Generator, SecondSightSettings
+    from nsdbench.methods.second_sight import SecondSightSettings, UnclipSampler
     from nsdbench.metrics.gnet8 import load_published_encoder
     from nsdbench.metrics.guidance import GNet8GuidanceEncoder
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         iterations=args.iterations, search_samples=args.samples, num_inference_steps=args.steps,
         unet_batch=args.unet_batch,
     )  # fmt: skip
-    gen = Generator(args.weights, str(device), settings)
+    gen = UnclipSampler(args.weights, str(device), settings)
     encoder = GNet8GuidanceEncoder(load_published_encoder("gnet8", 1, args.voxels, args.weights, str(device)))
     rng = np.random.default_rng(0)
     c0 = rng.normal(size=gen.components.image_encoder.config.projection_dim).astype(np.float32)

@@ -104,12 +104,12 @@ class PixelEncoder:
 def tiny_search(nsd):
     """Tiny unCLIP, two measured test patterns of the synthetic NSD and the pieces a search needs."""
     from nsdbench.methods.protocol import SubjectData
-    from nsdbench.methods.second_sight import Generator, SecondSightSettings, measured_betas
+    from nsdbench.methods.second_sight import SecondSightSettings, UnclipSampler, measured_betas
     from nsdbench.nsd.splits import get_split
 
     data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
     settings = SecondSightSettings(iterations=3, search_samples=8, num_inference_steps=3, unet_batch=16)
-    gen = Generator("tiny", "cpu", settings)
+    gen = UnclipSampler("tiny", "cpu", settings)
     measured = measured_betas(data)[:2]
     rng = np.random.default_rng(0)
     c0 = rng.normal(size=(2, gen.components.image_encoder.config.projection_dim)).astype(np.float32)

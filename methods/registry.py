@@ -24,7 +24,10 @@ from nsdbench.errors import UsageError
 from nsdbench.methods.protocol import Method
 
 ENTRY_POINT_GROUP = "nsdbench.methods"
-BUILTIN_MODULES = ("nsdbench.methods.baselines", "nsdbench.methods.second_sight")
+BUILTIN_MODULES = (
+    "nsdbench.methods.baselines",
+    "nsdbench.methods.second_sight",
+)
 
 _METHODS: dict[str, type[Method]] = {}
 _SOURCES: dict[str, str] = {}

@@ -191,6 +191,10 @@ class SubjectData:
         shown = self._nsd.trials(self._subject)["nsd_id"].to_numpy(dtype=np.int64)
         return np.union1d(assigned, shown)
 
+    def roi_voxel_masks(self) -> dict[str, np.ndarray]:
+        """Boolean masks over this subject's nsdgeneral voxels: V1, V2, V3, V4, early, higher_vis, nsdgeneral."""
+        return self._nsd.roi_voxel_masks(self._subject)
+
     def brain_target(self, weights_mode: str, device: str = "cpu"):
         """The canonical encoder's BrainTarget for this subject and split (test betas and the encoder; no
         test stimuli): what the best-library-image baseline searches with."""

@@ -1,0 +1,231 @@
+"""second-sight, stochastic-search and clip-decoding-only: schedules against literal formulas, the search's
+monotone progress and exact resume with tiny unCLIP components, and the CLI end to end (slow)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nsdbench.methods import search_math as sm
+
+# ---------------------------------------------------------------------------------------------- pure math
+
+
+def test_second_sight_schedules_equal_the_published_formulas():
+    for i in range(6):
+        lam = 0.92 - 0.3 * ((i + 1) / 6) ** 3
+        assert sm.second_sight_strength(i, 6) == pytest.approx(lam, abs=1e-15)
+        assert sm.second_sight_momentum(i, 6) == pytest.approx(0.2 * ((i + 1) / 6) ** 2, abs=1e-15)
+        assert sm.branch_size(lam, 25) == max(10, int(25 * lam))
+    # the literal values of the published run: λ from 0.9186 to 0.62, n_b from 22 down to 15
+    assert [sm.branch_size(sm.second_sight_strength(i, 6), 25) for i in range(6)] == [22, 22, 22, 20, 18, 15]
+    assert sm.second_sight_strength(5, 6) == pytest.approx(0.62)
+    assert sm.branch_size(0.1, 25) == 10  # the floor
+
+
+def test_ccn_strength_falls_cubically_from_one_to_point_six():
+    vals = [sm.cubic_decay(i, 10) for i in range(10)]
+    assert vals[0] == 1.0 and vals[-1] == pytest.approx(0.6)
+    for i, v in enumerate(vals):
+        assert v == pytest.approx(1.0 - 0.4 * (i / 9) ** 3, abs=1e-15)
+    assert all(a >= b for a, b in itertools.pairwise(vals))
+
+
+def test_slerp_follows_the_great_circle():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 16)), rng.normal(size=(5, 16))
+    ta, tb = torch.as_tensor(a), torch.as_tensor(b)
+    np.testing.assert_allclose(sm.slerp(ta, tb, 0.0).numpy(), a, atol=1e-12)
+    np.testing.assert_allclose(sm.slerp(ta, tb, 1.0).numpy(), b, atol=1e-12)
+    t = 0.3
+    ua = a / np.linalg.norm(a, axis=1, keepdims=True)
+    ub = b / np.linalg.norm(b, axis=1, keepdims=True)
+    theta = np.arccos(np.sum(ua * ub, axis=1, keepdims=True))
+    direction = (np.sin((1 - t) * theta) * ua + np.sin(t * theta) * ub) / np.sin(theta)
+    norm = (1 - t) * np.linalg.norm(a, axis=1, keepdims=True) + t * np.linalg.norm(b, axis=1, keepdims=True)
+    np.testing.assert_allclose(sm.slerp(ta, tb, t).numpy(), direction * norm, rtol=1e-10)
+    np.testing.assert_allclose(sm.slerp(ta, ta, 0.5).numpy(), a, rtol=1e-10)  # parallel: no NaN
+
+
+def test_library_ranking_equals_numpy_corrcoef():
+    from nsdbench.methods.second_sight import rank_library
+
+    rng = np.random.default_rng(1)
+    pred, measured = (
+        rng.normal(size=(300, 40)).astype(np.float32),
+        rng.normal(size=(7, 40)).astype(np.float32),
+    )
+    mask = rng.random(40) < 0.5
+    for m in (None, mask):
+        p = pred if m is None else pred[:, m]
+        q = measured if m is None else measured[:, m]
+        r = np.corrcoef(np.concatenate([p, q]).astype(np.float64))[: len(p), len(p) :]
+        expected = np.argsort(-r, axis=0, kind="stable")[:5].T
+        np.testing.assert_array_equal(rank_library(pred, measured, 5, "cpu", mask=m, block=64), expected)
+    np.testing.assert_allclose(
+        sm.pearson_rows(torch.as_tensor(pred[:3]), torch.as_tensor(measured[0])).numpy(),
+        [np.corrcoef(pred[j], measured[0])[0, 1] for j in range(3)],
+        rtol=1e-9,
+    )
+
+
+def test_candidate_seeds_are_distinct_and_stable():
+    seeds = {sm.candidate_seed(7, "second-sight", i, j) for i in range(6) for j in range(30)}
+    assert len(seeds) == 180 and all(0 <= s < 2**63 for s in seeds)
+    assert sm.candidate_seed(7, "second-sight", 2, 3) == sm.candidate_seed(7, "second-sight", 2, 3)
+
+
+# ---------------------------------------------------------------------------------------------- the search
+
+
+class PixelEncoder:
+    """A small real encoding model: 8x8 area-averaged pixels through a fixed seeded linear readout."""
+
+    def __init__(self, n_voxels: int) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.n_voxels = n_voxels
+        self.identity = "test-pixel-encoder"
+        self.w = torch.randn(3 * 8 * 8, n_voxels, generator=g, dtype=torch.float64)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.double() / 255 if images.dtype == torch.uint8 else images.double()
+        return torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1) @ self.w
+
+
+@pytest.fixture(scope="module")
+def tiny_search(nsd):
+    """Tiny unCLIP, two measured test patterns of the synthetic NSD and the pieces a search needs."""
+    from nsdbench.methods.protocol import SubjectData
+    from nsdbench.methods.second_sight import SecondSightSettings, UnclipSampler, measured_betas
+    from nsdbench.nsd.splits import get_split
+
+    data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
+    settings = SecondSightSettings(iterations=3, search_samples=8, num_inference_steps=3, unet_batch=16)
+    gen = UnclipSampler("tiny", "cpu", settings)
+    measured = measured_betas(data)[:2]
+    rng = np.random.default_rng(0)
+    c0 = rng.normal(size=(2, gen.components.image_encoder.config.projection_dim)).astype(np.float32)
+    z0 = rng.integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+    return data, settings, gen, PixelEncoder(measured.shape[1]), measured, c0, z0
+
+
+def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
+    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.second_sight import initial_state, second_sight_iteration
+
+    data, settings, gen, enc, measured, c0, z0 = tiny_search
+    for row in range(2):
+        target = torch.as_tensor(measured[row])
+        state = initial_state(c0[row], settings.branches, gen.image_size)
+        item = TestItem(int(data.test_ids[row]), 0, 1000 + row)
+        for i in range(settings.iterations):
+            state = second_sight_iteration(state, i, z0[row], target, item, settings, gen, enc)
+        assert state.done == 3 and len(state.trace_images) == 3
+        assert np.all(np.diff(state.trace_scores) >= 0), state.trace_scores
+        rescored = sm.pearson_rows(
+            enc.predict(torch.as_tensor(state.trace_images).permute(0, 3, 1, 2)), target
+        )
+        np.testing.assert_allclose(rescored.numpy(), state.trace_scores, atol=1e-9)
+        best = sm.pearson_rows(
+            enc.predict(torch.as_tensor(state.best_image[None]).permute(0, 3, 1, 2)), target
+        )
+        assert float(best[0]) == pytest.approx(float(state.best_score), abs=1e-9)
+        assert state.seed_c.shape == (settings.branches, c0.shape[1]) and np.all(np.isfinite(state.seed_c))
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_path, monkeypatch):
+    from nsdbench.methods import second_sight as ss
+    from nsdbench.methods.protocol import RunContext, TestItem
+
+    data, settings, gen, enc, measured, c0, z0 = tiny_search
+    method = ss.SecondSight(settings, weights_mode="tiny")
+    method.gen = gen
+    fitted = {
+        "arrays": {"measured": measured, "c0": c0, "z0_image": z0},
+        "row": {int(data.test_ids[0]): 0},
+        "encoder": enc,
+    }
+    item = TestItem(int(data.test_ids[0]), 0, 42)
+
+    def ctx(folder: str) -> RunContext:
+        return RunContext(
+            "second-sight", 1, "nsd982", data, weights_mode="tiny", checkpoint_dir=tmp_path / folder
+        )
+
+    whole = method.search(item, fitted, ctx("a"))
+
+    real, calls = ss.second_sight_iteration, []
+
+    def killed_after_two(*args, **kw):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the job is preempted during its third iteration
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ss, "second_sight_iteration", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        method.search(item, fitted, ctx("b"))
+    assert int(ctx("b").checkpoint(item).load()["done"]) == 2
+    calls.clear()
+    resumed = method.search(item, fitted, ctx("b"))
+    assert calls == [2]  # only the missing iteration ran
+    for key, value in whole.arrays().items():
+        np.testing.assert_array_equal(resumed.arrays()[key], value, err_msg=key)
+
+
+def test_stochastic_search_keeps_its_best_image(tiny_search):
+    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.second_sight import StochasticSearchSettings, initial_state, stochastic_iteration
+
+    data, _, gen, enc, measured, c0, _ = tiny_search
+    s = StochasticSearchSettings(iterations=3, search_samples=4, seeds=2, num_inference_steps=3)
+    target = torch.as_tensor(measured[0])
+    state = initial_state(c0[0], 0, gen.image_size)
+    for i in range(s.iterations):
+        state = stochastic_iteration(
+            state, i, c0[0], target, TestItem(int(data.test_ids[0]), 0, 5), s, gen, enc
+        )
+    assert np.all(np.diff(state.trace_scores) >= 0)
+    np.testing.assert_array_equal(state.best_image, state.trace_images[-1])
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method", ["second-sight", "second-sight:decoded-z0", "stochastic-search", "clip-decoding-only"]
+)
+def test_tiny_end_to_end_through_the_console_script(method, nsd, nsdbench_home, tmp_path):
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("nsdbench")
+    method, _, variant = method.partition(":")
+    sets = {"second-sight": ["--set", "iterations=2", "--set", "search_samples=8"],
+            "stochastic-search": ["--set", "iterations=2", "--set", "search_samples=4"],
+            "clip-decoding-only": []}[method]  # fmt: skip
+    cmd = [str(exe), "run", "--method", method, "--subjects", "1", "--data", "synthetic", "--weights", "tiny",
+           "--device", "cpu", "--shard-size", "2", "--shard", "0/50", "--no-ingest", "--out", str(out), *sets,
+           *(["--variant", variant] if variant else [])]  # fmt: skip
+    env = {**os.environ, "NSDBENCH_HOME": str(nsdbench_home)}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pngs = sorted((out / "subj01").glob("*_0.png"))
+    assert len(pngs) == 2
+    from PIL import Image
+
+    for png in pngs:
+        assert Image.open(png).size == (nsd.image_size, nsd.image_size)
+        if method != "clip-decoding-only":
+            trace = json.loads(png.with_suffix(".search.json").read_text())[
+                "best_brain_correlation_per_iteration"
+            ]
+            assert len(trace) == 2 and trace[1] >= trace[0]
+            assert png.with_suffix(".iter1.png").is_file()

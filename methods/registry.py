@@ -26,13 +26,10 @@ from nsdbench.methods.protocol import Method
 ENTRY_POINT_GROUP = "nsdbench.methods"
 BUILTIN_MODULES = (
     "nsdbench.methods.baselines",
-BUILTIN_MODULES = (
-    "nsdbench.methods.baselines",
     "nsdbench.methods.brain_diffuser",
     "nsdbench.methods.takagi",
     "nsdbench.methods.minddiffuser",
     "nsdbench.methods.second_sight",
-)
 )
 
 _METHODS: dict[str, type[Method]] = {}

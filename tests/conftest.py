@@ -9,6 +9,11 @@ import pytest
 
 _SIDE_EFFECTS: dict[str, str] = {}
 
+# Tiny networks are latency-bound: one intra-op thread is fastest, and with two threads per process two test
+# processes competing for two cores ran 10-20x slower. Subprocesses (the console-script tests) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Keep side effects out of the checkout and the system temp dir: Hypothesis's database and Ray's

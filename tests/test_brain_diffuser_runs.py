@@ -30,6 +30,7 @@ def _nsdbench(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.ci
 def test_cli_run_records_a_row_beside_the_published_ones_and_refits_nothing(synth_root, tmp_path):
     db = tmp_path / "lb.duckdb"
     argv = ["run", "--method", "brain-diffuser", "--subjects", "1", "--data", "synthetic", "--weights", "tiny",

@@ -217,6 +217,7 @@ def test_a_killed_optimization_resumes_to_the_uninterrupted_result(fitted_run, t
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_tiny_end_to_end_through_the_console_script(synth_root, tmp_path):
     from test_cli_usage import cli
 

@@ -202,7 +202,13 @@ def test_stochastic_search_keeps_its_best_image(tiny_search):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "method", ["second-sight", "second-sight:decoded-z0", "stochastic-search", "clip-decoding-only"]
+    "method",
+    [
+        pytest.param("second-sight", marks=pytest.mark.ci),
+        "second-sight:decoded-z0",
+        "stochastic-search",
+        "clip-decoding-only",
+    ],
 )
 def test_tiny_end_to_end_through_the_console_script(method, nsd, nsdbench_home, tmp_path):
     out = tmp_path / "run"

@@ -57,6 +57,7 @@ def _pixcorr(method: str, variant: str | None, out: Path, db: Path) -> pd.Series
     return scores.query("level == 'image' and metric == 'pixcorr'")["value"]
 
 
+@pytest.mark.ci
 def test_z_only_beats_shuffled_with_disjoint_bootstrap_cis_and_refits_nothing(synth_root, tmp_path):
     from nsdbench.metrics.bootstrap import bootstrap_ci
 

@@ -203,9 +203,12 @@ def stored_features(
     nsd_ids: Sequence[int],
     batch_size: int,
     progress: Callable[[int], None] | None = None,
+    *,
+    dataset: str,
 ) -> np.ndarray:
-    """Rows (len(nsd_ids), *shape) from the shared per-id store, computing only the ids not yet stored."""
-    store = FeatureStore(default_root(), extractor.identity, extractor.shape, extractor.dtype)
+    """Rows (len(nsd_ids), *shape) from the shared per-id store, computing only the ids not yet stored.
+    `dataset` names the image set (`SubjectData.data_identity`): NSD ids of different roots never mix."""
+    store = FeatureStore(default_root(), f"{dataset}/{extractor.identity}", extractor.shape, extractor.dtype)
     if progress is not None:
         progress(len(nsd_ids) - len(store.missing(nsd_ids)))  # rows already stored count as done
     return store.get_or_compute(list(nsd_ids), extractor.compute, batch_size, progress=progress)

@@ -192,12 +192,18 @@ def fetch(name: str) -> Path:
     return path
 
 
+def _is_content(rel: Path) -> bool:
+    """Files that are the artifact: not nsdbench's own record, not huggingface_hub's download metadata
+    (`.cache/`, rewritten with a timestamp on every fetch), not partial downloads."""
+    return rel.name != "nsdbench-sha256.json" and rel.parts[0] != ".cache" and not rel.name.endswith(".part")
+
+
 def sha256_path(path: Path) -> str:
     """sha256 of a file, or of a folder's files (sorted relative names and their hashes)."""
     if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "nsdbench-sha256.json"):
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and _is_content(p.relative_to(path))):
         h.update(str(f.relative_to(path)).encode())
         h.update(sha256_file(f).encode())
     return h.hexdigest()
@@ -222,9 +228,13 @@ def recorded_sha256(name: str) -> str:
 
 
 def verify(name: str) -> tuple[bool, str]:
-    """Recompute the cached artifact's hash; compare with the published one when known."""
-    digest = sha256_path(require(name))
+    """Recompute the cached artifact's hash; compare with the published one when known, else with the
+    one recorded at fetch time (so a file changed on disk since is caught either way)."""
+    path = require(name)
+    digest = sha256_path(path)
     expected = get(name).sha256
+    if expected is None and _sha_record_path(name).is_file():
+        expected = json.loads(_sha_record_path(name).read_text())["sha256"]
     ok = expected is None or digest == expected
     return ok, digest
 

@@ -187,7 +187,9 @@ class BrainDiffuser(Method):
             )
 
             def compute(ext: bdf.Extractor = ext, alpha: float = alpha) -> dict[str, np.ndarray]:
-                y = bdf.training_features(ext, train_ids, s.feature_batch, progress=ctx.advance)
+                y = bdf.training_features(
+                    ext, train_ids, s.feature_batch, progress=ctx.advance, dataset=train.data_identity
+                )
                 return bdf.ridge_predictions(x_train, y, x_test, alpha, backend=backend)
 
             cached = ctx.cache.load(key) if ctx.cache is not None else None

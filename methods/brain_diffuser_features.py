@@ -38,7 +38,8 @@ def vdvae_extractor(model: Any, images: Callable[[Sequence[int]], np.ndarray]) -
         gens = [latent_generator(n) for n in ids]
         return encode_latents(model, small, gens).numpy()
 
-    identity = f"vdvae/{cfg.name}/groups{cfg.n_latent_groups}/posterior-sample/{model.weights_sha256}"
+    where = f"{next(model.parameters()).dtype}/{next(model.parameters()).device.type}"
+    identity = f"vdvae/{cfg.name}/groups{cfg.n_latent_groups}/posterior-sample/{where}/{model.weights_sha256}"
     return Extractor("vdvae", identity, (cfg.latent_dim(),), "float32", compute)
 
 

@@ -192,6 +192,12 @@ class MindDiffuser(Method):
         self.sd = load_sd14(self.weights_mode, self.device)
         self.clip = load_clip_b32(self.weights_mode, self.device)
 
+    def close(self) -> None:
+        from nsdbench.methods.components import release_all
+
+        self.sd = self.clip = None
+        release_all()
+
     # ------------------------------------------------------------------ stage 0: decoders
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[str, np.ndarray]:
@@ -226,9 +232,12 @@ class MindDiffuser(Method):
 
         if ctx.cache is None:
             return compute()
+        from nsdbench.methods.takagi_features import weights_identity
+
+        sd = f"{weights_identity(self.sd)}/{self.sd.device.type}/{self.sd.dtype}"
         key = ctx.cache.key(
-            self.name, self.version, self.weights_mode, s.decoding(), self.clip.identity,
-            np.asarray(train.train_ids), X, X_test,
+            self.name, self.version, self.weights_mode, s.decoding(), self.clip.identity, sd,
+            train.data_identity, np.asarray(train.train_ids), X, X_test,
         )  # fmt: skip
         return ctx.cache.get_or_compute(key, compute)
 

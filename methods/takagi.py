@@ -181,7 +181,9 @@ class Takagi2023(Method):
             )
 
             def compute(ext: tf.Extractor = ext, trials: Any = trials, x_te: np.ndarray = x_test_raw):
-                y = tf.training_features(ext, train_ids, s.feature_batch, progress=ctx.advance)
+                y = tf.training_features(
+                    ext, train_ids, s.feature_batch, progress=ctx.advance, dataset=train.data_identity
+                )
                 row = {int(n): i for i, n in enumerate(train_ids)}
                 y_trials = y.reshape(len(y), -1)[[row[int(n)] for n in trials.nsd_ids]]
                 x_tr, x_te = tf.standardize(trials.betas, x_te)

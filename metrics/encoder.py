@@ -511,23 +511,6 @@ def _load_entry(path: Path, device: str) -> EncodingModel | None:
     )
 
 
-def load_guidance_encoder(
-    name: str,
-    nsd,
-    subject: int,
-    *,
-    weights_mode: str,
-    device: str,
-    split: str = "nsd982",
-    dtype: str = "float32",
-):
-    """A device-resident torch encoding model for guiding generation (see metrics/guidance.py):
-    "nsdbench-encoder-v1" (the canonical encoder, fitted or cached) or "gnet8" (needs its artifact)."""
-    from nsdbench.metrics.guidance import load_guidance_encoder as load
-
-    return load(name, nsd, subject, weights_mode=weights_mode, device=device, split=split, dtype=dtype)
-
-
 def find_fitted(
     subject: int,
     split: str | None = None,

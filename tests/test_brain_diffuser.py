@@ -134,7 +134,11 @@ def test_fits_match_an_independent_ridge_and_a_second_fit_reads_the_cache(
     exts = {e.name: (e, a) for e, a in method.extractors(small)}
     assert set(exts) == set(fitted.predictions) == {"vdvae", "vision", "text"}
     for name, (ext, alpha) in exts.items():
-        y = bdf.training_features(ext, small.train_ids, 16).reshape(N_TRAIN, -1).astype(np.float64)
+        y = (
+            bdf.training_features(ext, small.train_ids, 16, dataset=small.data_identity)
+            .reshape(N_TRAIN, -1)
+            .astype(np.float64)
+        )
         want = _closed_form(x_train, y, x_test, alpha)
         got = fitted.predictions[name].reshape(N_TEST, -1)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(), err_msg=name)
@@ -144,7 +148,9 @@ def test_fits_match_an_independent_ridge_and_a_second_fit_reads_the_cache(
 
     nid = small.train_ids[3]
     direct = clip_text_tokens(method._vd, small.captions([nid])[0]).numpy().mean(0)
-    np.testing.assert_allclose(bdf.training_features(exts["text"][0], [nid], 16)[0], direct, atol=1e-6)
+    np.testing.assert_allclose(
+        bdf.training_features(exts["text"][0], [nid], 16, dataset=small.data_identity)[0], direct, atol=1e-6
+    )
 
     def refuse(*a, **k):
         raise AssertionError("a cached fit was recomputed")

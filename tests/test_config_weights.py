@@ -66,6 +66,29 @@ def test_fetch_records_sha256_and_verify_detects_tampering(local_artifact, capsy
     assert "mismatch" in capsys.readouterr().err.lower()
 
 
+def test_verify_without_a_published_hash_compares_with_the_fetch_record(local_artifact, monkeypatch) -> None:
+    unpublished = weights.Artifact(**{**local_artifact.__dict__, "sha256": None})
+    monkeypatch.setitem(weights._REGISTRY, unpublished.name, unpublished)
+    assert main(["weights", "fetch", unpublished.name]) == 0
+    path = weights.require(unpublished.name)
+    assert weights.verify(unpublished.name)[0]
+    path.write_bytes(path.read_bytes() + b"x")
+    assert not weights.verify(unpublished.name)[0]
+
+
+def test_folder_hash_ignores_hub_download_metadata_and_partial_files(tmp_path: Path) -> None:
+    snap = tmp_path / "snapshot"
+    (snap / "unet").mkdir(parents=True)
+    (snap / "unet" / "model.safetensors").write_bytes(b"weights")
+    before = weights.sha256_path(snap)
+    (snap / ".cache" / "huggingface" / "download").mkdir(parents=True)
+    (snap / ".cache" / "huggingface" / "download" / "model.metadata").write_text("etag\n1733131313.0")
+    (snap / "unet" / "other.safetensors.part").write_bytes(b"half")
+    assert weights.sha256_path(snap) == before
+    (snap / "unet" / "model.safetensors").write_bytes(b"weightz")
+    assert weights.sha256_path(snap) != before
+
+
 def test_list_json_shows_the_metric_networks(capsys) -> None:
     assert main(["weights", "list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}

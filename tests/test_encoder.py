@@ -12,6 +12,7 @@ from nsdbench.errors import DataError, WeightsMissing
 from nsdbench.metrics import encoder as enc
 from nsdbench.metrics import gnet8
 from nsdbench.metrics.brain import brain_correlation
+from nsdbench.metrics.guidance import load_guidance_encoder
 
 
 def test_noise_ceiling_recovers_simulated_snr():
@@ -195,16 +196,16 @@ def test_guidance_encoder_matches_the_numpy_encoder(model, nsd):
     images = nsd.images(ids)
     ref = model.predict(images).astype(np.float64)
     scale = np.abs(ref).max()
-    g32 = enc.load_guidance_encoder("nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu")
+    g32 = load_guidance_encoder("nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu")
     assert isinstance(g32, GuidanceEncoder) and g32.identity.startswith(
         "nsdbench-encoder-v1/subj01/nsd982/tiny/"
     )
     assert model.meta["key"][:16] in g32.identity
-    assert enc.load_guidance_encoder("nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu") is g32
+    assert load_guidance_encoder("nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu") is g32
     out = g32.predict(_nchw(images))
     assert isinstance(out, torch.Tensor) and out.shape == (19, g32.n_voxels) and out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * scale)
-    g64 = enc.load_guidance_encoder(
+    g64 = load_guidance_encoder(
         "nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu", dtype="float64"
     )
     np.testing.assert_allclose(g64.predict(_nchw(images)).numpy(), ref, rtol=0, atol=1e-6 * scale)
@@ -227,17 +228,17 @@ def test_guidance_encoder_rejects_bad_input_and_names(nsd):
 
     from nsdbench.errors import UsageError
 
-    g = enc.load_guidance_encoder("nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu")
+    g = load_guidance_encoder("nsdbench-encoder-v1", nsd, 1, weights_mode="tiny", device="cpu")
     with pytest.raises(UsageError, match="NCHW"):
         g.predict(torch.zeros(2, 64, 64, 3))
     with pytest.raises(UsageError, match="unknown guidance encoder 'alexnet'"):
-        enc.load_guidance_encoder("alexnet", nsd, 1, weights_mode="tiny", device="cpu")
+        load_guidance_encoder("alexnet", nsd, 1, weights_mode="tiny", device="cpu")
 
 
 def test_gnet8_guidance_encoder(nsd):
     with pytest.raises(WeightsMissing, match="nsdbench weights fetch gnet8-multisubject"):
-        enc.load_guidance_encoder("gnet8", nsd, 1, weights_mode="pretrained", device="cpu")
-    g = enc.load_guidance_encoder("gnet8", nsd, 1, weights_mode="tiny", device="cpu")
+        load_guidance_encoder("gnet8", nsd, 1, weights_mode="pretrained", device="cpu")
+    g = load_guidance_encoder("gnet8", nsd, 1, weights_mode="tiny", device="cpu")
     assert g.identity.startswith("gnet8/subj01/tiny/")
     ids = list(nsd.trials(1)["nsd_id"].unique()[:5])
     images = nsd.images(ids)

@@ -434,9 +434,6 @@ def test_sharded_scoring_is_not_skipped_after_a_killed_scorer(methods, synth_roo
 
 
 def test_guidance_encoder_identity_is_recorded(methods, synth_root, tmp_path, nsd):
-    encoder = pytest.importorskip("nsdbench.metrics.encoder")
-    if not hasattr(encoder, "load_guidance_encoder"):
-        pytest.skip("nsdbench.metrics.encoder.load_guidance_encoder is not in this branch yet")
     from nsdbench.runs.session import guiding_encoders
 
     spec = _spec("ground-truth", synth_root)

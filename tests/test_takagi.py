@@ -143,16 +143,24 @@ def test_features_and_fits_match_independent_computations_and_a_second_fit_reads
     nid = small.train_ids[3]
     pixels = torch.from_numpy(tf.resize(small.images([nid]), 32, tf.Image.Resampling.LANCZOS))
     z = encode_images(method._sd.vae, pixels, [tf.latent_generator(nid)]).numpy()[0]
-    np.testing.assert_allclose(tf.training_features(exts["z"][0], [nid], 16)[0], z, atol=1e-6)
+    np.testing.assert_allclose(
+        tf.training_features(exts["z"][0], [nid], 16, dataset=small.data_identity)[0], z, atol=1e-6
+    )
     c = encode_prompts(method._sd, small.captions([nid])[0]).numpy().mean(0)
-    np.testing.assert_allclose(tf.training_features(exts["c"][0], [nid], 16)[0], c, atol=1e-6)
+    np.testing.assert_allclose(
+        tf.training_features(exts["c"][0], [nid], 16, dataset=small.data_identity)[0], c, atol=1e-6
+    )
 
     for name, (ext, roi) in exts.items():
         trials = small.single_trials("train", roi=roi)
         x_te = small.betas("test", roi=roi, normalize="none").astype(np.float64)
         x_tr = trials.betas.astype(np.float64)
         mean, std = x_tr.mean(0), x_tr.std(0)
-        y = tf.training_features(ext, small.train_ids, 16).reshape(N_TRAIN, -1).astype(np.float64)
+        y = (
+            tf.training_features(ext, small.train_ids, 16, dataset=small.data_identity)
+            .reshape(N_TRAIN, -1)
+            .astype(np.float64)
+        )
         row = {n: i for i, n in enumerate(small.train_ids)}
         y_trials = y[[row[int(n)] for n in trials.nsd_ids]]
         want = _closed_form((x_tr - mean) / std, y_trials, (x_te - mean) / std, 10.0)

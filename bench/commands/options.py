@@ -6,7 +6,6 @@ A bad path, subject, split or protocol is a usage error (exit 2) found before da
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 import typer

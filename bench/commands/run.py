@@ -200,7 +200,7 @@ def register(app: typer.Typer) -> None:
         address: Annotated[
             Opt, typer.Option("--address", help="Ray address (default: a local instance).")
         ] = None,
-        shard_size: Annotated[int, typer.Option("--shard-size", help="Test images per shard.")] = 100,
+        shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Test images per shard.")] = 100,
         db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database.")] = None,
         ingest: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Record the finished run.")] = True,
         fit_only: Annotated[
@@ -368,6 +368,8 @@ def register(app: typer.Typer) -> None:
         from nsdbench.runs.upgrade import upgrade_run_folder
 
         folder = run_dir.expanduser().resolve()
+        if protocol is None and not upgrade:  # arguments first: nothing is converted on a usage error
+            raise UsageError("rescore: --protocol is required (e.g. --protocol brain-diffuser-2023)")
         old_protocol = ""
         if upgrade:
             _, old_protocol = upgrade_run_folder(folder)
@@ -458,7 +460,7 @@ def register(app: typer.Typer) -> None:
             highlight=False,
         )
         for key, value in d["defaults"].items():
-            out.print(f"  --set {key}={json.dumps(value)}  ({d['setting_types'][key]})", highlight=False)
+            out.print(f"  --set {key}={json.dumps(value, separators=(',', ':'))}  ({d['setting_types'][key]})", highlight=False)
         for v, overrides in d["variants"].items():
             out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False, soft_wrap=True)
 

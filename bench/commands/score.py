@@ -145,6 +145,9 @@ def _validated(path: Path, fmt, order, ids, subjects, split_name, nsd, as_json: 
     return sub, problems
 
 
+DEFAULT_RESAMPLES = 2000  # bootstrap resamples for the CIs; a run id names any other count
+
+
 def score_run_id(
     sub_sha: str,
     method: str,
@@ -154,10 +157,13 @@ def score_run_id(
     weights_mode: str,
     brain: bool | None,
     data: str,
+    n_resamples: int,
 ) -> str:
-    """Deterministic: rescoring the same submission the same way names (and records) the same run."""
+    """Deterministic: rescoring the same submission the same way names (and records) the same run; another
+    bootstrap size is another run (its intervals differ)."""
     key = json.dumps(
-        [sub_sha, method, list(subjects), split, protocol.name, protocol.hash, weights_mode, brain, data],
+        [sub_sha, method, list(subjects), split, protocol.name, protocol.hash, weights_mode, brain, data]
+        + ([n_resamples] if n_resamples != DEFAULT_RESAMPLES else []),
         sort_keys=True,
     )
     return "score-" + hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -226,7 +232,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(
             32, "--batch-size", min=1, help="Images per forward pass of the metric networks."
         ),
-        n_resamples: int = typer.Option(2000, "--bootstrap", min=10, help="Bootstrap resamples for the CIs."),
+        n_resamples: int = typer.Option(DEFAULT_RESAMPLES, "--bootstrap", min=10, help="Bootstrap resamples for the CIs."),
         as_json: bool = JSON_OPT,
     ) -> None:
         """Validate, score and record a submission in the leaderboard (nothing is scored if it is invalid)."""
@@ -321,7 +327,8 @@ def register(app: typer.Typer) -> None:
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """What `score` was asked for, beside the protocol: part of the deterministic run id."""
+    """What `score` was asked for, beside the protocol (the run id holds all but device and batch size,
+    which do not change the recorded values)."""
 
     method: str
     subjects: tuple[int, ...]
@@ -366,7 +373,9 @@ def _score_one(sub, nsd, proto, st: ScoreSettings, store, submission: Path, fmt,
 
     data_id = str(Path(nsd.root).resolve())
     sub_sha = sub.sha256()
-    run_id = score_run_id(sub_sha, st.method, st.subjects, st.split, proto, st.weights_mode, st.brain, data_id)
+    run_id = score_run_id(
+        sub_sha, st.method, st.subjects, st.split, proto, st.weights_mode, st.brain, data_id, st.n_resamples
+    )
     if store.has_run(run_id):
         return run_id, False
     base = config.home() / "scores" / run_id if not work_dir else Path(work_dir)

@@ -5,6 +5,7 @@ Sizes are read from the files, never hard-coded. Every inconsistency is a one-li
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import zlib
@@ -316,6 +317,14 @@ class NSD:
             bad = ids[(ids < 0) | (ids >= self.n_images)][0]
             raise DataError(f"{self.root / L.STIMULI}: nsd id {int(bad)} out of range 0..{self.n_images - 1}")
         return ids
+
+    @cached_property
+    def stimuli_identity(self) -> str:
+        """Which image set this root holds (stimuli file path, size and mtime): features cached per NSD id
+        are keyed by it, so a synthetic NSD (or a regenerated one) never shares rows with the real one."""
+        path = self.root / L.STIMULI
+        st = path.stat()
+        return hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
     def images(self, nsd_ids) -> np.ndarray:
         """uint8 (N, S, S, 3) for the given 0-based NSD ids, in the order given (read lazily)."""

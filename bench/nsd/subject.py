@@ -172,6 +172,11 @@ class SubjectData:
             self._cache[key] = self._nsd.images(list(self.train_ids))
         return self._cache[key]
 
+    @property
+    def data_identity(self) -> str:
+        """The image set behind this subject's data (for keying per-id feature caches)."""
+        return self._nsd.stimuli_identity
+
     def images(self, nsd_ids: Sequence[int]) -> np.ndarray:
         """NSD images other than the test stimuli (training, library); a test id is an error."""
         ids = [int(n) for n in nsd_ids]

@@ -153,15 +153,11 @@ class RunSession:
         """A guidance encoder, loaded once per (subject, name); its identity is recorded in the folder."""
         key = (subject, name)
         if key not in self._encoders:
-            try:
-                from nsdbench.metrics.encoder import load_guidance_encoder
-            except ImportError:
-                raise NSDBenchError(
-                    "guidance encoders need nsdbench.metrics.encoder.load_guidance_encoder, "
-                    "which this installation lacks"
-                ) from None
+            from nsdbench.metrics.guidance import load_guidance_encoder
+
+            # fitted on this run's own training split: another split's training set may hold its test images
             enc = load_guidance_encoder(
-                name, self.nsd, subject, weights_mode=self.spec.weights, device=self.device
+                name, self.nsd, subject, weights_mode=self.spec.weights, device=self.device, split=self.spec.split
             )
             record_guiding_encoder(self.run_dir, str(enc.identity))
             self._encoders[key] = enc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from transformers import CLIPTokenizer
@@ -18,7 +18,7 @@ def _byte_symbols() -> list[str]:
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """A real `CLIPTokenizer` over the 256 byte symbols (each also with the end-of-word mark) and the two
     specials: 514 ids, so tiny text encoders take `vocab_size=514`."""

@@ -7,7 +7,7 @@ related to the ground truth, so 2-way values lie well inside (0, 1). Compared pe
 raw layer features to 1e-5 of their scale (fp16 towers 2e-5; the whole-tower fp16 cast is 1e-4 off),
 float64 values to 1e-6 (SSIM on every 4th image: skimage is slow), 2-way values exactly (fp16: within one
 flip of 1/(N-1)), MindEye's float32 SSIM to 1e-5. A mutation test changes each network metric's layer,
-resize filters, normalization (and fp16 rule) in turn and shows the checks catch each one.
+resize filters and normalization in turn and shows the checks catch each one.
 """
 
 from __future__ import annotations
@@ -472,8 +472,9 @@ def _mutations(m: FeatureMetric):
     )
     other_norm = "clip" if m.normalize == "imagenet" else "imagenet"
     yield f"normalization {m.normalize}->{other_norm}", dataclasses.replace(m, normalize=other_norm)
-    if m.precision == "fp16-openai":
-        yield "whole-tower fp16", dataclasses.replace(m, precision="fp16")
+    # Not mutated here: OpenAI's fp16 rule -> a whole-tower cast. A tiny tower's LayerNorm weights (ones
+    # and zeros) are exact in fp16 and CPU half LayerNorm accumulates in fp32, so the two can agree bit for
+    # bit; tests/test_metrics_clip_fp16.py checks the rule itself (dtypes, fp32 LayerNorm, bit-exact casts).
 
 
 @pytest.mark.slow
@@ -496,7 +497,7 @@ def test_every_mutation_of_a_network_metric_is_caught(images, references):
                 # ground-truth features of 8 images: every mutation acts on both chains alike
                 if m.name not in fidelity_failures(solo, references[name], images, False, ("gt",), 8):
                     missed.append(f"{name} {m.name}: {what}")
-    assert n_mutations >= 80 and missed == []
+    assert n_mutations >= 78 and missed == [], (n_mutations, missed)
 
 
 def test_mutated_alexnet2_layer_fails_the_per_image_values_too(images, references):

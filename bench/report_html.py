@@ -38,9 +38,26 @@ THUMB_BYTES_FIXED = 800
 THUMB_BYTES_PER_PIXEL = 0.40
 CAPTION_PREFERENCE = (("clip_2way", "inception", "alexnet5", "alexnet2", "clip_cos"), ("ssim", "pixcorr"))
 PROVENANCE_FIRST = (
-    "protocol", "protocol_name", "protocol_version", "protocol_hash", "split", "method", "variant",
-    "submission", "weights_mode", "weights", "seed", "seeds", "device", "versions", "nsdbench_version",
-    "torch_version", "python_version", "created", "created_at", "command",
+    "protocol",
+    "protocol_name",
+    "protocol_version",
+    "protocol_hash",
+    "split",
+    "method",
+    "variant",
+    "submission",
+    "weights_mode",
+    "weights",
+    "seed",
+    "seeds",
+    "device",
+    "versions",
+    "nsdbench_version",
+    "torch_version",
+    "python_version",
+    "created",
+    "created_at",
+    "command",
 )
 
 # `nsdbench compare` defaults, so the report's run-vs-run numbers are the ones it prints.
@@ -187,7 +204,7 @@ class _Page:
         """Read and encode ground truth in chunks, so full-size NSD images never pile up in memory."""
         todo = sorted({int(i) for i in ids} - set(self._gt))
         for start in range(0, len(todo), GT_CHUNK):
-            chunk = todo[start:start + GT_CHUNK]
+            chunk = todo[start : start + GT_CHUNK]
             got = self.data.gt(chunk)
             for i in chunk:
                 img = got.get(i)
@@ -206,13 +223,19 @@ class _Page:
             self.advance()
         return self._rec[key]
 
-    def tile(self, uri: str | None, cls: str, alt: str, caption: str, title: str, who: tuple[str, int]) -> str:
+    def tile(
+        self, uri: str | None, cls: str, alt: str, caption: str, title: str, who: tuple[str, int]
+    ) -> str:
         if uri is None:
             self.missing[who] = self.missing.get(who, 0) + 1
-            return (f'<figure class="tile missing" title="{esc(title)}"><div class="ph">missing</div>'
-                    f"<figcaption>{caption}</figcaption></figure>")
-        return (f'<figure class="tile"><img class="thumb {cls}" src="{uri}" alt="{esc(alt)}" '
-                f'title="{esc(title)}"><figcaption>{caption}</figcaption></figure>')
+            return (
+                f'<figure class="tile missing" title="{esc(title)}"><div class="ph">missing</div>'
+                f"<figcaption>{caption}</figcaption></figure>"
+            )
+        return (
+            f'<figure class="tile"><img class="thumb {cls}" src="{uri}" alt="{esc(alt)}" '
+            f'title="{esc(title)}"><figcaption>{caption}</figcaption></figure>'
+        )
 
     def scores_of(self, run_id: str, subject: int, nsd_id: int) -> dict[str, float]:
         return self._per_image.get((run_id, subject, nsd_id), {})
@@ -224,9 +247,11 @@ class _Page:
         subjects = ", ".join(str(s) for s in self.data.subjects)
         protocols = ", ".join(sorted({r.protocol for r in self.data.runs if r.protocol})) or "–"
         when = _generated_at()
-        return (f"<header><h1>{esc(title)}</h1><div class=\"sub\">{len(self.data.runs)} run(s): {runs} · "
-                f"subjects {esc(subjects)} · protocol {esc(protocols)} · nsdbench {esc(nsdbench.__version__)}"
-                f" · {esc(when)}</div></header>")
+        return (
+            f'<header><h1>{esc(title)}</h1><div class="sub">{len(self.data.runs)} run(s): {runs} · '
+            f"subjects {esc(subjects)} · protocol {esc(protocols)} · nsdbench {esc(nsdbench.__version__)}"
+            f" · {esc(when)}</div></header>"
+        )
 
     def nav(self) -> str:
         links = [("leaderboard", "Leaderboard")]
@@ -260,7 +285,11 @@ class _Page:
         rows = []
         for r in self.data.runs:
             sub = agg[agg["run"] == r.run_id]
-            key = "mean" if (sub["subject"] == "mean").any() else (str(r.subjects[0]) if len(r.subjects) == 1 else None)
+            key = (
+                "mean"
+                if (sub["subject"] == "mean").any()
+                else (str(r.subjects[0]) if len(r.subjects) == 1 else None)
+            )
             if key is None:
                 continue
             rows.append((r, key, sub[sub["subject"] == key]))
@@ -272,8 +301,11 @@ class _Page:
                 per_subject.append((r, s, sub[sub["subject"] == s]))
         if per_subject:
             parts.append("<details open><summary>Per subject</summary>")
-            parts.append(self._score_table(metrics, per_subject, published=False, table_id="subject-table",
-                                           subject_column=True))
+            parts.append(
+                self._score_table(
+                    metrics, per_subject, published=False, table_id="subject-table", subject_column=True
+                )
+            )
             parts.append("</details>")
         parts.append("</section>")
         return "".join(parts)
@@ -289,21 +321,31 @@ class _Page:
         scores = self.data.image_scores
         a = runs[0]
         parts = [
-            ('<section id="run-vs-run"><h2>Run vs run</h2>'
-            f'<p class="lead">A = {esc(a.label)} <span class="rid">{esc(a.run_id)}</span>. Per metric, the mean '
-            "difference A − B over the images both runs scored, with its 95% paired-bootstrap interval "
-            f"({COMPARE_RESAMPLES} resamples, seed {COMPARE_SEED}) and p-value, as <code>nsdbench compare</code>. "
-            "<em>better</em> names the run that is better when the interval excludes 0.</p>")
+            (
+                '<section id="run-vs-run"><h2>Run vs run</h2>'
+                f'<p class="lead">A = {esc(a.label)} <span class="rid">{esc(a.run_id)}</span>. Per metric, the mean '
+                "difference A − B over the images both runs scored, with its 95% paired-bootstrap interval "
+                f"({COMPARE_RESAMPLES} resamples, seed {COMPARE_SEED}) and p-value, as <code>nsdbench compare</code>. "
+                "<em>better</em> names the run that is better when the interval excludes 0.</p>"
+            )
         ]
         for b in runs[1:]:
-            parts.append(f'<h3>{esc(a.label)} − {esc(b.label)} <span class="rid">{esc(a.run_id)} − '
-                         f"{esc(b.run_id)}</span></h3>")
+            parts.append(
+                f'<h3>{esc(a.label)} − {esc(b.label)} <span class="rid">{esc(a.run_id)} − '
+                f"{esc(b.run_id)}</span></h3>"
+            )
             if a.protocol != b.protocol:
-                parts.append(f'<p class="lead">Not compared: scored under different protocols ({esc(a.protocol)} '
-                             f"vs {esc(b.protocol)}), whose metrics are different quantities.</p>")
+                parts.append(
+                    f'<p class="lead">Not compared: scored under different protocols ({esc(a.protocol)} '
+                    f"vs {esc(b.protocol)}), whose metrics are different quantities.</p>"
+                )
                 continue
-            rows = paired_differences(scores[scores["run"] == a.run_id], scores[scores["run"] == b.run_id],
-                                      n_resamples=COMPARE_RESAMPLES, seed=COMPARE_SEED)
+            rows = paired_differences(
+                scores[scores["run"] == a.run_id],
+                scores[scores["run"] == b.run_id],
+                n_resamples=COMPARE_RESAMPLES,
+                seed=COMPARE_SEED,
+            )
             if not rows:
                 parts.append('<p class="lead">No images scored by both runs.</p>')
                 continue
@@ -315,23 +357,28 @@ class _Page:
                 body.append(
                     f'<tr data-metric="{esc(r["metric"])}" data-diff="{r["diff"]!r}" data-lo="{r["ci_lo"]!r}" '
                     f'data-hi="{r["ci_hi"]!r}"><td class="name">{esc(metric_label(r["metric"]))} {arrow}</td>'
-                    f'<td>{r["n"]}</td><td>{fmt(r["mean_a"], 4)}</td><td>{fmt(r["mean_b"], 4)}</td>'
-                    f'<td>{r["diff"]:+.4f} [{r["ci_lo"]:+.4f}, {r["ci_hi"]:+.4f}]</td><td>{r["p_value"]:.4f}</td>'
+                    f"<td>{r['n']}</td><td>{fmt(r['mean_a'], 4)}</td><td>{fmt(r['mean_b'], 4)}</td>"
+                    f"<td>{r['diff']:+.4f} [{r['ci_lo']:+.4f}, {r['ci_hi']:+.4f}]</td><td>{r['p_value']:.4f}</td>"
                     f"<td>{better}</td></tr>"
                 )
-            parts.append('<div class="scroll"><table class="scores compare"><thead><tr><th class="name">metric</th>'
-                         "<th>n</th><th>A</th><th>B</th><th>A − B [95% CI]</th><th>p</th><th>better</th></tr>"
-                         f'</thead><tbody>{"".join(body)}</tbody></table></div>')
+            parts.append(
+                '<div class="scroll"><table class="scores compare"><thead><tr><th class="name">metric</th>'
+                "<th>n</th><th>A</th><th>B</th><th>A − B [95% CI]</th><th>p</th><th>better</th></tr>"
+                f"</thead><tbody>{''.join(body)}</tbody></table></div>"
+            )
         parts.append("</section>")
         return "".join(parts)
 
-    def _score_table(self, metrics: list[str], rows: list, published: bool, table_id: str,
-                     subject_column: bool = False) -> str:
+    def _score_table(
+        self, metrics: list[str], rows: list, published: bool, table_id: str, subject_column: bool = False
+    ) -> str:
         head = ['<th class="name">Run</th>']
         if subject_column:
             head.append("<th>Subject</th>")
-        head += [f'<th title="{esc(m)}">{esc(metric_label(m))} {"↑" if higher_is_better(m) else "↓"}</th>'
-                 for m in metrics]
+        head += [
+            f'<th title="{esc(m)}">{esc(metric_label(m))} {"↑" if higher_is_better(m) else "↓"}</th>'
+            for m in metrics
+        ]
         best: set[tuple[str, str]] = set()
         groups: dict[str, list[tuple[str, float]]] = {}
         for r, key, sub in rows:
@@ -351,7 +398,9 @@ class _Page:
             badges = f'<span class="badge">{esc(r.kind)}</span>'
             if r.smoke:
                 badges += '<span class="badge smoke">smoke</span>'
-            cells = [f'<td class="name">{esc(r.label)}{badges}<br><span class="rid">{esc(r.run_id)}</span></td>']
+            cells = [
+                f'<td class="name">{esc(r.label)}{badges}<br><span class="rid">{esc(r.run_id)}</span></td>'
+            ]
             if subject_column:
                 cells.append(f"<td>{esc(key)}</td>")
             for m in metrics:
@@ -373,8 +422,10 @@ class _Page:
             body.append("<tr>" + "".join(cells) + "</tr>")
         html_rows = "".join(body)
         reported = self._published_rows(metrics, subject_column) if published else ""
-        return (f'<div class="scroll"><table class="scores" id="{table_id}"><thead><tr>{"".join(head)}</tr>'
-                f"</thead><tbody>{html_rows}</tbody>{reported}</table></div>")
+        return (
+            f'<div class="scroll"><table class="scores" id="{table_id}"><thead><tr>{"".join(head)}</tr>'
+            f"</thead><tbody>{html_rows}</tbody>{reported}</table></div>"
+        )
 
     def _published_rows(self, metrics: list[str], subject_column: bool) -> str:
         pub = self.data.published
@@ -421,30 +472,55 @@ class _Page:
             if not ids:
                 parts.append('<p class="lead">No reconstructions or scores for this subject.</p></section>')
                 continue
-            how = ("pinned with --ids" if self.opt.ids is not None
-                   else f"a seeded sample (seed {self.opt.seed}) of the {n_cand} test images with results")
+            how = (
+                "pinned with --ids"
+                if self.opt.ids is not None
+                else f"a seeded sample (seed {self.opt.seed}) of the {n_cand} test images with results"
+            )
             parts.append(
                 f'<p class="lead">{len(ids)} images, {how}. '
                 f"Top row: the stimulus; below it each run's reconstruction (first sample)"
                 f"{', captioned with its ' + caps if caps else ''}. Hover a tile for all its scores.</p>"
             )
             for start in range(0, len(ids), GRID_COLUMNS):
-                block = ids[start:start + GRID_COLUMNS]
+                block = ids[start : start + GRID_COLUMNS]
                 cols = len(block)
-                parts.append(f'<div class="grid" style="grid-template-columns: 8.5rem repeat({cols}, minmax(40px, var(--thumb)))">')
+                parts.append(
+                    f'<div class="grid" style="grid-template-columns: 8.5rem repeat({cols}, minmax(40px, var(--thumb)))">'
+                )
                 parts.append('<div class="rowlabel">ground truth</div>')
                 for i in block:
-                    parts.append(self.tile(self.gt_uri(i), "gt", f"ground truth nsd {i}", f"nsd {i}",
-                                           f"NSD id {i} (0-based)", ("ground truth", s)))
+                    parts.append(
+                        self.tile(
+                            self.gt_uri(i),
+                            "gt",
+                            f"ground truth nsd {i}",
+                            f"nsd {i}",
+                            f"NSD id {i} (0-based)",
+                            ("ground truth", s),
+                        )
+                    )
                 for r in runs:
                     parts.append(f'<div class="rowlabel">{esc(r.label)}</div>')
                     for i in block:
                         sc = self.scores_of(r.run_id, s, i)
-                        caption = "<br>".join(f"{esc(metric_label(m))} {fmt(sc.get(m), 2)}" for m in cap_metrics) or f"nsd {i}"
+                        caption = (
+                            "<br>".join(f"{esc(metric_label(m))} {fmt(sc.get(m), 2)}" for m in cap_metrics)
+                            or f"nsd {i}"
+                        )
                         title = f"{r.label} · subject {s} · nsd {i}\n" + "\n".join(
-                            f"{metric_label(m)}: {fmt(sc[m], 4)}" for m in self.metrics if m in sc)
-                        parts.append(self.tile(self.rec_uri(r.run_id, s, i), "rec", f"{r.label} nsd {i}",
-                                               caption, title, (r.run_id, s)))
+                            f"{metric_label(m)}: {fmt(sc[m], 4)}" for m in self.metrics if m in sc
+                        )
+                        parts.append(
+                            self.tile(
+                                self.rec_uri(r.run_id, s, i),
+                                "rec",
+                                f"{r.label} nsd {i}",
+                                caption,
+                                title,
+                                (r.run_id, s),
+                            )
+                        )
                 parts.append("</div>")
             parts.append("</section>")
         return "".join(parts)
@@ -461,9 +537,11 @@ class _Page:
         )
         parts = [intro]
         for r in self.data.runs:
-            parts.append(f"<h3>{esc(r.label)} <span class=\"rid\">{esc(r.run_id)}</span></h3>")
-            parts.append('<div class="scroll"><table class="extremes"><thead><tr><th></th><th>best</th><th>worst</th>'
-                         "</tr></thead><tbody>")
+            parts.append(f'<h3>{esc(r.label)} <span class="rid">{esc(r.run_id)}</span></h3>')
+            parts.append(
+                '<div class="scroll"><table class="extremes"><thead><tr><th></th><th>best</th><th>worst</th>'
+                "</tr></thead><tbody>"
+            )
             any_row = False
             for m in self.metrics:
                 best, worst = extremes(self.data, r.run_id, m, k)
@@ -472,12 +550,18 @@ class _Page:
                 any_row = True
                 arrow = "↑" if higher_is_better(m) else "↓"
                 head = f'<tr><th class="metric">{esc(metric_label(m))} {arrow}</th>'
-                if best["value"].iloc[0] == worst["value"].iloc[0]:  # one value for every image: nothing to rank
-                    parts.append(f'{head}<td colspan="2" class="same">every image scores {fmt(best["value"].iloc[0])}'
-                                 "</td></tr>")
+                if (
+                    best["value"].iloc[0] == worst["value"].iloc[0]
+                ):  # one value for every image: nothing to rank
+                    parts.append(
+                        f'{head}<td colspan="2" class="same">every image scores {fmt(best["value"].iloc[0])}'
+                        "</td></tr>"
+                    )
                     continue
                 self.prefetch_gt(list(best["nsd_id"]) + list(worst["nsd_id"]))
-                parts.append(f"{head}<td>{self._strip(r, m, best)}</td><td>{self._strip(r, m, worst)}</td></tr>")
+                parts.append(
+                    f"{head}<td>{self._strip(r, m, best)}</td><td>{self._strip(r, m, worst)}</td></tr>"
+                )
             parts.append("</tbody></table></div>")
             if not any_row:
                 parts.append('<p class="lead">No per-image scores for this run.</p>')
@@ -489,16 +573,20 @@ class _Page:
         for s, i, v in zip(rows["subject"], rows["nsd_id"], rows["value"], strict=True):
             s, i = int(s), int(i)
             imgs = []
-            for uri, cls, who in ((self.gt_uri(i), "gt", ("ground truth", s)),
-                                  (self.rec_uri(run.run_id, s, i), "rec", (run.run_id, s))):
+            for uri, cls, who in (
+                (self.gt_uri(i), "gt", ("ground truth", s)),
+                (self.rec_uri(run.run_id, s, i), "rec", (run.run_id, s)),
+            ):
                 if uri is None:
                     self.missing[who] = self.missing.get(who, 0) + 1
                     imgs.append('<div class="ph">missing</div>')
                 else:
                     imgs.append(f'<img class="thumb {cls}" src="{uri}" alt="{cls} subject {s} nsd {i}">')
-            out.append(f'<figure class="pair" title="{esc(metric_label(metric))} = {float(v):.4f}">'
-                       f'<div class="imgs">{"".join(imgs)}</div>'
-                       f"<figcaption>S{s} · {i} · {fmt(v)}</figcaption></figure>")
+            out.append(
+                f'<figure class="pair" title="{esc(metric_label(metric))} = {float(v):.4f}">'
+                f'<div class="imgs">{"".join(imgs)}</div>'
+                f"<figcaption>S{s} · {i} · {fmt(v)}</figcaption></figure>"
+            )
         out.append("</div>")
         return "".join(out)
 
@@ -509,35 +597,57 @@ class _Page:
         if png is None:
             return ""
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-        return ('<section id="distributions"><h2>Per-image score distributions</h2>'
-                '<p class="lead">One panel per metric: the distribution of per-image scores of each run over all '
-                "its subjects (box: quartiles; whiskers: 5th–95th percentile; diamond: mean).</p>"
-                f'<img class="plot" src="{uri}" alt="per-metric distributions of per-image scores"></section>')
+        return (
+            '<section id="distributions"><h2>Per-image score distributions</h2>'
+            '<p class="lead">One panel per metric: the distribution of per-image scores of each run over all '
+            "its subjects (box: quartiles; whiskers: 5th–95th percentile; diamond: mean).</p>"
+            f'<img class="plot" src="{uri}" alt="per-metric distributions of per-image scores"></section>'
+        )
 
     def provenance(self) -> str:
-        intro = ('<section id="provenance"><h2>Provenance</h2>'
-                 '<p class="lead">What each run was made and scored with. The key facts first; every recorded '
-                 'field under “all recorded fields”.</p><div class="prov">')
+        intro = (
+            '<section id="provenance"><h2>Provenance</h2>'
+            '<p class="lead">What each run was made and scored with. The key facts first; every recorded '
+            'field under “all recorded fields”.</p><div class="prov">'
+        )
         parts = [intro]
         for r in self.data.runs:
             flat = _flatten_ordered(r.provenance)
-            rows = [("run id", r.run_id), ("kind", r.kind), ("subjects", ", ".join(str(s) for s in r.subjects)),
-                    ("split", r.split)] + _key_facts(r.protocol, flat) + [("source", r.source)]
-            trs = "".join(f'<tr><td class="k">{esc(k)}</td><td class="v">{esc(v)}</td></tr>'
-                          for k, v in rows if v not in ("", None))
-            all_trs = "".join(f'<tr><td class="k">{esc(k)}</td><td class="v">{esc(v)}</td></tr>'
-                              for k, v in flat if v not in ("", None))
+            rows = (
+                [
+                    ("run id", r.run_id),
+                    ("kind", r.kind),
+                    ("subjects", ", ".join(str(s) for s in r.subjects)),
+                    ("split", r.split),
+                ]
+                + _key_facts(r.protocol, flat)
+                + [("source", r.source)]
+            )
+            trs = "".join(
+                f'<tr><td class="k">{esc(k)}</td><td class="v">{esc(v)}</td></tr>'
+                for k, v in rows
+                if v not in ("", None)
+            )
+            all_trs = "".join(
+                f'<tr><td class="k">{esc(k)}</td><td class="v">{esc(v)}</td></tr>'
+                for k, v in flat
+                if v not in ("", None)
+            )
             smoke = '<span class="badge smoke">smoke</span>' if r.smoke else ""
-            parts.append(f'<div class="card"><h3>{esc(r.label)}{smoke}</h3><table>{trs}</table>'
-                         f"<details><summary>all recorded fields ({len(flat)})</summary><table>{all_trs}</table>"
-                         "</details></div>")
+            parts.append(
+                f'<div class="card"><h3>{esc(r.label)}{smoke}</h3><table>{trs}</table>'
+                f"<details><summary>all recorded fields ({len(flat)})</summary><table>{all_trs}</table>"
+                "</details></div>"
+            )
         parts.append("</div></section>")
         return "".join(parts)
 
     def missing_notes(self) -> list[str]:
         notes = []
         for (who, s), count in sorted(self.missing.items(), key=lambda t: (str(t[0][0]), t[0][1])):
-            noun = ("ground-truth image" if who == "ground truth" else "reconstruction") + ("s" if count > 1 else "")
+            noun = ("ground-truth image" if who == "ground truth" else "reconstruction") + (
+                "s" if count > 1 else ""
+            )
             of = "" if who == "ground truth" else f" of run {who}"
             notes.append(f"subject {s}: {count} {noun}{of} missing (shown as 'missing' tiles)")
         return notes
@@ -552,8 +662,11 @@ def _isnan(v: Any) -> bool:
 
 def _generated_at() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    now = (_dt.datetime.fromtimestamp(int(epoch), _dt.UTC) if epoch and epoch.isdigit()
-           else _dt.datetime.now(_dt.UTC))
+    now = (
+        _dt.datetime.fromtimestamp(int(epoch), _dt.UTC)
+        if epoch and epoch.isdigit()
+        else _dt.datetime.now(_dt.UTC)
+    )
     return now.strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -614,8 +727,12 @@ def _flatten_ordered(prov: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def render(data: ReportData, grid_ids: Mapping[int, Sequence[int]], options: ReportOptions,
-           progress: Callable[[int], Callable[[], None]] | None = None) -> tuple[str, list[str]]:
+def render(
+    data: ReportData,
+    grid_ids: Mapping[int, Sequence[int]],
+    options: ReportOptions,
+    progress: Callable[[int], Callable[[], None]] | None = None,
+) -> tuple[str, list[str]]:
     """(page, notes): header, notes, leaderboard, per-subject grids, extremes, distributions, provenance.
 
     progress(total) returns a function called once per image read and encoded (total is an upper bound).
@@ -623,7 +740,14 @@ def render(data: ReportData, grid_ids: Mapping[int, Sequence[int]], options: Rep
     page = _Page(data, grid_ids, options)
     if progress is not None:
         page.advance = progress(page.n_thumbs)  # known only once the page has counted its thumbnails
-    body = [page.leaderboard(), page.grids(), page.run_vs_run(), page.extremes_section(), page.distributions(), page.provenance()]
+    body = [
+        page.leaderboard(),
+        page.grids(),
+        page.run_vs_run(),
+        page.extremes_section(),
+        page.distributions(),
+        page.provenance(),
+    ]
     summary = {
         "runs": [r.run_id for r in data.runs],
         "subjects": data.subjects,
@@ -634,21 +758,30 @@ def render(data: ReportData, grid_ids: Mapping[int, Sequence[int]], options: Rep
     }
     small = max(48, int(options.thumb * 0.64))
     css = CSS % {"thumb": options.thumb, "small": small}
-    footer = (f"<footer>Generated by nsdbench {esc(nsdbench.__version__)}"
-              + (f" with <code>{esc(options.command)}</code>" if options.command else "")
-              + f". Image choice: seed {options.seed}; pin it with <code>--ids</code>. "
-              f"Thumbnails are JPEG-compressed, at most {page.pixels} px; scores were computed on the "
-              "full-resolution images."
-              "</footer>")
+    footer = (
+        f"<footer>Generated by nsdbench {esc(nsdbench.__version__)}"
+        + (f" with <code>{esc(options.command)}</code>" if options.command else "")
+        + f". Image choice: seed {options.seed}; pin it with <code>--ids</code>. "
+        f"Thumbnails are JPEG-compressed, at most {page.pixels} px; scores were computed on the "
+        "full-resolution images."
+        "</footer>"
+    )
     notes = list(data.notes) + page.missing_notes()
     if page.pixels < options.thumb:
-        notes.append(f"{page.n_thumbs} thumbnails: encoded at {page.pixels} px instead of {options.thumb} px to keep "
-                     f"the page near {options.max_bytes / 1e6:.0f} MB (show fewer with --n)")
+        notes.append(
+            f"{page.n_thumbs} thumbnails: encoded at {page.pixels} px instead of {options.thumb} px to keep "
+            f"the page near {options.max_bytes / 1e6:.0f} MB (show fewer with --n)"
+        )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(options.title or 'nsdbench report')}</title><style>{css}</style></head><body>"
-        + page.header() + page.nav() + "<main>" + page.notes(page.missing_notes()) + "".join(body) + "</main>"
+        + page.header()
+        + page.nav()
+        + "<main>"
+        + page.notes(page.missing_notes())
+        + "".join(body)
+        + "</main>"
         + footer
         + f'<script type="application/json" id="nsdbench-report">{_json_for_html(summary)}</script>'
         + "</body></html>\n"
@@ -656,4 +789,9 @@ def render(data: ReportData, grid_ids: Mapping[int, Sequence[int]], options: Rep
 
 
 def _json_for_html(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return (
+        json.dumps(obj, sort_keys=True)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )

@@ -38,10 +38,22 @@ def distribution_png(data: ReportData, columns: int = 5, dpi: int = 110) -> byte
                 vals.append(v)
                 pos.append(j)
                 cs.append(colors[r.run_id])
-        bp = ax.boxplot(vals, positions=pos, widths=0.6, whis=(5, 95), showfliers=False, showmeans=True,
-                        patch_artist=True, meanprops={"marker": "D", "markerfacecolor": "white",
-                                                      "markeredgecolor": "#1d2430", "markersize": 4},
-                        medianprops={"color": "#1d2430", "linewidth": 1.2})
+        bp = ax.boxplot(
+            vals,
+            positions=pos,
+            widths=0.6,
+            whis=(5, 95),
+            showfliers=False,
+            showmeans=True,
+            patch_artist=True,
+            meanprops={
+                "marker": "D",
+                "markerfacecolor": "white",
+                "markeredgecolor": "#1d2430",
+                "markersize": 4,
+            },
+            medianprops={"color": "#1d2430", "linewidth": 1.2},
+        )
         for patch, c in zip(bp["boxes"], cs, strict=True):
             patch.set_facecolor(c)
             patch.set_alpha(0.75)
@@ -54,7 +66,9 @@ def distribution_png(data: ReportData, columns: int = 5, dpi: int = 110) -> byte
         ax.set_axisbelow(True)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-    handles = [Patch(facecolor=colors[r.run_id], edgecolor="#1d2430", alpha=0.75, label=r.label) for r in runs]
+    handles = [
+        Patch(facecolor=colors[r.run_id], edgecolor="#1d2430", alpha=0.75, label=r.label) for r in runs
+    ]
     fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 4), frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     buf = io.BytesIO()

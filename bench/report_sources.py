@@ -26,9 +26,25 @@ SUBJECT_DIR = re.compile(r"^subj0*(\d+)$")
 # Where a leaderboard run's reconstructions are: the recorded config key, by run kind.
 IMAGE_LOCATION_KEYS = {"run": "run_dir", "score": "submission"}
 PROVENANCE_COLUMNS = (
-    "method", "protocol_version", "protocol_hash", "weights_mode", "weights_sha256", "seeds",
-    "nsdbench_version", "git_sha", "torch_version", "cuda_version", "device", "precision",
-    "submission_sha256", "data", "brain", "config", "created_at", "recorded_at", "status",
+    "method",
+    "protocol_version",
+    "protocol_hash",
+    "weights_mode",
+    "weights_sha256",
+    "seeds",
+    "nsdbench_version",
+    "git_sha",
+    "torch_version",
+    "cuda_version",
+    "device",
+    "precision",
+    "submission_sha256",
+    "data",
+    "brain",
+    "config",
+    "created_at",
+    "recorded_at",
+    "status",
 )
 
 
@@ -101,8 +117,16 @@ class SubmissionImages:
     submissions map rows to the same NSD ids as when they were scored.
     """
 
-    def __init__(self, path: Path, notes: list[str], label: str, subjects: Sequence[int], split: str,
-                 how: dict[str, Any], gt: GroundTruth) -> None:
+    def __init__(
+        self,
+        path: Path,
+        notes: list[str],
+        label: str,
+        subjects: Sequence[int],
+        split: str,
+        how: dict[str, Any],
+        gt: GroundTruth,
+    ) -> None:
         self.path, self.notes, self.label = Path(path), notes, label
         self.subjects, self.split, self.how, self.gt = list(subjects), split, how, gt
         self._sub: Any = None
@@ -114,13 +138,19 @@ class SubmissionImages:
 
             self._index = {}
             try:
-                sub = load_submission(self.path, fmt=self.how.get("format"), order=self.how.get("order"),
-                                      ids=self.how.get("ids"), subjects=self.subjects)
+                sub = load_submission(
+                    self.path,
+                    fmt=self.how.get("format"),
+                    order=self.how.get("order"),
+                    ids=self.how.get("ids"),
+                    subjects=self.subjects,
+                )
                 if sub.reader.blocks:
                     sub.resolve(self.gt.nsd(), self.split)
             except NSDBenchError as exc:
-                self.notes.append(f"run {self.label}: cannot read its submission ({exc}); reconstructions shown "
-                                  "as missing")
+                self.notes.append(
+                    f"run {self.label}: cannot read its submission ({exc}); reconstructions shown as missing"
+                )
                 return self._index
             self._sub = sub
             for e in sorted(sub.entries, key=lambda e: (e.subject, e.nsd_id, e.sample)):
@@ -150,7 +180,9 @@ def is_run_folder(path: Path) -> bool:
 
 def score_files(folder: Path, protocol: str) -> list[Path]:
     """The Parquet score files of a run folder under one protocol (scores/<protocol>/subjXX.parquet)."""
-    return sorted(p for p in (folder / "scores" / protocol).glob("subj*.parquet") if not p.name.startswith("."))
+    return sorted(
+        p for p in (folder / "scores" / protocol).glob("subj*.parquet") if not p.name.startswith(".")
+    )
 
 
 def image_extras(folder: Path) -> list[str]:
@@ -173,7 +205,9 @@ def choose_protocol(folder: Path, protocol: str | None, notes: list[str]) -> str
     have = [p for p in scored_protocols(folder) if score_files(folder, p)]
     if protocol:
         if protocol not in have:
-            notes.append(f"{folder}: no scores under protocol {protocol} (scored: {', '.join(have) or 'none'})")
+            notes.append(
+                f"{folder}: no scores under protocol {protocol} (scored: {', '.join(have) or 'none'})"
+            )
         return protocol
     if not have:
         return str(config.get("protocol", None))
@@ -181,12 +215,16 @@ def choose_protocol(folder: Path, protocol: str | None, notes: list[str]) -> str
     chosen = default if default in have else have[0]
     if len(have) > 1:
         others = ", ".join(p for p in have if p != chosen)
-        notes.append(f"{folder.name}: showing scores under {chosen}; also scored under {others} "
-                     f"(give {folder}@PROTOCOL)")
+        notes.append(
+            f"{folder.name}: showing scores under {chosen}; also scored under {others} "
+            f"(give {folder}@PROTOCOL)"
+        )
     return chosen
 
 
-def read_scores(paths: Sequence[Path], run_label: str, notes: list[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def read_scores(
+    paths: Sequence[Path], run_label: str, notes: list[str]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-image rows [subject, nsd_id, metric, value] of the nsdbench score files among `paths`."""
     from nsdbench.leaderboards.store import read_parquet_meta
 
@@ -209,8 +247,9 @@ def read_scores(paths: Sequence[Path], run_label: str, notes: list[str]) -> tupl
     return pd.concat(frames, ignore_index=True), meta
 
 
-def from_folder(folder: Path, notes: list[str], subjects: Sequence[int] | None,
-                protocol: str | None = None) -> tuple[RunInfo, pd.DataFrame, pd.DataFrame, Any, dict]:
+def from_folder(
+    folder: Path, notes: list[str], subjects: Sequence[int] | None, protocol: str | None = None
+) -> tuple[RunInfo, pd.DataFrame, pd.DataFrame, Any, dict]:
     """A run folder → (RunInfo, aggregates, image_scores, recon fetcher, unscored ids per subject).
 
     Aggregates are computed from the folder's score files with the leaderboard's own function
@@ -229,19 +268,25 @@ def from_folder(folder: Path, notes: list[str], subjects: Sequence[int] | None,
     if subjects is not None:
         subj = [s for s in subj if s in set(subjects)]
         if not subj:
-            raise UsageError(f"run {run_id} ({folder}) has subjects {list(spec.subjects)}, none of --subjects "
-                             f"{list(subjects)}")
+            raise UsageError(
+                f"run {run_id} ({folder}) has subjects {list(spec.subjects)}, none of --subjects "
+                f"{list(subjects)}"
+            )
     images = images[images["subject"].astype(int).isin(subj)]
     scored = set(images["subject"].astype(int))
     found = FolderImages(folder, notes, run_id)
     unscored: dict[int, set[int]] = {}
     for s in subj:
         if s not in scored:
-            notes.append(f"run {run_id}: subject {s} has no scores in {folder / 'scores' / protocol} "
-                         "(not scored yet?)")
+            notes.append(
+                f"run {run_id}: subject {s} has no scores in {folder / 'scores' / protocol} (not scored yet?)"
+            )
             unscored[s] = set(found.index().get(s, {}))
-    agg = aggregate_scores(images) if not images.empty else pd.DataFrame(
-        columns=["subject", "metric", "mean", "ci_lo", "ci_hi", "n"])
+    agg = (
+        aggregate_scores(images)
+        if not images.empty
+        else pd.DataFrame(columns=["subject", "metric", "mean", "ci_lo", "ci_hi", "n"])
+    )
     if scored and scored != set(subj):
         agg = agg[agg["subject"] != "mean"]  # a mean over some subjects only would mislead
     prov: dict[str, Any] = {"created": doc.get("created", ""), "spec_hash": doc.get("spec_hash", "")}
@@ -272,8 +317,9 @@ def _recorded_image_location(row: dict[str, Any]) -> Path | None:
     return Path(value) if isinstance(value, str) and value else None
 
 
-def from_store(store: Any, run_id: str, notes: list[str], subjects: Sequence[int] | None, gt: GroundTruth) -> tuple[
-        RunInfo, pd.DataFrame, pd.DataFrame, Any]:
+def from_store(
+    store: Any, run_id: str, notes: list[str], subjects: Sequence[int] | None, gt: GroundTruth
+) -> tuple[RunInfo, pd.DataFrame, pd.DataFrame, Any]:
     """A leaderboard run → (RunInfo, aggregates, image_scores, recon fetcher)."""
     row = store.run(run_id)
     full = row["id"]
@@ -283,7 +329,9 @@ def from_store(store: Any, run_id: str, notes: list[str], subjects: Sequence[int
     if subjects is not None:
         subj = [s for s in subj if s in set(subjects)]
         if not subj:
-            raise UsageError(f"run {full} has subjects {row['subjects']}, none of --subjects {list(subjects)}")
+            raise UsageError(
+                f"run {full} has subjects {row['subjects']}, none of --subjects {list(subjects)}"
+            )
         keep = {str(s) for s in subj}
         if set(row["subjects"]) != set(subj):
             agg = agg[agg["subject"].isin(keep)]  # the recorded 'mean' covers other subjects: drop it
@@ -293,16 +341,22 @@ def from_store(store: Any, run_id: str, notes: list[str], subjects: Sequence[int
     location = _recorded_image_location(row)
     label = str(row.get("method") or full)
     if location is None:
-        notes.append(f"run {full}: the leaderboard records no image location; reconstructions shown as missing")
+        notes.append(
+            f"run {full}: the leaderboard records no image location; reconstructions shown as missing"
+        )
         fetch = _none_fetcher
     elif not location.exists():
-        notes.append(f"run {full}: its images at {location} no longer exist; reconstructions shown as missing")
+        notes.append(
+            f"run {full}: its images at {location} no longer exist; reconstructions shown as missing"
+        )
         fetch = _none_fetcher
     elif row.get("kind") == "run":
         folder = FolderImages(location, notes, full)
         fetch = lambda s, i: folder(s, i)
     else:
-        sub = SubmissionImages(location, notes, full, subj, str(row.get("split") or ""), row.get("config") or {}, gt)
+        sub = SubmissionImages(
+            location, notes, full, subj, str(row.get("split") or ""), row.get("config") or {}, gt
+        )
         fetch = lambda s, i: sub(s, i)
     prov = {k: row.get(k) for k in PROVENANCE_COLUMNS if row.get(k) not in (None, "", {}, [])}
     for k, v in list(prov.items()):
@@ -347,12 +401,15 @@ def ground_truth_root(recorded: Sequence[tuple[str, str]], notes: list[str]) -> 
         return None
     run_id, root = roots[0]
     if root != "synthetic" and not Path(root).exists():
-        raise DataError(f"run {run_id} was scored against the NSD at {root}, which no longer exists; "
-                        "pass --data NSD_ROOT")
+        raise DataError(
+            f"run {run_id} was scored against the NSD at {root}, which no longer exists; pass --data NSD_ROOT"
+        )
     others = sorted({r for _, r in roots if r != root})
     if others:
-        notes.append(f"the runs recorded different NSD roots ({', '.join([root, *others])}); ground truth is from "
-                     f"{root} (choose with --data)")
+        notes.append(
+            f"the runs recorded different NSD roots ({', '.join([root, *others])}); ground truth is from "
+            f"{root} (choose with --data)"
+        )
     return root
 
 
@@ -432,7 +489,9 @@ def load_report_data(
             path = path.parent / path.name.rsplit("@", 1)[0]
         if path.is_dir():
             if not is_run_folder(path):
-                raise UsageError(f"{path}: not a run folder (no spec.toml); a RUN is a run folder or a leaderboard run id")
+                raise UsageError(
+                    f"{path}: not a run folder (no spec.toml); a RUN is a run folder or a leaderboard run id"
+                )
             info, agg, img, fetch, more = from_folder(path, notes, subjects, folder_protocol)
             extras.append((info, path))
             for s, ids in more.items():

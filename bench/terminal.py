@@ -37,7 +37,9 @@ def table_width(widths: Sequence[int]) -> int:
     return sum(w + _COLUMN_OVERHEAD for w in widths) + 1
 
 
-def plain_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[str] = ()) -> Table:
+def plain_table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[str] = ()
+) -> Table:
     """A table whose cells never wrap or shrink: print it on a console from `console_for`."""
     t = Table(title=title, title_justify="left")
     for c in columns:
@@ -48,7 +50,9 @@ def plain_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
 
 
 def column_widths(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
-    return [max([len(c), *(max(map(len, str(r[i]).split("\n"))) for r in rows)]) for i, c in enumerate(columns)]
+    return [
+        max([len(c), *(max(map(len, str(r[i]).split("\n"))) for r in rows)]) for i, c in enumerate(columns)
+    ]
 
 
 def print_table_or_records(

@@ -268,7 +268,10 @@ def terminal_tables(
         best = _best(t)
         labels = [label(r) for r in t.rows]
         cells = {m: [text(r.cells.get(m)) for r in t.rows] for m in t.metrics}
-        fixed = [max([len("Method"), *map(len, labels)]), max([len("Subjects"), *(len(r.subjects) for r in t.rows)])]
+        fixed = [
+            max([len("Method"), *map(len, labels)]),
+            max([len("Subjects"), *(len(r.subjects) for r in t.rows)]),
+        ]
         mw = {m: max([len(header(m)), *map(len, cells[m])]) for m in t.metrics}
         groups: list[list[str]] = [[]]
         for m in t.metrics:

@@ -229,6 +229,7 @@ class BestLibraryImage(Method):
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, int]:
         from nsdbench.methods.protocol import FitCache
+
         target = train.brain_target(ctx.weights_mode, device=ctx.device)
         lib = self.library_ids(train)
         test_ids = list(train.test_ids)

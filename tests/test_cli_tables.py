@@ -31,8 +31,13 @@ def json_of(*args: str, home) -> object:
 def db(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tables")
     store = Store(tmp / "lb.duckdb")
-    for rid, method, subjects in (("run-a", "a rather long method name (variant x)", (1, 2, 5, 7)), ("run-b", "b", (1, 2))):
-        store.ingest(record(store, rid, method, subjects), write_fake_run(tmp, rid, subjects), n_resamples=100)
+    for rid, method, subjects in (
+        ("run-a", "a rather long method name (variant x)", (1, 2, 5, 7)),
+        ("run-b", "b", (1, 2)),
+    ):
+        store.ingest(
+            record(store, rid, method, subjects), write_fake_run(tmp, rid, subjects), n_resamples=100
+        )
     return tmp / "lb.duckdb"
 
 
@@ -95,7 +100,9 @@ def test_leaderboard_shows_every_value_at_any_width(args, width, db, tmp_path):
     doc = json_of("leaderboard", "--db", str(db), *[a for a in args if a != "--ci"], home=tmp_path)
     check_board(text, doc, "--ci" in args, width)
     if any(r["origin"] == "reported" for t in doc["tables"] for r in t["rows"]):
-        assert re.search(r"^\[1\] reported in \S+, Table \S+", text, re.MULTILINE)  # the footnote names the source
+        assert re.search(
+            r"^\[1\] reported in \S+, Table \S+", text, re.MULTILINE
+        )  # the footnote names the source
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -127,4 +134,8 @@ def test_weights_list_never_cuts_names_or_sources(width, tmp_path):
 
 
 def read_rows(text: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip()[1:-1].split("│")] for line in text.splitlines() if line.startswith("│")]
+    return [
+        [c.strip() for c in line.strip()[1:-1].split("│")]
+        for line in text.splitlines()
+        if line.startswith("│")
+    ]

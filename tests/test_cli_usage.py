@@ -75,6 +75,7 @@ def test_version_and_help_without_bool_metavars(tmp_path):
     for args in (("--help",), ("score", "--help"), ("drift", "--help"), ("leaderboard", "--help")):
         rc, out, _ = cli(*args, home=tmp_path)
         assert rc == 0 and "<bool>" not in out, args
+
     def help_text(*args: str) -> str:
         return " ".join(cli(*args, "--help", home=tmp_path)[1].split())  # help wraps at any width
 
@@ -172,7 +173,9 @@ def test_same_mistake_same_answer_in_every_command(tmp_path):
 def test_subject_without_data_is_a_usage_error_before_validation(synth_root, nsdbench_home, tmp_path):
     sub = tmp_path / "sub"
     sub.mkdir()
-    rc, _, err = cli("score", str(sub), "-s", "3", "--data", str(synth_root), "--weights", "tiny", home=nsdbench_home)
+    rc, _, err = cli(
+        "score", str(sub), "-s", "3", "--data", str(synth_root), "--weights", "tiny", home=nsdbench_home
+    )
     assert rc == 2 and "subject 3 has no data" in err and "available: 1,2,5,7" in err
     rc, _, err = cli("data", "cache", "-s", "3", "--data", str(synth_root), home=nsdbench_home)
     assert rc == 2 and "subject 3 has no data" in err
@@ -217,7 +220,9 @@ def test_require_all_lists_every_missing_artifact(tmp_path, monkeypatch):
     path.write_bytes(b"x")
     weights.require_all(["swav-resnet50-800ep"])  # cached: no error
     with pytest.raises(WeightsMissing) as exc:
-        weights.require_all(["alexnet-imagenet1k-v1", "swav-resnet50-800ep", "gnet8-multisubject", "alexnet-imagenet1k-v1"])
+        weights.require_all(
+            ["alexnet-imagenet1k-v1", "swav-resnet50-800ep", "gnet8-multisubject", "alexnet-imagenet1k-v1"]
+        )
     assert "2 pretrained artifact(s)" in str(exc.value)
     assert "`nsdbench weights fetch alexnet-imagenet1k-v1 gnet8-multisubject`" in str(exc.value)
     with pytest.raises(UsageError):
@@ -249,7 +254,9 @@ def test_weights_verify_with_nothing_cached_says_so(tmp_path):
 def test_declining_runs_delete_keeps_the_run(tmp_path):
     store = Store(tmp_path / "lb.duckdb")
     store.ingest(record(store, "keep-me"), write_fake_run(tmp_path, "keep-me"), n_resamples=50)
-    rc, out, err = cli("runs", "delete", "keep-me", "--db", str(tmp_path / "lb.duckdb"), home=tmp_path, stdin="n\n")
+    rc, out, err = cli(
+        "runs", "delete", "keep-me", "--db", str(tmp_path / "lb.duckdb"), home=tmp_path, stdin="n\n"
+    )
     assert rc == 0 and "kept run keep-me (nothing deleted)" in out and "interrupted" not in out + err
     assert Store(tmp_path / "lb.duckdb").has_run("keep-me")
 
@@ -261,10 +268,14 @@ def test_written_files_follow_the_umask(synth_root, nsdbench_home, tmp_path):
     store = Store(db)
     store.ingest(record(store, "r1"), write_fake_run(tmp_path, "r1"), n_resamples=50)
     out = tmp_path / "board.md"
-    rc, _, err = cli("leaderboard", "--db", str(db), "--format", "md", "-o", str(out), home=nsdbench_home, umask=umask)
+    rc, _, err = cli(
+        "leaderboard", "--db", str(db), "--format", "md", "-o", str(out), home=nsdbench_home, umask=umask
+    )
     assert rc == 0, err
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
-    rc, cout, err = cli("data", "cache", "-s", "1", "--data", str(synth_root), "--json", home=tmp_path / "h", umask=umask)
+    rc, cout, err = cli(
+        "data", "cache", "-s", "1", "--data", str(synth_root), "--json", home=tmp_path / "h", umask=umask
+    )
     assert rc == 0, err
     cached = json.loads(cout)
     assert cached and stat.S_IMODE(Path(cached[0]["file"]).stat().st_mode) == 0o640
@@ -289,8 +300,12 @@ def test_atomic_writes_and_private_temp_folders_follow_the_umask(umask, tmp_path
 def test_problem_lines_do_not_repeat_their_code():
     from nsdbench.submission_formats import Problem
 
-    p = Problem("subject", "reconstructions for a subject that was not requested are ignored", subject=2,
-                severity="warning")
+    p = Problem(
+        "subject",
+        "reconstructions for a subject that was not requested are ignored",
+        subject=2,
+        severity="warning",
+    )
     assert p.line() == "warning: subject 2: reconstructions for a subject that was not requested are ignored"
     q = Problem("missing", "no reconstruction", subject=1, nsd_id=5)
     assert q.line() == "error: missing [subject 1, nsd_id 5] no reconstruction"

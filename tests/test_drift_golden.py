@@ -122,8 +122,7 @@ def test_per_image_values_recorded_and_each_moved_id_named(small_root, tmp_path,
     err = capsys.readouterr().err
     assert rc == 4 and "nsdbench-v1 subject 1 pixcorr: 1 of 5 per-image values" in err
     assert (
-        "swav: 4 of 5 per-image values beyond tolerance 0.0001" in err
-        and ", ".join(map(str, ids[:4])) in err
+        "swav: 4 of 5 per-image values beyond tolerance 0.0001" in err and ", ".join(map(str, ids[:4])) in err
     )
 
 

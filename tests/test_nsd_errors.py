@@ -37,6 +37,7 @@ def edited_responses(synth_root: Path, tmp_path: Path, subject: int, edit) -> Pa
     edit(pd.read_csv(root / rel, sep="\t")).to_csv(root / rel, sep="\t", index=False)
     return root
 
+
 def test_truncated_hdf5_betas(synth_root: Path, tmp_path: Path) -> None:
     rel = L.betas_hdf5(2, 2)
     root = shadow(synth_root, tmp_path, copy=(rel,))
@@ -138,6 +139,7 @@ def test_ids_out_of_range(nsd, synth_root: Path, tmp_path: Path) -> None:
         nsd.images([0, nsd.n_images])
     with pytest.raises(DataError, match="out of range"):
         nsd.captions([-1])
+
     def edit(resp: pd.DataFrame) -> pd.DataFrame:
         resp.loc[3, "73KID"] = nsd.n_images + 5
         return resp

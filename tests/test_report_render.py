@@ -53,8 +53,15 @@ def parse(page: str) -> PageParser:
     return p
 
 
-def build(nsd, n_ids: int = 12, subjects=(1, 2), drop: set | None = None, runs=("good", "shuffled"), seed=0,
-          metrics=METRICS):
+def build(
+    nsd,
+    n_ids: int = 12,
+    subjects=(1, 2),
+    drop: set | None = None,
+    runs=("good", "shuffled"),
+    seed=0,
+    metrics=METRICS,
+):
     """Two runs over the synthetic NSD: 'good' = noisy ground truth, 'shuffled' = another test image."""
     from nsdbench.nsd.splits import get_split
 
@@ -80,8 +87,20 @@ def build(nsd, n_ids: int = 12, subjects=(1, 2), drop: set | None = None, runs=(
     for r in runs:
         a = aggregate_scores(scores[scores["run"] == r].drop(columns="run"), n_resamples=200)
         aggs.append(a.assign(run=r))
-    infos = [RunInfo(r, f"{r} method", "run", "brain-diffuser-2023", tuple(subjects), "nsd982", True, "/tmp/x",
-                     {"seed": 0, "device": "cpu", "weights_sha256": {"alexnet": "ab" * 32}}) for r in runs]
+    infos = [
+        RunInfo(
+            r,
+            f"{r} method",
+            "run",
+            "brain-diffuser-2023",
+            tuple(subjects),
+            "nsd982",
+            True,
+            "/tmp/x",
+            {"seed": 0, "device": "cpu", "weights_sha256": {"alexnet": "ab" * 32}},
+        )
+        for r in runs
+    ]
     return ReportData(
         runs=infos,
         aggregates=pd.concat(aggs, ignore_index=True),
@@ -99,7 +118,10 @@ def test_choose_ids_is_seeded_shared_and_pinnable(nsd):
     assert set(a[1]) <= set(ids)
     assert choose_ids(data, n=8, seed=4) != a  # the seed matters (30 choose 8: a collision is ~1e-7)
     assert choose_ids(data, n=100, seed=3)[1] == sorted(ids)  # fewer candidates than n: all of them
-    assert choose_ids(data, n=8, seed=3, ids=[ids[5], ids[2], ids[5]]) == {1: [ids[5], ids[2]], 2: [ids[5], ids[2]]}
+    assert choose_ids(data, n=8, seed=3, ids=[ids[5], ids[2], ids[5]]) == {
+        1: [ids[5], ids[2]],
+        2: [ids[5], ids[2]],
+    }
     with pytest.raises(UsageError):
         choose_ids(data, n=0, seed=0)
     outside = max(ids) + 1
@@ -119,8 +141,9 @@ def test_extremes_follow_metric_direction_with_stable_ties(nsd):
     tied = data.image_scores.assign(value=0.5)
     data.image_scores = tied
     best, _ = extremes(data, "good", "ssim", 4)
-    assert list(zip(best["subject"], best["nsd_id"], strict=True)) == sorted(zip(best["subject"], best["nsd_id"],
-                                                                                  strict=True))
+    assert list(zip(best["subject"], best["nsd_id"], strict=True)) == sorted(
+        zip(best["subject"], best["nsd_id"], strict=True)
+    )
 
 
 def test_page_content_matches_inputs(nsd):
@@ -196,8 +219,13 @@ def test_empty_inputs_are_usage_errors():
     with pytest.raises(UsageError, match="at least one run"):
         ReportData([], None, None, lambda *a: None, lambda q: {})
     with pytest.raises(UsageError, match="lacks columns"):
-        ReportData([RunInfo("a", "a", "run", "p", (1,))], pd.DataFrame({"run": ["a"]}), None,
-                   lambda *a: None, lambda q: {})
+        ReportData(
+            [RunInfo("a", "a", "run", "p", (1,))],
+            pd.DataFrame({"run": ["a"]}),
+            None,
+            lambda *a: None,
+            lambda q: {},
+        )
 
 
 def test_thumbnail_budget_math():
@@ -215,8 +243,10 @@ def test_page_of_natural_images_stays_within_its_byte_budget():
     """4 subjects x 150 images of natural 425-px images with a 3 MB budget: thumbnails shrink to fit."""
     from skimage import data as skdata
 
-    bases = [np.asarray(Image.fromarray(f()).convert("RGB").resize((425, 425)))
-             for f in (skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket)]
+    bases = [
+        np.asarray(Image.fromarray(f()).convert("RGB").resize((425, 425)))
+        for f in (skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket)
+    ]
     rng = np.random.default_rng(0)
 
     def image(i: int) -> np.ndarray:
@@ -226,8 +256,10 @@ def test_page_of_natural_images_stays_within_its_byte_budget():
     ids = list(range(150))
     gt = {i: image(i) for i in ids}
     subjects = (1, 2, 5, 7)
-    scores = pd.DataFrame([("r", s, i, "ssim", float(rng.random())) for s in subjects for i in ids],
-                          columns=["run", "subject", "nsd_id", "metric", "value"])
+    scores = pd.DataFrame(
+        [("r", s, i, "ssim", float(rng.random())) for s in subjects for i in ids],
+        columns=["run", "subject", "nsd_id", "metric", "value"],
+    )
     data = ReportData(
         runs=[RunInfo("r", "r", "score", "nsdbench-v1", subjects, "nsd982")],
         aggregates=aggregate_scores(scores.drop(columns="run"), n_resamples=50).assign(run="r"),
@@ -266,7 +298,9 @@ def test_two_runs_get_a_run_vs_run_section_equal_to_the_paired_bootstrap(nsd):
     data, _ = build(nsd, n_ids=8)
     page, _, _ = render_report(data, ReportOptions(n=4, k_extremes=1, thumb=64))
     assert 'href="#run-vs-run"' in page and '<section id="run-vs-run">' in page
-    rows = dict(re.findall(r'<tr data-metric="(\w+)" (data-diff="[^"]+" data-lo="[^"]+" data-hi="[^"]+")', page))
+    rows = dict(
+        re.findall(r'<tr data-metric="(\w+)" (data-diff="[^"]+" data-lo="[^"]+" data-hi="[^"]+")', page)
+    )
     assert sorted(rows) == sorted(METRICS)
     s = data.image_scores.sort_values(["subject", "nsd_id"])
     for m, attrs in rows.items():
@@ -297,9 +331,21 @@ def test_wide_tables_scroll_in_their_own_box_not_the_page(nsd, tmp_path):
     page, _, _ = render_report(data, ReportOptions(n=4, k_extremes=1, thumb=64))
     path = tmp_path / "report.html"
     path.write_text(page.replace("</body>", WIDTH_PROBE, 1))
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900", "--dump-dom", path.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,900",
+        "--dump-dom",
+        path.as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True).stdout
     probe = re.search(r'data-probe="([^"]+)"', dom)
     assert probe, dom[:500]

@@ -26,9 +26,20 @@ K = 2  # best/worst images per metric in these pages
 
 def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True)
 
 
@@ -95,12 +106,21 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
         images = {(i, 0): gt[pick(k, len(ids))] for k, i in enumerate(ids)}
         for (i, sample), img in images.items():
             atomic_write_bytes(png_path(run_dir, s, i, sample), encode_png(img))
-        score_images_to_parquet(nsd, s, split, "nsdbench-v1", images, "tiny", "cpu",
-                                score_path(run_dir, s, "nsdbench-v1"), rid)
+        score_images_to_parquet(
+            nsd, s, split, "nsdbench-v1", images, "tiny", "cpu", score_path(run_dir, s, "nsdbench-v1"), rid
+        )
     store = Store(db)
     record = store.new_run_record(
-        kind="run", method=method, subjects=subjects, split="nsd982", protocol=get_protocol("nsdbench-v1"),
-        weights_mode="tiny", run_id=rid, run=spec.run_id, seeds={"base_seed": 0, "samples": 1}, data=data,
+        kind="run",
+        method=method,
+        subjects=subjects,
+        split="nsd982",
+        protocol=get_protocol("nsdbench-v1"),
+        weights_mode="tiny",
+        run_id=rid,
+        run=spec.run_id,
+        seeds={"base_seed": 0, "samples": 1},
+        data=data,
         config={"run_dir": str(run_dir), **spec.identity()},
     )
     store.ingest(record, [score_path(run_dir, s, "nsdbench-v1") for s in subjects], n_resamples=200)
@@ -116,8 +136,24 @@ def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 4) -> tupl
 
     subjects = (1,)
     path = base / "blur.npz"
-    assert main(["submission", "demo", str(path), "--data", data, "--subjects", "1", "--limit", str(n_ids),
-                 "--format", "npz"]) == 0
+    assert (
+        main(
+            [
+                "submission",
+                "demo",
+                str(path),
+                "--data",
+                data,
+                "--subjects",
+                "1",
+                "--limit",
+                str(n_ids),
+                "--format",
+                "npz",
+            ]
+        )
+        == 0
+    )
     from nsdbench.scoring import score_images_to_parquet
 
     run_id = "blur-demo-0001"
@@ -126,12 +162,31 @@ def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 4) -> tupl
     files = []
     for s in subjects:
         images = {(e.nsd_id, e.sample): sub.image(e) for e in sub.entries_for(s)}
-        files.append(score_images_to_parquet(nsd, s, "nsd982", "nsdbench-v1", images, "tiny", "cpu",
-                                             base / f"blur-subj{s:02d}.parquet", run_id))
+        files.append(
+            score_images_to_parquet(
+                nsd,
+                s,
+                "nsd982",
+                "nsdbench-v1",
+                images,
+                "tiny",
+                "cpu",
+                base / f"blur-subj{s:02d}.parquet",
+                run_id,
+            )
+        )
     store = Store(db)
     record = store.new_run_record(
-        kind="score", method="blur (demo)", subjects=subjects, split="nsd982", protocol=get_protocol("nsdbench-v1"),
-        weights_mode="tiny", run_id=run_id, device="cpu", submission_sha256=sub.sha256(), data=data,
+        kind="score",
+        method="blur (demo)",
+        subjects=subjects,
+        split="nsd982",
+        protocol=get_protocol("nsdbench-v1"),
+        weights_mode="tiny",
+        run_id=run_id,
+        device="cpu",
+        submission_sha256=sub.sha256(),
+        data=data,
         config={"submission": str(path), "format": sub.fmt, "order": None, "ids": None},
     )
     store.ingest(record, files, n_resamples=200)
@@ -221,8 +276,20 @@ def test_report_from_run_folder_marks_missing_images(runs, tmp_path: Path):
     gone[1].write_bytes(gone[1].read_bytes()[:40])  # truncated: unreadable
     keep = int(sorted((folder / "subj01").glob("*_0.png"))[2].name.split("_")[0])
     page = tmp_path / "folder.html"
-    rc = main(["report", str(folder), "--out", str(page), "--ids", ",".join(map(str, [*gone_ids, keep])),
-               "--subjects", "1", "--k", "0"])
+    rc = main(
+        [
+            "report",
+            str(folder),
+            "--out",
+            str(page),
+            "--ids",
+            ",".join(map(str, [*gone_ids, keep])),
+            "--subjects",
+            "1",
+            "--k",
+            "0",
+        ]
+    )
     assert rc == 0
     dom = chromium(tmp_path, "--dump-dom", page.as_uri()).stdout
     p = DomParser()
@@ -299,7 +366,12 @@ def test_subject_filter_drops_the_cross_subject_mean(runs, tmp_path: Path):
     db, made = runs
     run_id = made["shuffled"][0]
     page = tmp_path / "s1.html"
-    assert main(["report", run_id, "--db", str(db), "--out", str(page), "--subjects", "1", "--n", "2", "--k", "0"]) == 0
+    assert (
+        main(
+            ["report", run_id, "--db", str(db), "--out", str(page), "--subjects", "1", "--n", "2", "--k", "0"]
+        )
+        == 0
+    )
     html = page.read_text()
     assert 'data-subject="1"' in html
     assert 'data-subject="2"' not in html and 'data-subject="mean"' not in html

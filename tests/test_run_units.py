@@ -112,7 +112,12 @@ def test_run_id_is_deterministic_and_spec_sensitive():
     assert _spec(shard_size=7).run_id == _spec().run_id and _spec(shard_size=7).hash != _spec().hash
     assert _spec(variant="16px").run_id.startswith("ground-truth-16px-")
     # what determines the images is the identity: batch size, dtype, device type, weights hashes
-    for change in ({"batch_size": 4}, {"dtype": "float16"}, {"device": "cuda"}, {"weights_sha256": {"a": "0"}}):
+    for change in (
+        {"batch_size": 4},
+        {"dtype": "float16"},
+        {"device": "cuda"},
+        {"weights_sha256": {"a": "0"}},
+    ):
         assert _spec(**change).run_id != _spec().run_id, change
 
 
@@ -278,7 +283,9 @@ def test_clean_leftovers_removes_dead_writers_temp_files_only(tmp_path):
 
     from nsdbench.runs.folder import _host, clean_leftovers, owned_temp, write_owned
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False
+    )
     dead_pid = int(dead.stdout)
     (tmp_path / "subj01").mkdir()
     killed = tmp_path / "subj01" / f".5_0.png.{_host()}.{dead_pid}.0badc0de.part"

@@ -152,7 +152,9 @@ def test_protocol_list_records_one_run_per_protocol(scored, small_root, db, caps
     """`--protocol A,B` scores the same submission under each protocol: two runs, each equal to scoring
     under that protocol alone (same deterministic run id, so the single-protocol call records nothing)."""
     path = scored["tar"][0]
-    doc = _score(path, small_root, db, capsys, "--method", "tar", "--protocol", "nsdbench-v1,brain-diffuser-2023")
+    doc = _score(
+        path, small_root, db, capsys, "--method", "tar", "--protocol", "nsdbench-v1,brain-diffuser-2023"
+    )
     runs = doc["runs"]
     assert [r["protocol"] for r in runs] == ["nsdbench-v1", "brain-diffuser-2023"]
     assert runs[0]["run_id"] == scored["tar"][1] and runs[0]["already_recorded"]  # --method = --method-name

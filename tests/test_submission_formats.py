@@ -62,6 +62,7 @@ def test_parquet_manifest_reads_like_the_csv_one(images, nsd, tmp_path):
     assert problems == [] and set(got) == set(images)
     assert all(np.array_equal(got[k], images[k]) for k in images)
 
+
 def test_mindeye2_style_float_chw_tensor_in_ascending_order(images, nsd, tmp_path):
     one = {k: v for k, v in images.items() if k[0] == 1 and k[2] == 0}
     path = write_submission(
@@ -170,7 +171,9 @@ def test_many_missing_images_get_a_count_summary(images, nsd, tmp_path):
     for i in ids[:3]:
         (root / "subj01" / f"{i}_1.png").unlink()
     for n in range(8):
-        (root / "subj01" / f"{70000 + n}_0.png").write_bytes((root / "subj01" / f"{ids[7]}_0.png").read_bytes())
+        (root / "subj01" / f"{70000 + n}_0.png").write_bytes(
+            (root / "subj01" / f"{ids[7]}_0.png").read_bytes()
+        )
     problems = validate(load_submission(root), nsd, "nsd982")
     assert [p.code for p in problems].count("missing") == 3
     count = next(p for p in problems if p.code == "count")
@@ -340,7 +343,9 @@ def test_usage_errors_exit_2(small_root, tmp_path, capsys):
     assert rc == 2 and "unknown submission format" in capsys.readouterr().err
     rc = main(["validate", str(tmp_path / "x.bin"), "--data", str(small_root), "--split", "nsd555"])
     assert rc == 2 and "unknown split 'nsd555'" in capsys.readouterr().err
-    rc = main(["score", str(tmp_path / "x.bin"), "--data", str(small_root), "--weights", "tiny", "--device", "tpu"])
+    rc = main(
+        ["score", str(tmp_path / "x.bin"), "--data", str(small_root), "--weights", "tiny", "--device", "tpu"]
+    )
     cap = capsys.readouterr()
     assert rc == 2 and "unknown device 'tpu'" in cap.err and "Traceback" not in cap.err
     rc = main(["submission", "demo", str(tmp_path), "--data", str(small_root)])  # holds x.bin: never mixed

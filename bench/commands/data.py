@@ -177,7 +177,9 @@ def register(app: typer.Typer) -> None:
         ),
         subject: int = subject_opt(),
         data: str = typer.Option(None, "--data", help=DATA_HELP),
-        save: str = typer.Option(None, "--out", "-o", help="Write an .npz keyed by NSD id (ascending order)."),
+        save: str = typer.Option(
+            None, "--out", "-o", help="Write an .npz keyed by NSD id (ascending order)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ) -> None:
         """Check brain-diffuser's averaged betas against NSD and key them by NSD id."""

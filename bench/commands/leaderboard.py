@@ -94,7 +94,10 @@ def register(app: typer.Typer) -> None:
         ]
         if fmt == "json":
             docs = [b.to_dict() for b in boards]
-            text = json.dumps(docs[0] if len(docs) == 1 else {"leaderboards": docs}, indent=2, default=str) + "\n"
+            text = (
+                json.dumps(docs[0] if len(docs) == 1 else {"leaderboards": docs}, indent=2, default=str)
+                + "\n"
+            )
         else:
             text = "".join(render(b, fmt, digits) for b in boards)
         if output is not None:
@@ -262,7 +265,9 @@ def register(app: typer.Typer) -> None:
             1e-4, "--tol-network", help="--create: tolerance, network metrics."
         ),
         device: str = typer.Option("cpu", "--device", help="cpu|cuda|auto."),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="List the set scores within tolerance too."),
+        verbose: bool = typer.Option(
+            False, "--verbose", "-v", help="List the set scores within tolerance too."
+        ),
         as_json: bool = JSON_OPT,
     ) -> None:
         """Rescore the golden set; exit 4 listing every metric that moved beyond its tolerance."""
@@ -329,7 +334,8 @@ def register(app: typer.Typer) -> None:
             if shown:
                 print_whole(t)
             n_ok = sum(
-                _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved) == "ok" for c in report.checked
+                _drift_status(c["protocol"], c["subject"], c["metric"], bad, moved) == "ok"
+                for c in report.checked
             )
             err.print(
                 f"{n_ok} of {len(report.checked)} set scores ok"

@@ -40,22 +40,34 @@ def parse_int_list(value: str | None, flag: str) -> list[int] | None:
 def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(
-        runs: Annotated[list[str], typer.Argument(help="Leaderboard run ids (or unique prefixes) or run folders.")],
+        runs: Annotated[
+            list[str], typer.Argument(help="Leaderboard run ids (or unique prefixes) or run folders.")
+        ],
         out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
-        subjects: Annotated[str | None, typer.Option("--subjects", "-s", help="Only these subjects, e.g. 1,2.")] = None,
+        subjects: Annotated[
+            str | None, typer.Option("--subjects", "-s", help="Only these subjects, e.g. 1,2.")
+        ] = None,
         n: Annotated[int, typer.Option("--n", help="Images per subject in the grids (seeded sample).")] = 48,
-        ids: Annotated[str | None, typer.Option("--ids", help="Pin the grid images: 0-based NSD ids, e.g. 2950,3077.")]
-        = None,
-        seed: Annotated[int | None, typer.Option("--seed", help="Seed of the image choice (default: config seed).")]
-        = None,
+        ids: Annotated[
+            str | None, typer.Option("--ids", help="Pin the grid images: 0-based NSD ids, e.g. 2950,3077.")
+        ] = None,
+        seed: Annotated[
+            int | None, typer.Option("--seed", help="Seed of the image choice (default: config seed).")
+        ] = None,
         k: Annotated[int, typer.Option("--k", help="Best and worst images shown per metric and run.")] = 4,
         thumb: Annotated[int, typer.Option("--thumb", help="Thumbnail size in pixels (48-512).")] = 112,
-        db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb).")]
-        = None,
-        data: Annotated[str | None, typer.Option("--data", help="NSD root for ground truth (default: what the run recorded).")]
-        = None,
+        db: Annotated[
+            Path | None,
+            typer.Option("--db", help="Leaderboard database (default: NSDBENCH_HOME/leaderboard.duckdb)."),
+        ] = None,
+        data: Annotated[
+            str | None,
+            typer.Option("--data", help="NSD root for ground truth (default: what the run recorded)."),
+        ] = None,
         title: Annotated[str, typer.Option("--title", help="Page title.")] = "",
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document describing the page.")] = False,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print one JSON document describing the page.")
+        ] = False,
     ) -> None:
         """Write an HTML report: leaderboard rows, per-subject image grids, best/worst images,
         score distributions and provenance. Images are embedded as thumbnails; the page needs no network."""
@@ -73,18 +85,31 @@ def register(app: typer.Typer) -> None:
             check_data(data)
         seed_value = int(config.get("seed", seed))
         pinned = parse_int_list(ids, "--ids")
-        report_data = load_report_data(runs, db=db, data=data, subjects=parse_int_list(subjects, "--subjects"))
+        report_data = load_report_data(
+            runs, db=db, data=data, subjects=parse_int_list(subjects, "--subjects")
+        )
         command = ["nsdbench", "report", *runs, "--n", str(n), "--seed", str(seed_value)]
         if pinned is not None:
             command += ["--ids", ",".join(map(str, pinned))]
         if subjects:
             command += ["--subjects", subjects]
         options = ReportOptions(
-            n=n, seed=seed_value, ids=tuple(pinned) if pinned is not None else None, k_extremes=k, thumb=thumb,
-            title=title, command=shlex.join(command),
+            n=n,
+            seed=seed_value,
+            ids=tuple(pinned) if pinned is not None else None,
+            k_extremes=k,
+            thumb=thumb,
+            title=title,
+            command=shlex.join(command),
         )
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
 
             def progress(total: int):
                 task = bar.add_task("report images", total=total)
@@ -92,9 +117,18 @@ def register(app: typer.Typer) -> None:
 
             result = write_report(report_data, out, options, progress)
         if as_json:
-            print(json.dumps({"out": str(result.path), "bytes": result.bytes,
-                              "runs": [r.run_id for r in report_data.runs], "subjects": report_data.subjects,
-                              "grid_ids": {str(s): v for s, v in result.grid_ids.items()}, "notes": result.notes}))
+            print(
+                json.dumps(
+                    {
+                        "out": str(result.path),
+                        "bytes": result.bytes,
+                        "runs": [r.run_id for r in report_data.runs],
+                        "subjects": report_data.subjects,
+                        "grid_ids": {str(s): v for s, v in result.grid_ids.items()},
+                        "notes": result.notes,
+                    }
+                )
+            )
             return
         for note in result.notes:
             err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)

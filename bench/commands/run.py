@@ -460,7 +460,10 @@ def register(app: typer.Typer) -> None:
             highlight=False,
         )
         for key, value in d["defaults"].items():
-            out.print(f"  --set {key}={json.dumps(value, separators=(',', ':'))}  ({d['setting_types'][key]})", highlight=False)
+            out.print(
+                f"  --set {key}={json.dumps(value, separators=(',', ':'))}  ({d['setting_types'][key]})",
+                highlight=False,
+            )
         for v, overrides in d["variants"].items():
             out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False, soft_wrap=True)
 

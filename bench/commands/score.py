@@ -232,7 +232,9 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(
             32, "--batch-size", min=1, help="Images per forward pass of the metric networks."
         ),
-        n_resamples: int = typer.Option(DEFAULT_RESAMPLES, "--bootstrap", min=10, help="Bootstrap resamples for the CIs."),
+        n_resamples: int = typer.Option(
+            DEFAULT_RESAMPLES, "--bootstrap", min=10, help="Bootstrap resamples for the CIs."
+        ),
         as_json: bool = JSON_OPT,
     ) -> None:
         """Validate, score and record a submission in the leaderboard (nothing is scored if it is invalid)."""
@@ -245,7 +247,9 @@ def register(app: typer.Typer) -> None:
         subj = parse_subjects(subjects)
         mode = weights.check_mode(str(config.get("weights", weights_mode)))
         names = parse_protocols(protocol) or [str(config.get("protocol"))]
-        scopes = [(with_encoder(pr, encoder), sp) for pr, sp in (_resolve_protocol_split(n, split) for n in names)]
+        scopes = [
+            (with_encoder(pr, encoder), sp) for pr, sp in (_resolve_protocol_split(n, split) for n in names)
+        ]
         check_exists(submission, "submission")
         data = check_data(data)
         dev = resolve_device(device)
@@ -367,7 +371,9 @@ def score_artifacts(proto: Any, brain: bool | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _score_one(sub, nsd, proto, st: ScoreSettings, store, submission: Path, fmt, order, ids, work_dir, many: bool):
+def _score_one(
+    sub, nsd, proto, st: ScoreSettings, store, submission: Path, fmt, order, ids, work_dir, many: bool
+):
     """Score one validated submission under one protocol and record it; returns (run id, newly recorded)."""
     from nsdbench.scoring import brain_target, completed_parquet, has_brain_metrics, score_images_to_parquet
 

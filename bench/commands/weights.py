@@ -118,7 +118,9 @@ def register(app: typer.Typer) -> None:
         bad, rows = [], []
         for name in todo:
             ok, digest = weights.verify(name)
-            rows.append({"name": name, "ok": ok, "sha256": digest, "published_sha256": weights.get(name).sha256})
+            rows.append(
+                {"name": name, "ok": ok, "sha256": digest, "published_sha256": weights.get(name).sha256}
+            )
             if not as_json:
                 out.print(f"{name}: {'ok' if ok else 'MISMATCH'} sha256={digest}", markup=False)
             if not ok:

@@ -157,7 +157,12 @@ class RunSession:
 
             # fitted on this run's own training split: another split's training set may hold its test images
             enc = load_guidance_encoder(
-                name, self.nsd, subject, weights_mode=self.spec.weights, device=self.device, split=self.spec.split
+                name,
+                self.nsd,
+                subject,
+                weights_mode=self.spec.weights,
+                device=self.device,
+                split=self.spec.split,
             )
             record_guiding_encoder(self.run_dir, str(enc.identity))
             self._encoders[key] = enc

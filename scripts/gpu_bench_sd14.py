@@ -7,7 +7,7 @@ generators, so the report also gives the largest pixel difference between them.
     python scripts/gpu_bench_sd14.py --images 4 --batch 20   # smaller
     python scripts/gpu_bench_sd14.py --tiny                  # CPU smoke run with tiny components
 
-Goal (issue 16): batched images/s >= 4x the batch-1 rate.
+Goal (issue 16): batched images/s >= 4x the batch-1 rate. MindDiffuser's stage 2: scripts/gpu_bench_minddiffuser.py.
 """
 
 from __future__ import annotations

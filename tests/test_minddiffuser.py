@@ -237,3 +237,24 @@ def test_tiny_end_to_end_through_the_console_script(synth_root, tmp_path):
     curves = [json.loads(p.read_text())["loss"] for p in out.glob("subj01/*.loss.json")]
     assert len(curves) == 91 and all(len(c) == 3 for c in curves)
     assert len(Store(db).runs(include_smoke=True)) == 1  # the leaderboard row of this run
+
+
+def test_gpu_bench_script_runs_tiny_on_cpu_and_extrapolates_as_stated(capsys):
+    """scripts/gpu_bench_minddiffuser.py --tiny: two timed Adam iterations through the adapter's optimize,
+    extrapolated to the published 300 and flagged so; the loss falls; a bad count is a usage error."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench_minddiffuser.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench_minddiffuser", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--tiny", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["iterations_timed"], r["iterations_reported"], r["extrapolated"]) == (2, 300, True)
+    assert r["seconds_per_iteration"] > 0 and r["final_pass_s"] > 0
+    assert r["seconds_per_image"] == pytest.approx(r["final_pass_s"] + 300 * r["seconds_per_iteration"])
+    assert r["loss_last"] < r["loss_first"]
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--tiny", "--iterations", "0"])
+    assert exit_info.value.code == 2

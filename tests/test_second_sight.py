@@ -292,6 +292,47 @@ def test_stochastic_search_keeps_its_best_image(tiny_search):
     np.testing.assert_array_equal(state.best_image, state.trace_images[-1])
 
 
+def test_hybrid_guided_search_never_lowers_its_best_distribution(tiny_search, nsdbench_home):
+    from nsdbench.methods.hybrid_encoder import HybridEncoder
+    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.second_sight import clip_betas_encoder, initial_state, second_sight_iteration
+
+    data, settings, gen, enc, measured, c0, z0 = tiny_search
+    hybrid = HybridEncoder([enc, clip_betas_encoder(data, gen, "tiny", settings.clip_encoder_alphas)])
+    target = torch.as_tensor(measured[1])
+    state = initial_state(c0[1], settings.branches, gen.image_size)
+    for i in range(settings.iterations):
+        state = second_sight_iteration(state, i, z0[1], target, TestItem(1, 0, 77), settings, gen, hybrid)
+    assert np.all(np.diff(state.trace_scores) >= 0), state.trace_scores
+    images = torch.as_tensor(state.trace_images).permute(0, 3, 1, 2)
+    literal = [
+        np.corrcoef((enc.predict(images[k : k + 1])[0].numpy() + hybrid.parts[1].predict(images[k : k + 1])[0].numpy()) / 2,
+                    measured[1])[0, 1]
+        for k in range(len(images))
+    ]  # fmt: skip
+    np.testing.assert_allclose(state.trace_image_scores, literal, atol=1e-6)
+
+
+def test_methods_show_names_the_source_of_each_published_default(capsys):
+    from nsdbench.cli import main
+
+    assert main(["methods", "show", "second-sight", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    d, help_ = shown["defaults"], shown["setting_help"]
+    assert (d["num_inference_steps"], d["guidance_scale"], d["noise_level"]) == (50, 10.0, 0)
+    assert (d["iterations"], d["search_samples"], d["branches"]) == (6, 100, 4)
+    assert d["negative_prompt"] == "text, caption" and d["hybrid"] is True and d["keep_seeds"] is False
+    for key in (
+        "num_inference_steps",
+        "iterations",
+        "search_samples",
+        "branches",
+        "negative_prompt",
+        "hybrid",
+    ):
+        assert ".py" in help_[key], key
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 
 

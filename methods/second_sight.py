@@ -619,7 +619,7 @@ class SecondSight(_UnclipMethod):
     name = "second-sight"
     description = (
         "Second Sight: c0/z0 from the top unseen NSD images by encoder-predicted brain correlation, then 6 "
-        "iterations of SD 2.1 unCLIP img2img in 4 branches, scored by the guidance encoder; the best "
+        "iterations of SD 2.1 unCLIP img2img in 4 branches, scored by the hybrid guidance encoder; the best "
         "distribution's best image."
     )
     paper = PAPER

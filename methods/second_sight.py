@@ -7,12 +7,35 @@ embedding of the top-k on nsdgeneral, z0 = VDVAE decoding of the mean latents of
 cortex. Ridge decodes the CLIP embedding from nsdgeneral betas (the CCN search and its baseline start there).
 Stage 2 (in `reconstruct`): iterations of unCLIP img2img batches scored by the same encoder, checkpointed
 after every iteration so a preempted job resumes mid-image with the same result.
+
+Published facts the defaults follow (reesekneeland/Second-Sight; files named relative to that repository):
+- 6 iterations, 100 samples, 4 branches: src/second_sight.py argparse defaults (-i 6, -n 100, -b 4).
+- λ_i = 0.92 − 0.3((i+1)/n)³, γ_i = 0.2((i+1)/n)², n_b = max(10, int((100/4)λ)); iteration 0 draws all 100
+  samples from (c0, z0) in one distribution; later iterations branch from the top-4 images of the previous
+  iteration only; each branch's conditioning is slerp(c_i, slerp(c_i, CLIP(seed), γ), γ); a branch with a
+  higher mean score than any before becomes the best distribution (its best image is the output, its
+  clip seed the `best_clip`), and c_i ← slerp(c_i, best_clip, γ) after every iteration (after iteration 0
+  towards the CLIP of its best image): src/stochastic_search.py `search`.
+- Sampler: reesekneeland/diffusers StableUnCLIPImg2ImgPipeline.reconstruct defaults, used unchanged: 50
+  steps, guidance 10, noise_level 0, 768 px (UNet sample_size × VAE factor); negative prompt "text, caption"
+  (src/stochastic_search.py `generateNSamples`): src/diffusers/pipelines/stable_diffusion/
+  pipeline_stable_unclip_img2img.py in reesekneeland/diffusers.
+- Hybrid encoder: GNet8 and a CLIP-embedding -> betas MLP; the search scores the Pearson r of their averaged
+  prediction (src/stochastic_search.py `predict`, `score_samples`); the library assembler averages the two
+  models' correlations (src/library_assembler.py `rankCoco`). c0: top-100 by the hybrid on all of
+  nsdgeneral; z0: top-25 VDVAE latents by GNet8 alone on early visual cortex (src/second_sight.py,
+  LibraryAssembler(configList=["gnet", "clip"]) and (["gnet"], mask=early_vis)).
+Deviations: the CLIP model is nsdbench's ridge, not the MLP; no denoising autoencoder on the betas and the
+scores use the trial-averaged betas, not the mean over the three repetitions; branches start from the seeds'
+latents rather than re-encoding their pixels; the published extra branch from the best image (a
+double-negated condition in `search`) is left out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +56,8 @@ class SecondSightSettings:
     """Published values (Appendix B.6-B.7); `clip_top_k`/`vdvae_top_k` 0 = published (100/25; 10/3 in tiny)."""
 
     encoder: str = ""  # guidance encoder: "" = gnet8 (pretrained) or nsdbench-encoder-v1 (random, tiny)
+    hybrid: bool = True  # average `encoder` with a CLIP-embedding -> betas ridge (the published "hybrid")
+    clip_encoder_alphas: tuple[float, ...] = RIDGE_ALPHAS  # that ridge's candidate alphas (5-fold CV)
     iterations: int = 6
     search_samples: int = 100  # base images per iteration, split over the branches
     branches: int = 4
@@ -42,16 +67,17 @@ class SecondSightSettings:
     momentum_scale: float = 0.2
     momentum_power: float = 2.0
     branch_floor: float = 0.4  # n_b >= ceil(0.4 * 25) = 10
-    keep_seeds: bool = True  # the previous seeds compete with the new images for the top places
+    keep_seeds: bool = False  # True: the previous seeds compete with the new images (published: no)
     clip_top_k: int = 0
     vdvae_top_k: int = 0
     z0_from: str = (
         "library"  # or "decoded": ridge from nsdgeneral betas to the VDVAE latents (brain-diffuser)
     )
     vdvae_alpha: float = 5e4  # that ridge's alpha (brain-diffuser's)
-    num_inference_steps: int = 20
+    num_inference_steps: int = 50
     guidance_scale: float = 10.0
     noise_level: int = 0
+    negative_prompt: str = "text, caption"
     unet_batch: int = 64  # candidates per sampler call
     library_batch: int = 64  # library images per encoder / CLIP call
 
@@ -143,8 +169,8 @@ class UnclipSampler:
         from nsdbench.methods.diffusion.unclip import UnclipSettings
 
         self.components = load_unclip(mode, device)
-        empty = encode_prompts(self.components, [""])
-        self.empty = empty
+        self.empty = encode_prompts(self.components, [""])
+        self.negative = encode_prompts(self.components, [getattr(settings, "negative_prompt", "")])
         self.settings = settings
         self.sampler = UnclipSettings(
             num_inference_steps=settings.num_inference_steps,
@@ -190,7 +216,7 @@ class UnclipSampler:
                 self.components,
                 c[sl],
                 self.empty.expand(n, -1, -1),
-                self.empty.expand(n, -1, -1),
+                self.negative.expand(n, -1, -1),
                 gens,
                 settings,
                 init_images=None if init_images is None else init_images[sl],
@@ -247,20 +273,67 @@ def library_predictions(
 
 
 def rank_library(
-    pred: np.ndarray,
+    pred: np.ndarray | Sequence[np.ndarray],
     measured: np.ndarray,
     k: int,
     device: str,
     mask: np.ndarray | None = None,
     block: int = 8192,
 ) -> np.ndarray:
-    """Top-k library rows (T, k) per measured row by Pearson r over the voxels of `mask`, on the device."""
+    """Top-k library rows (T, k) per measured row by Pearson r over the voxels of `mask`, on the device; with
+    several encoders' predictions (each (L, V)) the score is the mean of their correlations."""
+    from nsdbench.methods.hybrid_encoder import hybrid_correlation_matrix
+
+    preds = [pred] if isinstance(pred, np.ndarray) else list(pred)
     m = torch.as_tensor(measured if mask is None else measured[:, mask], device=device)
     scores = []
-    for s in range(0, len(pred), block):
-        p = pred[s : s + block] if mask is None else pred[s : s + block][:, mask]
-        scores.append(sm.correlation_matrix(torch.as_tensor(p, device=device), m))
+    for s in range(0, len(preds[0]), block):
+        parts = [p[s : s + block] if mask is None else p[s : s + block][:, mask] for p in preds]
+        scores.append(hybrid_correlation_matrix([torch.as_tensor(p, device=device) for p in parts], m))
     return sm.top_k_rows(torch.cat(scores), k).cpu().numpy()
+
+
+def clip_betas_encoder(train: SubjectData, gen: UnclipSampler, mode: str, alphas: tuple[float, ...]) -> Any:
+    """The hybrid's second model: ridge (alpha by 5-fold CV) from the OpenCLIP embeddings of the training
+    images to their nsdgeneral betas in the encoders' space, fitted on the training split (cached)."""
+    import hashlib
+
+    from nsdbench.methods import ridge
+    from nsdbench.methods.hybrid_encoder import ClipRidgeEncoder
+
+    x = library_embeddings(gen, train, train.train_ids, mode)
+    y = np.asarray(train.betas("train", "nsdgeneral", normalize="session-zscore"), dtype=np.float32)
+    settings = ridge.RidgeSettings(alphas=tuple(alphas), cv=5, per_target=False, dtype="float64")
+    model = ridge.fit_ridge(x, y, settings, cache=True, progress=False)
+    digest = hashlib.sha256()
+    for a in (x, y, np.asarray(alphas, np.float64)):
+        digest.update(np.ascontiguousarray(a).tobytes())
+    identity = (
+        f"clip-betas-ridge/unclip-h-image-embeds/{mode}/{gen.components.dtype}/subj{train.subject:02d}"
+        f"/{digest.hexdigest()[:16]}"
+    )
+    return ClipRidgeEncoder(model, gen.embed, identity)
+
+
+def guidance_encoder(method: Method, train: SubjectData, ctx: RunContext, gen: UnclipSampler) -> Any:
+    """`ctx.encoder` alone, or (setting `hybrid`) its average with the CLIP -> betas ridge."""
+    from nsdbench.methods.hybrid_encoder import HybridEncoder
+
+    s = method.settings
+    base = ctx.encoder(encoder_name(s.encoder, ctx.weights_mode))
+    if not getattr(s, "hybrid", False):
+        return base
+    clip = clip_betas_encoder(train, gen, ctx.weights_mode, s.clip_encoder_alphas)
+    if ctx.checkpoint_dir is not None:  # the run folder is checkpoints/subjXX's grandparent
+        from nsdbench.runs.session import record_guiding_encoder
+
+        record_guiding_encoder(Path(ctx.checkpoint_dir).parents[1], clip.identity)
+    return HybridEncoder([base, clip])
+
+
+def encoder_parts(encoder: Any) -> tuple[Any, ...]:
+    """The models a (possibly hybrid) guidance encoder averages."""
+    return tuple(getattr(encoder, "parts", (encoder,)))
 
 
 # ---------------------------------------------------------------------------------------------- second-sight
@@ -295,10 +368,17 @@ def assemble(
     k_vdvae = settings.vdvae_top_k or (3 if tiny else 25)
     lib = unseen_ids(train)
     measured = measured_betas(train)
-    pred = library_predictions(encoder, train, lib, settings.library_batch, ctx)
+    parts = encoder_parts(encoder)
+    preds = []
+    for part in parts:
+        if hasattr(part, "predict_embeddings"):  # the CLIP -> betas model: from the stored embeddings
+            emb_lib = library_embeddings(gen, train, lib, ctx.weights_mode)
+            preds.append(part.predict_embeddings(emb_lib).numpy().astype(np.float32))
+        else:
+            preds.append(library_predictions(part, train, lib, settings.library_batch, ctx))
     early = np.asarray(train.roi_voxel_masks()["early"], dtype=bool)
-    top_c = lib[rank_library(pred, measured, k_clip, ctx.device)]
-    top_z = lib[rank_library(pred, measured, k_vdvae, ctx.device, mask=early)]
+    top_c = lib[rank_library(preds, measured, k_clip, ctx.device)]  # hybrid, all of nsdgeneral
+    top_z = lib[rank_library(preds[0], measured, k_vdvae, ctx.device, mask=early)]  # image encoder alone
 
     union_c = np.unique(top_c)
     emb = dict(zip(union_c.tolist(), library_embeddings(gen, train, union_c, ctx.weights_mode), strict=True))
@@ -370,13 +450,15 @@ class SearchState:
     """Where one item's search stands after `done` iterations (saved to its checkpoint as arrays)."""
 
     done: int
-    seed_c: np.ndarray  # (B, dim) conditioning of the next iteration's branches
+    seed_c: np.ndarray  # (B, dim) CLIP embeddings of the seeds ((0, dim) before the first iteration)
     seed_z: np.ndarray  # (B, C, h, w) init latents of the next branches ((0,) before the first iteration)
     seed_scores: np.ndarray  # (B,) brain correlation of the current seeds
     seed_images: np.ndarray  # (B, H, W, 3) the seed images
-    prev_c: np.ndarray  # (dim,) the best image's conditioning so far
-    trace_scores: np.ndarray  # (done,) best brain correlation after each iteration
-    trace_images: np.ndarray  # (done, H, W, 3) the best image after each iteration
+    prev_c: np.ndarray  # (dim,) the running conditioning c_i
+    best_c: np.ndarray  # (dim,) the clip seed of the best distribution so far (c_i moves towards it)
+    trace_scores: np.ndarray  # (done,) mean brain correlation of the best distribution after each iteration
+    trace_images: np.ndarray  # (done, H, W, 3) the chosen image after each iteration
+    trace_image_scores: np.ndarray  # (done,) its brain correlation
     best_mean: np.ndarray  # () highest mean brain correlation of a distribution so far
     best_image: np.ndarray  # (H, W, 3) best image of that distribution
     best_score: np.ndarray  # ()
@@ -389,6 +471,11 @@ class SearchState:
         return cls(**{k: (int(a[k]) if k == "done" else a[k]) for k in cls.__dataclass_fields__})
 
 
+def score_images(encoder: Any, pixels: np.ndarray, target: torch.Tensor) -> np.ndarray:
+    """Pearson r (N,) of the guidance encoder's prediction for each uint8 image with the measured betas."""
+    return sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
+
+
 def second_sight_iteration(
     state: SearchState,
     i: int,
@@ -399,17 +486,26 @@ def second_sight_iteration(
     gen: UnclipSampler,
     encoder: Any,
 ) -> SearchState:
-    """One search iteration: n_b images per branch at strength λ_i, scored; the top seeds, the slerped CLIP
-    vectors and the best distribution so far."""
+    """One search iteration as published: iteration 0 samples one distribution of `search_samples` images from
+    (c0, z0); later ones n_b images per branch seeded by the previous iteration's top images, conditioned on
+    slerps of c_i towards the seeds' CLIP embeddings; then the best distribution and the new c_i."""
     s = settings
     lam = sm.second_sight_strength(i, s.iterations, s.strength_start, s.strength_drop, s.strength_power)
-    n_b = sm.branch_size(lam, max(1, s.search_samples // s.branches), s.branch_floor)
-    branches = len(state.seed_c)
+    gamma = sm.second_sight_momentum(i, s.iterations, s.momentum_scale, s.momentum_power)
     device, dtype = gen.components.device, gen.components.dtype
-    rows = np.repeat(np.arange(branches), n_b)
-    c = device_tensor(state.seed_c[rows], device, dtype)
+    c_i = torch.as_tensor(state.prev_c, dtype=torch.float64)
+    if i == 0 or len(state.seed_c) == 0:
+        rows = np.zeros(s.search_samples, dtype=np.int64)
+        clip_seeds = branch_c = c_i[None]
+    else:
+        n_b = sm.branch_size(lam, max(1, s.search_samples // s.branches), s.branch_floor)
+        rows = np.repeat(np.arange(len(state.seed_c)), n_b)
+        towards = c_i.expand(len(state.seed_c), -1)
+        clip_seeds = sm.slerp(towards, torch.as_tensor(state.seed_c, dtype=torch.float64), gamma)
+        branch_c = sm.slerp(towards, clip_seeds, gamma)
+    c = device_tensor(branch_c.float().numpy()[rows], device, dtype)
     seeds = [sm.candidate_seed(item.seed, "second-sight", i, j) for j in range(len(rows))]
-    if i == 0:
+    if len(state.seed_z) == 0:
         init = device_tensor(resize_square(z0_image[None], gen.image_size), device)
         init = init.permute(0, 3, 1, 2).to(dtype) / 255.0
         latents, images = gen.sample(
@@ -419,38 +515,41 @@ def second_sight_iteration(
         z = device_tensor(state.seed_z[rows], device, dtype)
         latents, images = gen.sample(c, seeds, lam, init_latents=z, batch=s.unet_batch)
     pixels = to_uint8_nhwc(images)
-    scores = sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
+    scores = score_images(encoder, pixels, target)
 
-    means = np.array([scores[rows == b].mean() for b in range(branches)])
     best_mean, best_image, best_score = state.best_mean, state.best_image, state.best_score
-    top_branch = int(np.argmax(means))
-    if state.best_mean.size == 0 or means[top_branch] > float(state.best_mean):
-        in_branch = np.flatnonzero(rows == top_branch)
-        j = int(in_branch[np.argmax(scores[in_branch])])
-        best_mean, best_image, best_score = np.float64(means[top_branch]), pixels[j], np.float64(scores[j])
+    best_c = torch.as_tensor(state.best_c, dtype=torch.float64)
+    improved = False
+    for b in range(int(rows.max()) + 1):
+        in_branch = np.flatnonzero(rows == b)
+        mean = float(scores[in_branch].mean())
+        if best_mean.size == 0 or mean > float(best_mean):
+            j = int(in_branch[np.argmax(scores[in_branch])])
+            best_mean, best_image, best_score = np.float64(mean), pixels[j], np.float64(scores[j])
+            best_c, improved = clip_seeds[b], True
+    if len(state.seed_z) == 0 and improved:  # iteration 0: towards the CLIP embedding of its best image
+        best_c = torch.as_tensor(gen.embed(best_image[None])[0], dtype=torch.float64)
+    if improved or len(state.seed_z) > 0:
+        c_i = sm.slerp(c_i[None], best_c[None], gamma)[0]
 
     pool_scores, pool_images = scores, pixels
-    pool_c = state.seed_c[rows]
     pool_z = latents.float().cpu().contiguous().numpy()
-    if s.keep_seeds and i > 0:
+    if s.keep_seeds and len(state.seed_z) > 0:
         pool_scores = np.concatenate([state.seed_scores, scores])
         pool_images = np.concatenate([state.seed_images, pixels])
-        pool_c = np.concatenate([state.seed_c, pool_c])
         pool_z = np.concatenate([state.seed_z, pool_z])
     order = np.argsort(-pool_scores, kind="stable")[: s.branches]
-    gamma = sm.second_sight_momentum(i, s.iterations, s.momentum_scale, s.momentum_power)
-    prev = device_tensor(state.prev_c, "cpu", torch.float64)
-    seed_embeds = torch.as_tensor(gen.embed(pool_images[order]), dtype=torch.float64)
-    new_c = sm.slerp(prev.expand_as(seed_embeds), seed_embeds, gamma).float().numpy()
     return SearchState(
         done=i + 1,
-        seed_c=new_c,
+        seed_c=gen.embed(pool_images[order]).astype(np.float32),
         seed_z=pool_z[order],
         seed_scores=pool_scores[order],
         seed_images=pool_images[order],
-        prev_c=pool_c[order[0]].astype(np.float32),
-        trace_scores=np.append(state.trace_scores, pool_scores[order[0]]),
-        trace_images=np.concatenate([state.trace_images, pool_images[order[:1]]]),
+        prev_c=c_i.float().numpy(),
+        best_c=best_c.float().numpy(),
+        trace_scores=np.append(state.trace_scores, best_mean),
+        trace_images=np.concatenate([state.trace_images, best_image[None]]),
+        trace_image_scores=np.append(state.trace_image_scores, best_score),
         best_mean=np.asarray(best_mean),
         best_image=best_image,
         best_score=np.asarray(best_score),
@@ -458,16 +557,19 @@ def second_sight_iteration(
 
 
 def initial_state(c0: np.ndarray, branches: int, size: int) -> SearchState:
-    """Before the first iteration: every branch conditioned on c0 (and initialized from z0)."""
+    """Before the first iteration: c_i = c0, no seeds yet (the first iteration starts from z0)."""
+    c0 = np.asarray(c0, np.float32)
     return SearchState(
         done=0,
-        seed_c=np.repeat(c0[None].astype(np.float32), branches, 0),
+        seed_c=np.zeros((0, c0.shape[-1]), np.float32),
         seed_z=np.zeros((0,), np.float32),
         seed_scores=np.zeros((0,)),
         seed_images=np.zeros((0, size, size, 3), np.uint8),
-        prev_c=c0.astype(np.float32),
+        prev_c=c0,
+        best_c=c0,
         trace_scores=np.zeros((0,)),
         trace_images=np.zeros((0, size, size, 3), np.uint8),
+        trace_image_scores=np.zeros((0,)),
         best_mean=np.zeros((0,)),
         best_image=np.zeros((size, size, 3), np.uint8),
         best_score=np.zeros((0,)),
@@ -475,7 +577,8 @@ def initial_state(c0: np.ndarray, branches: int, size: int) -> SearchState:
 
 
 def trace_extras(scores: np.ndarray, images: np.ndarray) -> dict[str, Any]:
-    """Extras of one item: the best image after each iteration and the scores (JSON)."""
+    """Extras of one item: the chosen image after each iteration and the scores (JSON; for second-sight the
+    best distribution's mean, which never decreases)."""
     extras: dict[str, Any] = {f"iter{i}.png": img for i, img in enumerate(images)}
     extras["search.json"] = {"best_brain_correlation_per_iteration": [float(x) for x in scores]}
     return extras
@@ -516,13 +619,32 @@ class SecondSight(_UnclipMethod):
     name = "second-sight"
     description = (
         "Second Sight: c0/z0 from the top unseen NSD images by encoder-predicted brain correlation, then 6 "
-        "iterations of SD 2.1 unCLIP img2img in 4 branches, scored by the guidance encoder; the best "
+        "iterations of SD 2.1 unCLIP img2img in 4 branches, scored by the hybrid guidance encoder; the best "
         "distribution's best image."
     )
     paper = PAPER
+    version = "2"  # published search (iteration 0, double slerp, no kept seeds), hybrid encoder, 50 steps
     Settings = SecondSightSettings
+    setting_help: ClassVar[dict[str, str]] = {
+        "encoder": "image encoder of the hybrid ('' = gnet8 pretrained, nsdbench-encoder-v1 otherwise)",
+        "hybrid": "average with a CLIP->betas ridge, as the published GNet8+CLIP hybrid "
+        "(src/stochastic_search.py predict; src/library_assembler.py rankCoco)",
+        "iterations": "src/second_sight.py --iterations default 6",
+        "search_samples": "src/second_sight.py --num_samples default 100",
+        "branches": "src/second_sight.py --branches default 4",
+        "strength_start": "λ = 0.92 − 0.3((i+1)/n)^3: src/stochastic_search.py search",
+        "momentum_scale": "γ = 0.2((i+1)/n)^2: src/stochastic_search.py search",
+        "branch_floor": "n_b = max(10, int(25λ)): src/stochastic_search.py search",
+        "keep_seeds": "published False: seeds are the previous iteration's top images (src/stochastic_search.py)",
+        "clip_top_k": "0 = 100 (src/library_assembler.py benchmark, src/second_sight.py topn=100)",
+        "vdvae_top_k": "0 = 25, GNet8 on early visual cortex (src/second_sight.py topn=25, early_vis mask)",
+        "num_inference_steps": "50: reesekneeland/diffusers pipeline_stable_unclip_img2img.py reconstruct default",
+        "guidance_scale": "10: same reconstruct default",
+        "noise_level": "0: same reconstruct default",
+        "negative_prompt": "'text, caption': src/stochastic_search.py generateNSamples",
+    }
     variants: ClassVar[dict[str, dict[str, Any]]] = {
-        "no-keep-seeds": {"keep_seeds": False},
+        "keep-seeds": {"keep_seeds": True},
         "decoded-z0": {"z0_from": "decoded"},
     }
 
@@ -534,7 +656,7 @@ class SecondSight(_UnclipMethod):
         return (*super().required_artifacts(), ARTIFACT.name)
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[str, Any]:
-        encoder = ctx.encoder(encoder_name(self.settings.encoder, ctx.weights_mode))
+        encoder = guidance_encoder(self, train, ctx, self.gen)
         arrays = fit_cached(
             self, train, ctx, encoder, lambda: assemble(train, ctx, self.settings, self.gen, encoder)
         )
@@ -569,8 +691,13 @@ class SecondSight(_UnclipMethod):
             state = self.search(it, fitted, ctx)
             image = output_image(state.best_image, ctx.data.image_size)
             extras = trace_extras(state.trace_scores, state.trace_images)
-            extras["search.json"]["output_distribution_mean"] = float(state.best_mean)
-            extras["search.json"]["output_brain_correlation"] = float(state.best_score)
+            trace = extras["search.json"]
+            trace["chosen_image_brain_correlation_per_iteration"] = [
+                float(x) for x in state.trace_image_scores
+            ]
+            trace["output_distribution_mean"] = float(state.best_mean)
+            trace["output_brain_correlation"] = float(state.best_score)
+            trace["guiding_encoders"] = [str(p.identity) for p in encoder_parts(fitted["encoder"])]
             yield Output(it.nsd_id, it.sample, image, extras)
 
 
@@ -637,8 +764,10 @@ def stochastic_iteration(
         seed_scores=pool_scores[order],
         seed_images=pool_images[order],
         prev_c=state.prev_c,
+        best_c=state.best_c,
         trace_scores=np.append(state.trace_scores, pool_scores[order[0]]),
         trace_images=np.concatenate([state.trace_images, pool_images[order[:1]]]),
+        trace_image_scores=np.append(state.trace_image_scores, pool_scores[order[0]]),
         best_mean=np.asarray(scores.mean()),
         best_image=pool_images[order[0]],
         best_score=np.asarray(pool_scores[order[0]]),

@@ -1,5 +1,6 @@
 """Seconds per image of the Second Sight search at the published settings (6 iterations, 100 samples in 4
-branches, SD 2.1 unCLIP at 768 px, fp16 on CUDA) scored by GNet8 on the device, with random full-size weights
+branches, SD 2.1 unCLIP at 768 px and 50 steps, fp16 on CUDA) scored by GNet8 on the device (the hybrid's
+CLIP -> betas ridge adds one CLIP embedding per candidate, not timed here), with random full-size weights
 (`--weights random`) or the real ones (`--weights pretrained`). The stage-1 inputs (c0, z0 image, measured
 betas) are seeded random arrays: this times stage 2, the per-image cost.
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--images", type=int, default=1, help="searches timed (after one warm-up iteration)")
     ap.add_argument("--unet-batch", type=int, default=64, help="candidates per sampler call")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=50, help="sampler steps (published: 50)")
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--voxels", type=int, default=15724, help="nsdgeneral voxels (subject 1)")

@@ -129,16 +129,111 @@ def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
         for i in range(settings.iterations):
             state = second_sight_iteration(state, i, z0[row], target, item, settings, gen, enc)
         assert state.done == 3 and len(state.trace_images) == 3
-        assert np.all(np.diff(state.trace_scores) >= 0), state.trace_scores
+        assert np.all(np.diff(state.trace_scores) >= 0), state.trace_scores  # best distribution's mean
         rescored = sm.pearson_rows(
             enc.predict(torch.as_tensor(state.trace_images).permute(0, 3, 1, 2)), target
         )
-        np.testing.assert_allclose(rescored.numpy(), state.trace_scores, atol=1e-9)
+        np.testing.assert_allclose(rescored.numpy(), state.trace_image_scores, atol=1e-9)
         best = sm.pearson_rows(
             enc.predict(torch.as_tensor(state.best_image[None]).permute(0, 3, 1, 2)), target
         )
         assert float(best[0]) == pytest.approx(float(state.best_score), abs=1e-9)
+        assert float(state.best_mean) == pytest.approx(float(state.trace_scores[-1]))
+        assert float(state.best_score) >= float(state.best_mean) - 1e-12  # the best of its distribution
         assert state.seed_c.shape == (settings.branches, c0.shape[1]) and np.all(np.isfinite(state.seed_c))
+        np.testing.assert_allclose(state.seed_c, gen.embed(state.seed_images), rtol=1e-5, atol=1e-6)
+
+
+def test_first_iteration_is_one_distribution_and_branches_follow_the_schedule(tiny_search, monkeypatch):
+    from nsdbench.methods import second_sight as ss
+    from nsdbench.methods.protocol import TestItem
+
+    data, settings, gen, enc, measured, c0, z0 = tiny_search
+    calls = []
+    real = gen.sample
+
+    def spy(c, seeds, strength, **kw):
+        calls.append((c.detach().float().cpu().numpy(), float(strength)))
+        return real(c, seeds, strength, **kw)
+
+    monkeypatch.setattr(gen, "sample", spy)
+    target = torch.as_tensor(measured[0])
+    item = TestItem(int(data.test_ids[0]), 0, 7)
+    state = ss.initial_state(c0[0], settings.branches, gen.image_size)
+    state = ss.second_sight_iteration(state, 0, z0[0], target, item, settings, gen, enc)
+    c_after_0, seeds_after_0 = state.prev_c.copy(), state.seed_c.copy()
+    state = ss.second_sight_iteration(state, 1, z0[0], target, item, settings, gen, enc)
+    (c_first, lam0), (c_second, lam1) = calls
+    assert len(c_first) == settings.search_samples  # iteration 0: every sample from (c0, z0)
+    np.testing.assert_allclose(c_first, np.repeat(c0[:1], len(c_first), 0), rtol=1e-6, atol=1e-6)
+    assert lam0 == pytest.approx(0.92 - 0.3 * (1 / 3) ** 3) and lam1 == pytest.approx(
+        0.92 - 0.3 * (2 / 3) ** 3
+    )
+    n_b = sm.branch_size(lam1, settings.search_samples // settings.branches, settings.branch_floor)
+    assert len(c_second) == settings.branches * n_b
+    gamma = 0.2 * (2 / 3) ** 2
+    ci = torch.as_tensor(c_after_0, dtype=torch.float64)
+    seeds = torch.as_tensor(seeds_after_0, dtype=torch.float64)
+    want = sm.slerp(ci.expand_as(seeds), sm.slerp(ci.expand_as(seeds), seeds, gamma), gamma)
+    np.testing.assert_allclose(c_second[::n_b], want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_hybrid_prediction_and_library_score_are_the_literal_averages():
+    from nsdbench.methods.hybrid_encoder import (
+        HybridEncoder,
+        hybrid_correlation_matrix,
+        hybrid_prediction,
+    )
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(7, 40)), rng.normal(size=(7, 40))
+    measured = rng.normal(size=(3, 40))
+    np.testing.assert_allclose(
+        hybrid_prediction([torch.as_tensor(a), torch.as_tensor(b)]).numpy(), (a + b) / 2
+    )
+    lit = np.array([[(np.corrcoef(a[i], m)[0, 1] + np.corrcoef(b[i], m)[0, 1]) / 2 for m in measured]
+                    for i in range(7)])  # fmt: skip
+    got = hybrid_correlation_matrix([torch.as_tensor(a), torch.as_tensor(b)], torch.as_tensor(measured))
+    np.testing.assert_allclose(got.numpy(), lit, atol=1e-12)
+
+    class Fixed:
+        def __init__(self, w: np.ndarray, name: str) -> None:
+            self.w, self.identity, self.n_voxels = torch.as_tensor(w), name, w.shape[1]
+
+        def predict(self, images: torch.Tensor) -> torch.Tensor:
+            return images.double().flatten(1) @ self.w
+
+    images = torch.as_tensor(rng.integers(0, 256, size=(5, 3, 2, 2)), dtype=torch.uint8)
+    wa, wb = rng.normal(size=(12, 40)), rng.normal(size=(12, 40))
+    hybrid = HybridEncoder([Fixed(wa, "a"), Fixed(wb, "b")])
+    x = images.double().flatten(1).numpy()
+    target = torch.as_tensor(measured[0])
+    score = sm.pearson_rows(hybrid.predict(images), target).numpy()
+    lit = [np.corrcoef((x[i] @ wa + x[i] @ wb) / 2, measured[0])[0, 1] for i in range(5)]
+    np.testing.assert_allclose(score, lit, atol=1e-12)
+    assert hybrid.identity == "hybrid(a + b)" and hybrid.identities == ("a", "b")
+
+
+def test_clip_betas_ridge_predicts_its_training_targets_from_images(tiny_search, nsdbench_home):
+    from nsdbench.methods import ridge
+    from nsdbench.methods.hybrid_encoder import HybridEncoder
+    from nsdbench.methods.second_sight import clip_betas_encoder, library_embeddings, nchw
+
+    data, settings, gen, enc, measured, _, _ = tiny_search
+    clip = clip_betas_encoder(data, gen, "tiny", settings.clip_encoder_alphas)
+    assert clip.n_voxels == measured.shape[1] and clip.identity.startswith("clip-betas-ridge/")
+    ids = list(data.train_ids[:3])
+    x = library_embeddings(gen, data, data.train_ids, "tiny")
+    y = np.asarray(data.betas("train", "nsdgeneral", normalize="session-zscore"), np.float64)
+    alpha = float(clip.model.alpha[0])
+    direct = ridge.fit_predict(x, y, x[:3], ridge.RidgeSettings(alpha=alpha, dtype="float64"))
+    from_images = clip.predict(nchw(data.images(ids))).numpy()
+    np.testing.assert_allclose(from_images, direct, rtol=1e-4, atol=1e-4)
+    hybrid = HybridEncoder([enc, clip])
+    images = nchw(data.images(ids))
+    np.testing.assert_allclose(
+        hybrid.predict(images).numpy(), (enc.predict(images).numpy() + from_images) / 2, atol=1e-9
+    )
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_path, monkeypatch):
@@ -146,7 +241,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_pat
     from nsdbench.methods.protocol import RunContext, TestItem
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
-    method = ss.SecondSight(settings, weights_mode="tiny")
+    method = ss.SecondSight(settings, weights_mode="tiny")  # encoder given in `fitted`
     method.gen = gen
     fitted = {
         "arrays": {"measured": measured, "c0": c0, "z0_image": z0},
@@ -195,6 +290,47 @@ def test_stochastic_search_keeps_its_best_image(tiny_search):
         )
     assert np.all(np.diff(state.trace_scores) >= 0)
     np.testing.assert_array_equal(state.best_image, state.trace_images[-1])
+
+
+def test_hybrid_guided_search_never_lowers_its_best_distribution(tiny_search, nsdbench_home):
+    from nsdbench.methods.hybrid_encoder import HybridEncoder
+    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.second_sight import clip_betas_encoder, initial_state, second_sight_iteration
+
+    data, settings, gen, enc, measured, c0, z0 = tiny_search
+    hybrid = HybridEncoder([enc, clip_betas_encoder(data, gen, "tiny", settings.clip_encoder_alphas)])
+    target = torch.as_tensor(measured[1])
+    state = initial_state(c0[1], settings.branches, gen.image_size)
+    for i in range(settings.iterations):
+        state = second_sight_iteration(state, i, z0[1], target, TestItem(1, 0, 77), settings, gen, hybrid)
+    assert np.all(np.diff(state.trace_scores) >= 0), state.trace_scores
+    images = torch.as_tensor(state.trace_images).permute(0, 3, 1, 2)
+    literal = [
+        np.corrcoef((enc.predict(images[k : k + 1])[0].numpy() + hybrid.parts[1].predict(images[k : k + 1])[0].numpy()) / 2,
+                    measured[1])[0, 1]
+        for k in range(len(images))
+    ]  # fmt: skip
+    np.testing.assert_allclose(state.trace_image_scores, literal, atol=1e-6)
+
+
+def test_methods_show_names_the_source_of_each_published_default(capsys):
+    from nsdbench.cli import main
+
+    assert main(["methods", "show", "second-sight", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    d, help_ = shown["defaults"], shown["setting_help"]
+    assert (d["num_inference_steps"], d["guidance_scale"], d["noise_level"]) == (50, 10.0, 0)
+    assert (d["iterations"], d["search_samples"], d["branches"]) == (6, 100, 4)
+    assert d["negative_prompt"] == "text, caption" and d["hybrid"] is True and d["keep_seeds"] is False
+    for key in (
+        "num_inference_steps",
+        "iterations",
+        "search_samples",
+        "branches",
+        "negative_prompt",
+        "hybrid",
+    ):
+        assert ".py" in help_[key], key
 
 
 # ---------------------------------------------------------------------------------------------- end to end

@@ -460,10 +460,9 @@ def register(app: typer.Typer) -> None:
             highlight=False,
         )
         for key, value in d["defaults"].items():
-            out.print(
-                f"  --set {key}={json.dumps(value, separators=(',', ':'))}  ({d['setting_types'][key]})",
-                highlight=False,
-            )
+            note = f"  {d['setting_help'][key]}" if key in d["setting_help"] else ""
+            text = json.dumps(value, separators=(",", ":"))  # no spaces: pastes as one shell argument
+            out.print(f"  --set {key}={text}  ({d['setting_types'][key]}){note}", highlight=False, soft_wrap=True)
         for v, overrides in d["variants"].items():
             out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False, soft_wrap=True)
 
@@ -508,6 +507,7 @@ def describe(cls: Any) -> dict[str, Any]:
         "defaults": jsonable(settings_dict(cls.Settings())),
         "setting_types": {k: _type_name(t) for k, t in types_.items()},
         "variants": {k: jsonable(dict(v)) for k, v in cls.variants.items()},
+        "setting_help": dict(getattr(cls, "setting_help", {})),
         "required_artifacts": {
             m: [_artifact_info(a) for a in arts] for m, arts in cls.artifacts_by_mode().items()
         },

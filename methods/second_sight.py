@@ -228,13 +228,22 @@ class UnclipSampler:
         return torch.cat(latents), torch.cat(images)
 
 
+def weights_tag(mode: str, artifact: str) -> str:
+    """What a cached row depends on among the weights: the fetched artifact's sha256, or the seeded mode."""
+    from nsdbench import weights
+
+    return weights.recorded_sha256(artifact) if mode == "pretrained" else mode
+
+
 def library_embeddings(gen: UnclipSampler, train: SubjectData, ids: Sequence[int], mode: str) -> np.ndarray:
     """OpenCLIP embeddings of NSD images from the shared per-id feature store (computed once per id)."""
     from nsdbench.feature_store import FeatureStore, default_root
 
     dim = int(gen.components.image_encoder.config.projection_dim)
+    comp = gen.components
+    where = f"{comp.dtype}/{comp.device.type}/{weights_tag(mode, 'stable-diffusion-2-1-unclip')}"
     store = FeatureStore(
-        default_root(), f"unclip-h-image-embeds/{mode}/{gen.components.dtype}", (dim,), "float32"
+        default_root(), f"{train.data_identity}/unclip-h-image-embeds/{where}", (dim,), "float32"
     )
     return store.get_or_compute(list(ids), lambda b: gen.embed(train.images(b)), gen.settings.library_batch)
 
@@ -263,7 +272,8 @@ def library_predictions(
     """Guidance-encoder predictions (L, V) of the library, per id in the shared feature store."""
     from nsdbench.feature_store import FeatureStore, default_root
 
-    store = FeatureStore(default_root(), f"guidance/{encoder.identity}", (int(encoder.n_voxels),), "float32")
+    identity = f"{train.data_identity}/guidance/{encoder.identity}"
+    store = FeatureStore(default_root(), identity, (int(encoder.n_voxels),), "float32")
     ctx.set_total(len(store.missing(lib)), unit="img")
 
     def compute(ids: list[int]) -> np.ndarray:
@@ -346,7 +356,9 @@ def vdvae_latents(vdvae: Any, train: SubjectData, ids: Sequence[int], batch: int
 
     cfg = vdvae.cfg
     dim = int(cfg.latent_dim(cfg.n_latent_groups))
-    store = FeatureStore(default_root(), f"vdvae/{cfg.name}/{mode}/posterior-mean", (dim,), "float32")
+    device = next(vdvae.parameters()).device.type
+    identity = f"{train.data_identity}/vdvae/{cfg.name}/{mode}/posterior-mean/{device}/{vdvae.weights_sha256}"
+    store = FeatureStore(default_root(), identity, (dim,), "float32")
 
     def compute(chunk: list[int]) -> np.ndarray:
         return encode_latents(vdvae, resize_like_brain_diffuser(train.images(chunk), cfg.image_size)).numpy()
@@ -434,7 +446,9 @@ def fit_cached(
             "subject": train.subject,
             "split": ctx.split,
             "weights": ctx.weights_mode,
-            "device": str(ctx.device),
+            "device": torch.device(ctx.device).type,  # cuda:0 and cuda:1 share one fit
+            "data": train.data_identity,
+            "artifacts": {a: weights_tag(ctx.weights_mode, a) for a in method.required_artifacts()},
             "seed": ctx.base_seed,
             "encoder": getattr(encoder, "identity", None),
             "settings": settings_dict(method.settings),

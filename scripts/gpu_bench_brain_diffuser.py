@@ -24,11 +24,7 @@ import torch
 from nsdbench.methods.components.vd_clip_features import clip_text_tokens, clip_vision_tokens
 from nsdbench.methods.components.versatile_diffusion import load_components
 from nsdbench.methods.diffusion.versatile import DualGuidedSettings, dual_guided_img2img
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from nsdbench.timing import sync, timed
 
 
 def _generators(seeds) -> list[torch.Generator]:
@@ -37,20 +33,16 @@ def _generators(seeds) -> list[torch.Generator]:
 
 def _timed_loop(vd, images, vision, text, batch_size, settings) -> tuple[np.ndarray, float, int]:
     """All images in batches of `batch_size`: outputs, seconds, peak GPU bytes (0 on the CPU)."""
-    device = vd.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
-    start = time.perf_counter()
-    outs = []
-    for i in range(0, len(images), batch_size):
-        sl = slice(i, i + batch_size)
-        gens = _generators(range(i, min(i + batch_size, len(images))))
-        outs.append(dual_guided_img2img(vd, images[sl], vision[sl], text[sl], gens, settings))
-    _sync(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return np.concatenate(outs), seconds, peak
+
+    def loop() -> np.ndarray:
+        outs = []
+        for i in range(0, len(images), batch_size):
+            sl = slice(i, i + batch_size)
+            gens = _generators(range(i, min(i + batch_size, len(images))))
+            outs.append(dual_guided_img2img(vd, images[sl], vision[sl], text[sl], gens, settings))
+        return np.concatenate(outs)
+
+    return timed(loop, vd.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = DualGuidedSettings(steps=a.steps, strength=a.strength)
     t0 = time.perf_counter()
     vd = load_components("tiny" if a.tiny else "random", device, dtype)
-    _sync(device)
+    sync(device)
     build_s = time.perf_counter() - t0
 
     rng = np.random.default_rng(0)

@@ -14,26 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device):
-    """(result, seconds, peak bytes) of one call."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return out, time.perf_counter() - start, peak
+from nsdbench.timing import timed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,10 +36,31 @@ def fmt_cell(cell: Cell | None, digits: int = 3) -> str:
     return f"{cell.mean:.{digits}f} [{cell.lo:.{digits}f}, {cell.hi:.{digits}f}]{mark}"
 
 
+OTHER_MARK = "§"  # a reported row on a test set nsdbench cannot reproduce (see other_test_set_notes)
+
+
+def _other(row: Row) -> str:
+    return f" {OTHER_MARK}" if row.test_set else ""
+
+
 def row_label(row: Row) -> str:
     if row.origin == "reported":
-        return f"{row.method} (reported: {row.source})"
+        return f"{row.method} (reported: {row.source}){_other(row)}"
     return f"{row.method}{' (smoke)' if row.smoke else ''}"
+
+
+def other_test_set_notes(lb: Leaderboard) -> list[str]:
+    """One footnote per paper test set that no nsdbench split reproduces, for the rows marked §."""
+    seen: dict[tuple[str, str], None] = {}
+    for t in lb.tables:
+        for r in t.rows:
+            if r.origin == "reported" and r.test_set:
+                seen.setdefault((r.source, r.test_set), None)
+    return [
+        f"{OTHER_MARK} {src}: measured on {test_set}, not on {lb.split}; shown for reference, "
+        "not comparable with the other rows and never ranked"
+        for src, test_set in seen
+    ]
 
 
 def header(metric: str, up: str = "↑", down: str = "↓") -> str:
@@ -73,10 +94,14 @@ def to_markdown(lb: Leaderboard, digits: int = 3) -> str:
                 if r.origin == "reproduced" and m in best and r.cells[m].mean == best[m]:
                     c = f"**{c}**"
                 cells.append(c)
-            label = row_label(r) if r.origin == "reproduced" else f"{r.method} *(reported: {r.source})*"
+            label = (
+                row_label(r)
+                if r.origin == "reproduced"
+                else f"{r.method} *(reported: {r.source})*{_other(r)}"
+            )
             out.append(f"| {_md_escape(label)} | {r.subjects} | " + " | ".join(cells) + " |")
         out.append("")
-    out.extend(f"_{n}_" for n in lb.notes)
+    out.extend(f"_{n}_" for n in other_test_set_notes(lb) + lb.notes)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -131,7 +156,7 @@ def to_latex(lb: Leaderboard, digits: int = 3) -> str:
                     val += r"$^\ddagger$"
                 cells.append(val)
             if r.origin == "reported":
-                label = rf"\textit{{{latex_escape(r.method)}}}$^\dagger$"
+                label = rf"\textit{{{latex_escape(r.method)}}}$^\dagger$" + (r"\S" if r.test_set else "")
             else:
                 label = latex_escape(r.method + (" (smoke)" if r.smoke else ""))
             out.append(f"{label} & {r.subjects.replace(',', ', ')} & " + " & ".join(cells) + r" \\")
@@ -139,6 +164,10 @@ def to_latex(lb: Leaderboard, digits: int = 3) -> str:
         out.append(r"\end{tabular}")
         if any(r.origin == "reported" for r in t.rows):
             out.append(r"% $^\dagger$ reported in the cited paper, not reproduced")
+        out.extend(
+            "% " + latex_escape(n).replace(OTHER_MARK, r"\S", 1)
+            for n in other_test_set_notes(Leaderboard(lb.split, lb.protocol, lb.subjects, [t]))
+        )
         if any(c.circular for r in t.rows for c in r.cells.values()):
             out.append(
                 r"% $^\ddagger$ brain correlation of a run guided by the metric's own encoder (circular)"
@@ -169,7 +198,7 @@ def to_html(lb: Leaderboard, digits: int = 3) -> str:
                 tds.append(f"<td><b>{e(c)}</b></td>" if bold else f"<td>{e(c)}</td>")
             out.append(f"<tr{cls}><td>{e(row_label(r))}</td><td>{e(r.subjects)}</td>{''.join(tds)}</tr>")
         out.append("</tbody></table>")
-    out.extend(f"<p><em>{e(n)}</em></p>" for n in lb.notes)
+    out.extend(f"<p><em>{e(n)}</em></p>" for n in other_test_set_notes(lb) + lb.notes)
     return "\n".join(out) + "\n"
 
 
@@ -188,6 +217,7 @@ CSV_COLUMNS = [
     "ci_hi",
     "n",
     "circular",
+    "test_set",
 ]
 
 
@@ -218,6 +248,7 @@ def to_csv(lb: Leaderboard) -> str:
                         "ci_hi": "" if c.hi is None else repr(c.hi),
                         "n": "" if c.n is None else c.n,
                         "circular": c.circular,
+                        "test_set": r.test_set,
                     }
                 )
     return buf.getvalue()
@@ -255,7 +286,7 @@ def terminal_tables(
 
     def label(r: Row) -> str:
         if r.origin == "reported":
-            return f"{r.method} [{marks[r.source]}]"
+            return f"{r.method} [{marks[r.source]}]{_other(r)}"
         return f"{r.method}{' (smoke)' if r.smoke else ''}"
 
     def text(c: Cell | None) -> str:
@@ -293,7 +324,7 @@ def terminal_tables(
                 rt.add_row(*row, style="dim italic" if r.origin == "reported" else None)
             out.append((rt, table_width(fixed + [mw[m] for m in group])))
     notes = [f"[{n}] reported in {src} (the paper's value, not reproduced)" for src, n in marks.items()]
-    return out, notes
+    return out, notes + other_test_set_notes(lb)
 
 
 def rich_tables(lb: Leaderboard, digits: int = 3) -> list[Any]:

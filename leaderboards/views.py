@@ -15,7 +15,12 @@ import pandas as pd
 from nsdbench import config
 from nsdbench.errors import UsageError
 from nsdbench.leaderboards.aggregate import aggregate_scores
-from nsdbench.leaderboards.published import reported_rows
+from nsdbench.leaderboards.published import (
+    PAPER_METHODS,
+    is_papers_protocol,
+    other_test_set,
+    reported_rows,
+)
 from nsdbench.leaderboards.store import Store, subjects_key
 
 
@@ -38,6 +43,8 @@ class Row:
     source: str = ""  # reported: "paper, Table N"
     note: str = ""
     smoke: bool = False
+    protocol: str = ""  # reported: the protocol the paper's evaluation follows ("" if none of nsdbench's)
+    test_set: str = ""  # reported on a test set nsdbench cannot reproduce: what it is (never ranked)
 
 
 @dataclass
@@ -180,8 +187,13 @@ def build_leaderboard(
     reported: bool = True,
     per_subject: bool = True,
     n_resamples: int = 2000,
+    other_test_sets: bool = False,
 ) -> Leaderboard:
-    """The leaderboard for one (split, protocol): a subject-mean table and one table per subject."""
+    """The leaderboard for one (split, protocol): a subject-mean table and one table per subject.
+
+    Reported rows on a test set nsdbench cannot reproduce come beside runs of the paper's own method,
+    or everywhere with `other_test_sets`; they carry `test_set` and are never ranked.
+    """
     from nsdbench.metrics.names import METRIC_ORDER
     from nsdbench.nsd.splits import SPLITS
 
@@ -229,8 +241,13 @@ def build_leaderboard(
 
     aggs = {r["id"]: run_aggregates(store, r, subjects, n_resamples) for r in selected}
     present = {m for a in aggs.values() for m in a["metric"]}
-    rep = reported_rows() if reported else pd.DataFrame(columns=["split", "metric"])
-    rep = rep[rep["split"] == split]
+    rep = (
+        board_reported(reported_rows(), split, protocol, {r["method"] for r in selected}, other_test_sets)
+        if reported
+        else pd.DataFrame(columns=["split", "metric", "test_set"])
+    )
+    if reported and is_papers_protocol(protocol) and not (rep["test_set"] == "").any():
+        notes.append(f"no published rows under protocol {protocol} on {split} in the shipped table")
     if metrics:
         cols = [m for m in METRIC_ORDER if m in metrics]
     else:
@@ -264,13 +281,24 @@ def build_leaderboard(
             return []
         sel = rep if subject_set is None else rep[rep["subjects"] == subject_set]
         out = []
-        for (src, tbl, method, subj, note), g in sel.groupby(
-            ["source", "table", "method", "subjects", "note"], sort=False
+        for (src, tbl, method, subj, note, proto, test_set), g in sel.groupby(
+            ["source", "table", "method", "subjects", "note", "protocol", "test_set"], sort=False
         ):
             cells = {m: Cell(float(v)) for m, v in zip(g["metric"], g["value"]) if m in cols}
             if not cells:
                 continue
-            out.append(Row(method, "reported", subj, cells, source=f"{src}, Table {tbl}", note=note))
+            out.append(
+                Row(
+                    method,
+                    "reported",
+                    subj,
+                    cells,
+                    source=f"{src}, Table {tbl}",
+                    note=note,
+                    protocol=proto,
+                    test_set=test_set,
+                )
+            )
         return out
 
     tables: list[Table] = []
@@ -299,6 +327,26 @@ def build_leaderboard(
                     Table(f"{split} · {protocol} · subject {s}", str(s), cols, rows + reported_for(str(s)))
                 )
     return Leaderboard(split, protocol, tuple(subjects) if subjects else None, tables, notes)
+
+
+def board_reported(
+    rep: pd.DataFrame, split: str, protocol: str, methods: set[str], other_test_sets: bool
+) -> pd.DataFrame:
+    """The reported rows a (split, protocol) board shows, with `test_set` ("" when on `split`).
+
+    A paper's own protocol shows only the rows of that evaluation; nsdbench's own protocols show every
+    paper's rows on the split. Rows on a test set no nsdbench split reproduces come when asked for, or
+    when the board has a run of the paper's method, and only where their protocol does not differ.
+    """
+    from nsdbench.nsd.splits import SPLITS
+
+    own = is_papers_protocol(protocol)
+    fits = (rep["protocol"] == protocol) if own else pd.Series(True, index=rep.index)
+    on_split = rep[(rep["split"] == split) & fits].assign(test_set="")
+    wanted = rep["source"].map(lambda s: other_test_sets or bool(methods & set(PAPER_METHODS.get(s, ()))))
+    other = rep[~rep["split"].isin(list(SPLITS)) & (fits | (rep["protocol"] == "")) & wanted]
+    other = other.assign(test_set=[other_test_set(s, sp) for s, sp in zip(other["source"], other["split"])])
+    return pd.concat([on_split, other], ignore_index=True)
 
 
 def compare_runs(

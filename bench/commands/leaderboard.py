@@ -50,6 +50,12 @@ def register(app: typer.Typer) -> None:
             True, "--reported/--no-reported", help="Published rows beside reproduced."
         ),
         per_subject: bool = typer.Option(True, "--per-subject/--no-per-subject", help="Per-subject tables."),
+        other_test_sets: bool = typer.Option(
+            False,
+            "--other-test-sets",
+            help="Also show published rows measured on test sets no nsdbench split reproduces (marked §, "
+            "never ranked; shown anyway beside a run of the paper's own method).",
+        ),
         digits: int = typer.Option(3, "--digits", min=1, max=8, help="Decimals shown (1-8)."),
         db: Path = DB_OPT,
         output: Annotated[Path | None, out_opt("Write to this file instead of stdout.")] = None,
@@ -89,6 +95,7 @@ def register(app: typer.Typer) -> None:
                 best_by=best_by,
                 reported=reported,
                 per_subject=per_subject,
+                other_test_sets=other_test_sets,
             )
             for p in protocols or [None]
         ]

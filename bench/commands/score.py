@@ -546,7 +546,7 @@ def _score_family(
             {proto.name: path for proto, _, _, path in left},
             {proto.name: run_id for proto, _, run_id, _ in left},
             targets,
-            {"submission_sha256": sub_sha},
+            {proto.name: {"submission_sha256": sub_sha} for proto, _, _, _ in left},
         )
     for proto, split_name, run_id in todo:
         record = store.new_run_record(

@@ -20,6 +20,7 @@ import pandas as pd
 
 from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
 from nsdbench.leaderboards.store import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
+from nsdbench.metrics.brain import BrainTarget
 from nsdbench.metrics.engine import ScoreOptions, ScoreResult, score_reconstructions_by_protocol
 from nsdbench.metrics.protocols import Protocol, get_protocol
 from nsdbench.nsd.loader import NSD
@@ -27,7 +28,7 @@ from nsdbench.nsd.splits import Split
 from nsdbench.stage_times import Timings, stage
 
 ImageKey = tuple[int, int]  # (nsd_id, sample)
-BrainTargets = Any  # None, one BrainTarget, or {protocol name: BrainTarget or None}
+BrainTargets = BrainTarget | Mapping[str, BrainTarget | None] | None  # one for all, or per protocol
 
 
 def _split(nsd: NSD, split: Split | str, subject: int) -> Split:
@@ -116,7 +117,7 @@ def score_subject_images(
     )
 
 
-def scores_frame(result: Any, run_id: str, subject: int) -> pd.DataFrame:
+def scores_frame(result: ScoreResult, run_id: str, subject: int) -> pd.DataFrame:
     """Long rows [run_id, level, subject, nsd_id, sample, metric, value] for the three levels."""
     ps = result.per_sample
     pi = result.per_image
@@ -247,15 +248,20 @@ def completed_parquet(path: str | Path, run_id: str, subject: int, protocol_hash
     )
 
 
-def has_brain_metrics(protocol: Any) -> bool:
+def has_brain_metrics(protocol: Protocol) -> bool:
     from nsdbench.metrics.names import BRAIN_ROIS
 
     return any(name in BRAIN_ROIS for name in protocol.metric_names)
 
 
 def brain_target(
-    nsd: Any, subject: int, split_name: str, weights_mode: str, wanted: bool | None, protocol: Any = None
-) -> tuple[Any, str]:
+    nsd: NSD,
+    subject: int,
+    split_name: str,
+    weights_mode: str,
+    wanted: bool | None,
+    protocol: Protocol | None = None,
+) -> tuple[BrainTarget | None, str]:
     """The encoding-model target for brain correlation, or (None, reason).
 
     wanted=None: use it when an encoder can be built for this weights mode, else skip with a note;
@@ -295,7 +301,7 @@ def score_subject(
     images: Mapping[ImageKey, np.ndarray],
     weights_mode: str = "pretrained",
     device: str = "cpu",
-    brain: Any = None,
+    brain: BrainTargets = None,
     batch_size: int = 32,
     progress: bool | Callable[[int, int], None] = False,
     timings: Timings | None = None,

@@ -17,7 +17,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from nsdbench.metrics.protocols import FeatureMetric, Metric, Protocol, get_prot
 from nsdbench.metrics.resize import apply_chain
 from nsdbench.metrics.score_inputs import ScoreInputs, scope_masks, uint8_image, validate_inputs
 from nsdbench.stage_times import Timings, stage
+
+if TYPE_CHECKING:
+    from nsdbench.metrics.brain import BrainTarget
 
 # False, True (rich bars on stderr) or a callback(done, total)
 ProgressArg = bool | Callable[[int, int], None]
@@ -73,7 +76,7 @@ def score_reconstructions(
     rec_images: Any,
     protocol: str | Protocol,
     options: ScoreOptions = ScoreOptions(),
-    brain: Any = None,
+    brain: BrainTarget | Mapping[str, BrainTarget | None] | None = None,
 ) -> ScoreResult:
     """Score reconstructions against ground truth under one protocol (see score_reconstructions_by_protocol)."""
     p = get_protocol(protocol)
@@ -90,7 +93,7 @@ def score_reconstructions_by_protocol(
     rec_images: Any,
     protocols: Sequence[str | Protocol],
     options: ScoreOptions = ScoreOptions(),
-    brain: Any = None,
+    brain: BrainTarget | Mapping[str, BrainTarget | None] | None = None,
     protocol_ids: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, ScoreResult]:
     """Score under several protocols in one pass: every image decoded once, every network pass they

@@ -383,3 +383,15 @@ def test_timings_name_each_network_pass_and_stage(data):
     } <= set(timings)
     assert {"ground_truth", "decode", "resize", "pixel", "statistics"} <= set(timings)
     assert all(v >= 0 for v in timings.values())
+
+
+def test_statistics_run_in_float64_where_the_device_has_it():
+    """The N x N correlation of 2-way runs on the features' device in float64; MPS has no float64, so it
+    falls back to the CPU (whose values the CPU path gives unchanged)."""
+    import torch
+
+    from nsdbench.metrics.metric_kinds import float64_device
+
+    assert float64_device(torch.device("cpu")) == torch.device("cpu")
+    assert float64_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    assert float64_device(torch.device("mps")) == torch.device("cpu")

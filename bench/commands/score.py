@@ -24,6 +24,7 @@ from nsdbench.commands.options import (
     subjects_opt,
 )
 from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.metrics.protocols import Protocol
 from nsdbench.stage_times import Timings, stage
 from nsdbench.terminal import print_whole
 
@@ -93,7 +94,7 @@ def resolve_device(flag: str | None) -> str:
     return device
 
 
-def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[Any, str]:
+def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[Protocol, str]:
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import SPLITS
 
@@ -155,7 +156,7 @@ def score_run_id(
     method: str,
     subjects: tuple[int, ...],
     split: str,
-    protocol: Any,
+    protocol: Protocol,
     weights_mode: str,
     brain: bool | None,
     data: str,
@@ -377,7 +378,7 @@ class ScoreSettings:
     n_resamples: int
 
 
-def score_artifacts(proto: Any, brain: bool | None) -> list[str]:
+def score_artifacts(proto: Protocol, brain: bool | None) -> list[str]:
     """The pretrained artifacts scoring under `proto` loads: its feature networks, and the canonical
     encoder's network when brain correlation is asked for (auto skips it with a note when absent)."""
     from nsdbench.metrics.networks import ARTIFACT_OF

@@ -39,23 +39,36 @@ def _split(nsd: NSD, split: Split | str, subject: int) -> Split:
     return split
 
 
+class KeyedImages(Sequence):
+    """A subject's reconstructions in (nsd_id, sample) order, read from the mapping (decoded, for a
+    submission) only when the engine asks, so decoding runs on its prefetch thread."""
+
+    def __init__(self, images: Mapping[ImageKey, np.ndarray], keys: list[ImageKey], subject: int) -> None:
+        self.images, self.keys, self.subject = images, keys, subject
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        k = self.keys[i]
+        img = np.asarray(self.images[k])
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise InvalidSubmission(
+                f"subject {self.subject}, nsd_id {k[0]}, sample {k[1]}: expected uint8 (H, W, 3), "
+                f"got {img.dtype} {img.shape}"
+            )
+        return img
+
+
 def collect_images(
     images: Mapping[ImageKey, np.ndarray], subject: int
-) -> tuple[list[int], list[int], list[np.ndarray]]:
-    """Sorted (nsd_id, sample) keys and their uint8 (h, w, 3) images (sizes may differ; the protocol resizes)."""
+) -> tuple[list[int], list[int], KeyedImages]:
+    """Sorted (nsd_id, sample) keys and their uint8 (h, w, 3) images, read on access (sizes may differ;
+    the protocol resizes)."""
     keys = sorted(images)
     if not keys:
         raise InvalidSubmission(f"subject {subject}: no reconstructions to score")
-    out = []
-    for k in keys:
-        img = np.asarray(images[k])
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise InvalidSubmission(
-                f"subject {subject}, nsd_id {k[0]}, sample {k[1]}: expected uint8 (H, W, 3), "
-                f"got {img.dtype} {img.shape}"
-            )
-        out.append(img)
-    return [k[0] for k in keys], [k[1] for k in keys], out
+    return [k[0] for k in keys], [k[1] for k in keys], KeyedImages(images, keys, subject)
 
 
 @dataclass(frozen=True)
@@ -86,8 +99,7 @@ def score_subject_images(
     if not scopes:
         raise UsageError("no protocol to score")
     timings = options.timings
-    with stage(timings, "decode"):
-        rec_ids, rec_samples, rec_images = collect_images(images, subject)
+    rec_ids, rec_samples, rec_images = collect_images(images, subject)  # decoded on the prefetch thread
     allowed = {int(i) for sc in scopes for i in sc.split.test_ids}
     outside = sorted(set(rec_ids) - allowed)
     if outside:

@@ -261,7 +261,6 @@ def _provenance(p: Protocol, kinds, ctx: ScoringContext, flags: dict, n_samples:
     import torchvision
 
     dev = ctx.device
-    networks = sorted({m.network for m in p.metrics if isinstance(m, FeatureMetric)})
     prov: dict[str, Any] = {
         "protocol": p.name,
         "protocol_version": p.version,
@@ -278,7 +277,7 @@ def _provenance(p: Protocol, kinds, ctx: ScoringContext, flags: dict, n_samples:
             "tf32_feature_matmul_cuda": any(getattr(m, "tf32", False) for m in p.metrics),
             "tf32_feature_conv_cuda": any(bool(getattr(m, "tf32_conv", False)) for m in p.metrics),
         },
-        "forward_batch": {net: forward_batch(dev, net) for net in networks} or forward_batch(dev),
+        "forward_batch": forward_batch(dev),  # the brain encoders' buffering; feature kinds name theirs
         "device": dev,
         "device_name": torch.cuda.get_device_name(dev) if dev.startswith("cuda") else "cpu",
         "torch": torch.__version__,

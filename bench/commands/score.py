@@ -260,8 +260,10 @@ def register(app: typer.Typer) -> None:
         subj = parse_subjects(subjects)
         mode = weights.check_mode(str(config.get("weights", weights_mode)))
         names = parse_protocols(protocol) or [str(config.get("protocol"))]
+        pairs = [_resolve_protocol_split(n, split) for n in names]
+        every = _is_all(protocol)  # --encoder then applies to the protocols that allow a choice
         scopes = [
-            (with_encoder(pr, encoder), sp) for pr, sp in (_resolve_protocol_split(n, split) for n in names)
+            (with_encoder(pr, encoder) if pr.encoder_choices or not every else pr, sp) for pr, sp in pairs
         ]
         check_exists(submission, "submission")
         data = check_data(data)
@@ -276,7 +278,7 @@ def register(app: typer.Typer) -> None:
         check_subjects_in(subj, nsd)
         method = method_name or method_name_old or submission.name.split(".")[0]
         store = Store(db)
-        scopes = _every_within(nsd, scopes, subj, split) if _is_all(protocol) else scopes
+        scopes = _every_within(nsd, scopes, subj, split) if every else scopes
         docs: dict[str, dict] = {}
         n_images = 0
         for root, family in _families(nsd, scopes, subj):

@@ -193,48 +193,83 @@ class Protocol:
 # --------------------------------------------------------------------------- shipped protocols
 
 
-def _pil(f: Filter, size: int) -> ResizeStep:
-    return ResizeStep("pil", f, size)
+def pil_step(f: Filter, size: int) -> ResizeStep:
+    """PIL resize to size x size with filter `f`."""
+    return ResizeStep(library="pil", filter=f, size=size)
 
 
-def _torch(f: Filter, size: int, antialias: bool = False) -> ResizeStep:
-    return ResizeStep("torch", f, size, antialias)
+def torch_step(f: Filter, size: int, antialias: bool = False) -> ResizeStep:
+    """torch interpolate to size x size (no antialias unless asked: torchvision < 0.17's tensor default)."""
+    return ResizeStep(library="torch", filter=f, size=size, antialias=antialias)
 
 
-_BRAIN_ALL = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_early", "bc_higher_vis", "bc_nsdgeneral")
-_BRAIN_PUBLISHED = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_higher_vis", "bc_nsdgeneral")
+BRAIN_ALL = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_early", "bc_higher_vis", "bc_nsdgeneral")
+BRAIN_PUBLISHED = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_higher_vis", "bc_nsdgeneral")
 
 
-def _brain(names: tuple[str, ...]) -> tuple[BrainMetric, ...]:
+def brain_metrics(names: tuple[str, ...]) -> tuple[BrainMetric, ...]:
+    """Brain-correlation metrics of the named ROIs (bc_v1, ...), on nsdbench's encoder unless revised."""
     from nsdbench.metrics.names import BRAIN_ROIS
 
-    return tuple(BrainMetric(n, BRAIN_ROIS[n]) for n in names)
+    return tuple(BrainMetric(name=n, roi=BRAIN_ROIS[n]) for n in names)
 
 
 def _bd_style_features(
     normalize_cnn: Literal["imagenet", "clip"], alexnet_layers: tuple[str, ...], effnet: str = "IMAGENET1K_V1"
 ) -> tuple[FeatureMetric, ...]:
     """Brain-diffuser's feature path: PIL bilinear 224 on the stored PNGs, fp32, forward hooks."""
-    c = (_pil("bilinear", 224),)
+    c = (pil_step("bilinear", 224),)
     layer_of = {"alexnet2": "features.4", "alexnet5": "features.11", "alexnet7": "classifier.5"}
     out: list[FeatureMetric] = [
-        FeatureMetric(n, "alexnet", "IMAGENET1K_V1", layer_of[n], c, c, normalize_cnn) for n in alexnet_layers
+        FeatureMetric(
+            name=n,
+            network="alexnet",
+            weights="IMAGENET1K_V1",
+            layer=layer_of[n],
+            gt_chain=c,
+            rec_chain=c,
+            normalize=normalize_cnn,
+        )
+        for n in alexnet_layers
     ]
     out += [
-        FeatureMetric("inception", "inception_v3", "IMAGENET1K_V1", "avgpool", c, c, normalize_cnn),
-        FeatureMetric("clip_2way", "clip_vit_l14", "openai", "visual", c, c, "clip"),
         FeatureMetric(
-            "effnet_b",
-            "efficientnet_b1",
-            effnet,
-            "avgpool",
-            c,
-            c,
-            normalize_cnn,
+            name="inception",
+            network="inception_v3",
+            weights="IMAGENET1K_V1",
+            layer="avgpool",
+            gt_chain=c,
+            rec_chain=c,
+            normalize=normalize_cnn,
+        ),
+        FeatureMetric(
+            name="clip_2way",
+            network="clip_vit_l14",
+            weights="openai",
+            layer="visual",
+            gt_chain=c,
+            rec_chain=c,
+            normalize="clip",
+        ),
+        FeatureMetric(
+            name="effnet_b",
+            network="efficientnet_b1",
+            weights=effnet,
+            layer="avgpool",
+            gt_chain=c,
+            rec_chain=c,
+            normalize=normalize_cnn,
             statistic="correlation-distance",
         ),
         FeatureMetric(
-            "swav", "swav_resnet50", "800ep", "avgpool", c, c, normalize_cnn, statistic="correlation-distance"
+            name="swav",
+            network="swav_resnet50",
+            weights="800ep",
+            layer="avgpool",
+            gt_chain=c,
+            rec_chain=c,
+            normalize=normalize_cnn,
+            statistic="correlation-distance",
         ),
     ]
     return tuple(out)
@@ -246,7 +281,7 @@ def _order(metrics: tuple[Metric, ...]) -> tuple[Metric, ...]:
     return tuple(sorted(metrics, key=lambda m: order_key(m.name)))
 
 
-_P425 = (_pil("bicubic", 425),)
+_P425 = (pil_step("bicubic", 425),)
 
 BRAIN_DIFFUSER_2023 = Protocol(
     name="brain-diffuser-2023",
@@ -257,13 +292,20 @@ BRAIN_DIFFUSER_2023 = Protocol(
     published_order="first-presentation",
     metrics=_order(
         (
-            PixelMetric("pixcorr", _P425, _P425, "rgb", "pearson", note="PIL Image.resize default (bicubic)"),
             PixelMetric(
-                "ssim",
-                _P425,
-                _P425,
-                "gray",
-                "ssim-columnwise",
+                name="pixcorr",
+                gt_chain=_P425,
+                rec_chain=_P425,
+                color="rgb",
+                kind="pearson",
+                note="PIL Image.resize default (bicubic)",
+            ),
+            PixelMetric(
+                name="ssim",
+                gt_chain=_P425,
+                rec_chain=_P425,
+                color="gray",
+                kind="ssim-columnwise",
                 note="skimage<=0.19 multichannel=True on a 2-D gray image: mean of 1-D vertical SSIMs "
                 "(= channel_axis=-1 today)",
             ),
@@ -280,7 +322,7 @@ BRAIN_DIFFUSER_2023 = Protocol(
     ),
 )
 
-_ME256 = (_torch("bilinear", 256),)
+_ME256 = (torch_step("bilinear", 256),)
 
 
 def _me(*extra: ResizeStep) -> Chain:
@@ -302,76 +344,80 @@ MINDEYE = Protocol(
         _order(
             (
                 PixelMetric(
-                    "pixcorr", _me(_torch("bilinear", 425)), _me(_torch("bilinear", 425)), "rgb", "pearson"
+                    name="pixcorr",
+                    gt_chain=_me(torch_step("bilinear", 425)),
+                    rec_chain=_me(torch_step("bilinear", 425)),
+                    color="rgb",
+                    kind="pearson",
                 ),
                 PixelMetric(
-                    "ssim",
-                    _me(_torch("bilinear", 425)),
-                    _me(_torch("bilinear", 425)),
-                    "gray",
-                    "ssim-2d",
+                    name="ssim",
+                    gt_chain=_me(torch_step("bilinear", 425)),
+                    rec_chain=_me(torch_step("bilinear", 425)),
+                    color="gray",
+                    kind="ssim-2d",
                     note="skimage>=0.20 ignores multichannel=True: a true 2-D SSIM; the reference ran it in "
                     "float32, nsdbench in float64",
                 ),
                 FeatureMetric(
-                    "alexnet2",
-                    "alexnet",
-                    "IMAGENET1K_V1",
-                    "features.4",
-                    _me(_torch("bilinear", 256)),
-                    _me(_torch("bilinear", 256)),
-                    "imagenet",
+                    name="alexnet2",
+                    network="alexnet",
+                    weights="IMAGENET1K_V1",
+                    layer="features.4",
+                    gt_chain=_me(torch_step("bilinear", 256)),
+                    rec_chain=_me(torch_step("bilinear", 256)),
+                    normalize="imagenet",
                 ),
                 FeatureMetric(
-                    "alexnet5",
-                    "alexnet",
-                    "IMAGENET1K_V1",
-                    "features.11",
-                    _me(_torch("bilinear", 256)),
-                    _me(_torch("bilinear", 256)),
-                    "imagenet",
+                    name="alexnet5",
+                    network="alexnet",
+                    weights="IMAGENET1K_V1",
+                    layer="features.11",
+                    gt_chain=_me(torch_step("bilinear", 256)),
+                    rec_chain=_me(torch_step("bilinear", 256)),
+                    normalize="imagenet",
                 ),
                 FeatureMetric(
-                    "inception",
-                    "inception_v3",
-                    "IMAGENET1K_V1",
-                    "avgpool",
-                    _me(_torch("bilinear", 342)),
-                    _me(_torch("bilinear", 342)),
-                    "imagenet",
+                    name="inception",
+                    network="inception_v3",
+                    weights="IMAGENET1K_V1",
+                    layer="avgpool",
+                    gt_chain=_me(torch_step("bilinear", 342)),
+                    rec_chain=_me(torch_step("bilinear", 342)),
+                    normalize="imagenet",
                 ),
                 FeatureMetric(
-                    "clip_2way",
-                    "clip_vit_l14",
-                    "openai",
-                    "visual",
-                    _me(_torch("bilinear", 224)),
-                    _me(_torch("bilinear", 224)),
-                    "clip",
+                    name="clip_2way",
+                    network="clip_vit_l14",
+                    weights="openai",
+                    layer="visual",
+                    gt_chain=_me(torch_step("bilinear", 224)),
+                    rec_chain=_me(torch_step("bilinear", 224)),
+                    normalize="clip",
                     precision="fp16",
                 ),
                 FeatureMetric(
-                    "effnet_b",
-                    "efficientnet_b1",
-                    "IMAGENET1K_V2",
-                    "avgpool",
-                    _me(_torch("bilinear", 255)),
-                    _me(_torch("bilinear", 255)),
-                    "imagenet",
+                    name="effnet_b",
+                    network="efficientnet_b1",
+                    weights="IMAGENET1K_V2",
+                    layer="avgpool",
+                    gt_chain=_me(torch_step("bilinear", 255)),
+                    rec_chain=_me(torch_step("bilinear", 255)),
+                    normalize="imagenet",
                     statistic="correlation-distance",
                 ),
                 FeatureMetric(
-                    "swav",
-                    "swav_resnet50",
-                    "800ep",
-                    "avgpool",
-                    _me(_torch("bilinear", 224)),
-                    _me(_torch("bilinear", 224)),
-                    "imagenet",
+                    name="swav",
+                    network="swav_resnet50",
+                    weights="800ep",
+                    layer="avgpool",
+                    gt_chain=_me(torch_step("bilinear", 224)),
+                    rec_chain=_me(torch_step("bilinear", 224)),
+                    normalize="imagenet",
                     statistic="correlation-distance",
                 ),
             )
-            + _brain(_BRAIN_PUBLISHED)
+            + brain_metrics(BRAIN_PUBLISHED)
         )
     ),
     notes=(
@@ -397,38 +443,38 @@ SECOND_SIGHT_2023 = Protocol(
     metrics=_order(
         (
             PixelMetric(
-                "pixcorr",
-                (_pil("lanczos", 425),),
-                (_pil("lanczos", 425),),
-                "rgb",
-                "pearson",
+                name="pixcorr",
+                gt_chain=(pil_step("lanczos", 425),),
+                rec_chain=(pil_step("lanczos", 425),),
+                color="rgb",
+                kind="pearson",
                 note="np.corrcoef on flattened uint8 (same value as /255)",
             ),
             PixelMetric(
-                "ssim",
-                _P425,
-                _P425,
-                "gray",
-                "ssim-2d",
+                name="ssim",
+                gt_chain=_P425,
+                rec_chain=_P425,
+                color="gray",
+                kind="ssim-2d",
                 sample_covariance=True,
                 data_range="gt-range",
                 note="data_range = gt.max() - gt.min() of the gray ground truth",
             ),
             FeatureMetric(
-                "clip_cos",
-                "clip_vit_l14",
-                "openai",
-                "visual",
-                (_pil("bicubic", 224),),
-                (_pil("bicubic", 224),),
-                "clip",
+                name="clip_cos",
+                network="clip_vit_l14",
+                weights="openai",
+                layer="visual",
+                gt_chain=(pil_step("bicubic", 224),),
+                rec_chain=(pil_step("bicubic", 224),),
+                normalize="clip",
                 statistic="cosine",
                 note="HF CLIPProcessor: shortest side 224 bicubic + center crop 224 (= 224x224 on square "
                 "images); rescale and normalize in float32",
             ),
         )
         + _SS_FEATS
-        + _brain(_BRAIN_PUBLISHED)
+        + brain_metrics(BRAIN_PUBLISHED)
     ),
     notes=(
         "The reference feeds every CNN CLIP's mean/std (its dataset class defaults to CLIP); kept here.",
@@ -445,22 +491,22 @@ NSDBENCH_V1 = Protocol(
     published_order="nsd-ascending",
     metrics=_order(
         (
-            PixelMetric("pixcorr", _P425, _P425, "rgb", "pearson"),
-            PixelMetric("ssim", _P425, _P425, "gray", "ssim-2d"),
+            PixelMetric(name="pixcorr", gt_chain=_P425, rec_chain=_P425, color="rgb", kind="pearson"),
+            PixelMetric(name="ssim", gt_chain=_P425, rec_chain=_P425, color="gray", kind="ssim-2d"),
             FeatureMetric(
-                "clip_cos",
-                "clip_vit_l14",
-                "openai",
-                "visual",
-                (_pil("bilinear", 224),),
-                (_pil("bilinear", 224),),
-                "clip",
+                name="clip_cos",
+                network="clip_vit_l14",
+                weights="openai",
+                layer="visual",
+                gt_chain=(pil_step("bilinear", 224),),
+                rec_chain=(pil_step("bilinear", 224),),
+                normalize="clip",
                 statistic="cosine",
                 note="same CLIP embedding as clip_2way",
             ),
         )
         + _bd_style_features("imagenet", ("alexnet2", "alexnet5", "alexnet7"))
-        + _brain(_BRAIN_ALL)
+        + brain_metrics(BRAIN_ALL)
     ),
     notes=(
         (
@@ -598,7 +644,7 @@ MINDEYE_1_1 = dataclasses.replace(
     ),
 )
 
-_GT768 = _pil("lanczos", 768)
+_GT768 = pil_step("lanczos", 768)
 
 
 def _gt768(m: Metric) -> Metric:
@@ -636,7 +682,7 @@ SECOND_SIGHT_2023_1_1 = dataclasses.replace(
 
 # MindEye1's webdataset stores each stimulus at 256 px as a ".jpg" entry, which webdataset encodes with
 # PIL at quality 100 (PIL's default 4:2:0 chroma subsampling); its evaluation decodes those JPEGs.
-_ME1_GT = (_pil("bicubic", 256), JpegStep(100, "4:2:0"))
+_ME1_GT = (pil_step("bicubic", 256), JpegStep(100, "4:2:0"))
 
 
 def _me1(m: Metric) -> Metric:

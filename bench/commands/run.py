@@ -361,10 +361,16 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--upgrade", help="Convert a run folder of format 1 in place first.")
         ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+        timings_path: Annotated[
+            Path | None, typer.Option("--timings", help="Write per-stage seconds as JSON (as `score`).")
+        ] = None,
     ) -> None:
         """Score an existing run under more protocols without generating any image."""
+        from nsdbench.stage_times import CommandClock
+
+        clock = CommandClock()
         from nsdbench.runs.progress import RichProgress
-        from nsdbench.runs.scores import rescore_run
+        from nsdbench.runs.scores import protocols_on_run_split, rescore_run, run_image_count
         from nsdbench.runs.upgrade import upgrade_run_folder
 
         folder = run_dir.expanduser().resolve()
@@ -376,13 +382,19 @@ def register(app: typer.Typer) -> None:
         if protocol is None and not old_protocol:
             raise UsageError("rescore: --protocol is required (e.g. --protocol brain-diffuser-2023)")
         names = parse_protocols(protocol or old_protocol)
+        if protocol is not None and protocol.strip() == "all":
+            names = protocols_on_run_split(folder, names)
         try:
             with RichProgress() as progress:
-                results = rescore_run(folder, names, db, progress=progress, ingest=ingest)
+                results = rescore_run(
+                    folder, names, db, progress=progress, ingest=ingest, timings=clock.stages
+                )
         except KeyboardInterrupt:
             raise Interrupted(
                 f"interrupted; scores finished in {folder} are kept: rerun to continue"
             ) from None
+        if timings_path:
+            clock.write(timings_path, run_image_count(folder), list(names))
         if not ingest:
             doc = {"run_dir": str(folder), "protocols": list(names), "ingested": False}
             if as_json:
@@ -462,7 +474,9 @@ def register(app: typer.Typer) -> None:
         for key, value in d["defaults"].items():
             note = f"  {d['setting_help'][key]}" if key in d["setting_help"] else ""
             text = json.dumps(value, separators=(",", ":"))  # no spaces: pastes as one shell argument
-            out.print(f"  --set {key}={text}  ({d['setting_types'][key]}){note}", highlight=False, soft_wrap=True)
+            out.print(
+                f"  --set {key}={text}  ({d['setting_types'][key]}){note}", highlight=False, soft_wrap=True
+            )
         for v, overrides in d["variants"].items():
             out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False, soft_wrap=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +24,8 @@ from nsdbench.commands.options import (
     subjects_opt,
 )
 from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.metrics.protocols import Protocol
+from nsdbench.stage_times import Timings, stage
 from nsdbench.terminal import print_whole
 
 out = Console(highlight=False, soft_wrap=True)
@@ -91,7 +94,7 @@ def resolve_device(flag: str | None) -> str:
     return device
 
 
-def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[Any, str]:
+def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[Protocol, str]:
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import SPLITS
 
@@ -153,7 +156,7 @@ def score_run_id(
     method: str,
     subjects: tuple[int, ...],
     split: str,
-    protocol: Any,
+    protocol: Protocol,
     weights_mode: str,
     brain: bool | None,
     data: str,
@@ -205,7 +208,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--protocol",
             "-p",
-            help="Metric protocol, or a comma list: one recorded run each (default: config, nsdbench-v1).",
+            help="Metric protocol, a comma list or 'all': scored in one pass, one recorded run each "
+            "(default: config, nsdbench-v1).",
         ),
         method_name: str = typer.Option(
             None, "--method", "-m", help="Leaderboard name (default: the file/folder name)."
@@ -236,8 +240,17 @@ def register(app: typer.Typer) -> None:
             DEFAULT_RESAMPLES, "--bootstrap", min=10, help="Bootstrap resamples for the CIs."
         ),
         as_json: bool = JSON_OPT,
+        timings_path: Annotated[
+            Path | None,
+            typer.Option(
+                "--timings", help="Write per-stage seconds (start-up, decode, each network, ...) as JSON."
+            ),
+        ] = None,
     ) -> None:
         """Validate, score and record a submission in the leaderboard (nothing is scored if it is invalid)."""
+        from nsdbench.stage_times import CommandClock
+
+        clock = CommandClock()
         from nsdbench import weights
         from nsdbench.leaderboards.store import Store
         from nsdbench.metrics.protocols import with_encoder
@@ -247,38 +260,61 @@ def register(app: typer.Typer) -> None:
         subj = parse_subjects(subjects)
         mode = weights.check_mode(str(config.get("weights", weights_mode)))
         names = parse_protocols(protocol) or [str(config.get("protocol"))]
+        pairs = [_resolve_protocol_split(n, split) for n in names]
+        every = _is_all(protocol)  # --encoder then applies to the protocols that allow a choice
         scopes = [
-            (with_encoder(pr, encoder), sp) for pr, sp in (_resolve_protocol_split(n, split) for n in names)
+            (with_encoder(pr, encoder) if pr.encoder_choices or not every else pr, sp) for pr, sp in pairs
         ]
         check_exists(submission, "submission")
         data = check_data(data)
         dev = resolve_device(device)
         if work_dir:
             writable(work_dir, "--work-dir", folder=True)
+        if timings_path:
+            writable(timings_path, "--timings")
         if mode == "pretrained":
             weights.require_all(a for proto, _ in scopes for a in score_artifacts(proto, brain))
         nsd = open_nsd(data)
         check_subjects_in(subj, nsd)
         method = method_name or method_name_old or submission.name.split(".")[0]
         store = Store(db)
-        docs = []
-        for proto, split_name in scopes:
-            sub, problems = _validated(
-                submission, fmt, order, ids, subj, split_name, nsd, as_json, quiet_ok=True
-            )
+        scopes = _every_within(nsd, scopes, subj, split) if every else scopes
+        docs: dict[str, dict] = {}
+        n_images = 0
+        for root, family in _families(nsd, scopes, subj):
+            with stage(clock.stages, "validate"):
+                sub, problems = _validated(
+                    submission, fmt, order, ids, subj, root, nsd, as_json, quiet_ok=True
+                )
+            n_images += len(sub.entries)
             with sub:
                 for p in problems:
                     if p.severity == "warning":
                         err.print(p.line(), markup=False)
                 settings = ScoreSettings(
-                    method, subj or tuple(sub.subjects), split_name, mode, dev, brain, batch_size, n_resamples
+                    method, subj or tuple(sub.subjects), root, mode, dev, brain, batch_size, n_resamples
                 )
-                run_id, inserted = _score_one(
-                    sub, nsd, proto, settings, store, submission, fmt, order, ids, work_dir, len(scopes) > 1
+                outcome = _score_family(
+                    sub,
+                    nsd,
+                    family,
+                    settings,
+                    store,
+                    submission,
+                    fmt,
+                    order,
+                    ids,
+                    work_dir,
+                    len(scopes) > 1,
+                    clock.stages,
                 )
-            docs.append(_report(store, run_id, as_json, inserted))
+            for name, (run_id, inserted) in outcome.items():
+                docs[name] = _report(store, run_id, as_json, inserted)
+        ordered = [docs[proto.name] for proto, _ in scopes]
+        if timings_path:
+            clock.write(timings_path, n_images, [proto.name for proto, _ in scopes])
         if as_json:
-            print(json.dumps(docs[0] if len(docs) == 1 else {"runs": docs}, indent=2, default=str))
+            print(json.dumps(ordered[0] if len(ordered) == 1 else {"runs": ordered}, indent=2, default=str))
 
     demo = typer.Typer(help="Make submissions.", no_args_is_help=True)
 
@@ -344,7 +380,7 @@ class ScoreSettings:
     n_resamples: int
 
 
-def score_artifacts(proto: Any, brain: bool | None) -> list[str]:
+def score_artifacts(proto: Protocol, brain: bool | None) -> list[str]:
     """The pretrained artifacts scoring under `proto` loads: its feature networks, and the canonical
     encoder's network when brain correlation is asked for (auto skips it with a note when absent)."""
     from nsdbench.metrics.networks import ARTIFACT_OF
@@ -371,80 +407,177 @@ def score_artifacts(proto: Any, brain: bool | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _score_one(
-    sub, nsd, proto, st: ScoreSettings, store, submission: Path, fmt, order, ids, work_dir, many: bool
-):
-    """Score one validated submission under one protocol and record it; returns (run id, newly recorded)."""
-    from nsdbench.scoring import brain_target, completed_parquet, has_brain_metrics, score_images_to_parquet
+def _is_all(protocol: str | None) -> bool:
+    return protocol is not None and protocol.strip() == "all"
+
+
+def _split_ids(nsd: Any, name: str, subjects: Sequence[int]) -> dict[int, set[int]] | None:
+    """Test ids of split `name` per subject (None where a subject has no such split)."""
+    from nsdbench.errors import NSDBenchError
+    from nsdbench.nsd.splits import get_split
+
+    try:
+        return {s: {int(i) for i in get_split(nsd, name, s).test_ids} for s in subjects}
+    except NSDBenchError:
+        return None
+
+
+def _within(inner: dict[int, set[int]] | None, outer: dict[int, set[int]] | None) -> bool:
+    return inner is not None and outer is not None and all(inner[s] <= outer[s] for s in outer)
+
+
+def _every_within(nsd: Any, scopes: list, subjects: tuple[int, ...] | None, split: str | None) -> list:
+    """`--protocol all`: the protocols whose split lies within the scoring split (--split, else the
+    configured split); the others are left out with a note naming the command that scores them."""
+    root = split or str(config.get("split"))
+    subs = subjects or tuple(nsd.subjects)
+    outer = _split_ids(nsd, root, subs)
+    kept = []
+    for proto, sp in scopes:
+        if sp == root or _within(_split_ids(nsd, sp, subs), outer):
+            kept.append((proto, sp))
+        else:
+            err.print(
+                f"{proto.name} scores on {sp}, which is not within {root}: not scored "
+                f"(score it with --protocol {proto.name})",
+                markup=False,
+            )
+    if not kept:
+        raise UsageError(f"--protocol all: no protocol scores within split {root}")
+    return kept
+
+
+def _families(nsd: Any, scopes: list, subjects: tuple[int, ...] | None) -> list[tuple[str, list]]:
+    """Group (protocol, split) scopes by nested splits: each group is validated against its widest split
+    and scored in one pass, each protocol restricted to its own split's ids."""
+    subs = subjects or tuple(nsd.subjects)
+    names = list(dict.fromkeys(sp for _, sp in scopes))
+    ids = {n: _split_ids(nsd, n, subs) for n in names}
+    names.sort(key=lambda n: -sum(len(v) for v in (ids[n] or {}).values()))
+    root_of: dict[str, str] = {}
+    for n in names:
+        root_of[n] = next((r for r in dict.fromkeys(root_of.values()) if _within(ids[n], ids[r])), n)
+    families: dict[str, list] = {}
+    for proto, sp in scopes:
+        families.setdefault(root_of[sp], []).append((proto, sp))
+    return list(families.items())
+
+
+def _score_family(
+    sub,
+    nsd,
+    family: list,
+    st: ScoreSettings,
+    store,
+    submission: Path,
+    fmt,
+    order,
+    ids,
+    work_dir,
+    many: bool,
+    timings: Timings | None = None,
+) -> dict[str, tuple[str, bool]]:
+    """Score one validated submission under protocols on nested splits, each subject in one engine pass,
+    and record one run per protocol; returns {protocol: (run id, newly recorded)}."""
+    from nsdbench.metrics.engine import ScoreOptions
+    from nsdbench.scoring import (
+        brain_target,
+        completed_parquet,
+        has_brain_metrics,
+        subject_scopes,
+        write_subject_scores,
+    )
 
     data_id = str(Path(nsd.root).resolve())
-    sub_sha = sub.sha256()
-    run_id = score_run_id(
-        sub_sha, st.method, st.subjects, st.split, proto, st.weights_mode, st.brain, data_id, st.n_resamples
-    )
-    if store.has_run(run_id):
-        return run_id, False
-    base = config.home() / "scores" / run_id if not work_dir else Path(work_dir)
-    wdir = base / proto.name if (work_dir and many) else base
-    paths, notes, used_brain = [], [], False
+    with stage(timings, "validate"):
+        sub_sha = sub.sha256()
+    out: dict[str, tuple[str, bool]] = {}
+    todo = []
+    for proto, split_name in family:
+        run_id = score_run_id(
+            sub_sha,
+            st.method,
+            st.subjects,
+            split_name,
+            proto,
+            st.weights_mode,
+            st.brain,
+            data_id,
+            st.n_resamples,
+        )
+        if store.has_run(run_id):
+            out[proto.name] = (run_id, False)
+        else:
+            todo.append((proto, split_name, run_id))
+    paths: dict[str, list[Path]] = {proto.name: [] for proto, _, _ in todo}
+    notes: dict[str, list[str]] = {proto.name: [] for proto, _, _ in todo}
+    used_brain = {proto.name: False for proto, _, _ in todo}
+    options = ScoreOptions(st.weights_mode, st.device, st.batch_size, True, timings=timings)
     for s in st.subjects:
-        path = wdir / f"subj{s:02d}.parquet"
-        if completed_parquet(path, run_id, s, proto.hash):
-            err.print(f"subject {s}: reusing {path}")
-            paths.append(path)
+        left = []
+        for proto, split_name, run_id in todo:
+            base = config.home() / "scores" / run_id if not work_dir else Path(work_dir)
+            path = (base / proto.name if (work_dir and many) else base) / f"subj{s:02d}.parquet"
+            paths[proto.name].append(path)
+            if completed_parquet(path, run_id, s, proto.hash):
+                err.print(f"subject {s}: reusing {path}")
+            else:
+                left.append((proto, split_name, run_id, path))
+        if not left:
             continue
-        target = None
-        if has_brain_metrics(proto):
-            target, note = brain_target(nsd, s, st.split, st.weights_mode, st.brain, proto)
-            if note:
-                notes.append(note)
-                err.print(note, markup=False)
-        used_brain = used_brain or target is not None
+        targets = {}
+        for proto, split_name, _, _ in left:
+            targets[proto.name] = None
+            if has_brain_metrics(proto):
+                with stage(timings if st.brain is not False else None, "brain"):
+                    target, note = brain_target(nsd, s, split_name, st.weights_mode, st.brain, proto)
+                if note:
+                    notes[proto.name].append(note)
+                    err.print(note, markup=False)
+                targets[proto.name] = target
+                used_brain[proto.name] = used_brain[proto.name] or target is not None
         err.print(
-            f"scoring subject {s} ({len(sub.entries_for(s))} reconstructions, {proto.name}, {st.weights_mode} "
-            f"weights, {st.device})"
+            f"scoring subject {s} ({len(sub.entries_for(s))} reconstructions, "
+            f"{', '.join(p.name for p, _, _, _ in left)}, {st.weights_mode} weights, {st.device})"
         )
-        paths.append(
-            score_images_to_parquet(
-                nsd,
-                s,
-                st.split,
-                proto,
-                sub.images(s),
-                st.weights_mode,
-                st.device,
-                path,
-                run_id,
-                brain=target,
-                batch_size=st.batch_size,
-                progress=True,
-                extra_meta={"submission_sha256": sub_sha},
-            )
+        write_subject_scores(
+            nsd,
+            s,
+            subject_scopes(nsd, s, [(proto, split_name) for proto, split_name, _, _ in left]),
+            sub.images(s),
+            options,
+            {proto.name: path for proto, _, _, path in left},
+            {proto.name: run_id for proto, _, run_id, _ in left},
+            targets,
+            {proto.name: {"submission_sha256": sub_sha} for proto, _, _, _ in left},
         )
-    record = store.new_run_record(
-        kind="score",
-        method=st.method,
-        subjects=st.subjects,
-        split=st.split,
-        protocol=proto,
-        weights_mode=st.weights_mode,
-        run_id=run_id,
-        device=st.device,
-        submission_sha256=sub_sha,
-        data=data_id,
-        brain=used_brain,
-        config={
-            "submission": str(submission.resolve()),
-            "format": sub.fmt,
-            "order": order,
-            "ids": str(ids) if ids else None,
-            "n_resamples": st.n_resamples,
-            "batch_size": st.batch_size,
-            "notes": notes,
-        },
-    )
-    result = store.ingest(record, paths, n_resamples=st.n_resamples)
-    return run_id, result.inserted
+    for proto, split_name, run_id in todo:
+        record = store.new_run_record(
+            kind="score",
+            method=st.method,
+            subjects=st.subjects,
+            split=split_name,
+            protocol=proto,
+            weights_mode=st.weights_mode,
+            run_id=run_id,
+            device=st.device,
+            submission_sha256=sub_sha,
+            data=data_id,
+            brain=used_brain[proto.name],
+            config={
+                "submission": str(submission.resolve()),
+                "format": sub.fmt,
+                "order": order,
+                "ids": str(ids) if ids else None,
+                "n_resamples": st.n_resamples,
+                "batch_size": st.batch_size,
+                "notes": notes[proto.name],
+            },
+        )
+        with stage(timings, "store"):
+            result = store.ingest(record, paths[proto.name], n_resamples=st.n_resamples)
+        out[proto.name] = (run_id, result.inserted)
+    return out
 
 
 def _report(store: Any, run_id: str, as_json: bool, inserted: bool) -> dict:

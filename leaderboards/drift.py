@@ -136,7 +136,7 @@ def missing_per_image_blocks(spec: dict[str, Any]) -> list[str]:
 def _reconstructions(
     spec: dict[str, Any], golden: Path, nsd: Any, subject: int, ids: list[int], gt: np.ndarray
 ) -> dict[tuple[int, int], np.ndarray]:
-    from nsdbench.submission_writers import box_blur
+    from nsdbench.submissions.writers import box_blur
 
     rec = spec["reconstructions"]
     if rec["kind"] == "blur":
@@ -473,13 +473,13 @@ def create_golden(
             "radius": int(blur_radius),
             "samples": int(samples),
             "note": "integer box blur of the ground truth, radius + sample index "
-            "(nsdbench.submission_writers.box_blur)",
+            "(nsdbench.submissions.writers.box_blur)",
         }
         for s in subjects:
             ids[str(s)] = [int(i) for i in get_split(nsd, split, s).test_ids][: max_images or None]
     else:
         from nsdbench.errors import InvalidSubmission
-        from nsdbench.submission import errors, load_submission, validate
+        from nsdbench.submissions.validation import errors, load_submission, validate
 
         with load_submission(submission, submission_format, order, subjects=subjects) as sub:
             problems = errors(validate(sub, nsd, split, subjects))

@@ -22,8 +22,12 @@ import pytest
 from nsdbench.cli import main
 from nsdbench.commands.run import build_spec
 from nsdbench.errors import NSDBenchError
-from nsdbench.executors import Worker, run_inprocess
-from nsdbench.runner import RunSession, prepare_run_dir, row_id, score_path, shard_record_path
+from nsdbench.runs.executors import Worker, run_inprocess
+from nsdbench.runs.folder import score_path
+from nsdbench.runs.scores import row_id
+from nsdbench.runs.session import RunSession
+from nsdbench.runs.shards import shard_record_path
+from nsdbench.runs.spec import prepare_run_dir
 
 SUBJECT = 1
 SHARD_SIZE = 30  # 91 synthetic test images -> shards of 30, 30, 30, 1
@@ -163,8 +167,8 @@ DRIVER = textwrap.dedent(
     import {module} as m
     m.setup()
     from nsdbench.commands.run import build_spec
-    from nsdbench.executors import run_inprocess
-    from nsdbench.runner import prepare_run_dir
+    from nsdbench.runs.executors import run_inprocess
+    from nsdbench.runs.spec import prepare_run_dir
     spec, _, _ = build_spec("lifecycle-batchnorm", "1", None, None, None, "lifecycle-pixcorr", sys.argv[2],
                             "tiny", "cpu", None, {shard}, None, {batch})
     prepare_run_dir(sys.argv[3], spec)
@@ -529,7 +533,7 @@ def test_format_1_folder_is_refused_then_upgraded_in_place(methods, synth_root, 
     with a one-line hint, and `rescore --upgrade` converts it keeping every image."""
     import tomli_w
 
-    from nsdbench.runner import shard_is_complete
+    from nsdbench.runs.shards import shard_is_complete
 
     new = _spec("ground-truth", synth_root, batch=SHARD_SIZE)
     out = tmp_path / "old"
@@ -561,7 +565,7 @@ def test_format_1_folder_is_refused_then_upgraded_in_place(methods, synth_root, 
     assert "format 1" in err and f"nsdbench rescore {out} --upgrade" in err and len(err.splitlines()) == 1
 
     assert main(["rescore", str(out), "--upgrade", "--no-ingest"]) == 0  # scored under its old protocol
-    from nsdbench.runner import read_spec
+    from nsdbench.runs.spec import read_spec
 
     assert read_spec(out)[0] == new  # the spec a current run with batch size = shard size has
     assert all(shard_is_complete(out, new, s) for s in RunSession(out, new).shards())

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from test_score_fixtures import small_root_fixture  # noqa: F401
 
-from nsdbench import submission_formats
 from nsdbench.cli import main
 from nsdbench.nsd import open_nsd
-from nsdbench.submission import load_submission, validate
-from nsdbench.submission_writers import _png_bytes, demo_images, write_submission
+from nsdbench.submissions import formats as submission_formats
+from nsdbench.submissions.validation import load_submission, validate
+from nsdbench.submissions.writers import _png_bytes, demo_images, write_submission
 
 
 @pytest.fixture(scope="module")

@@ -71,8 +71,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write an HTML report: leaderboard rows, per-subject image grids, best/worst images,
         score distributions and provenance. Images are embedded as thumbnails; the page needs no network."""
-        from nsdbench.report import ReportOptions, write_report
-        from nsdbench.report_sources import load_report_data
+        from nsdbench.report.data import ReportOptions
+        from nsdbench.report.page import write_report
+        from nsdbench.report.sources import load_report_data
 
         if n <= 0:
             raise UsageError(f"--n must be positive (got {n})")

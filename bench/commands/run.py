@@ -211,9 +211,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a method end to end: fit, reconstruct the test split with fixed seeds, score, record."""
         from nsdbench import config
-        from nsdbench.executors import EXECUTORS, resolve_worker, run_inprocess, run_ray
         from nsdbench.methods.registry import parse_assignments
         from nsdbench.nsd.splits import get_split
+        from nsdbench.runs.executors import EXECUTORS, resolve_worker, run_inprocess, run_ray
         from nsdbench.runs.folder import clean_leftovers, log_event
         from nsdbench.runs.progress import RichProgress
         from nsdbench.runs.scores import ingest_run

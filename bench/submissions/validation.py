@@ -4,7 +4,7 @@
 every check and returns every problem at once — counts per subject, missing / duplicate / extra ids,
 ids outside the split, shape, channels, dtype and range, NaN/inf, constant images, unreadable or
 truncated files, JPEG (warning), sample counts that differ between images, sizes that differ.
-Formats and the safe readers live in nsdbench.submission_formats.
+Formats and the safe readers live in nsdbench.submissions.formats.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Self
 import numpy as np
 
 from nsdbench.errors import InvalidSubmission, UsageError
-from nsdbench.submission_formats import (
+from nsdbench.submissions.formats import (
     FORMATS,
     MIN_SIDE,
     Entry,

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from nsdbench import config
-from nsdbench.npy_headers import map_npy, npz_members, read_npy_header
-from nsdbench.untrusted import (
+from nsdbench.submissions.npy_headers import map_npy, npz_members, read_npy_header
+from nsdbench.submissions.untrusted import (
     PNG_SIGNATURE,
     Refused,
     check_png,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from nsdbench.errors import DataError, NSDBenchError, UsageError
-from nsdbench.report import ReportData, RunInfo
+from nsdbench.report.data import ReportData, RunInfo
 
 IMAGE_NAME = re.compile(r"^(\d+)_(\d+)\.(png|jpg|jpeg|webp)$", re.IGNORECASE)
 EXTRA_IMAGE = re.compile(r"^(\d+)_(\d+)\.([a-z0-9][a-z0-9_-]*)\.png$")  # a run's image extras (stage-1 ...)
@@ -111,7 +111,7 @@ def read_image(path: Path, notes: list[str], label: str) -> np.ndarray | None:
 
 
 class SubmissionImages:
-    """Reconstructions read from a scored submission, in any format nsdbench.submission reads.
+    """Reconstructions read from a scored submission, in any format nsdbench.submissions.validation reads.
 
     `how` holds the reading options the score run recorded (format, order, ids) so that array
     submissions map rows to the same NSD ids as when they were scored.
@@ -134,7 +134,7 @@ class SubmissionImages:
 
     def _load(self) -> dict[tuple[int, int], Any]:
         if self._index is None:
-            from nsdbench.submission import load_submission
+            from nsdbench.submissions.validation import load_submission
 
             self._index = {}
             try:
@@ -173,7 +173,7 @@ class SubmissionImages:
 
 
 def is_run_folder(path: Path) -> bool:
-    from nsdbench.runner import SPEC_FILE
+    from nsdbench.runs.spec import SPEC_FILE
 
     return path.is_dir() and (path / SPEC_FILE).is_file()
 
@@ -256,8 +256,8 @@ def from_folder(
     (same bootstrap seed), so they equal what `ingest` records for the run.
     """
     from nsdbench.leaderboards.aggregate import aggregate_scores
-    from nsdbench.runner import read_spec
     from nsdbench.runs.scores import row_id
+    from nsdbench.runs.spec import read_spec
 
     folder = folder.resolve()
     spec, doc = read_spec(folder)

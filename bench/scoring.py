@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
-from nsdbench.leaderboards.store import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
+from nsdbench.score_files import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
 
 ImageKey = tuple[int, int]  # (nsd_id, sample)
 

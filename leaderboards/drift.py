@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -24,6 +23,7 @@ import numpy as np
 
 from nsdbench.errors import UsageError
 from nsdbench.files import atomic_write_text
+from nsdbench.progress import labelled_bars
 
 GOLDEN_FORMAT = "nsdbench-golden/1"
 SHIPPED_GOLDEN = "golden_synthetic_tiny.json"
@@ -180,34 +180,8 @@ def _score_spec(
     spec: dict[str, Any], golden: Path, data: str | None, device: str, progress: bool
 ) -> _Rescore:
     """Rescore the golden set: set scores, per-image values and input hashes per protocol and subject."""
-    with _labelled_bars(progress) as bar_for:
+    with labelled_bars(progress) as bar_for:
         return _score_spec_bars(spec, golden, data, device, bar_for)
-
-
-@contextmanager
-def _labelled_bars(enabled: bool):
-    """Rich bars on stderr labelled `drift · PROTOCOL · subject S` (the engine's own say only `sample 0`);
-    yields a factory of (done, total) callbacks, or of False when bars are off."""
-    if not enabled:
-        yield lambda label: False
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bars:
-
-        def bar_for(label: str):
-            task = bars.add_task(label, total=None)
-            return lambda done, total: bars.update(task, completed=done, total=total)
-
-        yield bar_for
 
 
 def _score_spec_bars(spec: dict[str, Any], golden: Path, data: str | None, device: str, bar_for) -> _Rescore:

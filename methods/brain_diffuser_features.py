@@ -112,7 +112,7 @@ def ridge_predictions(
 ) -> dict[str, np.ndarray]:
     """Test predictions of one fixed-alpha ridge with intercept (every target at once: brain-diffuser's
     per-token fits share one Gram matrix), plus the training targets' mean and std for post-processing."""
-    from nsdbench.methods import ridge
+    from nsdbench import ridge
 
     settings = ridge.RidgeSettings(alpha=float(alpha), fit_intercept=True, dtype="float64", backend=backend)
     pred = ridge.fit_predict(x_train, y_train, x_test, settings, cache=False, progress=False)
@@ -125,9 +125,9 @@ def ridge_predictions(
 def finish_predictions(arrays: dict[str, np.ndarray], postprocess: bool) -> np.ndarray:
     """Raw test predictions, or brain-diffuser's post-processing of them (z-score across the whole test
     set, then the training features' mean and std)."""
-    from nsdbench.methods.ridge import bd_postprocess
+    from nsdbench.ridge import rescale_to_training_moments
 
     pred = arrays["pred"]
     if not postprocess:
         return pred.astype(np.float32)
-    return bd_postprocess(pred, train_mean=arrays["mean"], train_std=arrays["std"]).astype(np.float32)
+    return rescale_to_training_moments(pred, train_mean=arrays["mean"], train_std=arrays["std"]).astype(np.float32)

@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from nsdbench.errors import UsageError
-from nsdbench.methods.protocol import Method
+from nsdbench.methods.adapter import Method
 
 ENTRY_POINT_GROUP = "nsdbench.methods"
 BUILTIN_MODULES = (
@@ -40,7 +40,7 @@ _loaded = False
 
 def _check_class(cls: Any) -> type[Method]:
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"{cls!r} is not a subclass of nsdbench.methods.protocol.Method")
+        raise TypeError(f"{cls!r} is not a subclass of nsdbench.methods.adapter.Method")
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no `name`")
     if not (dataclasses.is_dataclass(cls.Settings) and cls.Settings.__dataclass_params__.frozen):

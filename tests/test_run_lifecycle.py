@@ -46,7 +46,7 @@ SOURCE = textwrap.dedent(
     import torch
 
     from nsdbench.methods import registry
-    from nsdbench.methods.protocol import Method, Output
+    from nsdbench.methods.adapter import Method, Output
     from nsdbench.metrics import protocols as P
 
     PIX = P.Protocol(name="lifecycle-pixcorr", version="1", description="tests: PixCorr only",
@@ -466,8 +466,8 @@ def test_leaderboard_marks_brain_cells_of_runs_guided_by_the_metric_encoder(
 ):
     import pandas as pd
 
-    from nsdbench.leaderboards.store import read_parquet_meta
     from nsdbench.runs.session import record_guiding_encoder
+    from nsdbench.score_files import read_parquet_meta
 
     out, db = tmp_path / "run", tmp_path / "lb.duckdb"
     _generate(_spec("ground-truth", synth_root), out)

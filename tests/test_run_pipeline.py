@@ -22,9 +22,9 @@ from nsdbench.cli import main
 from nsdbench.commands.run import build_spec
 from nsdbench.errors import NSDBenchError
 from nsdbench.methods import baselines
+from nsdbench.progress import Progress
 from nsdbench.runs.executors import Worker, run_inprocess
 from nsdbench.runs.folder import encode_png, png_path, read_png, score_path
-from nsdbench.runs.progress import Progress
 from nsdbench.runs.scores import ingest_run, row_id
 from nsdbench.runs.session import RunSession
 from nsdbench.runs.shards import shard_record_path
@@ -431,9 +431,9 @@ def test_split_not_available_for_the_dataset_exits_2(synth_root, tmp_path, capsy
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.symlink_to(src)
-    from nsdbench.nsd import layout as L
+    from nsdbench.nsd import layout
 
-    resp = root / L.responses(2)
+    resp = root / layout.responses(2)
     table = pd.read_csv(resp.resolve(), sep="\t")
     resp.unlink()
     table[table["SESSION"] == 1].to_csv(resp, sep="\t", index=False)

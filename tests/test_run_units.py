@@ -165,14 +165,14 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_resolve_device_uses_local_rank_for_cuda(monkeypatch):
-    from nsdbench.runs.session import resolve_device
+    from nsdbench.devices import resolve_device
 
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert resolve_device("cuda") == "cuda:3"
-    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("cuda", require_available=False) == "cuda:3"
+    assert resolve_device("cuda:1", require_available=False) == "cuda:1"
     assert resolve_device("cpu") == "cpu"
     monkeypatch.delenv("LOCAL_RANK")
-    assert resolve_device("cuda") == "cuda"
+    assert resolve_device("cuda", require_available=False) == "cuda"
 
 
 def test_prepare_run_dir_tolerates_a_concurrent_workers_temp_file(tmp_path):
@@ -183,23 +183,23 @@ def test_prepare_run_dir_tolerates_a_concurrent_workers_temp_file(tmp_path):
     assert read_spec(run)[0] == _spec()
 
 
-def test_check_image_keeps_the_method_size_and_rejects_bad_arrays():
+def test_reconstruction_array_keeps_the_method_size_and_rejects_bad_arrays():
     from nsdbench.errors import NSDBenchError
-    from nsdbench.runs.folder import check_image
+    from nsdbench.runs.folder import as_reconstruction_array
 
     img = np.zeros((512, 512, 3), np.uint8)
-    assert check_image(img, "m", 5, 0).shape == (512, 512, 3)  # stored as produced, never resized
+    assert as_reconstruction_array(img, "m", 5, 0).shape == (512, 512, 3)  # stored as produced, never resized
     for bad in (
         np.zeros((64, 64, 3), np.float32),
         np.zeros((64, 64), np.uint8),
         np.zeros((4, 4, 3), np.uint8),
     ):
         with pytest.raises(NSDBenchError, match="method m: image for NSD id 5 sample 0"):
-            check_image(bad, "m", 5, 0)
+            as_reconstruction_array(bad, "m", 5, 0)
 
 
 def test_rich_progress_bar_takes_its_total_and_unit_later(capsys):
-    from nsdbench.runs.progress import RichProgress
+    from nsdbench.progress import RichProgress
 
     with RichProgress() as progress:
         progress.start("fit-1", "subj01 fit", None, unit="step")  # a fit announces its size once it knows it
@@ -213,7 +213,7 @@ def test_rich_progress_bar_takes_its_total_and_unit_later(capsys):
 
 
 def test_scaled_progress_maps_engine_units_onto_the_score_bar():
-    from nsdbench.runs.progress import scaled_progress
+    from nsdbench.progress import scaled_progress
 
     steps: list[int] = []
     report = scaled_progress(steps.append, 7)  # a bar of 7 reconstructions; the engine counts 21 units

@@ -69,11 +69,12 @@ def build_spec(
     """
     import nsdbench
     from nsdbench import config, weights
-    from nsdbench.methods.protocol import settings_dict
+    from nsdbench.devices import device_type
+    from nsdbench.methods.adapter import settings_dict
     from nsdbench.methods.registry import create_method, get_method
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import SPLITS, get_split
-    from nsdbench.runs.session import device_type, open_data
+    from nsdbench.runs.session import open_data
     from nsdbench.runs.spec import RunSpec
 
     mode = weights.check_mode(str(config.get("weights", weights_mode)))
@@ -213,9 +214,9 @@ def register(app: typer.Typer) -> None:
         from nsdbench import config
         from nsdbench.methods.registry import parse_assignments
         from nsdbench.nsd.splits import get_split
+        from nsdbench.progress import RichProgress
         from nsdbench.runs.executors import EXECUTORS, resolve_worker, run_inprocess, run_ray
         from nsdbench.runs.folder import clean_leftovers, log_event
-        from nsdbench.runs.progress import RichProgress
         from nsdbench.runs.scores import ingest_run
         from nsdbench.runs.session import data_label
         from nsdbench.runs.shards import make_shards
@@ -336,7 +337,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
         """Score any unscored subject of a finished (sharded) run, then record it in the leaderboard."""
-        from nsdbench.runs.progress import RichProgress
+        from nsdbench.progress import RichProgress
         from nsdbench.runs.scores import ingest_run
 
         names = parse_protocols(protocol) if protocol else None
@@ -363,7 +364,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
         """Score an existing run under more protocols without generating any image."""
-        from nsdbench.runs.progress import RichProgress
+        from nsdbench.progress import RichProgress
         from nsdbench.runs.scores import rescore_run
         from nsdbench.runs.upgrade import upgrade_run_folder
 
@@ -462,7 +463,9 @@ def register(app: typer.Typer) -> None:
         for key, value in d["defaults"].items():
             note = f"  {d['setting_help'][key]}" if key in d["setting_help"] else ""
             text = json.dumps(value, separators=(",", ":"))  # no spaces: pastes as one shell argument
-            out.print(f"  --set {key}={text}  ({d['setting_types'][key]}){note}", highlight=False, soft_wrap=True)
+            out.print(
+                f"  --set {key}={text}  ({d['setting_types'][key]}){note}", highlight=False, soft_wrap=True
+            )
         for v, overrides in d["variants"].items():
             out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False, soft_wrap=True)
 
@@ -491,7 +494,7 @@ def _type_name(tp: Any) -> str:
 
 def describe(cls: Any) -> dict[str, Any]:
     """Everything `methods show --json` prints about a method class."""
-    from nsdbench.methods.protocol import settings_dict
+    from nsdbench.methods.adapter import settings_dict
     from nsdbench.methods.registry import method_source, setting_types
     from nsdbench.runs.spec import jsonable
 

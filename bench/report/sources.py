@@ -178,7 +178,7 @@ def is_run_folder(path: Path) -> bool:
     return path.is_dir() and (path / SPEC_FILE).is_file()
 
 
-def score_files(folder: Path, protocol: str) -> list[Path]:
+def run_score_paths(folder: Path, protocol: str) -> list[Path]:
     """The Parquet score files of a run folder under one protocol (scores/<protocol>/subjXX.parquet)."""
     return sorted(
         p for p in (folder / "scores" / protocol).glob("subj*.parquet") if not p.name.startswith(".")
@@ -202,7 +202,7 @@ def choose_protocol(folder: Path, protocol: str | None, notes: list[str]) -> str
     from nsdbench import config
     from nsdbench.runs.folder import scored_protocols
 
-    have = [p for p in scored_protocols(folder) if score_files(folder, p)]
+    have = [p for p in scored_protocols(folder) if run_score_paths(folder, p)]
     if protocol:
         if protocol not in have:
             notes.append(
@@ -226,7 +226,7 @@ def read_scores(
     paths: Sequence[Path], run_label: str, notes: list[str]
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-image rows [subject, nsd_id, metric, value] of the nsdbench score files among `paths`."""
-    from nsdbench.leaderboards.store import read_parquet_meta
+    from nsdbench.score_files import read_parquet_meta
 
     frames, meta = [], {}
     for p in paths:
@@ -263,7 +263,7 @@ def from_folder(
     spec, doc = read_spec(folder)
     protocol = choose_protocol(folder, protocol, notes)
     run_id = row_id(str(doc.get("run_id") or spec.run_id), protocol)
-    images, meta = read_scores(score_files(folder, protocol), run_id, notes)
+    images, meta = read_scores(run_score_paths(folder, protocol), run_id, notes)
     subj = list(spec.subjects)
     if subjects is not None:
         subj = [s for s in subj if s in set(subjects)]

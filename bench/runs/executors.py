@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nsdbench.errors import NSDBenchError, UsageError
-from nsdbench.runs.progress import Progress
+from nsdbench.progress import Progress
 from nsdbench.runs.scores import check_protocols, run_status, score_is_complete, score_subject
 from nsdbench.runs.session import RunSession
 from nsdbench.runs.shards import assign, shard_is_complete

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nsdbench.errors import NSDBenchError, UsageError
+from nsdbench.progress import Progress, scaled_progress
 from nsdbench.runs.folder import (
     FileLock,
     file_digest,
@@ -22,7 +23,6 @@ from nsdbench.runs.folder import (
     scored_protocols,
     write_owned,
 )
-from nsdbench.runs.progress import Progress, scaled_progress
 from nsdbench.runs.session import RunSession, data_label, guiding_encoders
 from nsdbench.runs.shards import shard_files, shard_is_complete
 from nsdbench.runs.spec import read_spec

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from nsdbench.caches import ArrayCache
+from nsdbench.devices import resolve_device
 from nsdbench.errors import NSDBenchError
+from nsdbench.progress import Progress
 from nsdbench.runs.folder import (
-    check_image,
+    as_reconstruction_array,
     checkpoint_dir,
     encode_extra,
     encode_png,
@@ -23,7 +25,6 @@ from nsdbench.runs.folder import (
     subject_dir,
     write_owned,
 )
-from nsdbench.runs.progress import Progress
 from nsdbench.runs.shards import Shard, batch_is_done, make_shards, read_record, shard_record_path
 from nsdbench.runs.spec import RunSpec
 
@@ -49,7 +50,7 @@ class RunSession:
         self.protocols = tuple(protocols)
         self.progress = progress or Progress()
         self.force = force  # --no-resume: regenerate even what is complete
-        self.device = resolve_device(device or spec.device)
+        self.device = resolve_device(device or spec.device, require_available=False)
         self.method_class = get_method(spec.method)
         self._method: Any = None
         self._setup_done = False
@@ -82,7 +83,7 @@ class RunSession:
 
     def subject_data(self, subject: int):
         if subject not in self._data:
-            from nsdbench.methods.protocol import SubjectData
+            from nsdbench.methods.adapter import SubjectData
 
             self._data[subject] = SubjectData(self.nsd, subject, self.split(subject))
         return self._data[subject]
@@ -120,7 +121,7 @@ class RunSession:
 
     def context(self, subject: int, progress_key: str | None = None):
         from nsdbench import config
-        from nsdbench.methods.protocol import FitCache, GroundTruthDenied, RunContext
+        from nsdbench.methods.adapter import GroundTruthDenied, RunContext
 
         adv = (lambda n, k=progress_key: self.progress.advance(k, n)) if progress_key else None
         total = (lambda t, u, k=progress_key: self.progress.set_total(k, t, u)) if progress_key else None
@@ -141,7 +142,7 @@ class RunSession:
             dtype=self.spec.dtype,
             weights_mode=self.spec.weights,
             settings=self.method.settings,
-            cache=FitCache(config.cache_dir("methods", self.spec.method)),
+            cache=ArrayCache(config.cache_dir("methods", self.spec.method)),
             progress=adv,
             progress_total=total,
             checkpoint_dir=checkpoint_dir(self.run_dir, subject),
@@ -222,7 +223,7 @@ class RunSession:
 
     def _generate_batch(self, shard: Shard, index: int, batch: list[tuple[int, int]]) -> dict[str, str]:
         """Generate one fixed batch whole and write its files; returns file name -> sha256."""
-        from nsdbench.methods.protocol import Output, TestItem
+        from nsdbench.methods.adapter import Output, TestItem
 
         spec = self.spec
         fitted = self.fitted(shard.subject)
@@ -245,7 +246,7 @@ class RunSession:
             wanted.discard(key)
             blobs = {f"{key[0]}_{key[1]}.{name}": encode_extra(spec.method, *key, name, value)
                      for name, value in sorted(extras.items())}  # fmt: skip
-            blobs[f"{key[0]}_{key[1]}.png"] = encode_png(check_image(image, spec.method, *key))
+            blobs[f"{key[0]}_{key[1]}.png"] = encode_png(as_reconstruction_array(image, spec.method, *key))
             for name, data in blobs.items():  # extras first, the PNG last: the PNG marks the item written
                 write_owned(subject_dir(self.run_dir, shard.subject) / name, data)
                 files[name] = hashlib.sha256(data).hexdigest()
@@ -290,35 +291,12 @@ def data_label(nsd: Any, data: str) -> str:
     return f"synthetic:{nsd.root}" if data in ("", "synthetic") else str(data)
 
 
-def device_type(device: str) -> str:
-    """'cuda:1' -> 'cuda'; 'auto' -> what resolve_device picks here."""
-    return resolve_device(device).split(":")[0]
-
-
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; a bare 'cuda' under torchrun/accelerate
-    (LOCAL_RANK set) → 'cuda:LOCAL_RANK', so each process of a node uses its own GPU."""
-    if device == "auto":
-        try:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:  # pragma: no cover - torch is a hard dependency
-            device = "cpu"
-    local_rank = os.environ.get("LOCAL_RANK", "")
-    if device == "cuda" and local_rank.isdigit():
-        return f"cuda:{int(local_rank)}"
-    return device
-
-
 __all__ = [
     "RunSession",
     "data_label",
-    "device_type",
     "extra_path",
     "file_digest",
     "guiding_encoders",
     "open_data",
     "png_path",
-    "resolve_device",
 ]  # fmt: skip

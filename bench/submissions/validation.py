@@ -19,6 +19,7 @@ from typing import Any, Self
 import numpy as np
 
 from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.progress import progress_bar
 from nsdbench.submissions.formats import (
     FORMATS,
     MIN_SIDE,
@@ -193,7 +194,7 @@ class Submission:
         # still one problem for this image, never a traceback.
         except Exception:  # noqa: BLE001
             return None, [Problem("unreadable", "cannot read this reconstruction (damaged data)", **key)], ""
-        problems = check_image(raw, key)
+        problems = image_array_problems(raw, key)
         if any(p.severity == "error" for p in problems):
             return None, problems, fmt
         return to_uint8(raw), problems, fmt
@@ -250,7 +251,7 @@ class LazyImages(Mapping):
         return len(self._by_key)
 
 
-def check_image(img: np.ndarray, key: dict[str, Any]) -> list[Problem]:
+def image_array_problems(img: np.ndarray, key: dict[str, Any]) -> list[Problem]:
     """Shape, channels, dtype, range, NaN/inf, size and constant-image checks for one raw image."""
     out: list[Problem] = []
     if img.ndim != 3:
@@ -577,8 +578,14 @@ def _check_keys(
 
 
 def _check_contents(sub: Submission, todo: list[Entry], progress: bool) -> list[Problem]:
+    with progress_bar(
+        progress and len(todo) >= 50, len(todo), "validating images", transient=True
+    ) as advance:
+        return _check_entries(sub, todo, advance)
+
+
+def _check_entries(sub: Submission, todo: list[Entry], advance: Callable[[int], None]) -> list[Problem]:
     out: list[Problem] = []
-    bar = _progress(progress, len(todo), "validating images")
     sizes: dict[int, Counter] = {}
     where: dict[tuple[int, tuple[int, int]], Entry] = {}
     jpeg: Counter = Counter()
@@ -593,10 +600,7 @@ def _check_contents(sub: Submission, todo: list[Entry], progress: bool) -> list[
             hw = img.shape[:2]
             sizes.setdefault(e.subject, Counter())[hw] += 1
             where.setdefault((e.subject, hw), e)
-        if bar:
-            bar[0].advance(bar[1])
-    if bar:
-        bar[0].stop()
+        advance(1)
     for s, n in sorted(jpeg.items()):
         out.append(
             Problem(
@@ -627,18 +631,6 @@ def _check_contents(sub: Submission, todo: list[Entry], progress: bool) -> list[
                         )
                     )
     return out
-
-
-def _progress(enabled: bool, total: int, label: str):
-    if not enabled or total < 50:
-        return None
-    from rich.console import Console
-    from rich.progress import Progress
-
-    bar = Progress(console=Console(stderr=True), transient=True)
-    task = bar.add_task(label, total=total)
-    bar.start()
-    return bar, task
 
 
 def errors(problems: Sequence[Problem]) -> list[Problem]:

@@ -19,7 +19,9 @@ PARQUET_META_KEY = b"nsdbench"  # the schema-metadata key holding a score file's
 PARQUET_FORMAT = "nsdbench-scores/1"
 
 
-def write_score_file(df: pd.DataFrame, out_path: Path, meta: dict[str, Any], temp: Path | None = None) -> Path:
+def write_score_file(
+    df: pd.DataFrame, out_path: Path, meta: dict[str, Any], temp: Path | None = None
+) -> Path:
     """Write `df` with `meta` as its provenance, atomically; `temp` names the temp file (see atomic_path)."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -130,4 +130,6 @@ def finish_predictions(arrays: dict[str, np.ndarray], postprocess: bool) -> np.n
     pred = arrays["pred"]
     if not postprocess:
         return pred.astype(np.float32)
-    return rescale_to_training_moments(pred, train_mean=arrays["mean"], train_std=arrays["std"]).astype(np.float32)
+    return rescale_to_training_moments(pred, train_mean=arrays["mean"], train_std=arrays["std"]).astype(
+        np.float32
+    )

@@ -173,7 +173,9 @@ def encode_extra(method: str, nsd_id: int, sample: int, name: str, value: Any) -
     return buf.getvalue()
 
 
-def as_reconstruction_array(image: Any, method: str, nsd_id: int, sample: int, what: str = "image") -> np.ndarray:
+def as_reconstruction_array(
+    image: Any, method: str, nsd_id: int, sample: int, what: str = "image"
+) -> np.ndarray:
     """A method's output as a contiguous uint8 (H, W, 3) array, or a one-line error naming the image.
 
     Images are stored at the size the method produces (e.g. 512 px for diffusion methods): each protocol

@@ -7,14 +7,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichBars
 
 ProgressArg = bool | None | Callable[[int, int], None]
 """True: a rich bar on stderr; None: a bar only when stderr is a terminal; False: nothing;
 a callable: called with (done, total) after every step."""
 
 
-def rich_bars(transient: bool = False) -> Any:
+def rich_bars(transient: bool = False) -> RichBars:
     """The package's rich bar style (description, bar, done/total, elapsed) on stderr."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -57,7 +60,9 @@ def progress_bar(
 
 
 @contextmanager
-def labelled_bars(enabled: bool, transient: bool = True) -> Iterator[Callable[[str], Any]]:
+def labelled_bars(
+    enabled: bool, transient: bool = True
+) -> Iterator[Callable[[str], Callable[[int, int], None] | bool]]:
     """Yield a factory: label -> a (done, total) callback drawing its own bar, or False when bars are off
     (the value the metrics engine takes for `progress`)."""
     if not enabled:

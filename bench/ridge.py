@@ -616,7 +616,6 @@ def fit_ridge(
     """
     settings = settings or RidgeSettings()
     X, Y2, target_shape = _check_fit_inputs(X, Y, settings)
-    b = ridge_backend.get_backend(settings.backend)
     k = settings.selection if 0 < settings.selection < X.shape[1] else 0
     meta = {
         "kind": "model",
@@ -627,6 +626,7 @@ def fit_ridge(
         "target_shape": list(target_shape),
     }
     if not cache:
+        b = ridge_backend.get_backend(settings.backend)
         sink = _ModelSink(b, X.shape[1], Y2.shape[1], k, settings.dtype, None)
         alpha_t, cv_score = _run(X, Y2, settings, None, sink, progress)
         return RidgeModel(
@@ -645,6 +645,7 @@ def fit_ridge(
     hit = store.read(key, mmap=True)
     if hit is not None:
         return _model_from_entry(hit.meta, hit.arrays, settings, key, hit.folder)
+    b = ridge_backend.get_backend(settings.backend)
     with store.writing(key, meta) as writer:
         sink = _ModelSink(b, X.shape[1], Y2.shape[1], k, settings.dtype, writer)
         alpha_t, cv_score = _run(X, Y2, settings, None, sink, progress)

@@ -21,8 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from nsdbench.errors import UsageError
+from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.files import atomic_write_text
+from nsdbench.metrics.protocols import PixelMetric, get_protocol
+from nsdbench.nsd import open_nsd
+from nsdbench.nsd.splits import get_split
 from nsdbench.progress import labelled_bars
 
 GOLDEN_FORMAT = "nsdbench-golden/1"
@@ -92,8 +95,6 @@ def sha256_array(arr: np.ndarray) -> str:
 
 def tolerance_for(metric: str, spec: dict[str, Any], protocol: Any) -> float:
     """Per-metric override, else 1e-6 for float64 pixel metrics and 1e-4 for network-feature metrics."""
-    from nsdbench.metrics.protocols import PixelMetric
-
     tol = spec.get("tolerance", {})
     if metric in tol.get("overrides", {}):
         return float(tol["overrides"][metric])
@@ -185,8 +186,6 @@ def _score_spec(
 
 
 def _score_spec_bars(spec: dict[str, Any], golden: Path, data: str | None, device: str, bar_for) -> _Rescore:
-    from nsdbench.metrics.protocols import get_protocol
-    from nsdbench.nsd import open_nsd
     from nsdbench.scoring import brain_target, has_brain_metrics, score_subject
 
     nsd = open_nsd(data if data is not None else spec.get("data"))
@@ -417,10 +416,6 @@ def create_golden(
     progress: bool = False,
 ) -> DriftReport:
     """Make a golden file: from a submission (its images are stored in <path>.npz) or a blur of the ground truth."""
-    from nsdbench.metrics.protocols import get_protocol
-    from nsdbench.nsd import open_nsd
-    from nsdbench.nsd.splits import get_split
-
     gpath = Path(path)
     protos = [get_protocol(p) for p in protocols]
     if not protos:
@@ -452,7 +447,6 @@ def create_golden(
         for s in subjects:
             ids[str(s)] = [int(i) for i in get_split(nsd, split, s).test_ids][: max_images or None]
     else:
-        from nsdbench.errors import InvalidSubmission
         from nsdbench.submissions.validation import errors, load_submission, validate
 
         with load_submission(submission, submission_format, order, subjects=subjects) as sub:

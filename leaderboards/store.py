@@ -23,6 +23,7 @@ import pandas as pd
 
 from nsdbench import config
 from nsdbench.errors import NSDBenchError, UsageError
+from nsdbench.leaderboards.aggregate import aggregate_scores
 from nsdbench.score_files import read_parquet_meta
 
 SCHEMA_VERSION = 1
@@ -289,8 +290,6 @@ class Store:
         seed: int = 0,
     ) -> IngestResult:
         """Record a run from its Parquet score files in one transaction (idempotent)."""
-        from nsdbench.leaderboards.aggregate import aggregate_scores
-
         paths = [Path(p) for p in parquet_paths]
         if not paths:
             raise NSDBenchError(f"run {record.id}: no score files to ingest")

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from nsdbench import ridge
 from nsdbench.caches import content_key
 from nsdbench.errors import DataError, UsageError
 from nsdbench.methods.adapter import Method, Reconstruction, RunContext, SubjectData, TestItem
@@ -183,8 +184,6 @@ def _ridge_fit_predict(
     per_target: bool,
 ) -> np.ndarray:
     """Ridge fit on the training split (alpha by CV), predictions for the test betas (float64)."""
-    from nsdbench import ridge
-
     settings = ridge.RidgeSettings(
         alphas=tuple(float(a) for a in alphas), cv=cv, per_target=per_target, dtype="float64"
     )

@@ -33,8 +33,9 @@ from nsdbench.errors import DataError, UsageError
 from nsdbench.metrics.brain import BRAIN_ROIS, BrainTarget
 from nsdbench.metrics.brain import ENCODER_BATCH as FEATURE_BATCH
 from nsdbench.metrics.gnet8 import load_published_encoder
+from nsdbench.nsd.splits import get_split, split_betas
 from nsdbench.progress import progress_bar
-from nsdbench.ridge import RidgeModel, RidgeSettings, fit_ridge
+from nsdbench.ridge import RidgeModel, RidgeSettings, fit_ridge, single_threaded_if
 
 ENCODER_FORMAT = 1
 ROI_ORDER = tuple(BRAIN_ROIS.values())  # V1 … nsdgeneral, in the leaderboard's order
@@ -152,8 +153,6 @@ class FeatureExtractor:
 
     def __call__(self, images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         """Feature groups [(N, D_g) float64, ...] for uint8 images of any size."""
-        from nsdbench.ridge import single_threaded_if
-
         parts: list[list[np.ndarray]] = []
         with single_threaded_if(self.mode == "tiny" and self.device == "cpu"):  # tiny nets: threads only cost
             for s in range(0, len(images), FEATURE_BATCH):
@@ -365,8 +364,6 @@ def fit_encoder(
     progress: bool | None = None,
 ) -> EncodingModel:
     """Fit (or load from the cache) the canonical encoder of one subject on the split's training images."""
-    from nsdbench.nsd.splits import get_split, split_betas
-
     mode = weights.check_mode(weights_mode)
     spec = spec or default_spec(mode)
     sp = get_split(nsd, split, int(subject))
@@ -537,7 +534,6 @@ def load_brain_target(
     test split's measured betas (session-z-scored unless `beta_normalization` says otherwise, averaged
     over repetitions) keyed by NSD id, and the ROI masks over the nsdgeneral voxels."""
     from nsdbench.metrics.brain import measured_betas
-    from nsdbench.nsd.splits import get_split
 
     sp = get_split(nsd, split, int(subject))
     if encoder == "nsdbench":

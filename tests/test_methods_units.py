@@ -200,14 +200,14 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
         "[nsdbench.methods]\nplugin-demo = nsdb_plugin_demo:Demo\nbroken = nsdb_plugin_demo:DoesNotExist\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_loaded", False)
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
-    monkeypatch.setattr(registry, "_BROKEN", {})
-    assert registry.get_method("plugin-demo").name == "plugin-demo"
-    assert "entry point" in registry.method_source("plugin-demo")
-    with pytest.raises(UsageError, match="broken.*failed to load"):
-        registry.get_method("broken")
+    registry.list_methods()
+    with registry.scoped_registry(rediscover=True):
+        assert registry.get_method("plugin-demo").name == "plugin-demo"
+        assert "entry point" in registry.method_source("plugin-demo")
+        with pytest.raises(UsageError, match="broken.*failed to load"):
+            registry.get_method("broken")
+    with pytest.raises(UsageError):
+        registry.get_method("plugin-demo")  # gone with the block
 
 
 def test_methods_cli_list_and_show(capsys):
@@ -243,7 +243,7 @@ def test_subject_data_never_hands_out_test_images(nsd):
     assert not hasattr(data, "ground_truth_images")  # test stimuli come only through ctx.ground_truth
 
 
-def test_methods_show_lists_artifacts_per_weights_mode(monkeypatch, capsys):
+def test_methods_show_lists_artifacts_per_weights_mode(scoped_methods, monkeypatch, capsys):
     """A method whose artifacts depend on its weights mode and settings shows them per mode."""
     from nsdbench.cli import main
     from nsdbench.methods.adapter import Method as Base
@@ -262,8 +262,6 @@ def test_methods_show_lists_artifacts_per_weights_mode(monkeypatch, capsys):
                 return ()
             return ("sd-v1-4",) + (("sd-refiner",) if self.settings.refiner else ())
 
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
     registry.register_method(Artifacty, source="test")
     assert main(["methods", "show", "test-artifacty", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)

@@ -503,7 +503,7 @@ def test_leaderboard_marks_brain_cells_of_runs_guided_by_the_metric_encoder(
     assert r"$^\ddagger$" in capsys.readouterr().out
 
 
-def test_readme_worked_example_runs_end_to_end(methods, synth_root, tmp_path, monkeypatch):
+def test_readme_worked_example_runs_end_to_end(scoped_methods, methods, synth_root, tmp_path, monkeypatch):
     """The README's "Writing a method" module, as printed, registers and runs through the runner."""
     from nsdbench.methods import registry
 
@@ -512,8 +512,6 @@ def test_readme_worked_example_runs_end_to_end(methods, synth_root, tmp_path, mo
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "readme_mean_image.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
     registry.list_methods()
     __import__("readme_mean_image")
     spec = _spec("mean-image", synth_root, batch=None, overrides={"n_train": "20"})

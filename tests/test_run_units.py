@@ -275,14 +275,14 @@ def test_clean_leftovers_removes_dead_writers_temp_files_only(tmp_path):
     import sys
     import time
 
-    from nsdbench.runs.folder import _host, clean_leftovers, owned_temp, write_owned
+    from nsdbench.runs.folder import host_label, clean_leftovers, owned_temp, write_owned
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False
     )
     dead_pid = int(dead.stdout)
     (tmp_path / "subj01").mkdir()
-    killed = tmp_path / "subj01" / f".5_0.png.{_host()}.{dead_pid}.0badc0de.part"
+    killed = tmp_path / "subj01" / f".5_0.png.{host_label()}.{dead_pid}.0badc0de.part"
     killed.write_bytes(b"half")
     mine = owned_temp(tmp_path / "subj01" / "6_0.png")  # this live process, mid-write
     mine.write_bytes(b"writing")

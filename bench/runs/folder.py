@@ -84,10 +84,11 @@ def write_owned(path: Path, data: bytes) -> None:
 def owned_temp(path: Path) -> Path:
     """A temp-file name next to `path` that names this host and process (see clean_leftovers)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    return path.with_name(f".{path.name}.{host_label()}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
-def _host() -> str:
+def host_label() -> str:
+    """This host's name as it appears in owned temp-file names (see clean_leftovers)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
@@ -111,7 +112,7 @@ def clean_leftovers(run_dir: Path, stale_after_s: float = 24 * 3600.0) -> int:
             continue
         m = OWNED_PART.match(path.name)
         try:
-            if m and m["host"] == _host():
+            if m and m["host"] == host_label():
                 dead = int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
             elif m or LEGACY_PART.match(path.name):
                 dead = now - path.stat().st_mtime > stale_after_s

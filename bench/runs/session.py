@@ -7,11 +7,17 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nsdbench import config
 from nsdbench.caches import ArrayCache
 from nsdbench.devices import resolve_device
 from nsdbench.errors import NSDBenchError
+from nsdbench.methods.adapter import GroundTruthDenied, Output, RunContext, SubjectData, TestItem
+from nsdbench.methods.registry import get_method, resolve_settings
+from nsdbench.nsd import open_nsd
+from nsdbench.nsd.ground_truth import GroundTruthStimuli
+from nsdbench.nsd.splits import get_split
 from nsdbench.progress import Progress
 from nsdbench.runs.folder import (
     as_reconstruction_array,
@@ -28,6 +34,10 @@ from nsdbench.runs.folder import (
 from nsdbench.runs.shards import Shard, batch_is_done, make_shards, read_record, shard_record_path
 from nsdbench.runs.spec import RunSpec
 
+if TYPE_CHECKING:
+    from nsdbench.metrics.guidance import GuidanceEncoder
+    from nsdbench.nsd.loader import NSD
+
 ENCODERS_DIR = "encoders"
 
 
@@ -43,8 +53,6 @@ class RunSession:
         protocols: tuple[str, ...] = (),
         device: str | None = None,
     ) -> None:
-        from nsdbench.methods.registry import get_method
-
         self.run_dir = Path(run_dir)
         self.spec = spec
         self.protocols = tuple(protocols)
@@ -70,8 +78,6 @@ class RunSession:
 
     def split(self, subject: int):
         if subject not in self._splits:
-            from nsdbench.nsd.splits import get_split
-
             self._splits[subject] = get_split(self.nsd, self.spec.split, subject)
         return self._splits[subject]
 
@@ -83,8 +89,6 @@ class RunSession:
 
     def subject_data(self, subject: int):
         if subject not in self._data:
-            from nsdbench.methods.adapter import SubjectData
-
             self._data[subject] = SubjectData(self.nsd, subject, self.split(subject))
         return self._data[subject]
 
@@ -93,8 +97,6 @@ class RunSession:
     def method(self):
         """The run's method instance (created once per session, i.e. once per worker process)."""
         if self._method is None:
-            from nsdbench.methods.registry import resolve_settings
-
             settings = resolve_settings(self.method_class, None, self.spec.settings)
             self._method = self.method_class(
                 settings, device=self.device, dtype=self.spec.dtype, weights_mode=self.spec.weights
@@ -120,14 +122,9 @@ class RunSession:
             self._encoders.clear()
 
     def context(self, subject: int, progress_key: str | None = None):
-        from nsdbench import config
-        from nsdbench.methods.adapter import GroundTruthDenied, RunContext
-
         adv = (lambda n, k=progress_key: self.progress.advance(k, n)) if progress_key else None
         total = (lambda t, u, k=progress_key: self.progress.set_total(k, t, u)) if progress_key else None
         if self.method_class.reads_ground_truth:
-            from nsdbench.nsd.ground_truth import GroundTruthStimuli
-
             gt: Any = GroundTruthStimuli(self.nsd, subject, self.split(subject))
         else:
             gt = GroundTruthDenied(self.spec.method)
@@ -150,7 +147,7 @@ class RunSession:
             encoder_loader=lambda name, s=subject: self.encoder(s, name),
         )
 
-    def encoder(self, subject: int, name: str) -> Any:
+    def encoder(self, subject: int, name: str) -> GuidanceEncoder:
         """A guidance encoder, loaded once per (subject, name); its identity is recorded in the folder."""
         key = (subject, name)
         if key not in self._encoders:
@@ -223,8 +220,6 @@ class RunSession:
 
     def _generate_batch(self, shard: Shard, index: int, batch: list[tuple[int, int]]) -> dict[str, str]:
         """Generate one fixed batch whole and write its files; returns file name -> sha256."""
-        from nsdbench.methods.adapter import Output, TestItem
-
         spec = self.spec
         fitted = self.fitted(shard.subject)
         method = self.ready_method(shard.subject)
@@ -280,14 +275,12 @@ def guiding_encoders(run_dir: Path) -> list[str]:
     return sorted(out)
 
 
-def open_data(data: str | None):
+def open_data(data: str | None) -> NSD:
     """The NSD named by a spec: 'synthetic' (generated on first use) or an NSD root."""
-    from nsdbench.nsd import open_nsd
-
     return open_nsd("synthetic" if data in (None, "", "synthetic") else data)
 
 
-def data_label(nsd: Any, data: str) -> str:
+def data_label(nsd: NSD, data: str) -> str:
     return f"synthetic:{nsd.root}" if data in ("", "synthetic") else str(data)
 
 

@@ -14,11 +14,12 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
 from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.nsd.splits import get_split
 from nsdbench.progress import progress_bar
 from nsdbench.submissions.formats import (
     FORMATS,
@@ -33,6 +34,9 @@ from nsdbench.submissions.formats import (
     read_ids_file,
     subject_from_filename,
 )
+
+if TYPE_CHECKING:
+    from nsdbench.nsd.loader import NSD
 
 ORDERS = ("nsd-ascending", "first-presentation")
 SUMMARY_AFTER = 10  # per-key problems of one subject beyond which a count summary is added
@@ -65,12 +69,10 @@ class Submission:
         self._resolved_for: str | None = None if reader.blocks or self.positional else "*"
 
     # -- structure ---------------------------------------------------------------------------------
-    def resolve(self, nsd: Any, split_name: str) -> None:
+    def resolve(self, nsd: NSD, split_name: str) -> None:
         """Give array blocks their subject and NSD ids (from the file, --ids, or --order)."""
         if self._resolved_for in ("*", split_name):
             return
-        from nsdbench.nsd.splits import get_split
-
         self._resolved_for = split_name
         if self.positional:
             self._resolve_positions(nsd, split_name)
@@ -127,8 +129,6 @@ class Submission:
                     self.entries.append(Entry(subject, int(nsd_id), s, (block.key, i, s, block.layout), src))
 
     def _resolve_positions(self, nsd: Any, split_name: str) -> None:
-        from nsdbench.nsd.splits import get_split
-
         entries, self.entries = self.entries, []
         orders: dict[int, tuple[int, ...] | None] = {}
         for e in entries:
@@ -372,8 +372,6 @@ def validate(
     progress: bool = False,
 ) -> list[Problem]:
     """Every problem of a submission against `split_name` (errors and warnings), in a stable order."""
-    from nsdbench.nsd.splits import get_split
-
     sub = submission
     requested = tuple(sorted(set(subjects))) if subjects else sub.requested
     if requested and sub.requested is None:

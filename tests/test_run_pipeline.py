@@ -479,7 +479,9 @@ class NoiseMethod(baselines.GroundTruth):
             )
 
 
-def test_per_image_seeds_do_not_depend_on_batch_order_or_shards(scoped_methods, hook_dir, synth_root, tmp_path, monkeypatch):
+def test_per_image_seeds_do_not_depend_on_batch_order_or_shards(
+    scoped_methods, hook_dir, synth_root, tmp_path, monkeypatch
+):
     from nsdbench.methods import registry
 
     registry.list_methods()

@@ -275,7 +275,7 @@ def test_clean_leftovers_removes_dead_writers_temp_files_only(tmp_path):
     import sys
     import time
 
-    from nsdbench.runs.folder import host_label, clean_leftovers, owned_temp, write_owned
+    from nsdbench.runs.folder import clean_leftovers, host_label, owned_temp, write_owned
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False

@@ -24,7 +24,7 @@ from nsdbench.cli import main
 from nsdbench.nsd import open_nsd
 from nsdbench.submissions import formats as submission_formats
 from nsdbench.submissions.validation import load_submission, validate
-from nsdbench.submissions.writers import encode_image_bytes, demo_images, write_submission
+from nsdbench.submissions.writers import demo_images, encode_image_bytes, write_submission
 
 
 @pytest.fixture(scope="module")

@@ -86,8 +86,7 @@ def atomic_folder(path: Path | str, replace: bool = False) -> Iterator[Path]:
             except OSError:
                 os.replace(trash / "old", path)
                 raise
-            finally:
-                shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(trash, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

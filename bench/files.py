@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -35,21 +38,57 @@ def follow_umask(path: Path | str) -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+@contextmanager
+def atomic_path(path: Path | str, temp: Path | None = None) -> Iterator[Path]:
+    """Yield a temp file beside `path` to write by name (memmaps, downloads; not np.save, which appends
+    .npy to a name); on success it replaces `path` whole, on failure it is removed. `temp` names the
+    temp file when the caller needs to own it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    if temp is None:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        os.close(fd)
+        temp = Path(name)
     try:
-        os.fchmod(fd, umask_mode())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield temp
+        follow_umask(temp)
+        with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes, temp: Path | None = None) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    with atomic_path(path, temp) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+@contextmanager
+def atomic_folder(path: Path | str, replace: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside `path` to fill; on success it is renamed to `path`. When `path` already
+    exists (a concurrent writer finished first) theirs is kept, unless `replace` swaps the new one in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = follow_umask(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)  # succeeds when `path` is absent or an empty folder
+        except OSError:
+            if not replace or not path.exists():
+                return
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, trash / "old")
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(trash / "old", path)
+                raise
+            shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:

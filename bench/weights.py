@@ -20,7 +20,7 @@ from typing import Literal
 
 from nsdbench import config
 from nsdbench.errors import UsageError, WeightsMissing
-from nsdbench.files import sha256_file
+from nsdbench.files import atomic_path, sha256_file
 
 WeightsMode = Literal["pretrained", "random", "tiny"]
 MODES: tuple[str, ...] = ("pretrained", "random", "tiny")
@@ -172,9 +172,8 @@ def fetch(name: str) -> Path:
     if art.kind == "url":
         import torch.hub
 
-        tmp = dest / (art.filename + ".part")
-        torch.hub.download_url_to_file(art.source, str(tmp), progress=True)
-        tmp.replace(dest / art.filename)
+        with atomic_path(dest / art.filename, temp=dest / (art.filename + ".part")) as tmp:
+            torch.hub.download_url_to_file(art.source, str(tmp), progress=True)
     elif art.kind == "hf":
         from huggingface_hub import hf_hub_download
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from nsdbench.metrics.bootstrap import bootstrap_ci
+
 AGG_COLUMNS = ["subject", "metric", "mean", "ci_lo", "ci_hi", "n"]
 
 
 def _bootstrap_ci(values: np.ndarray, n_resamples: int, seed: int) -> tuple[float, float, float]:
-    from nsdbench.metrics.bootstrap import bootstrap_ci
-
     if len(values) < 2:  # no interval from a single image
         return float(np.mean(values)), float("nan"), float("nan")
     mean, lo, hi = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)

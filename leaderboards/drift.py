@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -22,8 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from nsdbench.errors import UsageError
+from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.files import atomic_write_text
+from nsdbench.metrics.protocols import PixelMetric, get_protocol
+from nsdbench.nsd import open_nsd
+from nsdbench.nsd.splits import get_split
+from nsdbench.progress import labelled_bars
 
 GOLDEN_FORMAT = "nsdbench-golden/1"
 SHIPPED_GOLDEN = "golden_synthetic_tiny.json"
@@ -92,8 +95,6 @@ def sha256_array(arr: np.ndarray) -> str:
 
 def tolerance_for(metric: str, spec: dict[str, Any], protocol: Any) -> float:
     """Per-metric override, else 1e-6 for float64 pixel metrics and 1e-4 for network-feature metrics."""
-    from nsdbench.metrics.protocols import PixelMetric
-
     tol = spec.get("tolerance", {})
     if metric in tol.get("overrides", {}):
         return float(tol["overrides"][metric])
@@ -136,7 +137,7 @@ def missing_per_image_blocks(spec: dict[str, Any]) -> list[str]:
 def _reconstructions(
     spec: dict[str, Any], golden: Path, nsd: Any, subject: int, ids: list[int], gt: np.ndarray
 ) -> dict[tuple[int, int], np.ndarray]:
-    from nsdbench.submission_writers import box_blur
+    from nsdbench.submissions.writers import box_blur
 
     rec = spec["reconstructions"]
     if rec["kind"] == "blur":
@@ -180,39 +181,11 @@ def _score_spec(
     spec: dict[str, Any], golden: Path, data: str | None, device: str, progress: bool
 ) -> _Rescore:
     """Rescore the golden set: set scores, per-image values and input hashes per protocol and subject."""
-    with _labelled_bars(progress) as bar_for:
+    with labelled_bars(progress) as bar_for:
         return _score_spec_bars(spec, golden, data, device, bar_for)
 
 
-@contextmanager
-def _labelled_bars(enabled: bool):
-    """Rich bars on stderr labelled `drift · PROTOCOL · subject S` (the engine's own say only `sample 0`);
-    yields a factory of (done, total) callbacks, or of False when bars are off."""
-    if not enabled:
-        yield lambda label: False
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bars:
-
-        def bar_for(label: str):
-            task = bars.add_task(label, total=None)
-            return lambda done, total: bars.update(task, completed=done, total=total)
-
-        yield bar_for
-
-
 def _score_spec_bars(spec: dict[str, Any], golden: Path, data: str | None, device: str, bar_for) -> _Rescore:
-    from nsdbench.metrics.protocols import get_protocol
-    from nsdbench.nsd import open_nsd
     from nsdbench.scoring import brain_target, has_brain_metrics, score_subject
 
     nsd = open_nsd(data if data is not None else spec.get("data"))
@@ -443,10 +416,6 @@ def create_golden(
     progress: bool = False,
 ) -> DriftReport:
     """Make a golden file: from a submission (its images are stored in <path>.npz) or a blur of the ground truth."""
-    from nsdbench.metrics.protocols import get_protocol
-    from nsdbench.nsd import open_nsd
-    from nsdbench.nsd.splits import get_split
-
     gpath = Path(path)
     protos = [get_protocol(p) for p in protocols]
     if not protos:
@@ -473,13 +442,12 @@ def create_golden(
             "radius": int(blur_radius),
             "samples": int(samples),
             "note": "integer box blur of the ground truth, radius + sample index "
-            "(nsdbench.submission_writers.box_blur)",
+            "(nsdbench.submissions.writers.box_blur)",
         }
         for s in subjects:
             ids[str(s)] = [int(i) for i in get_split(nsd, split, s).test_ids][: max_images or None]
     else:
-        from nsdbench.errors import InvalidSubmission
-        from nsdbench.submission import errors, load_submission, validate
+        from nsdbench.submissions.validation import errors, load_submission, validate
 
         with load_submission(submission, submission_format, order, subjects=subjects) as sub:
             problems = errors(validate(sub, nsd, split, subjects))

@@ -13,13 +13,13 @@ import json
 from typing import Any
 
 from nsdbench.leaderboards.views import Cell, Leaderboard, Row, Table
+from nsdbench.metrics.names import HIGHER_IS_BETTER, LABELS
+from nsdbench.terminal import table_width
 
 FORMATS = ("table", "md", "csv", "json", "latex", "html")
 
 
 def _meta(metric: str) -> tuple[str, bool]:
-    from nsdbench.metrics.names import HIGHER_IS_BETTER, LABELS
-
     return LABELS.get(metric, metric), HIGHER_IS_BETTER.get(metric, True)
 
 
@@ -70,8 +70,6 @@ def header(metric: str, up: str = "↑", down: str = "↓") -> str:
 
 def _best(table: Table) -> dict[str, float]:
     """Best reproduced mean per column (bolded in md/latex/html/table)."""
-    from nsdbench.metrics.names import HIGHER_IS_BETTER
-
     best: dict[str, float] = {}
     for m in table.metrics:
         vals = [r.cells[m].mean for r in table.rows if r.origin == "reproduced" and m in r.cells]
@@ -279,8 +277,6 @@ def terminal_tables(
     """
     from rich.table import Table as RichTable
     from rich.text import Text
-
-    from nsdbench.terminal import table_width
 
     marks = reported_marks(lb)
 

@@ -23,12 +23,11 @@ import pandas as pd
 
 from nsdbench import config
 from nsdbench.errors import NSDBenchError, UsageError
+from nsdbench.leaderboards.aggregate import aggregate_scores
+from nsdbench.score_files import read_parquet_meta
 
 SCHEMA_VERSION = 1
 
-# Parquet files written by nsdbench.scoring carry this key in their schema metadata.
-PARQUET_META_KEY = b"nsdbench"
-PARQUET_FORMAT = "nsdbench-scores/1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
@@ -291,8 +290,6 @@ class Store:
         seed: int = 0,
     ) -> IngestResult:
         """Record a run from its Parquet score files in one transaction (idempotent)."""
-        from nsdbench.leaderboards.aggregate import aggregate_scores
-
         paths = [Path(p) for p in parquet_paths]
         if not paths:
             raise NSDBenchError(f"run {record.id}: no score files to ingest")
@@ -454,22 +451,6 @@ class Store:
                 except duckdb.CatalogException:  # a file without the nsdbench schema
                     out[table] = 0
         return out
-
-
-def read_parquet_meta(path: str | Path) -> dict[str, Any]:
-    """The nsdbench metadata of one score file (raises NSDBenchError for a file that is not one)."""
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, ValueError) as exc:
-        raise NSDBenchError(f"{path}: not a readable Parquet score file ({exc})") from None
-    if PARQUET_META_KEY not in meta:
-        raise NSDBenchError(f"{path}: Parquet file has no nsdbench score metadata")
-    info = json.loads(meta[PARQUET_META_KEY])
-    if info.get("format") != PARQUET_FORMAT:
-        raise NSDBenchError(f"{path}: score file format {info.get('format')!r}, expected {PARQUET_FORMAT!r}")
-    return info
 
 
 def _merge_provenance(record: RunRecord, metas: list[dict[str, Any]]) -> RunRecord:

@@ -22,6 +22,10 @@ from nsdbench.leaderboards.published import (
     reported_rows,
 )
 from nsdbench.leaderboards.store import Store, subjects_key
+from nsdbench.metrics.bootstrap import paired_bootstrap
+from nsdbench.metrics.names import BRAIN_ROIS, HIGHER_IS_BETTER, LABELS, METRIC_ORDER, order_key
+from nsdbench.metrics.protocols import get_protocol
+from nsdbench.nsd.splits import SPLITS
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,6 @@ class Leaderboard:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        from nsdbench.metrics.names import HIGHER_IS_BETTER, LABELS
-
         d = asdict(self)
         metrics = sorted({m for t in self.tables for m in t.metrics}, key=_order)
         d["metrics"] = {
@@ -75,8 +77,6 @@ class Leaderboard:
 
 
 def _order(name: str) -> int:
-    from nsdbench.metrics.names import order_key
-
     return order_key(name)
 
 
@@ -86,16 +86,12 @@ def resolve_scope(protocol: str | None, split: str | None) -> tuple[str, str]:
     if split:
         return protocol, split
     try:
-        from nsdbench.metrics.protocols import get_protocol
-
         return protocol, get_protocol(protocol).split
     except ImportError:
         return protocol, str(config.get("split"))
 
 
 def _better(metric: str, a: float, b: float) -> bool:
-    from nsdbench.metrics.names import HIGHER_IS_BETTER
-
     return a > b if HIGHER_IS_BETTER.get(metric, True) else a < b
 
 
@@ -166,8 +162,6 @@ def is_circular(run: dict[str, Any]) -> bool:
 def mark_circular(cells: dict[str, Cell]) -> dict[str, Cell]:
     from dataclasses import replace
 
-    from nsdbench.metrics.names import BRAIN_ROIS
-
     return {m: replace(c, circular=True) if m in BRAIN_ROIS else c for m, c in cells.items()}
 
 
@@ -194,9 +188,6 @@ def build_leaderboard(
     Reported rows on a test set nsdbench cannot reproduce come beside runs of the paper's own method,
     or everywhere with `other_test_sets`; they carry `test_set` and are never ranked.
     """
-    from nsdbench.metrics.names import METRIC_ORDER
-    from nsdbench.nsd.splits import SPLITS
-
     protocol, split = resolve_scope(protocol, split)
     if split not in SPLITS:
         raise UsageError(f"--split: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -359,8 +350,6 @@ def compare_runs(
     allow_protocol_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Paired bootstrap of A − B per metric over the (subject, nsd_id) images both runs scored."""
-    from nsdbench.metrics.names import HIGHER_IS_BETTER
-
     unknown = [m for m in metrics or [] if m not in HIGHER_IS_BETTER]
     if unknown:
         raise UsageError(f"unknown metric {unknown[0]!r}; expected names from {', '.join(HIGHER_IS_BETTER)}")
@@ -405,9 +394,6 @@ def paired_differences(
 
     Frames have columns subject, nsd_id, metric, value (per-image values); used by `compare` and the report.
     """
-    from nsdbench.metrics.bootstrap import paired_bootstrap
-    from nsdbench.metrics.names import HIGHER_IS_BETTER, order_key
-
     cols = ["subject", "nsd_id", "metric", "value"]
     merged = (
         ia[cols]
@@ -440,8 +426,6 @@ def paired_differences(
 
 def single_run_board(store: Store, run_id: str) -> Leaderboard:
     """One run's aggregates (subject mean first, then each subject) as a Leaderboard without reported rows."""
-    from nsdbench.metrics.names import order_key
-
     run = store.run(run_id)
     agg = store.aggregates(run["id"])
     cols = sorted(set(agg["metric"]), key=order_key) if len(agg) else []

@@ -18,8 +18,10 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from nsdbench import ridge
+from nsdbench.caches import content_key
 from nsdbench.errors import DataError, UsageError
-from nsdbench.methods.protocol import Method, Reconstruction, RunContext, SubjectData, TestItem
+from nsdbench.methods.adapter import Method, Reconstruction, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
 
 # ---------------------------------------------------------------------------------------------- pure
@@ -158,7 +160,7 @@ class RidgePixels(Method):
         y_train = np.concatenate(
             [downsample(train.images(ids[i : i + 256]), s.size) for i in range(0, len(ids), 256)]
         ).reshape(len(x_train), -1)
-        # the whole test set is predicted at once and cached by content hash (nsdbench.methods.ridge):
+        # the whole test set is predicted at once and cached by content hash (nsdbench.ridge):
         # every shard reads the same predictions, whatever the sharding
         pred = _ridge_fit_predict(x_train, y_train, x_test, s.alphas, s.cv, s.per_target)
         ctx.advance(1)
@@ -182,8 +184,6 @@ def _ridge_fit_predict(
     per_target: bool,
 ) -> np.ndarray:
     """Ridge fit on the training split (alpha by CV), predictions for the test betas (float64)."""
-    from nsdbench.methods import ridge
-
     settings = ridge.RidgeSettings(
         alphas=tuple(float(a) for a in alphas), cv=cv, per_target=per_target, dtype="float64"
     )
@@ -228,8 +228,6 @@ class BestLibraryImage(Method):
         return lib
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, int]:
-        from nsdbench.methods.protocol import FitCache
-
         target = train.brain_target(ctx.weights_mode, device=ctx.device)
         lib = self.library_ids(train)
         test_ids = list(train.test_ids)
@@ -251,7 +249,7 @@ class BestLibraryImage(Method):
 
         # the encoder's identity by content: its predictions for a few fixed library images
         probe = np.asarray(target.predict(train.images(lib[:4])), dtype=np.float32)
-        key = FitCache.key(
+        key = content_key(
             {
                 "method": self.name,
                 "version": self.version,

@@ -11,9 +11,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from nsdbench.caches import content_key
 from nsdbench.errors import UsageError
 from nsdbench.methods import brain_diffuser_features as bdf
-from nsdbench.methods.protocol import FitCache, Method, Output, RunContext, SubjectData, TestItem
+from nsdbench.methods.adapter import Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
 
 VDVAE_ARTIFACT = "vdvae-imagenet64"
@@ -173,7 +174,7 @@ class BrainDiffuser(Method):
         ctx.set_total(len(train_ids) * len(extractors), unit="img")
         predictions: dict[str, np.ndarray] = {}
         for ext, alpha in extractors:
-            key = FitCache.key(
+            key = content_key(
                 {
                     "method": self.name,
                     "version": self.version,

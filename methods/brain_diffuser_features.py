@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from nsdbench import ridge, weights
 from nsdbench.feature_store import Extractor
 from nsdbench.feature_store import stored_features as training_features  # noqa: F401 (callers use this name)
 from nsdbench.methods import seeds
+from nsdbench.ridge import rescale_to_training_moments
 
 FEATURE_SEED = "brain-diffuser-train-latents"  # seeds each id's VDVAE posterior sample (published: sampled)
 
@@ -99,8 +101,6 @@ def _store_dtype(components: Any) -> str:
 def vd_weights_identity(components: Any) -> str:
     """The identity of VD's weights: the fetched snapshot's sha256, or the content hash of the random CLIP
     encoders (random and tiny modes)."""
-    from nsdbench import weights
-
     if components.mode == "pretrained":
         return weights.recorded_sha256("versatile-diffusion")
     h = [weights.module_sha256(components.image_encoder), weights.module_sha256(components.text_encoder)]
@@ -112,8 +112,6 @@ def ridge_predictions(
 ) -> dict[str, np.ndarray]:
     """Test predictions of one fixed-alpha ridge with intercept (every target at once: brain-diffuser's
     per-token fits share one Gram matrix), plus the training targets' mean and std for post-processing."""
-    from nsdbench.methods import ridge
-
     settings = ridge.RidgeSettings(alpha=float(alpha), fit_intercept=True, dtype="float64", backend=backend)
     pred = ridge.fit_predict(x_train, y_train, x_test, settings, cache=False, progress=False)
     mean, std = ridge.target_moments(y_train)
@@ -125,9 +123,9 @@ def ridge_predictions(
 def finish_predictions(arrays: dict[str, np.ndarray], postprocess: bool) -> np.ndarray:
     """Raw test predictions, or brain-diffuser's post-processing of them (z-score across the whole test
     set, then the training features' mean and std)."""
-    from nsdbench.methods.ridge import bd_postprocess
-
     pred = arrays["pred"]
     if not postprocess:
         return pred.astype(np.float32)
-    return bd_postprocess(pred, train_mean=arrays["mean"], train_std=arrays["std"]).astype(np.float32)
+    return rescale_to_training_moments(pred, train_mean=arrays["mean"], train_std=arrays["std"]).astype(
+        np.float32
+    )

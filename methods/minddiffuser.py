@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from nsdbench.methods.protocol import Checkpoint, Method, Output, RunContext, SubjectData, TestItem
+from nsdbench.methods.adapter import Checkpoint, Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
 
 TINY_RESOLUTION = 32  # tiny SD's VAE halves the side: 16x16 latents, the tiny UNet's sample size
@@ -122,7 +122,7 @@ def column_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def decode(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, alpha: float, voxels: int) -> np.ndarray:
     """fastl2lir-style decoding: z-score targets by training moments, ridge on the `voxels` best-correlated
     voxels per target, predictions mapped back to the targets' scale."""
-    from nsdbench.methods.ridge import RidgeSettings, fit_predict
+    from nsdbench.ridge import RidgeSettings, fit_predict
 
     Y2 = np.asarray(Y, dtype=np.float64).reshape(len(Y), -1)
     mean, std = Y2.mean(0), Y2.std(0)
@@ -134,7 +134,7 @@ def decode(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, alpha: float, voxel
 
 def cv_feature_scores(X: np.ndarray, Y: np.ndarray, alpha: float, voxels: int, folds: int) -> np.ndarray:
     """Mean over unshuffled K folds of |Pearson r| between held-out targets and their decoded values."""
-    from nsdbench.methods.ridge import kfold_indices
+    from nsdbench.ridge import kfold_indices
 
     scores = [
         np.abs(column_correlation(decode(X[tr], Y[tr], X[te], alpha, voxels), Y[te]))

@@ -16,12 +16,13 @@ import importlib
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Any
 
 from nsdbench.errors import UsageError
-from nsdbench.methods.protocol import Method
+from nsdbench.methods.adapter import Method
 
 ENTRY_POINT_GROUP = "nsdbench.methods"
 BUILTIN_MODULES = (
@@ -40,7 +41,7 @@ _loaded = False
 
 def _check_class(cls: Any) -> type[Method]:
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"{cls!r} is not a subclass of nsdbench.methods.protocol.Method")
+        raise TypeError(f"{cls!r} is not a subclass of nsdbench.methods.adapter.Method")
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no `name`")
     if not (dataclasses.is_dataclass(cls.Settings) and cls.Settings.__dataclass_params__.frozen):
@@ -48,7 +49,7 @@ def _check_class(cls: Any) -> type[Method]:
     return cls
 
 
-def register_method(cls: Any, source: str = "builtin", replace: bool = False) -> Any:
+def register_method(cls: type[Method], source: str = "builtin", replace: bool = False) -> type[Method]:
     """Register a Method subclass under its `name`; usable as a class decorator."""
     cls = _check_class(cls)
     existing = _METHODS.get(cls.name)
@@ -62,6 +63,24 @@ def register_method(cls: Any, source: str = "builtin", replace: bool = False) ->
 def unregister_method(name: str) -> None:
     _METHODS.pop(name, None)
     _SOURCES.pop(name, None)
+
+
+@contextmanager
+def scoped_registry(rediscover: bool = False) -> Iterator[None]:
+    """Registrations made inside the block are undone when it ends (tests, notebooks trying a method);
+    with `rediscover`, installed plugins' entry points are read again inside it."""
+    global _loaded
+    saved = dict(_METHODS), dict(_SOURCES), dict(_BROKEN), _loaded
+    if rediscover:
+        _loaded = False
+        _BROKEN.clear()
+    try:
+        yield
+    finally:
+        for live, kept in zip((_METHODS, _SOURCES, _BROKEN), saved[:3], strict=True):
+            live.clear()
+            live.update(kept)
+        _loaded = saved[3]
 
 
 def _load() -> None:

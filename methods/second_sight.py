@@ -43,7 +43,7 @@ import torch
 
 from nsdbench.errors import DataError, UsageError
 from nsdbench.methods import search_math as sm
-from nsdbench.methods.protocol import FitCache, Method, Output, RunContext, SubjectData, TestItem
+from nsdbench.methods.adapter import FitCache, Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
 
 PAPER = "Kneeland et al. 2023, Second Sight (arXiv:2306.00927); reesekneeland/Second-Sight"
@@ -251,7 +251,7 @@ def library_embeddings(gen: UnclipSampler, train: SubjectData, ids: Sequence[int
 def decode_clip(train: SubjectData, gen: UnclipSampler, mode: str, alphas: tuple[float, ...]) -> np.ndarray:
     """Ridge (alpha by 5-fold CV, one for all targets) from z-scored nsdgeneral betas to the CLIP image
     embedding, predicted for the test betas (rows aligned with test_ids), cached by content hash."""
-    from nsdbench.methods import ridge
+    from nsdbench import ridge
 
     y = library_embeddings(gen, train, train.train_ids, mode)
     settings = ridge.RidgeSettings(alphas=tuple(alphas), cv=5, per_target=False, dtype="float64")
@@ -308,7 +308,7 @@ def clip_betas_encoder(train: SubjectData, gen: UnclipSampler, mode: str, alphas
     images to their nsdgeneral betas in the encoders' space, fitted on the training split (cached)."""
     import hashlib
 
-    from nsdbench.methods import ridge
+    from nsdbench import ridge
     from nsdbench.methods.hybrid_encoder import ClipRidgeEncoder
 
     x = library_embeddings(gen, train, train.train_ids, mode)
@@ -398,7 +398,7 @@ def assemble(
 
     vdvae = load_vdvae(ctx.weights_mode, ctx.device)
     if settings.z0_from == "decoded":
-        from nsdbench.methods import ridge
+        from nsdbench import ridge
 
         y = vdvae_latents(vdvae, train, train.train_ids, settings.library_batch, ctx.weights_mode)
         ridge_settings = ridge.RidgeSettings(alpha=settings.vdvae_alpha, dtype="float64")
@@ -437,7 +437,7 @@ def fit_cached(
     method: Method, train: SubjectData, ctx: RunContext, encoder: Any, build
 ) -> dict[str, np.ndarray]:
     """Stage 1 through ctx.cache, keyed by method, settings, data and the encoder's content identity."""
-    from nsdbench.methods.protocol import settings_dict
+    from nsdbench.methods.adapter import settings_dict
 
     key = FitCache.key(
         {

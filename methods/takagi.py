@@ -25,7 +25,7 @@ from PIL import Image
 
 from nsdbench.errors import UsageError
 from nsdbench.methods import takagi_features as tf
-from nsdbench.methods.protocol import FitCache, Method, Output, RunContext, SubjectData, TestItem
+from nsdbench.methods.adapter import FitCache, Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
 
 

@@ -120,7 +120,7 @@ def ridge_predictions(
     backend: str = "auto",
 ) -> np.ndarray:
     """Test predictions (n_test, *target shape) of ridge with an alpha per target chosen by `cv`-fold CV."""
-    from nsdbench.methods import ridge
+    from nsdbench import ridge
 
     settings = ridge.RidgeSettings(
         alphas=tuple(float(a) for a in alphas), cv=int(cv), per_target=True, dtype="float64", backend=backend

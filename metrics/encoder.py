@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 
 from nsdbench import config, weights
+from nsdbench.caches import ArrayCache, content_key
 from nsdbench.errors import DataError, UsageError
-from nsdbench.methods import ridge_store
-from nsdbench.methods.ridge import RidgeModel, RidgeSettings, fit_ridge
 from nsdbench.metrics.brain import BRAIN_ROIS, BrainTarget
 from nsdbench.metrics.brain import ENCODER_BATCH as FEATURE_BATCH
 from nsdbench.metrics.gnet8 import load_published_encoder
+from nsdbench.nsd.splits import get_split, split_betas
+from nsdbench.progress import progress_bar
+from nsdbench.ridge import RidgeModel, RidgeSettings, fit_ridge, single_threaded_if
 
 ENCODER_FORMAT = 1
 ROI_ORDER = tuple(BRAIN_ROIS.values())  # V1 … nsdgeneral, in the leaderboard's order
@@ -151,8 +153,6 @@ class FeatureExtractor:
 
     def __call__(self, images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         """Feature groups [(N, D_g) float64, ...] for uint8 images of any size."""
-        from nsdbench.methods.ridge import single_threaded_if
-
         parts: list[list[np.ndarray]] = []
         with single_threaded_if(self.mode == "tiny" and self.device == "cpu"):  # tiny nets: threads only cost
             for s in range(0, len(images), FEATURE_BATCH):
@@ -166,11 +166,9 @@ def _features_for_ids(
     extractor: FeatureExtractor, nsd, ids: Sequence[int], progress: bool | None, label: str
 ) -> list[np.ndarray]:
     """Features of NSD images read lazily in batches (the full NSD's images never sit in memory)."""
-    from nsdbench.methods.ridge import _progress_bar
-
     step = FEATURE_BATCH * 8
     parts: list[list[np.ndarray]] = []
-    with _progress_bar(progress, len(ids), label) as advance:
+    with progress_bar(progress, len(ids), label) as advance:
         for s in range(0, len(ids), step):
             batch = list(ids[s : s + step])
             parts.append(extractor(nsd.images(batch)))
@@ -342,11 +340,16 @@ def _identity_key(
         "network_sha256": net_sha,
         "n_images": int(nsd.n_images),
     }
-    return ridge_store.content_key(arrays, meta)
+    return content_key(*arrays, meta)
 
 
 def encoder_dir() -> Path:
     return config.cache_dir("encoder")
+
+
+def encoder_cache() -> ArrayCache:
+    """Fitted encoding models: NSDBENCH_HOME/cache/encoder/<key>/."""
+    return ArrayCache(encoder_dir())
 
 
 def fit_encoder(
@@ -361,8 +364,6 @@ def fit_encoder(
     progress: bool | None = None,
 ) -> EncodingModel:
     """Fit (or load from the cache) the canonical encoder of one subject on the split's training images."""
-    from nsdbench.nsd.splits import get_split, split_betas
-
     mode = weights.check_mode(weights_mode)
     spec = spec or default_spec(mode)
     sp = get_split(nsd, split, int(subject))
@@ -376,7 +377,7 @@ def fit_encoder(
     extractor = FeatureExtractor(spec, mode, device)
     key = _identity_key(nsd, sp, spec, mode, extractor.network_sha256, y_train, y_test)
     if cache:
-        hit = _load_entry(encoder_dir() / key, device)
+        hit = _load_entry(key, device)
         if hit is not None:
             return hit
     rois = nsd.roi_voxel_masks(sp.subject)
@@ -434,22 +435,14 @@ def fit_encoder(
         device=device,
     )
     if cache:
-        path = _save_entry(model, key)
-        model = _load_entry(path, device) or model
+        _save_entry(model, key)
+        model = _load_entry(key, device) or model
     object.__setattr__(model, "_ex", extractor)
     return model
 
 
 def _save_entry(model: EncodingModel, key: str) -> Path:
-    """Write the model's arrays (.npy, no pickle) and meta.json to a temp folder, then rename into place."""
-    import os
-    import shutil
-    import tempfile
-
-    from nsdbench.files import follow_umask
-
-    final = encoder_dir() / key
-    tmp = follow_umask(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=encoder_dir()))
+    """Write the model's arrays (.npy, no pickle) and meta.json as one cache entry."""
     arrays = {
         "coef": model.ridge.coef,
         "intercept": model.ridge.intercept,
@@ -459,29 +452,14 @@ def _save_entry(model: EncodingModel, key: str) -> Path:
         "r": model.r,
         "nc": model.nc,
     }
-    try:
-        for name, x in arrays.items():
-            np.save(tmp / f"{name}.npy", np.asarray(x), allow_pickle=False)
-        (tmp / "meta.json").write_text(json.dumps(model.meta, indent=2, sort_keys=True))
-        if final.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return encoder_cache().save(key, arrays, model.meta)
 
 
-def _load_entry(path: Path, device: str) -> EncodingModel | None:
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
+def _load_entry(key: str, device: str) -> EncodingModel | None:
+    entry = encoder_cache().read(key)
+    if entry is None:
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        arr = {p.stem: np.load(p, allow_pickle=False) for p in path.glob("*.npy")}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"encoder cache entry {path} is unreadable ({exc}); delete it to refit") from None
+    meta, arr, path = entry.meta, entry.arrays, entry.folder
     if meta.get("format") != ENCODER_FORMAT:
         return None
     sd = dict(meta["spec"])
@@ -556,7 +534,6 @@ def load_brain_target(
     test split's measured betas (session-z-scored unless `beta_normalization` says otherwise, averaged
     over repetitions) keyed by NSD id, and the ROI masks over the nsdgeneral voxels."""
     from nsdbench.metrics.brain import measured_betas
-    from nsdbench.nsd.splits import get_split
 
     sp = get_split(nsd, split, int(subject))
     if encoder == "nsdbench":

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from nsdbench import config
-from nsdbench.files import follow_umask
+from nsdbench.caches import META_FILE, ArrayCache
 
 
 def images_sha256(items: Iterable[tuple[int, np.ndarray]]) -> str:
@@ -42,41 +39,22 @@ def cache_key(part: Mapping[str, Any], weights_sha256: str, ids: Iterable[int], 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _dir(key: str) -> Path:
-    return config.cache_dir("features") / key[:2] / key
+def features_cache() -> ArrayCache:
+    """Ground-truth features: NSDBENCH_HOME/cache/features/<key>/<layer>.npy."""
+    return ArrayCache(config.cache_dir("features"))
 
 
 def load(key: str, layers: Iterable[str]) -> dict[str, np.ndarray] | None:
     """The cached features for every layer, or None when any is missing or unreadable."""
-    d = _dir(key)
-    out: dict[str, np.ndarray] = {}
-    for layer in layers:
-        f = d / f"{layer}.npy"
-        if not f.is_file():
-            return None
-        try:
-            out[layer] = np.load(f, allow_pickle=False)
-        except (OSError, ValueError):
-            return None
-    return out
+    entry = features_cache().read(key)
+    if entry is None or any(layer not in entry.arrays for layer in layers):
+        return None
+    return {layer: entry.arrays[layer] for layer in layers}
 
 
 def save(key: str, features: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Path:
-    """Write all layers to a temporary folder, then rename it into place (atomic for readers)."""
-    final = _dir(key)
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = follow_umask(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
-    try:
-        for layer, arr in features.items():
-            np.save(tmp / f"{layer}.npy", np.ascontiguousarray(arr), allow_pickle=False)
-        (tmp / "meta.json").write_text(json.dumps(dict(meta), indent=1, default=str))
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process won the race; its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    """Write all layers as one cache entry (atomic for readers; an entry already there is kept)."""
+    cache = features_cache()
+    if (cache.entry_dir(key) / META_FILE).is_file():
+        return cache.entry_dir(key)
+    return cache.save(key, features, meta)

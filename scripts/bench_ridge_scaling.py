@@ -18,7 +18,7 @@ import time
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from nsdbench.methods.ridge import RidgeSettings, fit_predict
+from nsdbench.ridge import RidgeSettings, fit_predict
 
 ALPHA = 60000.0
 

@@ -20,7 +20,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from nsdbench.methods.ridge import RidgeModel
+    from nsdbench.ridge import RidgeModel
     from nsdbench.metrics.encoder import EncoderSpec, EncodingModel, FeatureScaler, _ridge_settings
     from nsdbench.metrics.guidance import CanonicalGuidanceEncoder
 

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--iterations must be >= 1")
     device = torch.device(args.device or "cuda")
 
-    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.adapter import TestItem
     from nsdbench.methods.registry import create_method
 
     method = create_method(

@@ -1,4 +1,4 @@
-"""Full-size brain-diffuser ridge regressions on random data, timed with nsdbench.methods.ridge.
+"""Full-size brain-diffuser ridge regressions on random data, timed with nsdbench.ridge.
 
     python scripts/gpu_bench_ridge.py                      # one GPU (backend torch_cuda), float32
     python scripts/gpu_bench_ridge.py --scale 0.02 --backend numpy   # CPU smoke check of the plumbing
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from nsdbench.methods.ridge import RidgeSettings, fit_predict, fit_ridge
+from nsdbench.ridge import RidgeSettings, fit_predict, fit_ridge
 
 FULL = {"n": 8859, "p": 15724, "n_test": 982}
 REGRESSIONS = {"vdvae": (91168, 50000.0), "clipvision": (197376, 60000.0), "cliptext": (59136, 100000.0)}

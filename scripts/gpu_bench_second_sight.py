@@ -24,7 +24,7 @@ import torch
 
 def search_seconds(settings, gen, encoder, target, c0, z0, images: int) -> tuple[float, list[float]]:
     """Wall seconds of `images` whole searches (the device synchronized) and the last trace."""
-    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.adapter import TestItem
     from nsdbench.methods.second_sight import initial_state, second_sight_iteration
 
     device = gen.components.device

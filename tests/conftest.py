@@ -75,3 +75,12 @@ def nsd(synth_root: Path):
     from nsdbench.nsd import open_nsd
 
     return open_nsd(synth_root)
+
+
+@pytest.fixture
+def scoped_methods():
+    """The method registry, with every registration the test makes undone afterwards."""
+    from nsdbench.methods import registry
+
+    with registry.scoped_registry():
+        yield registry

@@ -13,9 +13,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from nsdbench.caches import ArrayCache
 from nsdbench.errors import UsageError
 from nsdbench.methods import brain_diffuser_features as bdf
-from nsdbench.methods.protocol import FitCache, Output, RunContext, TestItem
+from nsdbench.methods.adapter import Output, RunContext, TestItem
 from nsdbench.methods.registry import create_method, get_method
 
 N_TRAIN, N_TEST = 40, 4
@@ -53,7 +54,7 @@ def _ctx(data, method, cache_root) -> RunContext:
         data=data,
         weights_mode="tiny",
         settings=method.settings,
-        cache=FitCache(cache_root),
+        cache=ArrayCache(cache_root),
     )
 
 

@@ -80,8 +80,9 @@ def signal_protocol():
 
 def _image_scores(method: str, variant: str | None, data: Path, out: Path) -> pd.DataFrame:
     from nsdbench.commands.run import build_spec
-    from nsdbench.executors import Worker, run_inprocess
-    from nsdbench.runner import prepare_run_dir, score_path
+    from nsdbench.runs.executors import Worker, run_inprocess
+    from nsdbench.runs.folder import score_path
+    from nsdbench.runs.spec import prepare_run_dir
 
     spec, _, _ = build_spec(method, "1", None, None, None, SIGNAL, str(data), "tiny", "cpu", variant, 100)
     prepare_run_dir(out, spec)

@@ -298,7 +298,7 @@ def test_atomic_writes_and_private_temp_folders_follow_the_umask(umask, tmp_path
 
 
 def test_problem_lines_do_not_repeat_their_code():
-    from nsdbench.submission_formats import Problem
+    from nsdbench.submissions.formats import Problem
 
     p = Problem(
         "subject",

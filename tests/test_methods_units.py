@@ -14,8 +14,9 @@ from scipy.stats import pearsonr
 
 from nsdbench.errors import UsageError
 from nsdbench.methods import baselines, registry
-from nsdbench.methods.protocol import FitCache, Method, zscore_with_train
+from nsdbench.methods.adapter import Method
 from nsdbench.methods.seeds import image_seed, torch_generator
+from nsdbench.nsd.subject import zscore_with_train
 
 
 def test_image_seed_is_the_documented_sha256():
@@ -110,28 +111,6 @@ def test_zscore_with_train_uses_train_statistics():
     assert np.all(zt[:, 1] == 0)
 
 
-def test_fit_cache_roundtrip_and_content_key(tmp_path):
-    cache = FitCache(tmp_path)
-    x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    k1 = cache.key({"a": 1}, x)
-    assert k1 == cache.key({"a": 1}, x.copy())
-    assert k1 != cache.key({"a": 1}, x.astype(np.float64))
-    assert k1 != cache.key({"a": 2}, x)
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return {"w": x * 2}
-
-    a = cache.get_or_compute(k1, compute)
-    b = cache.get_or_compute(k1, compute)
-    assert len(calls) == 1
-    np.testing.assert_array_equal(a["w"], b["w"])
-    cache.path(k1).write_bytes(b"garbage")  # a damaged entry is recomputed
-    cache.get_or_compute(k1, compute)
-    assert len(calls) == 2
-
-
 def test_registry_lists_baselines_and_they_implement_the_protocol():
     names = [m.name for m in registry.list_methods()]
     for name in ("ground-truth", "shuffled", "ridge-pixels", "best-library-image"):
@@ -193,7 +172,7 @@ def test_set_type_errors_are_one_line(key, text, message):
 
 
 def test_a_settings_class_must_be_a_frozen_dataclass():
-    from nsdbench.methods.protocol import Method as Base
+    from nsdbench.methods.adapter import Method as Base
 
     @dataclasses.dataclass
     class Loose:
@@ -221,14 +200,14 @@ def test_entry_point_plugin_is_discovered(tmp_path, monkeypatch):
         "[nsdbench.methods]\nplugin-demo = nsdb_plugin_demo:Demo\nbroken = nsdb_plugin_demo:DoesNotExist\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_loaded", False)
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
-    monkeypatch.setattr(registry, "_BROKEN", {})
-    assert registry.get_method("plugin-demo").name == "plugin-demo"
-    assert "entry point" in registry.method_source("plugin-demo")
-    with pytest.raises(UsageError, match="broken.*failed to load"):
-        registry.get_method("broken")
+    registry.list_methods()
+    with registry.scoped_registry(rediscover=True):
+        assert registry.get_method("plugin-demo").name == "plugin-demo"
+        assert "entry point" in registry.method_source("plugin-demo")
+        with pytest.raises(UsageError, match="broken.*failed to load"):
+            registry.get_method("broken")
+    with pytest.raises(UsageError):
+        registry.get_method("plugin-demo")  # gone with the block
 
 
 def test_methods_cli_list_and_show(capsys):
@@ -253,7 +232,7 @@ def test_methods_cli_list_and_show(capsys):
 
 def test_subject_data_never_hands_out_test_images(nsd):
     from nsdbench.errors import NSDBenchError
-    from nsdbench.methods.protocol import SubjectData
+    from nsdbench.methods.adapter import SubjectData
     from nsdbench.nsd.splits import get_split
 
     data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
@@ -264,10 +243,10 @@ def test_subject_data_never_hands_out_test_images(nsd):
     assert not hasattr(data, "ground_truth_images")  # test stimuli come only through ctx.ground_truth
 
 
-def test_methods_show_lists_artifacts_per_weights_mode(monkeypatch, capsys):
+def test_methods_show_lists_artifacts_per_weights_mode(scoped_methods, monkeypatch, capsys):
     """A method whose artifacts depend on its weights mode and settings shows them per mode."""
     from nsdbench.cli import main
-    from nsdbench.methods.protocol import Method as Base
+    from nsdbench.methods.adapter import Method as Base
 
     @dataclasses.dataclass(frozen=True)
     class S:
@@ -283,8 +262,6 @@ def test_methods_show_lists_artifacts_per_weights_mode(monkeypatch, capsys):
                 return ()
             return ("sd-v1-4",) + (("sd-refiner",) if self.settings.refiner else ())
 
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
     registry.register_method(Artifacty, source="test")
     assert main(["methods", "show", "test-artifacty", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)

@@ -117,7 +117,7 @@ def test_earlier_versions_stay_readable_with_their_recorded_hash():
         get_protocol("mindeye@9")
 
 
-def test_issue14_protocol_choices():
+def test_published_protocols_keep_their_papers_choices():
     ss, me, me1, v1, bd = (
         get_protocol(n)
         for n in ("second-sight-2023", "mindeye", "mindeye1", "nsdbench-v1", "brain-diffuser-2023")

@@ -12,7 +12,7 @@ import torch
 
 from nsdbench.errors import UsageError
 from nsdbench.methods import minddiffuser as md
-from nsdbench.methods.protocol import Checkpoint, RunContext, TestItem
+from nsdbench.methods.adapter import Checkpoint, RunContext, TestItem
 from nsdbench.methods.registry import create_method, get_method, resolve_settings
 
 torch.set_num_threads(1)
@@ -119,7 +119,7 @@ def test_decode_selects_voxels_and_restores_the_target_scale():
 @pytest.fixture(scope="module")
 def fitted_run(nsd, tmp_path_factory):
     """A tiny MindDiffuser fitted on the synthetic NSD's subject 1 (fast sampler), and its context."""
-    from nsdbench.methods.protocol import SubjectData
+    from nsdbench.methods.adapter import SubjectData
     from nsdbench.nsd.splits import get_split
 
     method = create_method("minddiffuser", overrides={**FAST, "iterations": 3}, weights_mode="tiny")

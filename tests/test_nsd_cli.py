@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from nsdbench.cli import main
-from nsdbench.nsd import layout as L
+from nsdbench.nsd import layout
 from nsdbench.nsd.splits import get_split
 
 
@@ -17,7 +17,7 @@ def test_data_synth_writes_a_readable_dataset(tmp_path: Path, capsys) -> None:
     )
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and doc["root"] == str(out.resolve()) and doc["seed"] == 2
-    meta = json.loads((out / L.SYNTH_META).read_text())
+    meta = json.loads((out / layout.SYNTH_META).read_text())
     assert meta["seed"] == 2 and meta["sessions"] == 2 and meta["legacy_sessions"] == 1
     rc = main(["data", "info", "--data", str(out), "--json"])
     info = json.loads(capsys.readouterr().out)
@@ -70,11 +70,11 @@ def test_splits_show(nsd, synth_root: Path, capsys) -> None:
 
 
 def test_import_commands(synth_root: Path, capsys) -> None:
-    rc = main(["data", "import-brain-diffuser", str(synth_root / L.BD_PROCESSED), "-s", "1",
+    rc = main(["data", "import-brain-diffuser", str(synth_root / layout.BD_PROCESSED), "-s", "1",
                "--data", str(synth_root), "--json"])  # fmt: skip
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and doc["agreement"]["checked"] and doc["agreement"]["test_max_abs_diff"] < 1e-5
-    rc = main(["data", "import-mindeye2", str(synth_root / L.me2_betas(1)), "-s", "1", "--data", str(synth_root),
+    rc = main(["data", "import-mindeye2", str(synth_root / layout.me2_betas(1)), "-s", "1", "--data", str(synth_root),
                "--json"])  # fmt: skip
     assert rc == 0 and json.loads(capsys.readouterr().out)["shape"][0] == 2250
 

@@ -13,8 +13,7 @@ import pytest
 import scipy.io
 
 from nsdbench.errors import DataError, UsageError
-from nsdbench.nsd import NSD
-from nsdbench.nsd import layout as L
+from nsdbench.nsd import NSD, layout
 
 
 def shadow(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:
@@ -32,14 +31,14 @@ def shadow(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:
 
 def edited_responses(synth_root: Path, tmp_path: Path, subject: int, edit) -> Path:
     """A shadow root whose responses.tsv for `subject` is `edit(the original DataFrame)`."""
-    rel = L.responses(subject)
+    rel = layout.responses(subject)
     root = shadow(synth_root, tmp_path, copy=(rel,))
     edit(pd.read_csv(root / rel, sep="\t")).to_csv(root / rel, sep="\t", index=False)
     return root
 
 
 def test_truncated_hdf5_betas(synth_root: Path, tmp_path: Path) -> None:
-    rel = L.betas_hdf5(2, 2)
+    rel = layout.betas_hdf5(2, 2)
     root = shadow(synth_root, tmp_path, copy=(rel,))
     size = (root / rel).stat().st_size
     with open(root / rel, "r+b") as f:
@@ -49,7 +48,7 @@ def test_truncated_hdf5_betas(synth_root: Path, tmp_path: Path) -> None:
 
 
 def test_truncated_nifti_betas(synth_root: Path, tmp_path: Path) -> None:
-    rel = L.betas_nifti(1, 1)
+    rel = layout.betas_nifti(1, 1)
     root = shadow(synth_root, tmp_path, copy=(rel,))
     with open(root / rel, "r+b") as f:
         f.truncate((root / rel).stat().st_size // 2)
@@ -58,8 +57,8 @@ def test_truncated_nifti_betas(synth_root: Path, tmp_path: Path) -> None:
 
 
 def test_truncated_stimuli(synth_root: Path, tmp_path: Path) -> None:
-    root = shadow(synth_root, tmp_path, copy=(L.STIMULI,))
-    with open(root / L.STIMULI, "r+b") as f:
+    root = shadow(synth_root, tmp_path, copy=(layout.STIMULI,))
+    with open(root / layout.STIMULI, "r+b") as f:
         f.truncate(1000)
     with pytest.raises(DataError, match="nsd_stimuli.hdf5"):
         NSD(root).images([0])
@@ -67,7 +66,7 @@ def test_truncated_stimuli(synth_root: Path, tmp_path: Path) -> None:
 
 def test_missing_session_file(synth_root: Path, tmp_path: Path) -> None:
     root = shadow(synth_root, tmp_path)
-    (root / L.betas_hdf5(5, 3)).unlink()
+    (root / layout.betas_hdf5(5, 3)).unlink()
     nsd = NSD(root)
     assert nsd.betas(5, sessions=[1]).shape[0] == 750  # the others still load
     with pytest.raises(
@@ -78,7 +77,7 @@ def test_missing_session_file(synth_root: Path, tmp_path: Path) -> None:
 
 
 def test_mask_of_the_wrong_grid(synth_root: Path, tmp_path: Path) -> None:
-    rel = L.roi_file(7, "nsdgeneral")
+    rel = layout.roi_file(7, "nsdgeneral")
     root = shadow(synth_root, tmp_path, copy=(rel,))
     vol = np.asarray(nib.load(root / rel).dataobj)
     bigger = np.pad(vol, ((0, 1), (0, 0), (0, 0)), constant_values=-1)
@@ -101,22 +100,22 @@ def test_responses_73kid_zero_based(synth_root: Path, tmp_path: Path) -> None:
 
 
 def test_expdesign_zero_based(synth_root: Path, tmp_path: Path) -> None:
-    root = shadow(synth_root, tmp_path, copy=(L.EXPDESIGN,))
-    mat = scipy.io.loadmat(root / L.EXPDESIGN)
+    root = shadow(synth_root, tmp_path, copy=(layout.EXPDESIGN,))
+    mat = scipy.io.loadmat(root / layout.EXPDESIGN)
     mat = {k: mat[k] for k in ("masterordering", "subjectim", "sharedix")}
     mat["masterordering"] = mat["masterordering"] - 1
-    scipy.io.savemat(root / L.EXPDESIGN, mat)
+    scipy.io.savemat(root / layout.EXPDESIGN, mat)
     with pytest.raises(DataError, match=r"nsd_expdesign\.mat: 'masterordering'.*1-based"):
         NSD(root).trials(1)
 
 
 def test_stim_info_rep_columns_zero_based(synth_root: Path, tmp_path: Path) -> None:
-    root = shadow(synth_root, tmp_path, copy=(L.STIM_INFO,))
-    info = pd.read_csv(root / L.STIM_INFO, index_col=0)
+    root = shadow(synth_root, tmp_path, copy=(layout.STIM_INFO,))
+    info = pd.read_csv(root / layout.STIM_INFO, index_col=0)
     for r in range(3):
         col = f"subject2_rep{r}"
         info[col] = np.where(info[col] > 0, info[col] - 1, 0)
-    info.to_csv(root / L.STIM_INFO)
+    info.to_csv(root / layout.STIM_INFO)
     with pytest.raises(DataError, match=r"nsd_stim_info_merged\.csv: subject2_rep0\.\.2 are 0-based.*mix-up"):
         NSD(root).trials(2)
 

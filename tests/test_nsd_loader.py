@@ -13,16 +13,15 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from nsdbench.nsd import NSD, open_nsd
-from nsdbench.nsd import layout as L
+from nsdbench.nsd import NSD, layout, open_nsd
 
 
 def test_trial_ids_agree_across_sources(nsd, synth_root: Path) -> None:
-    mat = scipy.io.loadmat(synth_root / L.EXPDESIGN)
-    info = pd.read_csv(synth_root / L.STIM_INFO)
+    mat = scipy.io.loadmat(synth_root / layout.EXPDESIGN)
+    info = pd.read_csv(synth_root / layout.STIM_INFO)
     for s in nsd.subjects:
         tr = nsd.trials(s)
-        resp = pd.read_csv(synth_root / L.responses(s), sep="\t")
+        resp = pd.read_csv(synth_root / layout.responses(s), sep="\t")
         assert list(tr.columns[:6]) == ["global_trial", "session", "run", "trial", "nsd_id", "shared"]
         assert (tr["global_trial"].to_numpy() == np.arange(len(resp))).all()
         # (1) expdesign: subjectim[s-1, masterordering[t]-1] - 1, written out as a loop over a sample of trials
@@ -43,7 +42,7 @@ def test_trial_ids_agree_across_sources(nsd, synth_root: Path) -> None:
 
 
 def test_sizes_come_from_the_files(nsd, synth_root: Path) -> None:
-    meta = json.loads((synth_root / L.SYNTH_META).read_text())
+    meta = json.loads((synth_root / layout.SYNTH_META).read_text())
     assert nsd.subjects == [1, 2, 5, 7]
     assert nsd.n_images == meta["n_images"] and nsd.image_size == 64
     assert nsd.sessions(1) == list(range(1, meta["sessions"] + 1))
@@ -54,9 +53,9 @@ def test_sizes_come_from_the_files(nsd, synth_root: Path) -> None:
 def _masked_direct(
     synth_root: Path, subject: int, session: int, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    with h5py.File(synth_root / L.betas_hdf5(subject, session)) as f:
+    with h5py.File(synth_root / layout.betas_hdf5(subject, session)) as f:
         h5 = f["betas"][()]
-    nii = nib.load(synth_root / L.betas_nifti(subject, session)).get_fdata()
+    nii = nib.load(synth_root / layout.betas_nifti(subject, session)).get_fdata()
     return h5.transpose(0, 3, 2, 1)[:, mask], nii[mask].T
 
 
@@ -94,13 +93,13 @@ def test_cache_invalidates_when_a_file_changes(nsd, synth_root: Path, tmp_path: 
     root = tmp_path / "copy"
     shutil.copytree(synth_root / "nsddata", root / "nsddata", symlinks=True)
     shutil.copytree(synth_root / "nsddata_stimuli", root / "nsddata_stimuli")
-    bdir = root / L.betas_dir(5)
+    bdir = root / layout.betas_dir(5)
     bdir.mkdir(parents=True)
     for k in (1, 2, 3):
-        shutil.copy(synth_root / L.betas_hdf5(5, k), bdir)
+        shutil.copy(synth_root / layout.betas_hdf5(5, k), bdir)
     copy = NSD(root)
     before = np.array(copy.betas(5, sessions=[1]))
-    with h5py.File(root / L.betas_hdf5(5, 1), "r+") as f:
+    with h5py.File(root / layout.betas_hdf5(5, 1), "r+") as f:
         f["betas"][0] = f["betas"][0] + 300
     after = NSD(root).betas(5, sessions=[1])
     mask = copy.roi(5, "nsdgeneral") > 0
@@ -117,13 +116,13 @@ def test_roi_labels_from_ctab(nsd, synth_root: Path) -> None:
     assert (masks["early"] == (vis > 0)).all() and (masks["higher_vis"] == ~(vis > 0)).all()
     assert masks["nsdgeneral"].all() and masks["V1"].any()
     # labels are read from the ctab, not hard-coded: renumber the table and V1 follows
-    ctab = synth_root / L.ctab_file(1, "prf-visualrois")
+    ctab = synth_root / layout.ctab_file(1, "prf-visualrois")
     text = ctab.read_text()
     assert "1 V1v" in text
 
 
 def test_images_in_given_order(nsd, synth_root: Path) -> None:
-    with h5py.File(synth_root / L.STIMULI) as f:
+    with h5py.File(synth_root / layout.STIMULI) as f:
         ref = f["imgBrick"][[3, 10, 42]]
     got = nsd.images([42, 3, 10, 3])
     assert got.dtype == np.uint8 and got.shape == (4, 64, 64, 3)
@@ -136,10 +135,10 @@ def test_captions_from_coco_json_and_curated_npy(nsd, synth_root: Path, tmp_path
     ids = [0, 7, nsd.n_images - 1]
     caps = nsd.captions(ids)
     assert all(len(c) == 5 for c in caps)
-    info = pd.read_csv(synth_root / L.STIM_INFO)
+    info = pd.read_csv(synth_root / layout.STIM_INFO)
     for i, c in zip(ids, caps):
         split = info["cocoSplit"][i]
-        doc = json.loads((synth_root / L.ANNOTATIONS_DIR / f"captions_{split}.json").read_text())
+        doc = json.loads((synth_root / layout.ANNOTATIONS_DIR / f"captions_{split}.json").read_text())
         want = [a["caption"] for a in doc["annotations"] if a["image_id"] == info["cocoId"][i]]
         assert c == want
     # the same captions from a curated (n, 5) unicode array with '' padding

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from nsdbench.errors import DataError, UsageError
-from nsdbench.nsd import layout as L
+from nsdbench.nsd import layout
 from nsdbench.nsd.splits import (
     SPLITS,
     build_split,
@@ -23,7 +23,7 @@ from nsdbench.nsd.splits import (
 
 def _independent(synth_root: Path, subject: int, last_session: int, shared: bool) -> dict[int, list[int]]:
     """{nsd_id: sorted 0-based global trials} from nsd_stim_info_merged.csv alone."""
-    info = pd.read_csv(synth_root / L.STIM_INFO, index_col=0)
+    info = pd.read_csv(synth_root / layout.STIM_INFO, index_col=0)
     cutoff = last_session * 750
     out: dict[int, list[int]] = {}
     for _, row in info[(info["shared1000"] == shared) & (info[f"subject{subject}"] == 1)].iterrows():
@@ -36,7 +36,7 @@ def _independent(synth_root: Path, subject: int, last_session: int, shared: bool
 
 @pytest.mark.parametrize("subject", [1, 7])
 def test_rules_match_independent_sets(nsd, synth_root: Path, subject: int) -> None:
-    meta = json.loads((synth_root / L.SYNTH_META).read_text())
+    meta = json.loads((synth_root / layout.SYNTH_META).read_text())
     legacy, n_sess = meta["legacy_sessions"], meta["sessions"]
     for name, last in (("nsd982", legacy), ("nsd1000", n_sess)):
         sp = get_split(nsd, name, subject)
@@ -60,7 +60,7 @@ def test_rules_match_independent_sets(nsd, synth_root: Path, subject: int) -> No
 
 
 def test_nsd897_uses_the_recorded_positions(nsd, synth_root: Path) -> None:
-    meta = json.loads((synth_root / L.SYNTH_META).read_text())
+    meta = json.loads((synth_root / layout.SYNTH_META).read_text())
     s982, s897 = get_split(nsd, "nsd982", 2), get_split(nsd, "nsd897", 2)
     drop = set(meta["ss897_excluded_positions"])
     assert s897.test_ids == tuple(i for k, i in enumerate(s982.test_ids) if k not in drop)

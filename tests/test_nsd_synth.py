@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from nsdbench.nsd import layout as L
-from nsdbench.nsd import synth
+from nsdbench.nsd import layout, synth
 
 SMALL = {
     "sessions": 2,
@@ -34,11 +33,11 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def test_layout_matches_real_nsd(synth_root: Path) -> None:
-    meta = json.loads((synth_root / L.SYNTH_META).read_text())
+    meta = json.loads((synth_root / layout.SYNTH_META).read_text())
     n_img, n_sess = meta["n_images"], meta["sessions"]
     n_per = meta["images_per_subject"]
 
-    mat = scipy.io.loadmat(synth_root / L.EXPDESIGN)
+    mat = scipy.io.loadmat(synth_root / layout.EXPDESIGN)
     assert mat["masterordering"].shape == (1, n_sess * 750)
     assert mat["subjectim"].shape == (8, n_per)
     assert mat["sharedix"].shape[0] == 1
@@ -49,7 +48,7 @@ def test_layout_matches_real_nsd(synth_root: Path) -> None:
     for k in range(8):
         assert set(mat["subjectim"][k, :n_shared]) == set(mat["sharedix"][0])
 
-    info = pd.read_csv(synth_root / L.STIM_INFO, index_col=0)
+    info = pd.read_csv(synth_root / layout.STIM_INFO, index_col=0)
     assert list(info.columns[:8]) == ["cocoId", "cocoSplit", "cropBox", "loss", "nsdId", "flagged", "BOLD5000",
                                       "shared1000"]  # fmt: skip
     assert [f"subject{k}" for k in range(1, 9)] == list(info.columns[8:16])
@@ -57,35 +56,35 @@ def test_layout_matches_real_nsd(synth_root: Path) -> None:
     assert len(info) == n_img and (info["nsdId"].to_numpy() == np.arange(n_img)).all()
     assert info["shared1000"].sum() == n_shared
 
-    with h5py.File(synth_root / L.STIMULI) as f:
+    with h5py.File(synth_root / layout.STIMULI) as f:
         ds = f["imgBrick"]
         assert ds.dtype == np.uint8 and ds.shape == (n_img, 64, 64, 3)
 
     for s in (1, 2, 5, 7):
-        resp = pd.read_csv(synth_root / L.responses(s), sep="\t")
+        resp = pd.read_csv(synth_root / layout.responses(s), sep="\t")
         assert list(resp.columns) == synth.RESPONSES_COLUMNS and len(resp.columns) == 19
         assert len(resp) == n_sess * 750 and resp["73KID"].min() >= 1
         assert resp["RUN"].max() == 12 and resp["TRIAL"].min() == 1
         grid = tuple(synth.SYNTH_GRIDS[s])
-        with h5py.File(synth_root / L.betas_hdf5(s, 1)) as f:
+        with h5py.File(synth_root / layout.betas_hdf5(s, 1)) as f:
             assert f["betas"].dtype == np.int16
             assert f["betas"].shape == (750, grid[2], grid[1], grid[0])  # (trials, Z, Y, X)
-        for name in L.ROI_NAMES:
-            assert nib.load(synth_root / L.roi_file(s, name)).shape == grid
-            assert (synth_root / L.ctab_file(s, name)).read_text().startswith("0 Unknown")
-        gen = np.asarray(nib.load(synth_root / L.roi_file(s, "nsdgeneral")).dataobj)
+        for name in layout.ROI_NAMES:
+            assert nib.load(synth_root / layout.roi_file(s, name)).shape == grid
+            assert (synth_root / layout.ctab_file(s, name)).read_text().startswith("0 Unknown")
+        gen = np.asarray(nib.load(synth_root / layout.roi_file(s, "nsdgeneral")).dataobj)
         assert set(np.unique(gen)) == {-1, 0, 1}
-    nii = nib.load(synth_root / L.betas_nifti(1, 1))
+    nii = nib.load(synth_root / layout.betas_nifti(1, 1))
     assert nii.shape == (*synth.SYNTH_GRIDS[1], 750) and nii.get_data_dtype() == np.int16
     # no subject other than 1, 2, 5, 7 has data, but per-8-subject rows exist
-    assert not (synth_root / L.responses(3)).exists()
+    assert not (synth_root / layout.responses(3)).exists()
     assert (info["subject3"] == 1).sum() == n_per
 
 
 def test_legacy_sessions_miss_some_shared_images(synth_root: Path) -> None:
-    meta = json.loads((synth_root / L.SYNTH_META).read_text())
+    meta = json.loads((synth_root / layout.SYNTH_META).read_text())
     assert meta["legacy_sessions"] == meta["sessions"] - 1
-    info = pd.read_csv(synth_root / L.STIM_INFO, index_col=0)
+    info = pd.read_csv(synth_root / layout.STIM_INFO, index_col=0)
     shared = info[info["shared1000"]]
     first = shared[[f"subject1_rep{r}" for r in range(3)]].min(axis=1)
     late = (first > meta["legacy_sessions"] * 750).sum()
@@ -130,9 +129,9 @@ def test_seed_changes_design_and_scenes() -> None:
 
 
 def test_existing_dataset_is_kept_and_foreign_folder_refused(small_root: Path, tmp_path: Path) -> None:
-    stamp = (small_root / L.SYNTH_META).stat().st_mtime_ns
+    stamp = (small_root / layout.SYNTH_META).stat().st_mtime_ns
     assert synth.synthesize(small_root, seed=3, **SMALL) == small_root
-    assert (small_root / L.SYNTH_META).stat().st_mtime_ns == stamp
+    assert (small_root / layout.SYNTH_META).stat().st_mtime_ns == stamp
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("x")
@@ -145,7 +144,7 @@ def test_existing_dataset_is_kept_and_foreign_folder_refused(small_root: Path, t
         synth.synthesize(small_root, seed=4, **SMALL)
     # --force replaces a foreign folder atomically
     synth.synthesize(foreign, seed=1, overwrite=True, **SMALL)
-    assert not (foreign / "keep.txt").exists() and (foreign / L.SYNTH_META).is_file()
+    assert not (foreign / "keep.txt").exists() and (foreign / layout.SYNTH_META).is_file()
     # no temp folders left behind
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert not [p for p in small_root.parent.iterdir() if p.name.startswith(".")]
@@ -225,7 +224,7 @@ def test_streams_roi_follows_the_simulated_encoding_model(synth_root: Path) -> N
         np.testing.assert_array_equal(streams < 0, nsd.roi(s, "nsdgeneral") < 0)  # -1 outside the brain
         assert set(np.unique(streams)) == set(range(-1, 8))
         # the simulated model gives the ventral voxels category weights and the early ones none
-        truth = np.load(synth_root / L.SYNTH_TRUTH)
+        truth = np.load(synth_root / layout.SYNTH_TRUTH)
         gen = nsd.roi_mask(s, "nsdgeneral")
         cats = truth[f"subj{s:02d}_cats"]
         early = nsd.roi_mask(s, "streams:early")[gen]

@@ -16,8 +16,9 @@ from PIL import Image
 
 from nsdbench.errors import UsageError
 from nsdbench.leaderboards.aggregate import aggregate_scores
-from nsdbench.report import ReportData, ReportOptions, RunInfo, choose_ids, extremes, render_report
-from nsdbench.report_sources import published_rows
+from nsdbench.report.data import ReportData, ReportOptions, RunInfo, choose_ids, extremes
+from nsdbench.report.page import render_report
+from nsdbench.report.sources import published_rows
 
 METRICS = ["pixcorr", "ssim", "clip_2way", "effnet_b"]
 
@@ -229,7 +230,7 @@ def test_empty_inputs_are_usage_errors():
 
 
 def test_thumbnail_budget_math():
-    from nsdbench.report_html import thumbnail_pixels
+    from nsdbench.report.html import thumbnail_pixels
 
     assert thumbnail_pixels(0, 112, 25_000_000) == 112
     assert thumbnail_pixels(600, 112, 25_000_000) == 112  # the default page: 4 subjects x 48 images x 3 rows
@@ -280,7 +281,7 @@ def test_page_of_natural_images_stays_within_its_byte_budget():
 
 def test_ground_truth_root_never_falls_back_silently(tmp_path):
     from nsdbench.errors import DataError
-    from nsdbench.report_sources import ground_truth_root
+    from nsdbench.report.sources import ground_truth_root
 
     notes: list[str] = []
     assert ground_truth_root([("a", f"synthetic:{tmp_path}")], notes) == str(tmp_path)

@@ -81,18 +81,13 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
     """A small real run: the runner's folder layout, PNGs, the real scoring path (tiny networks) and
     the leaderboard ingest, on the first n_ids test images of each subject (a full synthetic run
     scores 91 images per subject, minutes on 2 CPU cores)."""
+    from nsdbench.files import atomic_write_bytes
     from nsdbench.leaderboards.store import Store
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import get_split
-    from nsdbench.runner import (
-        RunSpec,
-        atomic_write_bytes,
-        encode_png,
-        png_path,
-        prepare_run_dir,
-        row_id,
-        score_path,
-    )
+    from nsdbench.runs.folder import encode_png, png_path, score_path
+    from nsdbench.runs.scores import row_id
+    from nsdbench.runs.spec import RunSpec, prepare_run_dir
     from nsdbench.scoring import score_images_to_parquet
 
     subjects = tuple(int(s) for s in SUBJECTS.split(","))
@@ -132,7 +127,7 @@ def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 4) -> tupl
     submission demo`, scored by the real scoring path and recorded as `nsdbench score` records it."""
     from nsdbench.leaderboards.store import Store
     from nsdbench.metrics.protocols import get_protocol
-    from nsdbench.submission import load_submission
+    from nsdbench.submissions.validation import load_submission
 
     subjects = (1,)
     path = base / "blur.npz"
@@ -396,7 +391,8 @@ def test_run_folder_not_scored_yet_shows_its_images(runs, tmp_path: Path, capsys
 
 def test_stage1_extras_are_shown_beside_the_final_images(runs, tmp_path: Path, capsys):
     """A run folder's image extras (`<id>_<sample>.stage1.png`) become a column next to the run's own."""
-    from nsdbench.runner import encode_png, row_id
+    from nsdbench.runs.folder import encode_png
+    from nsdbench.runs.scores import row_id
 
     _, made = runs
     folder = tmp_path / "staged"

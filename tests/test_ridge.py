@@ -1,4 +1,4 @@
-"""nsdbench.methods.ridge against scikit-learn Ridge, literal loops over the published procedures, and
+"""nsdbench.ridge against scikit-learn Ridge, literal loops over the published procedures, and
 brute-force K-fold CV. Tolerances: float64 predictions equal sklearn to 1e-6 relative to the largest
 |prediction| (observed ~1e-14); float32 to 1e-3."""
 
@@ -9,13 +9,13 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from nsdbench.errors import DataError, UsageError
-from nsdbench.methods.ridge import (
+from nsdbench.ridge import (
     TARGET_BLOCK,
     RidgeSettings,
-    bd_postprocess,
     fit_predict,
     fit_ridge,
     kfold_indices,
+    rescale_to_training_moments,
 )
 
 BACKENDS = ["numpy", "torch"]
@@ -72,7 +72,7 @@ def test_brain_diffuser_per_token_loop_and_postprocess():
         pred_clip[:, i] = z * np.std(train_clip[:, i], axis=0) + np.mean(train_clip[:, i], axis=0)
     raw = fit_predict(train_fmri, train_clip, test_fmri, RidgeSettings(alpha=60000, chunk_size=7))
     assert raw.shape == (n_test, tokens, dims)
-    _close(bd_postprocess(raw, train_clip), pred_clip)
+    _close(rescale_to_training_moments(raw, train_clip), pred_clip)
 
 
 def test_float32_close_to_float64_reference():
@@ -219,11 +219,11 @@ def test_fit_predict_cache_round_trip():
     np.testing.assert_array_equal(a, b)
 
 
-def test_bd_postprocess_constant_prediction_gets_training_mean():
+def test_rescale_to_training_moments_gives_a_constant_prediction_the_training_mean():
     pred = np.ones((4, 2))
     pred[:, 1] = [1, 2, 3, 4]
     train = np.array([[0.0, 1.0], [2.0, 3.0]])
-    out = bd_postprocess(pred, train)
+    out = rescale_to_training_moments(pred, train)
     assert np.all(out[:, 0] == 1.0)
     np.testing.assert_allclose(out[:, 1].mean(), 2.0)
     np.testing.assert_allclose(out[:, 1].std(), 1.0)

@@ -6,7 +6,7 @@ import tracemalloc
 
 import numpy as np
 
-from nsdbench.methods.ridge import TARGET_BLOCK, RidgeModel, RidgeSettings, single_threaded_if
+from nsdbench.ridge import TARGET_BLOCK, RidgeModel, RidgeSettings, single_threaded_if
 
 
 def _model(p: int = 300, t: int = 1300, dtype: str = "float64") -> RidgeModel:

@@ -22,8 +22,12 @@ import pytest
 from nsdbench.cli import main
 from nsdbench.commands.run import build_spec
 from nsdbench.errors import NSDBenchError
-from nsdbench.executors import Worker, run_inprocess
-from nsdbench.runner import RunSession, prepare_run_dir, row_id, score_path, shard_record_path
+from nsdbench.runs.executors import Worker, run_inprocess
+from nsdbench.runs.folder import score_path
+from nsdbench.runs.scores import row_id
+from nsdbench.runs.session import RunSession
+from nsdbench.runs.shards import shard_record_path
+from nsdbench.runs.spec import prepare_run_dir
 
 SUBJECT = 1
 SHARD_SIZE = 30  # 91 synthetic test images -> shards of 30, 30, 30, 1
@@ -42,7 +46,7 @@ SOURCE = textwrap.dedent(
     import torch
 
     from nsdbench.methods import registry
-    from nsdbench.methods.protocol import Method, Output
+    from nsdbench.methods.adapter import Method, Output
     from nsdbench.metrics import protocols as P
 
     PIX = P.Protocol(name="lifecycle-pixcorr", version="1", description="tests: PixCorr only",
@@ -163,8 +167,8 @@ DRIVER = textwrap.dedent(
     import {module} as m
     m.setup()
     from nsdbench.commands.run import build_spec
-    from nsdbench.executors import run_inprocess
-    from nsdbench.runner import prepare_run_dir
+    from nsdbench.runs.executors import run_inprocess
+    from nsdbench.runs.spec import prepare_run_dir
     spec, _, _ = build_spec("lifecycle-batchnorm", "1", None, None, None, "lifecycle-pixcorr", sys.argv[2],
                             "tiny", "cpu", None, {shard}, None, {batch})
     prepare_run_dir(sys.argv[3], spec)
@@ -465,8 +469,8 @@ def test_leaderboard_marks_brain_cells_of_runs_guided_by_the_metric_encoder(
 ):
     import pandas as pd
 
-    from nsdbench.leaderboards.store import read_parquet_meta
     from nsdbench.runs.session import record_guiding_encoder
+    from nsdbench.score_files import read_parquet_meta
 
     out, db = tmp_path / "run", tmp_path / "lb.duckdb"
     _generate(_spec("ground-truth", synth_root), out)
@@ -502,7 +506,7 @@ def test_leaderboard_marks_brain_cells_of_runs_guided_by_the_metric_encoder(
     assert r"$^\ddagger$" in capsys.readouterr().out
 
 
-def test_readme_worked_example_runs_end_to_end(methods, synth_root, tmp_path, monkeypatch):
+def test_readme_worked_example_runs_end_to_end(scoped_methods, methods, synth_root, tmp_path, monkeypatch):
     """The README's "Writing a method" module, as printed, registers and runs through the runner."""
     from nsdbench.methods import registry
 
@@ -511,8 +515,6 @@ def test_readme_worked_example_runs_end_to_end(methods, synth_root, tmp_path, mo
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "readme_mean_image.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
     registry.list_methods()
     __import__("readme_mean_image")
     spec = _spec("mean-image", synth_root, batch=None, overrides={"n_train": "20"})
@@ -532,7 +534,7 @@ def test_format_1_folder_is_refused_then_upgraded_in_place(methods, synth_root, 
     with a one-line hint, and `rescore --upgrade` converts it keeping every image."""
     import tomli_w
 
-    from nsdbench.runner import shard_is_complete
+    from nsdbench.runs.shards import shard_is_complete
 
     new = _spec("ground-truth", synth_root, batch=SHARD_SIZE)
     out = tmp_path / "old"
@@ -564,7 +566,7 @@ def test_format_1_folder_is_refused_then_upgraded_in_place(methods, synth_root, 
     assert "format 1" in err and f"nsdbench rescore {out} --upgrade" in err and len(err.splitlines()) == 1
 
     assert main(["rescore", str(out), "--upgrade", "--no-ingest"]) == 0  # scored under its old protocol
-    from nsdbench.runner import read_spec
+    from nsdbench.runs.spec import read_spec
 
     assert read_spec(out)[0] == new  # the spec a current run with batch size = shard size has
     assert all(shard_is_complete(out, new, s) for s in RunSession(out, new).shards())

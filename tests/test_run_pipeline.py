@@ -21,20 +21,14 @@ import pytest
 from nsdbench.cli import main
 from nsdbench.commands.run import build_spec
 from nsdbench.errors import NSDBenchError
-from nsdbench.executors import Worker, run_inprocess
 from nsdbench.methods import baselines
-from nsdbench.runner import (
-    Progress,
-    RunSession,
-    encode_png,
-    ingest_run,
-    png_path,
-    prepare_run_dir,
-    read_png,
-    row_id,
-    score_path,
-    shard_record_path,
-)
+from nsdbench.progress import Progress
+from nsdbench.runs.executors import Worker, run_inprocess
+from nsdbench.runs.folder import encode_png, png_path, read_png, score_path
+from nsdbench.runs.scores import ingest_run, row_id
+from nsdbench.runs.session import RunSession
+from nsdbench.runs.shards import shard_record_path
+from nsdbench.runs.spec import prepare_run_dir
 
 FAST = "h5-test-fast"
 HOOK_MODULE = "nsdbench_h5_test_hooks"
@@ -203,7 +197,7 @@ def shuffled_run(hook_dir, synth_root, tmp_path_factory) -> Path:
 
 def test_cli_run_records_a_smoke_run(shuffled_run):
     from nsdbench.leaderboards.store import Store
-    from nsdbench.runner import read_spec
+    from nsdbench.runs.spec import read_spec
 
     spec, _ = read_spec(shuffled_run)
     store = Store(shuffled_run.parent / "lb.duckdb")
@@ -291,7 +285,7 @@ def test_ray_identical_to_one_worker_retries_and_reports_errors(ridge_run, synth
     import os
 
     ray = pytest.importorskip("ray", reason='Ray is optional: pip install "nsdbench[ray]"')
-    from nsdbench.executors import run_ray
+    from nsdbench.runs.executors import run_ray
 
     ref, spec = ridge_run
     out = tmp_path / "ray"
@@ -437,9 +431,9 @@ def test_split_not_available_for_the_dataset_exits_2(synth_root, tmp_path, capsy
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.symlink_to(src)
-    from nsdbench.nsd import layout as L
+    from nsdbench.nsd import layout
 
-    resp = root / L.responses(2)
+    resp = root / layout.responses(2)
     table = pd.read_csv(resp.resolve(), sep="\t")
     resp.unlink()
     table[table["SESSION"] == 1].to_csv(resp, sep="\t", index=False)
@@ -485,11 +479,11 @@ class NoiseMethod(baselines.GroundTruth):
             )
 
 
-def test_per_image_seeds_do_not_depend_on_batch_order_or_shards(hook_dir, synth_root, tmp_path, monkeypatch):
+def test_per_image_seeds_do_not_depend_on_batch_order_or_shards(
+    scoped_methods, hook_dir, synth_root, tmp_path, monkeypatch
+):
     from nsdbench.methods import registry
 
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
     registry.list_methods()
     registry.register_method(NoiseMethod, source="test")
 

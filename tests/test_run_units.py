@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 
 from nsdbench.errors import DataError, UsageError
-from nsdbench.executors import Worker, parse_shard, resolve_worker
-from nsdbench.runner import (
-    RunSpec,
-    assign,
-    atomic_write_bytes,
-    encode_png,
-    make_shards,
-    prepare_run_dir,
-    read_png,
-    read_spec,
-)
+from nsdbench.files import atomic_write_bytes
+from nsdbench.runs.executors import Worker, parse_shard, resolve_worker
+from nsdbench.runs.folder import encode_png, read_png
+from nsdbench.runs.shards import assign, make_shards
+from nsdbench.runs.spec import RunSpec, prepare_run_dir, read_spec
 
 
 def _spec(**kw) -> RunSpec:
@@ -171,14 +165,14 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_resolve_device_uses_local_rank_for_cuda(monkeypatch):
-    from nsdbench.runner import resolve_device
+    from nsdbench.devices import resolve_device
 
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert resolve_device("cuda") == "cuda:3"
-    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("cuda", require_available=False) == "cuda:3"
+    assert resolve_device("cuda:1", require_available=False) == "cuda:1"
     assert resolve_device("cpu") == "cpu"
     monkeypatch.delenv("LOCAL_RANK")
-    assert resolve_device("cuda") == "cuda"
+    assert resolve_device("cuda", require_available=False) == "cuda"
 
 
 def test_prepare_run_dir_tolerates_a_concurrent_workers_temp_file(tmp_path):
@@ -189,23 +183,23 @@ def test_prepare_run_dir_tolerates_a_concurrent_workers_temp_file(tmp_path):
     assert read_spec(run)[0] == _spec()
 
 
-def test_check_image_keeps_the_method_size_and_rejects_bad_arrays():
+def test_reconstruction_array_keeps_the_method_size_and_rejects_bad_arrays():
     from nsdbench.errors import NSDBenchError
-    from nsdbench.runner import check_image
+    from nsdbench.runs.folder import as_reconstruction_array
 
     img = np.zeros((512, 512, 3), np.uint8)
-    assert check_image(img, "m", 5, 0).shape == (512, 512, 3)  # stored as produced, never resized
+    assert as_reconstruction_array(img, "m", 5, 0).shape == (512, 512, 3)  # stored as produced, never resized
     for bad in (
         np.zeros((64, 64, 3), np.float32),
         np.zeros((64, 64), np.uint8),
         np.zeros((4, 4, 3), np.uint8),
     ):
         with pytest.raises(NSDBenchError, match="method m: image for NSD id 5 sample 0"):
-            check_image(bad, "m", 5, 0)
+            as_reconstruction_array(bad, "m", 5, 0)
 
 
 def test_rich_progress_bar_takes_its_total_and_unit_later(capsys):
-    from nsdbench.runner import RichProgress
+    from nsdbench.progress import RichProgress
 
     with RichProgress() as progress:
         progress.start("fit-1", "subj01 fit", None, unit="step")  # a fit announces its size once it knows it
@@ -219,7 +213,7 @@ def test_rich_progress_bar_takes_its_total_and_unit_later(capsys):
 
 
 def test_scaled_progress_maps_engine_units_onto_the_score_bar():
-    from nsdbench.runner import scaled_progress
+    from nsdbench.progress import scaled_progress
 
     steps: list[int] = []
     report = scaled_progress(steps.append, 7)  # a bar of 7 reconstructions; the engine counts 21 units
@@ -231,7 +225,7 @@ def test_scaled_progress_maps_engine_units_onto_the_score_bar():
 
 
 def test_a_run_folder_keeps_its_shard_size(tmp_path):
-    from nsdbench.runner import adopt_execution
+    from nsdbench.runs.spec import adopt_execution
 
     prepare_run_dir(tmp_path / "run", _spec(shard_size=100))
     resumed = adopt_execution(tmp_path / "run", _spec(shard_size=7))  # same run, another --shard-size
@@ -281,14 +275,14 @@ def test_clean_leftovers_removes_dead_writers_temp_files_only(tmp_path):
     import sys
     import time
 
-    from nsdbench.runs.folder import _host, clean_leftovers, owned_temp, write_owned
+    from nsdbench.runs.folder import clean_leftovers, host_label, owned_temp, write_owned
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False
     )
     dead_pid = int(dead.stdout)
     (tmp_path / "subj01").mkdir()
-    killed = tmp_path / "subj01" / f".5_0.png.{_host()}.{dead_pid}.0badc0de.part"
+    killed = tmp_path / "subj01" / f".5_0.png.{host_label()}.{dead_pid}.0badc0de.part"
     killed.write_bytes(b"half")
     mine = owned_temp(tmp_path / "subj01" / "6_0.png")  # this live process, mid-write
     mine.write_bytes(b"writing")

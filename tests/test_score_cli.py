@@ -13,7 +13,7 @@ from test_score_fixtures import small_root_fixture  # noqa: F401
 from nsdbench.cli import main
 from nsdbench.leaderboards.store import Store
 from nsdbench.nsd import open_nsd
-from nsdbench.submission_writers import demo_images, write_submission
+from nsdbench.submissions.writers import demo_images, write_submission
 
 SCORE = ["--weights", "tiny", "--no-brain", "--bootstrap", "200", "--device", "cpu"]
 

@@ -103,7 +103,7 @@ class PixelEncoder:
 @pytest.fixture(scope="module")
 def tiny_search(nsd):
     """Tiny unCLIP, two measured test patterns of the synthetic NSD and the pieces a search needs."""
-    from nsdbench.methods.protocol import SubjectData
+    from nsdbench.methods.adapter import SubjectData
     from nsdbench.methods.second_sight import SecondSightSettings, UnclipSampler, measured_betas
     from nsdbench.nsd.splits import get_split
 
@@ -118,7 +118,7 @@ def tiny_search(nsd):
 
 
 def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
-    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.adapter import TestItem
     from nsdbench.methods.second_sight import initial_state, second_sight_iteration
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
@@ -146,7 +146,7 @@ def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
 
 def test_first_iteration_is_one_distribution_and_branches_follow_the_schedule(tiny_search, monkeypatch):
     from nsdbench.methods import second_sight as ss
-    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.adapter import TestItem
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
     calls = []
@@ -215,7 +215,7 @@ def test_hybrid_prediction_and_library_score_are_the_literal_averages():
 
 
 def test_clip_betas_ridge_predicts_its_training_targets_from_images(tiny_search, nsdbench_home):
-    from nsdbench.methods import ridge
+    from nsdbench import ridge
     from nsdbench.methods.hybrid_encoder import HybridEncoder
     from nsdbench.methods.second_sight import clip_betas_encoder, library_embeddings, nchw
 
@@ -238,7 +238,7 @@ def test_clip_betas_ridge_predicts_its_training_targets_from_images(tiny_search,
 
 def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_path, monkeypatch):
     from nsdbench.methods import second_sight as ss
-    from nsdbench.methods.protocol import RunContext, TestItem
+    from nsdbench.methods.adapter import RunContext, TestItem
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
     method = ss.SecondSight(settings, weights_mode="tiny")  # encoder given in `fitted`
@@ -277,7 +277,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_pat
 
 
 def test_stochastic_search_keeps_its_best_image(tiny_search):
-    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.adapter import TestItem
     from nsdbench.methods.second_sight import StochasticSearchSettings, initial_state, stochastic_iteration
 
     data, _, gen, enc, measured, c0, _ = tiny_search
@@ -293,8 +293,8 @@ def test_stochastic_search_keeps_its_best_image(tiny_search):
 
 
 def test_hybrid_guided_search_never_lowers_its_best_distribution(tiny_search, nsdbench_home):
+    from nsdbench.methods.adapter import TestItem
     from nsdbench.methods.hybrid_encoder import HybridEncoder
-    from nsdbench.methods.protocol import TestItem
     from nsdbench.methods.second_sight import clip_betas_encoder, initial_state, second_sight_iteration
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search

@@ -18,10 +18,10 @@ def data(nsd) -> SubjectData:
     return SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
 
 
-def test_protocol_reexports_the_same_class():
-    from nsdbench.methods import protocol
+def test_the_adapter_interface_hands_methods_the_nsd_subject_data_class():
+    from nsdbench.methods import adapter
 
-    assert protocol.SubjectData is SubjectData
+    assert adapter.SubjectData is SubjectData
 
 
 def test_training_captions_are_the_five_coco_captions(data, nsd):

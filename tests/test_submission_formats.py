@@ -16,8 +16,8 @@ from test_score_fixtures import small_root_fixture  # noqa: F401
 from nsdbench.cli import main
 from nsdbench.nsd import open_nsd
 from nsdbench.nsd.splits import get_split
-from nsdbench.submission import errors, load_submission, validate
-from nsdbench.submission_writers import box_blur, demo_images, write_submission
+from nsdbench.submissions.validation import errors, load_submission, validate
+from nsdbench.submissions.writers import box_blur, demo_images, write_submission
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from test_score_fixtures import small_root_fixture  # noqa: F401
 
 from nsdbench.cli import main
 from nsdbench.nsd import open_nsd
-from nsdbench.submission_writers import demo_images, write_submission
+from nsdbench.submissions.writers import demo_images, write_submission
 
 SEED = 20261202
 CASES_PER_FAMILY = 14

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from test_score_fixtures import small_root_fixture  # noqa: F401
 
-from nsdbench import submission_formats
 from nsdbench.cli import main
 from nsdbench.nsd import open_nsd
-from nsdbench.submission import load_submission, validate
-from nsdbench.submission_writers import _png_bytes, demo_images, write_submission
+from nsdbench.submissions import formats as submission_formats
+from nsdbench.submissions.validation import load_submission, validate
+from nsdbench.submissions.writers import demo_images, encode_image_bytes, write_submission
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +334,7 @@ def test_webdataset_sidecar_with_a_huge_float_id(images, small_root, tmp_path, c
         info = tarfile.TarInfo("zzz.json")
         info.size = len(data)
         tf.addfile(info, io.BytesIO(data))
-        png = _png_bytes(next(iter(images.values())))
+        png = encode_image_bytes(next(iter(images.values())))
         info = tarfile.TarInfo("zzz.png")
         info.size = len(png)
         tf.addfile(info, io.BytesIO(png))

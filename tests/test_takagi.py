@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from nsdbench.caches import ArrayCache
 from nsdbench.methods import takagi_features as tf
-from nsdbench.methods.protocol import FitCache, Output, RunContext, TestItem
+from nsdbench.methods.adapter import Output, RunContext, TestItem
 from nsdbench.methods.registry import create_method, get_method
 
 N_TRAIN, N_TEST = 40, 4
@@ -63,7 +64,7 @@ def _ready(data, cache_root, variant=None, **overrides):
     method = _method(variant, **overrides)
     ctx = RunContext(
         method="takagi2023", subject=1, split="nsd982", data=data, weights_mode="tiny",
-        settings=method.settings, cache=FitCache(cache_root),
+        settings=method.settings, cache=ArrayCache(cache_root),
     )  # fmt: skip
     method.setup(ctx)
     return method, ctx, method.fit(data, ctx)

@@ -48,7 +48,7 @@ def test_cli_run_ends_with_a_leaderboard_row_beside_the_published_ones(synth_roo
 
 
 def _pixcorr(method: str, variant: str | None, out: Path, db: Path) -> pd.Series:
-    from nsdbench.runner import score_path
+    from nsdbench.runs.folder import score_path
 
     extra = ["--variant", variant] if variant else []
     run = _nsdbench("run", "--method", method, *extra, *BASE, "--db", str(db), "--out", str(out))

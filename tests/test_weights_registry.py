@@ -12,7 +12,7 @@ import pytest
 from nsdbench import weights
 from nsdbench.cli import main
 from nsdbench.methods import registry
-from nsdbench.methods.protocol import Method
+from nsdbench.methods.adapter import Method
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def _open(data: str | None):
 
 def describe(nsd) -> dict:
     """Everything `data info` prints: subjects, sessions, voxel counts, split sizes."""
-    from nsdbench.nsd import layout as L
+    from nsdbench.nsd import layout
     from nsdbench.nsd.splits import SPLITS, get_split
 
     doc: dict = {
@@ -46,7 +46,7 @@ def describe(nsd) -> dict:
         "n_images": nsd.n_images,
         "image_size": nsd.image_size,
         "shared_images": int(nsd.shared_ids.size),
-        "design_sessions": int(nsd.design["masterordering"].size // L.TRIALS_PER_SESSION),
+        "design_sessions": int(nsd.design["masterordering"].size // layout.TRIALS_PER_SESSION),
         "legacy_sessions": nsd.legacy_sessions,
         "subjects": {},
     }

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from nsdbench import config
 from nsdbench.commands.options import check_data, check_split, check_subjects_in, subject_opt
-from nsdbench.commands.score import resolve_device
+from nsdbench.devices import resolve_device
 from nsdbench.errors import NSDBenchError
 
 out = Console()
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         split_name = check_split(str(config.get("split", split)))
         mode = weights.check_mode(str(config.get("weights", weights_mode)))
         data = check_data(data)
-        dev = resolve_device(device)
+        dev = resolve_device(config.get("device", device))
         if mode == "pretrained":
             spec = default_spec(mode)
             weights.require_all([ARTIFACT_OF[(spec.network, spec.network_weights)]])

@@ -10,8 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nsdbench import config
 from nsdbench.commands.options import check_split, out_opt, parse_protocols, subjects_opt
-from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, resolve_device, writable
+from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, writable
+from nsdbench.devices import resolve_device
 from nsdbench.errors import MetricDrift, UsageError
 from nsdbench.files import atomic_write_text
 from nsdbench.terminal import print_table_or_records, print_whole
@@ -281,7 +283,7 @@ def register(app: typer.Typer) -> None:
         from nsdbench import weights
         from nsdbench.leaderboards import drift
 
-        dev = resolve_device(device)
+        dev = resolve_device(config.get("device", device))
         if create:
             if golden is None:
                 raise UsageError("--create needs --golden FILE (where to write the golden file)")

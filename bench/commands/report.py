@@ -9,12 +9,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nsdbench import config
 from nsdbench.commands.options import check_data
 from nsdbench.commands.score import writable
 from nsdbench.errors import UsageError
+from nsdbench.progress import rich_bars
 
 err = Console(stderr=True)
 
@@ -71,8 +71,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write an HTML report: leaderboard rows, per-subject image grids, best/worst images,
         score distributions and provenance. Images are embedded as thumbnails; the page needs no network."""
-        from nsdbench.report import ReportOptions, write_report
-        from nsdbench.report_sources import load_report_data
+        from nsdbench.report.data import ReportOptions
+        from nsdbench.report.page import write_report
+        from nsdbench.report.sources import load_report_data
 
         if n <= 0:
             raise UsageError(f"--n must be positive (got {n})")
@@ -102,14 +103,7 @@ def register(app: typer.Typer) -> None:
             title=title,
             command=shlex.join(command),
         )
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
+        with rich_bars(transient=True) as bar:
 
             def progress(total: int):
                 task = bar.add_task("report images", total=total)

@@ -69,11 +69,12 @@ def build_spec(
     """
     import nsdbench
     from nsdbench import config, weights
-    from nsdbench.methods.protocol import settings_dict
+    from nsdbench.devices import device_type
+    from nsdbench.methods.adapter import settings_dict
     from nsdbench.methods.registry import create_method, get_method
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import SPLITS, get_split
-    from nsdbench.runs.session import device_type, open_data
+    from nsdbench.runs.session import open_data
     from nsdbench.runs.spec import RunSpec
 
     mode = weights.check_mode(str(config.get("weights", weights_mode)))
@@ -211,11 +212,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a method end to end: fit, reconstruct the test split with fixed seeds, score, record."""
         from nsdbench import config
-        from nsdbench.executors import EXECUTORS, resolve_worker, run_inprocess, run_ray
         from nsdbench.methods.registry import parse_assignments
         from nsdbench.nsd.splits import get_split
+        from nsdbench.progress import RichProgress
+        from nsdbench.runs.executors import EXECUTORS, resolve_worker, run_inprocess, run_ray
         from nsdbench.runs.folder import clean_leftovers, log_event
-        from nsdbench.runs.progress import RichProgress
         from nsdbench.runs.scores import ingest_run
         from nsdbench.runs.session import data_label
         from nsdbench.runs.shards import make_shards
@@ -336,7 +337,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     ) -> None:
         """Score any unscored subject of a finished (sharded) run, then record it in the leaderboard."""
-        from nsdbench.runs.progress import RichProgress
+        from nsdbench.progress import RichProgress
         from nsdbench.runs.scores import ingest_run
 
         names = parse_protocols(protocol) if protocol else None
@@ -369,7 +370,7 @@ def register(app: typer.Typer) -> None:
         from nsdbench.stage_times import CommandClock
 
         clock = CommandClock()
-        from nsdbench.runs.progress import RichProgress
+        from nsdbench.progress import RichProgress
         from nsdbench.runs.scores import protocols_on_run_split, rescore_run, run_image_count
         from nsdbench.runs.upgrade import upgrade_run_folder
 
@@ -505,7 +506,7 @@ def _type_name(tp: Any) -> str:
 
 def describe(cls: Any) -> dict[str, Any]:
     """Everything `methods show --json` prints about a method class."""
-    from nsdbench.methods.protocol import settings_dict
+    from nsdbench.methods.adapter import settings_dict
     from nsdbench.methods.registry import method_source, setting_types
     from nsdbench.runs.spec import jsonable
 

@@ -106,7 +106,7 @@ def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[Pr
 
 
 def _print_problems(problems: list, as_json: bool, path: Path) -> None:
-    from nsdbench.submission import errors
+    from nsdbench.submissions.validation import errors
 
     n_err = len(errors(problems))
     if as_json:
@@ -129,7 +129,7 @@ def _print_problems(problems: list, as_json: bool, path: Path) -> None:
 
 
 def _validated(path: Path, fmt, order, ids, subjects, split_name, nsd, as_json: bool, quiet_ok: bool = False):
-    from nsdbench.submission import errors, load_submission, validate
+    from nsdbench.submissions.validation import errors, load_submission, validate
 
     sub = load_submission(path, fmt, order, ids, subjects)
     problems = validate(sub, nsd, split_name, subjects, progress=True)
@@ -339,7 +339,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a reconstruction set made from the ground truth (e.g. blurred) to try `score` offline."""
         from nsdbench.nsd import open_nsd
-        from nsdbench.submission_writers import demo_images, write_submission
+        from nsdbench.submissions.writers import demo_images, write_submission
 
         subj = parse_subjects(subjects)
         split_name = check_split(split or str(config.get("split")))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,8 +13,8 @@ import numpy as np
 
 from nsdbench import config
 from nsdbench.errors import DataError
-from nsdbench.files import follow_umask
-from nsdbench.nsd import layout as L
+from nsdbench.files import atomic_path, atomic_write_text
+from nsdbench.nsd import layout
 
 CACHE_VERSION = 1
 
@@ -42,9 +40,9 @@ def h5_shape(path: Path, key: str) -> tuple[int, ...]:
 
 def hdf5_grid(path: Path) -> tuple[int, tuple[int, int, int]]:
     """(n_trials, (X, Y, Z)) of an HDF5 betas file stored as (trials, Z, Y, X)."""
-    shape = h5_shape(path, L.BETAS_KEY)
+    shape = h5_shape(path, layout.BETAS_KEY)
     if len(shape) != 4:
-        raise DataError(f"{path}: '{L.BETAS_KEY}' has shape {shape}, expected (trials, Z, Y, X)")
+        raise DataError(f"{path}: '{layout.BETAS_KEY}' has shape {shape}, expected (trials, Z, Y, X)")
     return shape[0], (shape[3], shape[2], shape[1])
 
 
@@ -54,10 +52,10 @@ def read_session_hdf5(path: Path, mask: np.ndarray) -> np.ndarray:
     sub = mask[box]
     try:
         with h5py.File(path, "r") as f:
-            ds = f[L.BETAS_KEY]
+            ds = f[layout.BETAS_KEY]
             slab = ds[:, box[2], box[1], box[0]]  # (trials, z, y, x)
     except KeyError:
-        raise DataError(f"{path}: no dataset '{L.BETAS_KEY}'") from None
+        raise DataError(f"{path}: no dataset '{layout.BETAS_KEY}'") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read HDF5 (truncated or corrupt? {exc})") from None
     return slab.transpose(0, 3, 2, 1)[:, sub]
@@ -90,7 +88,7 @@ def read_session_nifti(path: Path, mask: np.ndarray) -> np.ndarray:
 
 def session_file(root: Path, subject: int, session: int, source: str = "auto") -> tuple[Path, str]:
     """The betas file of one session: HDF5 preferred (fast slab reads), else .nii.gz."""
-    h5, nii = root / L.betas_hdf5(subject, session), root / L.betas_nifti(subject, session)
+    h5, nii = root / layout.betas_hdf5(subject, session), root / layout.betas_nifti(subject, session)
     if source in ("auto", "hdf5") and h5.is_file():
         return h5, "hdf5"
     if source in ("auto", "nifti") and nii.is_file():
@@ -106,8 +104,8 @@ def check_grid(path: Path, kind: str, mask_grid: tuple[int, ...], roi_path: Path
             f"{path}: voxel grid mismatch, betas are {'x'.join(map(str, grid))} (X x Y x Z) "
             f"but ROI {roi_path.name} is {'x'.join(map(str, mask_grid))}"
         )
-    if n != L.TRIALS_PER_SESSION:
-        raise DataError(f"{path}: {n} trials, expected {L.TRIALS_PER_SESSION} per session")
+    if n != layout.TRIALS_PER_SESSION:
+        raise DataError(f"{path}: {n} trials, expected {layout.TRIALS_PER_SESSION} per session")
 
 
 def zscore_rows(x: np.ndarray) -> np.ndarray:
@@ -117,13 +115,13 @@ def zscore_rows(x: np.ndarray) -> np.ndarray:
     return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
 
 
-def _stamp(path: Path) -> list:
+def file_stamp(path: Path) -> list:
     st = path.stat()
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
 def cache_key(files: Sequence[Path], params: dict) -> str:
-    doc = {"version": CACHE_VERSION, "files": [_stamp(p) for p in files], "params": params}
+    doc = {"version": CACHE_VERSION, "files": [file_stamp(p) for p in files], "params": params}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -145,27 +143,21 @@ def cached_betas(
         except (OSError, ValueError):
             final.unlink(missing_ok=True)  # a damaged cache entry is rebuilt
     n_vox = int(mask.sum())
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy", dir=folder)
-    os.close(fd)
-    tmp = follow_umask(tmp_name)
-    try:
+    with atomic_path(final) as tmp:
         out = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.float32, shape=(len(files) * L.TRIALS_PER_SESSION, n_vox)
+            tmp, mode="w+", dtype=np.float32, shape=(len(files) * layout.TRIALS_PER_SESSION, n_vox)
         )
         for i, (path, kind) in enumerate(files):
             raw = read_session_hdf5(path, mask) if kind == "hdf5" else read_session_nifti(path, mask)
-            x = raw.astype(np.float32) / np.float32(L.BETAS_SCALE)
+            x = raw.astype(np.float32) / np.float32(layout.BETAS_SCALE)
             if normalize == "session-zscore":
                 x = zscore_rows(x)
-            out[i * L.TRIALS_PER_SESSION : (i + 1) * L.TRIALS_PER_SESSION] = x
+            out[i * layout.TRIALS_PER_SESSION : (i + 1) * layout.TRIALS_PER_SESSION] = x
             if progress is not None:
                 progress(1)
         out.flush()
         del out
-        os.replace(tmp, final)
-        (folder / f"{key}.json").write_text(
-            json.dumps({"files": [str(p) for p, _ in files], **params}, indent=1)
-        )
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(
+        folder / f"{key}.json", json.dumps({"files": [str(p) for p, _ in files], **params}, indent=1)
+    )
     return np.load(final, mmap_mode="r")

@@ -12,9 +12,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from nsdbench import config
 from nsdbench.errors import DataError
-from nsdbench.nsd import betas as B
-from nsdbench.nsd import layout as L
+from nsdbench.files import atomic_path
+from nsdbench.nsd import layout
+from nsdbench.nsd.betas import cache_key
 from nsdbench.nsd.splits import get_split
 
 
@@ -40,16 +42,16 @@ class BrainDiffuserImport:
 def _bd_folder(path: Path, subject: int) -> Path:
     path = Path(path).expanduser()
     for cand in (
-        path / L.subj(subject),
-        path / "processed_data" / L.subj(subject),
-        path / L.BD_PROCESSED / L.subj(subject),
+        path / layout.subj(subject),
+        path / "processed_data" / layout.subj(subject),
+        path / layout.BD_PROCESSED / layout.subj(subject),
         path,
     ):
         if (cand / f"nsd_test_fmriavg_nsdgeneral_sub{subject}.npy").is_file():
             return cand
     raise DataError(
         f"{path}: no brain-diffuser file nsd_test_fmriavg_nsdgeneral_sub{subject}.npy "
-        f"(give the processed_data folder or its {L.subj(subject)} subfolder)"
+        f"(give the processed_data folder or its {layout.subj(subject)} subfolder)"
     )
 
 
@@ -84,7 +86,7 @@ def import_brain_diffuser(
         stim = folder / f"nsd_{part}_stim_sub{subject}.npy"
         if check_images and stim.is_file():
             _check_stim(nsd, stim, ids)
-        out[part] = (ids, (np.asarray(arr, dtype=np.float64) / L.BETAS_SCALE).astype(np.float32))
+        out[part] = (ids, (np.asarray(arr, dtype=np.float64) / layout.BETAS_SCALE).astype(np.float32))
     return BrainDiffuserImport(
         subject=subject,
         folder=folder,
@@ -115,7 +117,7 @@ def import_mindeye2(nsd, path: str | Path, subject: int) -> np.ndarray:
     rows in global trial order. Returned as-is (MindEye2's own normalization), memory-mapped from the cache."""
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / Path(L.me2_betas(subject)).name
+        path = path / Path(layout.me2_betas(subject)).name
     if not path.is_file():
         raise DataError(f"{path}: missing")
     n_vox = int(nsd.roi_mask(subject, "nsdgeneral").sum())
@@ -125,23 +127,27 @@ def import_mindeye2(nsd, path: str | Path, subject: int) -> np.ndarray:
             if "betas" not in f:
                 raise DataError(f"{path}: no dataset 'betas'")
             shape = f["betas"].shape
-            if len(shape) != 2 or shape[1] != n_vox or shape[0] > n_trials or shape[0] % L.TRIALS_PER_SESSION:
+            if (
+                len(shape) != 2
+                or shape[1] != n_vox
+                or shape[0] > n_trials
+                or shape[0] % layout.TRIALS_PER_SESSION
+            ):
                 raise DataError(
-                    f"{path}: betas shape {shape}, expected (k x {L.TRIALS_PER_SESSION} <= {n_trials} trials, "
+                    f"{path}: betas shape {shape}, expected (k x {layout.TRIALS_PER_SESSION} <= {n_trials} trials, "
                     f"{n_vox} nsdgeneral voxels of subject {subject})"
                 )
-            key = B.cache_key([path], {"importer": "mindeye2", "subject": subject})
-            folder = B.config.cache_dir("imported")
+            key = cache_key([path], {"importer": "mindeye2", "subject": subject})
+            folder = config.cache_dir("imported")
             final = folder / f"{key}.npy"
             if not final.is_file():
-                tmp = folder / f".{key}.tmp.npy"
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-                step = 4 * L.TRIALS_PER_SESSION
-                for i in range(0, shape[0], step):
-                    out[i : i + step] = f["betas"][i : i + step]
-                out.flush()
-                del out
-                tmp.replace(final)
+                with atomic_path(final) as tmp:
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+                    step = 4 * layout.TRIALS_PER_SESSION
+                    for i in range(0, shape[0], step):
+                        out[i : i + step] = f["betas"][i : i + step]
+                    out.flush()
+                    del out
     except OSError as exc:
         raise DataError(f"{path}: cannot read HDF5 (truncated or corrupt? {exc})") from None
     return np.load(final, mmap_mode="r")

@@ -18,10 +18,11 @@ import pandas as pd
 
 from nsdbench import config
 from nsdbench.errors import DataError, UsageError
-from nsdbench.nsd import betas as B
-from nsdbench.nsd import captions as C
-from nsdbench.nsd import layout as L
-from nsdbench.nsd import rois as R
+from nsdbench.nsd import layout
+from nsdbench.nsd.betas import cached_betas, check_grid, file_stamp, h5_shape, session_file
+from nsdbench.nsd.captions import curated_row, read_coco_json, read_curated
+from nsdbench.nsd.rois import RoiSpec, label_value, parse_roi, roi_key
+from nsdbench.progress import progress_bar
 
 NORMALIZE_TRIALS = ("none", "session-zscore")
 
@@ -52,9 +53,9 @@ def read_expdesign(path: Path) -> dict[str, np.ndarray]:
     out["masterordering"] = out["masterordering"].ravel()
     out["sharedix"] = out["sharedix"].ravel()
     sim = out["subjectim"]
-    if sim.ndim != 2 or sim.shape[0] != L.N_SUBJECTS:
+    if sim.ndim != 2 or sim.shape[0] != layout.N_SUBJECTS:
         raise DataError(
-            f"{path}: subjectim has shape {sim.shape}, expected ({L.N_SUBJECTS}, n_images_per_subject)"
+            f"{path}: subjectim has shape {sim.shape}, expected ({layout.N_SUBJECTS}, n_images_per_subject)"
         )
     for key in ("masterordering", "subjectim", "sharedix"):
         if out[key].size and out[key].min() < 1:
@@ -67,7 +68,7 @@ def read_expdesign(path: Path) -> dict[str, np.ndarray]:
             f"{path}: masterordering value {mo.max()} out of range 1..{sim.shape[1]} (subjectim columns)"
         )
     n_shared = out["sharedix"].size
-    for k in range(L.N_SUBJECTS):
+    for k in range(layout.N_SUBJECTS):
         if not np.array_equal(np.sort(sim[k, :n_shared]), np.sort(out["sharedix"])):
             raise DataError(f"{path}: subjectim row {k + 1} does not start with the {n_shared} shared images")
     return out
@@ -80,7 +81,7 @@ class NSD:
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise DataError(f"NSD root {self.root} does not exist")
-        for rel in (L.EXPDESIGN, L.STIM_INFO, L.STIMULI):
+        for rel in (layout.EXPDESIGN, layout.STIM_INFO, layout.STIMULI):
             if not (self.root / rel).is_file():
                 raise DataError(f"{self.root / rel}: missing (is {self.root} an NSD root?)")
         self._trials: dict[int, pd.DataFrame] = {}
@@ -93,7 +94,7 @@ class NSD:
 
     @cached_property
     def synthetic_meta(self) -> dict | None:
-        path = self.root / L.SYNTH_META
+        path = self.root / layout.SYNTH_META
         if not path.is_file():
             return None
         try:
@@ -109,14 +110,14 @@ class NSD:
     def legacy_sessions(self) -> int:
         """Sessions public before 2023-08 (37 on the real NSD; recorded by the synthetic generator)."""
         meta = self.synthetic_meta
-        return int(meta["legacy_sessions"]) if meta else L.LEGACY_SESSIONS
+        return int(meta["legacy_sessions"]) if meta else layout.LEGACY_SESSIONS
 
     @cached_property
     def design(self) -> dict[str, np.ndarray]:
-        d = read_expdesign(self.root / L.EXPDESIGN)
+        d = read_expdesign(self.root / layout.EXPDESIGN)
         if d["subjectim"].max() > self.n_images:
             raise DataError(
-                f"{self.root / L.EXPDESIGN}: subjectim id {d['subjectim'].max()} > {self.n_images} images"
+                f"{self.root / layout.EXPDESIGN}: subjectim id {d['subjectim'].max()} > {self.n_images} images"
             )
         return d
 
@@ -127,7 +128,7 @@ class NSD:
 
     @cached_property
     def stim_info(self) -> pd.DataFrame:
-        path = self.root / L.STIM_INFO
+        path = self.root / layout.STIM_INFO
         try:
             df = pd.read_csv(path, index_col=0)
         except (OSError, ValueError) as exc:
@@ -144,10 +145,10 @@ class NSD:
 
     @cached_property
     def _stim_shape(self) -> tuple[int, ...]:
-        path = self.root / L.STIMULI
-        shape = B.h5_shape(path, L.STIM_IMAGE_KEY)
+        path = self.root / layout.STIMULI
+        shape = h5_shape(path, layout.STIM_IMAGE_KEY)
         if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
-            raise DataError(f"{path}: {L.STIM_IMAGE_KEY} has shape {shape}, expected (n, S, S, 3)")
+            raise DataError(f"{path}: {layout.STIM_IMAGE_KEY} has shape {shape}, expected (n, S, S, 3)")
         return shape
 
     @property
@@ -161,7 +162,7 @@ class NSD:
     @cached_property
     def subjects(self) -> list[int]:
         """Subjects with behavioral data (responses.tsv)."""
-        return [s for s in range(1, L.N_SUBJECTS + 1) if (self.root / L.responses(s)).is_file()]
+        return [s for s in range(1, layout.N_SUBJECTS + 1) if (self.root / layout.responses(s)).is_file()]
 
     def _check_subject(self, subject: int) -> int:
         subject = int(subject)
@@ -177,8 +178,8 @@ class NSD:
         """Sessions whose betas file (.hdf5 or .nii.gz) is present."""
         out = []
         for s in self.sessions(subject):
-            if (self.root / L.betas_hdf5(subject, s)).is_file() or (
-                self.root / L.betas_nifti(subject, s)
+            if (self.root / layout.betas_hdf5(subject, s)).is_file() or (
+                self.root / layout.betas_nifti(subject, s)
             ).is_file():
                 out.append(s)
         return out
@@ -195,7 +196,7 @@ class NSD:
         return self._trials[subject]
 
     def _build_trials(self, subject: int) -> pd.DataFrame:
-        rpath = self.root / L.responses(subject)
+        rpath = self.root / layout.responses(subject)
         try:
             resp = pd.read_csv(rpath, sep="\t")
         except (OSError, ValueError) as exc:
@@ -210,10 +211,13 @@ class NSD:
         sess = resp["SESSION"].to_numpy(np.int64)
         counts = pd.Series(sess).value_counts().sort_index()
         expected = np.arange(1, counts.index.max() + 1)
-        if not np.array_equal(counts.index.to_numpy(), expected) or (counts != L.TRIALS_PER_SESSION).any():
-            bad = [int(s) for s in expected if counts.get(s, 0) != L.TRIALS_PER_SESSION]
+        if (
+            not np.array_equal(counts.index.to_numpy(), expected)
+            or (counts != layout.TRIALS_PER_SESSION).any()
+        ):
+            bad = [int(s) for s in expected if counts.get(s, 0) != layout.TRIALS_PER_SESSION]
             raise DataError(
-                f"{rpath}: session(s) {bad[:5]} do not have {L.TRIALS_PER_SESSION} trials "
+                f"{rpath}: session(s) {bad[:5]} do not have {layout.TRIALS_PER_SESSION} trials "
                 f"(sessions must be 1..N, complete, in order)"
             )
         if np.any(np.diff(sess) < 0):
@@ -263,9 +267,11 @@ class NSD:
         """NSD id of each global trial from the stim-info csv's subjectK_rep0..2 (1-based trial numbers,
         0 = not shown); -1 where no image lists the trial. base=0 reads the numbers as 0-based (diagnosis)."""
         info = self.stim_info
-        path = self.root / L.STIM_INFO
+        path = self.root / layout.STIM_INFO
         if len(info) != self.n_images:
-            raise DataError(f"{path}: {len(info)} rows but {L.STIM_IMAGE_KEY} has {self.n_images} images")
+            raise DataError(
+                f"{path}: {len(info)} rows but {layout.STIM_IMAGE_KEY} has {self.n_images} images"
+            )
         out = np.full(n, -1, np.int64)
         ids = info["nsdId"].to_numpy(np.int64)
         for r in range(3):
@@ -283,7 +289,7 @@ class NSD:
         c = self._ids_from_stim_info(subject, n)
         if np.array_equal(a, c):
             return
-        path = self.root / L.STIM_INFO
+        path = self.root / layout.STIM_INFO
         c0 = self._ids_from_stim_info(subject, n, base=0)
         if np.array_equal(a[1:], c0[1:]):
             raise DataError(
@@ -315,14 +321,16 @@ class NSD:
         ids = np.asarray(nsd_ids, dtype=np.int64).ravel()
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_images):
             bad = ids[(ids < 0) | (ids >= self.n_images)][0]
-            raise DataError(f"{self.root / L.STIMULI}: nsd id {int(bad)} out of range 0..{self.n_images - 1}")
+            raise DataError(
+                f"{self.root / layout.STIMULI}: nsd id {int(bad)} out of range 0..{self.n_images - 1}"
+            )
         return ids
 
     @cached_property
     def stimuli_identity(self) -> str:
         """Which image set this root holds (stimuli file path, size and mtime): features cached per NSD id
         are keyed by it, so a synthetic NSD (or a regenerated one) never shares rows with the real one."""
-        path = self.root / L.STIMULI
+        path = self.root / layout.STIMULI
         st = path.stat()
         return hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
@@ -332,23 +340,23 @@ class NSD:
         if not ids.size:
             return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
         uniq, inv = np.unique(ids, return_inverse=True)
-        path = self.root / L.STIMULI
+        path = self.root / layout.STIMULI
         try:
             with h5py.File(path, "r") as f:
-                data = f[L.STIM_IMAGE_KEY][uniq]
+                data = f[layout.STIM_IMAGE_KEY][uniq]
         except OSError as exc:
             raise DataError(f"{path}: cannot read images (truncated or corrupt? {exc})") from None
         return data[inv]
 
     @cached_property
     def _captions(self):
-        ann = self.root / L.ANNOTATIONS_DIR
-        jsons = [ann / name for name in L.COCO_CAPTIONS if (ann / name).is_file()]
+        ann = self.root / layout.ANNOTATIONS_DIR
+        jsons = [ann / name for name in layout.COCO_CAPTIONS if (ann / name).is_file()]
         if jsons:
-            return ("coco", C.read_coco_json(jsons))
-        curated = L.find_curated_captions(self.root)
+            return ("coco", read_coco_json(jsons))
+        curated = layout.find_curated_captions(self.root)
         if curated is not None:
-            return ("curated", C.read_curated(curated, self.n_images))
+            return ("curated", read_curated(curated, self.n_images))
         raise DataError(
             f"no captions under {self.root}: expected {ann}/captions_train2017.json or COCO_73k_annots_curated.npy"
         )
@@ -358,14 +366,14 @@ class NSD:
         ids = self._check_ids(nsd_ids)
         kind, table = self._captions
         if kind == "curated":
-            return [C.curated_row(table[i]) for i in ids]
+            return [curated_row(table[i]) for i in ids]
         coco = self.stim_info["cocoId"].to_numpy(np.int64)
         out = []
         for i in ids:
             caps = table.get(int(coco[i]))
             if not caps:
                 raise DataError(
-                    f"{self.root / L.ANNOTATIONS_DIR}: no caption for cocoId {coco[i]} (nsd id {i})"
+                    f"{self.root / layout.ANNOTATIONS_DIR}: no caption for cocoId {coco[i]} (nsd id {i})"
                 )
             out.append(list(caps))
         return out
@@ -379,7 +387,7 @@ class NSD:
         subject = int(subject)
         key = (subject, name)
         if key not in self._rois:
-            path = self.root / L.roi_file(subject, name)
+            path = self.root / layout.roi_file(subject, name)
             if not path.is_file():
                 raise DataError(f"{path}: ROI file missing")
             try:
@@ -393,7 +401,7 @@ class NSD:
 
     def roi_labels(self, subject: int, name: str) -> dict[int, str]:
         """Label table from nsddata/freesurfer/subjXX/label/NAME.mgz.ctab (lines `<int> <name>`)."""
-        path = self.root / L.ctab_file(int(subject), name)
+        path = self.root / layout.ctab_file(int(subject), name)
         if not path.is_file():
             raise DataError(f"{path}: label table missing")
         out: dict[int, str] = {}
@@ -407,37 +415,37 @@ class NSD:
                 raise DataError(f"{path}: line {n} is not '<int> <name>': {line!r}") from None
         return out
 
-    def roi_mask(self, subject: int, roi: R.RoiSpec) -> np.ndarray:
+    def roi_mask(self, subject: int, roi: RoiSpec) -> np.ndarray:
         """Boolean (X, Y, Z) mask of an ROI spec: "nsdgeneral" (positive labels), "streams:early" (one ctab
         label) or a list of them (their union)."""
         subject = int(subject)
         mask: np.ndarray | None = None
-        for name, label in R.parse_roi(roi):
+        for name, label in parse_roi(roi):
             vol = self.roi(subject, name)
             if label is None:
                 part = vol > 0
             else:
                 labels = self.roi_labels(subject, name)
-                part = vol == R.label_value(labels, label, str(self.root / L.ctab_file(subject, name)))
+                part = vol == label_value(labels, label, str(self.root / layout.ctab_file(subject, name)))
             if mask is not None and part.shape != mask.shape:
                 raise DataError(
-                    f"{self.root / L.roi_file(subject, name)}: grid {part.shape} differs from {mask.shape}"
+                    f"{self.root / layout.roi_file(subject, name)}: grid {part.shape} differs from {mask.shape}"
                 )
             mask = part if mask is None else mask | part
         assert mask is not None
         if not mask.any():
             raise DataError(
-                f"{self.root / L.roi_file(subject, R.parse_roi(roi)[0][0])}: ROI {R.roi_key(roi)} has no voxels"
+                f"{self.root / layout.roi_file(subject, parse_roi(roi)[0][0])}: ROI {roi_key(roi)} has no voxels"
             )
         return mask
 
-    def roi_paths(self, subject: int, roi: R.RoiSpec) -> list[Path]:
+    def roi_paths(self, subject: int, roi: RoiSpec) -> list[Path]:
         """The ROI volume files a spec reads (label tables too when it names labels)."""
         out: list[Path] = []
-        for name, label in R.parse_roi(roi):
+        for name, label in parse_roi(roi):
             for rel in (
-                L.roi_file(int(subject), name),
-                *([L.ctab_file(int(subject), name)] if label else []),
+                layout.roi_file(int(subject), name),
+                *([layout.ctab_file(int(subject), name)] if label else []),
             ):
                 if self.root / rel not in out:
                     out.append(self.root / rel)
@@ -449,7 +457,7 @@ class NSD:
         vis = self.roi(subject, "prf-visualrois")
         if vis.shape != general.shape:
             raise DataError(
-                f"{self.root / L.roi_file(subject, 'prf-visualrois')}: grid {vis.shape} differs from nsdgeneral "
+                f"{self.root / layout.roi_file(subject, 'prf-visualrois')}: grid {vis.shape} differs from nsdgeneral "
                 f"{general.shape}"
             )
         labels = self.roi_labels(subject, "prf-visualrois")
@@ -462,7 +470,9 @@ class NSD:
                 if k > 0 and v.startswith(prefix) and not v.startswith(prefix + "A")
             ]
             if not ids:
-                raise DataError(f"{self.root / L.ctab_file(subject, 'prf-visualrois')}: no label for {area}")
+                raise DataError(
+                    f"{self.root / layout.ctab_file(subject, 'prf-visualrois')}: no label for {area}"
+                )
             out[area] = np.isin(vv, ids)
         out["early"] = out["V1"] | out["V2"] | out["V3"] | out["V4"]
         out["higher_vis"] = ~out["early"]
@@ -496,20 +506,16 @@ class NSD:
             raise UsageError(f"subject {subject} has no session(s) {bad} (sessions 1..{max(have)})")
         mask = self.roi_mask(subject, roi)
         roi_path, *more_rois = self.roi_paths(subject, roi)
-        files = [B.session_file(self.root, subject, s, source) for s in sessions]
+        files = [session_file(self.root, subject, s, source) for s in sessions]
         for path, kind in files:
-            B.check_grid(path, kind, mask.shape, roi_path)
-        params = {"subject": subject, "sessions": sessions, "roi": R.roi_key(roi), "source": source}
+            check_grid(path, kind, mask.shape, roi_path)
+        params = {"subject": subject, "sessions": sessions, "roi": roi_key(roi), "source": source}
         if more_rois:
-            params["roi_files"] = [B._stamp(p) for p in more_rois]
+            params["roi_files"] = [file_stamp(p) for p in more_rois]
         if not progress:
-            return B.cached_betas(files, mask, roi_path, normalize, params)
-        from rich.console import Console
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as prog:
-            task = prog.add_task(f"betas subj{subject:02d} {roi}", total=len(files))
-            return B.cached_betas(files, mask, roi_path, normalize, params, lambda k: prog.advance(task, k))
+            return cached_betas(files, mask, roi_path, normalize, params)
+        with progress_bar(True, len(files), f"betas subj{subject:02d} {roi}", transient=True) as advance:
+            return cached_betas(files, mask, roi_path, normalize, params, advance)
 
     def trial_rows(self, subject: int, sessions) -> pd.Series:
         """global_trial -> row index in `betas(subject, sessions)`."""
@@ -530,7 +536,7 @@ def open_nsd(data: str | Path | None = None) -> NSD:
         root = synthetic_root()
         from nsdbench.nsd.synth import SYNTH_VERSION, synthesize
 
-        meta = root / L.SYNTH_META
+        meta = root / layout.SYNTH_META
         if not meta.is_file() or json.loads(meta.read_text()).get("version") != SYNTH_VERSION:
             print(f"generating the synthetic NSD in {root} (first use or new generator)", file=sys.stderr)
             synthesize(root, seed=0, overwrite=root.exists())

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 
 from nsdbench.errors import UsageError
-from nsdbench.nsd import layout as L
+from nsdbench.nsd import layout
 
 RoiSpec = str | Sequence[str]
 _NAME = re.compile(
@@ -32,7 +32,7 @@ def parse_roi(spec: RoiSpec) -> tuple[tuple[str, str | None], ...]:
         name, _, label = item.strip().partition(":")
         if not _NAME.fullmatch(name):
             raise UsageError(
-                f"ROI volume {name!r} in {item!r} is not a file name like {', '.join(L.ROI_NAMES)}"
+                f"ROI volume {name!r} in {item!r} is not a file name like {', '.join(layout.ROI_NAMES)}"
             )
         if _ and not label:
             raise UsageError(f"ROI {item!r} has an empty label after ':'")

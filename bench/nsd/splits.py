@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from nsdbench.errors import DataError, UsageError
-from nsdbench.nsd import layout as L
+from nsdbench.nsd import layout
 
 SPLITS = ("nsd982", "nsd897", "nsd1000")
 ORDERS = ("nsd-ascending", "first-presentation")
@@ -150,7 +150,7 @@ def get_split(nsd, name: str, subject: int) -> Split:
     subject = int(subject)
     have = nsd.sessions(subject)  # UsageError for a subject without data
     legacy = nsd.legacy_sessions
-    all_sessions = nsd.design["masterordering"].size // L.TRIALS_PER_SESSION
+    all_sessions = nsd.design["masterordering"].size // layout.TRIALS_PER_SESSION
     if name == "nsd1000":
         sessions = tuple(range(1, all_sessions + 1))
     else:
@@ -166,7 +166,7 @@ def get_split(nsd, name: str, subject: int) -> Split:
         meta = nsd.synthetic_meta
         if meta is not None and "ss897_excluded_positions" in meta:
             excluded = tuple(int(p) for p in meta["ss897_excluded_positions"])
-            source = str(nsd.root / L.SYNTH_META)
+            source = str(nsd.root / layout.SYNTH_META)
         else:
             excluded = ss897_excluded_positions()
             source = "nsdbench/data/ss897_excluded_positions.txt"
@@ -176,7 +176,11 @@ def get_split(nsd, name: str, subject: int) -> Split:
                     f"nsd897 is defined on the 982-image nsd982 set; subject {subject} has {n982}"
                 )
     split = build_split(nsd.trials(subject), name, subject, sessions, excluded, source)
-    if nsd.n_images == FULL_NSD_IMAGES and legacy == L.LEGACY_SESSIONS and subject in L.DATA_SUBJECTS:
+    if (
+        nsd.n_images == FULL_NSD_IMAGES
+        and legacy == layout.LEGACY_SESSIONS
+        and subject in layout.DATA_SUBJECTS
+    ):
         check_full_counts(name, subject, len(split.test_ids), split.n_test_trials, len(split.train_ids))
     return split
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from nsdbench.errors import NSDBenchError, UsageError
 from nsdbench.nsd.rois import RoiSpec, roi_key
+from nsdbench.nsd.splits import split_betas
 
 PARTS = ("train", "test")
 NORMALIZE = ("train-zscore", "session-zscore", "none")
@@ -87,8 +88,6 @@ class SubjectData:
     def _raw(self, part: str, roi: RoiSpec, normalize: str) -> np.ndarray:
         key = ("avg", part, roi_key(roi), normalize)
         if key not in self._cache:
-            from nsdbench.nsd.splits import split_betas
-
             self._cache[key] = np.asarray(
                 split_betas(self._nsd, self._split, part=part, roi=roi, normalize=normalize)
             )

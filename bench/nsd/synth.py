@@ -15,9 +15,6 @@ rule are recorded in nsddata/nsdbench_synthetic.json.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,13 +25,15 @@ import pandas as pd
 import scipy.io
 
 from nsdbench.errors import UsageError
-from nsdbench.nsd import layout as L
+from nsdbench.files import atomic_folder
+from nsdbench.nsd import layout
+from nsdbench.progress import progress_bar
 
 SYNTH_VERSION = 2  # 2: adds the streams ROI
 SYNTH_SESSIONS = 3
 SYNTH_SHARED = 100
 SYNTH_IMAGE_SIZE = 64
-SYNTH_SUBJECTS = L.DATA_SUBJECTS
+SYNTH_SUBJECTS = layout.DATA_SUBJECTS
 SYNTH_GRIDS = {1: (12, 14, 10), 2: (13, 14, 10), 5: (12, 13, 10), 7: (11, 14, 10)}  # (X, Y, Z)
 SYNTH_MISSING_SHARED = 4  # shared images whose three trials all fall after the legacy sessions
 SYNTH_NIFTI_SUBJECTS = (1,)  # subjects whose betas are also written as .nii.gz
@@ -93,7 +92,7 @@ class SynthSizes:
 
     @property
     def images_per_subject(self) -> int:
-        return L.TRIALS_PER_SESSION * self.sessions // 3
+        return layout.TRIALS_PER_SESSION * self.sessions // 3
 
     @property
     def unique_per_subject(self) -> int:
@@ -101,7 +100,7 @@ class SynthSizes:
 
     @property
     def n_images(self) -> int:
-        return self.shared + L.N_SUBJECTS * self.unique_per_subject
+        return self.shared + layout.N_SUBJECTS * self.unique_per_subject
 
     @property
     def legacy_sessions(self) -> int:
@@ -112,7 +111,7 @@ class SynthSizes:
             raise UsageError(f"synthetic NSD needs at least 2 sessions (got {self.sessions})")
         if not 0 < self.shared < self.images_per_subject:
             raise UsageError(f"shared images must be in 1..{self.images_per_subject - 1} (got {self.shared})")
-        if 3 * self.missing_shared > L.TRIALS_PER_SESSION or self.missing_shared >= self.shared:
+        if 3 * self.missing_shared > layout.TRIALS_PER_SESSION or self.missing_shared >= self.shared:
             raise UsageError(f"missing_shared={self.missing_shared} too large")
         if self.image_size < 16 or self.image_size % FEATURE_GRID:
             raise UsageError(f"image_size must be a multiple of {FEATURE_GRID} (got {self.image_size})")
@@ -127,21 +126,22 @@ class SynthSizes:
 def make_design(sizes: SynthSizes, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """masterordering (1-based 10k index per trial), subjectim (8, n, 1-based 73k ids), sharedix (1-based)."""
     n_per, n_shared = sizes.images_per_subject, sizes.shared
-    n_trials = L.TRIALS_PER_SESSION * sizes.sessions
+    n_trials = layout.TRIALS_PER_SESSION * sizes.sessions
     ids = rng.permutation(sizes.n_images)  # 0-based 73k ids
     shared = np.sort(ids[:n_shared])
-    subjectim = np.empty((L.N_SUBJECTS, n_per), dtype=np.int64)
-    for k in range(L.N_SUBJECTS):
+    subjectim = np.empty((layout.N_SUBJECTS, n_per), dtype=np.int64)
+    for k in range(layout.N_SUBJECTS):
         block = ids[n_shared + k * sizes.unique_per_subject : n_shared + (k + 1) * sizes.unique_per_subject]
         subjectim[k] = np.concatenate([shared, block]) + 1
     # Forced-late shared images: all three presentations in the last session (so nsd982-like < nsd1000-like).
     late = rng.choice(n_shared, size=sizes.missing_shared, replace=False)
     others = np.setdiff1d(np.arange(n_per), late)
     pool = rng.permutation(np.repeat(others, 3))
-    last_free = L.TRIALS_PER_SESSION - 3 * len(late)
+    last_free = layout.TRIALS_PER_SESSION - 3 * len(late)
     head, tail = pool[: len(pool) - last_free], pool[len(pool) - last_free :]
     sessions = [
-        head[i * L.TRIALS_PER_SESSION : (i + 1) * L.TRIALS_PER_SESSION] for i in range(sizes.sessions - 1)
+        head[i * layout.TRIALS_PER_SESSION : (i + 1) * layout.TRIALS_PER_SESSION]
+        for i in range(sizes.sessions - 1)
     ]
     sessions.append(rng.permutation(np.concatenate([tail, np.repeat(late, 3)])))
     masterordering = np.concatenate(sessions) + 1
@@ -158,7 +158,7 @@ def trial_table(design: dict[str, np.ndarray], subject: int) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "global_trial": t,
-            "session": t // L.TRIALS_PER_SESSION + 1,
+            "session": t // layout.TRIALS_PER_SESSION + 1,
             "tenk": mo,
             "nsd_id": nsd_id,
             "rep": rep,
@@ -343,7 +343,7 @@ def make_rois(grid: tuple[int, int, int], rng: np.random.Generator) -> dict[str,
     general = brain & (v < 0.42)
     d_pole = np.sqrt((u - 0.5) ** 2 + v**2 + (w - 0.5) ** 2)
     visual = general & (d_pole < np.quantile(d_pole[general], 0.55))
-    rois = {name: np.where(brain, 0, -1).astype(np.int16) for name in L.ROI_NAMES}
+    rois = {name: np.where(brain, 0, -1).astype(np.int16) for name in layout.ROI_NAMES}
     rois["nsdgeneral"][general] = 1
     dv = d_pole[visual]
     edges = np.quantile(dv, [0.25, 0.5, 0.75])
@@ -467,16 +467,16 @@ def _stim_info(design: dict[str, np.ndarray], sizes: SynthSizes, rng: np.random.
         "BOLD5000": np.zeros(n, bool),
         "shared1000": shared,
     }
-    seen = np.zeros((L.N_SUBJECTS, n), np.int64)
-    reps = np.zeros((L.N_SUBJECTS, 3, n), np.int64)
-    for k in range(L.N_SUBJECTS):
+    seen = np.zeros((layout.N_SUBJECTS, n), np.int64)
+    reps = np.zeros((layout.N_SUBJECTS, 3, n), np.int64)
+    for k in range(layout.N_SUBJECTS):
         ids = design["subjectim"][k, mo - 1] - 1
         seen[k, ids] = 1
         rep = pd.Series(mo).groupby(mo).cumcount().to_numpy()
         reps[k, rep, ids] = np.arange(mo.size) + 1  # 1-based global trial numbers
-    for k in range(L.N_SUBJECTS):
+    for k in range(layout.N_SUBJECTS):
         cols[f"subject{k + 1}"] = seen[k]
-    for k in range(L.N_SUBJECTS):
+    for k in range(layout.N_SUBJECTS):
         for r in range(3):
             cols[f"subject{k + 1}_rep{r}"] = reps[k, r]
     return pd.DataFrame(cols)
@@ -490,8 +490,8 @@ def coco_ids(n: int) -> np.ndarray:
 def _responses(subject: int, trials: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     n = len(trials)
     t = trials["global_trial"].to_numpy()
-    within = t % L.TRIALS_PER_SESSION
-    run_sizes = np.array([63, 62] * (L.RUNS_PER_SESSION // 2))
+    within = t % layout.TRIALS_PER_SESSION
+    run_sizes = np.array([63, 62] * (layout.RUNS_PER_SESSION // 2))
     run_starts = np.concatenate([[0], np.cumsum(run_sizes)[:-1]])
     run = np.searchsorted(run_starts, within, side="right")
     trial_in_run = within - run_starts[run - 1] + 1
@@ -555,7 +555,7 @@ def synthesize(
         raise UsageError(f"seed must be a non-negative integer (got {seed})")
     spec = SynthSizes(**sizes)
     spec.check()
-    meta_path = out / L.SYNTH_META
+    meta_path = out / layout.SYNTH_META
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -574,31 +574,10 @@ def synthesize(
             f"{out} exists and is not a synthetic NSD; pass --force / overwrite=True to replace it"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
-    try:
+    with atomic_folder(out, replace=overwrite) as tmp:
         _generate(tmp, seed, spec, progress)
-        try:
-            os.replace(tmp, out)  # succeeds when `out` is absent or an empty folder
-        except OSError:
-            if not overwrite:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if meta_path.is_file():  # another process finished the same dataset first
-                    return out
-                raise UsageError(f"{out} exists and is not this synthetic NSD; pass --force / overwrite=True")
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            try:
-                os.replace(tmp, out)
-            except OSError:
-                os.replace(trash / "old", out)
-                raise
-            shutil.rmtree(trash, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if not meta_path.is_file():
+        raise UsageError(f"{out} exists and is not this synthetic NSD; pass --force / overwrite=True")
     return out
 
 
@@ -609,24 +588,8 @@ def _jsonable(obj):
 def _generate(root: Path, seed: int, spec: SynthSizes, progress: bool) -> None:
     rng = np.random.default_rng(seed)
     steps = ["design", "images", *[f"subj{s:02d}" for s in SYNTH_SUBJECTS], "derivatives"]
-    prog, task = None, None
-    if progress:
-        from rich.console import Console
-        from rich.progress import Progress
-
-        prog = Progress(console=Console(stderr=True), transient=True)
-        prog.start()
-        task = prog.add_task("synthetic NSD", total=len(steps))
-
-    def step() -> None:
-        if prog is not None:
-            prog.advance(task)
-
-    try:
-        _generate_steps(root, seed, spec, rng, step)
-    finally:
-        if prog is not None:
-            prog.stop()
+    with progress_bar(progress, len(steps), "synthetic NSD", transient=True) as advance:
+        _generate_steps(root, seed, spec, rng, advance)
 
 
 def _generate_steps(root: Path, seed: int, spec: SynthSizes, rng: np.random.Generator, step) -> None:
@@ -637,21 +600,21 @@ def _generate_steps(root: Path, seed: int, spec: SynthSizes, rng: np.random.Gene
 
     design = make_design(spec, np.random.default_rng(rng.integers(2**63)))
     scipy.io.savemat(
-        mk(L.EXPDESIGN),
+        mk(layout.EXPDESIGN),
         {
             "masterordering": design["masterordering"][None, :].astype(np.float64),
             "subjectim": design["subjectim"].astype(np.float64),
             "sharedix": design["sharedix"][None, :].astype(np.float64),
         },
     )
-    _stim_info(design, spec, np.random.default_rng(rng.integers(2**63))).to_csv(mk(L.STIM_INFO))
+    _stim_info(design, spec, np.random.default_rng(rng.integers(2**63))).to_csv(mk(layout.STIM_INFO))
     step()
 
     scenes = make_scenes(spec.n_images, np.random.default_rng(rng.integers(2**63)))
     images = np.stack([render(s, spec.image_size) for s in scenes])
-    with h5py.File(mk(L.STIMULI), "w") as f:
+    with h5py.File(mk(layout.STIMULI), "w") as f:
         f.create_dataset(
-            L.STIM_IMAGE_KEY,
+            layout.STIM_IMAGE_KEY,
             data=images,
             chunks=(1, *images.shape[1:]),
             compression="gzip",
@@ -679,13 +642,13 @@ def _generate_steps(root: Path, seed: int, spec: SynthSizes, rng: np.random.Gene
     for s in SYNTH_SUBJECTS:
         srng = np.random.default_rng(rng.integers(2**63))
         trials = trial_table(design, s)
-        _responses(s, trials, srng).to_csv(mk(L.responses(s)), sep="\t", index=False, na_rep="NaN")
+        _responses(s, trials, srng).to_csv(mk(layout.responses(s)), sep="\t", index=False, na_rep="NaN")
         rois = make_rois(tuple(spec.grids[s]), srng)
         brain = rois.pop("brain")
-        for name in L.ROI_NAMES:
-            _write_nifti(mk(L.roi_file(s, name)), rois[name])
-            mk(L.ctab_file(s, name)).write_text("\n".join(CTABS[name]) + "\n")
-        _write_nifti(mk(L.brainmask_file(s)), brain.astype(np.int16))
+        for name in layout.ROI_NAMES:
+            _write_nifti(mk(layout.roi_file(s, name)), rois[name])
+            mk(layout.ctab_file(s, name)).write_text("\n".join(CTABS[name]) + "\n")
+        _write_nifti(mk(layout.brainmask_file(s)), brain.astype(np.int16))
         model = voxel_model(rois | {"brain": brain}, srng)
         drive = voxel_drive(model, feats, cat_flags)  # (n_images, n_brain)
         n_brain = int(brain.sum())
@@ -696,19 +659,23 @@ def _generate_steps(root: Path, seed: int, spec: SynthSizes, rng: np.random.Gene
         sess = trials["session"].to_numpy() - 1
         noise = srng.normal(0, spec.noise_sd, (len(trials), n_brain)).astype(np.float32)
         psc = model["baseline"][None] + sess_gain[sess] * drive[ids] + sess_off[sess] + noise
-        raw = np.clip(np.rint(psc * L.BETAS_SCALE), -32768, 32767).astype(np.int16)  # (n_trials, n_brain)
-        bdir = mk(L.betas_hdf5(s, 1)).parent
+        raw = np.clip(np.rint(psc * layout.BETAS_SCALE), -32768, 32767).astype(
+            np.int16
+        )  # (n_trials, n_brain)
+        bdir = mk(layout.betas_hdf5(s, 1)).parent
         bdir.mkdir(parents=True, exist_ok=True)
         for k in range(n_sess):
-            vol = np.zeros((L.TRIALS_PER_SESSION, *brain.shape), np.int16)
-            vol[:, brain] = raw[k * L.TRIALS_PER_SESSION : (k + 1) * L.TRIALS_PER_SESSION]
-            with h5py.File(root / L.betas_hdf5(s, k + 1), "w") as f:
+            vol = np.zeros((layout.TRIALS_PER_SESSION, *brain.shape), np.int16)
+            vol[:, brain] = raw[k * layout.TRIALS_PER_SESSION : (k + 1) * layout.TRIALS_PER_SESSION]
+            with h5py.File(root / layout.betas_hdf5(s, k + 1), "w") as f:
                 f.create_dataset(
-                    L.BETAS_KEY, data=vol.transpose(0, 3, 2, 1), chunks=True, shuffle=True,
+                    layout.BETAS_KEY, data=vol.transpose(0, 3, 2, 1), chunks=True, shuffle=True,
                     compression="gzip", compression_opts=1,
                 )  # fmt: skip
             if s in spec.nifti_subjects:
-                _write_nifti(root / L.betas_nifti(s, k + 1), np.ascontiguousarray(vol.transpose(1, 2, 3, 0)))
+                _write_nifti(
+                    root / layout.betas_nifti(s, k + 1), np.ascontiguousarray(vol.transpose(1, 2, 3, 0))
+                )
         gen = rois["nsdgeneral"][brain] > 0
         for key in ("rf_x", "rf_y", "sigma", "area", "gain", "coef", "cats"):
             truth[f"subj{s:02d}_{key}"] = model[key][gen]
@@ -716,7 +683,7 @@ def _generate_steps(root: Path, seed: int, spec: SynthSizes, rng: np.random.Gene
             _write_derivatives(root, mk, s, trials, raw[:, gen], images, caps, spec)
         step()
 
-    np.savez_compressed(mk(L.SYNTH_TRUTH), **truth)
+    np.savez_compressed(mk(layout.SYNTH_TRUTH), **truth)
     meta = {
         "generator": "nsdbench.nsd.synth",
         "version": SYNTH_VERSION,
@@ -733,7 +700,7 @@ def _generate_steps(root: Path, seed: int, spec: SynthSizes, rng: np.random.Gene
         "noise_sd": spec.noise_sd,
         "feature_grid": FEATURE_GRID,
     }
-    mk(L.SYNTH_META).write_text(json.dumps(meta, indent=2) + "\n")
+    mk(layout.SYNTH_META).write_text(json.dumps(meta, indent=2) + "\n")
     step()
 
 
@@ -750,8 +717,8 @@ def _excluded_positions(
 def _write_captions(root: Path, mk, caps: list[list[str]], n: int, rng: np.random.Generator) -> None:
     ids = coco_ids(n)
     # The stim-info csv's cocoSplit decides which json holds an image; reread it for consistency.
-    split = pd.read_csv(root / L.STIM_INFO, usecols=["cocoSplit"])["cocoSplit"].to_numpy()
-    for name, tag in zip(L.COCO_CAPTIONS, ("train2017", "val2017")):
+    split = pd.read_csv(root / layout.STIM_INFO, usecols=["cocoSplit"])["cocoSplit"].to_numpy()
+    for name, tag in zip(layout.COCO_CAPTIONS, ("train2017", "val2017")):
         sel = np.flatnonzero(split == tag)
         doc = {
             "info": {"description": "nsdbench synthetic captions (COCO format)"},
@@ -762,7 +729,7 @@ def _write_captions(root: Path, mk, caps: list[list[str]], n: int, rng: np.rando
                 for j, c in enumerate(caps[i])
             ],
         }
-        mk(f"{L.ANNOTATIONS_DIR}/{name}").write_text(json.dumps(doc, separators=(",", ":")))
+        mk(f"{layout.ANNOTATIONS_DIR}/{name}").write_text(json.dumps(doc, separators=(",", ":")))
 
 
 def _write_derivatives(root, mk, subject, trials, raw_general, images, caps, spec) -> None:
@@ -771,13 +738,13 @@ def _write_derivatives(root, mk, subject, trials, raw_general, images, caps, spe
     for part, shared in (("train", False), ("test", True)):
         ids, groups = _bd_order(trials, legacy, shared)
         fmri = np.stack([raw_general[np.sort(g)].astype(np.float64).mean(0) for g in groups])
-        np.save(mk(L.bd_file("fmriavg_nsdgeneral", part, subject)), fmri)
+        np.save(mk(layout.bd_file("fmriavg_nsdgeneral", part, subject)), fmri)
         if part == "test":  # the train stimuli/captions are large and add nothing to the importer test
-            np.save(mk(L.bd_file("stim", part, subject)), images[ids])
-            np.save(mk(L.bd_file("cap", part, subject)), np.array([caps[i] for i in ids], dtype=str))
+            np.save(mk(layout.bd_file("stim", part, subject)), images[ids])
+            np.save(mk(layout.bd_file("cap", part, subject)), np.array([caps[i] for i in ids], dtype=str))
     # MindEye2-style: /300, then z-scored per voxel with statistics of the training (non-shared) trials only.
-    x = raw_general.astype(np.float32) / L.BETAS_SCALE
+    x = raw_general.astype(np.float32) / layout.BETAS_SCALE
     train = ~trials["shared"].to_numpy()
     mu, sd = x[train].mean(0), x[train].std(0)
-    with h5py.File(mk(L.me2_betas(subject)), "w") as f:
+    with h5py.File(mk(layout.me2_betas(subject)), "w") as f:
         f.create_dataset("betas", data=((x - mu) / sd).astype(np.float32))

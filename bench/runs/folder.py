@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from nsdbench.errors import NSDBenchError, UsageError
-from nsdbench.files import sha256_file
+from nsdbench.files import atomic_write_bytes, sha256_file
 
 LOG_FILE = "run.log"
 PROTOCOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -78,27 +78,17 @@ def scored_protocols(run_dir: Path) -> list[str]:
 def write_owned(path: Path, data: bytes) -> None:
     """Atomic write whose temp file names this host and process, so a later run can tell a dead
     writer's leftover (removed by `clean_leftovers`) from a live worker's file in progress."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = owned_temp(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, temp=owned_temp(path))
 
 
 def owned_temp(path: Path) -> Path:
     """A temp-file name next to `path` that names this host and process (see clean_leftovers)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    return path.with_name(f".{path.name}.{host_label()}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
-def _host() -> str:
+def host_label() -> str:
+    """This host's name as it appears in owned temp-file names (see clean_leftovers)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
@@ -122,7 +112,7 @@ def clean_leftovers(run_dir: Path, stale_after_s: float = 24 * 3600.0) -> int:
             continue
         m = OWNED_PART.match(path.name)
         try:
-            if m and m["host"] == _host():
+            if m and m["host"] == host_label():
                 dead = int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
             elif m or LEGACY_PART.match(path.name):
                 dead = now - path.stat().st_mtime > stale_after_s
@@ -176,7 +166,7 @@ def encode_extra(method: str, nsd_id: int, sample: int, name: str, value: Any) -
             raise NSDBenchError(f"{where}: not JSON-serializable ({exc})") from None
     arr = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
     if kind == "png":
-        return encode_png(check_image(arr, method, nsd_id, sample, what=f"extra {name!r}"))
+        return encode_png(as_reconstruction_array(arr, method, nsd_id, sample, what=f"extra {name!r}"))
     if arr.dtype == object:
         raise NSDBenchError(f"{where}: object arrays are not stored (numeric arrays only)")
     buf = io.BytesIO()
@@ -184,7 +174,9 @@ def encode_extra(method: str, nsd_id: int, sample: int, name: str, value: Any) -
     return buf.getvalue()
 
 
-def check_image(image: Any, method: str, nsd_id: int, sample: int, what: str = "image") -> np.ndarray:
+def as_reconstruction_array(
+    image: Any, method: str, nsd_id: int, sample: int, what: str = "image"
+) -> np.ndarray:
     """A method's output as a contiguous uint8 (H, W, 3) array, or a one-line error naming the image.
 
     Images are stored at the size the method produces (e.g. 512 px for diffusion methods): each protocol

@@ -12,6 +12,7 @@ from typing import Any
 
 from nsdbench.errors import NSDBenchError, UsageError
 from nsdbench.metrics.protocols import Protocol
+from nsdbench.progress import Progress, scaled_progress
 from nsdbench.runs.folder import (
     FileLock,
     file_digest,
@@ -24,7 +25,6 @@ from nsdbench.runs.folder import (
     scored_protocols,
     write_owned,
 )
-from nsdbench.runs.progress import Progress, scaled_progress
 from nsdbench.runs.session import RunSession, data_label, guiding_encoders
 from nsdbench.runs.shards import shard_files, shard_is_complete
 from nsdbench.runs.spec import read_spec
@@ -234,7 +234,8 @@ def ingest_run(
     """Score any complete-but-unscored subject under each protocol, then record one leaderboard row per
     protocol (single writer). Protocols default to those the run folder has scores/ folders for."""
     from nsdbench import config
-    from nsdbench.leaderboards.store import Store, read_parquet_meta
+    from nsdbench.leaderboards.store import Store
+    from nsdbench.score_files import read_parquet_meta
 
     spec, doc = read_spec(run_dir)
     names = list(protocols or scored_protocols(run_dir) or [str(config.get("protocol", None))])

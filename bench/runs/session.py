@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nsdbench import config
+from nsdbench.caches import ArrayCache
+from nsdbench.devices import resolve_device
 from nsdbench.errors import NSDBenchError
+from nsdbench.methods.adapter import GroundTruthDenied, Output, RunContext, SubjectData, TestItem
+from nsdbench.methods.registry import get_method, resolve_settings
+from nsdbench.nsd import open_nsd
+from nsdbench.nsd.ground_truth import GroundTruthStimuli
+from nsdbench.nsd.splits import get_split
+from nsdbench.progress import Progress
 from nsdbench.runs.folder import (
-    check_image,
+    as_reconstruction_array,
     checkpoint_dir,
     encode_extra,
     encode_png,
@@ -23,9 +31,12 @@ from nsdbench.runs.folder import (
     subject_dir,
     write_owned,
 )
-from nsdbench.runs.progress import Progress
 from nsdbench.runs.shards import Shard, batch_is_done, make_shards, read_record, shard_record_path
 from nsdbench.runs.spec import RunSpec
+
+if TYPE_CHECKING:
+    from nsdbench.metrics.guidance import GuidanceEncoder
+    from nsdbench.nsd.loader import NSD
 
 ENCODERS_DIR = "encoders"
 
@@ -42,14 +53,12 @@ class RunSession:
         protocols: tuple[str, ...] = (),
         device: str | None = None,
     ) -> None:
-        from nsdbench.methods.registry import get_method
-
         self.run_dir = Path(run_dir)
         self.spec = spec
         self.protocols = tuple(protocols)
         self.progress = progress or Progress()
         self.force = force  # --no-resume: regenerate even what is complete
-        self.device = resolve_device(device or spec.device)
+        self.device = resolve_device(device or spec.device, require_available=False)
         self.method_class = get_method(spec.method)
         self._method: Any = None
         self._setup_done = False
@@ -69,8 +78,6 @@ class RunSession:
 
     def split(self, subject: int):
         if subject not in self._splits:
-            from nsdbench.nsd.splits import get_split
-
             self._splits[subject] = get_split(self.nsd, self.spec.split, subject)
         return self._splits[subject]
 
@@ -82,8 +89,6 @@ class RunSession:
 
     def subject_data(self, subject: int):
         if subject not in self._data:
-            from nsdbench.methods.protocol import SubjectData
-
             self._data[subject] = SubjectData(self.nsd, subject, self.split(subject))
         return self._data[subject]
 
@@ -92,8 +97,6 @@ class RunSession:
     def method(self):
         """The run's method instance (created once per session, i.e. once per worker process)."""
         if self._method is None:
-            from nsdbench.methods.registry import resolve_settings
-
             settings = resolve_settings(self.method_class, None, self.spec.settings)
             self._method = self.method_class(
                 settings, device=self.device, dtype=self.spec.dtype, weights_mode=self.spec.weights
@@ -119,14 +122,9 @@ class RunSession:
             self._encoders.clear()
 
     def context(self, subject: int, progress_key: str | None = None):
-        from nsdbench import config
-        from nsdbench.methods.protocol import FitCache, GroundTruthDenied, RunContext
-
         adv = (lambda n, k=progress_key: self.progress.advance(k, n)) if progress_key else None
         total = (lambda t, u, k=progress_key: self.progress.set_total(k, t, u)) if progress_key else None
         if self.method_class.reads_ground_truth:
-            from nsdbench.nsd.ground_truth import GroundTruthStimuli
-
             gt: Any = GroundTruthStimuli(self.nsd, subject, self.split(subject))
         else:
             gt = GroundTruthDenied(self.spec.method)
@@ -141,7 +139,7 @@ class RunSession:
             dtype=self.spec.dtype,
             weights_mode=self.spec.weights,
             settings=self.method.settings,
-            cache=FitCache(config.cache_dir("methods", self.spec.method)),
+            cache=ArrayCache(config.cache_dir("methods", self.spec.method)),
             progress=adv,
             progress_total=total,
             checkpoint_dir=checkpoint_dir(self.run_dir, subject),
@@ -149,7 +147,7 @@ class RunSession:
             encoder_loader=lambda name, s=subject: self.encoder(s, name),
         )
 
-    def encoder(self, subject: int, name: str) -> Any:
+    def encoder(self, subject: int, name: str) -> GuidanceEncoder:
         """A guidance encoder, loaded once per (subject, name); its identity is recorded in the folder."""
         key = (subject, name)
         if key not in self._encoders:
@@ -222,8 +220,6 @@ class RunSession:
 
     def _generate_batch(self, shard: Shard, index: int, batch: list[tuple[int, int]]) -> dict[str, str]:
         """Generate one fixed batch whole and write its files; returns file name -> sha256."""
-        from nsdbench.methods.protocol import Output, TestItem
-
         spec = self.spec
         fitted = self.fitted(shard.subject)
         method = self.ready_method(shard.subject)
@@ -245,7 +241,7 @@ class RunSession:
             wanted.discard(key)
             blobs = {f"{key[0]}_{key[1]}.{name}": encode_extra(spec.method, *key, name, value)
                      for name, value in sorted(extras.items())}  # fmt: skip
-            blobs[f"{key[0]}_{key[1]}.png"] = encode_png(check_image(image, spec.method, *key))
+            blobs[f"{key[0]}_{key[1]}.png"] = encode_png(as_reconstruction_array(image, spec.method, *key))
             for name, data in blobs.items():  # extras first, the PNG last: the PNG marks the item written
                 write_owned(subject_dir(self.run_dir, shard.subject) / name, data)
                 files[name] = hashlib.sha256(data).hexdigest()
@@ -279,46 +275,21 @@ def guiding_encoders(run_dir: Path) -> list[str]:
     return sorted(out)
 
 
-def open_data(data: str | None):
+def open_data(data: str | None) -> NSD:
     """The NSD named by a spec: 'synthetic' (generated on first use) or an NSD root."""
-    from nsdbench.nsd import open_nsd
-
     return open_nsd("synthetic" if data in (None, "", "synthetic") else data)
 
 
-def data_label(nsd: Any, data: str) -> str:
+def data_label(nsd: NSD, data: str) -> str:
     return f"synthetic:{nsd.root}" if data in ("", "synthetic") else str(data)
-
-
-def device_type(device: str) -> str:
-    """'cuda:1' -> 'cuda'; 'auto' -> what resolve_device picks here."""
-    return resolve_device(device).split(":")[0]
-
-
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; a bare 'cuda' under torchrun/accelerate
-    (LOCAL_RANK set) → 'cuda:LOCAL_RANK', so each process of a node uses its own GPU."""
-    if device == "auto":
-        try:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:  # pragma: no cover - torch is a hard dependency
-            device = "cpu"
-    local_rank = os.environ.get("LOCAL_RANK", "")
-    if device == "cuda" and local_rank.isdigit():
-        return f"cuda:{int(local_rank)}"
-    return device
 
 
 __all__ = [
     "RunSession",
     "data_label",
-    "device_type",
     "extra_path",
     "file_digest",
     "guiding_encoders",
     "open_data",
     "png_path",
-    "resolve_device",
 ]  # fmt: skip

@@ -1,5 +1,5 @@
 """brain-diffuser's CLIP-vision regression, side by side: sklearn Ridge once per token (as the reference
-clipvision_regression.py does) vs nsdbench.methods.ridge.fit_predict (one Gram matrix, all tokens at once).
+clipvision_regression.py does) vs nsdbench.ridge.fit_predict (one Gram matrix, all tokens at once).
 
 Default size is tiny so the normal suite (--benchmark-disable) runs it in a second. Full size
 (2,000 samples × 4,000 voxels → 257 tokens × 64 dims, 220 test samples):
@@ -18,7 +18,7 @@ import os
 import numpy as np
 import pytest
 
-from nsdbench.methods.ridge import RidgeSettings, fit_predict
+from nsdbench.ridge import RidgeSettings, fit_predict
 
 SCALE = float(os.environ.get("NSDBENCH_BENCH_SCALE", "0") or 0)
 FULL = {"n": 2000, "p": 4000, "tokens": 257, "dims": 64, "n_test": 220}

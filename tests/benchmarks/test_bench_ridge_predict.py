@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pytest
 
-from nsdbench.methods.ridge import RidgeModel, RidgeSettings
+from nsdbench.ridge import RidgeModel, RidgeSettings
 
 SCALE = float(os.environ.get("NSDBENCH_BENCH_SCALE", "0") or 0)
 FULL = {"n": 16, "p": 11000, "t": 15000}

@@ -1,9 +1,80 @@
-"""Stage progress: callbacks the runner reports to; the CLI plugs in rich bars."""
+"""Progress reporting, one mechanism for the whole package: a long loop reports `advance(n)` to a rich bar
+on stderr, to a caller's (done, total) callback, or to nothing; a method run reports per-stage events to a
+`Progress` (no output) or a `RichProgress` (one bar per subject and stage)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichBars
+
+ProgressArg = bool | None | Callable[[int, int], None]
+"""True: a rich bar on stderr; None: a bar only when stderr is a terminal; False: nothing;
+a callable: called with (done, total) after every step."""
+
+
+def rich_bars(transient: bool = False) -> RichBars:
+    """The package's rich bar style (description, bar, done/total, elapsed) on stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichBars
+
+    return RichBars(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=transient,
+    )
+
+
+@contextmanager
+def progress_bar(
+    progress: ProgressArg, total: int | None, description: str, transient: bool = False
+) -> Iterator[Callable[[int], None]]:
+    """Yield `advance(n=1)` for one loop of `total` steps, reporting as `progress` asks."""
+    if callable(progress):
+        done = 0
+
+        def report(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            progress(done, total or 0)
+
+        progress(0, total or 0)
+        yield report
+        return
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        yield lambda n=1: None
+        return
+    with rich_bars(transient) as bars:
+        task = bars.add_task(description, total=total)
+        yield lambda n=1: bars.advance(task, n)
+
+
+@contextmanager
+def labelled_bars(
+    enabled: bool, transient: bool = True
+) -> Iterator[Callable[[str], Callable[[int, int], None] | bool]]:
+    """Yield a factory: label -> a (done, total) callback drawing its own bar, or False when bars are off
+    (the value the metrics engine takes for `progress`)."""
+    if not enabled:
+        yield lambda label: False
+        return
+    with rich_bars(transient) as bars:
+
+        def bar_for(label: str) -> Callable[[int, int], None]:
+            task = bars.add_task(label, total=None)
+            return lambda done, total: bars.update(task, completed=done, total=total)
+
+        yield bar_for
 
 
 class Progress:

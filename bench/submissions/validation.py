@@ -4,7 +4,7 @@
 every check and returns every problem at once — counts per subject, missing / duplicate / extra ids,
 ids outside the split, shape, channels, dtype and range, NaN/inf, constant images, unreadable or
 truncated files, JPEG (warning), sample counts that differ between images, sizes that differ.
-Formats and the safe readers live in nsdbench.submission_formats.
+Formats and the safe readers live in nsdbench.submissions.formats.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
 from nsdbench.errors import InvalidSubmission, UsageError
-from nsdbench.submission_formats import (
+from nsdbench.nsd.splits import get_split
+from nsdbench.progress import progress_bar
+from nsdbench.submissions.formats import (
     FORMATS,
     MIN_SIDE,
     Entry,
@@ -32,6 +34,9 @@ from nsdbench.submission_formats import (
     read_ids_file,
     subject_from_filename,
 )
+
+if TYPE_CHECKING:
+    from nsdbench.nsd.loader import NSD
 
 ORDERS = ("nsd-ascending", "first-presentation")
 SUMMARY_AFTER = 10  # per-key problems of one subject beyond which a count summary is added
@@ -64,12 +69,10 @@ class Submission:
         self._resolved_for: str | None = None if reader.blocks or self.positional else "*"
 
     # -- structure ---------------------------------------------------------------------------------
-    def resolve(self, nsd: Any, split_name: str) -> None:
+    def resolve(self, nsd: NSD, split_name: str) -> None:
         """Give array blocks their subject and NSD ids (from the file, --ids, or --order)."""
         if self._resolved_for in ("*", split_name):
             return
-        from nsdbench.nsd.splits import get_split
-
         self._resolved_for = split_name
         if self.positional:
             self._resolve_positions(nsd, split_name)
@@ -126,8 +129,6 @@ class Submission:
                     self.entries.append(Entry(subject, int(nsd_id), s, (block.key, i, s, block.layout), src))
 
     def _resolve_positions(self, nsd: Any, split_name: str) -> None:
-        from nsdbench.nsd.splits import get_split
-
         entries, self.entries = self.entries, []
         orders: dict[int, tuple[int, ...] | None] = {}
         for e in entries:
@@ -193,7 +194,7 @@ class Submission:
         # still one problem for this image, never a traceback.
         except Exception:  # noqa: BLE001
             return None, [Problem("unreadable", "cannot read this reconstruction (damaged data)", **key)], ""
-        problems = check_image(raw, key)
+        problems = image_array_problems(raw, key)
         if any(p.severity == "error" for p in problems):
             return None, problems, fmt
         return to_uint8(raw), problems, fmt
@@ -250,7 +251,7 @@ class LazyImages(Mapping):
         return len(self._by_key)
 
 
-def check_image(img: np.ndarray, key: dict[str, Any]) -> list[Problem]:
+def image_array_problems(img: np.ndarray, key: dict[str, Any]) -> list[Problem]:
     """Shape, channels, dtype, range, NaN/inf, size and constant-image checks for one raw image."""
     out: list[Problem] = []
     if img.ndim != 3:
@@ -371,8 +372,6 @@ def validate(
     progress: bool = False,
 ) -> list[Problem]:
     """Every problem of a submission against `split_name` (errors and warnings), in a stable order."""
-    from nsdbench.nsd.splits import get_split
-
     sub = submission
     requested = tuple(sorted(set(subjects))) if subjects else sub.requested
     if requested and sub.requested is None:
@@ -577,8 +576,14 @@ def _check_keys(
 
 
 def _check_contents(sub: Submission, todo: list[Entry], progress: bool) -> list[Problem]:
+    with progress_bar(
+        progress and len(todo) >= 50, len(todo), "validating images", transient=True
+    ) as advance:
+        return _check_entries(sub, todo, advance)
+
+
+def _check_entries(sub: Submission, todo: list[Entry], advance: Callable[[int], None]) -> list[Problem]:
     out: list[Problem] = []
-    bar = _progress(progress, len(todo), "validating images")
     sizes: dict[int, Counter] = {}
     where: dict[tuple[int, tuple[int, int]], Entry] = {}
     jpeg: Counter = Counter()
@@ -593,10 +598,7 @@ def _check_contents(sub: Submission, todo: list[Entry], progress: bool) -> list[
             hw = img.shape[:2]
             sizes.setdefault(e.subject, Counter())[hw] += 1
             where.setdefault((e.subject, hw), e)
-        if bar:
-            bar[0].advance(bar[1])
-    if bar:
-        bar[0].stop()
+        advance(1)
     for s, n in sorted(jpeg.items()):
         out.append(
             Problem(
@@ -627,18 +629,6 @@ def _check_contents(sub: Submission, todo: list[Entry], progress: bool) -> list[
                         )
                     )
     return out
-
-
-def _progress(enabled: bool, total: int, label: str):
-    if not enabled or total < 50:
-        return None
-    from rich.console import Console
-    from rich.progress import Progress
-
-    bar = Progress(console=Console(stderr=True), transient=True)
-    task = bar.add_task(label, total=total)
-    bar.start()
-    return bar, task
 
 
 def errors(problems: Sequence[Problem]) -> list[Problem]:

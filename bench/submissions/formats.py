@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from nsdbench import config
-from nsdbench.npy_headers import map_npy, npz_members, read_npy_header
-from nsdbench.untrusted import (
+from nsdbench.errors import UsageError
+from nsdbench.submissions.npy_headers import map_npy, npz_members, read_npy_header
+from nsdbench.submissions.untrusted import (
     PNG_SIGNATURE,
     Refused,
     check_png,
@@ -977,7 +978,6 @@ def _check_hdf5_inside(f: Any) -> None:
 
 def read_ids_file(path: Path) -> list[int]:
     """An id list: .npy (1-d ints), or text/CSV with one 0-based NSD id per line (a header is allowed)."""
-    from nsdbench.errors import UsageError
 
     def refuse(why: str) -> UsageError:
         return UsageError(
@@ -1015,8 +1015,6 @@ def read_ids_file(path: Path) -> list[int]:
 
 
 def detect_format(path: Path) -> str:
-    from nsdbench.errors import UsageError
-
     name = path.name.lower()
     if path.is_dir():  # a folder without subjXX/ folders is read as one, and refused with exit 3
         return "manifest" if _manifest_in(path) else "folder"

@@ -12,13 +12,23 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from nsdbench import config
 from nsdbench.errors import DataError, NSDBenchError, UsageError
-from nsdbench.report import ReportData, RunInfo
+from nsdbench.leaderboards.aggregate import aggregate_scores
+from nsdbench.leaderboards.published import published_wide
+from nsdbench.nsd import open_nsd
+from nsdbench.report.data import ReportData, RunInfo
+from nsdbench.runs.folder import scored_protocols
+from nsdbench.runs.spec import SPEC_FILE, read_spec
+from nsdbench.score_files import read_parquet_meta
+
+if TYPE_CHECKING:
+    from nsdbench.nsd.loader import NSD
 
 IMAGE_NAME = re.compile(r"^(\d+)_(\d+)\.(png|jpg|jpeg|webp)$", re.IGNORECASE)
 EXTRA_IMAGE = re.compile(r"^(\d+)_(\d+)\.([a-z0-9][a-z0-9_-]*)\.png$")  # a run's image extras (stage-1 ...)
@@ -111,7 +121,7 @@ def read_image(path: Path, notes: list[str], label: str) -> np.ndarray | None:
 
 
 class SubmissionImages:
-    """Reconstructions read from a scored submission, in any format nsdbench.submission reads.
+    """Reconstructions read from a scored submission, in any format nsdbench.submissions.validation reads.
 
     `how` holds the reading options the score run recorded (format, order, ids) so that array
     submissions map rows to the same NSD ids as when they were scored.
@@ -134,7 +144,7 @@ class SubmissionImages:
 
     def _load(self) -> dict[tuple[int, int], Any]:
         if self._index is None:
-            from nsdbench.submission import load_submission
+            from nsdbench.submissions.validation import load_submission
 
             self._index = {}
             try:
@@ -173,12 +183,10 @@ class SubmissionImages:
 
 
 def is_run_folder(path: Path) -> bool:
-    from nsdbench.runner import SPEC_FILE
-
     return path.is_dir() and (path / SPEC_FILE).is_file()
 
 
-def score_files(folder: Path, protocol: str) -> list[Path]:
+def run_score_paths(folder: Path, protocol: str) -> list[Path]:
     """The Parquet score files of a run folder under one protocol (scores/<protocol>/subjXX.parquet)."""
     return sorted(
         p for p in (folder / "scores" / protocol).glob("subj*.parquet") if not p.name.startswith(".")
@@ -199,10 +207,7 @@ def image_extras(folder: Path) -> list[str]:
 def choose_protocol(folder: Path, protocol: str | None, notes: list[str]) -> str:
     """The protocol a run folder's scores are shown under: the one asked for, else the only one, else the
     configured default when scored, else the first (with a note naming the others)."""
-    from nsdbench import config
-    from nsdbench.runs.folder import scored_protocols
-
-    have = [p for p in scored_protocols(folder) if score_files(folder, p)]
+    have = [p for p in scored_protocols(folder) if run_score_paths(folder, p)]
     if protocol:
         if protocol not in have:
             notes.append(
@@ -226,8 +231,6 @@ def read_scores(
     paths: Sequence[Path], run_label: str, notes: list[str]
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-image rows [subject, nsd_id, metric, value] of the nsdbench score files among `paths`."""
-    from nsdbench.leaderboards.store import read_parquet_meta
-
     frames, meta = [], {}
     for p in paths:
         try:
@@ -255,15 +258,13 @@ def from_folder(
     Aggregates are computed from the folder's score files with the leaderboard's own function
     (same bootstrap seed), so they equal what `ingest` records for the run.
     """
-    from nsdbench.leaderboards.aggregate import aggregate_scores
-    from nsdbench.runner import read_spec
     from nsdbench.runs.scores import row_id
 
     folder = folder.resolve()
     spec, doc = read_spec(folder)
     protocol = choose_protocol(folder, protocol, notes)
     run_id = row_id(str(doc.get("run_id") or spec.run_id), protocol)
-    images, meta = read_scores(score_files(folder, protocol), run_id, notes)
+    images, meta = read_scores(run_score_paths(folder, protocol), run_id, notes)
     subj = list(spec.subjects)
     if subjects is not None:
         subj = [s for s in subj if s in set(subjects)]
@@ -418,11 +419,9 @@ class GroundTruth:
 
     def __init__(self, data: str | None) -> None:
         self.data = data
-        self._nsd: Any = None
+        self._nsd: NSD | None = None
 
-    def nsd(self) -> Any:
-        from nsdbench.nsd import open_nsd
-
+    def nsd(self) -> NSD:
         if self._nsd is None:
             self._nsd = open_nsd(self.data)
         return self._nsd
@@ -442,8 +441,6 @@ def published_rows(runs: Sequence[RunInfo]) -> pd.DataFrame | None:
     When a run's protocol is a paper's own protocol, only that paper's rows are shown. Ablations and
     search iterations are left out (they are in `nsdbench leaderboard --reported`).
     """
-    from nsdbench.leaderboards.published import published_wide
-
     pub = published_wide()
     splits = {r.split for r in runs if r.split}
     subject_sets = {",".join(str(s) for s in sorted(r.subjects)) for r in runs}

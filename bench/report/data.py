@@ -1,21 +1,19 @@
-"""Visual report of one or more runs: the input model, the deterministic choice of images, the page writer.
+"""The visual report's input model and the deterministic choice of images to show.
 
-Rendering (report_html, report_plots) works on `ReportData` only, so it does not care whether a run
-came from the DuckDB leaderboard or from a run folder; `report_sources` fills ReportData from either.
+Rendering (report.html, report.plots) works on `ReportData` only, so it does not care whether a run
+came from the DuckDB leaderboard or from a run folder; `report.sources` fills ReportData from either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from nsdbench.errors import UsageError
-from nsdbench.files import atomic_write_text
 
 # (run_id, subject, nsd_id) -> uint8 HxWx3 reconstruction (first sample), or None when it is missing.
 ReconFetcher = Callable[[str, int, int], "np.ndarray | None"]
@@ -183,10 +181,6 @@ def extremes(data: ReportData, run_id: str, metric: str, k: int) -> tuple[pd.Dat
     return best.head(k).reset_index(drop=True), worst.head(k).reset_index(drop=True)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Writing the page
-
-
 @dataclass(frozen=True)
 class ReportOptions:
     n: int = 48  # images per subject in the grids
@@ -197,38 +191,3 @@ class ReportOptions:
     max_bytes: int = 25_000_000  # budget for the embedded thumbnails of one page
     title: str = ""
     command: str = ""  # the command line that produced the page, shown in its footer
-
-
-@dataclass(frozen=True)
-class ReportResult:
-    path: Path
-    bytes: int
-    grid_ids: dict[int, list[int]]
-    notes: list[str]  # input problems and missing images, as shown at the top of the page
-
-
-Progress = Callable[[int], Callable[[], None]]  # progress(total) -> advance()
-
-
-def render_report(
-    data: ReportData, options: ReportOptions = ReportOptions(), progress: Progress | None = None
-) -> tuple[str, dict[int, list[int]], list[str]]:
-    """(page, grid ids per subject, notes): the whole page as one self-contained HTML string."""
-    from nsdbench.report_html import render
-
-    grid_ids = choose_ids(data, options.n, options.seed, options.ids)
-    page, notes = render(data, grid_ids, options, progress)
-    return page, grid_ids, notes
-
-
-def write_report(
-    data: ReportData,
-    out: str | Path,
-    options: ReportOptions = ReportOptions(),
-    progress: Progress | None = None,
-) -> ReportResult:
-    """Render and write atomically (temp file + rename), so a crash never leaves half a page."""
-    out = Path(out)
-    page, grid_ids, notes = render_report(data, options, progress)
-    atomic_write_text(out, page)
-    return ReportResult(out, out.stat().st_size, grid_ids, notes)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from nsdbench.errors import UsageError
+from nsdbench.nsd.splits import get_split
 
 Key = tuple[int, int, int]  # (subject, nsd_id, sample)
 WRITE_FORMATS = ("folder", "manifest", "npy", "npz", "pt", "hdf5", "tar")
@@ -46,8 +47,6 @@ def demo_images(
 ) -> dict[Key, np.ndarray]:
     """Reconstructions made from the ground truth: blurred (radius grows with the sample index),
     identical, or shuffled (each id gets the next id's image: a chance-level baseline)."""
-    from nsdbench.nsd.splits import get_split
-
     if transform not in TRANSFORMS:
         raise UsageError(f"unknown transform {transform!r}; expected one of {', '.join(TRANSFORMS)}")
     out: dict[Key, np.ndarray] = {}
@@ -66,7 +65,8 @@ def demo_images(
     return out
 
 
-def _png_bytes(img: np.ndarray, fmt: str = "PNG", quality: int = 95) -> bytes:
+def encode_image_bytes(img: np.ndarray, fmt: str = "PNG", quality: int = 95) -> bytes:
+    """Encode an image as PNG (or JPEG/WebP/... by `fmt`) bytes, as a submitter's writer would."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -115,7 +115,7 @@ def write_submission(
         for (s, i, k), img in sorted(images.items()):
             d = out / f"subj{s:02d}"
             d.mkdir(parents=True, exist_ok=True)
-            (d / f"{i}_{k}.{ext}").write_bytes(_png_bytes(img, pil_fmt))
+            (d / f"{i}_{k}.{ext}").write_bytes(encode_image_bytes(img, pil_fmt))
         return out
     if fmt == "manifest":
         import pandas as pd
@@ -124,7 +124,7 @@ def write_submission(
         for (s, i, k), img in sorted(images.items()):
             rel = f"images/s{s}_{i}_{k}.{ext}"
             (out / "images").mkdir(parents=True, exist_ok=True)
-            (out / rel).write_bytes(_png_bytes(img, pil_fmt))
+            (out / rel).write_bytes(encode_image_bytes(img, pil_fmt))
             rows.append({"subject": s, "nsd_id": i, "sample": k, "path": rel})
         pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
         return out
@@ -134,7 +134,7 @@ def write_submission(
             for n, ((s, i, k), img) in enumerate(sorted(images.items())):
                 key = f"sample{n:06d}"
                 for name, data in (
-                    (f"{key}.{ext}", _png_bytes(img, pil_fmt)),
+                    (f"{key}.{ext}", encode_image_bytes(img, pil_fmt)),
                     (f"{key}.json", json.dumps({"subject": s, "nsd_id": i, "sample": k}).encode()),
                 ):
                     info = tarfile.TarInfo(name)

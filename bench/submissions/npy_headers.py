@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nsdbench.untrusted import Refused
+from nsdbench.submissions.untrusted import Refused
 
 MAX_HEADER_BYTES = 1 << 16
 

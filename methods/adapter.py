@@ -1,4 +1,4 @@
-"""The method adapter protocol: a `Method` class instantiated per run, `setup(ctx)`, `fit(train, ctx)`,
+"""The method adapter interface: a `Method` class instantiated per run, `setup(ctx)`, `fit(train, ctx)`,
 `reconstruct(items, fitted, ctx)` per fixed batch, `close()`.
 
 An adapter sees one subject at a time. `train` is a `SubjectData` (NSD access restricted to what a
@@ -11,10 +11,7 @@ of the batch it is given; the runner writes them. Randomness comes from `ctx.see
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
+import io
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -22,9 +19,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from nsdbench.caches import ArrayCache
 from nsdbench.errors import NSDBenchError
+from nsdbench.files import atomic_write_bytes
 from nsdbench.methods import seeds
-from nsdbench.nsd.subject import SubjectData, zscore_with_train  # noqa: F401 (moved there; re-exported)
+from nsdbench.nsd.subject import SubjectData
 
 
 @dataclass(frozen=True)
@@ -38,59 +37,7 @@ class TestItem:
     seed: int
 
 
-class FitCache:
-    """Fitted decoders on disk, keyed by a content hash of their inputs; arrays only (npz, no pickle)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    @staticmethod
-    def key(*parts: Any) -> str:
-        """sha256 over JSON-able parts and the bytes (with dtype and shape) of numpy arrays."""
-        h = hashlib.sha256()
-        for part in parts:
-            if isinstance(part, np.ndarray):
-                arr = np.ascontiguousarray(part)
-                h.update(f"ndarray|{arr.dtype.str}|{arr.shape}|".encode())
-                h.update(memoryview(arr).cast("B"))
-            else:
-                h.update(json.dumps(part, sort_keys=True, default=str).encode())
-            h.update(b"\x00")
-        return h.hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.root / f"{key}.npz"
-
-    def load(self, key: str) -> dict[str, np.ndarray] | None:
-        path = self.path(key)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError):  # a damaged entry is recomputed, never trusted
-            return None
-
-    def save(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}-", suffix=".npz.part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def get_or_compute(
-        self, key: str, compute: Callable[[], Mapping[str, np.ndarray]]
-    ) -> dict[str, np.ndarray]:
-        cached = self.load(key)
-        if cached is not None:
-            return cached
-        arrays = {k: np.asarray(v) for k, v in compute().items()}
-        self.save(key, arrays)
-        return arrays
+FitCache = ArrayCache  # the former name, still used by second_sight, takagi and minddiffuser
 
 
 @dataclass(frozen=True)
@@ -133,10 +80,6 @@ class Checkpoint:
 
     def save(self, arrays: Mapping[str, Any]) -> None:
         """Replace the saved state atomically."""
-        import io
-
-        from nsdbench.files import atomic_write_bytes
-
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         atomic_write_bytes(self.path, buf.getvalue())
@@ -174,7 +117,7 @@ class RunContext:
     dtype: str = "float32"
     weights_mode: str = "pretrained"
     settings: Any = field(default_factory=NoSettings)  # the method's frozen settings dataclass
-    cache: FitCache | None = None
+    cache: ArrayCache | None = None  # fitted decoders, keyed by content (nsdbench.caches)
     progress: Callable[[int], None] | None = None  # advance the current stage's progress bar
     progress_total: Callable[[int | None, str], None] | None = None  # set that bar's total and unit
     checkpoint_dir: Path | None = None  # the run folder's checkpoints/subjXX (None: checkpoints off)

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from nsdbench.errors import NSDBenchError, UsageError
-from nsdbench.runs.progress import Progress
+from nsdbench.progress import Progress
+from nsdbench.runs.folder import clean_leftovers, log_event
 from nsdbench.runs.scores import check_protocols, run_status, score_is_complete, score_subject
 from nsdbench.runs.session import RunSession
 from nsdbench.runs.shards import assign, shard_is_complete
-from nsdbench.runs.spec import RunSpec
+from nsdbench.runs.spec import RunSpec, read_spec
 
 EXECUTORS = ("inprocess", "ray")
 
@@ -105,8 +106,6 @@ def run_inprocess(
 ) -> ExecResult:
     """Run worker k of n's shards in this process (one method instance for all its subjects), scoring
     each subject that becomes complete under every protocol."""
-    from nsdbench.runs.folder import clean_leftovers
-
     clean_leftovers(run_dir)  # temp files of killed writers (a live worker's own are kept)
     session = RunSession(run_dir, spec, progress=progress, force=force, protocols=protocols, device=device)
     try:
@@ -158,8 +157,6 @@ _SESSIONS: dict[tuple[str, str, bool], RunSession] = {}
 
 def _worker_session(run_dir: str, force: bool) -> RunSession:
     """One RunSession (one method instance) per run in each Ray worker process, reused across its tasks."""
-    from nsdbench.runs.spec import read_spec
-
     spec, _ = read_spec(Path(run_dir))
     key = (run_dir, spec.hash, force)
     if key not in _SESSIONS:
@@ -317,8 +314,6 @@ def run_ray(
                     progress.advance(f"rec-{shard.subject}", len(shard.items(spec.samples)))
                 else:
                     progress.advance(f"score-{name}", n_items[name])
-        from nsdbench.runs.folder import log_event
-
         log_event(
             run_dir,
             f"ray executor: {len(shards)} shards in {time.perf_counter() - t0:.1f}s, {len(errors)} errors",

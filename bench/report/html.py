@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 import nsdbench
-from nsdbench.report import (
+from nsdbench.report.data import (
     ReportData,
     ReportOptions,
     extremes,
@@ -591,7 +591,7 @@ class _Page:
         return "".join(out)
 
     def distributions(self) -> str:
-        from nsdbench.report_plots import distribution_png
+        from nsdbench.report.plots import distribution_png
 
         png = distribution_png(self.data)
         if png is None:

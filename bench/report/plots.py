@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from nsdbench.report import ReportData, higher_is_better, metric_label
+from nsdbench.report.data import ReportData, higher_is_better, metric_label
 
 PALETTE = ("#2f5d8a", "#c4622d", "#3a8a4f", "#8a3a7a", "#b39b2e", "#4f9fb3", "#8a5a3a", "#6b7480")
 

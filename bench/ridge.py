@@ -20,9 +20,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nsdbench import config, ridge_backend
+from nsdbench.caches import ArrayCache, EntryWriter
 from nsdbench.errors import DataError, UsageError
-from nsdbench.methods import ridge_ops as ops
-from nsdbench.methods import ridge_store as store
+from nsdbench.progress import progress_bar
 
 __all__ = [
     "RidgeModel",
@@ -31,6 +32,7 @@ __all__ = [
     "fit_predict",
     "fit_ridge",
     "kfold_indices",
+    "rescale_to_training_moments",
 ]
 
 Solver = Literal["auto", "primal", "dual"]
@@ -75,7 +77,7 @@ class RidgeSettings:
             raise UsageError(f"ridge selection must be >= 0, got {self.selection}")
         if self.selection and self.alphas:
             raise UsageError("ridge feature selection works with a fixed alpha only, not with CV alphas")
-        ops.resolve_backend_name(self.backend)
+        ridge_backend.resolve_backend_name(self.backend)
 
     @property
     def uses_cv(self) -> bool:
@@ -85,7 +87,7 @@ class RidgeSettings:
         """Everything that can change the fitted numbers (chunk_size cannot; the resolved backend can)."""
         d = asdict(self)
         d.pop("chunk_size")
-        d["backend"] = ops.resolve_backend_name(self.backend)
+        d["backend"] = ridge_backend.resolve_backend_name(self.backend)
         if not self.alphas:
             d.pop("cv")
             d.pop("per_target")
@@ -125,9 +127,9 @@ class RidgeModel:
             return self._predict(X, chunk_size, progress)
 
     def _predict(self, X: np.ndarray, chunk_size: int | None, progress: bool | None) -> np.ndarray:
-        b = ops.get_backend(self.settings.backend)
+        b = ridge_backend.get_backend(self.settings.backend)
         dt = self.settings.dtype
-        Xb = ops.asarray(b, X, dt)
+        Xb = ridge_backend.asarray(b, X, dt)
         out = np.empty((X.shape[0], self.n_targets), dtype=dt)
         dense = self._dense_blocks(b, dt) if self.index is None else None
         for chunk in _progress_chunks(
@@ -136,16 +138,18 @@ class RidgeModel:
             if dense is not None:
                 for sl, _ in _blocks(chunk):
                     W, c = dense[sl.start // TARGET_BLOCK]
-                    out[:, sl] = ops.to_numpy(b, Xb @ W + c)
+                    out[:, sl] = ridge_backend.to_numpy(b, Xb @ W + c)
                 continue
-            coef = ops.asarray(b, self.coef[:, chunk], dt)
-            index = None if self.index is None else ops.index_array(b, self.index[:, chunk], Xb)
+            coef = ridge_backend.asarray(b, self.coef[:, chunk], dt)
+            index = None if self.index is None else ridge_backend.index_array(b, self.index[:, chunk], Xb)
             for sl, rel in _blocks(chunk):
                 if index is None:
-                    W = ops.contiguous(b, coef[:, rel])
+                    W = ridge_backend.contiguous(b, coef[:, rel])
                 else:
                     W = _dense_from_selected(b, coef[:, rel], index[:, rel], self.n_features)
-                out[:, sl] = ops.to_numpy(b, Xb @ W + ops.asarray(b, self.intercept[sl], dt))
+                out[:, sl] = ridge_backend.to_numpy(
+                    b, Xb @ W + ridge_backend.asarray(b, self.intercept[sl], dt)
+                )
         return out.reshape((X.shape[0], *self.target_shape))
 
     def _dense_blocks(self, b, dt: str) -> list[tuple[Any, Any]]:
@@ -157,8 +161,8 @@ class RidgeModel:
             blocks = []
             for s in range(0, self.n_targets, TARGET_BLOCK):
                 e = min(s + TARGET_BLOCK, self.n_targets)
-                W = ops.contiguous(b, ops.asarray(b, self.coef[:, s:e], dt))
-                blocks.append((W, ops.asarray(b, self.intercept[s:e], dt)))
+                W = ridge_backend.contiguous(b, ridge_backend.asarray(b, self.coef[:, s:e], dt))
+                blocks.append((W, ridge_backend.asarray(b, self.intercept[s:e], dt)))
             cached = (key, blocks)
             object.__setattr__(self, "_dense_cache", cached)
         return cached[1]
@@ -174,7 +178,7 @@ def _check_matrix(X: Any, name: str) -> np.ndarray:
     if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
         raise UsageError(f"ridge: {name} must hold real numbers; got dtype {X.dtype}")
     if X.size and not np.isfinite(X).all():
-        r, c = ops.first_nonfinite(X)
+        r, c = ridge_backend.first_nonfinite(X)
         raise DataError(
             f"ridge: {name} has a non-finite value (NaN/inf) at sample {r}, feature {c}; "
             f"expected finite betas/features"
@@ -215,9 +219,9 @@ def _check_fit_inputs(X: Any, Y: Any, settings: RidgeSettings):
 
 def _target_block(b, Y2: np.ndarray, sl: slice, dt: str):
     block = Y2[:, sl]
-    Yb = ops.asarray(b, block, dt)
-    if not ops.all_finite(b, Yb):
-        r, c = ops.first_nonfinite(np.asarray(block))
+    Yb = ridge_backend.asarray(b, block, dt)
+    if not ridge_backend.all_finite(b, Yb):
+        r, c = ridge_backend.first_nonfinite(np.asarray(block))
         raise DataError(
             f"ridge: Y has a non-finite value (NaN/inf) at sample {r}, target {sl.start + c}; "
             f"expected finite targets"
@@ -237,31 +241,6 @@ def kfold_indices(n: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     ]
 
 
-# ------------------------------------------------------------------------------------------- progress
-
-
-@contextmanager
-def _progress_bar(enabled: bool | None, total: int, description: str) -> Iterator[Any]:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        yield lambda n=1: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
-
-
 TARGET_BLOCK = 512
 """Targets are computed in fixed, aligned blocks of this many columns, so results never depend on
 chunk_size (a BLAS call's rounding can depend on its shape); chunk_size rounds up to a multiple of it."""
@@ -278,7 +257,7 @@ def _progress_chunks(n_targets: int, chunk: int, description: str, enabled: bool
     chunk = -(-chunk // TARGET_BLOCK) * TARGET_BLOCK
     starts = range(0, n_targets, chunk)
     show = (sys.stderr.isatty() if enabled is None else enabled) and len(starts) > 1
-    with _progress_bar(show, n_targets, description) as advance:
+    with progress_bar(show, n_targets, description) as advance:
         for s in starts:
             sl = slice(s, min(s + chunk, n_targets))
             yield sl
@@ -295,9 +274,9 @@ class _Design:
         self.b = b
         self.s = settings
         dt = settings.dtype
-        Xb = ops.asarray(b, X, dt)
+        Xb = ridge_backend.asarray(b, X, dt)
         self.n, self.p = Xb.shape
-        self.x_mean = Xb.mean(0) if settings.fit_intercept else ops.zeros(b, (self.p,), Xb)
+        self.x_mean = Xb.mean(0) if settings.fit_intercept else ridge_backend.zeros(b, (self.p,), Xb)
         self.Xc = Xb - self.x_mean
         form = settings.solver
         if form == "auto":
@@ -309,26 +288,30 @@ class _Design:
         self._eigen: tuple[Any, Any, Any] | None = None
 
     def center_test(self, X_test: np.ndarray):
-        return ops.asarray(self.b, X_test, self.s.dtype) - self.x_mean
+        return ridge_backend.asarray(self.b, X_test, self.s.dtype) - self.x_mean
 
     def test_map(self, alpha: float, Xt):
         """M (m, n) with predictions = M @ Yc + mean for centered test samples Xt (m, p), one alpha."""
         b = self.b
-        A = ops.add_diag(b, self.gram, alpha)
+        A = ridge_backend.add_diag(b, self.gram, alpha)
         if self.form == "dual":  # Kt (K + aI)^-1 with Kt = Xt Xc^T: no (n, p) solve needed
             Kt = Xt @ self.Xc.T
-            return ops.contiguous(b, ops.spd_solve(b, A, ops.contiguous(b, Kt.T)).T)
+            return ridge_backend.contiguous(
+                b, ridge_backend.spd_solve(b, A, ridge_backend.contiguous(b, Kt.T)).T
+            )
         return Xt @ self.projector(alpha)
 
     def projector(self, alpha: float):
         """P (p, n) with W = P @ Yc for one alpha (Cholesky solve)."""
         if alpha not in self._projector:
             b = self.b
-            A = ops.add_diag(b, self.gram, alpha)
+            A = ridge_backend.add_diag(b, self.gram, alpha)
             if self.form == "dual":
-                P = ops.contiguous(b, ops.spd_solve(b, A, self.Xc).T)  # Xc^T (K + aI)^-1
+                P = ridge_backend.contiguous(b, ridge_backend.spd_solve(b, A, self.Xc).T)  # Xc^T (K + aI)^-1
             else:
-                P = ops.spd_solve(b, A, ops.contiguous(b, self.Xc.T))  # (Xc^T Xc + aI)^-1 Xc^T
+                P = ridge_backend.spd_solve(
+                    b, A, ridge_backend.contiguous(b, self.Xc.T)
+                )  # (Xc^T Xc + aI)^-1 Xc^T
             self._projector[alpha] = P
         return self._projector[alpha]
 
@@ -336,11 +319,11 @@ class _Design:
         """(B (p, r), s (r,), R (r, n)) with W(alpha) = B @ diag(1 / (s + alpha)) @ R @ Yc."""
         if self._eigen is None:
             b = self.b
-            s, V = ops.eigh(b, self.gram)
+            s, V = ridge_backend.eigh(b, self.gram)
             if self.form == "dual":
-                self._eigen = (self.Xc.T @ V, s, ops.contiguous(b, V.T))
+                self._eigen = (self.Xc.T @ V, s, ridge_backend.contiguous(b, V.T))
             else:
-                self._eigen = (V, s, ops.contiguous(b, (self.Xc @ V).T))
+                self._eigen = (V, s, ridge_backend.contiguous(b, (self.Xc @ V).T))
         return self._eigen
 
     def folds(self) -> list[tuple[Any, Any, Any, Any, Any]]:
@@ -349,8 +332,8 @@ class _Design:
         b = self.b
         out = []
         for tr_np, va_np in kfold_indices(self.n, self.s.cv):
-            tr = ops.index_array(b, tr_np, self.Xc)
-            va = ops.index_array(b, va_np, self.Xc)
+            tr = ridge_backend.index_array(b, tr_np, self.Xc)
+            va = ridge_backend.index_array(b, va_np, self.Xc)
             if self.form == "dual":
                 G = self.gram[tr][:, tr]
                 H = self.gram[va][:, tr]
@@ -359,8 +342,8 @@ class _Design:
                     g = m.mean()
                     G = G - m[:, None] - m[None, :] + g
                     H = H - H.mean(1)[:, None] - m[None, :] + g
-                s, U = ops.eigh(b, G)
-                out.append((tr, va, H @ U, s, ops.contiguous(b, U.T)))
+                s, U = ridge_backend.eigh(b, G)
+                out.append((tr, va, H @ U, s, ridge_backend.contiguous(b, U.T)))
             else:
                 Xtr = self.Xc[tr]
                 Xva = self.Xc[va]
@@ -370,8 +353,8 @@ class _Design:
                     C = C - len(tr_np) * (mu[:, None] * mu[None, :])
                     Xtr = Xtr - mu
                     Xva = Xva - mu
-                s, V = ops.eigh(b, C)
-                out.append((tr, va, Xva @ V, s, ops.contiguous(b, (Xtr @ V).T)))
+                s, V = ridge_backend.eigh(b, C)
+                out.append((tr, va, Xva @ V, s, ridge_backend.contiguous(b, (Xtr @ V).T)))
         return out
 
 
@@ -379,7 +362,7 @@ def _center_targets(b, Yb, fit_intercept: bool):
     if fit_intercept:
         mean = Yb.mean(0)
         return Yb - mean, mean
-    return Yb, ops.zeros(b, (Yb.shape[1],), Yb)
+    return Yb, ridge_backend.zeros(b, (Yb.shape[1],), Yb)
 
 
 def _cv_scores_chunk(design: _Design, folds, Yb, alphas: tuple[float, ...]) -> np.ndarray:
@@ -399,7 +382,7 @@ def _cv_scores_chunk(design: _Design, folds, Yb, alphas: tuple[float, ...]) -> n
             r2 = (
                 1 - ss_res / (ss_tot + ~valid)
             ) * valid  # constant validation targets score 0 for every alpha
-            rows.append(ops.to_numpy(b, r2))
+            rows.append(ridge_backend.to_numpy(b, r2))
         scores = np.stack(rows).astype(np.float64)
         total = scores if total is None else total + scores
     return total / len(folds)
@@ -408,9 +391,12 @@ def _cv_scores_chunk(design: _Design, folds, Yb, alphas: tuple[float, ...]) -> n
 def _dense_from_selected(b, w, idx, p: int):
     """Scatter per-target selected weights (k, t) at rows idx (k, t) into a dense (p, t) block."""
     t = w.shape[1]
-    W = ops.zeros(b, (p, t), w)
-    cols = ops.arange(b, t, w)
-    W[idx, cols[None, :].expand(idx.shape) if ops.is_torch(b) else np.broadcast_to(cols, idx.shape)] = w
+    W = ridge_backend.zeros(b, (p, t), w)
+    cols = ridge_backend.arange(b, t, w)
+    W[
+        idx,
+        cols[None, :].expand(idx.shape) if ridge_backend.is_torch(b) else np.broadcast_to(cols, idx.shape),
+    ] = w
     return W
 
 
@@ -424,22 +410,22 @@ def _selected_chunk(design: _Design, Yc, alpha: float, k: int, xtx):
     mx = Xc.mean(0)
     my = Yc.mean(0)
     cov = XtY - n * (mx[:, None] * my[None, :])
-    xvar = (xtx.diagonal() if ops.is_torch(b) else np.diagonal(xtx)) - n * mx**2
+    xvar = (xtx.diagonal() if ridge_backend.is_torch(b) else np.diagonal(xtx)) - n * mx**2
     xnorm = (xvar * (xvar > 0)) ** 0.5
     ynorm = (((Yc - my) ** 2).sum(0)) ** 0.5
     tiny = 1e-12
     corr = cov / ((xnorm[:, None] + tiny) * (ynorm[None, :] + tiny))
     corr = corr * (xnorm[:, None] > tiny * (xnorm.max() + tiny))  # constant features are never selected
-    idx = ops.topk_abs_sorted(b, corr, k)  # (k, t)
+    idx = ridge_backend.topk_abs_sorted(b, corr, k)  # (k, t)
     t = Yc.shape[1]
-    out = ops.zeros(b, (k, t), Yc)
+    out = ridge_backend.zeros(b, (k, t), Yc)
     step = max(1, int(2**24 // max(1, k * k)))  # bound the (m, k, k) stack to ~16M elements
-    cols = ops.arange(b, t, Yc)
+    cols = ridge_backend.arange(b, t, Yc)
     for s0 in range(0, t, step):
         sel = idx[:, s0 : s0 + step].T  # (m, k)
-        A = xtx[sel[:, :, None], sel[:, None, :]] + alpha * ops.eye(b, k, Yc)[None]
+        A = xtx[sel[:, :, None], sel[:, None, :]] + alpha * ridge_backend.eye(b, k, Yc)[None]
         rhs = XtY[sel, cols[s0 : s0 + step, None]]  # (m, k)
-        out[:, s0 : s0 + step] = ops.batched_spd_solve(b, A, rhs).T
+        out[:, s0 : s0 + step] = ridge_backend.batched_spd_solve(b, A, rhs).T
     return out, idx
 
 
@@ -456,7 +442,7 @@ def _choose_alphas(design: _Design, Y2: np.ndarray, progress: bool | None) -> tu
         Ychunk = _target_block(design.b, Y2, sl, s.dtype)
         for gl, rel in _blocks(sl):
             scores[:, gl] = _cv_scores_chunk(
-                design, folds, ops.contiguous(design.b, Ychunk[:, rel]), s.alphas
+                design, folds, ridge_backend.contiguous(design.b, Ychunk[:, rel]), s.alphas
             )
     alphas = np.asarray(s.alphas)
     if s.per_target:
@@ -467,7 +453,7 @@ def _choose_alphas(design: _Design, Y2: np.ndarray, progress: bool | None) -> tu
 
 
 @dataclass
-class _Plan:
+class _SolverPrep:
     """What every target block needs, prepared once: the selection inputs, the fixed-alpha projector /
     test map, or the eigendecomposition for per-target alphas."""
 
@@ -515,7 +501,7 @@ def _run(
 
 
 def _run_inner(X, Y2, settings, X_test, sink, progress) -> tuple[np.ndarray, np.ndarray | None]:
-    b = ops.get_backend(settings.backend)
+    b = ridge_backend.get_backend(settings.backend)
     design = _Design(b, X, settings)
     t = Y2.shape[1]
     cv_score = None
@@ -525,7 +511,7 @@ def _run_inner(X, Y2, settings, X_test, sink, progress) -> tuple[np.ndarray, np.
     else:
         alpha_t = np.full(t, float(settings.alpha))
         shared = True
-    plan = _Plan(
+    plan = _SolverPrep(
         alpha=alpha_t, shared=shared, k=settings.selection if 0 < settings.selection < design.p else 0
     )
     plan.Xt = design.center_test(X_test) if X_test is not None else None
@@ -543,11 +529,11 @@ def _run_inner(X, Y2, settings, X_test, sink, progress) -> tuple[np.ndarray, np.
     for chunk in _progress_chunks(t, settings.chunk_size, "ridge fit", progress):
         Ychunk = _target_block(b, Y2, chunk, settings.dtype)
         for sl, rel in _blocks(chunk):
-            _solve_block(design, plan, sl, ops.contiguous(b, Ychunk[:, rel]), sink)
+            _solve_block(design, plan, sl, ridge_backend.contiguous(b, Ychunk[:, rel]), sink)
     return alpha_t, cv_score
 
 
-def _solve_block(design: _Design, plan: _Plan, sl: slice, Yblock, sink) -> None:
+def _solve_block(design: _Design, plan: _SolverPrep, sl: slice, Yblock, sink) -> None:
     """One aligned block of targets: weights (or test predictions) handed to `sink`."""
     b = design.b
     Yc, ymean = _center_targets(b, Yblock, design.s.fit_intercept)
@@ -566,7 +552,7 @@ def _solve_block(design: _Design, plan: _Plan, sl: slice, Yblock, sink) -> None:
         W = plan.P @ Yc
     else:
         B, s, R = plan.eig
-        Z = (R @ Yc) / (s[:, None] + ops.asarray(b, plan.alpha[sl], design.s.dtype)[None, :])
+        Z = (R @ Yc) / (s[:, None] + ridge_backend.asarray(b, plan.alpha[sl], design.s.dtype)[None, :])
         if predict_only:
             sink(sl, pred=plan.XtB @ Z + ymean)
             return
@@ -577,7 +563,7 @@ def _solve_block(design: _Design, plan: _Plan, sl: slice, Yblock, sink) -> None:
 class _ModelSink:
     wants_weights = True
 
-    def __init__(self, b, p: int, t: int, k: int, dtype: str, writer: store.EntryWriter | None):
+    def __init__(self, b, p: int, t: int, k: int, dtype: str, writer: EntryWriter | None):
         self.b = b
         rows = k or p
         if writer is not None:
@@ -589,10 +575,10 @@ class _ModelSink:
         self.intercept = np.empty(t, dtype=dtype)
 
     def __call__(self, sl: slice, w, intercept, idx=None, pred=None) -> None:
-        self.coef[:, sl] = ops.to_numpy(self.b, w)
-        self.intercept[sl] = ops.to_numpy(self.b, intercept)
+        self.coef[:, sl] = ridge_backend.to_numpy(self.b, w)
+        self.intercept[sl] = ridge_backend.to_numpy(self.b, intercept)
         if idx is not None:
-            self.index[:, sl] = ops.to_numpy(self.b, idx)
+            self.index[:, sl] = ridge_backend.to_numpy(self.b, idx)
 
 
 class _PredSink:
@@ -603,11 +589,16 @@ class _PredSink:
         self.pred = np.empty((n_test, t), dtype=dtype)
 
     def __call__(self, sl: slice, pred, **_: Any) -> None:
-        self.pred[:, sl] = ops.to_numpy(self.b, pred)
+        self.pred[:, sl] = ridge_backend.to_numpy(self.b, pred)
 
 
 def _cache_meta(settings: RidgeSettings, kind: str) -> dict[str, Any]:
     return {"kind": kind, "settings": settings.identity()}
+
+
+def ridge_cache() -> ArrayCache:
+    """Fitted ridge models and predictions: NSDBENCH_HOME/cache/ridge."""
+    return ArrayCache(config.cache_dir("ridge"))
 
 
 def fit_ridge(
@@ -625,23 +616,8 @@ def fit_ridge(
     """
     settings = settings or RidgeSettings()
     X, Y2, target_shape = _check_fit_inputs(X, Y, settings)
-    key = store.content_key([X, Y2], _cache_meta(settings, "model")) if cache else None
-    if key is not None:
-        hit = store.read_entry(key)
-        if hit is not None:
-            return _model_from_entry(hit, settings, key)
-    b = ops.get_backend(settings.backend)
     k = settings.selection if 0 < settings.selection < X.shape[1] else 0
-    writer = store.EntryWriter(key) if key is not None else None
-    try:
-        sink = _ModelSink(b, X.shape[1], Y2.shape[1], k, settings.dtype, writer)
-        alpha_t, cv_score = _run(X, Y2, settings, None, sink, progress)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
     meta = {
-        "format": store.FORMAT_VERSION,
         "kind": "model",
         "settings": asdict(settings),
         "identity": settings.identity(),
@@ -649,7 +625,30 @@ def fit_ridge(
         "n_features": int(X.shape[1]),
         "target_shape": list(target_shape),
     }
-    if writer is not None:
+    if not cache:
+        b = ridge_backend.get_backend(settings.backend)
+        sink = _ModelSink(b, X.shape[1], Y2.shape[1], k, settings.dtype, None)
+        alpha_t, cv_score = _run(X, Y2, settings, None, sink, progress)
+        return RidgeModel(
+            coef=sink.coef,
+            intercept=sink.intercept,
+            alpha=alpha_t,
+            settings=settings,
+            n_features=int(X.shape[1]),
+            target_shape=target_shape,
+            index=sink.index,
+            cv_score=cv_score,
+            meta=meta,
+        )
+    store = ridge_cache()
+    key = store.key(X, Y2, _cache_meta(settings, "model"))
+    hit = store.read(key, mmap=True)
+    if hit is not None:
+        return _model_from_entry(hit.meta, hit.arrays, settings, key, hit.folder)
+    b = ridge_backend.get_backend(settings.backend)
+    with store.writing(key, meta) as writer:
+        sink = _ModelSink(b, X.shape[1], Y2.shape[1], k, settings.dtype, writer)
+        alpha_t, cv_score = _run(X, Y2, settings, None, sink, progress)
         writer.save_array("intercept", sink.intercept)
         writer.save_array("alpha", alpha_t)
         if cv_score is not None:
@@ -657,26 +656,15 @@ def fit_ridge(
         if isinstance(sink.coef, np.memmap):
             sink.coef.flush()
         del sink.coef
-        path = writer.commit(meta)
-        hit = store.read_entry(key)
-        if hit is None:  # pragma: no cover - the entry was just written
-            raise DataError(f"ridge cache entry {path} vanished after writing")
-        return _model_from_entry(hit, settings, key)
-    return RidgeModel(
-        coef=sink.coef,
-        intercept=sink.intercept,
-        alpha=alpha_t,
-        settings=settings,
-        n_features=int(X.shape[1]),
-        target_shape=target_shape,
-        index=sink.index,
-        cv_score=cv_score,
-        meta=meta,
-    )
+    hit = store.read(key, mmap=True)
+    if hit is None:  # pragma: no cover - the entry was just written
+        raise DataError(f"ridge cache entry {store.entry_dir(key)} vanished after writing")
+    return _model_from_entry(hit.meta, hit.arrays, settings, key, hit.folder)
 
 
-def _model_from_entry(hit, settings: RidgeSettings, key: str) -> RidgeModel:
-    meta, arrays = hit
+def _model_from_entry(
+    meta: dict[str, Any], arrays: dict[str, np.ndarray], settings: RidgeSettings, key: str, folder: Path
+) -> RidgeModel:
     return RidgeModel(
         coef=arrays["coef"],
         intercept=np.asarray(arrays["intercept"]),
@@ -687,7 +675,7 @@ def _model_from_entry(hit, settings: RidgeSettings, key: str) -> RidgeModel:
         index=arrays.get("index"),
         cv_score=None if "cv_score" not in arrays else np.asarray(arrays["cv_score"]),
         key=key,
-        path=store.entry_dir(key),
+        path=folder,
         meta=meta,
     )
 
@@ -713,25 +701,18 @@ def fit_predict(
         raise UsageError(
             f"ridge: X_test has {X_test.shape[1]} features (voxels) but X_train has {X_train.shape[1]}"
         )
-    key = store.content_key([X_train, Y2, X_test], _cache_meta(settings, "predictions")) if cache else None
-    if key is not None:
-        hit = store.read_entry(key)
+    store = ridge_cache() if cache else None
+    key = store.key(X_train, Y2, X_test, _cache_meta(settings, "predictions")) if store is not None else None
+    if store is not None and key is not None:
+        hit = store.read(key, mmap=True)
         if hit is not None:
-            return np.array(hit[1]["pred"]).reshape((X_test.shape[0], *target_shape))
-    b = ops.get_backend(settings.backend)
+            return np.array(hit.arrays["pred"]).reshape((X_test.shape[0], *target_shape))
+    b = ridge_backend.get_backend(settings.backend)
     sink = _PredSink(b, X_test.shape[0], Y2.shape[1], settings.dtype)
     _run(X_train, Y2, settings, X_test, sink, progress)
-    if key is not None:
-        writer = store.EntryWriter(key)
-        writer.save_array("pred", sink.pred)
-        writer.commit(
-            {
-                "format": store.FORMAT_VERSION,
-                "kind": "predictions",
-                "settings": asdict(settings),
-                "identity": settings.identity(),
-            }
-        )
+    if store is not None and key is not None:
+        meta = {"kind": "predictions", "settings": asdict(settings), "identity": settings.identity()}
+        store.save(key, {"pred": sink.pred}, meta)
     return sink.pred.reshape((X_test.shape[0], *target_shape))
 
 
@@ -751,7 +732,7 @@ def target_moments(Y: Any, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     return mean.reshape(Y.shape[1:]), std.reshape(Y.shape[1:])
 
 
-def bd_postprocess(
+def rescale_to_training_moments(
     pred: Any,
     train_targets: Any = None,
     *,
@@ -768,17 +749,17 @@ def bd_postprocess(
     if train_targets is not None:
         train_mean, train_std = target_moments(train_targets)
     if train_mean is None or train_std is None:
-        raise UsageError("bd_postprocess needs train_targets or both train_mean and train_std")
+        raise UsageError("rescale_to_training_moments needs train_targets or both train_mean and train_std")
     train_mean = np.asarray(train_mean, dtype=np.float64)
     train_std = np.asarray(train_std, dtype=np.float64)
     if pred.shape[1:] != train_mean.shape or train_std.shape != train_mean.shape:
         raise UsageError(
-            f"bd_postprocess: predictions have target shape {pred.shape[1:]} but the training "
+            f"rescale_to_training_moments: predictions have target shape {pred.shape[1:]} but the training "
             f"targets have {train_mean.shape}"
         )
     if pred.shape[0] < 2:
         raise DataError(
-            f"bd_postprocess z-scores across the test set and needs at least 2 predictions, "
+            f"rescale_to_training_moments z-scores across the test set and needs at least 2 predictions, "
             f"got {pred.shape[0]}"
         )
     p64 = pred.astype(np.float64)
@@ -788,3 +769,6 @@ def bd_postprocess(
     return (z * train_std + train_mean).astype(
         pred.dtype if np.issubdtype(pred.dtype, np.floating) else np.float64
     )
+
+
+bd_postprocess = rescale_to_training_moments  # the former name, still used by second_sight

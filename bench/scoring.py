@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
-from nsdbench.score_files import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
 from nsdbench.metrics.brain import BrainTarget
 from nsdbench.metrics.engine import ScoreOptions, ScoreResult, score_reconstructions_by_protocol
 from nsdbench.metrics.protocols import Protocol, get_protocol
 from nsdbench.nsd.loader import NSD
 from nsdbench.nsd.splits import Split
+from nsdbench.score_files import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
 from nsdbench.stage_times import Timings, stage
 
 ImageKey = tuple[int, int]  # (nsd_id, sample)

@@ -27,8 +27,9 @@ Published facts the defaults follow (reesekneeland/Second-Sight; files named rel
   LibraryAssembler(configList=["gnet", "clip"]) and (["gnet"], mask=early_vis)).
 Deviations: the CLIP model is nsdbench's ridge, not the MLP; no denoising autoencoder on the betas and the
 scores use the trial-averaged betas, not the mean over the three repetitions; branches start from the seeds'
-latents rather than re-encoding their pixels; the published extra branch from the best image (a
-double-negated condition in `search`) is left out.
+latents rather than re-encoding their pixels.
+Chosen image: published, the best image of the best distribution (`keep_best` False), whose own score can fall
+when a later distribution has a higher mean but a lower maximum; `keep_best` outputs the best image so far.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class SecondSightSettings:
     momentum_power: float = 2.0
     branch_floor: float = 0.4  # n_b >= ceil(0.4 * 25) = 10
     keep_seeds: bool = False  # True: the previous seeds compete with the new images (published: no)
+    best_image_branch: bool = True  # one more branch from the best image when it is among the seeds (published)
+    keep_best: bool = False  # output the best-scoring image so far, not the best distribution's best image
     clip_top_k: int = 0
     vdvae_top_k: int = 0
     z0_from: str = (
@@ -475,7 +478,9 @@ class SearchState:
     trace_image_scores: np.ndarray  # (done,) its brain correlation
     best_mean: np.ndarray  # () highest mean brain correlation of a distribution so far
     best_image: np.ndarray  # (H, W, 3) best image of that distribution
-    best_score: np.ndarray  # ()
+    best_score: np.ndarray  # () its brain correlation
+    top_image: np.ndarray  # (H, W, 3) the best-scoring image of any iteration so far (output with keep_best)
+    top_score: np.ndarray  # () its brain correlation
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.__dict__.items()}
@@ -490,6 +495,26 @@ def score_images(encoder: Any, pixels: np.ndarray, target: torch.Tensor) -> np.n
     return sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
 
 
+def search_branches(
+    state: SearchState, c_i: torch.Tensor, gamma: float, best_image_branch: bool
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Branches of an iteration after the first: (seed row per branch, clip seed per branch, branch conditioning).
+    One branch per previous top image, clip seed slerp(c_i, CLIP(seed), γ), conditioning slerp(c_i, clip seed,
+    γ); with `best_image_branch`, one more from the best image (clip seed c_i) when it is among the seeds, the
+    condition the released code tests (src/stochastic_search.py `search`, `if not best_image not in z_seeds`)."""
+    n = len(state.seed_c)
+    towards = c_i.expand(n, -1)
+    clip_seeds = sm.slerp(towards, torch.as_tensor(state.seed_c, dtype=torch.float64), gamma)
+    seed_rows = np.arange(n)
+    if best_image_branch and state.best_mean.size:
+        same = [k for k in range(n) if np.array_equal(state.seed_images[k], state.best_image)]
+        if same:
+            seed_rows = np.append(seed_rows, same[0])
+            clip_seeds = torch.cat([clip_seeds, c_i[None]])
+    branch_c = sm.slerp(c_i.expand(len(seed_rows), -1), clip_seeds, gamma)
+    return seed_rows, clip_seeds, branch_c
+
+
 def second_sight_iteration(
     state: SearchState,
     i: int,
@@ -502,7 +527,8 @@ def second_sight_iteration(
 ) -> SearchState:
     """One search iteration as published: iteration 0 samples one distribution of `search_samples` images from
     (c0, z0); later ones n_b images per branch seeded by the previous iteration's top images, conditioned on
-    slerps of c_i towards the seeds' CLIP embeddings; then the best distribution and the new c_i."""
+    slerps of c_i towards the seeds' CLIP embeddings; then the best distribution and the new c_i. The chosen
+    image is the best distribution's best image (published) or, with `keep_best`, the best image so far."""
     s = settings
     lam = sm.second_sight_strength(i, s.iterations, s.strength_start, s.strength_drop, s.strength_power)
     gamma = sm.second_sight_momentum(i, s.iterations, s.momentum_scale, s.momentum_power)
@@ -510,13 +536,12 @@ def second_sight_iteration(
     c_i = torch.as_tensor(state.prev_c, dtype=torch.float64)
     if i == 0 or len(state.seed_c) == 0:
         rows = np.zeros(s.search_samples, dtype=np.int64)
+        seed_rows = np.zeros(1, dtype=np.int64)
         clip_seeds = branch_c = c_i[None]
     else:
         n_b = sm.branch_size(lam, max(1, s.search_samples // s.branches), s.branch_floor)
-        rows = np.repeat(np.arange(len(state.seed_c)), n_b)
-        towards = c_i.expand(len(state.seed_c), -1)
-        clip_seeds = sm.slerp(towards, torch.as_tensor(state.seed_c, dtype=torch.float64), gamma)
-        branch_c = sm.slerp(towards, clip_seeds, gamma)
+        seed_rows, clip_seeds, branch_c = search_branches(state, c_i, gamma, s.best_image_branch)
+        rows = np.repeat(np.arange(len(seed_rows)), n_b)
     c = device_tensor(branch_c.float().numpy()[rows], device, dtype)
     seeds = [sm.candidate_seed(item.seed, "second-sight", i, j) for j in range(len(rows))]
     if len(state.seed_z) == 0:
@@ -526,7 +551,7 @@ def second_sight_iteration(
             c, seeds, lam, init_images=init.expand(len(rows), -1, -1, -1), batch=s.unet_batch
         )
     else:
-        z = device_tensor(state.seed_z[rows], device, dtype)
+        z = device_tensor(state.seed_z[seed_rows[rows]], device, dtype)
         latents, images = gen.sample(c, seeds, lam, init_latents=z, batch=s.unet_batch)
     pixels = to_uint8_nhwc(images)
     scores = score_images(encoder, pixels, target)
@@ -546,6 +571,12 @@ def second_sight_iteration(
     if improved or len(state.seed_z) > 0:
         c_i = sm.slerp(c_i[None], best_c[None], gamma)[0]
 
+    top = int(np.argmax(scores))
+    top_image, top_score = state.top_image, state.top_score
+    if top_score.size == 0 or float(scores[top]) > float(top_score):
+        top_image, top_score = pixels[top], np.float64(scores[top])
+    chosen_image, chosen_score = (top_image, top_score) if s.keep_best else (best_image, best_score)
+
     pool_scores, pool_images = scores, pixels
     pool_z = latents.float().cpu().contiguous().numpy()
     if s.keep_seeds and len(state.seed_z) > 0:
@@ -562,11 +593,13 @@ def second_sight_iteration(
         prev_c=c_i.float().numpy(),
         best_c=best_c.float().numpy(),
         trace_scores=np.append(state.trace_scores, best_mean),
-        trace_images=np.concatenate([state.trace_images, best_image[None]]),
-        trace_image_scores=np.append(state.trace_image_scores, best_score),
+        trace_images=np.concatenate([state.trace_images, chosen_image[None]]),
+        trace_image_scores=np.append(state.trace_image_scores, chosen_score),
         best_mean=np.asarray(best_mean),
         best_image=best_image,
         best_score=np.asarray(best_score),
+        top_image=top_image,
+        top_score=np.asarray(top_score),
     )
 
 
@@ -587,6 +620,8 @@ def initial_state(c0: np.ndarray, branches: int, size: int) -> SearchState:
         best_mean=np.zeros((0,)),
         best_image=np.zeros((size, size, 3), np.uint8),
         best_score=np.zeros((0,)),
+        top_image=np.zeros((size, size, 3), np.uint8),
+        top_score=np.zeros((0,)),
     )
 
 
@@ -637,7 +672,7 @@ class SecondSight(_UnclipMethod):
         "distribution's best image."
     )
     paper = PAPER
-    version = "2"  # published search (iteration 0, double slerp, no kept seeds), hybrid encoder, 50 steps
+    version = "3"  # published search (iteration 0, double slerp, best-image branch), hybrid encoder, 50 steps
     Settings = SecondSightSettings
     setting_help: ClassVar[dict[str, str]] = {
         "encoder": "image encoder of the hybrid ('' = gnet8 pretrained, nsdbench-encoder-v1 otherwise)",
@@ -650,6 +685,12 @@ class SecondSight(_UnclipMethod):
         "momentum_scale": "γ = 0.2((i+1)/n)^2: src/stochastic_search.py search",
         "branch_floor": "n_b = max(10, int(25λ)): src/stochastic_search.py search",
         "keep_seeds": "published False: seeds are the previous iteration's top images (src/stochastic_search.py)",
+        "best_image_branch": "published True: src/stochastic_search.py search adds a branch from best_image "
+        "(clip c_i) under `if not best_image not in z_seeds`, i.e. when it IS one of the seeds",
+        "keep_best": "published False: the output is best_image, the best image of the best distribution "
+        "(src/stochastic_search.py search returns it; src/second_sight.py saves it as "
+        "search_reconstruction.png); it changes only when a distribution's MEAN beats the best so far, so its "
+        "own score can fall; True outputs the best-scoring image seen so far (never falls)",
         "clip_top_k": "0 = 100 (src/library_assembler.py benchmark, src/second_sight.py topn=100)",
         "vdvae_top_k": "0 = 25, GNet8 on early visual cortex (src/second_sight.py topn=25, early_vis mask)",
         "num_inference_steps": "50: reesekneeland/diffusers pipeline_stable_unclip_img2img.py reconstruct default",
@@ -659,6 +700,7 @@ class SecondSight(_UnclipMethod):
     }
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "keep-seeds": {"keep_seeds": True},
+        "keep-best": {"keep_best": True},
         "decoded-z0": {"z0_from": "decoded"},
     }
 
@@ -703,14 +745,20 @@ class SecondSight(_UnclipMethod):
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Output]:
         for it in items:
             state = self.search(it, fitted, ctx)
-            image = output_image(state.best_image, ctx.data.image_size)
+            chosen = state.top_image if self.settings.keep_best else state.best_image
+            image = output_image(chosen, ctx.data.image_size)
             extras = trace_extras(state.trace_scores, state.trace_images)
             trace = extras["search.json"]
             trace["chosen_image_brain_correlation_per_iteration"] = [
                 float(x) for x in state.trace_image_scores
             ]
+            trace["chosen_image_rule"] = "best-so-far" if self.settings.keep_best else "best-distribution"
             trace["output_distribution_mean"] = float(state.best_mean)
-            trace["output_brain_correlation"] = float(state.best_score)
+            trace["best_distribution_image_brain_correlation"] = float(state.best_score)
+            trace["best_image_so_far_brain_correlation"] = float(state.top_score)
+            trace["output_brain_correlation"] = float(
+                state.top_score if self.settings.keep_best else state.best_score
+            )
             trace["guiding_encoders"] = [str(p.identity) for p in encoder_parts(fitted["encoder"])]
             yield Output(it.nsd_id, it.sample, image, extras)
 
@@ -785,6 +833,8 @@ def stochastic_iteration(
         best_mean=np.asarray(scores.mean()),
         best_image=pool_images[order[0]],
         best_score=np.asarray(pool_scores[order[0]]),
+        top_image=pool_images[order[0]],
+        top_score=np.asarray(pool_scores[order[0]]),
     )
 
 

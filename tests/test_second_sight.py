@@ -144,6 +144,52 @@ def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
         np.testing.assert_allclose(state.seed_c, gen.embed(state.seed_images), rtol=1e-5, atol=1e-6)
 
 
+def chosen_series(data, settings, gen, enc, keep_best: bool) -> dict[int, np.ndarray]:
+    """Per test image of the subject: the guidance encoder's brain correlation of the chosen image after each
+    iteration, recomputed from the images themselves (not from the search's own bookkeeping)."""
+    from dataclasses import replace
+
+    from nsdbench.methods.protocol import TestItem
+    from nsdbench.methods.second_sight import initial_state, measured_betas, second_sight_iteration
+
+    settings = replace(settings, keep_best=keep_best)
+    measured = measured_betas(data)
+    rng = np.random.default_rng(11)
+    dim = gen.components.image_encoder.config.projection_dim
+    out = {}
+    for row, nsd_id in enumerate(data.test_ids):
+        target = torch.as_tensor(measured[row])
+        c0 = rng.normal(size=dim).astype(np.float32)
+        z0 = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+        state = initial_state(c0, settings.branches, gen.image_size)
+        item = TestItem(int(nsd_id), 0, 500 + row)
+        for i in range(settings.iterations):
+            state = second_sight_iteration(state, i, z0, target, item, settings, gen, enc)
+        images = torch.as_tensor(state.trace_images).permute(0, 3, 1, 2)
+        rescored = sm.pearson_rows(enc.predict(images), target).numpy()
+        np.testing.assert_allclose(rescored, state.trace_image_scores, atol=1e-9)
+        out[int(nsd_id)] = rescored
+    return out
+
+
+def falls(series: dict[int, np.ndarray]) -> list[int]:
+    """Test ids whose chosen image scores lower after some iteration than before it."""
+    return [n for n, s in series.items() if np.any(np.diff(s) < 0)]
+
+
+def test_chosen_image_never_falls_with_keep_best_on_every_test_image(tiny_search):
+    """keep_best: the chosen image's brain correlation never decreases, on every test image of the subject.
+    The same check on the published rule (best image of the best distribution) finds a fall on this data,
+    so the check can fail."""
+    data, settings, gen, enc, *_ = tiny_search
+    assert len(data.test_ids) >= 8
+    kept = chosen_series(data, settings, gen, enc, keep_best=True)
+    assert set(kept) == {int(n) for n in data.test_ids}
+    assert falls(kept) == [], {n: kept[n] for n in falls(kept)}
+    published = chosen_series(data, settings, gen, enc, keep_best=False)
+    assert falls(published), "the published rule never fell here: the check above shows nothing"
+
+
 def test_first_iteration_is_one_distribution_and_branches_follow_the_schedule(tiny_search, monkeypatch):
     from nsdbench.methods import second_sight as ss
     from nsdbench.methods.protocol import TestItem
@@ -170,12 +216,14 @@ def test_first_iteration_is_one_distribution_and_branches_follow_the_schedule(ti
         0.92 - 0.3 * (2 / 3) ** 3
     )
     n_b = sm.branch_size(lam1, settings.search_samples // settings.branches, settings.branch_floor)
-    assert len(c_second) == settings.branches * n_b
+    # iteration 0's best image is its top seed, so the released code adds a fifth branch from it with c_i
+    assert len(c_second) == (settings.branches + 1) * n_b
     gamma = 0.2 * (2 / 3) ** 2
     ci = torch.as_tensor(c_after_0, dtype=torch.float64)
     seeds = torch.as_tensor(seeds_after_0, dtype=torch.float64)
     want = sm.slerp(ci.expand_as(seeds), sm.slerp(ci.expand_as(seeds), seeds, gamma), gamma)
-    np.testing.assert_allclose(c_second[::n_b], want.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c_second[: settings.branches * n_b : n_b], want.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c_second[-1], c_after_0, rtol=1e-5, atol=1e-5)  # slerp(c_i, c_i) = c_i
 
 
 def test_hybrid_prediction_and_library_score_are_the_literal_averages():

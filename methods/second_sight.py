@@ -25,9 +25,18 @@ Published facts the defaults follow (reesekneeland/Second-Sight; files named rel
   models' correlations (src/library_assembler.py `rankCoco`). c0: top-100 by the hybrid on all of
   nsdgeneral; z0: top-25 VDVAE latents by GNet8 alone on early visual cortex (src/second_sight.py,
   LibraryAssembler(configList=["gnet", "clip"]) and (["gnet"], mask=early_vis)).
-Deviations: the CLIP model is nsdbench's ridge, not the MLP; no denoising autoencoder on the betas and the
-scores use the trial-averaged betas, not the mean over the three repetitions; branches start from the seeds'
-latents rather than re-encoding their pixels.
+- Hybrid CLIP model: the 3-layer MLP 1024 -> 15000 -> 15000 -> voxels trained on single trials, Adam lr 1e-5,
+  batch 750, summed MSE, early stopping (patience 5) on the last 15% of the training images (src/model_zoo.py
+  CLIPEncoderModel, src/clip_encoder.py); setting `clip_encoder` ('mlp'; 'ridge' is nsdbench's cheaper ridge).
+- Scoring target: each test repetition's betas through the denoising autoencoder (voxels -> 5000 -> 1000 -> 500
+  and back, trained from single-trial betas to the hybrid's prediction for the seen image: src/autoencoder.py,
+  src/utils.py load_nsd ae=True), a candidate's score the mean r over the repetitions (src/stochastic_search.py
+  prepare_betas, score_samples; src/second_sight.py runs with the autoencoder unless --noae). Settings
+  `autoencoder` and `score_target`.
+Deviations: the library assembler ranks on the repetition-averaged betas without the autoencoder (its released
+autoencoder path names an undefined `AEmodel`: src/library_assembler.py rankCoco); tiny mode trains 128-wide
+MLPs with lr 1e-3 for at most 40 epochs; betas are session z-scored; branches start from the seeds' latents
+rather than re-encoding their pixels.
 Chosen image: published, the best image of the best distribution (`keep_best` False), whose own score can fall
 when a later distribution has a higher mean but a lower maximum; `keep_best` outputs the best image so far.
 """
@@ -57,8 +66,13 @@ class SecondSightSettings:
     """Published values (Appendix B.6-B.7); `clip_top_k`/`vdvae_top_k` 0 = published (100/25; 10/3 in tiny)."""
 
     encoder: str = ""  # guidance encoder: "" = gnet8 (pretrained) or nsdbench-encoder-v1 (random, tiny)
-    hybrid: bool = True  # average `encoder` with a CLIP-embedding -> betas ridge (the published "hybrid")
-    clip_encoder_alphas: tuple[float, ...] = RIDGE_ALPHAS  # that ridge's candidate alphas (5-fold CV)
+    hybrid: bool = True  # average `encoder` with a CLIP-embedding -> betas model (the published "hybrid")
+    clip_encoder: str = "mlp"  # that model: "mlp" (published 3-layer MLP) or "ridge"
+    clip_mlp_hidden: tuple[int, ...] = ()  # () = published (15000, 15000); (128, 128) in tiny mode
+    clip_encoder_alphas: tuple[float, ...] = RIDGE_ALPHAS  # the ridge's candidate alphas (5-fold CV)
+    autoencoder: bool = True  # denoise each test repetition's betas before scoring (published default)
+    autoencoder_widths: tuple[int, ...] = ()  # () = published (5000, 1000, 500); (64, 32, 16) in tiny mode
+    score_target: str = "trials"  # mean r over the single repetitions (published) or "average" betas
     iterations: int = 6
     search_samples: int = 100  # base images per iteration, split over the branches
     branches: int = 4
@@ -306,13 +320,13 @@ def rank_library(
     return sm.top_k_rows(torch.cat(scores), k).cpu().numpy()
 
 
-def clip_betas_encoder(train: SubjectData, gen: UnclipSampler, mode: str, alphas: tuple[float, ...]) -> Any:
-    """The hybrid's second model: ridge (alpha by 5-fold CV) from the OpenCLIP embeddings of the training
-    images to their nsdgeneral betas in the encoders' space, fitted on the training split (cached)."""
+def clip_betas_ridge(train: SubjectData, gen: UnclipSampler, mode: str, alphas: tuple[float, ...]) -> Any:
+    """The hybrid's second model, ridge variant: ridge (alpha by 5-fold CV) from the OpenCLIP embeddings of the
+    training images to their repetition-averaged nsdgeneral betas in the encoders' space (cached)."""
     import hashlib
 
     from nsdbench.methods import ridge
-    from nsdbench.methods.hybrid_encoder import ClipRidgeEncoder
+    from nsdbench.methods.hybrid_encoder import ClipBetasEncoder, ridge_predictor
 
     x = library_embeddings(gen, train, train.train_ids, mode)
     y = np.asarray(train.betas("train", "nsdgeneral", normalize="session-zscore"), dtype=np.float32)
@@ -325,7 +339,53 @@ def clip_betas_encoder(train: SubjectData, gen: UnclipSampler, mode: str, alphas
         f"clip-betas-ridge/unclip-h-image-embeds/{mode}/{gen.components.dtype}/subj{train.subject:02d}"
         f"/{digest.hexdigest()[:16]}"
     )
-    return ClipRidgeEncoder(model, gen.embed, identity)
+    encoder = ClipBetasEncoder(ridge_predictor(model), int(model.n_targets), gen.embed, identity)
+    encoder.model = model
+    return encoder
+
+
+def mlp_training(mode: str, published: Any, seed: int) -> Any:
+    """The published optimizer settings, or the tiny ones in tiny mode; seeded by the run's base seed."""
+    from dataclasses import replace
+
+    from nsdbench.methods.components import brain_mlps
+
+    return replace(brain_mlps.TINY_TRAINING if mode == "tiny" else published, seed=int(seed))
+
+
+def clip_betas_mlp(
+    train: SubjectData, gen: UnclipSampler, mode: str, hidden: Sequence[int], cache: Any, device: str, seed: int
+) -> Any:
+    """The hybrid's second model as published: a 3-layer MLP (1024 -> 15000 -> 15000 -> voxels; `hidden` () =
+    that, or 128 wide in tiny mode) from each training trial's image embedding to its single-trial betas
+    (session z-scored nsdgeneral), Adam with early stopping (src/clip_encoder.py); cached by content hash."""
+    from nsdbench.methods.components import brain_mlps
+    from nsdbench.methods.hybrid_encoder import ClipBetasEncoder, torch_predictor
+
+    trials = train.single_trials("train", "nsdgeneral", normalize="session-zscore")
+    ids = np.unique(trials.nsd_ids)
+    emb = library_embeddings(gen, train, ids, mode)
+    x = emb[np.searchsorted(ids, trials.nsd_ids)]
+    hidden = tuple(hidden) or (brain_mlps.TINY_CLIP_HIDDEN if mode == "tiny" else brain_mlps.PUBLISHED_CLIP_HIDDEN)
+    widths = brain_mlps.clip_betas_widths(x.shape[1], trials.betas.shape[1], hidden)
+    training = mlp_training(mode, brain_mlps.PUBLISHED_CLIP_TRAINING, seed)
+    model, key = brain_mlps.fit_cached(
+        "clip-betas-mlp", widths, training, x, trials.betas, trials.nsd_ids, cache, device
+    )
+    identity = f"clip-betas-mlp/unclip-h-image-embeds/{mode}/subj{train.subject:02d}/{key[:16]}"
+    return ClipBetasEncoder(torch_predictor(model), widths[-1], gen.embed, identity)
+
+
+def clip_betas_encoder(
+    train: SubjectData, gen: UnclipSampler, mode: str, settings: Any, cache: Any = None, device: str = "cpu",
+    seed: int = 0,
+) -> Any:
+    """The CLIP -> betas model the settings name: `clip_encoder` 'mlp' (published) or 'ridge'."""
+    if settings.clip_encoder == "ridge":
+        return clip_betas_ridge(train, gen, mode, settings.clip_encoder_alphas)
+    if settings.clip_encoder != "mlp":
+        raise UsageError(f"second-sight: clip_encoder must be 'mlp' or 'ridge', got {settings.clip_encoder!r}")
+    return clip_betas_mlp(train, gen, mode, settings.clip_mlp_hidden, cache, device, seed)
 
 
 def guidance_encoder(method: Method, train: SubjectData, ctx: RunContext, gen: UnclipSampler) -> Any:
@@ -336,7 +396,7 @@ def guidance_encoder(method: Method, train: SubjectData, ctx: RunContext, gen: U
     base = ctx.encoder(encoder_name(s.encoder, ctx.weights_mode))
     if not getattr(s, "hybrid", False):
         return base
-    clip = clip_betas_encoder(train, gen, ctx.weights_mode, s.clip_encoder_alphas)
+    clip = clip_betas_encoder(train, gen, ctx.weights_mode, s, ctx.cache, ctx.device, ctx.base_seed)
     if ctx.checkpoint_dir is not None:  # the run folder is checkpoints/subjXX's grandparent
         from nsdbench.runs.session import record_guiding_encoder
 
@@ -369,6 +429,78 @@ def vdvae_latents(vdvae: Any, train: SubjectData, ids: Sequence[int], batch: int
     return store.get_or_compute(list(ids), compute, batch)
 
 
+def part_predictions(
+    encoder: Any, train: SubjectData, ids: np.ndarray, ctx: RunContext, gen: UnclipSampler, batch: int
+) -> list[np.ndarray]:
+    """Each part's predicted betas (L, V) float32 for NSD images `ids`: the image encoders from the per-id
+    feature store, the CLIP -> betas model from the stored CLIP embeddings."""
+    preds = []
+    for part in encoder_parts(encoder):
+        if hasattr(part, "predict_embeddings"):
+            emb = library_embeddings(gen, train, ids, ctx.weights_mode)
+            preds.append(part.predict_embeddings(emb).numpy().astype(np.float32))
+        else:
+            preds.append(library_predictions(part, train, ids, batch, ctx))
+    return preds
+
+
+def betas_autoencoder(
+    train: SubjectData, ctx: RunContext, settings: SecondSightSettings, encoder: Any, gen: UnclipSampler
+) -> Any:
+    """The published denoising autoencoder (src/autoencoder.py, src/model_zoo.py AutoEncoderModel): from a
+    training trial's betas to the guidance encoder's prediction for its image, Adam with early stopping;
+    returns a function of betas (R, V) -> denoised betas (R, V)."""
+    from nsdbench.methods.components import brain_mlps
+
+    trials = train.single_trials("train", "nsdgeneral", normalize="session-zscore")
+    ids = np.unique(trials.nsd_ids)
+    preds = part_predictions(encoder, train, ids, ctx, gen, settings.library_batch)
+    y = np.mean(np.stack(preds), axis=0)[np.searchsorted(ids, trials.nsd_ids)]
+    tiny = ctx.weights_mode == "tiny"
+    widths = brain_mlps.autoencoder_widths(
+        trials.betas.shape[1],
+        settings.autoencoder_widths or (brain_mlps.TINY_AE_WIDTHS if tiny else brain_mlps.PUBLISHED_AE_WIDTHS),
+    )
+    training = mlp_training(ctx.weights_mode, brain_mlps.PUBLISHED_AE_TRAINING, ctx.base_seed)
+    model, _ = brain_mlps.fit_cached(
+        "betas-autoencoder", widths, training, trials.betas, y, trials.nsd_ids, ctx.cache, ctx.device
+    )
+    device = next(model.parameters()).device
+
+    def denoise(betas: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.as_tensor(np.asarray(betas, np.float32), device=device)).cpu().numpy()
+
+    return denoise
+
+
+def search_targets(
+    train: SubjectData, ctx: RunContext, settings: SecondSightSettings, encoder: Any, gen: UnclipSampler
+) -> dict[str, np.ndarray]:
+    """What the candidates of each test image are scored against: `targets` (T, R, V), zero-padded, and
+    `n_reps` (T,): its single repetitions (published) or their average, denoised when `autoencoder`."""
+    if settings.score_target == "average":
+        rows = [row[None] for row in measured_betas(train)]
+    elif settings.score_target == "trials":
+        trials = train.single_trials("test", "nsdgeneral", normalize="session-zscore")
+        rows = [trials.betas[trials.nsd_ids == n] for n in train.test_ids]
+        empty = [int(n) for n, r in zip(train.test_ids, rows, strict=True) if len(r) == 0]
+        if empty:
+            raise DataError(f"subject {train.subject}: no trial of test NSD id {empty[0]} in the split's sessions")
+    else:
+        raise UsageError(
+            f"second-sight: score_target must be 'trials' or 'average', got {settings.score_target!r}"
+        )
+    if settings.autoencoder:
+        denoise = betas_autoencoder(train, ctx, settings, encoder, gen)
+        rows = [denoise(r) for r in rows]
+    n_reps = np.array([len(r) for r in rows], np.int64)
+    targets = np.zeros((len(rows), int(n_reps.max()), rows[0].shape[1]), np.float32)
+    for t, r in enumerate(rows):
+        targets[t, : len(r)] = r
+    return {"targets": targets, "n_reps": n_reps}
+
+
 def assemble(
     train: SubjectData, ctx: RunContext, settings: SecondSightSettings, gen: UnclipSampler, encoder: Any
 ) -> dict[str, np.ndarray]:
@@ -383,14 +515,7 @@ def assemble(
     k_vdvae = settings.vdvae_top_k or (3 if tiny else 25)
     lib = unseen_ids(train)
     measured = measured_betas(train)
-    parts = encoder_parts(encoder)
-    preds = []
-    for part in parts:
-        if hasattr(part, "predict_embeddings"):  # the CLIP -> betas model: from the stored embeddings
-            emb_lib = library_embeddings(gen, train, lib, ctx.weights_mode)
-            preds.append(part.predict_embeddings(emb_lib).numpy().astype(np.float32))
-        else:
-            preds.append(library_predictions(part, train, lib, settings.library_batch, ctx))
+    preds = part_predictions(encoder, train, lib, ctx, gen, settings.library_batch)
     early = np.asarray(train.roi_voxel_masks()["early"], dtype=bool)
     top_c = lib[rank_library(preds, measured, k_clip, ctx.device)]  # hybrid, all of nsdgeneral
     top_z = lib[rank_library(preds[0], measured, k_vdvae, ctx.device, mask=early)]  # image encoder alone
@@ -433,6 +558,7 @@ def assemble(
         "c0": c0,
         "z0_image": z_images,
         "measured": measured,
+        **search_targets(train, ctx, settings, encoder, gen),
     }
 
 
@@ -491,8 +617,11 @@ class SearchState:
 
 
 def score_images(encoder: Any, pixels: np.ndarray, target: torch.Tensor) -> np.ndarray:
-    """Pearson r (N,) of the guidance encoder's prediction for each uint8 image with the measured betas."""
-    return sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
+    """Brain correlation (N,) of each uint8 image: Pearson r of the guidance encoder's prediction with the
+    target betas (V,), or its mean r over the rows of targets (R, V), one per repetition."""
+    pred = encoder.predict(nchw(pixels).to(target.device))
+    scores = sm.pearson_rows(pred, target) if target.ndim == 1 else sm.mean_pearson(pred, target)
+    return scores.cpu().numpy()
 
 
 def search_branches(
@@ -672,12 +801,20 @@ class SecondSight(_UnclipMethod):
         "distribution's best image."
     )
     paper = PAPER
-    version = "3"  # published search (iteration 0, double slerp, best-image branch), hybrid encoder, 50 steps
+    version = "3"  # published search (best-image branch), MLP hybrid, autoencoded single-trial targets
     Settings = SecondSightSettings
     setting_help: ClassVar[dict[str, str]] = {
         "encoder": "image encoder of the hybrid ('' = gnet8 pretrained, nsdbench-encoder-v1 otherwise)",
-        "hybrid": "average with a CLIP->betas ridge, as the published GNet8+CLIP hybrid "
+        "hybrid": "average with a CLIP->betas model, as the published GNet8+CLIP hybrid "
         "(src/stochastic_search.py predict; src/library_assembler.py rankCoco)",
+        "clip_encoder": "'mlp' published: src/model_zoo.py CLIPEncoderModel 1024->15000->15000->voxels, trained "
+        "by src/clip_encoder.py (Adam lr 1e-5, batch 750, patience 5); 'ridge' is nsdbench's cheaper stand-in",
+        "clip_mlp_hidden": "() = (15000, 15000) as src/model_zoo.py; (128, 128) in tiny mode",
+        "autoencoder": "published True: src/second_sight.py ae unless --noae; src/stochastic_search.py "
+        "prepare_betas denoises each repetition (src/model_zoo.py AutoEncoderModel)",
+        "autoencoder_widths": "() = (5000, 1000, 500) as src/model_zoo.py AutoEncoderModel; (64, 32, 16) tiny",
+        "score_target": "'trials' published: mean r over the repetitions (src/stochastic_search.py score_samples); "
+        "'average': r with the repetition-averaged betas",
         "iterations": "src/second_sight.py --iterations default 6",
         "search_samples": "src/second_sight.py --num_samples default 100",
         "branches": "src/second_sight.py --branches default 4",
@@ -726,7 +863,10 @@ class SecondSight(_UnclipMethod):
         """Run (or resume) the search of one item, saving its state after every iteration."""
         s, a = self.settings, fitted["arrays"]
         row = fitted["row"][item.nsd_id]
-        target = device_tensor(a["measured"][row], ctx.device)
+        if "targets" in a:
+            target = device_tensor(a["targets"][row, : int(a["n_reps"][row])], ctx.device)
+        else:
+            target = device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
         state = (

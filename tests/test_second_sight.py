@@ -77,6 +77,34 @@ def test_library_ranking_equals_numpy_corrcoef():
     )
 
 
+def test_repetition_score_is_the_mean_r_over_repetitions():
+    rng = np.random.default_rng(2)
+    pred, reps = rng.normal(size=(6, 30)), rng.normal(size=(3, 30))
+    literal = [np.mean([np.corrcoef(p, r)[0, 1] for r in reps]) for p in pred]
+    got = sm.mean_pearson(torch.as_tensor(pred), torch.as_tensor(reps)).numpy()
+    np.testing.assert_allclose(got, literal, atol=1e-12)
+
+
+def test_search_targets_are_the_test_repetitions(nsd, nsdbench_home):
+    from dataclasses import replace
+
+    from nsdbench.methods.protocol import SubjectData
+    from nsdbench.methods.second_sight import SecondSightSettings, measured_betas, search_targets
+    from nsdbench.nsd.splits import get_split
+
+    data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
+    base = SecondSightSettings(autoencoder=False)
+    got = search_targets(data, None, base, None, None)
+    trials = data.single_trials("test", "nsdgeneral", normalize="session-zscore")
+    for t, n in enumerate(data.test_ids):
+        want = trials.betas[trials.nsd_ids == n]
+        assert got["n_reps"][t] == len(want) >= 1
+        np.testing.assert_array_equal(got["targets"][t, : len(want)], want)
+    avg = search_targets(data, None, replace(base, score_target="average"), None, None)
+    np.testing.assert_array_equal(avg["targets"][:, 0], measured_betas(data))
+    assert np.all(avg["n_reps"] == 1)
+
+
 def test_candidate_seeds_are_distinct_and_stable():
     seeds = {sm.candidate_seed(7, "second-sight", i, j) for i in range(6) for j in range(30)}
     assert len(seeds) == 180 and all(0 <= s < 2**63 for s in seeds)
@@ -265,10 +293,10 @@ def test_hybrid_prediction_and_library_score_are_the_literal_averages():
 def test_clip_betas_ridge_predicts_its_training_targets_from_images(tiny_search, nsdbench_home):
     from nsdbench.methods import ridge
     from nsdbench.methods.hybrid_encoder import HybridEncoder
-    from nsdbench.methods.second_sight import clip_betas_encoder, library_embeddings, nchw
+    from nsdbench.methods.second_sight import clip_betas_ridge, library_embeddings, nchw
 
     data, settings, gen, enc, measured, _, _ = tiny_search
-    clip = clip_betas_encoder(data, gen, "tiny", settings.clip_encoder_alphas)
+    clip = clip_betas_ridge(data, gen, "tiny", settings.clip_encoder_alphas)
     assert clip.n_voxels == measured.shape[1] and clip.identity.startswith("clip-betas-ridge/")
     ids = list(data.train_ids[:3])
     x = library_embeddings(gen, data, data.train_ids, "tiny")
@@ -346,7 +374,7 @@ def test_hybrid_guided_search_never_lowers_its_best_distribution(tiny_search, ns
     from nsdbench.methods.second_sight import clip_betas_encoder, initial_state, second_sight_iteration
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
-    hybrid = HybridEncoder([enc, clip_betas_encoder(data, gen, "tiny", settings.clip_encoder_alphas)])
+    hybrid = HybridEncoder([enc, clip_betas_encoder(data, gen, "tiny", settings)])  # the published MLP
     target = torch.as_tensor(measured[1])
     state = initial_state(c0[1], settings.branches, gen.image_size)
     for i in range(settings.iterations):

@@ -79,7 +79,9 @@ def test_fit_is_cached_by_content(tmp_path, monkeypatch):
     monkeypatch.setattr(bm, "train", boom)
     m2, k2 = bm.fit_cached("toy", (8, 16, 20), t, x, y, g, cache, "cpu")
     assert k1 == k2
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True)
+    )
     with pytest.raises(AssertionError, match="trained again"):
         bm.fit_cached("toy", (8, 16, 20), t, x, y + 1, g, cache, "cpu")
 
@@ -87,7 +89,7 @@ def test_fit_is_cached_by_content(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_clip(nsd):
     from nsdbench.methods.protocol import SubjectData
-    from nsdbench.methods.second_sight import SecondSightSettings, UnclipSampler
+    from nsdbench.methods.second_sight_search import SecondSightSettings, UnclipSampler
     from nsdbench.nsd.splits import get_split
 
     data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
@@ -102,7 +104,7 @@ def held_out_r(pred: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
 
 
 def test_clip_mlp_predicts_held_out_betas_better_than_shuffled(tiny_clip, nsdbench_home):
-    from nsdbench.methods.second_sight import library_embeddings, mlp_training
+    from nsdbench.methods.second_sight_search import library_embeddings, mlp_training
 
     data, gen = tiny_clip
     trials = data.single_trials("train", "nsdgeneral", normalize="session-zscore")
@@ -126,7 +128,7 @@ def test_second_sight_mlp_encoder_and_autoencoder_in_tiny_mode(tiny_clip, nsdben
     """clip_betas_mlp trains on every training trial (cached); the autoencoder's denoised held-in trials
     correlate with the encoder's predictions for their images better than with another image's."""
     from nsdbench.methods.protocol import FitCache, RunContext
-    from nsdbench.methods.second_sight import SecondSightSettings, betas_autoencoder, clip_betas_mlp
+    from nsdbench.methods.second_sight_search import SecondSightSettings, betas_autoencoder, clip_betas_mlp
 
     data, gen = tiny_clip
     cache = FitCache(tmp_path)
@@ -135,7 +137,7 @@ def test_second_sight_mlp_encoder_and_autoencoder_in_tiny_mode(tiny_clip, nsdben
     again = clip_betas_mlp(data, gen, "tiny", (), cache, "cpu", 0)
     assert again.identity == enc.identity
     ids = list(data.train_ids[:4])
-    from nsdbench.methods.second_sight import nchw
+    from nsdbench.methods.second_sight_search import nchw
 
     np.testing.assert_array_equal(enc.predict(nchw(data.images(ids))).numpy(),
                                   again.predict(nchw(data.images(ids))).numpy())  # fmt: skip

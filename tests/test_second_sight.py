@@ -1,5 +1,6 @@
-"""second-sight, stochastic-search and clip-decoding-only: schedules against literal formulas, the search's
-monotone progress and exact resume with tiny unCLIP components, and the CLI end to end (slow)."""
+"""second-sight, stochastic-search and clip-decoding-only (methods/second_sight.py, second_sight_search.py):
+schedules against literal formulas, the search's monotone progress and exact resume with tiny unCLIP
+components, and the CLI end to end (slow)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def test_slerp_follows_the_great_circle():
 
 
 def test_library_ranking_equals_numpy_corrcoef():
-    from nsdbench.methods.second_sight import rank_library
+    from nsdbench.methods.second_sight_search import rank_library
 
     rng = np.random.default_rng(1)
     pred, measured = (
@@ -89,7 +90,7 @@ def test_search_targets_are_the_test_repetitions(nsd, nsdbench_home):
     from dataclasses import replace
 
     from nsdbench.methods.protocol import SubjectData
-    from nsdbench.methods.second_sight import SecondSightSettings, measured_betas, search_targets
+    from nsdbench.methods.second_sight_search import SecondSightSettings, measured_betas, search_targets
     from nsdbench.nsd.splits import get_split
 
     data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
@@ -132,7 +133,7 @@ class PixelEncoder:
 def tiny_search(nsd):
     """Tiny unCLIP, two measured test patterns of the synthetic NSD and the pieces a search needs."""
     from nsdbench.methods.protocol import SubjectData
-    from nsdbench.methods.second_sight import SecondSightSettings, UnclipSampler, measured_betas
+    from nsdbench.methods.second_sight_search import SecondSightSettings, UnclipSampler, measured_betas
     from nsdbench.nsd.splits import get_split
 
     data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
@@ -147,7 +148,7 @@ def tiny_search(nsd):
 
 def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
     from nsdbench.methods.protocol import TestItem
-    from nsdbench.methods.second_sight import initial_state, second_sight_iteration
+    from nsdbench.methods.second_sight_search import initial_state, second_sight_iteration
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
     for row in range(2):
@@ -178,7 +179,7 @@ def chosen_series(data, settings, gen, enc, keep_best: bool) -> dict[int, np.nda
     from dataclasses import replace
 
     from nsdbench.methods.protocol import TestItem
-    from nsdbench.methods.second_sight import initial_state, measured_betas, second_sight_iteration
+    from nsdbench.methods.second_sight_search import initial_state, measured_betas, second_sight_iteration
 
     settings = replace(settings, keep_best=keep_best)
     measured = measured_betas(data)
@@ -219,7 +220,7 @@ def test_chosen_image_never_falls_with_keep_best_on_every_test_image(tiny_search
 
 
 def test_first_iteration_is_one_distribution_and_branches_follow_the_schedule(tiny_search, monkeypatch):
-    from nsdbench.methods import second_sight as ss
+    from nsdbench.methods import second_sight_search as ss
     from nsdbench.methods.protocol import TestItem
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
@@ -293,7 +294,7 @@ def test_hybrid_prediction_and_library_score_are_the_literal_averages():
 def test_clip_betas_ridge_predicts_its_training_targets_from_images(tiny_search, nsdbench_home):
     from nsdbench.methods import ridge
     from nsdbench.methods.hybrid_encoder import HybridEncoder
-    from nsdbench.methods.second_sight import clip_betas_ridge, library_embeddings, nchw
+    from nsdbench.methods.second_sight_search import clip_betas_ridge, library_embeddings, nchw
 
     data, settings, gen, enc, measured, _, _ = tiny_search
     clip = clip_betas_ridge(data, gen, "tiny", settings.clip_encoder_alphas)
@@ -313,11 +314,12 @@ def test_clip_betas_ridge_predicts_its_training_targets_from_images(tiny_search,
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_path, monkeypatch):
-    from nsdbench.methods import second_sight as ss
+    from nsdbench.methods import second_sight_search as ss
     from nsdbench.methods.protocol import RunContext, TestItem
+    from nsdbench.methods.second_sight import SecondSight
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
-    method = ss.SecondSight(settings, weights_mode="tiny")  # encoder given in `fitted`
+    method = SecondSight(settings, weights_mode="tiny")  # encoder given in `fitted`
     method.gen = gen
     fitted = {
         "arrays": {"measured": measured, "c0": c0, "z0_image": z0},
@@ -354,7 +356,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_pat
 
 def test_stochastic_search_keeps_its_best_image(tiny_search):
     from nsdbench.methods.protocol import TestItem
-    from nsdbench.methods.second_sight import StochasticSearchSettings, initial_state, stochastic_iteration
+    from nsdbench.methods.second_sight_search import StochasticSearchSettings, initial_state, stochastic_iteration
 
     data, _, gen, enc, measured, c0, _ = tiny_search
     s = StochasticSearchSettings(iterations=3, search_samples=4, seeds=2, num_inference_steps=3)
@@ -371,7 +373,7 @@ def test_stochastic_search_keeps_its_best_image(tiny_search):
 def test_hybrid_guided_search_never_lowers_its_best_distribution(tiny_search, nsdbench_home):
     from nsdbench.methods.hybrid_encoder import HybridEncoder
     from nsdbench.methods.protocol import TestItem
-    from nsdbench.methods.second_sight import clip_betas_encoder, initial_state, second_sight_iteration
+    from nsdbench.methods.second_sight_search import clip_betas_encoder, initial_state, second_sight_iteration
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
     hybrid = HybridEncoder([enc, clip_betas_encoder(data, gen, "tiny", settings)])  # the published MLP

@@ -98,7 +98,9 @@ def train(
         model.eval()
         with torch.no_grad():
             check_x, check_y = (x_va, y_va) if len(x_va) else (x_tr, y_tr)
-            vloss = float(torch.nn.functional.mse_loss(model(check_x), check_y, reduction="sum")) / len(check_x)
+            vloss = float(torch.nn.functional.mse_loss(model(check_x), check_y, reduction="sum")) / len(
+                check_x
+            )
         history.append(vloss)
         if vloss < best:
             best, stale = vloss, 0
@@ -138,7 +140,12 @@ def fit_cached(
     from nsdbench.methods.protocol import FitCache
 
     key = FitCache.key(
-        {"model": name, "widths": list(widths), "training": asdict(training), "device": torch.device(device).type},
+        {
+            "model": name,
+            "widths": list(widths),
+            "training": asdict(training),
+            "device": torch.device(device).type,
+        },
         np.asarray(x, np.float32),
         np.asarray(y, np.float32),
         np.asarray(groups, np.int64),

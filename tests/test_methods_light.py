@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 GENERATIVE = ("brain-diffuser", "takagi2023", "minddiffuser", "second-sight", "stochastic-search")
-NO_PUBLISHED_SIZE = {"vdvae-imagenet64", "versatile-diffusion", "gnet8-multisubject"}  # none found; see comments
+# no published size found for these (see the comments at their registrations)
+NO_PUBLISHED_SIZE = {"vdvae-imagenet64", "versatile-diffusion", "gnet8-multisubject"}
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

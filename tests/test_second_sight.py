@@ -356,7 +356,11 @@ def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_pat
 
 def test_stochastic_search_keeps_its_best_image(tiny_search):
     from nsdbench.methods.protocol import TestItem
-    from nsdbench.methods.second_sight_search import StochasticSearchSettings, initial_state, stochastic_iteration
+    from nsdbench.methods.second_sight_search import (
+        StochasticSearchSettings,
+        initial_state,
+        stochastic_iteration,
+    )
 
     data, _, gen, enc, measured, c0, _ = tiny_search
     s = StochasticSearchSettings(iterations=3, search_samples=4, seeds=2, num_inference_steps=3)

@@ -57,7 +57,7 @@ from nsdbench.methods.registry import register_method
 if TYPE_CHECKING:  # the search lives in second_sight_search (torch), imported when a method runs
     from nsdbench.methods import second_sight_search as S
 
-PAPER = "Kneeland et al. 2023, Second Sight (arXiv:2306.00927); reesekneeland/Second-Sight"
+PAPER = "Kneeland et al. 2023, Second Sight (arXiv:2306.00927); reesekneeland/Second-Sight (lines: commit 27401ad)"
 CCN_PAPER = "Kneeland, St-Yves, Naselaris et al., CCN 2023: brain-optimized stochastic search"
 RIDGE_ALPHAS = (1e2, 1e3, 1e4, 3e4, 6e4, 1e5, 3e5)
 
@@ -178,14 +178,16 @@ class SecondSight(_UnclipMethod):
         "encoder": "image encoder of the hybrid ('' = gnet8 pretrained, nsdbench-encoder-v1 otherwise)",
         "hybrid": "average with a CLIP->betas model, as the published GNet8+CLIP hybrid "
         "(src/stochastic_search.py predict; src/library_assembler.py rankCoco)",
-        "clip_encoder": "'mlp' published: src/model_zoo.py CLIPEncoderModel 1024->15000->15000->voxels, trained "
-        "by src/clip_encoder.py (Adam lr 1e-5, batch 750, patience 5); 'ridge' is nsdbench's cheaper stand-in",
-        "clip_mlp_hidden": "() = (15000, 15000) as src/model_zoo.py; (128, 128) in tiny mode",
-        "autoencoder": "published True: src/second_sight.py ae unless --noae; src/stochastic_search.py "
-        "prepare_betas denoises each repetition (src/model_zoo.py AutoEncoderModel)",
-        "autoencoder_widths": "() = (5000, 1000, 500) as src/model_zoo.py AutoEncoderModel; (64, 32, 16) tiny",
-        "score_target": "'trials' published: mean r over the repetitions (src/stochastic_search.py score_samples); "
-        "'average': r with the repetition-averaged betas",
+        "clip_encoder": "'mlp' published: src/model_zoo.py lines 9-21 (CLIPEncoderModel 1024->15000->15000->"
+        "voxels, ReLU), trained by src/clip_encoder.py (lines 18-23: Adam lr 1e-5, batch 750, 200 epochs; lines "
+        "146-154: early stopping, patience 5); 'ridge' is nsdbench's cheaper stand-in",
+        "clip_mlp_hidden": "() = (15000, 15000) as src/model_zoo.py lines 12-13; (128, 128) in tiny mode",
+        "autoencoder": "published True: src/second_sight.py lines 30-32 and 68-72 (on unless --noae); "
+        "src/stochastic_search.py lines 165-173 (prepare_betas) denoise each repetition with "
+        "src/model_zoo.py lines 24-46 (AutoEncoderModel), trained by src/autoencoder.py (lr 1e-5, batch 64)",
+        "autoencoder_widths": "() = (5000, 1000, 500) as src/model_zoo.py lines 27-41; (64, 32, 16) tiny",
+        "score_target": "'trials' published: src/stochastic_search.py lines 155-161 average the Pearson r over "
+        "the repetitions; 'average': r with the repetition-averaged betas",
         "iterations": "src/second_sight.py --iterations default 6",
         "search_samples": "src/second_sight.py --num_samples default 100",
         "branches": "src/second_sight.py --branches default 4",
@@ -193,12 +195,13 @@ class SecondSight(_UnclipMethod):
         "momentum_scale": "γ = 0.2((i+1)/n)^2: src/stochastic_search.py search",
         "branch_floor": "n_b = max(10, int(25λ)): src/stochastic_search.py search",
         "keep_seeds": "published False: seeds are the previous iteration's top images (src/stochastic_search.py)",
-        "best_image_branch": "published True: src/stochastic_search.py search adds a branch from best_image "
-        "(clip c_i) under `if not best_image not in z_seeds`, i.e. when it IS one of the seeds",
-        "keep_best": "published False: the output is best_image, the best image of the best distribution "
-        "(src/stochastic_search.py search returns it; src/second_sight.py saves it as "
-        "search_reconstruction.png); it changes only when a distribution's MEAN beats the best so far, so its "
-        "own score can fall; True outputs the best-scoring image seen so far (never falls)",
+        "best_image_branch": "published True: src/stochastic_search.py lines 237-239 add a branch from the "
+        "best image (clip seed c_i); the released condition is a double negation that holds when the best image "
+        "IS one of the seeds",
+        "keep_best": "published False: the output is the best image of the best distribution (src/"
+        "stochastic_search.py lines 205-208 and 278-287 replace it only when a distribution's MEAN score beats "
+        "every earlier one; line 298 returns it; src/second_sight.py lines 152 and 170-187 save it as "
+        "search_reconstruction.png), so its own score can fall; True outputs the best-scoring image so far",
         "clip_top_k": "0 = 100 (src/library_assembler.py benchmark, src/second_sight.py topn=100)",
         "vdvae_top_k": "0 = 25, GNet8 on early visual cortex (src/second_sight.py topn=25, early_vis mask)",
         "num_inference_steps": "50: reesekneeland/diffusers pipeline_stable_unclip_img2img.py reconstruct default",

@@ -35,10 +35,14 @@ Published facts the defaults follow (reesekneeland/Second-Sight; files named rel
   src/utils.py load_nsd ae=True), a candidate's score the mean r over the repetitions (src/stochastic_search.py
   prepare_betas, score_samples; src/second_sight.py runs with the autoencoder unless --noae). Settings
   `autoencoder` and `score_target`.
-Deviations: the library assembler ranks on the repetition-averaged betas without the autoencoder (its released
-autoencoder path names an undefined `AEmodel`: src/library_assembler.py rankCoco); tiny mode trains 128-wide
-MLPs with lr 1e-3 for at most 40 epochs; betas are session z-scored; branches start from the seeds' latents
-rather than re-encoding their pixels.
+- Library assembler: the paper's (App. B.6-B.7): the same denoised repetitions, a library image's score the
+  mean over encoders and repetitions of its r (src/library_assembler.py rankCoco averages over models and
+  repetitions; its autoencoder branch names an undefined `AEmodel`, line 61, so as released it runs only
+  with --noae).
+Deviations: one autoencoder (the hybrid's, as the paper trains it) also for the image-encoder-only z0 ranking,
+where the released code would load one per encoder; tiny mode trains 128-wide MLPs with lr 1e-3 for at most
+40 epochs; betas are session z-scored; branches start from the seeds' latents rather than re-encoding their
+pixels.
 Chosen image: published, the best image of the best distribution (`keep_best` False), whose own score can fall
 when a later distribution has a higher mean but a lower maximum; `keep_best` outputs the best image so far.
 """
@@ -172,7 +176,7 @@ class SecondSight(_UnclipMethod):
         "distribution's best image."
     )
     paper = PAPER
-    version = "3"  # published search (best-image branch), MLP hybrid, autoencoded single-trial targets
+    version = "3"  # best-image branch, MLP hybrid, autoencoded repetitions (search and library)
     Settings = SecondSightSettings
     setting_help: ClassVar[dict[str, str]] = {
         "encoder": "image encoder of the hybrid ('' = gnet8 pretrained, nsdbench-encoder-v1 otherwise)",

@@ -194,17 +194,29 @@ def rank_library(
     device: str,
     mask: np.ndarray | None = None,
     block: int = 8192,
+    n_reps: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Top-k library rows (T, k) per measured row by Pearson r over the voxels of `mask`, on the device; with
-    several encoders' predictions (each (L, V)) the score is the mean of their correlations."""
+    """Top-k library rows (T, k) per test image by Pearson r over the voxels of `mask`, on the device; with
+    several encoders' predictions (each (L, V)) the score is the mean of their correlations. `measured` is
+    (T, V), or (T, R, V) zero-padded repetitions with `n_reps` (T,): then the mean r over each image's."""
     from nsdbench.methods.hybrid_encoder import hybrid_correlation_matrix
 
     preds = [pred] if isinstance(pred, np.ndarray) else list(pred)
-    m = torch.as_tensor(measured if mask is None else measured[:, mask], device=device)
+    if measured.ndim == 2:
+        rows, average = measured, None
+    else:
+        counts = np.asarray(n_reps, np.int64)
+        rows = np.concatenate([measured[t, : counts[t]] for t in range(len(counts))])
+        owner = np.repeat(np.arange(len(counts)), counts)
+        average = np.zeros((len(rows), len(counts)))
+        average[np.arange(len(rows)), owner] = 1.0 / counts[owner]
+        average = torch.as_tensor(average, device=device)
+    m = torch.as_tensor(rows if mask is None else rows[:, mask], device=device)
     scores = []
     for s in range(0, len(preds[0]), block):
         parts = [p[s : s + block] if mask is None else p[s : s + block][:, mask] for p in preds]
-        scores.append(hybrid_correlation_matrix([torch.as_tensor(p, device=device) for p in parts], m))
+        r = hybrid_correlation_matrix([torch.as_tensor(p, device=device) for p in parts], m)
+        scores.append(r if average is None else r @ average)
     return sm.top_k_rows(torch.cat(scores), k).cpu().numpy()
 
 
@@ -423,8 +435,11 @@ def assemble(
     measured = measured_betas(train)
     preds = part_predictions(encoder, train, lib, ctx, gen, settings.library_batch)
     early = np.asarray(train.roi_voxel_masks()["early"], dtype=bool)
-    top_c = lib[rank_library(preds, measured, k_clip, ctx.device)]  # hybrid, all of nsdgeneral
-    top_z = lib[rank_library(preds[0], measured, k_vdvae, ctx.device, mask=early)]  # image encoder alone
+    # ranked against the same (denoised) repetitions the search scores with, as the paper's assembler
+    targets = search_targets(train, ctx, settings, encoder, gen)
+    reps, n_reps = targets["targets"], targets["n_reps"]
+    top_c = lib[rank_library(preds, reps, k_clip, ctx.device, n_reps=n_reps)]  # hybrid, all of nsdgeneral
+    top_z = lib[rank_library(preds[0], reps, k_vdvae, ctx.device, mask=early, n_reps=n_reps)]  # image encoder
 
     union_c = np.unique(top_c)
     emb = dict(zip(union_c.tolist(), library_embeddings(gen, train, union_c, ctx.weights_mode), strict=True))
@@ -464,7 +479,7 @@ def assemble(
         "c0": c0,
         "z0_image": z_images,
         "measured": measured,
-        **search_targets(train, ctx, settings, encoder, gen),
+        **targets,
     }
 
 

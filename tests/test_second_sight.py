@@ -78,6 +78,24 @@ def test_library_ranking_equals_numpy_corrcoef():
     )
 
 
+def test_library_ranking_over_repetitions_is_the_mean_r():
+    from nsdbench.methods.second_sight_search import rank_library
+
+    rng = np.random.default_rng(4)
+    preds = [rng.normal(size=(200, 30)) for _ in range(2)]
+    n_reps = np.array([3, 1, 2])
+    reps = np.zeros((3, 3, 30))
+    for t, n in enumerate(n_reps):
+        reps[t, :n] = rng.normal(size=(n, 30))
+    literal = np.array([[np.mean([np.mean([np.corrcoef(p[i], reps[t, r])[0, 1] for p in preds])
+                                  for r in range(n_reps[t])]) for t in range(3)] for i in range(200)])  # fmt: skip
+    expected = np.argsort(-literal, axis=0, kind="stable")[:4].T
+    np.testing.assert_array_equal(rank_library(preds, reps, 4, "cpu", block=64, n_reps=n_reps), expected)
+    # the zero padding is never scored: the 2-D form on the single rows agrees
+    single = rank_library(preds, reps[[1], 0], 4, "cpu")
+    np.testing.assert_array_equal(single[0], expected[1])
+
+
 def test_repetition_score_is_the_mean_r_over_repetitions():
     rng = np.random.default_rng(2)
     pred, reps = rng.normal(size=(6, 30)), rng.normal(size=(3, 30))

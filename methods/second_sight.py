@@ -14,7 +14,7 @@ Published facts the defaults follow (reesekneeland/Second-Sight; files named rel
 - 6 iterations, 100 samples, 4 branches: src/second_sight.py argparse defaults (-i 6, -n 100, -b 4).
 - λ_i = 0.92 − 0.3((i+1)/n)³, γ_i = 0.2((i+1)/n)², n_b = max(10, int((100/4)λ)); iteration 0 draws all 100
   samples from (c0, z0) in one distribution; later iterations branch from the top-4 images of the previous
-  iteration only; each branch's conditioning is slerp(c_i, slerp(c_i, CLIP(seed), γ), γ); a branch with a
+  iteration (plus the best image, `best_image_branch`); each branch's conditioning is slerp(c_i, slerp(c_i, CLIP(seed), γ), γ); a branch with a
   higher mean score than any before becomes the best distribution (its best image is the output, its
   clip seed the `best_clip`), and c_i ← slerp(c_i, best_clip, γ) after every iteration (after iteration 0
   towards the CLIP of its best image): src/stochastic_search.py `search`.
@@ -35,7 +35,7 @@ Published facts the defaults follow (reesekneeland/Second-Sight; files named rel
   src/utils.py load_nsd ae=True), a candidate's score the mean r over the repetitions (src/stochastic_search.py
   prepare_betas, score_samples; src/second_sight.py runs with the autoencoder unless --noae). Settings
   `autoencoder` and `score_target`.
-- Library assembler: the paper's (App. B.6-B.7): the same denoised repetitions, a library image's score the
+- Library assembler: the paper's (§2 step 1, App. B.6): the same denoised repetitions, a library image's score the
   mean over encoders and repetitions of its r (src/library_assembler.py rankCoco averages over models and
   repetitions; its autoencoder branch names an undefined `AEmodel`, line 61, so as released it runs only
   with --noae).

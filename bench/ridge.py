@@ -28,7 +28,6 @@ from nsdbench.progress import progress_bar
 __all__ = [
     "RidgeModel",
     "RidgeSettings",
-    "bd_postprocess",
     "fit_predict",
     "fit_ridge",
     "kfold_indices",
@@ -769,6 +768,3 @@ def rescale_to_training_moments(
     return (z * train_std + train_mean).astype(
         pred.dtype if np.issubdtype(pred.dtype, np.floating) else np.float64
     )
-
-
-bd_postprocess = rescale_to_training_moments  # the former name, still used by second_sight

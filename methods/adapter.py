@@ -37,9 +37,6 @@ class TestItem:
     seed: int
 
 
-FitCache = ArrayCache  # the former name, still used by second_sight, takagi and minddiffuser
-
-
 @dataclass(frozen=True)
 class NoSettings:
     """Settings of a method that has none."""
@@ -123,6 +120,7 @@ class RunContext:
     checkpoint_dir: Path | None = None  # the run folder's checkpoints/subjXX (None: checkpoints off)
     ground_truth: Any = None  # GroundTruthStimuli for methods that declare reads_ground_truth
     encoder_loader: Callable[[str], Any] | None = None  # name -> guidance encoder (loaded once, recorded)
+    encoder_recorder: Callable[[str], None] | None = None  # note an encoder the method built itself
 
     def seed(self, nsd_id: int, sample: int) -> int:
         return seeds.image_seed(self.base_seed, self.method, self.subject, nsd_id, sample)

@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from nsdbench import ridge
-from nsdbench.caches import content_key
 from nsdbench.errors import DataError, UsageError
 from nsdbench.methods.adapter import Method, Reconstruction, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
@@ -192,6 +191,7 @@ def _ridge_fit_predict(
 
 @dataclass(frozen=True)
 class BestLibraryImageSettings:
+    encoder: str = "nsdbench-encoder-v1"  # the guidance encoder (ctx.encoder): or "gnet8"
     library_batch: int = 64  # library images per encoding-model call
 
 
@@ -207,12 +207,15 @@ class BestLibraryImage(Method):
         "Kneeland et al. 2023, Second Sight ('Best Library Image'); "
         "Kneeland et al. CCN 2023 ('Best COCO Image')"
     )
+    version = "2"  # the encoder through ctx.encoder (device-resident; torch resizing)
     Settings = BestLibraryImageSettings
 
     def required_artifacts(self) -> tuple[str, ...]:
-        """The canonical encoder's feature network (pretrained mode); the encoder itself is fitted here."""
+        """The guidance encoder's artifact in pretrained mode (the canonical encoder is fitted here)."""
         if self.weights_mode != "pretrained":
             return ()
+        if self.settings.encoder == "gnet8":
+            return ("gnet8-multisubject",)
         from nsdbench.metrics.encoder import default_spec
         from nsdbench.metrics.networks import ARTIFACT_OF
 
@@ -228,13 +231,15 @@ class BestLibraryImage(Method):
         return lib
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, int]:
-        target = train.brain_target(ctx.weights_mode, device=ctx.device)
+        import torch
+
+        from nsdbench.caches import ArrayCache
+
+        encoder = ctx.encoder(self.settings.encoder)
         lib = self.library_ids(train)
         test_ids = list(train.test_ids)
-        missing = [n for n in test_ids if n not in target.measured]
-        if missing:
-            raise DataError(f"subject {train.subject}: no measured betas for test NSD id {missing[0]}")
-        measured = np.stack([np.asarray(target.measured[n], dtype=np.float64) for n in test_ids])
+        # the guidance encoders predict session z-scored nsdgeneral betas; rows aligned with test_ids
+        measured = np.asarray(train.betas("test", "nsdgeneral", normalize="session-zscore"), dtype=np.float64)
         batch = int(self.settings.library_batch)
 
         def compute() -> dict[str, np.ndarray]:
@@ -242,25 +247,22 @@ class BestLibraryImage(Method):
             preds = []
             for start in range(0, len(lib), batch):
                 ids = lib[start : start + batch]
-                preds.append(np.asarray(target.predict(train.images(ids)), dtype=np.float32))
+                images = torch.as_tensor(train.images(ids)).permute(0, 3, 1, 2).contiguous()
+                preds.append(encoder.predict(images).float().cpu().numpy())
                 ctx.advance(len(ids))
-            pred = np.concatenate(preds)
-            return {"choice": lib[rowwise_correlation_argmax(pred, measured)]}
+            return {"choice": lib[rowwise_correlation_argmax(np.concatenate(preds), measured)]}
 
-        # the encoder's identity by content: its predictions for a few fixed library images
-        probe = np.asarray(target.predict(train.images(lib[:4])), dtype=np.float32)
-        key = content_key(
+        key = ArrayCache.key(
             {
                 "method": self.name,
                 "version": self.version,
                 "subject": train.subject,
                 "split": ctx.split,
                 "weights": ctx.weights_mode,
-                "encoder": dict(getattr(target, "info", {}) or {}).get("encoder_key"),
+                "encoder": str(encoder.identity),
             },
             lib,
             measured,
-            probe,
         )
         cache = ctx.cache
         arrays = cache.get_or_compute(key, compute) if cache is not None else compute()

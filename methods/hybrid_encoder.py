@@ -1,6 +1,7 @@
 """Second Sight's "hybrid" encoding model: an image encoder (GNet8) and a CLIP-embedding -> betas model whose
 outputs are averaged (paper §2 / App. B.5; reesekneeland/Second-Sight src/stochastic_search.py `predict`,
-src/library_assembler.py `rankCoco`). The CLIP model here is nsdbench's ridge fitted on the training split."""
+src/library_assembler.py `rankCoco`). The CLIP model is the published MLP (methods/components/brain_mlps.py)
+or nsdbench's ridge, both fitted on the training split."""
 
 from __future__ import annotations
 
@@ -24,24 +25,47 @@ def hybrid_correlation_matrix(preds: Sequence[torch.Tensor], measured: torch.Ten
     return torch.stack([sm.correlation_matrix(p, measured) for p in preds]).mean(0)
 
 
-class ClipRidgeEncoder:
-    """Betas predicted from an image's OpenCLIP ViT-H/14 embedding by a ridge fitted on the training split (the
-    published 3-layer MLP's stand-in)."""
+class ClipBetasEncoder:
+    """Betas predicted from an image's OpenCLIP ViT-H/14 embedding by a model fitted on the training split:
+    the published 3-layer MLP (`predict_fn` a torch module) or nsdbench's ridge (a RidgeModel's predict)."""
 
-    def __init__(self, model: Any, embed: Callable[[np.ndarray], np.ndarray], identity: str) -> None:
-        self.model = model
+    def __init__(
+        self,
+        predict_fn: Callable[[np.ndarray], Any],
+        n_voxels: int,
+        embed: Callable[[np.ndarray], np.ndarray],
+        identity: str,
+    ) -> None:
+        self.predict_fn = predict_fn
         self.embed = embed
         self.identity = identity
-        self.n_voxels = int(model.n_targets)
+        self.n_voxels = int(n_voxels)
 
     def predict_embeddings(self, embeds: np.ndarray) -> torch.Tensor:
-        """Predicted betas (N, V) float64 from CLIP embeddings (N, dim)."""
-        return torch.as_tensor(self.model.predict(np.asarray(embeds, np.float64), progress=False))
+        """Predicted betas (N, V) float64 on the CPU from CLIP embeddings (N, dim)."""
+        out = self.predict_fn(np.asarray(embeds))
+        return torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out).double().cpu()
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Predicted betas (N, V) of uint8 images (N, 3, H, W), on the images' device."""
         pixels = images.permute(0, 2, 3, 1).cpu().numpy()
         return self.predict_embeddings(self.embed(pixels)).to(images.device)
+
+
+def ridge_predictor(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A RidgeModel as a function of CLIP embeddings (float64)."""
+    return lambda e: model.predict(np.asarray(e, np.float64), progress=False)
+
+
+def torch_predictor(module: torch.nn.Module) -> Callable[[np.ndarray], torch.Tensor]:
+    """A torch module (float32, on its device) as a function of CLIP embeddings, without gradients."""
+    device = next(module.parameters()).device
+
+    def predict(e: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return module(torch.as_tensor(np.asarray(e, np.float32), device=device))
+
+    return predict
 
 
 class HybridEncoder:

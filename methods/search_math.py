@@ -62,6 +62,12 @@ def pearson_rows(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
 
 
+def mean_pearson(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row of pred (N, V): the mean over the rows of targets (R, V) of its Pearson r with each, float64 (the
+    published search scores a candidate by its mean r with the single repetitions)."""
+    return correlation_matrix(pred, targets).mean(1)
+
+
 def correlation_matrix(pred: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
     """Pearson r of every library row pred (L, V) with every measured row (T, V) → (L, T), one matmul."""
     p = pred.double() - pred.double().mean(1, keepdim=True)

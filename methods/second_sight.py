@@ -6,13 +6,15 @@ correlation of its guidance-encoder prediction with the measured test betas; c0 
 embedding of the top-k on nsdgeneral, z0 = VDVAE decoding of the mean latents of the top-k on early visual
 cortex. Ridge decodes the CLIP embedding from nsdgeneral betas (the CCN search and its baseline start there).
 Stage 2 (in `reconstruct`): iterations of unCLIP img2img batches scored by the same encoder, checkpointed
-after every iteration so a preempted job resumes mid-image with the same result.
+after every iteration so a preempted job resumes mid-image with the same result. This module holds the
+settings and the adapters (no torch at import: `nsdbench methods list` stays light); the work is in
+second_sight_search.py.
 
 Published facts the defaults follow (reesekneeland/Second-Sight; files named relative to that repository):
 - 6 iterations, 100 samples, 4 branches: src/second_sight.py argparse defaults (-i 6, -n 100, -b 4).
 - λ_i = 0.92 − 0.3((i+1)/n)³, γ_i = 0.2((i+1)/n)², n_b = max(10, int((100/4)λ)); iteration 0 draws all 100
   samples from (c0, z0) in one distribution; later iterations branch from the top-4 images of the previous
-  iteration only; each branch's conditioning is slerp(c_i, slerp(c_i, CLIP(seed), γ), γ); a branch with a
+  iteration (plus the best image, `best_image_branch`); each branch's conditioning is slerp(c_i, slerp(c_i, CLIP(seed), γ), γ); a branch with a
   higher mean score than any before becomes the best distribution (its best image is the output, its
   clip seed the `best_clip`), and c_i ← slerp(c_i, best_clip, γ) after every iteration (after iteration 0
   towards the CLIP of its best image): src/stochastic_search.py `search`.
@@ -25,28 +27,41 @@ Published facts the defaults follow (reesekneeland/Second-Sight; files named rel
   models' correlations (src/library_assembler.py `rankCoco`). c0: top-100 by the hybrid on all of
   nsdgeneral; z0: top-25 VDVAE latents by GNet8 alone on early visual cortex (src/second_sight.py,
   LibraryAssembler(configList=["gnet", "clip"]) and (["gnet"], mask=early_vis)).
-Deviations: the CLIP model is nsdbench's ridge, not the MLP; no denoising autoencoder on the betas and the
-scores use the trial-averaged betas, not the mean over the three repetitions; branches start from the seeds'
-latents rather than re-encoding their pixels; the published extra branch from the best image (a
-double-negated condition in `search`) is left out.
+- Hybrid CLIP model: the 3-layer MLP 1024 -> 15000 -> 15000 -> voxels trained on single trials, Adam lr 1e-5,
+  batch 750, summed MSE, early stopping (patience 5) on the last 15% of the training images (src/model_zoo.py
+  CLIPEncoderModel, src/clip_encoder.py); setting `clip_encoder` ('mlp'; 'ridge' is nsdbench's cheaper ridge).
+- Scoring target: each test repetition's betas through the denoising autoencoder (voxels -> 5000 -> 1000 -> 500
+  and back, trained from single-trial betas to the hybrid's prediction for the seen image: src/autoencoder.py,
+  src/utils.py load_nsd ae=True), a candidate's score the mean r over the repetitions (src/stochastic_search.py
+  prepare_betas, score_samples; src/second_sight.py runs with the autoencoder unless --noae). Settings
+  `autoencoder` and `score_target`.
+- Library assembler: the paper's (§2 step 1, App. B.6): the same denoised repetitions, a library image's score the
+  mean over encoders and repetitions of its r (src/library_assembler.py rankCoco averages over models and
+  repetitions; its autoencoder branch names an undefined `AEmodel`, line 61, so as released it runs only
+  with --noae).
+Deviations: one autoencoder (the hybrid's, as the paper trains it) also for the image-encoder-only z0 ranking,
+where the released code would load one per encoder; tiny mode trains 128-wide MLPs with lr 1e-3 for at most
+40 epochs; betas are session z-scored; branches start from the seeds' latents rather than re-encoding their
+pixels.
+Chosen image: published, the best image of the best distribution (`keep_best` False), whose own score can fall
+when a later distribution has a higher mean but a lower maximum; `keep_best` outputs the best image so far.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
-from nsdbench.errors import DataError, UsageError
-from nsdbench.methods import search_math as sm
-from nsdbench.methods.adapter import FitCache, Method, Output, RunContext, SubjectData, TestItem
+from nsdbench.methods.adapter import Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
 
-PAPER = "Kneeland et al. 2023, Second Sight (arXiv:2306.00927); reesekneeland/Second-Sight"
+if TYPE_CHECKING:  # the search lives in second_sight_search (torch), imported when a method runs
+    from nsdbench.methods import second_sight_search as S
+
+PAPER = "Kneeland et al. 2023, Second Sight (arXiv:2306.00927); reesekneeland/Second-Sight (lines: commit 27401ad)"
 CCN_PAPER = "Kneeland, St-Yves, Naselaris et al., CCN 2023: brain-optimized stochastic search"
 RIDGE_ALPHAS = (1e2, 1e3, 1e4, 3e4, 6e4, 1e5, 3e5)
 
@@ -56,8 +71,13 @@ class SecondSightSettings:
     """Published values (Appendix B.6-B.7); `clip_top_k`/`vdvae_top_k` 0 = published (100/25; 10/3 in tiny)."""
 
     encoder: str = ""  # guidance encoder: "" = gnet8 (pretrained) or nsdbench-encoder-v1 (random, tiny)
-    hybrid: bool = True  # average `encoder` with a CLIP-embedding -> betas ridge (the published "hybrid")
-    clip_encoder_alphas: tuple[float, ...] = RIDGE_ALPHAS  # that ridge's candidate alphas (5-fold CV)
+    hybrid: bool = True  # average `encoder` with a CLIP-embedding -> betas model (the published "hybrid")
+    clip_encoder: str = "mlp"  # that model: "mlp" (published 3-layer MLP) or "ridge"
+    clip_mlp_hidden: tuple[int, ...] = ()  # () = published (15000, 15000); (128, 128) in tiny mode
+    clip_encoder_alphas: tuple[float, ...] = RIDGE_ALPHAS  # the ridge's candidate alphas (5-fold CV)
+    autoencoder: bool = True  # denoise each test repetition's betas before scoring (published default)
+    autoencoder_widths: tuple[int, ...] = ()  # () = published (5000, 1000, 500); (64, 32, 16) in tiny mode
+    score_target: str = "trials"  # mean r over the single repetitions (published) or "average" betas
     iterations: int = 6
     search_samples: int = 100  # base images per iteration, split over the branches
     branches: int = 4
@@ -68,6 +88,8 @@ class SecondSightSettings:
     momentum_power: float = 2.0
     branch_floor: float = 0.4  # n_b >= ceil(0.4 * 25) = 10
     keep_seeds: bool = False  # True: the previous seeds compete with the new images (published: no)
+    best_image_branch: bool = True  # a branch from the best image when it is among the seeds (published)
+    keep_best: bool = False  # output the best-scoring image so far, not the best distribution's best image
     clip_top_k: int = 0
     vdvae_top_k: int = 0
     z0_from: str = (
@@ -112,504 +134,19 @@ class ClipDecodingSettings:
     ridge_alphas: tuple[float, ...] = RIDGE_ALPHAS
 
 
-# ---------------------------------------------------------------------------------------------- shared parts
-
-
-def unseen_ids(train: SubjectData) -> np.ndarray:
-    """Every NSD id the subject never saw, ascending (63k on the real NSD)."""
-    seen = {int(i) for i in train.seen_ids()} | set(train.train_ids) | set(train.test_ids)
-    lib = np.array([i for i in range(train.n_images) if i not in seen], dtype=np.int64)
-    if len(lib) == 0:
-        raise DataError(f"subject {train.subject}: no NSD image left that the subject never saw")
-    return lib
-
-
-def encoder_name(setting: str, weights_mode: str) -> str:
-    """The guidance encoder: the setting, else GNet8 with pretrained weights and the canonical encoder otherwise."""
-    return setting or ("gnet8" if weights_mode == "pretrained" else "nsdbench-encoder-v1")
-
-
-def nchw(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> uint8 (N, 3, H, W) tensor."""
-    return torch.tensor(np.asarray(images, dtype=np.uint8)).permute(0, 3, 1, 2)
-
-
-def device_tensor(array: np.ndarray, device: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A C-contiguous copy of `array` in torch's memory: kernels round differently on other memory layouts (a
-    channels-last latent and its checkpointed copy), which would break bit-identical resumes."""
-    return torch.tensor(np.ascontiguousarray(array), device=device, dtype=dtype)
-
-
-def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    """Float images in [0, 1] (N, 3, H, W) -> uint8 (N, H, W, 3), rounded."""
-    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def resize_square(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, h, w, 3) -> uint8 (N, size, size, 3), PIL bicubic (identity at that size)."""
-    from nsdbench.methods.baselines import upsample
-
-    return np.stack([upsample(np.asarray(im, dtype=np.uint8), size) for im in images])
-
-
-def output_image(image: np.ndarray, size: int) -> np.ndarray:
-    """A generated image at the NSD stimulus size."""
-    from PIL import Image
-
-    if image.shape[0] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
-
-
-class UnclipSampler:
-    """The unCLIP components, an empty prompt and the sampler settings of one run."""
-
-    def __init__(self, mode: str, device: str, settings: Any) -> None:
-        from nsdbench.methods.components.stable_diffusion import encode_prompts, load_unclip
-        from nsdbench.methods.diffusion.unclip import UnclipSettings
-
-        self.components = load_unclip(mode, device)
-        self.empty = encode_prompts(self.components, [""])
-        self.negative = encode_prompts(self.components, [getattr(settings, "negative_prompt", "")])
-        self.settings = settings
-        self.sampler = UnclipSettings(
-            num_inference_steps=settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale,
-            noise_level=settings.noise_level,
-        )
-        unet = self.components.unet.config
-        factor = 2 ** (len(self.components.vae.config.block_out_channels) - 1)
-        self.image_size = int(unet.sample_size) * factor
-        self.latent_shape = (int(unet.in_channels), int(unet.sample_size), int(unet.sample_size))
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """OpenCLIP image embeddings (float32, CPU) of uint8 images."""
-        from nsdbench.methods.diffusion.unclip import image_embeddings
-
-        return image_embeddings(self.components, images, self.settings.library_batch).float().cpu().numpy()
-
-    @torch.no_grad()
-    def sample(
-        self,
-        c: torch.Tensor,
-        seeds: Sequence[int],
-        strength: float,
-        init_images: torch.Tensor | None = None,
-        init_latents: torch.Tensor | None = None,
-        batch: int = 64,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidates for conditioning rows c (N, dim): (final latents, images in [0, 1]), in chunks of `batch`
-        rows; row j draws all its noise from the generator seeded with seeds[j]."""
-        from dataclasses import replace
-
-        from nsdbench.methods import seeds as seeding
-        from nsdbench.methods.diffusion.img2img import decode_latents
-        from nsdbench.methods.diffusion.unclip import unclip_img2img_latents
-
-        settings = replace(self.sampler, strength=float(min(strength, 1.0)))
-        latents, images = [], []
-        for s in range(0, len(c), batch):
-            sl = slice(s, s + batch)
-            n = len(c[sl])
-            gens = [seeding.torch_generator(int(x), "cpu") for x in seeds[sl]]
-            lat = unclip_img2img_latents(
-                self.components,
-                c[sl],
-                self.empty.expand(n, -1, -1),
-                self.negative.expand(n, -1, -1),
-                gens,
-                settings,
-                init_images=None if init_images is None else init_images[sl],
-                init_latents=None if init_latents is None else init_latents[sl],
-                latent_shape=self.latent_shape,
-            )
-            latents.append(lat)
-            images.append(decode_latents(self.components.vae, lat, self.sampler.vae_batch_size))
-        return torch.cat(latents), torch.cat(images)
-
-
-def weights_tag(mode: str, artifact: str) -> str:
-    """What a cached row depends on among the weights: the fetched artifact's sha256, or the seeded mode."""
-    from nsdbench import weights
-
-    return weights.recorded_sha256(artifact) if mode == "pretrained" else mode
-
-
-def library_embeddings(gen: UnclipSampler, train: SubjectData, ids: Sequence[int], mode: str) -> np.ndarray:
-    """OpenCLIP embeddings of NSD images from the shared per-id feature store (computed once per id)."""
-    from nsdbench.feature_store import FeatureStore, default_root
-
-    dim = int(gen.components.image_encoder.config.projection_dim)
-    comp = gen.components
-    where = f"{comp.dtype}/{comp.device.type}/{weights_tag(mode, 'stable-diffusion-2-1-unclip')}"
-    store = FeatureStore(
-        default_root(), f"{train.data_identity}/unclip-h-image-embeds/{where}", (dim,), "float32"
-    )
-    return store.get_or_compute(list(ids), lambda b: gen.embed(train.images(b)), gen.settings.library_batch)
-
-
-def decode_clip(train: SubjectData, gen: UnclipSampler, mode: str, alphas: tuple[float, ...]) -> np.ndarray:
-    """Ridge (alpha by 5-fold CV, one for all targets) from z-scored nsdgeneral betas to the CLIP image
-    embedding, predicted for the test betas (rows aligned with test_ids), cached by content hash."""
-    from nsdbench import ridge
-
-    y = library_embeddings(gen, train, train.train_ids, mode)
-    settings = ridge.RidgeSettings(alphas=tuple(alphas), cv=5, per_target=False, dtype="float64")
-    pred = ridge.fit_predict(
-        train.betas("train"), y, train.betas("test"), settings, cache=True, progress=False
-    )
-    return np.asarray(pred, dtype=np.float32)
-
-
-def measured_betas(train: SubjectData) -> np.ndarray:
-    """Test betas in the encoders' space (nsdgeneral, session z-scored), rows aligned with test_ids."""
-    return np.asarray(train.betas("test", "nsdgeneral", normalize="session-zscore"), dtype=np.float32)
-
-
-def library_predictions(
-    encoder: Any, train: SubjectData, lib: np.ndarray, batch: int, ctx: RunContext
-) -> np.ndarray:
-    """Guidance-encoder predictions (L, V) of the library, per id in the shared feature store."""
-    from nsdbench.feature_store import FeatureStore, default_root
-
-    identity = f"{train.data_identity}/guidance/{encoder.identity}"
-    store = FeatureStore(default_root(), identity, (int(encoder.n_voxels),), "float32")
-    ctx.set_total(len(store.missing(lib)), unit="img")
-
-    def compute(ids: list[int]) -> np.ndarray:
-        return encoder.predict(nchw(train.images(ids))).float().cpu().numpy()
-
-    return store.get_or_compute(list(lib), compute, batch, progress=ctx.advance)
-
-
-def rank_library(
-    pred: np.ndarray | Sequence[np.ndarray],
-    measured: np.ndarray,
-    k: int,
-    device: str,
-    mask: np.ndarray | None = None,
-    block: int = 8192,
-) -> np.ndarray:
-    """Top-k library rows (T, k) per measured row by Pearson r over the voxels of `mask`, on the device; with
-    several encoders' predictions (each (L, V)) the score is the mean of their correlations."""
-    from nsdbench.methods.hybrid_encoder import hybrid_correlation_matrix
-
-    preds = [pred] if isinstance(pred, np.ndarray) else list(pred)
-    m = torch.as_tensor(measured if mask is None else measured[:, mask], device=device)
-    scores = []
-    for s in range(0, len(preds[0]), block):
-        parts = [p[s : s + block] if mask is None else p[s : s + block][:, mask] for p in preds]
-        scores.append(hybrid_correlation_matrix([torch.as_tensor(p, device=device) for p in parts], m))
-    return sm.top_k_rows(torch.cat(scores), k).cpu().numpy()
-
-
-def clip_betas_encoder(train: SubjectData, gen: UnclipSampler, mode: str, alphas: tuple[float, ...]) -> Any:
-    """The hybrid's second model: ridge (alpha by 5-fold CV) from the OpenCLIP embeddings of the training
-    images to their nsdgeneral betas in the encoders' space, fitted on the training split (cached)."""
-    import hashlib
-
-    from nsdbench import ridge
-    from nsdbench.methods.hybrid_encoder import ClipRidgeEncoder
-
-    x = library_embeddings(gen, train, train.train_ids, mode)
-    y = np.asarray(train.betas("train", "nsdgeneral", normalize="session-zscore"), dtype=np.float32)
-    settings = ridge.RidgeSettings(alphas=tuple(alphas), cv=5, per_target=False, dtype="float64")
-    model = ridge.fit_ridge(x, y, settings, cache=True, progress=False)
-    digest = hashlib.sha256()
-    for a in (x, y, np.asarray(alphas, np.float64)):
-        digest.update(np.ascontiguousarray(a).tobytes())
-    identity = (
-        f"clip-betas-ridge/unclip-h-image-embeds/{mode}/{gen.components.dtype}/subj{train.subject:02d}"
-        f"/{digest.hexdigest()[:16]}"
-    )
-    return ClipRidgeEncoder(model, gen.embed, identity)
-
-
-def guidance_encoder(method: Method, train: SubjectData, ctx: RunContext, gen: UnclipSampler) -> Any:
-    """`ctx.encoder` alone, or (setting `hybrid`) its average with the CLIP -> betas ridge."""
-    from nsdbench.methods.hybrid_encoder import HybridEncoder
-
-    s = method.settings
-    base = ctx.encoder(encoder_name(s.encoder, ctx.weights_mode))
-    if not getattr(s, "hybrid", False):
-        return base
-    clip = clip_betas_encoder(train, gen, ctx.weights_mode, s.clip_encoder_alphas)
-    if ctx.checkpoint_dir is not None:  # the run folder is checkpoints/subjXX's grandparent
-        from nsdbench.runs.session import record_guiding_encoder
-
-        record_guiding_encoder(Path(ctx.checkpoint_dir).parents[1], clip.identity)
-    return HybridEncoder([base, clip])
-
-
-def encoder_parts(encoder: Any) -> tuple[Any, ...]:
-    """The models a (possibly hybrid) guidance encoder averages."""
-    return tuple(getattr(encoder, "parts", (encoder,)))
-
-
-# ---------------------------------------------------------------------------------------------- second-sight
-
-
-def vdvae_latents(vdvae: Any, train: SubjectData, ids: Sequence[int], batch: int, mode: str) -> np.ndarray:
-    """VDVAE posterior-mean latents (N, D) of NSD images at 64 px, per id in the shared feature store."""
-    from nsdbench.feature_store import FeatureStore, default_root
-    from nsdbench.methods.components.vdvae import encode_latents, resize_like_brain_diffuser
-
-    cfg = vdvae.cfg
-    dim = int(cfg.latent_dim(cfg.n_latent_groups))
-    device = next(vdvae.parameters()).device.type
-    identity = f"{train.data_identity}/vdvae/{cfg.name}/{mode}/posterior-mean/{device}/{vdvae.weights_sha256}"
-    store = FeatureStore(default_root(), identity, (dim,), "float32")
-
-    def compute(chunk: list[int]) -> np.ndarray:
-        return encode_latents(vdvae, resize_like_brain_diffuser(train.images(chunk), cfg.image_size)).numpy()
-
-    return store.get_or_compute(list(ids), compute, batch)
-
-
-def assemble(
-    train: SubjectData, ctx: RunContext, settings: SecondSightSettings, gen: UnclipSampler, encoder: Any
-) -> dict[str, np.ndarray]:
-    """Stage 1 for every test id: c0 (T, dim) and the z0 image (T, S, S, 3) at the VDVAE's size."""
-    from nsdbench.methods import seeds as seeding
-    from nsdbench.methods.components.vdvae import decode_latents, load_vdvae
-
-    if settings.z0_from not in ("library", "decoded"):
-        raise UsageError(f"second-sight: z0_from must be 'library' or 'decoded', got {settings.z0_from!r}")
-    tiny = ctx.weights_mode == "tiny"
-    k_clip = settings.clip_top_k or (10 if tiny else 100)
-    k_vdvae = settings.vdvae_top_k or (3 if tiny else 25)
-    lib = unseen_ids(train)
-    measured = measured_betas(train)
-    parts = encoder_parts(encoder)
-    preds = []
-    for part in parts:
-        if hasattr(part, "predict_embeddings"):  # the CLIP -> betas model: from the stored embeddings
-            emb_lib = library_embeddings(gen, train, lib, ctx.weights_mode)
-            preds.append(part.predict_embeddings(emb_lib).numpy().astype(np.float32))
-        else:
-            preds.append(library_predictions(part, train, lib, settings.library_batch, ctx))
-    early = np.asarray(train.roi_voxel_masks()["early"], dtype=bool)
-    top_c = lib[rank_library(preds, measured, k_clip, ctx.device)]  # hybrid, all of nsdgeneral
-    top_z = lib[rank_library(preds[0], measured, k_vdvae, ctx.device, mask=early)]  # image encoder alone
-
-    union_c = np.unique(top_c)
-    emb = dict(zip(union_c.tolist(), library_embeddings(gen, train, union_c, ctx.weights_mode), strict=True))
-    c0 = np.stack([np.mean([emb[int(i)] for i in row], axis=0) for row in top_c]).astype(np.float32)
-
-    vdvae = load_vdvae(ctx.weights_mode, ctx.device)
-    if settings.z0_from == "decoded":
-        from nsdbench import ridge
-
-        y = vdvae_latents(vdvae, train, train.train_ids, settings.library_batch, ctx.weights_mode)
-        ridge_settings = ridge.RidgeSettings(alpha=settings.vdvae_alpha, dtype="float64")
-        z_pred = ridge.fit_predict(
-            train.betas("train"), y, train.betas("test"), ridge_settings, cache=True, progress=False
-        )
-        z_mean = ridge.bd_postprocess(z_pred, y).astype(np.float32)
-    else:
-        union_z = np.unique(top_z)
-        lat = dict(
-            zip(
-                union_z.tolist(),
-                vdvae_latents(vdvae, train, union_z, settings.library_batch, ctx.weights_mode),
-                strict=True,
-            )
-        )
-        z_mean = np.stack([np.mean([lat[int(i)] for i in row], axis=0) for row in top_z]).astype(np.float32)
-    gens = [seeding.torch_generator(ctx.seed(int(n), -1), "cpu") for n in train.test_ids]
-    z_images = np.concatenate(
-        [
-            decode_latents(
-                vdvae, z_mean[s : s + settings.library_batch], gens[s : s + settings.library_batch]
-            ).numpy()
-            for s in range(0, len(z_mean), settings.library_batch)
-        ]
-    )
-    return {
-        "test_ids": np.asarray(train.test_ids, np.int64),
-        "c0": c0,
-        "z0_image": z_images,
-        "measured": measured,
-    }
-
-
-def fit_cached(
-    method: Method, train: SubjectData, ctx: RunContext, encoder: Any, build
-) -> dict[str, np.ndarray]:
-    """Stage 1 through ctx.cache, keyed by method, settings, data and the encoder's content identity."""
-    from nsdbench.methods.adapter import settings_dict
-
-    key = FitCache.key(
-        {
-            "method": method.name,
-            "version": method.version,
-            "subject": train.subject,
-            "split": ctx.split,
-            "weights": ctx.weights_mode,
-            "device": torch.device(ctx.device).type,  # cuda:0 and cuda:1 share one fit
-            "data": train.data_identity,
-            "artifacts": {a: weights_tag(ctx.weights_mode, a) for a in method.required_artifacts()},
-            "seed": ctx.base_seed,
-            "encoder": getattr(encoder, "identity", None),
-            "settings": settings_dict(method.settings),
-        },
-        np.asarray(train.test_ids, np.int64),
-        measured_betas(train),
-    )
-    return ctx.cache.get_or_compute(key, build) if ctx.cache is not None else dict(build())
-
-
-@dataclass
-class SearchState:
-    """Where one item's search stands after `done` iterations (saved to its checkpoint as arrays)."""
-
-    done: int
-    seed_c: np.ndarray  # (B, dim) CLIP embeddings of the seeds ((0, dim) before the first iteration)
-    seed_z: np.ndarray  # (B, C, h, w) init latents of the next branches ((0,) before the first iteration)
-    seed_scores: np.ndarray  # (B,) brain correlation of the current seeds
-    seed_images: np.ndarray  # (B, H, W, 3) the seed images
-    prev_c: np.ndarray  # (dim,) the running conditioning c_i
-    best_c: np.ndarray  # (dim,) the clip seed of the best distribution so far (c_i moves towards it)
-    trace_scores: np.ndarray  # (done,) mean brain correlation of the best distribution after each iteration
-    trace_images: np.ndarray  # (done, H, W, 3) the chosen image after each iteration
-    trace_image_scores: np.ndarray  # (done,) its brain correlation
-    best_mean: np.ndarray  # () highest mean brain correlation of a distribution so far
-    best_image: np.ndarray  # (H, W, 3) best image of that distribution
-    best_score: np.ndarray  # ()
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v) for k, v in self.__dict__.items()}
-
-    @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray]) -> SearchState:
-        return cls(**{k: (int(a[k]) if k == "done" else a[k]) for k in cls.__dataclass_fields__})
-
-
-def score_images(encoder: Any, pixels: np.ndarray, target: torch.Tensor) -> np.ndarray:
-    """Pearson r (N,) of the guidance encoder's prediction for each uint8 image with the measured betas."""
-    return sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
-
-
-def second_sight_iteration(
-    state: SearchState,
-    i: int,
-    z0_image: np.ndarray | None,
-    target: torch.Tensor,
-    item: TestItem,
-    settings: SecondSightSettings,
-    gen: UnclipSampler,
-    encoder: Any,
-) -> SearchState:
-    """One search iteration as published: iteration 0 samples one distribution of `search_samples` images from
-    (c0, z0); later ones n_b images per branch seeded by the previous iteration's top images, conditioned on
-    slerps of c_i towards the seeds' CLIP embeddings; then the best distribution and the new c_i."""
-    s = settings
-    lam = sm.second_sight_strength(i, s.iterations, s.strength_start, s.strength_drop, s.strength_power)
-    gamma = sm.second_sight_momentum(i, s.iterations, s.momentum_scale, s.momentum_power)
-    device, dtype = gen.components.device, gen.components.dtype
-    c_i = torch.as_tensor(state.prev_c, dtype=torch.float64)
-    if i == 0 or len(state.seed_c) == 0:
-        rows = np.zeros(s.search_samples, dtype=np.int64)
-        clip_seeds = branch_c = c_i[None]
-    else:
-        n_b = sm.branch_size(lam, max(1, s.search_samples // s.branches), s.branch_floor)
-        rows = np.repeat(np.arange(len(state.seed_c)), n_b)
-        towards = c_i.expand(len(state.seed_c), -1)
-        clip_seeds = sm.slerp(towards, torch.as_tensor(state.seed_c, dtype=torch.float64), gamma)
-        branch_c = sm.slerp(towards, clip_seeds, gamma)
-    c = device_tensor(branch_c.float().numpy()[rows], device, dtype)
-    seeds = [sm.candidate_seed(item.seed, "second-sight", i, j) for j in range(len(rows))]
-    if len(state.seed_z) == 0:
-        init = device_tensor(resize_square(z0_image[None], gen.image_size), device)
-        init = init.permute(0, 3, 1, 2).to(dtype) / 255.0
-        latents, images = gen.sample(
-            c, seeds, lam, init_images=init.expand(len(rows), -1, -1, -1), batch=s.unet_batch
-        )
-    else:
-        z = device_tensor(state.seed_z[rows], device, dtype)
-        latents, images = gen.sample(c, seeds, lam, init_latents=z, batch=s.unet_batch)
-    pixels = to_uint8_nhwc(images)
-    scores = score_images(encoder, pixels, target)
-
-    best_mean, best_image, best_score = state.best_mean, state.best_image, state.best_score
-    best_c = torch.as_tensor(state.best_c, dtype=torch.float64)
-    improved = False
-    for b in range(int(rows.max()) + 1):
-        in_branch = np.flatnonzero(rows == b)
-        mean = float(scores[in_branch].mean())
-        if best_mean.size == 0 or mean > float(best_mean):
-            j = int(in_branch[np.argmax(scores[in_branch])])
-            best_mean, best_image, best_score = np.float64(mean), pixels[j], np.float64(scores[j])
-            best_c, improved = clip_seeds[b], True
-    if len(state.seed_z) == 0 and improved:  # iteration 0: towards the CLIP embedding of its best image
-        best_c = torch.as_tensor(gen.embed(best_image[None])[0], dtype=torch.float64)
-    if improved or len(state.seed_z) > 0:
-        c_i = sm.slerp(c_i[None], best_c[None], gamma)[0]
-
-    pool_scores, pool_images = scores, pixels
-    pool_z = latents.float().cpu().contiguous().numpy()
-    if s.keep_seeds and len(state.seed_z) > 0:
-        pool_scores = np.concatenate([state.seed_scores, scores])
-        pool_images = np.concatenate([state.seed_images, pixels])
-        pool_z = np.concatenate([state.seed_z, pool_z])
-    order = np.argsort(-pool_scores, kind="stable")[: s.branches]
-    return SearchState(
-        done=i + 1,
-        seed_c=gen.embed(pool_images[order]).astype(np.float32),
-        seed_z=pool_z[order],
-        seed_scores=pool_scores[order],
-        seed_images=pool_images[order],
-        prev_c=c_i.float().numpy(),
-        best_c=best_c.float().numpy(),
-        trace_scores=np.append(state.trace_scores, best_mean),
-        trace_images=np.concatenate([state.trace_images, best_image[None]]),
-        trace_image_scores=np.append(state.trace_image_scores, best_score),
-        best_mean=np.asarray(best_mean),
-        best_image=best_image,
-        best_score=np.asarray(best_score),
-    )
-
-
-def initial_state(c0: np.ndarray, branches: int, size: int) -> SearchState:
-    """Before the first iteration: c_i = c0, no seeds yet (the first iteration starts from z0)."""
-    c0 = np.asarray(c0, np.float32)
-    return SearchState(
-        done=0,
-        seed_c=np.zeros((0, c0.shape[-1]), np.float32),
-        seed_z=np.zeros((0,), np.float32),
-        seed_scores=np.zeros((0,)),
-        seed_images=np.zeros((0, size, size, 3), np.uint8),
-        prev_c=c0,
-        best_c=c0,
-        trace_scores=np.zeros((0,)),
-        trace_images=np.zeros((0, size, size, 3), np.uint8),
-        trace_image_scores=np.zeros((0,)),
-        best_mean=np.zeros((0,)),
-        best_image=np.zeros((size, size, 3), np.uint8),
-        best_score=np.zeros((0,)),
-    )
-
-
-def trace_extras(scores: np.ndarray, images: np.ndarray) -> dict[str, Any]:
-    """Extras of one item: the chosen image after each iteration and the scores (JSON; for second-sight the
-    best distribution's mean, which never decreases)."""
-    extras: dict[str, Any] = {f"iter{i}.png": img for i, img in enumerate(images)}
-    extras["search.json"] = {"best_brain_correlation_per_iteration": [float(x) for x in scores]}
-    return extras
-
-
 class _UnclipMethod(Method):
     """Shared setup/close of the unCLIP methods."""
 
     default_batch_size: ClassVar[int] = 4
 
     def required_artifacts(self) -> tuple[str, ...]:
+        from nsdbench.methods import second_sight_search as S
         from nsdbench.methods.components.stable_diffusion import UNCLIP
 
         if self.weights_mode != "pretrained":
             return ()
         arts = [UNCLIP]
-        name = encoder_name(getattr(self.settings, "encoder", "nsdbench-encoder-v1"), self.weights_mode)
+        name = S.encoder_name(getattr(self.settings, "encoder", "nsdbench-encoder-v1"), self.weights_mode)
         if name == "gnet8":
             arts.append("gnet8-multisubject")
         else:
@@ -621,7 +158,9 @@ class _UnclipMethod(Method):
         return tuple(arts)
 
     def setup(self, ctx: RunContext) -> None:
-        self.gen = UnclipSampler(ctx.weights_mode, ctx.device, self.settings)
+        from nsdbench.methods import second_sight_search as S
+
+        self.gen = S.UnclipSampler(ctx.weights_mode, ctx.device, self.settings)
 
     def close(self) -> None:
         self.gen = None
@@ -637,12 +176,22 @@ class SecondSight(_UnclipMethod):
         "distribution's best image."
     )
     paper = PAPER
-    version = "2"  # published search (iteration 0, double slerp, no kept seeds), hybrid encoder, 50 steps
+    version = "3"  # best-image branch, MLP hybrid, autoencoded repetitions (search and library)
     Settings = SecondSightSettings
     setting_help: ClassVar[dict[str, str]] = {
         "encoder": "image encoder of the hybrid ('' = gnet8 pretrained, nsdbench-encoder-v1 otherwise)",
-        "hybrid": "average with a CLIP->betas ridge, as the published GNet8+CLIP hybrid "
+        "hybrid": "average with a CLIP->betas model, as the published GNet8+CLIP hybrid "
         "(src/stochastic_search.py predict; src/library_assembler.py rankCoco)",
+        "clip_encoder": "'mlp' published: src/model_zoo.py lines 9-21 (CLIPEncoderModel 1024->15000->15000->"
+        "voxels, ReLU), trained by src/clip_encoder.py (lines 18-23: Adam lr 1e-5, batch 750, 200 epochs; lines "
+        "146-154: early stopping, patience 5); 'ridge' is nsdbench's cheaper stand-in",
+        "clip_mlp_hidden": "() = (15000, 15000) as src/model_zoo.py lines 12-13; (128, 128) in tiny mode",
+        "autoencoder": "published True: src/second_sight.py lines 30-32 and 68-72 (on unless --noae); "
+        "src/stochastic_search.py lines 165-173 (prepare_betas) denoise each repetition with "
+        "src/model_zoo.py lines 24-46 (AutoEncoderModel), trained by src/autoencoder.py (lr 1e-5, batch 64)",
+        "autoencoder_widths": "() = (5000, 1000, 500) as src/model_zoo.py lines 27-41; (64, 32, 16) tiny",
+        "score_target": "'trials' published: src/stochastic_search.py lines 155-161 average the Pearson r over "
+        "the repetitions; 'average': r with the repetition-averaged betas",
         "iterations": "src/second_sight.py --iterations default 6",
         "search_samples": "src/second_sight.py --num_samples default 100",
         "branches": "src/second_sight.py --branches default 4",
@@ -650,6 +199,13 @@ class SecondSight(_UnclipMethod):
         "momentum_scale": "γ = 0.2((i+1)/n)^2: src/stochastic_search.py search",
         "branch_floor": "n_b = max(10, int(25λ)): src/stochastic_search.py search",
         "keep_seeds": "published False: seeds are the previous iteration's top images (src/stochastic_search.py)",
+        "best_image_branch": "published True: src/stochastic_search.py lines 237-239 add a branch from the "
+        "best image (clip seed c_i); the released condition is a double negation that holds when the best image "
+        "IS one of the seeds",
+        "keep_best": "published False: the output is the best image of the best distribution (src/"
+        "stochastic_search.py lines 205-208 and 278-287 replace it only when a distribution's MEAN score beats "
+        "every earlier one; line 298 returns it; src/second_sight.py lines 152 and 170-187 save it as "
+        "search_reconstruction.png), so its own score can fall; True outputs the best-scoring image so far",
         "clip_top_k": "0 = 100 (src/library_assembler.py benchmark, src/second_sight.py topn=100)",
         "vdvae_top_k": "0 = 25, GNet8 on early visual cortex (src/second_sight.py topn=25, early_vis mask)",
         "num_inference_steps": "50: reesekneeland/diffusers pipeline_stable_unclip_img2img.py reconstruct default",
@@ -659,6 +215,7 @@ class SecondSight(_UnclipMethod):
     }
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "keep-seeds": {"keep_seeds": True},
+        "keep-best": {"keep_best": True},
         "decoded-z0": {"z0_from": "decoded"},
     }
 
@@ -670,9 +227,11 @@ class SecondSight(_UnclipMethod):
         return (*super().required_artifacts(), ARTIFACT.name)
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[str, Any]:
-        encoder = guidance_encoder(self, train, ctx, self.gen)
-        arrays = fit_cached(
-            self, train, ctx, encoder, lambda: assemble(train, ctx, self.settings, self.gen, encoder)
+        from nsdbench.methods import second_sight_search as S
+
+        encoder = S.guidance_encoder(self, train, ctx, self.gen)
+        arrays = S.fit_cached(
+            self, train, ctx, encoder, lambda: S.assemble(train, ctx, self.settings, self.gen, encoder)
         )
         return {
             "arrays": arrays,
@@ -680,20 +239,25 @@ class SecondSight(_UnclipMethod):
             "encoder": encoder,
         }
 
-    def search(self, item: TestItem, fitted: dict[str, Any], ctx: RunContext) -> SearchState:
+    def search(self, item: TestItem, fitted: dict[str, Any], ctx: RunContext) -> S.SearchState:
         """Run (or resume) the search of one item, saving its state after every iteration."""
+        from nsdbench.methods import second_sight_search as S
+
         s, a = self.settings, fitted["arrays"]
         row = fitted["row"][item.nsd_id]
-        target = device_tensor(a["measured"][row], ctx.device)
+        if "targets" in a:
+            target = S.device_tensor(a["targets"][row, : int(a["n_reps"][row])], ctx.device)
+        else:
+            target = S.device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
         state = (
-            SearchState.from_arrays(saved)
+            S.SearchState.from_arrays(saved)
             if saved
-            else initial_state(a["c0"][row], s.branches, self.gen.image_size)
+            else S.initial_state(a["c0"][row], s.branches, self.gen.image_size)
         )
         for i in range(state.done, s.iterations):
-            state = second_sight_iteration(
+            state = S.second_sight_iteration(
                 state, i, a["z0_image"][row], target, item, s, self.gen, fitted["encoder"]
             )
             if ckpt is not None:
@@ -701,91 +265,26 @@ class SecondSight(_UnclipMethod):
         return state
 
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Output]:
+        from nsdbench.methods import second_sight_search as S
+
         for it in items:
             state = self.search(it, fitted, ctx)
-            image = output_image(state.best_image, ctx.data.image_size)
-            extras = trace_extras(state.trace_scores, state.trace_images)
+            chosen = state.top_image if self.settings.keep_best else state.best_image
+            image = S.output_image(chosen, ctx.data.image_size)
+            extras = S.trace_extras(state.trace_scores, state.trace_images)
             trace = extras["search.json"]
             trace["chosen_image_brain_correlation_per_iteration"] = [
                 float(x) for x in state.trace_image_scores
             ]
+            trace["chosen_image_rule"] = "best-so-far" if self.settings.keep_best else "best-distribution"
             trace["output_distribution_mean"] = float(state.best_mean)
-            trace["output_brain_correlation"] = float(state.best_score)
-            trace["guiding_encoders"] = [str(p.identity) for p in encoder_parts(fitted["encoder"])]
+            trace["best_distribution_image_brain_correlation"] = float(state.best_score)
+            trace["best_image_so_far_brain_correlation"] = float(state.top_score)
+            trace["output_brain_correlation"] = float(
+                state.top_score if self.settings.keep_best else state.best_score
+            )
+            trace["guiding_encoders"] = [str(p.identity) for p in S.encoder_parts(fitted["encoder"])]
             yield Output(it.nsd_id, it.sample, image, extras)
-
-
-# ---------------------------------------------------------------------------------------------- CCN form
-
-
-def decoded_fit(
-    method: Method, train: SubjectData, ctx: RunContext, encoder: Any, gen: UnclipSampler
-) -> dict[str, Any]:
-    """The ridge-decoded CLIP embeddings and measured betas of the test ids, cached."""
-
-    def build() -> dict[str, np.ndarray]:
-        return {
-            "test_ids": np.asarray(train.test_ids, np.int64),
-            "c": decode_clip(train, gen, ctx.weights_mode, method.settings.ridge_alphas),
-            "measured": measured_betas(train),
-        }
-
-    arrays = fit_cached(method, train, ctx, encoder, build)
-    return {
-        "arrays": arrays,
-        "row": {int(n): i for i, n in enumerate(arrays["test_ids"])},
-        "encoder": encoder,
-    }
-
-
-def stochastic_iteration(
-    state: SearchState,
-    i: int,
-    c: np.ndarray,
-    target: torch.Tensor,
-    item: TestItem,
-    settings: StochasticSearchSettings,
-    gen: UnclipSampler,
-    encoder: Any,
-) -> SearchState:
-    """One CCN iteration: a library of `search_samples` images conditioned on the decoded c, initialized
-    (after the first) from the best seeds in turn, at the cubic strength; the seeds are the best so far."""
-    s = settings
-    lam = sm.cubic_decay(i, s.iterations, s.strength_start, s.strength_end)
-    device, dtype = gen.components.device, gen.components.dtype
-    cond = device_tensor(np.repeat(c[None], s.search_samples, 0), device, dtype)
-    seeds = [sm.candidate_seed(item.seed, "stochastic-search", i, j) for j in range(s.search_samples)]
-    if i == 0 or lam >= 1.0 or len(state.seed_z) == 0:
-        latents, images = gen.sample(cond, seeds, 1.0, batch=s.unet_batch)
-    else:
-        rows = np.arange(s.search_samples) % len(state.seed_z)
-        z = device_tensor(state.seed_z[rows], device, dtype)
-        latents, images = gen.sample(cond, seeds, lam, init_latents=z, batch=s.unet_batch)
-    pixels = to_uint8_nhwc(images)
-    scores = sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
-    pool_scores = np.concatenate([state.seed_scores, scores])
-    pool_images = np.concatenate([state.seed_images, pixels])
-    pool_z = (
-        latents.float().cpu().contiguous().numpy()
-        if len(state.seed_z) == 0
-        else np.concatenate([state.seed_z, latents.float().cpu().contiguous().numpy()])
-    )
-    order = np.argsort(-pool_scores, kind="stable")[: s.seeds]
-    return SearchState(
-        done=i + 1,
-        seed_c=state.seed_c,
-        seed_z=pool_z[order],
-        seed_scores=pool_scores[order],
-        seed_images=pool_images[order],
-        prev_c=state.prev_c,
-        best_c=state.best_c,
-        trace_scores=np.append(state.trace_scores, pool_scores[order[0]]),
-        trace_images=np.concatenate([state.trace_images, pool_images[order[:1]]]),
-        trace_image_scores=np.append(state.trace_image_scores, pool_scores[order[0]]),
-        best_mean=np.asarray(scores.mean()),
-        best_image=pool_images[order[0]],
-        best_score=np.asarray(pool_scores[order[0]]),
-    )
 
 
 class StochasticSearch(_UnclipMethod):
@@ -801,32 +300,42 @@ class StochasticSearch(_UnclipMethod):
     Settings = StochasticSearchSettings
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[str, Any]:
-        encoder = ctx.encoder(encoder_name(self.settings.encoder, ctx.weights_mode))
-        return decoded_fit(self, train, ctx, encoder, self.gen)
+        from nsdbench.methods import second_sight_search as S
 
-    def search(self, item: TestItem, fitted: dict[str, Any], ctx: RunContext) -> SearchState:
+        encoder = ctx.encoder(S.encoder_name(self.settings.encoder, ctx.weights_mode))
+        return S.decoded_fit(self, train, ctx, encoder, self.gen)
+
+    def search(self, item: TestItem, fitted: dict[str, Any], ctx: RunContext) -> S.SearchState:
+        from nsdbench.methods import second_sight_search as S
+
         s, a = self.settings, fitted["arrays"]
         row = fitted["row"][item.nsd_id]
-        target = device_tensor(a["measured"][row], ctx.device)
+        target = S.device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
         state = (
-            SearchState.from_arrays(saved) if saved else initial_state(a["c"][row], 0, self.gen.image_size)
+            S.SearchState.from_arrays(saved)
+            if saved
+            else S.initial_state(a["c"][row], 0, self.gen.image_size)
         )
         for i in range(state.done, s.iterations):
-            state = stochastic_iteration(state, i, a["c"][row], target, item, s, self.gen, fitted["encoder"])
+            state = S.stochastic_iteration(
+                state, i, a["c"][row], target, item, s, self.gen, fitted["encoder"]
+            )
             if ckpt is not None:
                 ckpt.save(state.arrays())
         return state
 
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Output]:
+        from nsdbench.methods import second_sight_search as S
+
         for it in items:
             state = self.search(it, fitted, ctx)
             yield Output(
                 it.nsd_id,
                 it.sample,
-                output_image(state.best_image, ctx.data.image_size),
-                trace_extras(state.trace_scores, state.trace_images),
+                S.output_image(state.best_image, ctx.data.image_size),
+                S.trace_extras(state.trace_scores, state.trace_images),
             )
 
 
@@ -847,19 +356,23 @@ class ClipDecodingOnly(_UnclipMethod):
         return (UNCLIP,) if self.weights_mode == "pretrained" else ()
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[str, Any]:
-        return decoded_fit(self, train, ctx, None, self.gen)
+        from nsdbench.methods import second_sight_search as S
+
+        return S.decoded_fit(self, train, ctx, None, self.gen)
 
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[tuple]:
+        from nsdbench.methods import second_sight_search as S
+
         a = fitted["arrays"]
         gen = self.gen
-        c = device_tensor(
+        c = S.device_tensor(
             np.stack([a["c"][fitted["row"][it.nsd_id]] for it in items]),
             gen.components.device,
             gen.components.dtype,
         )
         _, images = gen.sample(c, [it.seed for it in items], 1.0, batch=len(items))
-        for it, img in zip(items, to_uint8_nhwc(images), strict=True):
-            yield it.nsd_id, it.sample, output_image(img, ctx.data.image_size)
+        for it, img in zip(items, S.to_uint8_nhwc(images), strict=True):
+            yield it.nsd_id, it.sample, S.output_image(img, ctx.data.image_size)
 
 
 for _cls in (SecondSight, StochasticSearch, ClipDecodingOnly):

@@ -23,9 +23,10 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from nsdbench.caches import ArrayCache
 from nsdbench.errors import UsageError
 from nsdbench.methods import takagi_features as tf
-from nsdbench.methods.adapter import FitCache, Method, Output, RunContext, SubjectData, TestItem
+from nsdbench.methods.adapter import Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
 
 
@@ -166,7 +167,7 @@ class Takagi2023(Method):
         for ext, roi in extractors:
             trials = train.single_trials("train", roi=roi)
             x_test_raw = train.betas("test", roi=roi, normalize="none")
-            key = FitCache.key(
+            key = ArrayCache.key(
                 {
                     "method": self.name,
                     "version": self.version,

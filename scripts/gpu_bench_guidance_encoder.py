@@ -20,9 +20,9 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from nsdbench.ridge import RidgeModel
     from nsdbench.metrics.encoder import EncoderSpec, EncodingModel, FeatureScaler, _ridge_settings
     from nsdbench.metrics.guidance import CanonicalGuidanceEncoder
+    from nsdbench.ridge import RidgeModel
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")

@@ -25,7 +25,7 @@ import torch
 def search_seconds(settings, gen, encoder, target, c0, z0, images: int) -> tuple[float, list[float]]:
     """Wall seconds of `images` whole searches (the device synchronized) and the last trace."""
     from nsdbench.methods.adapter import TestItem
-    from nsdbench.methods.second_sight import initial_state, second_sight_iteration
+    from nsdbench.methods.second_sight_search import initial_state, second_sight_iteration
 
     device = gen.components.device
     if device.type == "cuda":
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         args.samples, args.iterations = 8, 2
     device = torch.device(args.device or "cuda")
 
-    from nsdbench.methods.second_sight import SecondSightSettings, UnclipSampler
+    from nsdbench.methods.second_sight_search import SecondSightSettings, UnclipSampler
     from nsdbench.metrics.gnet8 import load_published_encoder
     from nsdbench.metrics.guidance import GNet8GuidanceEncoder
 

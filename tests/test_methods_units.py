@@ -222,7 +222,8 @@ def test_methods_cli_list_and_show(capsys):
     assert main(["methods", "show", "best-library-image", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert "Second Sight" in shown["paper"] and shown["default_samples"] == 1
-    assert shown["defaults"] == {"library_batch": 64} and shown["setting_types"] == {"library_batch": "int"}
+    assert shown["defaults"] == {"encoder": "nsdbench-encoder-v1", "library_batch": 64}
+    assert shown["setting_types"] == {"encoder": "str", "library_batch": "int"}
     assert set(shown["required_artifacts"]) == {"pretrained", "random", "tiny"}
     assert rows["ground-truth"]["reads_ground_truth"] and not rows["ridge-pixels"]["reads_ground_truth"]
     assert main(["methods", "show", "nope"]) == 2

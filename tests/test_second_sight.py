@@ -1,5 +1,6 @@
-"""second-sight, stochastic-search and clip-decoding-only: schedules against literal formulas, the search's
-monotone progress and exact resume with tiny unCLIP components, and the CLI end to end (slow)."""
+"""second-sight, stochastic-search and clip-decoding-only (methods/second_sight.py, second_sight_search.py):
+schedules against literal formulas, the search's monotone progress and exact resume with tiny unCLIP
+components, and the CLI end to end (slow)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def test_slerp_follows_the_great_circle():
 
 
 def test_library_ranking_equals_numpy_corrcoef():
-    from nsdbench.methods.second_sight import rank_library
+    from nsdbench.methods.second_sight_search import rank_library
 
     rng = np.random.default_rng(1)
     pred, measured = (
@@ -75,6 +76,52 @@ def test_library_ranking_equals_numpy_corrcoef():
         [np.corrcoef(pred[j], measured[0])[0, 1] for j in range(3)],
         rtol=1e-9,
     )
+
+
+def test_library_ranking_over_repetitions_is_the_mean_r():
+    from nsdbench.methods.second_sight_search import rank_library
+
+    rng = np.random.default_rng(4)
+    preds = [rng.normal(size=(200, 30)) for _ in range(2)]
+    n_reps = np.array([3, 1, 2])
+    reps = np.zeros((3, 3, 30))
+    for t, n in enumerate(n_reps):
+        reps[t, :n] = rng.normal(size=(n, 30))
+    literal = np.array([[np.mean([np.mean([np.corrcoef(p[i], reps[t, r])[0, 1] for p in preds])
+                                  for r in range(n_reps[t])]) for t in range(3)] for i in range(200)])  # fmt: skip
+    expected = np.argsort(-literal, axis=0, kind="stable")[:4].T
+    np.testing.assert_array_equal(rank_library(preds, reps, 4, "cpu", block=64, n_reps=n_reps), expected)
+    # the zero padding is never scored: the 2-D form on the single rows agrees
+    single = rank_library(preds, reps[[1], 0], 4, "cpu")
+    np.testing.assert_array_equal(single[0], expected[1])
+
+
+def test_repetition_score_is_the_mean_r_over_repetitions():
+    rng = np.random.default_rng(2)
+    pred, reps = rng.normal(size=(6, 30)), rng.normal(size=(3, 30))
+    literal = [np.mean([np.corrcoef(p, r)[0, 1] for r in reps]) for p in pred]
+    got = sm.mean_pearson(torch.as_tensor(pred), torch.as_tensor(reps)).numpy()
+    np.testing.assert_allclose(got, literal, atol=1e-12)
+
+
+def test_search_targets_are_the_test_repetitions(nsd, nsdbench_home):
+    from dataclasses import replace
+
+    from nsdbench.methods.adapter import SubjectData
+    from nsdbench.methods.second_sight_search import SecondSightSettings, measured_betas, search_targets
+    from nsdbench.nsd.splits import get_split
+
+    data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
+    base = SecondSightSettings(autoencoder=False)
+    got = search_targets(data, None, base, None, None)
+    trials = data.single_trials("test", "nsdgeneral", normalize="session-zscore")
+    for t, n in enumerate(data.test_ids):
+        want = trials.betas[trials.nsd_ids == n]
+        assert got["n_reps"][t] == len(want) >= 1
+        np.testing.assert_array_equal(got["targets"][t, : len(want)], want)
+    avg = search_targets(data, None, replace(base, score_target="average"), None, None)
+    np.testing.assert_array_equal(avg["targets"][:, 0], measured_betas(data))
+    assert np.all(avg["n_reps"] == 1)
 
 
 def test_candidate_seeds_are_distinct_and_stable():
@@ -104,7 +151,7 @@ class PixelEncoder:
 def tiny_search(nsd):
     """Tiny unCLIP, two measured test patterns of the synthetic NSD and the pieces a search needs."""
     from nsdbench.methods.adapter import SubjectData
-    from nsdbench.methods.second_sight import SecondSightSettings, UnclipSampler, measured_betas
+    from nsdbench.methods.second_sight_search import SecondSightSettings, UnclipSampler, measured_betas
     from nsdbench.nsd.splits import get_split
 
     data = SubjectData(nsd, 1, get_split(nsd, "nsd982", 1))
@@ -119,7 +166,7 @@ def tiny_search(nsd):
 
 def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
     from nsdbench.methods.adapter import TestItem
-    from nsdbench.methods.second_sight import initial_state, second_sight_iteration
+    from nsdbench.methods.second_sight_search import initial_state, second_sight_iteration
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
     for row in range(2):
@@ -144,8 +191,54 @@ def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
         np.testing.assert_allclose(state.seed_c, gen.embed(state.seed_images), rtol=1e-5, atol=1e-6)
 
 
+def chosen_series(data, settings, gen, enc, keep_best: bool) -> dict[int, np.ndarray]:
+    """Per test image of the subject: the guidance encoder's brain correlation of the chosen image after each
+    iteration, recomputed from the images themselves (not from the search's own bookkeeping)."""
+    from dataclasses import replace
+
+    from nsdbench.methods.adapter import TestItem
+    from nsdbench.methods.second_sight_search import initial_state, measured_betas, second_sight_iteration
+
+    settings = replace(settings, keep_best=keep_best)
+    measured = measured_betas(data)
+    rng = np.random.default_rng(11)
+    dim = gen.components.image_encoder.config.projection_dim
+    out = {}
+    for row, nsd_id in enumerate(data.test_ids):
+        target = torch.as_tensor(measured[row])
+        c0 = rng.normal(size=dim).astype(np.float32)
+        z0 = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+        state = initial_state(c0, settings.branches, gen.image_size)
+        item = TestItem(int(nsd_id), 0, 500 + row)
+        for i in range(settings.iterations):
+            state = second_sight_iteration(state, i, z0, target, item, settings, gen, enc)
+        images = torch.as_tensor(state.trace_images).permute(0, 3, 1, 2)
+        rescored = sm.pearson_rows(enc.predict(images), target).numpy()
+        np.testing.assert_allclose(rescored, state.trace_image_scores, atol=1e-9)
+        out[int(nsd_id)] = rescored
+    return out
+
+
+def falls(series: dict[int, np.ndarray]) -> list[int]:
+    """Test ids whose chosen image scores lower after some iteration than before it."""
+    return [n for n, s in series.items() if np.any(np.diff(s) < 0)]
+
+
+def test_chosen_image_never_falls_with_keep_best_on_every_test_image(tiny_search):
+    """keep_best: the chosen image's brain correlation never decreases, on every test image of the subject.
+    The same check on the published rule (best image of the best distribution) finds a fall on this data,
+    so the check can fail."""
+    data, settings, gen, enc, *_ = tiny_search
+    assert len(data.test_ids) >= 8
+    kept = chosen_series(data, settings, gen, enc, keep_best=True)
+    assert set(kept) == {int(n) for n in data.test_ids}
+    assert falls(kept) == [], {n: kept[n] for n in falls(kept)}
+    published = chosen_series(data, settings, gen, enc, keep_best=False)
+    assert falls(published), "the published rule never fell here: the check above shows nothing"
+
+
 def test_first_iteration_is_one_distribution_and_branches_follow_the_schedule(tiny_search, monkeypatch):
-    from nsdbench.methods import second_sight as ss
+    from nsdbench.methods import second_sight_search as ss
     from nsdbench.methods.adapter import TestItem
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
@@ -170,12 +263,14 @@ def test_first_iteration_is_one_distribution_and_branches_follow_the_schedule(ti
         0.92 - 0.3 * (2 / 3) ** 3
     )
     n_b = sm.branch_size(lam1, settings.search_samples // settings.branches, settings.branch_floor)
-    assert len(c_second) == settings.branches * n_b
+    # iteration 0's best image is its top seed, so the released code adds a fifth branch from it with c_i
+    assert len(c_second) == (settings.branches + 1) * n_b
     gamma = 0.2 * (2 / 3) ** 2
     ci = torch.as_tensor(c_after_0, dtype=torch.float64)
     seeds = torch.as_tensor(seeds_after_0, dtype=torch.float64)
     want = sm.slerp(ci.expand_as(seeds), sm.slerp(ci.expand_as(seeds), seeds, gamma), gamma)
-    np.testing.assert_allclose(c_second[::n_b], want.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c_second[: settings.branches * n_b : n_b], want.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c_second[-1], c_after_0, rtol=1e-5, atol=1e-5)  # slerp(c_i, c_i) = c_i
 
 
 def test_hybrid_prediction_and_library_score_are_the_literal_averages():
@@ -217,10 +312,10 @@ def test_hybrid_prediction_and_library_score_are_the_literal_averages():
 def test_clip_betas_ridge_predicts_its_training_targets_from_images(tiny_search, nsdbench_home):
     from nsdbench import ridge
     from nsdbench.methods.hybrid_encoder import HybridEncoder
-    from nsdbench.methods.second_sight import clip_betas_encoder, library_embeddings, nchw
+    from nsdbench.methods.second_sight_search import clip_betas_ridge, library_embeddings, nchw
 
     data, settings, gen, enc, measured, _, _ = tiny_search
-    clip = clip_betas_encoder(data, gen, "tiny", settings.clip_encoder_alphas)
+    clip = clip_betas_ridge(data, gen, "tiny", settings.clip_encoder_alphas)
     assert clip.n_voxels == measured.shape[1] and clip.identity.startswith("clip-betas-ridge/")
     ids = list(data.train_ids[:3])
     x = library_embeddings(gen, data, data.train_ids, "tiny")
@@ -237,11 +332,12 @@ def test_clip_betas_ridge_predicts_its_training_targets_from_images(tiny_search,
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_path, monkeypatch):
-    from nsdbench.methods import second_sight as ss
+    from nsdbench.methods import second_sight_search as ss
     from nsdbench.methods.adapter import RunContext, TestItem
+    from nsdbench.methods.second_sight import SecondSight
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
-    method = ss.SecondSight(settings, weights_mode="tiny")  # encoder given in `fitted`
+    method = SecondSight(settings, weights_mode="tiny")  # encoder given in `fitted`
     method.gen = gen
     fitted = {
         "arrays": {"measured": measured, "c0": c0, "z0_image": z0},
@@ -278,7 +374,11 @@ def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_pat
 
 def test_stochastic_search_keeps_its_best_image(tiny_search):
     from nsdbench.methods.adapter import TestItem
-    from nsdbench.methods.second_sight import StochasticSearchSettings, initial_state, stochastic_iteration
+    from nsdbench.methods.second_sight_search import (
+        StochasticSearchSettings,
+        initial_state,
+        stochastic_iteration,
+    )
 
     data, _, gen, enc, measured, c0, _ = tiny_search
     s = StochasticSearchSettings(iterations=3, search_samples=4, seeds=2, num_inference_steps=3)
@@ -295,10 +395,10 @@ def test_stochastic_search_keeps_its_best_image(tiny_search):
 def test_hybrid_guided_search_never_lowers_its_best_distribution(tiny_search, nsdbench_home):
     from nsdbench.methods.adapter import TestItem
     from nsdbench.methods.hybrid_encoder import HybridEncoder
-    from nsdbench.methods.second_sight import clip_betas_encoder, initial_state, second_sight_iteration
+    from nsdbench.methods.second_sight_search import clip_betas_encoder, initial_state, second_sight_iteration
 
     data, settings, gen, enc, measured, c0, z0 = tiny_search
-    hybrid = HybridEncoder([enc, clip_betas_encoder(data, gen, "tiny", settings.clip_encoder_alphas)])
+    hybrid = HybridEncoder([enc, clip_betas_encoder(data, gen, "tiny", settings)])  # the published MLP
     target = torch.as_tensor(measured[1])
     state = initial_state(c0[1], settings.branches, gen.image_size)
     for i in range(settings.iterations):

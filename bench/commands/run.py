@@ -435,16 +435,15 @@ def register(app: typer.Typer) -> None:
         """List every registered method."""
         from nsdbench.methods.registry import list_methods
 
-        rows = [describe(m) for m in list_methods()]
+        rows = [describe(m, artifacts=False) for m in list_methods()]  # artifacts would import torch
         if as_json:
             print(json.dumps(rows, indent=2))
             return
-        table = Table(title="nsdbench methods")
-        for col in ("name", "description", "variants", "pretrained weights", "source"):
+        table = Table(title="nsdbench methods", caption="weights: nsdbench methods show NAME")
+        for col in ("name", "description", "variants", "source"):
             table.add_column(col)
         for r in rows:
-            needs = ", ".join(a["name"] for a in r["required_artifacts"]["pretrained"]) or "-"
-            table.add_row(r["name"], r["description"], ", ".join(r["variants"]) or "-", needs, r["source"])
+            table.add_row(r["name"], r["description"], ", ".join(r["variants"]) or "-", r["source"])
         out.print(table)
 
     @methods.command("show")
@@ -504,14 +503,15 @@ def _type_name(tp: Any) -> str:
     return tp.__name__
 
 
-def describe(cls: Any) -> dict[str, Any]:
-    """Everything `methods show --json` prints about a method class."""
+def describe(cls: Any, artifacts: bool = True) -> dict[str, Any]:
+    """Everything `methods show --json` prints about a method class; without `artifacts` (`methods list`)
+    no weights module is imported, so listing stays free of torch."""
     from nsdbench.methods.adapter import settings_dict
     from nsdbench.methods.registry import method_source, setting_types
     from nsdbench.runs.spec import jsonable
 
     types_ = setting_types(cls)
-    return {
+    doc = {
         "name": cls.name,
         "version": str(cls.version),
         "description": cls.description,
@@ -523,8 +523,10 @@ def describe(cls: Any) -> dict[str, Any]:
         "setting_types": {k: _type_name(t) for k, t in types_.items()},
         "variants": {k: jsonable(dict(v)) for k, v in cls.variants.items()},
         "setting_help": dict(getattr(cls, "setting_help", {})),
-        "required_artifacts": {
-            m: [_artifact_info(a) for a in arts] for m, arts in cls.artifacts_by_mode().items()
-        },
         "source": method_source(cls.name),
     }
+    if artifacts:
+        doc["required_artifacts"] = {
+            m: [_artifact_info(a) for a in arts] for m, arts in cls.artifacts_by_mode().items()
+        }
+    return doc

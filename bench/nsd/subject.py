@@ -198,12 +198,3 @@ class SubjectData:
     def roi_voxel_masks(self) -> dict[str, np.ndarray]:
         """Boolean masks over this subject's nsdgeneral voxels: V1, V2, V3, V4, early, higher_vis, nsdgeneral."""
         return self._nsd.roi_voxel_masks(self._subject)
-
-    def brain_target(self, weights_mode: str, device: str = "cpu"):
-        """The canonical encoder's BrainTarget for this subject and split (test betas and the encoder; no
-        test stimuli): what the best-library-image baseline searches with."""
-        from nsdbench.metrics.encoder import load_brain_target
-
-        return load_brain_target(
-            self._nsd, self._subject, self.split_name, weights_mode, device=device, progress=False
-        )

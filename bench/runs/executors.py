@@ -155,11 +155,24 @@ def _run_inprocess(session: RunSession, worker: Worker, fit_only: bool) -> ExecR
 _SESSIONS: dict[tuple[str, str, bool], RunSession] = {}
 
 
+def _close_sessions(keep: tuple[str, str, bool] | None = None) -> None:
+    """Close the cached sessions (their method's `close()` frees its models), all but `keep`."""
+    for key in [k for k in _SESSIONS if k != keep]:
+        _SESSIONS.pop(key).close()
+
+
 def _worker_session(run_dir: str, force: bool) -> RunSession:
-    """One RunSession (one method instance) per run in each Ray worker process, reused across its tasks."""
+    """One RunSession (one method instance) per run in each Ray worker process, reused across its tasks; a
+    worker that moves on to another run closes the previous one, and every session is closed at exit."""
+    import atexit
+
     spec, _ = read_spec(Path(run_dir))
     key = (run_dir, spec.hash, force)
     if key not in _SESSIONS:
+        if not _SESSIONS:
+            atexit.unregister(_close_sessions)  # registered once however many runs pass through
+            atexit.register(_close_sessions)
+        _close_sessions(keep=key)
         _SESSIONS[key] = RunSession(Path(run_dir), spec, force=force)
     return _SESSIONS[key]
 

@@ -145,6 +145,7 @@ class RunSession:
             checkpoint_dir=checkpoint_dir(self.run_dir, subject),
             ground_truth=gt,
             encoder_loader=lambda name, s=subject: self.encoder(s, name),
+            encoder_recorder=lambda identity: record_guiding_encoder(self.run_dir, identity),
         )
 
     def encoder(self, subject: int, name: str) -> GuidanceEncoder:

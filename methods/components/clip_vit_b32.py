@@ -30,6 +30,7 @@ weights.register(
         "open_clip_pytorch_model.bin",
         used_by=("minddiffuser",),
         loader="open_clip",
+        size_bytes=605_000_000,  # 605 MB: huggingface.co/timm/vit_base_patch32_clip_224.openai file listing
     )
 )
 

@@ -38,6 +38,10 @@ weights.register(
             "scheduler/scheduler_config.json",
         ),
         used_by=("takagi2023", "minddiffuser"),
+        # Hub file listings (rounded as shown there): unet 3.44 GB, text_encoder/model.safetensors 492 MB
+        # (huggingface.co/CompVis/stable-diffusion-v1-4/tree/main/{unet,text_encoder}); vae 335 MB, the fp32
+        # AutoencoderKL file as listed for the same VAE in stable-diffusion-2-1-unclip/vae; tokenizer 1.59 MB
+        size_bytes=3_440_000_000 + 492_000_000 + 335_000_000 + 1_590_000,
     )
 )
 weights.register(
@@ -64,6 +68,10 @@ weights.register(
             "scheduler/*",
         ),
         used_by=("second-sight", "stochastic-search"),
+        # Hub file listings (rounded as shown there), huggingface.co/stabilityai/stable-diffusion-2-1-unclip/
+        # tree/main/...: unet 3.48 GB, image_encoder 2.53 GB, text_encoder 1.36 GB, vae 335 MB, tokenizer
+        # 1.59 MB; configs and the image normalizer are a few kB
+        size_bytes=3_480_000_000 + 2_530_000_000 + 1_360_000_000 + 335_000_000 + 1_590_000,
     )
 )
 

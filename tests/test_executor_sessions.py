@@ -1,0 +1,50 @@
+"""Ray workers keep one RunSession per run and close its method when they move on to another run or exit
+(bench/executors.py `_worker_session`, `_close_sessions`); checked without Ray on real tiny run folders."""
+
+from __future__ import annotations
+
+import atexit
+from typing import ClassVar
+
+from nsdbench.methods.baselines import Shuffled
+from nsdbench.methods.registry import register_method, unregister_method
+
+
+class ClosingShuffled(Shuffled):
+    """The shuffled baseline, counting its close() calls."""
+
+    name = "test-closing-shuffled"
+    closed: ClassVar[list[str]] = []
+
+    def close(self) -> None:
+        ClosingShuffled.closed.append(self.name)
+
+
+def test_worker_sessions_close_their_method(synth_root, tmp_path, monkeypatch):
+    from nsdbench import executors
+    from nsdbench.runs.spec import RunSpec, prepare_run_dir
+
+    register_method(ClosingShuffled, source="test")
+    monkeypatch.setattr(executors, "_SESSIONS", {})
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda f: registered.append(f))
+    monkeypatch.setattr(atexit, "unregister", lambda f: None)
+    try:
+        dirs = []
+        for k in (1, 2):
+            spec = RunSpec(method=ClosingShuffled.name, subjects=(1,), split="nsd982", data=str(synth_root),
+                           weights="tiny", device="cpu", seed=k)  # fmt: skip
+            dirs.append(str(prepare_run_dir(tmp_path / f"run{k}", spec)))
+        first = executors._worker_session(dirs[0], False)
+        assert executors._worker_session(dirs[0], False) is first  # reused across tasks
+        assert first.method.name == ClosingShuffled.name  # instantiated, as a task does
+        assert registered == [executors._close_sessions] and ClosingShuffled.closed == []
+        second = executors._worker_session(dirs[1], False)
+        assert ClosingShuffled.closed == [ClosingShuffled.name]  # moving on closes the previous run
+        assert list(executors._SESSIONS.values()) == [second]
+        assert second.method.name == ClosingShuffled.name
+        executors._close_sessions()  # what the worker runs at exit
+        assert ClosingShuffled.closed == [ClosingShuffled.name] * 2 and executors._SESSIONS == {}
+    finally:
+        unregister_method(ClosingShuffled.name)
+        ClosingShuffled.closed.clear()

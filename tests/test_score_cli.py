@@ -129,6 +129,19 @@ def test_recorded_values_are_the_engines(scored, images, small_root, db):
     assert run["protocol_hash"] and run["submission_sha256"] and run["torch_version"]
 
 
+def test_score_files_record_feature_and_brain_forward_batches(scored, nsdbench_home):
+    """The per-network chunk sizes and the brain encoders' buffering are both in the provenance."""
+    from nsdbench.metrics.forward import forward_batch
+    from nsdbench.score_files import read_parquet_meta
+
+    prov = read_parquet_meta(nsdbench_home / "scores" / scored["png"][1] / "subj01.parquet")["provenance"]
+    assert prov["brain_forward_batch"] == forward_batch("cpu")
+    assert prov["forward_batch"] and prov["forward_batch"] == {
+        n: forward_batch("cpu", n) for n in prov["forward_batch"]
+    }
+    assert {n.split(":")[0] for n in prov["networks"]} == set(prov["forward_batch"])
+
+
 def test_invalid_submission_scores_nothing(images, small_root, tmp_path, capsys):
     path = write_submission(images, tmp_path / "bad", "folder")
     victim = min((path / "subj01").iterdir())

@@ -519,7 +519,7 @@ def _score_family(
             base = config.home() / "scores" / run_id if not work_dir else Path(work_dir)
             path = (base / proto.name if (work_dir and many) else base) / f"subj{s:02d}.parquet"
             paths[proto.name].append(path)
-            if completed_parquet(path, run_id, s, proto.hash):
+            if completed_parquet(path, run_id, s, proto.hash, st.device):
                 err.print(f"subject {s}: reusing {path}")
             else:
                 left.append((proto, split_name, run_id, path))

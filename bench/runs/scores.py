@@ -88,7 +88,20 @@ def score_is_complete(session: RunSession, subject: int, protocol: Protocol) -> 
         and rec.get("protocol_hash") == protocol.hash
         and rec.get("images_digest") == images_digest(session, subject)
         and file_digest(score_path(session.run_dir, subject, protocol.name)) == rec.get("parquet_sha256")
+        and _same_batches(session, subject, protocol)
     )
+
+
+def _same_batches(session: RunSession, subject: int, protocol: Protocol) -> bool:
+    """The score file was computed with the forward chunk sizes this session's device uses now."""
+    from nsdbench.metrics.forward import batches_match
+    from nsdbench.score_files import read_parquet_meta
+
+    try:
+        meta = read_parquet_meta(score_path(session.run_dir, subject, protocol.name))
+    except NSDBenchError:
+        return False
+    return batches_match(meta.get("provenance") or {}, session.device)
 
 
 def score_run_subject(

@@ -230,3 +230,23 @@ def test_protocol_all_scores_in_one_pass_with_the_values_of_separate_runs(
         if name != "second-sight-2023":
             assert alone["run_id"] == run_id  # the same run a separate command records
     assert set(store.image_scores(runs["second-sight-2023"])["nsd_id"]) == ss_ids
+
+
+@pytest.mark.slow
+def test_protocol_all_with_an_explicit_split_keeps_each_protocols_own_split(
+    images, small_root, tmp_path, capsys
+):
+    """`--protocol all --split nsd982`: --split bounds the protocols, it does not replace their splits:
+    second-sight-2023 is recorded on nsd897, mindeye (nsd1000) is left out with a note."""
+    first = {k: v for k, v in images.items() if k[2] == 0}
+    path = write_submission(first, tmp_path / "all", "folder")
+    db = tmp_path / "lb.duckdb"
+    argv = ["score", str(path), "--data", str(small_root), "--db", str(db), "--json", *SCORE]
+    rc = main([*argv, "--protocol", "all", "--split", "nsd982", "--bootstrap", "10"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err[-2000:]
+    runs = Store(db).runs(include_smoke=True).set_index("protocol")
+    assert runs.loc["second-sight-2023", "split"] == "nsd897"
+    assert runs.loc["nsdbench-v1", "split"] == "nsd982"
+    assert "mindeye" not in runs.index and "mindeye1" in runs.index
+    assert "scores on nsd1000, which is not within nsd982: not scored" in cap.err

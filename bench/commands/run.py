@@ -377,6 +377,10 @@ def register(app: typer.Typer) -> None:
         folder = run_dir.expanduser().resolve()
         if protocol is None and not upgrade:  # arguments first: nothing is converted on a usage error
             raise UsageError("rescore: --protocol is required (e.g. --protocol brain-diffuser-2023)")
+        if timings_path:
+            from nsdbench.commands.score import writable
+
+            writable(timings_path, "--timings")
         old_protocol = ""
         if upgrade:
             _, old_protocol = upgrade_run_folder(folder)

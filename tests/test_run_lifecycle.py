@@ -424,6 +424,20 @@ def test_rescore_refuses_an_unfinished_run(methods, synth_root, tmp_path, capsys
     assert not (tmp_path / "lb").exists()
 
 
+def test_rescore_all_names_the_protocols_it_leaves_out_on_stderr(methods, synth_root, tmp_path, capsys):
+    """`rescore --protocol all` on an nsd982 run: mindeye (nsd1000) and second-sight-2023 (nsd897, nested)
+    are not scored, each with a note on stderr (here before the unfinished run is refused)."""
+    spec = _spec("lifecycle-batchnorm", synth_root)
+    out = tmp_path / "partial"
+    prepare_run_dir(out, spec)
+    RunSession(out, spec).run_shard(RunSession(out, spec).shards()[0])
+    assert main(["rescore", str(out), "--protocol", "all", "--db", str(tmp_path / "lb")]) == 1
+    err = capsys.readouterr().err
+    assert "mindeye scores on nsd1000, not on this run's split nsd982: not scored" in err
+    assert "second-sight-2023 scores on nsd897, not on this run's split nsd982: not scored" in err
+    assert "shards are incomplete" in err
+
+
 def test_sharded_scoring_is_not_skipped_after_a_killed_scorer(methods, synth_root, tmp_path):
     """Issue 11 item 8: a lock file left by a killed worker does not stop the rerun from scoring."""
     from nsdbench.runs.scores import check_protocols, score_subject

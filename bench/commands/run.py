@@ -388,7 +388,12 @@ def register(app: typer.Typer) -> None:
             raise UsageError("rescore: --protocol is required (e.g. --protocol brain-diffuser-2023)")
         names = parse_protocols(protocol or old_protocol)
         if protocol is not None and protocol.strip() == "all":
-            names = protocols_on_run_split(folder, names)
+            from nsdbench.metrics.protocols import PROTOCOLS
+
+            notes: list[str] = []
+            names = protocols_on_run_split(folder, list(PROTOCOLS), notes)  # every shipped protocol
+            for note in notes:
+                err.print(note, markup=False, highlight=False, soft_wrap=True)
         try:
             with RichProgress() as progress:
                 results = rescore_run(

@@ -225,6 +225,7 @@ def test_methods_cli_list_and_show(capsys):
     assert shown["defaults"] == {"encoder": "nsdbench-encoder-v1", "library_batch": 64}
     assert shown["setting_types"] == {"encoder": "str", "library_batch": "int"}
     assert set(shown["required_artifacts"]) == {"pretrained", "random", "tiny"}
+    assert rows["best-library-image"]["required_artifacts"] == shown["required_artifacts"]
     assert rows["ground-truth"]["reads_ground_truth"] and not rows["ridge-pixels"]["reads_ground_truth"]
     assert main(["methods", "show", "nope"]) == 2
     err = capsys.readouterr().err.strip()

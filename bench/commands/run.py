@@ -444,7 +444,8 @@ def register(app: typer.Typer) -> None:
         """List every registered method."""
         from nsdbench.methods.registry import list_methods
 
-        rows = [describe(m, artifacts=False) for m in list_methods()]  # artifacts would import torch
+        # artifacts import the weights registry (torch): only for --json, the table stays free of it
+        rows = [describe(m, artifacts=as_json) for m in list_methods()]
         if as_json:
             print(json.dumps(rows, indent=2))
             return

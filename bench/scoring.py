@@ -21,6 +21,7 @@ import pandas as pd
 from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
 from nsdbench.metrics.brain import BrainTarget
 from nsdbench.metrics.engine import ScoreOptions, ScoreResult, score_reconstructions_by_protocol
+from nsdbench.metrics.forward import batches_match
 from nsdbench.metrics.protocols import Protocol, get_protocol
 from nsdbench.nsd.loader import NSD
 from nsdbench.nsd.splits import Split
@@ -244,8 +245,11 @@ def write_subject_scores(
     return written
 
 
-def completed_parquet(path: str | Path, run_id: str, subject: int, protocol_hash: str) -> bool:
-    """True if `path` is a finished score file of this run and subject (a crashed run resumes from it)."""
+def completed_parquet(
+    path: str | Path, run_id: str, subject: int, protocol_hash: str, device: str | None = None
+) -> bool:
+    """True if `path` is a finished score file of this run and subject (a crashed run resumes from it),
+    computed with the chunk sizes `device` uses now (when given)."""
     p = Path(path)
     if not p.is_file():
         return False
@@ -257,6 +261,7 @@ def completed_parquet(path: str | Path, run_id: str, subject: int, protocol_hash
         meta.get("run_id") == run_id
         and meta.get("subject") == subject
         and meta.get("protocol_hash") == protocol_hash
+        and (device is None or batches_match(meta.get("provenance") or {}, device))
     )
 
 

@@ -71,7 +71,8 @@ class CommandClock:
         return doc
 
     def write(self, path: Path, images: int, protocols: Sequence[str]) -> Path:
+        from nsdbench.files import atomic_write_text
+
         path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.document(images, protocols), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(self.document(images, protocols), indent=1) + "\n")
         return path

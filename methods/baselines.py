@@ -230,10 +230,32 @@ class BestLibraryImage(Method):
             raise DataError(f"subject {train.subject}: no NSD image left that the subject never saw")
         return lib
 
-    def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, int]:
+    def fit_key(
+        self, subject: int, ctx: RunContext, encoder: str, lib: np.ndarray, measured: np.ndarray
+    ) -> str:
+        """The fit cache key: the encoder's predictions depend on the device type and dtype (cuda:0 and
+        cuda:1 share one fit; cpu, cuda and mps do not)."""
         import torch
 
         from nsdbench.caches import ArrayCache
+
+        return ArrayCache.key(
+            {
+                "method": self.name,
+                "version": self.version,
+                "subject": subject,
+                "split": ctx.split,
+                "weights": ctx.weights_mode,
+                "device": torch.device(ctx.device).type,
+                "dtype": str(ctx.dtype),
+                "encoder": encoder,
+            },
+            lib,
+            measured,
+        )
+
+    def fit(self, train: SubjectData, ctx: RunContext) -> dict[int, int]:
+        import torch
 
         encoder = ctx.encoder(self.settings.encoder)
         lib = self.library_ids(train)
@@ -252,18 +274,7 @@ class BestLibraryImage(Method):
                 ctx.advance(len(ids))
             return {"choice": lib[rowwise_correlation_argmax(np.concatenate(preds), measured)]}
 
-        key = ArrayCache.key(
-            {
-                "method": self.name,
-                "version": self.version,
-                "subject": train.subject,
-                "split": ctx.split,
-                "weights": ctx.weights_mode,
-                "encoder": str(encoder.identity),
-            },
-            lib,
-            measured,
-        )
+        key = self.fit_key(train.subject, ctx, str(encoder.identity), lib, measured)
         cache = ctx.cache
         arrays = cache.get_or_compute(key, compute) if cache is not None else compute()
         return {int(n): int(c) for n, c in zip(test_ids, arrays["choice"], strict=True)}

@@ -251,11 +251,7 @@ class SecondSight(_UnclipMethod):
             target = S.device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
-        state = (
-            S.SearchState.from_arrays(saved)
-            if saved
-            else S.initial_state(a["c0"][row], s.branches, self.gen.image_size)
-        )
+        state = S.SearchState.resumed(saved) or S.initial_state(a["c0"][row], s.branches, self.gen.image_size)
         for i in range(state.done, s.iterations):
             state = S.second_sight_iteration(
                 state, i, a["z0_image"][row], target, item, s, self.gen, fitted["encoder"]
@@ -313,11 +309,7 @@ class StochasticSearch(_UnclipMethod):
         target = S.device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
-        state = (
-            S.SearchState.from_arrays(saved)
-            if saved
-            else S.initial_state(a["c"][row], 0, self.gen.image_size)
-        )
+        state = S.SearchState.resumed(saved) or S.initial_state(a["c"][row], 0, self.gen.image_size)
         for i in range(state.done, s.iterations):
             state = S.stochastic_iteration(
                 state, i, a["c"][row], target, item, s, self.gen, fitted["encoder"]

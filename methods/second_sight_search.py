@@ -534,6 +534,14 @@ class SearchState:
     def from_arrays(cls, a: dict[str, np.ndarray]) -> SearchState:
         return cls(**{k: (int(a[k]) if k == "done" else a[k]) for k in cls.__dataclass_fields__})
 
+    @classmethod
+    def resumed(cls, saved: dict[str, np.ndarray] | None) -> SearchState | None:
+        """The state of a checkpoint, or None where it lacks a field (an older layout counts as damaged: the
+        image starts over, as Checkpoint.load does for an unreadable file)."""
+        if not saved or any(k not in saved for k in cls.__dataclass_fields__):
+            return None
+        return cls.from_arrays(saved)
+
 
 def score_images(encoder: Any, pixels: np.ndarray, target: torch.Tensor) -> np.ndarray:
     """Brain correlation (N,) of each uint8 image: Pearson r of the guidance encoder's prediction with the

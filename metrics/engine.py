@@ -277,7 +277,8 @@ def _provenance(p: Protocol, kinds, ctx: ScoringContext, flags: dict, n_samples:
             "tf32_feature_matmul_cuda": any(getattr(m, "tf32", False) for m in p.metrics),
             "tf32_feature_conv_cuda": any(bool(getattr(m, "tf32_conv", False)) for m in p.metrics),
         },
-        "forward_batch": forward_batch(dev),  # the brain encoders' buffering; feature kinds name theirs
+        "brain_forward_batch": forward_batch(dev),  # the brain encoders' buffering
+        "forward_batch": {},  # per feature network: the feature kinds fill it in
         "device": dev,
         "device_name": torch.cuda.get_device_name(dev) if dev.startswith("cuda") else "cpu",
         "torch": torch.__version__,

@@ -5,7 +5,7 @@ depend on how the caller batched its images."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,13 +33,28 @@ DEFAULT_FORWARD_BATCH = {"cpu": 8, "cuda": 64}  # networks not in the table, and
 
 
 def device_type(device: str) -> str:
-    return "cuda" if str(device).startswith("cuda") else "cpu"
+    """The device's own type ('cuda:1' -> 'cuda', 'mps' -> 'mps'): features are cached per type."""
+    return str(device).split(":")[0]
 
 
 def forward_batch(device: str, network: str | None = None) -> int:
-    """The fixed chunk size of `network` (None: the brain encoders' buffering) on `device`."""
-    kind = device_type(device)
+    """The fixed chunk size of `network` (None: the brain encoders' buffering) on `device`; device types
+    without a table of their own (mps) use the CPU's."""
+    kind = device_type(device) if device_type(device) in FORWARD_BATCH else "cpu"
     return FORWARD_BATCH[kind].get(network or "", DEFAULT_FORWARD_BATCH[kind])
+
+
+def batches_match(provenance: Mapping[str, Any], device: str) -> bool:
+    """True when a score's recorded chunk sizes (feature networks and brain encoders) are those `device`
+    uses now: scores computed with other chunk sizes are recomputed, never mixed with new ones."""
+    nets, brain = provenance.get("forward_batch"), provenance.get("brain_forward_batch")
+    if nets is None and brain is None:
+        return False
+    if not isinstance(nets, Mapping):  # files written before brain_forward_batch: the brain encoders'
+        nets, brain = {}, nets if brain is None else brain
+    return all(int(b) == forward_batch(device, n) for n, b in nets.items()) and (
+        brain is None or int(brain) == forward_batch(device)
+    )
 
 
 @dataclass(frozen=True)

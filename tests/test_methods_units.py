@@ -225,6 +225,7 @@ def test_methods_cli_list_and_show(capsys):
     assert shown["defaults"] == {"encoder": "nsdbench-encoder-v1", "library_batch": 64}
     assert shown["setting_types"] == {"encoder": "str", "library_batch": "int"}
     assert set(shown["required_artifacts"]) == {"pretrained", "random", "tiny"}
+    assert rows["best-library-image"]["required_artifacts"] == shown["required_artifacts"]
     assert rows["ground-truth"]["reads_ground_truth"] and not rows["ridge-pixels"]["reads_ground_truth"]
     assert main(["methods", "show", "nope"]) == 2
     err = capsys.readouterr().err.strip()
@@ -272,3 +273,20 @@ def test_methods_show_lists_artifacts_per_weights_mode(scoped_methods, monkeypat
     assert inst.required_artifacts() == ("sd-v1-4", "sd-refiner")
     assert main(["methods", "list", "--json"]) == 0
     assert "test-artifacty" in {r["name"] for r in json.loads(capsys.readouterr().out)}
+
+
+def test_best_library_fit_key_names_the_device_type_and_dtype():
+    """The library predictions differ by device type and dtype, so the fit cache key must too; device
+    indices of one type share a fit."""
+    from nsdbench.methods.adapter import RunContext
+
+    m = baselines.BestLibraryImage(weights_mode="tiny")
+    lib, measured = np.arange(5, dtype=np.int64), np.ones((2, 3))
+
+    def key(device: str, dtype: str = "float32") -> str:
+        ctx = RunContext("best-library-image", 1, "nsd982", None, device=device, dtype=dtype)
+        return m.fit_key(1, ctx, "enc", lib, measured)
+
+    assert key("cpu") != key("cuda") != key("mps") != key("cpu")
+    assert key("cuda:0") == key("cuda:1") == key("cuda")
+    assert key("cuda", "float16") != key("cuda")

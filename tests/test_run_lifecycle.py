@@ -424,6 +424,20 @@ def test_rescore_refuses_an_unfinished_run(methods, synth_root, tmp_path, capsys
     assert not (tmp_path / "lb").exists()
 
 
+def test_rescore_all_names_the_protocols_it_leaves_out_on_stderr(methods, synth_root, tmp_path, capsys):
+    """`rescore --protocol all` on an nsd982 run: mindeye (nsd1000) and second-sight-2023 (nsd897, nested)
+    are not scored, each with a note on stderr (here before the unfinished run is refused)."""
+    spec = _spec("lifecycle-batchnorm", synth_root)
+    out = tmp_path / "partial"
+    prepare_run_dir(out, spec)
+    RunSession(out, spec).run_shard(RunSession(out, spec).shards()[0])
+    assert main(["rescore", str(out), "--protocol", "all", "--db", str(tmp_path / "lb")]) == 1
+    err = capsys.readouterr().err
+    assert "mindeye scores on nsd1000, not on this run's split nsd982: not scored" in err
+    assert "second-sight-2023 scores on nsd897, not on this run's split nsd982: not scored" in err
+    assert "shards are incomplete" in err
+
+
 def test_sharded_scoring_is_not_skipped_after_a_killed_scorer(methods, synth_root, tmp_path):
     """Issue 11 item 8: a lock file left by a killed worker does not stop the rerun from scoring."""
     from nsdbench.runs.scores import check_protocols, score_subject
@@ -438,6 +452,33 @@ def test_sharded_scoring_is_not_skipped_after_a_killed_scorer(methods, synth_roo
     (proto,) = check_protocols(["lifecycle-pixcorr"], spec.split)
     assert score_subject(session, 1, proto, lock=True)
     assert score_path(out, 1, "lifecycle-pixcorr").is_file() and not lock.exists()
+
+
+def test_a_score_file_with_other_forward_batches_is_not_complete(methods, synth_root, tmp_path):
+    """A subject scored with other chunk sizes (recorded in the provenance) is rescored, not reused."""
+    import pandas as pd
+
+    from nsdbench.runs.folder import file_digest, score_record_path
+    from nsdbench.runs.scores import check_protocols, score_is_complete, score_subject
+    from nsdbench.score_files import read_parquet_meta
+    from nsdbench.scoring import write_scores_parquet
+
+    spec = _spec("ground-truth", synth_root)
+    out = tmp_path / "run"
+    _generate(spec, out)
+    session = RunSession(out, spec)
+    (proto,) = check_protocols(["lifecycle-pixcorr"], spec.split)
+    assert score_subject(session, 1, proto)
+    assert score_is_complete(session, 1, proto)
+    path = score_path(out, 1, proto.name)
+    meta = read_parquet_meta(path)
+    assert meta["provenance"]["brain_forward_batch"] == 8
+    meta["provenance"]["brain_forward_batch"] = 64  # as if scored on CUDA
+    write_scores_parquet(pd.read_parquet(path), path, meta)
+    record = json.loads(score_record_path(out, 1, proto.name).read_text())
+    record["parquet_sha256"] = file_digest(path)  # the record matches the file: only the batches differ
+    score_record_path(out, 1, proto.name).write_text(json.dumps(record))
+    assert not score_is_complete(session, 1, proto)
 
 
 def test_guidance_encoder_identity_is_recorded(methods, synth_root, tmp_path, nsd):

@@ -129,6 +129,19 @@ def test_recorded_values_are_the_engines(scored, images, small_root, db):
     assert run["protocol_hash"] and run["submission_sha256"] and run["torch_version"]
 
 
+def test_score_files_record_feature_and_brain_forward_batches(scored, nsdbench_home):
+    """The per-network chunk sizes and the brain encoders' buffering are both in the provenance."""
+    from nsdbench.metrics.forward import forward_batch
+    from nsdbench.score_files import read_parquet_meta
+
+    prov = read_parquet_meta(nsdbench_home / "scores" / scored["png"][1] / "subj01.parquet")["provenance"]
+    assert prov["brain_forward_batch"] == forward_batch("cpu")
+    assert prov["forward_batch"] and prov["forward_batch"] == {
+        n: forward_batch("cpu", n) for n in prov["forward_batch"]
+    }
+    assert {n.split(":")[0] for n in prov["networks"]} == set(prov["forward_batch"])
+
+
 def test_invalid_submission_scores_nothing(images, small_root, tmp_path, capsys):
     path = write_submission(images, tmp_path / "bad", "folder")
     victim = min((path / "subj01").iterdir())
@@ -165,7 +178,8 @@ def test_protocol_list_records_one_run_per_protocol(scored, small_root, db, caps
 
 def test_timings_document_names_every_stage_that_ran(images, small_root, tmp_path, capsys):
     """`--timings PATH`: start-up, ground truth, decode, resize, one forward key per network, pixel,
-    statistics and store, each a non-negative number of seconds that together stay within the wall time."""
+    statistics and store, each a non-negative number of seconds within the wall time; the main thread's
+    stages (all but those the prefetch threads also time) together stay within it too."""
     path = write_submission({k: v for k, v in images.items() if k[2] == 0}, tmp_path / "sub", "folder")
     out = tmp_path / "t" / "timings.json"
     _score(path, small_root, tmp_path / "lb.duckdb", capsys, "--timings", str(out))
@@ -180,7 +194,9 @@ def test_timings_document_names_every_stage_that_ran(images, small_root, tmp_pat
         for n in ("alexnet", "inception_v3", "clip_vit_l14", "efficientnet_b1", "swav_resnet50")
     }
     assert "brain" not in stages  # --no-brain: a stage that does not occur is omitted
-    assert 0 < sum(stages.values()) <= doc["wall_s"]
+    assert all(v <= doc["wall_s"] for v in stages.values())
+    prefetched = ("ground_truth", "decode", "resize")
+    assert 0 < sum(v for k, v in stages.items() if k not in prefetched) <= doc["wall_s"]
 
 
 @pytest.mark.slow
@@ -217,3 +233,23 @@ def test_protocol_all_scores_in_one_pass_with_the_values_of_separate_runs(
         if name != "second-sight-2023":
             assert alone["run_id"] == run_id  # the same run a separate command records
     assert set(store.image_scores(runs["second-sight-2023"])["nsd_id"]) == ss_ids
+
+
+@pytest.mark.slow
+def test_protocol_all_with_an_explicit_split_keeps_each_protocols_own_split(
+    images, small_root, tmp_path, capsys
+):
+    """`--protocol all --split nsd982`: --split bounds the protocols, it does not replace their splits:
+    second-sight-2023 is recorded on nsd897, mindeye (nsd1000) is left out with a note."""
+    first = {k: v for k, v in images.items() if k[2] == 0}
+    path = write_submission(first, tmp_path / "all", "folder")
+    db = tmp_path / "lb.duckdb"
+    argv = ["score", str(path), "--data", str(small_root), "--db", str(db), "--json", *SCORE]
+    rc = main([*argv, "--protocol", "all", "--split", "nsd982", "--bootstrap", "10"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err[-2000:]
+    runs = Store(db).runs(include_smoke=True).set_index("protocol")
+    assert runs.loc["second-sight-2023", "split"] == "nsd897"
+    assert runs.loc["nsdbench-v1", "split"] == "nsd982"
+    assert "mindeye" not in runs.index and "mindeye1" in runs.index
+    assert "scores on nsd1000, which is not within nsd982: not scored" in cap.err

@@ -372,6 +372,42 @@ def test_resume_after_a_kill_equals_an_uninterrupted_search(tiny_search, tmp_pat
         np.testing.assert_array_equal(resumed.arrays()[key], value, err_msg=key)
 
 
+def test_a_checkpoint_from_before_top_image_is_ignored_and_the_image_starts_over(
+    tiny_search, tmp_path, monkeypatch
+):
+    """A checkpoint written before `top_image`/`top_score` existed counts as damaged: no KeyError, every
+    iteration runs again and the result equals a search from scratch."""
+    from nsdbench.methods import second_sight_search as ss
+    from nsdbench.methods.adapter import RunContext, TestItem
+    from nsdbench.methods.second_sight import SecondSight
+
+    data, settings, gen, enc, measured, c0, z0 = tiny_search
+    method = SecondSight(settings, weights_mode="tiny")
+    method.gen = gen
+    fitted = {
+        "arrays": {"measured": measured, "c0": c0, "z0_image": z0},
+        "row": {int(data.test_ids[0]): 0},
+        "encoder": enc,
+    }
+    item = TestItem(int(data.test_ids[0]), 0, 42)
+    ctx = RunContext("second-sight", 1, "nsd982", data, weights_mode="tiny", checkpoint_dir=tmp_path)
+    whole = method.search(item, fitted, RunContext("second-sight", 1, "nsd982", data, weights_mode="tiny"))
+    old = {k: v for k, v in whole.arrays().items() if k not in ("top_image", "top_score")}
+    old["done"] = np.asarray(1)
+    ctx.checkpoint(item).save(old)
+    real, calls = ss.second_sight_iteration, []
+
+    def counted(*args, **kw):
+        calls.append(args[1])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ss, "second_sight_iteration", counted)
+    again = method.search(item, fitted, ctx)
+    assert calls == list(range(settings.iterations))
+    for key, value in whole.arrays().items():
+        np.testing.assert_array_equal(again.arrays()[key], value, err_msg=key)
+
+
 def test_stochastic_search_keeps_its_best_image(tiny_search):
     from nsdbench.methods.adapter import TestItem
     from nsdbench.methods.second_sight_search import (

@@ -377,6 +377,10 @@ def register(app: typer.Typer) -> None:
         folder = run_dir.expanduser().resolve()
         if protocol is None and not upgrade:  # arguments first: nothing is converted on a usage error
             raise UsageError("rescore: --protocol is required (e.g. --protocol brain-diffuser-2023)")
+        if timings_path:
+            from nsdbench.commands.score import writable
+
+            writable(timings_path, "--timings")
         old_protocol = ""
         if upgrade:
             _, old_protocol = upgrade_run_folder(folder)
@@ -384,7 +388,12 @@ def register(app: typer.Typer) -> None:
             raise UsageError("rescore: --protocol is required (e.g. --protocol brain-diffuser-2023)")
         names = parse_protocols(protocol or old_protocol)
         if protocol is not None and protocol.strip() == "all":
-            names = protocols_on_run_split(folder, names)
+            from nsdbench.metrics.protocols import PROTOCOLS
+
+            notes: list[str] = []
+            names = protocols_on_run_split(folder, list(PROTOCOLS), notes)  # every shipped protocol
+            for note in notes:
+                err.print(note, markup=False, highlight=False, soft_wrap=True)
         try:
             with RichProgress() as progress:
                 results = rescore_run(
@@ -435,7 +444,8 @@ def register(app: typer.Typer) -> None:
         """List every registered method."""
         from nsdbench.methods.registry import list_methods
 
-        rows = [describe(m, artifacts=False) for m in list_methods()]  # artifacts would import torch
+        # artifacts import the weights registry (torch): only for --json, the table stays free of it
+        rows = [describe(m, artifacts=as_json) for m in list_methods()]
         if as_json:
             print(json.dumps(rows, indent=2))
             return

@@ -260,8 +260,11 @@ def register(app: typer.Typer) -> None:
         subj = parse_subjects(subjects)
         mode = weights.check_mode(str(config.get("weights", weights_mode)))
         names = parse_protocols(protocol) or [str(config.get("protocol"))]
-        pairs = [_resolve_protocol_split(n, split) for n in names]
         every = _is_all(protocol)  # --encoder then applies to the protocols that allow a choice
+        if every and split:
+            check_split(split)
+        # with `all` each protocol keeps its own split; --split only bounds them (_every_within)
+        pairs = [_resolve_protocol_split(n, None if every else split) for n in names]
         scopes = [
             (with_encoder(pr, encoder) if pr.encoder_choices or not every else pr, sp) for pr, sp in pairs
         ]
@@ -519,7 +522,7 @@ def _score_family(
             base = config.home() / "scores" / run_id if not work_dir else Path(work_dir)
             path = (base / proto.name if (work_dir and many) else base) / f"subj{s:02d}.parquet"
             paths[proto.name].append(path)
-            if completed_parquet(path, run_id, s, proto.hash):
+            if completed_parquet(path, run_id, s, proto.hash, st.device):
                 err.print(f"subject {s}: reusing {path}")
             else:
                 left.append((proto, split_name, run_id, path))

@@ -88,7 +88,20 @@ def score_is_complete(session: RunSession, subject: int, protocol: Protocol) -> 
         and rec.get("protocol_hash") == protocol.hash
         and rec.get("images_digest") == images_digest(session, subject)
         and file_digest(score_path(session.run_dir, subject, protocol.name)) == rec.get("parquet_sha256")
+        and _same_batches(session, subject, protocol)
     )
+
+
+def _same_batches(session: RunSession, subject: int, protocol: Protocol) -> bool:
+    """The score file was computed with the forward chunk sizes this session's device uses now."""
+    from nsdbench.metrics.forward import batches_match
+    from nsdbench.score_files import read_parquet_meta
+
+    try:
+        meta = read_parquet_meta(score_path(session.run_dir, subject, protocol.name))
+    except NSDBenchError:
+        return False
+    return batches_match(meta.get("provenance") or {}, session.device)
 
 
 def score_run_subject(
@@ -324,16 +337,22 @@ def run_image_count(run_dir: Path) -> int:
     return sum(len(s.items(spec.samples)) for s in session.shards())
 
 
-def protocols_on_run_split(run_dir: Path, names: Sequence[str]) -> list[str]:
-    """`rescore --protocol all`: the protocols that score on the run's split (the others cannot score its
-    images and are left out with a note)."""
+def protocols_on_run_split(run_dir: Path, names: Sequence[str], notes: list[str] | None = None) -> list[str]:
+    """`rescore --protocol all`: the protocols that score on the run's split (the others, nested splits
+    included, are left out with a note, logged and appended to `notes` for the command to print)."""
     from nsdbench.metrics.protocols import get_protocol
 
     spec, _ = read_spec(run_dir)
     kept = [n for n in names if get_protocol(n).split == spec.split]
-    skipped = [n for n in names if n not in kept]
-    if skipped:
-        log_event(run_dir, f"rescore all: {', '.join(skipped)} score on other splits than {spec.split}")
+    for n in names:
+        if n not in kept:
+            note = (
+                f"{n} scores on {get_protocol(n).split}, not on this run's split {spec.split}: not scored "
+                "(rescore scores only the protocols on the run's own split, not those on nested splits)"
+            )
+            log_event(run_dir, f"rescore all: {note}")
+            if notes is not None:
+                notes.append(note)
     if not kept:
         raise UsageError(f"{run_dir}: no protocol scores on the run's split {spec.split}")
     return kept

@@ -19,6 +19,7 @@ import pandas as pd
 
 from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
 from nsdbench.leaderboards.store import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
+from nsdbench.stage_times import Timings, stage
 
 ImageKey = tuple[int, int]  # (nsd_id, sample)
 
@@ -61,6 +62,7 @@ def score_subject(
     brain: Any = None,
     batch_size: int = 32,
     progress: bool | Callable[[int, int], None] = False,
+    timings: Timings | None = None,
 ) -> Any:
     """Score one subject's reconstructions against the split's ground truth; returns the engine's ScoreResult.
 
@@ -71,7 +73,8 @@ def score_subject(
 
     protocol = get_protocol(protocol)
     sp = _split(nsd, split, subject)
-    rec_ids, rec_samples, rec_images = collect_images(images, subject)
+    with stage(timings, "decode"):
+        rec_ids, rec_samples, rec_images = collect_images(images, subject)
     allowed = {int(i) for i in sp.test_ids}
     outside = sorted(set(rec_ids) - allowed)
     if outside:
@@ -80,7 +83,8 @@ def score_subject(
             f"({len(outside)} such ids)"
         )
     gt_ids = sorted(set(rec_ids))
-    gt_images = nsd.images(gt_ids)
+    with stage(timings, "ground_truth"):
+        gt_images = nsd.images(gt_ids)
     return score(
         gt_ids,
         gt_images,
@@ -93,6 +97,7 @@ def score_subject(
         brain=brain,
         batch_size=batch_size,
         progress=progress,
+        timings=timings,
     )
 
 
@@ -182,6 +187,7 @@ def score_images_to_parquet(
     batch_size: int = 32,
     progress: bool | Callable[[int, int], None] = False,
     extra_meta: dict[str, Any] | None = None,
+    timings: Timings | None = None,
 ) -> Path:
     """Score one subject and write its per-sample, per-image and set scores to `out_path` atomically."""
     from nsdbench.metrics.protocols import get_protocol
@@ -189,7 +195,7 @@ def score_images_to_parquet(
     protocol = get_protocol(protocol)
     sp = _split(nsd, split, subject)
     result = score_subject(
-        nsd, subject, sp, protocol, images, weights_mode, device, brain, batch_size, progress
+        nsd, subject, sp, protocol, images, weights_mode, device, brain, batch_size, progress, timings
     )
     df = scores_frame(result, run_id, subject)
     meta = {
@@ -207,7 +213,8 @@ def score_images_to_parquet(
         "written_at": datetime.now(UTC).isoformat(),
         **(extra_meta or {}),
     }
-    return write_scores_parquet(df, Path(out_path), meta)
+    with stage(timings, "store"):
+        return write_scores_parquet(df, Path(out_path), meta)
 
 
 def completed_parquet(path: str | Path, run_id: str, subject: int, protocol_hash: str) -> bool:

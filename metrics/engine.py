@@ -275,7 +275,8 @@ class _Forwarder:
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
         _sync(x.device)
-        self.timer["forward"] = self.timer.get("forward", 0.0) + _now() - t0
+        stage = f"forward:{self.net.key.network}"
+        self.timer[stage] = self.timer.get(stage, 0.0) + _now() - t0
         for layer in self.layers:
             self.out[layer].append(feats[layer][:n])
 
@@ -354,6 +355,7 @@ def score(
     batch_size: int = 32,
     progress: ProgressArg = False,
     cache: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> ScoreResult:
     """Score reconstructions against ground truth under one protocol (see score_protocols)."""
     p = get_protocol(protocol)
@@ -370,6 +372,7 @@ def score(
         batch_size,
         progress,
         cache,
+        timings,
     )[p.name]
 
 
@@ -418,7 +421,7 @@ def score_protocols(
         for fp in list(plan.gt_passes) + list(plan.rec_passes):
             t0 = _now()
             net = get_network(fp.network, fp.weights, mode, fp.precision, dev)
-            timer["load"] = timer.get("load", 0.0) + _now() - t0
+            timer["networks"] = timer.get("networks", 0.0) + _now() - t0
             networks[fp] = net
             net_info[f"{fp.network}:{fp.weights}:{fp.precision}"] = {
                 "network": fp.network,
@@ -474,7 +477,7 @@ def score_protocols(
                 pos, bids = inputs.gt_pos[s : s + batch_size], ids[s : s + batch_size]
                 t0 = _now()
                 imgs = _take(gt_images, pos, bids, "ground truth")
-                timer["read"] = timer.get("read", 0.0) + _now() - t0
+                timer["ground_truth"] = timer.get("ground_truth", 0.0) + _now() - t0
                 for chain, fps in _by_chain(todo).items():
                     t0 = _now()
                     x = apply_chain(imgs, chain, dev)
@@ -511,12 +514,14 @@ def score_protocols(
                 bids = ids[s : s + batch_size]
                 t0 = _now()
                 recs = _take(rec_images, rpos[s : s + batch_size], bids, f"reconstruction (sample {sample})")
+                timer["decode"] = timer.get("decode", 0.0) + _now() - t0
+                t0 = _now()
                 gts = (
                     _take(gt_images, inputs.gt_pos[s : s + batch_size], bids, "ground truth")
                     if plan.pixel
                     else []
                 )
-                timer["read"] = timer.get("read", 0.0) + _now() - t0
+                timer["ground_truth"] = timer.get("ground_truth", 0.0) + _now() - t0
                 t0 = _now()
                 for (gchain, rchain), metrics in plan.pixel.items():
                     g = apply_chain(gts, gchain, dev)
@@ -571,7 +576,7 @@ def score_protocols(
                         rows.extend(
                             (pname, int(i), sample, m.name, float(v)) for i, v in zip(ids, bc[m.name])
                         )
-            timer["stats"] = timer.get("stats", 0.0) + _now() - t0
+            timer["statistics"] = timer.get("statistics", 0.0) + _now() - t0
 
     return {
         p.name: _result(

@@ -385,8 +385,11 @@ def test_run_under_two_protocols_then_rescore_a_third(methods, synth_root, tmp_p
     assert len(pngs) == 91
 
     assert main(["rescore", str(out), "--protocol", "lifecycle-ssim,lifecycle-pixcorr", "--db", str(db),
-                 "--json"]) == 0  # fmt: skip
+                 "--json", "--timings", str(tmp_path / "t.json")]) == 0  # fmt: skip
     doc = json.loads(capsys.readouterr().out)
+    timings = json.loads((tmp_path / "t.json").read_text())
+    assert timings["images"] == 91 and timings["protocols"] == ["lifecycle-ssim", "lifecycle-pixcorr"]
+    assert {"decode", "pixel", "store"} <= set(timings["stages"]) and timings["wall_s"] > 0
     inserted = {r["run_id"]: r["inserted"] for r in doc["rows"]}
     assert inserted == {row_id(run_id, "lifecycle-ssim"): True, row_id(run_id, "lifecycle-pixcorr"): False}
     assert {p: p.stat().st_mtime_ns for p in out.glob("subj01/*.png")} == pngs  # nothing generated

@@ -161,3 +161,23 @@ def test_protocol_list_records_one_run_per_protocol(scored, small_root, db, caps
     alone = _score(path, small_root, db, capsys, "--method", "tar", "--protocol", "brain-diffuser-2023")
     assert alone["run_id"] == runs[1]["run_id"] and alone["already_recorded"]
     assert Store(db).run(runs[1]["run_id"])["protocol"] == "brain-diffuser-2023"
+
+
+def test_timings_document_names_every_stage_that_ran(images, small_root, tmp_path, capsys):
+    """`--timings PATH`: start-up, ground truth, decode, resize, one forward key per network, pixel,
+    statistics and store, each a non-negative number of seconds that together stay within the wall time."""
+    path = write_submission({k: v for k, v in images.items() if k[2] == 0}, tmp_path / "sub", "folder")
+    out = tmp_path / "t" / "timings.json"
+    _score(path, small_root, tmp_path / "lb.duckdb", capsys, "--timings", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["images"] == 8 and doc["protocols"] == ["nsdbench-v1"]
+    stages = doc["stages"]
+    for name in ("startup", "ground_truth", "decode", "resize", "pixel", "statistics", "store"):
+        assert stages[name] >= 0, name
+    forwards = {k for k in stages if k.startswith("forward:")}
+    assert forwards == {
+        f"forward:{n}"
+        for n in ("alexnet", "inception_v3", "clip_vit_l14", "efficientnet_b1", "swav_resnet50")
+    }
+    assert "brain" not in stages  # --no-brain: a stage that does not occur is omitted
+    assert 0 < sum(stages.values()) <= doc["wall_s"]

@@ -361,10 +361,16 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--upgrade", help="Convert a run folder of format 1 in place first.")
         ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+        timings_path: Annotated[
+            Path | None, typer.Option("--timings", help="Write per-stage seconds as JSON (as `score`).")
+        ] = None,
     ) -> None:
         """Score an existing run under more protocols without generating any image."""
+        from nsdbench.stage_times import CommandClock
+
+        clock = CommandClock()
         from nsdbench.runs.progress import RichProgress
-        from nsdbench.runs.scores import rescore_run
+        from nsdbench.runs.scores import rescore_run, run_image_count
         from nsdbench.runs.upgrade import upgrade_run_folder
 
         folder = run_dir.expanduser().resolve()
@@ -378,11 +384,15 @@ def register(app: typer.Typer) -> None:
         names = parse_protocols(protocol or old_protocol)
         try:
             with RichProgress() as progress:
-                results = rescore_run(folder, names, db, progress=progress, ingest=ingest)
+                results = rescore_run(
+                    folder, names, db, progress=progress, ingest=ingest, timings=clock.stages
+                )
         except KeyboardInterrupt:
             raise Interrupted(
                 f"interrupted; scores finished in {folder} are kept: rerun to continue"
             ) from None
+        if timings_path:
+            clock.write(timings_path, run_image_count(folder), list(names))
         if not ingest:
             doc = {"run_dir": str(folder), "protocols": list(names), "ingested": False}
             if as_json:

@@ -23,6 +23,7 @@ from nsdbench.commands.options import (
     subjects_opt,
 )
 from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.stage_times import Timings, stage
 from nsdbench.terminal import print_whole
 
 out = Console(highlight=False, soft_wrap=True)
@@ -236,8 +237,17 @@ def register(app: typer.Typer) -> None:
             DEFAULT_RESAMPLES, "--bootstrap", min=10, help="Bootstrap resamples for the CIs."
         ),
         as_json: bool = JSON_OPT,
+        timings_path: Annotated[
+            Path | None,
+            typer.Option(
+                "--timings", help="Write per-stage seconds (start-up, decode, each network, ...) as JSON."
+            ),
+        ] = None,
     ) -> None:
         """Validate, score and record a submission in the leaderboard (nothing is scored if it is invalid)."""
+        from nsdbench.stage_times import CommandClock
+
+        clock = CommandClock()
         from nsdbench import weights
         from nsdbench.leaderboards.store import Store
         from nsdbench.metrics.protocols import with_encoder
@@ -255,6 +265,8 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         if work_dir:
             writable(work_dir, "--work-dir", folder=True)
+        if timings_path:
+            writable(timings_path, "--timings")
         if mode == "pretrained":
             weights.require_all(a for proto, _ in scopes for a in score_artifacts(proto, brain))
         nsd = open_nsd(data)
@@ -262,10 +274,13 @@ def register(app: typer.Typer) -> None:
         method = method_name or method_name_old or submission.name.split(".")[0]
         store = Store(db)
         docs = []
+        n_images = 0
         for proto, split_name in scopes:
-            sub, problems = _validated(
-                submission, fmt, order, ids, subj, split_name, nsd, as_json, quiet_ok=True
-            )
+            with stage(clock.stages, "validate"):
+                sub, problems = _validated(
+                    submission, fmt, order, ids, subj, split_name, nsd, as_json, quiet_ok=True
+                )
+            n_images = max(n_images, len(sub.entries))
             with sub:
                 for p in problems:
                     if p.severity == "warning":
@@ -274,9 +289,22 @@ def register(app: typer.Typer) -> None:
                     method, subj or tuple(sub.subjects), split_name, mode, dev, brain, batch_size, n_resamples
                 )
                 run_id, inserted = _score_one(
-                    sub, nsd, proto, settings, store, submission, fmt, order, ids, work_dir, len(scopes) > 1
+                    sub,
+                    nsd,
+                    proto,
+                    settings,
+                    store,
+                    submission,
+                    fmt,
+                    order,
+                    ids,
+                    work_dir,
+                    len(scopes) > 1,
+                    clock.stages,
                 )
             docs.append(_report(store, run_id, as_json, inserted))
+        if timings_path:
+            clock.write(timings_path, n_images, [proto.name for proto, _ in scopes])
         if as_json:
             print(json.dumps(docs[0] if len(docs) == 1 else {"runs": docs}, indent=2, default=str))
 
@@ -372,13 +400,25 @@ def score_artifacts(proto: Any, brain: bool | None) -> list[str]:
 
 
 def _score_one(
-    sub, nsd, proto, st: ScoreSettings, store, submission: Path, fmt, order, ids, work_dir, many: bool
+    sub,
+    nsd,
+    proto,
+    st: ScoreSettings,
+    store,
+    submission: Path,
+    fmt,
+    order,
+    ids,
+    work_dir,
+    many: bool,
+    timings: Timings | None = None,
 ):
     """Score one validated submission under one protocol and record it; returns (run id, newly recorded)."""
     from nsdbench.scoring import brain_target, completed_parquet, has_brain_metrics, score_images_to_parquet
 
     data_id = str(Path(nsd.root).resolve())
-    sub_sha = sub.sha256()
+    with stage(timings, "validate"):
+        sub_sha = sub.sha256()
     run_id = score_run_id(
         sub_sha, st.method, st.subjects, st.split, proto, st.weights_mode, st.brain, data_id, st.n_resamples
     )
@@ -395,7 +435,8 @@ def _score_one(
             continue
         target = None
         if has_brain_metrics(proto):
-            target, note = brain_target(nsd, s, st.split, st.weights_mode, st.brain, proto)
+            with stage(timings if st.brain is not False else None, "brain"):
+                target, note = brain_target(nsd, s, st.split, st.weights_mode, st.brain, proto)
             if note:
                 notes.append(note)
                 err.print(note, markup=False)
@@ -419,6 +460,7 @@ def _score_one(
                 batch_size=st.batch_size,
                 progress=True,
                 extra_meta={"submission_sha256": sub_sha},
+                timings=timings,
             )
         )
     record = store.new_run_record(
@@ -443,7 +485,8 @@ def _score_one(
             "notes": notes,
         },
     )
-    result = store.ingest(record, paths, n_resamples=st.n_resamples)
+    with stage(timings, "store"):
+        result = store.ingest(record, paths, n_resamples=st.n_resamples)
     return run_id, result.inserted
 
 

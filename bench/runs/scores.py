@@ -26,6 +26,7 @@ from nsdbench.runs.progress import Progress, scaled_progress
 from nsdbench.runs.session import RunSession, data_label, guiding_encoders
 from nsdbench.runs.shards import shard_files, shard_is_complete
 from nsdbench.runs.spec import read_spec
+from nsdbench.stage_times import Timings, stage
 
 IDENTITY_KEYS = ("encoder", "encoder_key", "encoder_sha256")  # what names the metric's encoder
 
@@ -88,7 +89,9 @@ def score_is_complete(session: RunSession, subject: int, protocol: Any) -> bool:
     )
 
 
-def score_subject(session: RunSession, subject: int, protocol: Any, lock: bool = False) -> bool:
+def score_subject(
+    session: RunSession, subject: int, protocol: Any, lock: bool = False, timings: Timings | None = None
+) -> bool:
     """Score the subject's reconstructions under `protocol` once all its shards are complete; True when
     its scores exist. lock=True (several workers): only the worker holding the OS lock scores (a killed
     worker's lock dies with it); the others return False and `nsdbench ingest` scores what is left."""
@@ -97,7 +100,7 @@ def score_subject(session: RunSession, subject: int, protocol: Any, lock: bool =
     if not session.force and score_is_complete(session, subject, protocol):
         return True
     if not lock:
-        return _score(session, subject, protocol)
+        return _score(session, subject, protocol, timings)
     guard = FileLock(score_path(session.run_dir, subject, protocol.name).with_suffix(".lock"))
     if not guard.acquire():
         log_event(session.run_dir, f"subj{subject:02d} {protocol.name}: another worker is scoring it")
@@ -105,12 +108,12 @@ def score_subject(session: RunSession, subject: int, protocol: Any, lock: bool =
     try:
         if not session.force and score_is_complete(session, subject, protocol):
             return True
-        return _score(session, subject, protocol)
+        return _score(session, subject, protocol, timings)
     finally:
         guard.release()
 
 
-def _score(session: RunSession, subject: int, protocol: Any) -> bool:
+def _score(session: RunSession, subject: int, protocol: Any, timings: Timings | None = None) -> bool:
     from nsdbench.scoring import brain_target, has_brain_metrics, score_images_to_parquet
 
     spec = session.spec
@@ -118,17 +121,19 @@ def _score(session: RunSession, subject: int, protocol: Any) -> bool:
     items = [it for s in session.shards() if s.subject == subject for it in s.items(spec.samples)]
     session.progress.start(key, f"subj{subject:02d} score {protocol.name}", len(items))
     images = {}
-    for nsd_id, sample in items:
-        img = read_png(png_path(session.run_dir, subject, nsd_id, sample))
-        if img is None:  # changed after the completeness check: let the next pass regenerate it
-            return False
-        images[(nsd_id, sample)] = img
+    with stage(timings, "decode"):
+        for nsd_id, sample in items:
+            img = read_png(png_path(session.run_dir, subject, nsd_id, sample))
+            if img is None:  # changed after the completeness check: let the next pass regenerate it
+                return False
+            images[(nsd_id, sample)] = img
     t0 = time.perf_counter()
     digest = images_digest(session, subject)
     out = score_path(session.run_dir, subject, protocol.name)
     report = scaled_progress(lambda n: session.progress.advance(key, n), len(items))
     wanted = None if has_brain_metrics(protocol) else False
-    brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, wanted, protocol=protocol)
+    with stage(timings, "brain"):
+        brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, wanted, protocol=protocol)
     if note and wanted is None:
         log_event(session.run_dir, note)
         session.progress.message(note)
@@ -149,6 +154,7 @@ def _score(session: RunSession, subject: int, protocol: Any) -> bool:
             "run_dir_spec_hash": spec.hash,
             "brain_encoder": dict(getattr(brain, "info", {}) or {}) if brain is not None else {},
         },
+        timings=timings,
     )
     report(1, 1)
     session.progress.finish(key)
@@ -198,6 +204,7 @@ def ingest_run(
     db: str | Path | None = None,
     progress: Progress | None = None,
     protocols: tuple[str, ...] | list[str] | None = None,
+    timings: Timings | None = None,
 ) -> list[Any]:
     """Score any complete-but-unscored subject under each protocol, then record one leaderboard row per
     protocol (single writer). Protocols default to those the run folder has scores/ folders for."""
@@ -221,7 +228,7 @@ def ingest_run(
     results = []
     for proto in protos:
         for subject in spec.subjects:
-            if not score_subject(session, subject, proto):
+            if not score_subject(session, subject, proto, timings=timings):
                 raise NSDBenchError(
                     f"{run_dir}: subject {subject} could not be scored (images changed while reading)"
                 )
@@ -249,7 +256,8 @@ def ingest_run(
         brain_infos = [dict(read_parquet_meta(p).get("brain_encoder") or {}) for p in paths]
         circular = circular_guidance(encoders, brain_infos)
         record = replace(record, config={**record.config, "circular_brain": circular})
-        result = store.ingest(record, paths)
+        with stage(timings, "store"):
+            result = store.ingest(record, paths)
         log_event(run_dir, f"ingested {rid} into {store.path} (new={result.inserted})")
         results.append(result)
     return results
@@ -262,6 +270,7 @@ def rescore_run(
     progress: Progress | None = None,
     ingest: bool = True,
     force: bool = False,
+    timings: Timings | None = None,
 ) -> list[Any]:
     """Score a finished run under more protocols without generating anything; record them unless
     ingest=False. Returns the ingest results (or an empty list)."""
@@ -276,6 +285,13 @@ def rescore_run(
         )
     for proto in protos:
         for subject in spec.subjects:
-            if not score_subject(session, subject, proto):
+            if not score_subject(session, subject, proto, timings=timings):
                 raise NSDBenchError(f"{run_dir}: subject {subject} could not be scored under {proto.name}")
-    return ingest_run(run_dir, db, progress, [p.name for p in protos]) if ingest else []
+    return ingest_run(run_dir, db, progress, [p.name for p in protos], timings) if ingest else []
+
+
+def run_image_count(run_dir: Path) -> int:
+    """How many reconstructions a run folder's shards hold (each is scored once per protocol)."""
+    spec, _ = read_spec(run_dir)
+    session = RunSession(run_dir, spec)
+    return sum(len(s.items(spec.samples)) for s in session.shards())

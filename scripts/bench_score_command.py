@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -69,41 +70,61 @@ class Timed:
     values: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)  # protocol -> metric -> id
 
 
-def synth_sizes(n: int) -> dict:
-    """Synthetic NSD sizes whose nsd982 split holds about n images per subject (n + a few shared ones
-    seen only after the legacy sessions)."""
+def nsd982_count(seed: int, sizes: dict) -> int:
+    """Test images of nsd982 on the synthetic NSD `synthesize(seed=seed, **sizes)` would write: shared
+    images with a trial in the legacy sessions (its design depends on the seed and sizes only)."""
+    from nsdbench.nsd.synth import SynthSizes, make_design
+
+    spec = SynthSizes(**sizes)
+    design = make_design(spec, np.random.default_rng(np.random.default_rng(seed).integers(2**63)))
+    legacy = design["masterordering"][: 750 * spec.legacy_sessions] - 1  # 0-based positions in subjectim
+    return len(np.unique(legacy[legacy < spec.shared]))
+
+
+def synth_sizes(n: int, seed: int = 0) -> dict:
+    """Synthetic NSD sizes whose nsd982 split holds exactly n images per subject: a few shared images are
+    seen only after the legacy sessions, so `shared` is searched upwards from n + missing."""
     missing = max(2, n // 50)
-    shared = n + missing + max(2, n // 50)
-    sessions = max(2, math.ceil((shared + 1) * 3 / 750) + 1)
-    return {"sessions": sessions, "shared": shared, "missing_shared": missing}
+    for shared in range(n + missing, n + missing + max(50, n // 5)):
+        sessions = max(2, math.ceil((shared + 1) / 250))  # 250 images per session and subject
+        sizes = {"sessions": sessions, "shared": shared, "missing_shared": missing}
+        if nsd982_count(seed, sizes) == n:
+            return sizes
+    raise RuntimeError(f"no synthetic NSD design with exactly {n} nsd982 images for seed {seed}")
 
 
 def build_workload(
     root: Path, n: int, image_size: int = 64, rec_size: int = 128, subjects: tuple[int, ...] = (1,), seed: int = 0
 ) -> Workload:
-    """Synthesize an NSD (image_size px stimuli) and a PNG submission of rec_size px reconstructions
-    (the ground truth upscaled, blurred and noised) for the nsd982 test ids of `subjects`."""
-    from PIL import Image
+    """Synthesize an NSD (image_size px stimuli, exactly n nsd982 test images per subject) and a PNG
+    submission of rec_size px reconstructions for the nsd982 test ids of `subjects` (written in threads)."""
+    from PIL import Image, ImageFilter
 
     from nsdbench.nsd import open_nsd
     from nsdbench.nsd.splits import get_split
     from nsdbench.nsd.synth import synthesize
-    from nsdbench.submission_writers import box_blur, write_submission
 
-    data = synthesize(root / "nsd", seed=seed, image_size=image_size, **synth_sizes(n))
+    data = synthesize(root / "nsd", seed=seed, image_size=image_size, **synth_sizes(n, seed))
     nsd = open_nsd(str(data))
-    rng = np.random.default_rng(seed)
-    images = {}
-    n_images = 0
+    sub = root / "submission"
+    jobs = []
     for s in subjects:
         ids = [int(i) for i in get_split(nsd, SPLIT, s).test_ids]
-        n_images = max(n_images, len(ids))
-        for nsd_id, gt in zip(ids, nsd.images(ids), strict=True):
-            up = np.asarray(Image.fromarray(gt).resize((rec_size, rec_size), Image.Resampling.BICUBIC))
-            noisy = box_blur(up, 2).astype(np.int16) + rng.integers(-20, 21, up.shape, dtype=np.int16)
-            images[(s, nsd_id, 0)] = np.clip(noisy, 0, 255).astype(np.uint8)
-    sub = write_submission(images, root / "submission", "folder")
-    return Workload(Path(data), Path(sub), tuple(subjects), n_images, image_size, rec_size)
+        (sub / f"subj{s:02d}").mkdir(parents=True, exist_ok=True)
+        jobs += [(s, nsd_id, gt) for nsd_id, gt in zip(ids, nsd.images(ids), strict=True)]
+
+    def write(job) -> None:  # the ground truth upsampled, blurred and noised, as a method's PNG output
+        s, nsd_id, gt = job
+        up = Image.fromarray(gt).resize((rec_size, rec_size), Image.Resampling.BICUBIC)
+        up = up.filter(ImageFilter.BoxBlur(2))
+        noise = np.random.default_rng([seed, s, nsd_id]).integers(-20, 21, (rec_size, rec_size, 3), dtype=np.int16)
+        img = np.clip(np.asarray(up).astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(sub / f"subj{s:02d}" / f"{nsd_id}_0.png", compress_level=1)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(write, jobs))
+    n_images = max(sum(1 for j in jobs if j[0] == s) for s in subjects)
+    return Workload(Path(data), sub, tuple(subjects), n_images, image_size, rec_size)
 
 
 def _env(home: Path, threads: int | None) -> dict[str, str]:
@@ -125,6 +146,21 @@ def has_timings() -> bool:
     return "--timings" in proc.stdout
 
 
+def resolve_every(protocols: list[str] | str) -> list[str] | str:
+    """'all' where this nsdbench's `score --protocol` accepts it, else the list of every shipped protocol."""
+    if protocols != "all":
+        return list(protocols)
+    from nsdbench.commands.options import parse_protocols
+    from nsdbench.errors import NSDBenchError
+    from nsdbench.metrics.protocols import PROTOCOLS
+
+    try:
+        parse_protocols("all")
+        return "all"
+    except NSDBenchError:
+        return list(PROTOCOLS)
+
+
 def run_nsdbench(
     wl: Workload,
     protocols: list[str] | str,
@@ -135,8 +171,10 @@ def run_nsdbench(
     batch_size: int = 64,
     threads: int | None = None,
     label: str = "nsdbench",
+    extra: list[str] | None = None,
 ) -> Timed:
     """`nsdbench score` as a user runs it (console script, own process); reads back the per-image values."""
+    protocols = resolve_every(protocols)
     protos = list(ALL) if protocols == "all" else list(protocols)
     work.mkdir(parents=True, exist_ok=True)
     timings = work / "timings.json"
@@ -148,7 +186,7 @@ def run_nsdbench(
         "--protocol", "all" if protocols == "all" else ",".join(protos),
         "--weights", weights,
         "--device", device,
-        "--no-brain",
+        *(["--no-brain"] if extra is None else extra),
         "--batch-size", str(batch_size),
         "--bootstrap", "10",
         "--method", "bench",
@@ -164,7 +202,8 @@ def run_nsdbench(
     if proc.returncode != 0:
         raise RuntimeError(f"nsdbench score exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     doc = json.loads(timings.read_text()) if timings.exists() else {}
-    values = {p: _parquet_values(work / "scores", p, len(protos) > 1, wl.subjects[0]) for p in protos}
+    many = protocols == "all" or len(protos) > 1
+    values = {p: _parquet_values(work / "scores", p, many, wl.subjects[0]) for p in protos}
     return Timed(label, wall, dict(doc.get("stages", {})), values)
 
 

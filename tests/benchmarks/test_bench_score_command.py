@@ -17,6 +17,7 @@ reconstructions.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -121,3 +122,21 @@ def test_bench_score_every_protocol_vs_three_references(benchmark, workload, ref
     refs = list(references.values())
     assert bsc.compare(t, refs) == []
     _record(benchmark, t, refs)
+
+
+def test_gpu_bench_metrics_script_runs_tiny_on_the_cpu(tmp_path, capsys):
+    """scripts/gpu_bench_metrics.py end to end with --tiny (its 4 x 982 run needs a GPU): three scoring
+    processes, a stage table each, and a JSON document that adds up."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gpu_bench_metrics.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench_metrics", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    assert mod.main(["--tiny", "--n", "4", "--every", ",".join(bsc.ALL), "--keep", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["reconstructions"] == 4 and doc["weights"] == "tiny"
+    assert [r["label"] for r in doc["runs"]][:2] == [f"{BD} cold", f"{BD} warm"]
+    for r in doc["runs"]:
+        assert any(k.startswith("forward:") for k in r["stages"])
+        assert 0.0 < r["outside_forward_share"] < 1.0
+        assert sum(v["s"] for v in r["stages"].values()) <= r["wall_s"] * 1.05

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,17 @@ import pandas as pd
 
 from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
 from nsdbench.leaderboards.store import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
+from nsdbench.metrics.engine import ScoreOptions, ScoreResult, score_reconstructions_by_protocol
+from nsdbench.metrics.protocols import Protocol, get_protocol
+from nsdbench.nsd.loader import NSD
+from nsdbench.nsd.splits import Split
 from nsdbench.stage_times import Timings, stage
 
 ImageKey = tuple[int, int]  # (nsd_id, sample)
+BrainTargets = Any  # None, one BrainTarget, or {protocol name: BrainTarget or None}
 
 
-def _split(nsd: Any, split: Any, subject: int) -> Any:
+def _split(nsd: NSD, split: Split | str, subject: int) -> Split:
     if isinstance(split, str):
         from nsdbench.nsd.splits import get_split
 
@@ -51,53 +57,68 @@ def collect_images(
     return [k[0] for k in keys], [k[1] for k in keys], out
 
 
-def score_subject(
-    nsd: Any,
+@dataclass(frozen=True)
+class SubjectScope:
+    """One protocol and the split it scores on for one subject."""
+
+    protocol: Protocol
+    split: Split
+
+
+def subject_scopes(
+    nsd: NSD, subject: int, pairs: Sequence[tuple[Protocol | str, Split | str]]
+) -> list[SubjectScope]:
+    """(protocol, split name or Split) pairs as SubjectScopes of `subject`."""
+    return [SubjectScope(get_protocol(p), _split(nsd, sp, subject)) for p, sp in pairs]
+
+
+def score_subject_images(
+    nsd: NSD,
     subject: int,
-    split: Any,
-    protocol: Any,
+    scopes: Sequence[SubjectScope],
     images: Mapping[ImageKey, np.ndarray],
-    weights_mode: str = "pretrained",
-    device: str = "cpu",
-    brain: Any = None,
-    batch_size: int = 32,
-    progress: bool | Callable[[int, int], None] = False,
-    timings: Timings | None = None,
-) -> Any:
-    """Score one subject's reconstructions against the split's ground truth; returns the engine's ScoreResult.
-
-    `progress`: False, True (rich bars) or a callback(done, total) as in metrics.engine.score_protocols.
-    """
-    from nsdbench.metrics.engine import score
-    from nsdbench.metrics.protocols import get_protocol
-
-    protocol = get_protocol(protocol)
-    sp = _split(nsd, split, subject)
+    options: ScoreOptions,
+    brain: BrainTargets = None,
+) -> dict[str, ScoreResult]:
+    """Score one subject's reconstructions under every scope in one engine pass; each protocol gets the
+    values a separate call would give on its split's ids. `brain`: None, one target or {protocol: target}."""
+    if not scopes:
+        raise UsageError("no protocol to score")
+    timings = options.timings
     with stage(timings, "decode"):
         rec_ids, rec_samples, rec_images = collect_images(images, subject)
-    allowed = {int(i) for i in sp.test_ids}
+    allowed = {int(i) for sc in scopes for i in sc.split.test_ids}
     outside = sorted(set(rec_ids) - allowed)
     if outside:
+        names = "/".join(dict.fromkeys(sc.split.name for sc in scopes))
         raise InvalidSubmission(
-            f"subject {subject}: nsd_id {outside[0]} is not in the {sp.name} test split "
+            f"subject {subject}: nsd_id {outside[0]} is not in the {names} test split "
             f"({len(outside)} such ids)"
         )
     gt_ids = sorted(set(rec_ids))
+    protocol_ids = {}
+    for sc in scopes:
+        ids = [int(i) for i in sc.split.test_ids]
+        if set(ids) != set(gt_ids):
+            missing = sorted(set(ids) - set(gt_ids))
+            if missing:
+                raise InvalidSubmission(
+                    f"subject {subject}: no reconstruction for nsd_id {missing[0]} of the {sc.split.name} test "
+                    f"split ({len(missing)} missing; protocol {sc.protocol.name})"
+                )
+            protocol_ids[sc.protocol.name] = ids
     with stage(timings, "ground_truth"):
         gt_images = nsd.images(gt_ids)
-    return score(
+    return score_reconstructions_by_protocol(
         gt_ids,
         gt_images,
         rec_ids,
         rec_samples,
         rec_images,
-        protocol,
-        weights_mode=weights_mode,
-        device=device,
-        brain=brain,
-        batch_size=batch_size,
-        progress=progress,
-        timings=timings,
+        [sc.protocol for sc in scopes],
+        options,
+        brain,
+        protocol_ids or None,
     )
 
 
@@ -173,48 +194,46 @@ def write_scores_parquet(df: pd.DataFrame, out_path: Path, meta: dict[str, Any])
     return out_path
 
 
-def score_images_to_parquet(
-    nsd: Any,
+def write_subject_scores(
+    nsd: NSD,
     subject: int,
-    split: Any,
-    protocol: Any,
+    scopes: Sequence[SubjectScope],
     images: Mapping[ImageKey, np.ndarray],
-    weights_mode: str,
-    device: str,
-    out_path: str | Path,
-    run_id: str,
-    brain: Any = None,
-    batch_size: int = 32,
-    progress: bool | Callable[[int, int], None] = False,
+    options: ScoreOptions,
+    out_paths: Mapping[str, Path],
+    run_ids: Mapping[str, str],
+    brain: BrainTargets = None,
     extra_meta: dict[str, Any] | None = None,
-    timings: Timings | None = None,
-) -> Path:
-    """Score one subject and write its per-sample, per-image and set scores to `out_path` atomically."""
-    from nsdbench.metrics.protocols import get_protocol
-
-    protocol = get_protocol(protocol)
-    sp = _split(nsd, split, subject)
-    result = score_subject(
-        nsd, subject, sp, protocol, images, weights_mode, device, brain, batch_size, progress, timings
-    )
-    df = scores_frame(result, run_id, subject)
-    meta = {
-        "run_id": run_id,
-        "subject": int(subject),
-        "split": sp.name,
-        "protocol": protocol.name,
-        "protocol_version": protocol.version,
-        "protocol_hash": protocol.hash,
-        "weights_mode": weights_mode,
-        "brain": brain is not None,
-        "n_images": int(result.per_image["nsd_id"].nunique()) if len(result.per_image) else 0,
-        "n_reconstructions": len(images),
-        "provenance": getattr(result, "provenance", {}) or {},
-        "written_at": datetime.now(UTC).isoformat(),
-        **(extra_meta or {}),
-    }
-    with stage(timings, "store"):
-        return write_scores_parquet(df, Path(out_path), meta)
+) -> dict[str, Path]:
+    """Score one subject under every scope in one pass and write each protocol's per-sample, per-image and
+    set scores to its own Parquet file (out_paths[protocol name]) atomically."""
+    results = score_subject_images(nsd, subject, scopes, images, options, brain)
+    written = {}
+    for sc in scopes:
+        name = sc.protocol.name
+        result = results[name]
+        in_split = {int(i) for i in sc.split.test_ids}
+        target = brain.get(name) if isinstance(brain, Mapping) else brain
+        meta = {
+            "run_id": run_ids[name],
+            "subject": int(subject),
+            "split": sc.split.name,
+            "protocol": name,
+            "protocol_version": sc.protocol.version,
+            "protocol_hash": sc.protocol.hash,
+            "weights_mode": options.weights_mode,
+            "brain": target is not None,
+            "n_images": int(result.per_image["nsd_id"].nunique()) if len(result.per_image) else 0,
+            "n_reconstructions": sum(1 for key in images if int(key[0]) in in_split),
+            "provenance": result.provenance,
+            "written_at": datetime.now(UTC).isoformat(),
+            **(extra_meta or {}),
+        }
+        with stage(options.timings, "store"):
+            written[name] = write_scores_parquet(
+                scores_frame(result, run_ids[name], subject), out_paths[name], meta
+            )
+    return written
 
 
 def completed_parquet(path: str | Path, run_id: str, subject: int, protocol_hash: str) -> bool:
@@ -268,3 +287,50 @@ def brain_target(
         if wanted:
             raise
         return None, f"brain correlation skipped for subject {subject}: {exc}"
+
+
+# --------------------------------------------------------------------------- earlier names
+
+
+def score_subject(
+    nsd: NSD,
+    subject: int,
+    split: Split | str,
+    protocol: Protocol | str,
+    images: Mapping[ImageKey, np.ndarray],
+    weights_mode: str = "pretrained",
+    device: str = "cpu",
+    brain: Any = None,
+    batch_size: int = 32,
+    progress: bool | Callable[[int, int], None] = False,
+    timings: Timings | None = None,
+) -> ScoreResult:
+    """Earlier signature of score_subject_images for one protocol (callers not yet moved to ScoreOptions)."""
+    scopes = subject_scopes(nsd, subject, [(protocol, split)])
+    options = ScoreOptions(weights_mode, device, batch_size, progress, timings=timings)
+    return score_subject_images(nsd, subject, scopes, images, options, brain)[scopes[0].protocol.name]
+
+
+def score_images_to_parquet(
+    nsd: NSD,
+    subject: int,
+    split: Split | str,
+    protocol: Protocol | str,
+    images: Mapping[ImageKey, np.ndarray],
+    weights_mode: str,
+    device: str,
+    out_path: str | Path,
+    run_id: str,
+    brain: Any = None,
+    batch_size: int = 32,
+    progress: bool | Callable[[int, int], None] = False,
+    extra_meta: dict[str, Any] | None = None,
+    timings: Timings | None = None,
+) -> Path:
+    """Earlier signature of write_subject_scores for one protocol."""
+    scopes = subject_scopes(nsd, subject, [(protocol, split)])
+    name = scopes[0].protocol.name
+    options = ScoreOptions(weights_mode, device, batch_size, progress, timings=timings)
+    return write_subject_scores(
+        nsd, subject, scopes, images, options, {name: Path(out_path)}, {name: run_id}, brain, extra_meta
+    )[name]

@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 Timings = dict[str, float]  # stage -> seconds, summed over every occurrence of the stage
+_LOCK = threading.Lock()  # prefetch threads add their stages while the main thread adds its own
 
 
 def process_age() -> tuple[float, str]:
@@ -29,7 +31,8 @@ def process_age() -> tuple[float, str]:
 def add(timings: Timings | None, stage: str, seconds: float) -> None:
     """Add `seconds` to `stage` (nothing when timings is None)."""
     if timings is not None:
-        timings[stage] = timings.get(stage, 0.0) + seconds
+        with _LOCK:
+            timings[stage] = timings.get(stage, 0.0) + seconds
 
 
 @contextlib.contextmanager

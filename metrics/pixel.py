@@ -7,8 +7,16 @@ Gaussian (mode 'reflect' = half-sample symmetric), the radius-wide border croppe
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+from nsdbench.errors import UsageError
+from nsdbench.metrics.resize import to_float
+
+if TYPE_CHECKING:
+    from nsdbench.metrics.protocols import PixelMetric
 
 RGB2GRAY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
 
@@ -172,3 +180,22 @@ def gt_range(gray: torch.Tensor) -> torch.Tensor:
     """Second Sight's data_range: max - min of each gray ground truth."""
     flat = gray.reshape(gray.shape[0], -1)
     return flat.max(dim=1).values - flat.min(dim=1).values
+
+
+def pixel_metric_values(metric: PixelMetric, gt: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 values of one protocol pixel metric on resized (B, 3, H, W) ground truth and
+    reconstructions (uint8 from PIL chains, float [0, 1] from torch chains)."""
+    gf = to_float(gt, torch.float64)
+    rf = to_float(rec, torch.float64)
+    if gf.shape != rf.shape:
+        raise UsageError(
+            f"protocol metric {metric.name}: its resize chains give different sizes {tuple(gf.shape)} "
+            f"vs {tuple(rf.shape)}"
+        )
+    if metric.color == "gray":
+        gf, rf = rgb2gray(gf), rgb2gray(rf)
+    if metric.kind == "pearson":
+        return pixcorr(gf, rf)
+    dr: float | torch.Tensor = gt_range(gf) if metric.data_range == "gt-range" else 1.0
+    fn = ssim_2d if metric.kind == "ssim-2d" else ssim_columnwise
+    return fn(rf, gf, dr, metric.sample_covariance, metric.sigma, metric.truncate, metric.k1, metric.k2)

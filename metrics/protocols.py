@@ -194,11 +194,11 @@ class Protocol:
 
 
 def _pil(f: Filter, size: int) -> ResizeStep:
-    return ResizeStep("pil", f, size)
+    return ResizeStep(library="pil", filter=f, size=size)
 
 
 def _torch(f: Filter, size: int, antialias: bool = False) -> ResizeStep:
-    return ResizeStep("torch", f, size, antialias)
+    return ResizeStep(library="torch", filter=f, size=size, antialias=antialias)
 
 
 _BRAIN_ALL = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_early", "bc_higher_vis", "bc_nsdgeneral")
@@ -208,7 +208,7 @@ _BRAIN_PUBLISHED = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_higher_vis", "bc_nsd
 def _brain(names: tuple[str, ...]) -> tuple[BrainMetric, ...]:
     from nsdbench.metrics.names import BRAIN_ROIS
 
-    return tuple(BrainMetric(n, BRAIN_ROIS[n]) for n in names)
+    return tuple(BrainMetric(name=n, roi=BRAIN_ROIS[n]) for n in names)
 
 
 def _bd_style_features(
@@ -218,23 +218,55 @@ def _bd_style_features(
     c = (_pil("bilinear", 224),)
     layer_of = {"alexnet2": "features.4", "alexnet5": "features.11", "alexnet7": "classifier.5"}
     out: list[FeatureMetric] = [
-        FeatureMetric(n, "alexnet", "IMAGENET1K_V1", layer_of[n], c, c, normalize_cnn) for n in alexnet_layers
+        FeatureMetric(
+            name=n,
+            network="alexnet",
+            weights="IMAGENET1K_V1",
+            layer=layer_of[n],
+            gt_chain=c,
+            rec_chain=c,
+            normalize=normalize_cnn,
+        )
+        for n in alexnet_layers
     ]
     out += [
-        FeatureMetric("inception", "inception_v3", "IMAGENET1K_V1", "avgpool", c, c, normalize_cnn),
-        FeatureMetric("clip_2way", "clip_vit_l14", "openai", "visual", c, c, "clip"),
         FeatureMetric(
-            "effnet_b",
-            "efficientnet_b1",
-            effnet,
-            "avgpool",
-            c,
-            c,
-            normalize_cnn,
+            name="inception",
+            network="inception_v3",
+            weights="IMAGENET1K_V1",
+            layer="avgpool",
+            gt_chain=c,
+            rec_chain=c,
+            normalize=normalize_cnn,
+        ),
+        FeatureMetric(
+            name="clip_2way",
+            network="clip_vit_l14",
+            weights="openai",
+            layer="visual",
+            gt_chain=c,
+            rec_chain=c,
+            normalize="clip",
+        ),
+        FeatureMetric(
+            name="effnet_b",
+            network="efficientnet_b1",
+            weights=effnet,
+            layer="avgpool",
+            gt_chain=c,
+            rec_chain=c,
+            normalize=normalize_cnn,
             statistic="correlation-distance",
         ),
         FeatureMetric(
-            "swav", "swav_resnet50", "800ep", "avgpool", c, c, normalize_cnn, statistic="correlation-distance"
+            name="swav",
+            network="swav_resnet50",
+            weights="800ep",
+            layer="avgpool",
+            gt_chain=c,
+            rec_chain=c,
+            normalize=normalize_cnn,
+            statistic="correlation-distance",
         ),
     ]
     return tuple(out)
@@ -257,13 +289,20 @@ BRAIN_DIFFUSER_2023 = Protocol(
     published_order="first-presentation",
     metrics=_order(
         (
-            PixelMetric("pixcorr", _P425, _P425, "rgb", "pearson", note="PIL Image.resize default (bicubic)"),
             PixelMetric(
-                "ssim",
-                _P425,
-                _P425,
-                "gray",
-                "ssim-columnwise",
+                name="pixcorr",
+                gt_chain=_P425,
+                rec_chain=_P425,
+                color="rgb",
+                kind="pearson",
+                note="PIL Image.resize default (bicubic)",
+            ),
+            PixelMetric(
+                name="ssim",
+                gt_chain=_P425,
+                rec_chain=_P425,
+                color="gray",
+                kind="ssim-columnwise",
                 note="skimage<=0.19 multichannel=True on a 2-D gray image: mean of 1-D vertical SSIMs "
                 "(= channel_axis=-1 today)",
             ),
@@ -302,72 +341,76 @@ MINDEYE = Protocol(
         _order(
             (
                 PixelMetric(
-                    "pixcorr", _me(_torch("bilinear", 425)), _me(_torch("bilinear", 425)), "rgb", "pearson"
+                    name="pixcorr",
+                    gt_chain=_me(_torch("bilinear", 425)),
+                    rec_chain=_me(_torch("bilinear", 425)),
+                    color="rgb",
+                    kind="pearson",
                 ),
                 PixelMetric(
-                    "ssim",
-                    _me(_torch("bilinear", 425)),
-                    _me(_torch("bilinear", 425)),
-                    "gray",
-                    "ssim-2d",
+                    name="ssim",
+                    gt_chain=_me(_torch("bilinear", 425)),
+                    rec_chain=_me(_torch("bilinear", 425)),
+                    color="gray",
+                    kind="ssim-2d",
                     note="skimage>=0.20 ignores multichannel=True: a true 2-D SSIM; the reference ran it in "
                     "float32, nsdbench in float64",
                 ),
                 FeatureMetric(
-                    "alexnet2",
-                    "alexnet",
-                    "IMAGENET1K_V1",
-                    "features.4",
-                    _me(_torch("bilinear", 256)),
-                    _me(_torch("bilinear", 256)),
-                    "imagenet",
+                    name="alexnet2",
+                    network="alexnet",
+                    weights="IMAGENET1K_V1",
+                    layer="features.4",
+                    gt_chain=_me(_torch("bilinear", 256)),
+                    rec_chain=_me(_torch("bilinear", 256)),
+                    normalize="imagenet",
                 ),
                 FeatureMetric(
-                    "alexnet5",
-                    "alexnet",
-                    "IMAGENET1K_V1",
-                    "features.11",
-                    _me(_torch("bilinear", 256)),
-                    _me(_torch("bilinear", 256)),
-                    "imagenet",
+                    name="alexnet5",
+                    network="alexnet",
+                    weights="IMAGENET1K_V1",
+                    layer="features.11",
+                    gt_chain=_me(_torch("bilinear", 256)),
+                    rec_chain=_me(_torch("bilinear", 256)),
+                    normalize="imagenet",
                 ),
                 FeatureMetric(
-                    "inception",
-                    "inception_v3",
-                    "IMAGENET1K_V1",
-                    "avgpool",
-                    _me(_torch("bilinear", 342)),
-                    _me(_torch("bilinear", 342)),
-                    "imagenet",
+                    name="inception",
+                    network="inception_v3",
+                    weights="IMAGENET1K_V1",
+                    layer="avgpool",
+                    gt_chain=_me(_torch("bilinear", 342)),
+                    rec_chain=_me(_torch("bilinear", 342)),
+                    normalize="imagenet",
                 ),
                 FeatureMetric(
-                    "clip_2way",
-                    "clip_vit_l14",
-                    "openai",
-                    "visual",
-                    _me(_torch("bilinear", 224)),
-                    _me(_torch("bilinear", 224)),
-                    "clip",
+                    name="clip_2way",
+                    network="clip_vit_l14",
+                    weights="openai",
+                    layer="visual",
+                    gt_chain=_me(_torch("bilinear", 224)),
+                    rec_chain=_me(_torch("bilinear", 224)),
+                    normalize="clip",
                     precision="fp16",
                 ),
                 FeatureMetric(
-                    "effnet_b",
-                    "efficientnet_b1",
-                    "IMAGENET1K_V2",
-                    "avgpool",
-                    _me(_torch("bilinear", 255)),
-                    _me(_torch("bilinear", 255)),
-                    "imagenet",
+                    name="effnet_b",
+                    network="efficientnet_b1",
+                    weights="IMAGENET1K_V2",
+                    layer="avgpool",
+                    gt_chain=_me(_torch("bilinear", 255)),
+                    rec_chain=_me(_torch("bilinear", 255)),
+                    normalize="imagenet",
                     statistic="correlation-distance",
                 ),
                 FeatureMetric(
-                    "swav",
-                    "swav_resnet50",
-                    "800ep",
-                    "avgpool",
-                    _me(_torch("bilinear", 224)),
-                    _me(_torch("bilinear", 224)),
-                    "imagenet",
+                    name="swav",
+                    network="swav_resnet50",
+                    weights="800ep",
+                    layer="avgpool",
+                    gt_chain=_me(_torch("bilinear", 224)),
+                    rec_chain=_me(_torch("bilinear", 224)),
+                    normalize="imagenet",
                     statistic="correlation-distance",
                 ),
             )
@@ -397,31 +440,31 @@ SECOND_SIGHT_2023 = Protocol(
     metrics=_order(
         (
             PixelMetric(
-                "pixcorr",
-                (_pil("lanczos", 425),),
-                (_pil("lanczos", 425),),
-                "rgb",
-                "pearson",
+                name="pixcorr",
+                gt_chain=(_pil("lanczos", 425),),
+                rec_chain=(_pil("lanczos", 425),),
+                color="rgb",
+                kind="pearson",
                 note="np.corrcoef on flattened uint8 (same value as /255)",
             ),
             PixelMetric(
-                "ssim",
-                _P425,
-                _P425,
-                "gray",
-                "ssim-2d",
+                name="ssim",
+                gt_chain=_P425,
+                rec_chain=_P425,
+                color="gray",
+                kind="ssim-2d",
                 sample_covariance=True,
                 data_range="gt-range",
                 note="data_range = gt.max() - gt.min() of the gray ground truth",
             ),
             FeatureMetric(
-                "clip_cos",
-                "clip_vit_l14",
-                "openai",
-                "visual",
-                (_pil("bicubic", 224),),
-                (_pil("bicubic", 224),),
-                "clip",
+                name="clip_cos",
+                network="clip_vit_l14",
+                weights="openai",
+                layer="visual",
+                gt_chain=(_pil("bicubic", 224),),
+                rec_chain=(_pil("bicubic", 224),),
+                normalize="clip",
                 statistic="cosine",
                 note="HF CLIPProcessor: shortest side 224 bicubic + center crop 224 (= 224x224 on square "
                 "images); rescale and normalize in float32",
@@ -445,16 +488,16 @@ NSDBENCH_V1 = Protocol(
     published_order="nsd-ascending",
     metrics=_order(
         (
-            PixelMetric("pixcorr", _P425, _P425, "rgb", "pearson"),
-            PixelMetric("ssim", _P425, _P425, "gray", "ssim-2d"),
+            PixelMetric(name="pixcorr", gt_chain=_P425, rec_chain=_P425, color="rgb", kind="pearson"),
+            PixelMetric(name="ssim", gt_chain=_P425, rec_chain=_P425, color="gray", kind="ssim-2d"),
             FeatureMetric(
-                "clip_cos",
-                "clip_vit_l14",
-                "openai",
-                "visual",
-                (_pil("bilinear", 224),),
-                (_pil("bilinear", 224),),
-                "clip",
+                name="clip_cos",
+                network="clip_vit_l14",
+                weights="openai",
+                layer="visual",
+                gt_chain=(_pil("bilinear", 224),),
+                rec_chain=(_pil("bilinear", 224),),
+                normalize="clip",
                 statistic="cosine",
                 note="same CLIP embedding as clip_2way",
             ),

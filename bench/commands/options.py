@@ -33,10 +33,12 @@ def out_opt(help: str = OUT_HELP):
 
 def parse_protocols(value: str | None) -> list[str]:
     """'nsdbench-v1,mindeye' → both names, each checked against the shipped protocols (exit 2)."""
-    from nsdbench.metrics.protocols import get_protocol
+    from nsdbench.metrics.protocols import PROTOCOLS, get_protocol
 
     if value is None or not value.strip():
         return []
+    if value.strip() == "all":  # every shipped protocol (its current version)
+        return list(PROTOCOLS)
     names = list(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
     for name in names:
         get_protocol(name)

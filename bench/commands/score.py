@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -206,7 +207,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--protocol",
             "-p",
-            help="Metric protocol, or a comma list: one recorded run each (default: config, nsdbench-v1).",
+            help="Metric protocol, a comma list or 'all': scored in one pass, one recorded run each "
+            "(default: config, nsdbench-v1).",
         ),
         method_name: str = typer.Option(
             None, "--method", "-m", help="Leaderboard name (default: the file/folder name)."
@@ -273,25 +275,26 @@ def register(app: typer.Typer) -> None:
         check_subjects_in(subj, nsd)
         method = method_name or method_name_old or submission.name.split(".")[0]
         store = Store(db)
-        docs = []
+        scopes = _every_within(nsd, scopes, subj, split) if _is_all(protocol) else scopes
+        docs: dict[str, dict] = {}
         n_images = 0
-        for proto, split_name in scopes:
+        for root, family in _families(nsd, scopes, subj):
             with stage(clock.stages, "validate"):
                 sub, problems = _validated(
-                    submission, fmt, order, ids, subj, split_name, nsd, as_json, quiet_ok=True
+                    submission, fmt, order, ids, subj, root, nsd, as_json, quiet_ok=True
                 )
-            n_images = max(n_images, len(sub.entries))
+            n_images += len(sub.entries)
             with sub:
                 for p in problems:
                     if p.severity == "warning":
                         err.print(p.line(), markup=False)
                 settings = ScoreSettings(
-                    method, subj or tuple(sub.subjects), split_name, mode, dev, brain, batch_size, n_resamples
+                    method, subj or tuple(sub.subjects), root, mode, dev, brain, batch_size, n_resamples
                 )
-                run_id, inserted = _score_one(
+                outcome = _score_family(
                     sub,
                     nsd,
-                    proto,
+                    family,
                     settings,
                     store,
                     submission,
@@ -302,11 +305,13 @@ def register(app: typer.Typer) -> None:
                     len(scopes) > 1,
                     clock.stages,
                 )
-            docs.append(_report(store, run_id, as_json, inserted))
+            for name, (run_id, inserted) in outcome.items():
+                docs[name] = _report(store, run_id, as_json, inserted)
+        ordered = [docs[proto.name] for proto, _ in scopes]
         if timings_path:
             clock.write(timings_path, n_images, [proto.name for proto, _ in scopes])
         if as_json:
-            print(json.dumps(docs[0] if len(docs) == 1 else {"runs": docs}, indent=2, default=str))
+            print(json.dumps(ordered[0] if len(ordered) == 1 else {"runs": ordered}, indent=2, default=str))
 
     demo = typer.Typer(help="Make submissions.", no_args_is_help=True)
 
@@ -399,10 +404,66 @@ def score_artifacts(proto: Any, brain: bool | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _score_one(
+def _is_all(protocol: str | None) -> bool:
+    return protocol is not None and protocol.strip() == "all"
+
+
+def _split_ids(nsd: Any, name: str, subjects: Sequence[int]) -> dict[int, set[int]] | None:
+    """Test ids of split `name` per subject (None where a subject has no such split)."""
+    from nsdbench.errors import NSDBenchError
+    from nsdbench.nsd.splits import get_split
+
+    try:
+        return {s: {int(i) for i in get_split(nsd, name, s).test_ids} for s in subjects}
+    except NSDBenchError:
+        return None
+
+
+def _within(inner: dict[int, set[int]] | None, outer: dict[int, set[int]] | None) -> bool:
+    return inner is not None and outer is not None and all(inner[s] <= outer[s] for s in outer)
+
+
+def _every_within(nsd: Any, scopes: list, subjects: tuple[int, ...] | None, split: str | None) -> list:
+    """`--protocol all`: the protocols whose split lies within the scoring split (--split, else the
+    configured split); the others are left out with a note naming the command that scores them."""
+    root = split or str(config.get("split"))
+    subs = subjects or tuple(nsd.subjects)
+    outer = _split_ids(nsd, root, subs)
+    kept = []
+    for proto, sp in scopes:
+        if sp == root or _within(_split_ids(nsd, sp, subs), outer):
+            kept.append((proto, sp))
+        else:
+            err.print(
+                f"{proto.name} scores on {sp}, which is not within {root}: not scored "
+                f"(score it with --protocol {proto.name})",
+                markup=False,
+            )
+    if not kept:
+        raise UsageError(f"--protocol all: no protocol scores within split {root}")
+    return kept
+
+
+def _families(nsd: Any, scopes: list, subjects: tuple[int, ...] | None) -> list[tuple[str, list]]:
+    """Group (protocol, split) scopes by nested splits: each group is validated against its widest split
+    and scored in one pass, each protocol restricted to its own split's ids."""
+    subs = subjects or tuple(nsd.subjects)
+    names = list(dict.fromkeys(sp for _, sp in scopes))
+    ids = {n: _split_ids(nsd, n, subs) for n in names}
+    names.sort(key=lambda n: -sum(len(v) for v in (ids[n] or {}).values()))
+    root_of: dict[str, str] = {}
+    for n in names:
+        root_of[n] = next((r for r in dict.fromkeys(root_of.values()) if _within(ids[n], ids[r])), n)
+    families: dict[str, list] = {}
+    for proto, sp in scopes:
+        families.setdefault(root_of[sp], []).append((proto, sp))
+    return list(families.items())
+
+
+def _score_family(
     sub,
     nsd,
-    proto,
+    family: list,
     st: ScoreSettings,
     store,
     submission: Path,
@@ -412,82 +473,108 @@ def _score_one(
     work_dir,
     many: bool,
     timings: Timings | None = None,
-):
-    """Score one validated submission under one protocol and record it; returns (run id, newly recorded)."""
-    from nsdbench.scoring import brain_target, completed_parquet, has_brain_metrics, score_images_to_parquet
+) -> dict[str, tuple[str, bool]]:
+    """Score one validated submission under protocols on nested splits, each subject in one engine pass,
+    and record one run per protocol; returns {protocol: (run id, newly recorded)}."""
+    from nsdbench.metrics.engine import ScoreOptions
+    from nsdbench.scoring import (
+        brain_target,
+        completed_parquet,
+        has_brain_metrics,
+        subject_scopes,
+        write_subject_scores,
+    )
 
     data_id = str(Path(nsd.root).resolve())
     with stage(timings, "validate"):
         sub_sha = sub.sha256()
-    run_id = score_run_id(
-        sub_sha, st.method, st.subjects, st.split, proto, st.weights_mode, st.brain, data_id, st.n_resamples
-    )
-    if store.has_run(run_id):
-        return run_id, False
-    base = config.home() / "scores" / run_id if not work_dir else Path(work_dir)
-    wdir = base / proto.name if (work_dir and many) else base
-    paths, notes, used_brain = [], [], False
+    out: dict[str, tuple[str, bool]] = {}
+    todo = []
+    for proto, split_name in family:
+        run_id = score_run_id(
+            sub_sha,
+            st.method,
+            st.subjects,
+            split_name,
+            proto,
+            st.weights_mode,
+            st.brain,
+            data_id,
+            st.n_resamples,
+        )
+        if store.has_run(run_id):
+            out[proto.name] = (run_id, False)
+        else:
+            todo.append((proto, split_name, run_id))
+    paths: dict[str, list[Path]] = {proto.name: [] for proto, _, _ in todo}
+    notes: dict[str, list[str]] = {proto.name: [] for proto, _, _ in todo}
+    used_brain = {proto.name: False for proto, _, _ in todo}
+    options = ScoreOptions(st.weights_mode, st.device, st.batch_size, True, timings=timings)
     for s in st.subjects:
-        path = wdir / f"subj{s:02d}.parquet"
-        if completed_parquet(path, run_id, s, proto.hash):
-            err.print(f"subject {s}: reusing {path}")
-            paths.append(path)
+        left = []
+        for proto, split_name, run_id in todo:
+            base = config.home() / "scores" / run_id if not work_dir else Path(work_dir)
+            path = (base / proto.name if (work_dir and many) else base) / f"subj{s:02d}.parquet"
+            paths[proto.name].append(path)
+            if completed_parquet(path, run_id, s, proto.hash):
+                err.print(f"subject {s}: reusing {path}")
+            else:
+                left.append((proto, split_name, run_id, path))
+        if not left:
             continue
-        target = None
-        if has_brain_metrics(proto):
-            with stage(timings if st.brain is not False else None, "brain"):
-                target, note = brain_target(nsd, s, st.split, st.weights_mode, st.brain, proto)
-            if note:
-                notes.append(note)
-                err.print(note, markup=False)
-        used_brain = used_brain or target is not None
+        targets = {}
+        for proto, split_name, _, _ in left:
+            targets[proto.name] = None
+            if has_brain_metrics(proto):
+                with stage(timings if st.brain is not False else None, "brain"):
+                    target, note = brain_target(nsd, s, split_name, st.weights_mode, st.brain, proto)
+                if note:
+                    notes[proto.name].append(note)
+                    err.print(note, markup=False)
+                targets[proto.name] = target
+                used_brain[proto.name] = used_brain[proto.name] or target is not None
         err.print(
-            f"scoring subject {s} ({len(sub.entries_for(s))} reconstructions, {proto.name}, {st.weights_mode} "
-            f"weights, {st.device})"
+            f"scoring subject {s} ({len(sub.entries_for(s))} reconstructions, "
+            f"{', '.join(p.name for p, _, _, _ in left)}, {st.weights_mode} weights, {st.device})"
         )
-        paths.append(
-            score_images_to_parquet(
-                nsd,
-                s,
-                st.split,
-                proto,
-                sub.images(s),
-                st.weights_mode,
-                st.device,
-                path,
-                run_id,
-                brain=target,
-                batch_size=st.batch_size,
-                progress=True,
-                extra_meta={"submission_sha256": sub_sha},
-                timings=timings,
-            )
+        write_subject_scores(
+            nsd,
+            s,
+            subject_scopes(nsd, s, [(proto, split_name) for proto, split_name, _, _ in left]),
+            sub.images(s),
+            options,
+            {proto.name: path for proto, _, _, path in left},
+            {proto.name: run_id for proto, _, run_id, _ in left},
+            targets,
+            {"submission_sha256": sub_sha},
         )
-    record = store.new_run_record(
-        kind="score",
-        method=st.method,
-        subjects=st.subjects,
-        split=st.split,
-        protocol=proto,
-        weights_mode=st.weights_mode,
-        run_id=run_id,
-        device=st.device,
-        submission_sha256=sub_sha,
-        data=data_id,
-        brain=used_brain,
-        config={
-            "submission": str(submission.resolve()),
-            "format": sub.fmt,
-            "order": order,
-            "ids": str(ids) if ids else None,
-            "n_resamples": st.n_resamples,
-            "batch_size": st.batch_size,
-            "notes": notes,
-        },
-    )
-    with stage(timings, "store"):
-        result = store.ingest(record, paths, n_resamples=st.n_resamples)
-    return run_id, result.inserted
+    for proto, split_name, run_id in todo:
+        record = store.new_run_record(
+            kind="score",
+            method=st.method,
+            subjects=st.subjects,
+            split=split_name,
+            protocol=proto,
+            weights_mode=st.weights_mode,
+            run_id=run_id,
+            device=st.device,
+            submission_sha256=sub_sha,
+            data=data_id,
+            brain=used_brain[proto.name],
+            config={
+                "submission": str(submission.resolve()),
+                "format": sub.fmt,
+                "order": order,
+                "ids": str(ids) if ids else None,
+                "n_resamples": st.n_resamples,
+                "batch_size": st.batch_size,
+                "notes": notes[proto.name],
+            },
+        )
+        with stage(timings, "store"):
+            result = store.ingest(record, paths[proto.name], n_resamples=st.n_resamples)
+        out[proto.name] = (run_id, result.inserted)
+    return out
 
 
 def _report(store: Any, run_id: str, as_json: bool, inserted: bool) -> dict:

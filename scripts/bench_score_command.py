@@ -283,7 +283,7 @@ def table(t: Timed) -> str:
     for k, v in sorted(t.stages.items(), key=lambda kv: -kv[1]):
         rows.append(f"  {k:<28}{v:>10.3f}{100 * v / t.wall_s:>8.1f}%")
     rest = t.wall_s - sum(t.stages.values())
-    rows.append(f"  {'(unattributed)':<28}{rest:>10.3f}{100 * rest / t.wall_s:>8.1f}%")
+    rows.append(f"  {'(unattributed: imports, CLI)':<28}{rest:>10.3f}{100 * rest / t.wall_s:>8.1f}%")
     return "\n".join(rows)
 
 

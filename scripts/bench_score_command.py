@@ -94,7 +94,12 @@ def synth_sizes(n: int, seed: int = 0) -> dict:
 
 
 def build_workload(
-    root: Path, n: int, image_size: int = 64, rec_size: int = 128, subjects: tuple[int, ...] = (1,), seed: int = 0
+    root: Path,
+    n: int,
+    image_size: int = 64,
+    rec_size: int = 128,
+    subjects: tuple[int, ...] = (1,),
+    seed: int = 0,
 ) -> Workload:
     """Synthesize an NSD (image_size px stimuli, exactly n nsd982 test images per subject) and a PNG
     submission of rec_size px reconstructions for the nsd982 test ids of `subjects` (written in threads)."""
@@ -117,7 +122,9 @@ def build_workload(
         s, nsd_id, gt = job
         up = Image.fromarray(gt).resize((rec_size, rec_size), Image.Resampling.BICUBIC)
         up = up.filter(ImageFilter.BoxBlur(2))
-        noise = np.random.default_rng([seed, s, nsd_id]).integers(-20, 21, (rec_size, rec_size, 3), dtype=np.int16)
+        noise = np.random.default_rng([seed, s, nsd_id]).integers(
+            -20, 21, (rec_size, rec_size, 3), dtype=np.int16
+        )
         img = np.clip(np.asarray(up).astype(np.int16) + noise, 0, 255).astype(np.uint8)
         Image.fromarray(img).save(sub / f"subj{s:02d}" / f"{nsd_id}_0.png", compress_level=1)
 
@@ -142,7 +149,7 @@ def nsdbench_exe() -> str:
 @lru_cache(maxsize=1)
 def has_timings() -> bool:
     """Whether this nsdbench's `score` writes --timings (per-stage seconds)."""
-    proc = subprocess.run([nsdbench_exe(), "score", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([nsdbench_exe(), "score", "--help"], capture_output=True, text=True, check=False)
     return "--timings" in proc.stdout
 
 
@@ -197,7 +204,7 @@ def run_nsdbench(
     if has_timings():
         cmd += ["--timings", str(timings)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=_env(home, threads), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=_env(home, threads), capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"nsdbench score exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -234,7 +241,9 @@ def run_reference(
         "--out", str(out),
     ]  # fmt: skip
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=_env(work / "ref-home", threads), capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, env=_env(work / "ref-home", threads), capture_output=True, text=True, check=False
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{PIPELINE_OF[protocol]} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -264,7 +273,9 @@ def compare(ours: Timed, refs: list[Timed]) -> list[str]:
                 for nsd_id, expected in per_id.items():
                     actual = got.get(nsd_id, float("nan"))
                     if not (abs(actual - expected) <= tol):
-                        bad.append(f"{protocol}/{metric} nsd_id {nsd_id}: nsdbench {actual!r} vs reference {expected!r}")
+                        bad.append(
+                            f"{protocol}/{metric} nsd_id {nsd_id}: nsdbench {actual!r} vs reference {expected!r}"
+                        )
     return bad
 
 
@@ -305,7 +316,17 @@ def measure(
     refs = [run_reference(wl, p, root / "ref", weights, device, threads) for p in ALL]
     shutil.rmtree(home, ignore_errors=True)
     label = f"nsdbench --protocol {every if isinstance(every, str) else ','.join(every)} (cold)"
-    every_run = run_nsdbench(wl, every if isinstance(every, str) else list(every), home, root / "all", weights, device, batch_size, threads, label)
+    every_run = run_nsdbench(
+        wl,
+        every if isinstance(every, str) else list(every),
+        home,
+        root / "all",
+        weights,
+        device,
+        batch_size,
+        threads,
+        label,
+    )
     ref_total = sum(r.wall_s for r in refs)
     mismatches = compare(cold, refs[:1]) + compare(warm, refs[:1]) + compare(every_run, refs)
     return {
@@ -330,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="random", choices=("random", "tiny", "pretrained"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--image-size", type=int, default=432, help="stimulus side (multiple of 16; NSD: 425)")
-    ap.add_argument("--rec-size", type=int, default=512, help="reconstruction side (Versatile Diffusion: 512)")
+    ap.add_argument(
+        "--rec-size", type=int, default=512, help="reconstruction side (Versatile Diffusion: 512)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="OMP/MKL threads for both sides")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp folder)")
@@ -356,8 +379,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.weights} weights, {args.device}")  # fmt: skip
         for t in timed:
             print(table(t))
-        print(f"cold: reference / nsdbench = {res['cold_vs_reference']:.2f}x; warm: {res['warm_vs_reference']:.2f}x")
-        print(f"one command for {args.every} vs three references in sequence: {res['all_vs_three_references']:.2f}x (goal >= 2.5x)")
+        print(
+            f"cold: reference / nsdbench = {res['cold_vs_reference']:.2f}x; warm: {res['warm_vs_reference']:.2f}x"
+        )
+        print(
+            f"one command for {args.every} vs three references in sequence: {res['all_vs_three_references']:.2f}x (goal >= 2.5x)"
+        )
         print(f"values: {len(res['mismatches'])} mismatches beyond tolerance")
         for line in res["mismatches"][:20]:
             print("  " + line)

@@ -28,9 +28,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_score_command as bsc  # noqa: E402
+import bench_score_command as bsc
 
 
 class GpuMemory:
@@ -48,6 +49,7 @@ class GpuMemory:
             ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
+            check=False,
         ).stdout
         used = 0.0
         for line in out.splitlines():
@@ -61,7 +63,7 @@ class GpuMemory:
             self.peak_mib = max(self.peak_mib, self._sample())
             self._stop.wait(self.period)
 
-    def __enter__(self) -> GpuMemory:
+    def __enter__(self) -> Self:
         if self.available:
             self._thread.start()
         return self
@@ -76,7 +78,15 @@ def run(wl, protocols, home: Path, work: Path, args, label: str, cuda: bool) -> 
     shutil.rmtree(work, ignore_errors=True)
     with GpuMemory() as mem:
         t = bsc.run_nsdbench(
-            wl, protocols, home, work, args.weights, args.device, args.batch_size, label=label, extra=args.extra
+            wl,
+            protocols,
+            home,
+            work,
+            args.weights,
+            args.device,
+            args.batch_size,
+            label=label,
+            extra=args.extra,
         )
     n_rec = wl.n_images * len(wl.subjects)
     return {
@@ -98,12 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="default cuda (cpu with --tiny)")
     ap.add_argument("--weights", default=None, choices=("random", "tiny", "pretrained"))
     ap.add_argument("--protocol", default="brain-diffuser-2023", help="the one-protocol runs")
-    ap.add_argument("--every", default="all", help="protocols of the every-protocol run (a comma list or all)")
+    ap.add_argument(
+        "--every", default="all", help="protocols of the every-protocol run (a comma list or all)"
+    )
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--image-size", type=int, default=None, help="stimulus side, multiple of 16 (default 432)")
+    ap.add_argument(
+        "--image-size", type=int, default=None, help="stimulus side, multiple of 16 (default 432)"
+    )
     ap.add_argument("--rec-size", type=int, default=None, help="reconstruction side (default 512)")
-    ap.add_argument("--brain", action="store_true", help="score brain correlation too (fits an encoder first)")
-    ap.add_argument("--tiny", action="store_true", help="CPU smoke check: tiny networks, 1 subject x 8 images")
+    ap.add_argument(
+        "--brain", action="store_true", help="score brain correlation too (fits an encoder first)"
+    )
+    ap.add_argument(
+        "--tiny", action="store_true", help="CPU smoke check: tiny networks, 1 subject x 8 images"
+    )
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep and reuse")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args(argv)
@@ -122,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="nsdbench-gpu-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    wl = bsc.build_workload(root, args.n, args.image_size, args.rec_size, tuple((1, 2, 5, 7)[: args.subjects]))
+    wl = bsc.build_workload(
+        root, args.n, args.image_size, args.rec_size, tuple((1, 2, 5, 7)[: args.subjects])
+    )
     prep_s = time.perf_counter() - t0
     one = [args.protocol]
     every = "all" if args.every == "all" else args.every.split(",")
@@ -133,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         run(wl, one, home, root / "warm", args, f"{args.protocol} warm", cuda),
     ]
     shutil.rmtree(root / "home-every", ignore_errors=True)
-    runs.append(run(wl, every, root / "home-every", root / "every", args, f"--protocol {args.every} cold", cuda))
+    runs.append(
+        run(wl, every, root / "home-every", root / "every", args, f"--protocol {args.every} cold", cuda)
+    )
     device_name = "cpu"
     if cuda:
         import torch

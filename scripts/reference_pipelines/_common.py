@@ -79,7 +79,9 @@ def read_png(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def network(name: str, version: str, mode: str, precision: str = "fp32", device: str = "cpu", fresh: bool = False):
+def network(
+    name: str, version: str, mode: str, precision: str = "fp32", device: str = "cpu", fresh: bool = False
+):
     """nsdbench's module for `name` (the same seeded random weights, or the published `version` in
     pretrained mode); fresh=True builds it anew, as scripts that reload a network per pass do."""
     from nsdbench.metrics.networks import FeatureNetwork, NetworkKey, get_network

@@ -15,7 +15,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import Stages, network, pairwise_corr_all, parse_args, read_ground_truth, read_png, submission_files, write
+from _common import (
+    Stages,
+    network,
+    pairwise_corr_all,
+    parse_args,
+    read_ground_truth,
+    read_png,
+    submission_files,
+    write,
+)
 from scipy.spatial.distance import correlation as correlation_distance
 from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity

@@ -17,7 +17,16 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from _common import Stages, network, pairwise_corr_all, parse_args, read_ground_truth, read_png, submission_files, write
+from _common import (
+    Stages,
+    network,
+    pairwise_corr_all,
+    parse_args,
+    read_ground_truth,
+    read_png,
+    submission_files,
+    write,
+)
 from PIL import Image
 from scipy.spatial.distance import correlation as correlation_distance
 from skimage.color import rgb2gray
@@ -60,7 +69,7 @@ def net_metrics(images: list[Image.Image], args, st: Stages) -> dict[str, np.nda
         with st("build"):
             net = network(name, version, args.weights, device=args.device, fresh=True)
         target = net.get_submodule(layer) if layer else net
-        handle = target.register_forward_hook(lambda _m, _i, o: feat_list.append(o.cpu().numpy()))
+        handle = target.register_forward_hook(lambda _m, _i, o, acc=feat_list: acc.append(o.cpu().numpy()))
         with torch.no_grad():
             for x in DataLoader(ExternalImages(images, st), 64, shuffle=False):
                 with st(f"forward:{name}"):
@@ -108,7 +117,10 @@ def main() -> None:
             )
         with st("resize"):
             pair = torch.stack(
-                [clip_norm(TF.to_tensor(im.resize((224, 224), Image.Resampling.BICUBIC))) for im in (ground_truth, reconstruction)]
+                [
+                    clip_norm(TF.to_tensor(im.resize((224, 224), Image.Resampling.BICUBIC)))
+                    for im in (ground_truth, reconstruction)
+                ]
             )
         with st("forward:clip_vit_l14"), torch.no_grad():
             emb = clip(pair.to(args.device)).float().cpu()

@@ -132,7 +132,9 @@ def test_gpu_bench_metrics_script_runs_tiny_on_the_cpu(tmp_path, capsys):
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
-    assert mod.main(["--tiny", "--n", "4", "--every", ",".join(bsc.ALL), "--keep", str(tmp_path), "--json"]) == 0
+    assert (
+        mod.main(["--tiny", "--n", "4", "--every", ",".join(bsc.ALL), "--keep", str(tmp_path), "--json"]) == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["reconstructions"] == 4 and doc["weights"] == "tiny"
     assert [r["label"] for r in doc["runs"]][:2] == [f"{BD} cold", f"{BD} warm"]

@@ -16,6 +16,7 @@ reconstructions.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -54,8 +55,15 @@ def workload(tmp_path_factory):
 @pytest.fixture(scope="module")
 def references(workload):
     """Each reference pipeline run once (their values are what nsdbench must reproduce)."""
+    from nsdbench.metrics.protocols import BrainMetric, get_protocol
+
     root, wl = workload
-    return {p: bsc.run_reference(wl, p, root / "ref", MODE) for p in bsc.ALL}
+    refs = {p: bsc.run_reference(wl, p, root / "ref", MODE) for p in bsc.ALL}
+    for p, ref in refs.items():  # every non-brain metric of the protocol, for every image
+        wanted = {m.name for m in get_protocol(p).metrics if not isinstance(m, BrainMetric)}
+        assert set(ref.values[p]) == wanted, p
+        assert all(len(v) == wl.n_images for v in ref.values[p].values()), p
+    return refs
 
 
 def _record(benchmark, t, refs: list) -> None:
@@ -90,6 +98,10 @@ def test_bench_score_cold(benchmark, workload, references):
 
     t = _once(benchmark, cold)
     assert bsc.compare(t, [references[BD]]) == []
+    moved = copy.deepcopy(t)  # the comparison notices a value moved just beyond the pixel tolerance
+    first = next(iter(moved.values[BD]["pixcorr"]))
+    moved.values[BD]["pixcorr"][first] += 2 * bsc.PIXEL_TOL
+    assert len(bsc.compare(moved, [references[BD]])) == 1
     assert any(k.startswith("forward:") for k in t.stages), t.stages  # --timings names each network pass
     _record(benchmark, t, [references[BD]])
 

@@ -128,8 +128,12 @@ def build_workload(
         img = np.clip(np.asarray(up).astype(np.int16) + noise, 0, 255).astype(np.uint8)
         Image.fromarray(img).save(sub / f"subj{s:02d}" / f"{nsd_id}_0.png", compress_level=1)
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(write, jobs))
+    marker = root / "submission.json"  # a kept work folder reuses a complete submission of the same kind
+    kind = {"data": str(data), "subjects": list(subjects), "rec_size": rec_size, "seed": seed, "n": len(jobs)}
+    if not (marker.is_file() and json.loads(marker.read_text()) == kind):
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(write, jobs))
+        marker.write_text(json.dumps(kind))
     n_images = max(sum(1 for j in jobs if j[0] == s) for s in subjects)
     return Workload(Path(data), sub, tuple(subjects), n_images, image_size, rec_size)
 

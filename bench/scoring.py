@@ -20,6 +20,7 @@ import pandas as pd
 
 from nsdbench.errors import InvalidSubmission, NSDBenchError, UsageError
 from nsdbench.leaderboards.store import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
+from nsdbench.metrics.brain import BrainTarget
 from nsdbench.metrics.engine import ScoreOptions, ScoreResult, score_reconstructions_by_protocol
 from nsdbench.metrics.protocols import Protocol, get_protocol
 from nsdbench.nsd.loader import NSD
@@ -27,7 +28,7 @@ from nsdbench.nsd.splits import Split
 from nsdbench.stage_times import Timings, stage
 
 ImageKey = tuple[int, int]  # (nsd_id, sample)
-BrainTargets = Any  # None, one BrainTarget, or {protocol name: BrainTarget or None}
+BrainTargets = BrainTarget | Mapping[str, BrainTarget | None] | None  # one for all, or per protocol
 
 
 def _split(nsd: NSD, split: Split | str, subject: int) -> Split:
@@ -38,23 +39,36 @@ def _split(nsd: NSD, split: Split | str, subject: int) -> Split:
     return split
 
 
+class KeyedImages(Sequence):
+    """A subject's reconstructions in (nsd_id, sample) order, read from the mapping (decoded, for a
+    submission) only when the engine asks, so decoding runs on its prefetch thread."""
+
+    def __init__(self, images: Mapping[ImageKey, np.ndarray], keys: list[ImageKey], subject: int) -> None:
+        self.images, self.keys, self.subject = images, keys, subject
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        k = self.keys[i]
+        img = np.asarray(self.images[k])
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise InvalidSubmission(
+                f"subject {self.subject}, nsd_id {k[0]}, sample {k[1]}: expected uint8 (H, W, 3), "
+                f"got {img.dtype} {img.shape}"
+            )
+        return img
+
+
 def collect_images(
     images: Mapping[ImageKey, np.ndarray], subject: int
-) -> tuple[list[int], list[int], list[np.ndarray]]:
-    """Sorted (nsd_id, sample) keys and their uint8 (h, w, 3) images (sizes may differ; the protocol resizes)."""
+) -> tuple[list[int], list[int], KeyedImages]:
+    """Sorted (nsd_id, sample) keys and their uint8 (h, w, 3) images, read on access (sizes may differ;
+    the protocol resizes)."""
     keys = sorted(images)
     if not keys:
         raise InvalidSubmission(f"subject {subject}: no reconstructions to score")
-    out = []
-    for k in keys:
-        img = np.asarray(images[k])
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise InvalidSubmission(
-                f"subject {subject}, nsd_id {k[0]}, sample {k[1]}: expected uint8 (H, W, 3), "
-                f"got {img.dtype} {img.shape}"
-            )
-        out.append(img)
-    return [k[0] for k in keys], [k[1] for k in keys], out
+    return [k[0] for k in keys], [k[1] for k in keys], KeyedImages(images, keys, subject)
 
 
 @dataclass(frozen=True)
@@ -85,8 +99,7 @@ def score_subject_images(
     if not scopes:
         raise UsageError("no protocol to score")
     timings = options.timings
-    with stage(timings, "decode"):
-        rec_ids, rec_samples, rec_images = collect_images(images, subject)
+    rec_ids, rec_samples, rec_images = collect_images(images, subject)  # decoded on the prefetch thread
     allowed = {int(i) for sc in scopes for i in sc.split.test_ids}
     outside = sorted(set(rec_ids) - allowed)
     if outside:
@@ -96,16 +109,10 @@ def score_subject_images(
             f"({len(outside)} such ids)"
         )
     gt_ids = sorted(set(rec_ids))
-    protocol_ids = {}
+    protocol_ids = {}  # a protocol on a narrower split scores the reconstructions within its split
     for sc in scopes:
-        ids = [int(i) for i in sc.split.test_ids]
-        if set(ids) != set(gt_ids):
-            missing = sorted(set(ids) - set(gt_ids))
-            if missing:
-                raise InvalidSubmission(
-                    f"subject {subject}: no reconstruction for nsd_id {missing[0]} of the {sc.split.name} test "
-                    f"split ({len(missing)} missing; protocol {sc.protocol.name})"
-                )
+        ids = sorted({int(i) for i in sc.split.test_ids} & set(gt_ids))
+        if len(ids) != len(gt_ids):
             protocol_ids[sc.protocol.name] = ids
     with stage(timings, "ground_truth"):
         gt_images = nsd.images(gt_ids)
@@ -122,7 +129,7 @@ def score_subject_images(
     )
 
 
-def scores_frame(result: Any, run_id: str, subject: int) -> pd.DataFrame:
+def scores_frame(result: ScoreResult, run_id: str, subject: int) -> pd.DataFrame:
     """Long rows [run_id, level, subject, nsd_id, sample, metric, value] for the three levels."""
     ps = result.per_sample
     pi = result.per_image
@@ -203,10 +210,11 @@ def write_subject_scores(
     out_paths: Mapping[str, Path],
     run_ids: Mapping[str, str],
     brain: BrainTargets = None,
-    extra_meta: dict[str, Any] | None = None,
+    extra_meta: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Score one subject under every scope in one pass and write each protocol's per-sample, per-image and
-    set scores to its own Parquet file (out_paths[protocol name]) atomically."""
+    set scores to its own Parquet file (out_paths[protocol name]) atomically; extra_meta[protocol name]
+    is added to that file's metadata."""
     results = score_subject_images(nsd, subject, scopes, images, options, brain)
     written = {}
     for sc in scopes:
@@ -227,7 +235,7 @@ def write_subject_scores(
             "n_reconstructions": sum(1 for key in images if int(key[0]) in in_split),
             "provenance": result.provenance,
             "written_at": datetime.now(UTC).isoformat(),
-            **(extra_meta or {}),
+            **(extra_meta or {}).get(name, {}),
         }
         with stage(options.timings, "store"):
             written[name] = write_scores_parquet(
@@ -252,15 +260,20 @@ def completed_parquet(path: str | Path, run_id: str, subject: int, protocol_hash
     )
 
 
-def has_brain_metrics(protocol: Any) -> bool:
+def has_brain_metrics(protocol: Protocol) -> bool:
     from nsdbench.metrics.names import BRAIN_ROIS
 
     return any(name in BRAIN_ROIS for name in protocol.metric_names)
 
 
 def brain_target(
-    nsd: Any, subject: int, split_name: str, weights_mode: str, wanted: bool | None, protocol: Any = None
-) -> tuple[Any, str]:
+    nsd: NSD,
+    subject: int,
+    split_name: str,
+    weights_mode: str,
+    wanted: bool | None,
+    protocol: Protocol | None = None,
+) -> tuple[BrainTarget | None, str]:
     """The encoding-model target for brain correlation, or (None, reason).
 
     wanted=None: use it when an encoder can be built for this weights mode, else skip with a note;
@@ -300,7 +313,7 @@ def score_subject(
     images: Mapping[ImageKey, np.ndarray],
     weights_mode: str = "pretrained",
     device: str = "cpu",
-    brain: Any = None,
+    brain: BrainTargets = None,
     batch_size: int = 32,
     progress: bool | Callable[[int, int], None] = False,
     timings: Timings | None = None,
@@ -332,5 +345,13 @@ def score_images_to_parquet(
     name = scopes[0].protocol.name
     options = ScoreOptions(weights_mode, device, batch_size, progress, timings=timings)
     return write_subject_scores(
-        nsd, subject, scopes, images, options, {name: Path(out_path)}, {name: run_id}, brain, extra_meta
+        nsd,
+        subject,
+        scopes,
+        images,
+        options,
+        {name: Path(out_path)},
+        {name: run_id},
+        brain,
+        {name: extra_meta or {}},
     )[name]

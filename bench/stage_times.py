@@ -35,6 +35,11 @@ def add(timings: Timings | None, stage: str, seconds: float) -> None:
             timings[stage] = timings.get(stage, 0.0) + seconds
 
 
+def forward_seconds(timings: Timings) -> float:
+    """Seconds in network forward passes: the sum of every "forward:<network>" stage."""
+    return sum(v for k, v in timings.items() if k.startswith("forward:"))
+
+
 @contextlib.contextmanager
 def stage(timings: Timings | None, name: str) -> Iterator[None]:
     """Time the body as `name`; a no-op when timings is None."""

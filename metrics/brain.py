@@ -25,7 +25,6 @@ __all__ = [
     "BRAIN_ROIS",
     "BrainTarget",
     "brain_correlation",
-    "load_brain_target",
     "measured_betas",
     "pearson_rows",
 ]
@@ -146,16 +145,6 @@ class BrainTarget:
     def score(self, nsd_ids: Sequence[int], images: Any) -> dict[str, np.ndarray]:
         """Brain correlation of images shown as reconstructions of `nsd_ids` (aligned)."""
         return brain_correlation(self.predict(images), self.measured_matrix(nsd_ids), self.rois)
-
-
-def load_brain_target(
-    nsd, subject: int, split: str = "nsd982", weights_mode: str = "pretrained", **kwargs: Any
-) -> BrainTarget:
-    """The BrainTarget of a subject (kwargs encoder=, beta_normalization=; default nsdbench's encoder with
-    session-z-scored betas); see metrics.encoder."""
-    from nsdbench.metrics.encoder import load_brain_target as _load
-
-    return _load(nsd, subject, split, weights_mode, **kwargs)
 
 
 def zscore_trials(betas: np.ndarray) -> np.ndarray:

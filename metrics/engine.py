@@ -17,7 +17,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from nsdbench.metrics.protocols import FeatureMetric, Metric, Protocol, get_prot
 from nsdbench.metrics.resize import apply_chain
 from nsdbench.metrics.score_inputs import ScoreInputs, scope_masks, uint8_image, validate_inputs
 from nsdbench.stage_times import Timings, stage
+
+if TYPE_CHECKING:
+    from nsdbench.metrics.brain import BrainTarget
 
 # False, True (rich bars on stderr) or a callback(done, total)
 ProgressArg = bool | Callable[[int, int], None]
@@ -73,7 +76,7 @@ def score_reconstructions(
     rec_images: Any,
     protocol: str | Protocol,
     options: ScoreOptions = ScoreOptions(),
-    brain: Any = None,
+    brain: BrainTarget | Mapping[str, BrainTarget | None] | None = None,
 ) -> ScoreResult:
     """Score reconstructions against ground truth under one protocol (see score_reconstructions_by_protocol)."""
     p = get_protocol(protocol)
@@ -90,7 +93,7 @@ def score_reconstructions_by_protocol(
     rec_images: Any,
     protocols: Sequence[str | Protocol],
     options: ScoreOptions = ScoreOptions(),
-    brain: Any = None,
+    brain: BrainTarget | Mapping[str, BrainTarget | None] | None = None,
     protocol_ids: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, ScoreResult]:
     """Score under several protocols in one pass: every image decoded once, every network pass they
@@ -258,7 +261,6 @@ def _provenance(p: Protocol, kinds, ctx: ScoringContext, flags: dict, n_samples:
     import torchvision
 
     dev = ctx.device
-    networks = sorted({m.network for m in p.metrics if isinstance(m, FeatureMetric)})
     prov: dict[str, Any] = {
         "protocol": p.name,
         "protocol_version": p.version,
@@ -275,7 +277,7 @@ def _provenance(p: Protocol, kinds, ctx: ScoringContext, flags: dict, n_samples:
             "tf32_feature_matmul_cuda": any(getattr(m, "tf32", False) for m in p.metrics),
             "tf32_feature_conv_cuda": any(bool(getattr(m, "tf32_conv", False)) for m in p.metrics),
         },
-        "forward_batch": {net: forward_batch(dev, net) for net in networks} or forward_batch(dev),
+        "forward_batch": forward_batch(dev),  # the brain encoders' buffering; feature kinds name theirs
         "device": dev,
         "device_name": torch.cuda.get_device_name(dev) if dev.startswith("cuda") else "cpu",
         "torch": torch.__version__,

@@ -265,7 +265,11 @@ class FeatureKind:
                 "sha256": net.sha256,
                 "precision": fp.precision,
             }
-        return {"networks": nets}
+        batches = {
+            fp.network: forward_batch(self.ctx.device, fp.network) for _, _, (fp, _), _ in self.metrics
+        }
+        used = {n.split(":")[0] for n in nets}
+        return {"networks": nets, "forward_batch": {k: v for k, v in sorted(batches.items()) if k in used}}
 
 
 # --------------------------------------------------------------------------- brain

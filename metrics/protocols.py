@@ -193,19 +193,22 @@ class Protocol:
 # --------------------------------------------------------------------------- shipped protocols
 
 
-def _pil(f: Filter, size: int) -> ResizeStep:
+def pil_step(f: Filter, size: int) -> ResizeStep:
+    """PIL resize to size x size with filter `f`."""
     return ResizeStep(library="pil", filter=f, size=size)
 
 
-def _torch(f: Filter, size: int, antialias: bool = False) -> ResizeStep:
+def torch_step(f: Filter, size: int, antialias: bool = False) -> ResizeStep:
+    """torch interpolate to size x size (no antialias unless asked: torchvision < 0.17's tensor default)."""
     return ResizeStep(library="torch", filter=f, size=size, antialias=antialias)
 
 
-_BRAIN_ALL = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_early", "bc_higher_vis", "bc_nsdgeneral")
-_BRAIN_PUBLISHED = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_higher_vis", "bc_nsdgeneral")
+BRAIN_ALL = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_early", "bc_higher_vis", "bc_nsdgeneral")
+BRAIN_PUBLISHED = ("bc_v1", "bc_v2", "bc_v3", "bc_v4", "bc_higher_vis", "bc_nsdgeneral")
 
 
-def _brain(names: tuple[str, ...]) -> tuple[BrainMetric, ...]:
+def brain_metrics(names: tuple[str, ...]) -> tuple[BrainMetric, ...]:
+    """Brain-correlation metrics of the named ROIs (bc_v1, ...), on nsdbench's encoder unless revised."""
     from nsdbench.metrics.names import BRAIN_ROIS
 
     return tuple(BrainMetric(name=n, roi=BRAIN_ROIS[n]) for n in names)
@@ -215,7 +218,7 @@ def _bd_style_features(
     normalize_cnn: Literal["imagenet", "clip"], alexnet_layers: tuple[str, ...], effnet: str = "IMAGENET1K_V1"
 ) -> tuple[FeatureMetric, ...]:
     """Brain-diffuser's feature path: PIL bilinear 224 on the stored PNGs, fp32, forward hooks."""
-    c = (_pil("bilinear", 224),)
+    c = (pil_step("bilinear", 224),)
     layer_of = {"alexnet2": "features.4", "alexnet5": "features.11", "alexnet7": "classifier.5"}
     out: list[FeatureMetric] = [
         FeatureMetric(
@@ -278,7 +281,7 @@ def _order(metrics: tuple[Metric, ...]) -> tuple[Metric, ...]:
     return tuple(sorted(metrics, key=lambda m: order_key(m.name)))
 
 
-_P425 = (_pil("bicubic", 425),)
+_P425 = (pil_step("bicubic", 425),)
 
 BRAIN_DIFFUSER_2023 = Protocol(
     name="brain-diffuser-2023",
@@ -319,7 +322,7 @@ BRAIN_DIFFUSER_2023 = Protocol(
     ),
 )
 
-_ME256 = (_torch("bilinear", 256),)
+_ME256 = (torch_step("bilinear", 256),)
 
 
 def _me(*extra: ResizeStep) -> Chain:
@@ -342,15 +345,15 @@ MINDEYE = Protocol(
             (
                 PixelMetric(
                     name="pixcorr",
-                    gt_chain=_me(_torch("bilinear", 425)),
-                    rec_chain=_me(_torch("bilinear", 425)),
+                    gt_chain=_me(torch_step("bilinear", 425)),
+                    rec_chain=_me(torch_step("bilinear", 425)),
                     color="rgb",
                     kind="pearson",
                 ),
                 PixelMetric(
                     name="ssim",
-                    gt_chain=_me(_torch("bilinear", 425)),
-                    rec_chain=_me(_torch("bilinear", 425)),
+                    gt_chain=_me(torch_step("bilinear", 425)),
+                    rec_chain=_me(torch_step("bilinear", 425)),
                     color="gray",
                     kind="ssim-2d",
                     note="skimage>=0.20 ignores multichannel=True: a true 2-D SSIM; the reference ran it in "
@@ -361,8 +364,8 @@ MINDEYE = Protocol(
                     network="alexnet",
                     weights="IMAGENET1K_V1",
                     layer="features.4",
-                    gt_chain=_me(_torch("bilinear", 256)),
-                    rec_chain=_me(_torch("bilinear", 256)),
+                    gt_chain=_me(torch_step("bilinear", 256)),
+                    rec_chain=_me(torch_step("bilinear", 256)),
                     normalize="imagenet",
                 ),
                 FeatureMetric(
@@ -370,8 +373,8 @@ MINDEYE = Protocol(
                     network="alexnet",
                     weights="IMAGENET1K_V1",
                     layer="features.11",
-                    gt_chain=_me(_torch("bilinear", 256)),
-                    rec_chain=_me(_torch("bilinear", 256)),
+                    gt_chain=_me(torch_step("bilinear", 256)),
+                    rec_chain=_me(torch_step("bilinear", 256)),
                     normalize="imagenet",
                 ),
                 FeatureMetric(
@@ -379,8 +382,8 @@ MINDEYE = Protocol(
                     network="inception_v3",
                     weights="IMAGENET1K_V1",
                     layer="avgpool",
-                    gt_chain=_me(_torch("bilinear", 342)),
-                    rec_chain=_me(_torch("bilinear", 342)),
+                    gt_chain=_me(torch_step("bilinear", 342)),
+                    rec_chain=_me(torch_step("bilinear", 342)),
                     normalize="imagenet",
                 ),
                 FeatureMetric(
@@ -388,8 +391,8 @@ MINDEYE = Protocol(
                     network="clip_vit_l14",
                     weights="openai",
                     layer="visual",
-                    gt_chain=_me(_torch("bilinear", 224)),
-                    rec_chain=_me(_torch("bilinear", 224)),
+                    gt_chain=_me(torch_step("bilinear", 224)),
+                    rec_chain=_me(torch_step("bilinear", 224)),
                     normalize="clip",
                     precision="fp16",
                 ),
@@ -398,8 +401,8 @@ MINDEYE = Protocol(
                     network="efficientnet_b1",
                     weights="IMAGENET1K_V2",
                     layer="avgpool",
-                    gt_chain=_me(_torch("bilinear", 255)),
-                    rec_chain=_me(_torch("bilinear", 255)),
+                    gt_chain=_me(torch_step("bilinear", 255)),
+                    rec_chain=_me(torch_step("bilinear", 255)),
                     normalize="imagenet",
                     statistic="correlation-distance",
                 ),
@@ -408,13 +411,13 @@ MINDEYE = Protocol(
                     network="swav_resnet50",
                     weights="800ep",
                     layer="avgpool",
-                    gt_chain=_me(_torch("bilinear", 224)),
-                    rec_chain=_me(_torch("bilinear", 224)),
+                    gt_chain=_me(torch_step("bilinear", 224)),
+                    rec_chain=_me(torch_step("bilinear", 224)),
                     normalize="imagenet",
                     statistic="correlation-distance",
                 ),
             )
-            + _brain(_BRAIN_PUBLISHED)
+            + brain_metrics(BRAIN_PUBLISHED)
         )
     ),
     notes=(
@@ -441,8 +444,8 @@ SECOND_SIGHT_2023 = Protocol(
         (
             PixelMetric(
                 name="pixcorr",
-                gt_chain=(_pil("lanczos", 425),),
-                rec_chain=(_pil("lanczos", 425),),
+                gt_chain=(pil_step("lanczos", 425),),
+                rec_chain=(pil_step("lanczos", 425),),
                 color="rgb",
                 kind="pearson",
                 note="np.corrcoef on flattened uint8 (same value as /255)",
@@ -462,8 +465,8 @@ SECOND_SIGHT_2023 = Protocol(
                 network="clip_vit_l14",
                 weights="openai",
                 layer="visual",
-                gt_chain=(_pil("bicubic", 224),),
-                rec_chain=(_pil("bicubic", 224),),
+                gt_chain=(pil_step("bicubic", 224),),
+                rec_chain=(pil_step("bicubic", 224),),
                 normalize="clip",
                 statistic="cosine",
                 note="HF CLIPProcessor: shortest side 224 bicubic + center crop 224 (= 224x224 on square "
@@ -471,7 +474,7 @@ SECOND_SIGHT_2023 = Protocol(
             ),
         )
         + _SS_FEATS
-        + _brain(_BRAIN_PUBLISHED)
+        + brain_metrics(BRAIN_PUBLISHED)
     ),
     notes=(
         "The reference feeds every CNN CLIP's mean/std (its dataset class defaults to CLIP); kept here.",
@@ -495,15 +498,15 @@ NSDBENCH_V1 = Protocol(
                 network="clip_vit_l14",
                 weights="openai",
                 layer="visual",
-                gt_chain=(_pil("bilinear", 224),),
-                rec_chain=(_pil("bilinear", 224),),
+                gt_chain=(pil_step("bilinear", 224),),
+                rec_chain=(pil_step("bilinear", 224),),
                 normalize="clip",
                 statistic="cosine",
                 note="same CLIP embedding as clip_2way",
             ),
         )
         + _bd_style_features("imagenet", ("alexnet2", "alexnet5", "alexnet7"))
-        + _brain(_BRAIN_ALL)
+        + brain_metrics(BRAIN_ALL)
     ),
     notes=(
         (
@@ -641,7 +644,7 @@ MINDEYE_1_1 = dataclasses.replace(
     ),
 )
 
-_GT768 = _pil("lanczos", 768)
+_GT768 = pil_step("lanczos", 768)
 
 
 def _gt768(m: Metric) -> Metric:
@@ -679,7 +682,7 @@ SECOND_SIGHT_2023_1_1 = dataclasses.replace(
 
 # MindEye1's webdataset stores each stimulus at 256 px as a ".jpg" entry, which webdataset encodes with
 # PIL at quality 100 (PIL's default 4:2:0 chroma subsampling); its evaluation decodes those JPEGs.
-_ME1_GT = (_pil("bicubic", 256), JpegStep(100, "4:2:0"))
+_ME1_GT = (pil_step("bicubic", 256), JpegStep(100, "4:2:0"))
 
 
 def _me1(m: Metric) -> Metric:

@@ -61,7 +61,7 @@ def test_cli_run_records_a_row_beside_the_published_ones_and_refits_nothing(synt
 def signal_protocol():
     from nsdbench.metrics import protocols as P
 
-    c = (P._pil("bilinear", 224),)
+    c = (P.pil_step("bilinear", 224),)
     proto = P.Protocol(
         name=SIGNAL,
         version="1",

@@ -62,10 +62,11 @@ def data():
     return ids, gt, rec0, rec1
 
 
-def _score(ids, gt, rec_ids, rec_samples, rec, protocol=SMALL, **kw):
+def _score(ids, gt, rec_ids, rec_samples, rec, protocol=SMALL, brain=None, **kw):
     kw.setdefault("weights_mode", "tiny")
     kw.setdefault("cache", False)
-    return engine.score(ids, gt, rec_ids, rec_samples, rec, protocol, **kw)
+    options = engine.ScoreOptions(**kw)
+    return engine.score_reconstructions(ids, gt, rec_ids, rec_samples, rec, protocol, options, brain)
 
 
 def test_batch_size_does_not_change_results(data):
@@ -182,8 +183,8 @@ def test_protocols_scored_together_match_separate_runs(data):
     ids, gt, rec0, _ = data
     zeros = np.zeros(len(ids), int)
     proto2 = Protocol("test-small-2", "0", "", "nsd982", "nsd-ascending", SMALL.metrics[:3])
-    together = engine.score_protocols(
-        ids, gt, ids, zeros, rec0, [SMALL, proto2], weights_mode="tiny", cache=False
+    together = engine.score_reconstructions_by_protocol(
+        ids, gt, ids, zeros, rec0, [SMALL, proto2], engine.ScoreOptions("tiny", cache=False)
     )
     alone = _score(ids, gt, ids, zeros, rec0, protocol=proto2)
     pd.testing.assert_frame_equal(together["test-small-2"].per_sample, alone.per_sample, check_exact=True)
@@ -301,3 +302,96 @@ def test_scores_synthetic_nsd_test_split(nsd):
     assert res.set_scores["pixcorr"] < 0.99 and np.isfinite(list(res.set_scores.values())).all()
     self_res = _score(ids, gt, ids, np.zeros(len(ids), int), gt)
     assert self_res.set_scores["pixcorr"] == pytest.approx(1.0) and self_res.set_scores["alexnet2"] == 1.0
+
+
+def test_prefetch_and_batch_size_leave_every_value_bit_identical(data):
+    """Reading, decoding and resizing ahead on a worker thread changes when work is done, never a value."""
+    from nsdbench.metrics.brain import BrainTarget
+
+    ids, gt, rec0, rec1 = data
+    brain = PixelEncoder(ids)
+    target = BrainTarget(brain, brain.measured, brain.rois)
+    rec_ids, samples, recs = (
+        np.concatenate([ids, ids]),
+        np.repeat([0, 1], len(ids)),
+        np.concatenate([rec0, rec1]),
+    )
+    runs = [
+        _score(ids, gt, rec_ids, samples, recs, brain=target, prefetch=depth, batch_size=bs)
+        for depth, bs in ((0, 32), (2, 1), (3, 4))
+    ]
+    assert {"alexnet2", "ssim", "bc_v1"} <= set(runs[0].set_scores)
+    for other in runs[1:]:
+        pd.testing.assert_frame_equal(runs[0].per_sample, other.per_sample, check_exact=True)
+        assert other.set_scores == runs[0].set_scores
+
+
+def test_protocol_on_a_subset_of_ids_matches_a_separate_run_on_that_subset(data):
+    """Protocols on nested splits are scored in one pass; the narrower one gets exactly the values of a
+    separate call on its ids (feature passes and 2-way over its own rows only)."""
+    ids, gt, rec0, _ = data
+    zeros = np.zeros(len(ids), int)
+    narrow = Protocol("test-narrow", "0", "", "nsd897", "nsd-ascending", SMALL.metrics[:5])
+    subset = [5, 12, 40, 300]
+    together = engine.score_reconstructions_by_protocol(
+        ids, gt, ids, zeros, rec0, [SMALL, narrow], engine.ScoreOptions("tiny", cache=False),
+        protocol_ids={"test-narrow": subset},
+    )  # fmt: skip
+    keep = np.isin(ids, subset)
+    alone = _score(ids[keep], gt[keep], ids[keep], zeros[keep], rec0[keep], protocol=narrow)
+    wide = _score(ids, gt, ids, zeros, rec0)
+    pd.testing.assert_frame_equal(together["test-narrow"].per_sample, alone.per_sample, check_exact=True)
+    pd.testing.assert_frame_equal(together["test-small"].per_sample, wide.per_sample, check_exact=True)
+    assert together["test-narrow"].provenance["n_images"] == 4
+    with pytest.raises(InvalidSubmission, match="nsd_id 77 has no ground-truth image"):
+        engine.score_reconstructions_by_protocol(
+            ids, gt, ids, zeros, rec0, [narrow], engine.ScoreOptions("tiny", cache=False),
+            protocol_ids={"test-narrow": [5, 77]},
+        )  # fmt: skip
+
+
+def test_a_new_feature_metric_needs_only_its_protocol_entry(data):
+    """A feature metric that no shipped protocol has (a new name, AlexNet(5) with the cosine statistic)
+    is defined in a test-local protocol alone and scored; its values are the cosine of the raw features."""
+    from nsdbench.metrics.protocols import FeatureMetric as Feature
+
+    ids, gt, rec0, _ = data
+    metric = Feature(
+        name="alexnet5_cos", network="alexnet", weights="IMAGENET1K_V1", layer="features.11",
+        gt_chain=B64, rec_chain=B64, normalize="imagenet", statistic="cosine",
+    )  # fmt: skip
+    proto = Protocol("test-new-metric", "0", "", "nsd982", "nsd-ascending", (metric,))
+    res = _score(ids, gt, ids, np.zeros(len(ids), int), rec0, protocol=proto)
+    assert list(res.set_scores) == ["alexnet5_cos"]
+    order = np.argsort(ids)
+    g = engine.metric_features(metric, gt[order], "gt", "tiny").astype(np.float64)
+    r = engine.metric_features(metric, rec0[order], "rec", "tiny").astype(np.float64)
+    cos = (g * r).sum(1) / np.linalg.norm(g, axis=1) / np.linalg.norm(r, axis=1)
+    got = res.per_image.set_index("nsd_id")["value"].loc[ids[order]].to_numpy()
+    np.testing.assert_allclose(got, cos, rtol=1e-12)
+
+
+def test_timings_name_each_network_pass_and_stage(data):
+    ids, gt, rec0, _ = data
+    timings: dict[str, float] = {}
+    _score(ids, gt, ids, np.zeros(len(ids), int), rec0, timings=timings)
+    assert {
+        "forward:alexnet",
+        "forward:inception_v3",
+        "forward:efficientnet_b1",
+        "forward:swav_resnet50",
+    } <= set(timings)
+    assert {"ground_truth", "decode", "resize", "pixel", "statistics"} <= set(timings)
+    assert all(v >= 0 for v in timings.values())
+
+
+def test_statistics_run_in_float64_where_the_device_has_it():
+    """The N x N correlation of 2-way runs on the features' device in float64; MPS has no float64, so it
+    falls back to the CPU (whose values the CPU path gives unchanged)."""
+    import torch
+
+    from nsdbench.metrics.metric_kinds import float64_device
+
+    assert float64_device(torch.device("cpu")) == torch.device("cpu")
+    assert float64_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    assert float64_device(torch.device("mps")) == torch.device("cpu")

@@ -52,7 +52,7 @@ SOURCE = textwrap.dedent(
                       split="nsd982", published_order="nsd-ascending",
                       metrics=(P.PixelMetric("ssim", (), (), "gray", "ssim-2d"),))
     BRAIN = P.Protocol(name="lifecycle-brain", version="1", description="tests: brain correlation only",
-                       split="nsd982", published_order="nsd-ascending", metrics=P._brain(("bc_nsdgeneral",)))
+                       split="nsd982", published_order="nsd-ascending", metrics=P.brain_metrics(("bc_nsdgeneral",)))
     OTHER_SPLIT = P.Protocol(name="lifecycle-897", version="1", description="tests: another split",
                              split="nsd897", published_order="nsd-ascending",
                              metrics=(P.PixelMetric("pixcorr", (), (), "rgb", "pearson"),))

@@ -55,7 +55,7 @@ HOOK_SOURCE = textwrap.dedent(
         split="nsd982",
         published_order="nsd-ascending",
         metrics=(P.PixelMetric("pixcorr", (), (), "rgb", "pearson"),
-                 P.PixelMetric("ssim", (), (), "gray", "ssim-2d")) + P._brain(P._BRAIN_ALL),
+                 P.PixelMetric("ssim", (), (), "gray", "ssim-2d")) + P.brain_metrics(P.BRAIN_ALL),
     )
 
 

@@ -181,3 +181,39 @@ def test_timings_document_names_every_stage_that_ran(images, small_root, tmp_pat
     }
     assert "brain" not in stages  # --no-brain: a stage that does not occur is omitted
     assert 0 < sum(stages.values()) <= doc["wall_s"]
+
+
+@pytest.mark.slow
+def test_protocol_all_scores_in_one_pass_with_the_values_of_separate_runs(
+    images, small_root, tmp_path, capsys
+):
+    """`--protocol all` on an nsd982 submission: one pass per subject, one recorded run per protocol within
+    nsd982 (second-sight-2023 restricted to nsd897; mindeye on nsd1000 left out with a note), each with the
+    per-image values of a separate run of that protocol (second-sight on a submission of its 897 ids)."""
+    from nsdbench.nsd.splits import get_split
+
+    first = {k: v for k, v in images.items() if k[2] == 0}
+    path = write_submission(first, tmp_path / "all", "folder")
+    db = tmp_path / "lb.duckdb"
+    doc = _score(path, small_root, db, capsys, "--protocol", "all", "--timings", str(tmp_path / "t.json"))
+    runs = {r["protocol"]: r["run_id"] for r in doc["runs"]}
+    assert list(runs) == ["nsdbench-v1", "brain-diffuser-2023", "second-sight-2023", "mindeye1"]
+    assert json.loads((tmp_path / "t.json").read_text())["images"] == 8
+    store = Store(db)
+    ss_ids = set(get_split(open_nsd(small_root), "nsd897", 1).test_ids)
+    narrow = write_submission({k: v for k, v in first.items() if k[1] in ss_ids}, tmp_path / "ss", "folder")
+    for name, run_id in runs.items():
+        alone_path = narrow if name == "second-sight-2023" else path
+        other = tmp_path / f"{name}.duckdb"
+        alone = _score(alone_path, small_root, other, capsys, "--protocol", name)
+        a = store.image_scores(run_id).drop(columns="run_id").sort_values(["metric", "nsd_id"])
+        b = (
+            Store(other)
+            .image_scores(alone["run_id"])
+            .drop(columns="run_id")
+            .sort_values(["metric", "nsd_id"])
+        )
+        assert len(a) and a.reset_index(drop=True).equals(b.reset_index(drop=True)), name
+        if name != "second-sight-2023":
+            assert alone["run_id"] == run_id  # the same run a separate command records
+    assert set(store.image_scores(runs["second-sight-2023"])["nsd_id"]) == ss_ids

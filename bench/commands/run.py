@@ -370,7 +370,7 @@ def register(app: typer.Typer) -> None:
 
         clock = CommandClock()
         from nsdbench.runs.progress import RichProgress
-        from nsdbench.runs.scores import rescore_run, run_image_count
+        from nsdbench.runs.scores import protocols_on_run_split, rescore_run, run_image_count
         from nsdbench.runs.upgrade import upgrade_run_folder
 
         folder = run_dir.expanduser().resolve()
@@ -382,6 +382,8 @@ def register(app: typer.Typer) -> None:
         if protocol is None and not old_protocol:
             raise UsageError("rescore: --protocol is required (e.g. --protocol brain-diffuser-2023)")
         names = parse_protocols(protocol or old_protocol)
+        if protocol is not None and protocol.strip() == "all":
+            names = protocols_on_run_split(folder, names)
         try:
             with RichProgress() as progress:
                 results = rescore_run(
@@ -472,7 +474,9 @@ def register(app: typer.Typer) -> None:
         for key, value in d["defaults"].items():
             note = f"  {d['setting_help'][key]}" if key in d["setting_help"] else ""
             text = json.dumps(value, separators=(",", ":"))  # no spaces: pastes as one shell argument
-            out.print(f"  --set {key}={text}  ({d['setting_types'][key]}){note}", highlight=False, soft_wrap=True)
+            out.print(
+                f"  --set {key}={text}  ({d['setting_types'][key]}){note}", highlight=False, soft_wrap=True
+            )
         for v, overrides in d["variants"].items():
             out.print(f"variant {v}: {json.dumps(overrides)}", highlight=False, soft_wrap=True)
 

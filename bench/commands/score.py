@@ -24,6 +24,7 @@ from nsdbench.commands.options import (
     subjects_opt,
 )
 from nsdbench.errors import InvalidSubmission, UsageError
+from nsdbench.metrics.protocols import Protocol
 from nsdbench.stage_times import Timings, stage
 from nsdbench.terminal import print_whole
 
@@ -93,7 +94,7 @@ def resolve_device(flag: str | None) -> str:
     return device
 
 
-def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[Any, str]:
+def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[Protocol, str]:
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import SPLITS
 
@@ -155,7 +156,7 @@ def score_run_id(
     method: str,
     subjects: tuple[int, ...],
     split: str,
-    protocol: Any,
+    protocol: Protocol,
     weights_mode: str,
     brain: bool | None,
     data: str,
@@ -259,8 +260,10 @@ def register(app: typer.Typer) -> None:
         subj = parse_subjects(subjects)
         mode = weights.check_mode(str(config.get("weights", weights_mode)))
         names = parse_protocols(protocol) or [str(config.get("protocol"))]
+        pairs = [_resolve_protocol_split(n, split) for n in names]
+        every = _is_all(protocol)  # --encoder then applies to the protocols that allow a choice
         scopes = [
-            (with_encoder(pr, encoder), sp) for pr, sp in (_resolve_protocol_split(n, split) for n in names)
+            (with_encoder(pr, encoder) if pr.encoder_choices or not every else pr, sp) for pr, sp in pairs
         ]
         check_exists(submission, "submission")
         data = check_data(data)
@@ -275,7 +278,7 @@ def register(app: typer.Typer) -> None:
         check_subjects_in(subj, nsd)
         method = method_name or method_name_old or submission.name.split(".")[0]
         store = Store(db)
-        scopes = _every_within(nsd, scopes, subj, split) if _is_all(protocol) else scopes
+        scopes = _every_within(nsd, scopes, subj, split) if every else scopes
         docs: dict[str, dict] = {}
         n_images = 0
         for root, family in _families(nsd, scopes, subj):
@@ -377,7 +380,7 @@ class ScoreSettings:
     n_resamples: int
 
 
-def score_artifacts(proto: Any, brain: bool | None) -> list[str]:
+def score_artifacts(proto: Protocol, brain: bool | None) -> list[str]:
     """The pretrained artifacts scoring under `proto` loads: its feature networks, and the canonical
     encoder's network when brain correlation is asked for (auto skips it with a note when absent)."""
     from nsdbench.metrics.networks import ARTIFACT_OF
@@ -546,7 +549,7 @@ def _score_family(
             {proto.name: path for proto, _, _, path in left},
             {proto.name: run_id for proto, _, run_id, _ in left},
             targets,
-            {"submission_sha256": sub_sha},
+            {proto.name: {"submission_sha256": sub_sha} for proto, _, _, _ in left},
         )
     for proto, split_name, run_id in todo:
         record = store.new_run_record(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from nsdbench.errors import NSDBenchError, UsageError
+from nsdbench.metrics.protocols import Protocol
 from nsdbench.runs.folder import (
     FileLock,
     file_digest,
@@ -44,7 +46,7 @@ def row_id(run_id: str, protocol: str) -> str:
     return f"{run_id}@{protocol}"
 
 
-def check_protocols(names: tuple[str, ...] | list[str], split: str) -> list[Any]:
+def check_protocols(names: tuple[str, ...] | list[str], split: str) -> list[Protocol]:
     """Protocol objects for `names`; each must score on the run's split."""
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.runs.folder import check_protocol_name
@@ -78,7 +80,7 @@ def images_digest(session: RunSession, subject: int) -> str:
     return h.hexdigest()
 
 
-def score_is_complete(session: RunSession, subject: int, protocol: Any) -> bool:
+def score_is_complete(session: RunSession, subject: int, protocol: Protocol) -> bool:
     rec = read_json(score_record_path(session.run_dir, subject, protocol.name))
     return (
         rec is not None
@@ -89,37 +91,54 @@ def score_is_complete(session: RunSession, subject: int, protocol: Any) -> bool:
     )
 
 
-def score_subject(
-    session: RunSession, subject: int, protocol: Any, lock: bool = False, timings: Timings | None = None
+def score_run_subject(
+    session: RunSession,
+    subject: int,
+    protocols: Protocol | Sequence[Protocol],
+    lock: bool = False,
+    timings: Timings | None = None,
 ) -> bool:
-    """Score the subject's reconstructions under `protocol` once all its shards are complete; True when
-    its scores exist. lock=True (several workers): only the worker holding the OS lock scores (a killed
-    worker's lock dies with it); the others return False and `nsdbench ingest` scores what is left."""
+    """Score the subject's reconstructions under every protocol (one engine pass for all that are not yet
+    scored) once all its shards are complete; True when all its scores exist. lock=True (several
+    workers): a protocol is scored only by the worker holding its OS lock (a killed worker's lock dies
+    with it); the others return False and `nsdbench ingest` scores what is left."""
+    protos = [protocols] if isinstance(protocols, Protocol) else list(protocols)
     if not subject_complete(session, subject):
         return False
-    if not session.force and score_is_complete(session, subject, protocol):
+    todo = [p for p in protos if session.force or not score_is_complete(session, subject, p)]
+    if not todo:
         return True
     if not lock:
-        return _score(session, subject, protocol, timings)
-    guard = FileLock(score_path(session.run_dir, subject, protocol.name).with_suffix(".lock"))
-    if not guard.acquire():
-        log_event(session.run_dir, f"subj{subject:02d} {protocol.name}: another worker is scoring it")
-        return False
+        return _score(session, subject, todo, timings)
+    guards = []
     try:
-        if not session.force and score_is_complete(session, subject, protocol):
-            return True
-        return _score(session, subject, protocol, timings)
+        held = []
+        for proto in todo:
+            guard = FileLock(score_path(session.run_dir, subject, proto.name).with_suffix(".lock"))
+            if guard.acquire():
+                guards.append(guard)
+                held.append(proto)
+            else:
+                log_event(session.run_dir, f"subj{subject:02d} {proto.name}: another worker is scoring it")
+        left = [p for p in held if session.force or not score_is_complete(session, subject, p)]
+        ok = _score(session, subject, left, timings) if left else True
+        return ok and len(held) == len(todo)
     finally:
-        guard.release()
+        for guard in guards:
+            guard.release()
 
 
-def _score(session: RunSession, subject: int, protocol: Any, timings: Timings | None = None) -> bool:
-    from nsdbench.scoring import brain_target, has_brain_metrics, score_images_to_parquet
+def _score(
+    session: RunSession, subject: int, protocols: list[Protocol], timings: Timings | None = None
+) -> bool:
+    from nsdbench.metrics.engine import ScoreOptions
+    from nsdbench.scoring import SubjectScope, brain_target, has_brain_metrics, write_subject_scores
 
     spec = session.spec
     key = f"score-{subject}"
+    names = ", ".join(p.name for p in protocols)
     items = [it for s in session.shards() if s.subject == subject for it in s.items(spec.samples)]
-    session.progress.start(key, f"subj{subject:02d} score {protocol.name}", len(items))
+    session.progress.start(key, f"subj{subject:02d} score {names}", len(items))
     images = {}
     with stage(timings, "decode"):
         for nsd_id, sample in items:
@@ -129,52 +148,58 @@ def _score(session: RunSession, subject: int, protocol: Any, timings: Timings | 
             images[(nsd_id, sample)] = img
     t0 = time.perf_counter()
     digest = images_digest(session, subject)
-    out = score_path(session.run_dir, subject, protocol.name)
     report = scaled_progress(lambda n: session.progress.advance(key, n), len(items))
-    wanted = None if has_brain_metrics(protocol) else False
-    with stage(timings, "brain"):
-        brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, wanted, protocol=protocol)
-    if note and wanted is None:
-        log_event(session.run_dir, note)
-        session.progress.message(note)
-    score_images_to_parquet(  # written atomically by nsdbench.scoring
-        nsd=session.nsd,
-        subject=subject,
-        split=session.split(subject),
-        protocol=protocol,
-        images=images,
-        weights_mode=spec.weights,
-        device=session.device,
-        out_path=out,
-        run_id=row_id(spec.run_id, protocol.name),
-        brain=brain,
-        progress=report,
-        extra_meta={
+    targets, meta = {}, {}
+    for proto in protocols:
+        wanted = None if has_brain_metrics(proto) else False
+        with stage(timings if wanted is None else None, "brain"):
+            brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, wanted, protocol=proto)
+        if note and wanted is None:
+            log_event(session.run_dir, note)
+            session.progress.message(note)
+        targets[proto.name] = brain
+        meta[proto.name] = {
             "run": spec.run_id,
             "run_dir_spec_hash": spec.hash,
             "brain_encoder": dict(getattr(brain, "info", {}) or {}) if brain is not None else {},
-        },
-        timings=timings,
+        }
+    split = session.split(subject)
+    write_subject_scores(  # written atomically by nsdbench.scoring
+        session.nsd,
+        subject,
+        [SubjectScope(p, split) for p in protocols],
+        images,
+        ScoreOptions(spec.weights, session.device, progress=report, timings=timings),
+        {p.name: score_path(session.run_dir, subject, p.name) for p in protocols},
+        {p.name: row_id(spec.run_id, p.name) for p in protocols},
+        targets,
+        meta,
     )
     report(1, 1)
     session.progress.finish(key)
-    record = {
-        "subject": subject,
-        "protocol": protocol.name,
-        "protocol_hash": protocol.hash,
-        "spec_hash": spec.hash,
-        "images_digest": digest,
-        "parquet_sha256": file_digest(out),
-        "n_images": len(items),
-    }
-    write_owned(
-        score_record_path(session.run_dir, subject, protocol.name), json.dumps(record, indent=1).encode()
-    )
+    for proto in protocols:
+        record = {
+            "subject": subject,
+            "protocol": proto.name,
+            "protocol_hash": proto.hash,
+            "spec_hash": spec.hash,
+            "images_digest": digest,
+            "parquet_sha256": file_digest(score_path(session.run_dir, subject, proto.name)),
+            "n_images": len(items),
+        }
+        write_owned(
+            score_record_path(session.run_dir, subject, proto.name), json.dumps(record, indent=1).encode()
+        )
     log_event(
         session.run_dir,
-        f"scored subj{subject:02d} {protocol.name} {len(items)} images {time.perf_counter() - t0:.2f}s",
+        f"scored subj{subject:02d} {names} {len(items)} images {time.perf_counter() - t0:.2f}s",
     )
     return True
+
+
+def score_subject(session: RunSession, subject: int, protocol: Protocol, lock: bool = False) -> bool:
+    """Earlier name of score_run_subject for one protocol (callers not yet moved)."""
+    return score_run_subject(session, subject, protocol, lock)
 
 
 @dataclass(frozen=True)
@@ -226,12 +251,12 @@ def ingest_run(
     store = Store(db)
     encoders = guiding_encoders(run_dir)
     results = []
+    for subject in spec.subjects:
+        if not score_run_subject(session, subject, protos, timings=timings):
+            raise NSDBenchError(
+                f"{run_dir}: subject {subject} could not be scored (images changed while reading)"
+            )
     for proto in protos:
-        for subject in spec.subjects:
-            if not score_subject(session, subject, proto, timings=timings):
-                raise NSDBenchError(
-                    f"{run_dir}: subject {subject} could not be scored (images changed while reading)"
-                )
         rid = row_id(spec.run_id, proto.name)
         record = store.new_run_record(
             kind="run",
@@ -283,10 +308,11 @@ def rescore_run(
             f"{run_dir}: {len(status.incomplete)} of {status.shards_total} shards are incomplete "
             f"({status.incomplete[0]}); rescore needs a finished run: complete it with `nsdbench run`"
         )
-    for proto in protos:
-        for subject in spec.subjects:
-            if not score_subject(session, subject, proto, timings=timings):
-                raise NSDBenchError(f"{run_dir}: subject {subject} could not be scored under {proto.name}")
+    for subject in spec.subjects:
+        if not score_run_subject(session, subject, protos, timings=timings):
+            raise NSDBenchError(
+                f"{run_dir}: subject {subject} could not be scored under {', '.join(p.name for p in protos)}"
+            )
     return ingest_run(run_dir, db, progress, [p.name for p in protos], timings) if ingest else []
 
 
@@ -295,3 +321,18 @@ def run_image_count(run_dir: Path) -> int:
     spec, _ = read_spec(run_dir)
     session = RunSession(run_dir, spec)
     return sum(len(s.items(spec.samples)) for s in session.shards())
+
+
+def protocols_on_run_split(run_dir: Path, names: Sequence[str]) -> list[str]:
+    """`rescore --protocol all`: the protocols that score on the run's split (the others cannot score its
+    images and are left out with a note)."""
+    from nsdbench.metrics.protocols import get_protocol
+
+    spec, _ = read_spec(run_dir)
+    kept = [n for n in names if get_protocol(n).split == spec.split]
+    skipped = [n for n in names if n not in kept]
+    if skipped:
+        log_event(run_dir, f"rescore all: {', '.join(skipped)} score on other splits than {spec.split}")
+    if not kept:
+        raise UsageError(f"{run_dir}: no protocol scores on the run's split {spec.split}")
+    return kept

@@ -111,6 +111,6 @@ def test_leaderboard_store_and_views_never_reach_the_engine(graph):
 
 def test_the_check_sees_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from nsdbench.metrics.engine import score\n")
+    bad.write_text("def f():\n    from nsdbench.metrics.engine import score_reconstructions\n")
     found = imports(bad, {"nsdbench.metrics.engine"})
     assert found == {"nsdbench.metrics.engine"} and rank("nsdbench.files") < rank("nsdbench.metrics.engine")

@@ -19,7 +19,7 @@ from typing import Any
 from nsdbench.errors import NSDBenchError, UsageError
 from nsdbench.progress import Progress
 from nsdbench.runs.folder import clean_leftovers, log_event
-from nsdbench.runs.scores import check_protocols, run_status, score_is_complete, score_subject
+from nsdbench.runs.scores import check_protocols, run_status, score_is_complete, score_run_subject
 from nsdbench.runs.session import RunSession
 from nsdbench.runs.shards import assign, shard_is_complete
 from nsdbench.runs.spec import RunSpec, read_spec
@@ -143,7 +143,7 @@ def _run_inprocess(session: RunSession, worker: Worker, fit_only: bool) -> ExecR
                 written += session.run_shard(shard)
             prog.finish(key)
         # with several workers, the one completing a subject scores it; `ingest` catches any left over
-        if protos and all(score_subject(session, subject, p, lock=worker.sharded) for p in protos):
+        if protos and all(score_run_subject(session, subject, p, lock=worker.sharded) for p in protos):
             scored.append(subject)
     status = run_status(session, protos)
     done = status.complete and bool(protos) and len(status.subjects_scored) == len(spec.subjects)
@@ -207,7 +207,7 @@ def _task_score(
     try:
         session = _worker_session(run_dir, force)
         protos = check_protocols(protocols, session.spec.split)
-        ok = all(score_subject(session, subject, p) for p in protos)
+        ok = all(score_run_subject(session, subject, p) for p in protos)
         return (
             {"ok": ok} if ok else {"ok": False, "error": f"subj{subject:02d}: shards incomplete at scoring"}
         )

@@ -197,11 +197,6 @@ def _score(
     return True
 
 
-def score_subject(session: RunSession, subject: int, protocol: Protocol, lock: bool = False) -> bool:
-    """Earlier name of score_run_subject for one protocol (callers not yet moved)."""
-    return score_run_subject(session, subject, protocol, lock)
-
-
 @dataclass(frozen=True)
 class RunStatus:
     shards_total: int

@@ -15,7 +15,7 @@ PACKAGES = {"bench": "nsdbench", "methods": "nsdbench.methods", "metrics": "nsdb
 
 CORE = {"nsdbench", "nsdbench.errors", "nsdbench.config", "nsdbench.files", "nsdbench.caches",
         "nsdbench.devices", "nsdbench.progress", "nsdbench.score_files", "nsdbench.ridge",
-        "nsdbench.ridge_backend", "nsdbench.timing", "nsdbench.stage_times", "nsdbench.terminal", "nsdbench.feature_store"}  # fmt: skip
+        "nsdbench.ridge_backend", "nsdbench.stage_times", "nsdbench.terminal", "nsdbench.feature_store"}  # fmt: skip
 RANKS = (  # (prefix, rank): a module may import modules of its own rank or lower
     ("nsdbench.nsd", 1),
     ("nsdbench.metrics", 2),

@@ -23,7 +23,7 @@ import numpy as np
 
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.files import atomic_write_text
-from nsdbench.metrics.protocols import PixelMetric, get_protocol
+from nsdbench.metrics.protocols import PixelMetric, Protocol, get_protocol
 from nsdbench.nsd import open_nsd
 from nsdbench.nsd.splits import get_split
 from nsdbench.progress import labelled_bars
@@ -93,7 +93,7 @@ def sha256_array(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def tolerance_for(metric: str, spec: dict[str, Any], protocol: Any) -> float:
+def tolerance_for(metric: str, spec: dict[str, Any], protocol: Protocol) -> float:
     """Per-metric override, else 1e-6 for float64 pixel metrics and 1e-4 for network-feature metrics."""
     tol = spec.get("tolerance", {})
     if metric in tol.get("overrides", {}):

@@ -35,7 +35,14 @@ from nsdbench.metrics.networks import get_network
 from nsdbench.metrics.prefetch import prefetched
 from nsdbench.metrics.protocols import FeatureMetric, Metric, Protocol, get_protocol
 from nsdbench.metrics.resize import apply_chain
-from nsdbench.metrics.score_inputs import ScoreInputs, scope_masks, uint8_image, validate_inputs
+from nsdbench.metrics.score_inputs import (
+    ImageSet,
+    NsdIds,
+    ScoreInputs,
+    scope_masks,
+    uint8_image,
+    validate_inputs,
+)
 from nsdbench.progress import ProgressArg, progress_bar
 from nsdbench.stage_times import Timings, stage
 
@@ -68,11 +75,11 @@ class ScoreResult:
 
 
 def score_reconstructions(
-    gt_ids: Any,
-    gt_images: Any,
-    rec_ids: Any,
-    rec_samples: Any,
-    rec_images: Any,
+    gt_ids: NsdIds,
+    gt_images: ImageSet,
+    rec_ids: NsdIds,
+    rec_samples: NsdIds,
+    rec_images: ImageSet,
     protocol: str | Protocol,
     options: ScoreOptions = ScoreOptions(),
     brain: BrainTarget | Mapping[str, BrainTarget | None] | None = None,
@@ -85,11 +92,11 @@ def score_reconstructions(
 
 
 def score_reconstructions_by_protocol(
-    gt_ids: Any,
-    gt_images: Any,
-    rec_ids: Any,
-    rec_samples: Any,
-    rec_images: Any,
+    gt_ids: NsdIds,
+    gt_images: ImageSet,
+    rec_ids: NsdIds,
+    rec_samples: NsdIds,
+    rec_images: ImageSet,
     protocols: Sequence[str | Protocol],
     options: ScoreOptions = ScoreOptions(),
     brain: BrainTarget | Mapping[str, BrainTarget | None] | None = None,
@@ -187,7 +194,7 @@ def _plan(protos: list[Protocol], ctx: ScoringContext) -> list[MetricKind]:
 def _ground_truth_features(
     kinds: list[MetricKind],
     inputs: ScoreInputs,
-    gt_images: Any,
+    gt_images: ImageSet,
     options: ScoreOptions,
     advance: Callable[[int], None],
     has_gt: bool,
@@ -211,8 +218,8 @@ def _ground_truth_features(
 def _sample_pass(
     kinds: list[MetricKind],
     inputs: ScoreInputs,
-    gt_images: Any,
-    rec_images: Any,
+    gt_images: ImageSet,
+    rec_images: ImageSet,
     sample: int,
     options: ScoreOptions,
     advance: Callable[[int], None],
@@ -294,7 +301,7 @@ def _provenance(p: Protocol, kinds, ctx: ScoringContext, flags: dict, n_samples:
     return prov
 
 
-def _content_hasher(gt_images: Any, inputs: ScoreInputs) -> Callable[[np.ndarray], str]:
+def _content_hasher(gt_images: ImageSet, inputs: ScoreInputs) -> Callable[[np.ndarray], str]:
     """sha256 of the ground-truth images under a row mask (read once per mask; the feature-cache key)."""
     memo: dict[bytes, str] = {}
 

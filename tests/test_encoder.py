@@ -101,7 +101,7 @@ def test_gnet8_tiny_brain_target_plumbing(nsd):
     np.testing.assert_array_equal(
         np.concatenate([target.predict(images[:3]), target.predict(images[3:])]), pred
     )
-    assert set(target.score(ids, images)) == {
+    assert set(target.brain_correlations(ids, images)) == {
         "bc_v1",
         "bc_v2",
         "bc_v3",

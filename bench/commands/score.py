@@ -124,7 +124,7 @@ def _validated(path: Path, fmt, order, ids, subjects, split_name, nsd, as_json: 
 DEFAULT_RESAMPLES = 2000  # bootstrap resamples for the CIs; a run id names any other count
 
 
-def score_run_id(
+def submission_run_id(
     sub_sha: str,
     method: str,
     subjects: tuple[int, ...],
@@ -440,7 +440,7 @@ def _score_family(
     out: dict[str, tuple[str, bool]] = {}
     todo = []
     for proto, split_name in family:
-        run_id = score_run_id(
+        run_id = submission_run_id(
             sub_sha,
             st.method,
             st.subjects,

@@ -118,7 +118,7 @@ def test_gnet8_release_layout_loads_with_weights_only():
     import torch
 
     n_vox = 12
-    trunk, readout = gnet8._gnet8_modules(
+    trunk, readout = gnet8.gnet8_modules(
         gnet8.GNET8_TRUNK_WIDTH, gnet8.GNET8_PASS_THROUGH, np.full((1, 3, 1, 1), 0.4, np.float32), n_vox
     )
     ckpt = {

@@ -75,7 +75,7 @@ def test_pretrained_loading_reads_an_open_clip_vit_b32_checkpoint(tmp_path, monk
         assert [f.shape[1] for f in feats] == list(clip.feature_dims)
         torch.testing.assert_close(feats[-1], ref, rtol=0, atol=0)
     finally:
-        components._LOADED.pop(key, None)
+        components.release(key)
 
 
 def test_layer_weights_and_loss_match_an_independent_computation():

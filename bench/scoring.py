@@ -1,4 +1,4 @@
-"""The one scoring path: one subject's reconstructions → metrics.engine.score → an atomic Parquet file.
+"""The one scoring path: one subject's reconstructions → metrics.engine.score_reconstructions_by_protocol → an atomic Parquet file.
 
 `nsdbench score` (submissions), `nsdbench run` (methods) and `nsdbench drift` all call this module,
 so every recorded number comes from the same code. Workers only write Parquet; the leaderboard store

@@ -1,4 +1,4 @@
-"""The one scoring path: one subject's reconstructions → metrics.engine.score → an atomic Parquet file.
+"""The one scoring path: one subject's reconstructions → metrics.engine.score_reconstructions_by_protocol → an atomic Parquet file.
 
 `nsdbench score` (submissions), `nsdbench run` (methods) and `nsdbench drift` all call this module,
 so every recorded number comes from the same code. Workers only write Parquet; the leaderboard store
@@ -7,9 +7,7 @@ ingests the files in a single transaction.
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +23,9 @@ from nsdbench.metrics.forward import batches_match
 from nsdbench.metrics.protocols import Protocol, get_protocol
 from nsdbench.nsd.loader import NSD
 from nsdbench.nsd.splits import Split
-from nsdbench.score_files import PARQUET_FORMAT, PARQUET_META_KEY, read_parquet_meta
-from nsdbench.stage_times import Timings, stage
+from nsdbench.runs.folder import owned_temp
+from nsdbench.score_files import read_parquet_meta, write_score_file
+from nsdbench.stage_times import stage
 
 ImageKey = tuple[int, int]  # (nsd_id, sample)
 BrainTargets = BrainTarget | Mapping[str, BrainTarget | None] | None  # one for all, or per protocol
@@ -173,35 +172,6 @@ def scores_frame(result: ScoreResult, run_id: str, subject: int) -> pd.DataFrame
     return df
 
 
-def write_scores_parquet(df: pd.DataFrame, out_path: Path, meta: dict[str, Any]) -> Path:
-    """Write atomically: a temp file in the same folder, fsync, then rename over the target."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    info = {"format": PARQUET_FORMAT, **meta}
-    table = table.replace_schema_metadata(
-        {
-            **(table.schema.metadata or {}),
-            PARQUET_META_KEY: json.dumps(info, sort_keys=True, default=str).encode(),
-        }
-    )
-    from nsdbench.runs.folder import owned_temp
-
-    tmp = owned_temp(out_path)  # names host and pid: a killed writer's leftover is removed on resume
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out_path
-
-
 def write_subject_scores(
     nsd: NSD,
     subject: int,
@@ -239,8 +209,10 @@ def write_subject_scores(
             **(extra_meta or {}).get(name, {}),
         }
         with stage(options.timings, "store"):
-            written[name] = write_scores_parquet(
-                scores_frame(result, run_ids[name], subject), out_paths[name], meta
+            out = Path(out_paths[name])
+            # the temp file names host and pid: a killed writer's leftover is removed on resume
+            written[name] = write_score_file(
+                scores_frame(result, run_ids[name], subject), out, meta, temp=owned_temp(out)
             )
     return written
 
@@ -305,58 +277,3 @@ def brain_target(
         if wanted:
             raise
         return None, f"brain correlation skipped for subject {subject}: {exc}"
-
-
-# --------------------------------------------------------------------------- earlier names
-
-
-def score_subject(
-    nsd: NSD,
-    subject: int,
-    split: Split | str,
-    protocol: Protocol | str,
-    images: Mapping[ImageKey, np.ndarray],
-    weights_mode: str = "pretrained",
-    device: str = "cpu",
-    brain: BrainTargets = None,
-    batch_size: int = 32,
-    progress: bool | Callable[[int, int], None] = False,
-    timings: Timings | None = None,
-) -> ScoreResult:
-    """Earlier signature of score_subject_images for one protocol (callers not yet moved to ScoreOptions)."""
-    scopes = subject_scopes(nsd, subject, [(protocol, split)])
-    options = ScoreOptions(weights_mode, device, batch_size, progress, timings=timings)
-    return score_subject_images(nsd, subject, scopes, images, options, brain)[scopes[0].protocol.name]
-
-
-def score_images_to_parquet(
-    nsd: NSD,
-    subject: int,
-    split: Split | str,
-    protocol: Protocol | str,
-    images: Mapping[ImageKey, np.ndarray],
-    weights_mode: str,
-    device: str,
-    out_path: str | Path,
-    run_id: str,
-    brain: Any = None,
-    batch_size: int = 32,
-    progress: bool | Callable[[int, int], None] = False,
-    extra_meta: dict[str, Any] | None = None,
-    timings: Timings | None = None,
-) -> Path:
-    """Earlier signature of write_subject_scores for one protocol."""
-    scopes = subject_scopes(nsd, subject, [(protocol, split)])
-    name = scopes[0].protocol.name
-    options = ScoreOptions(weights_mode, device, batch_size, progress, timings=timings)
-    return write_subject_scores(
-        nsd,
-        subject,
-        scopes,
-        images,
-        options,
-        {name: Path(out_path)},
-        {name: run_id},
-        brain,
-        {name: extra_meta or {}},
-    )[name]

@@ -1,5 +1,6 @@
-"""Per-stage wall-clock seconds of one scoring command (`--timings PATH`), so that a user and the benchmarks
-see where the time goes: start-up, ground truth, decoding, resizing, each network pass, statistics, store."""
+"""Wall-clock timing, one module for the package: per-stage seconds of one scoring command (`--timings PATH`),
+so that a user and the benchmarks see where the time goes (start-up, ground truth, decoding, resizing, each
+network pass, statistics, store), and one synchronized call on a torch device for the GPU scripts."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 Timings = dict[str, float]  # stage -> seconds, summed over every occurrence of the stage
 _LOCK = threading.Lock()  # prefetch threads add their stages while the main thread adds its own
@@ -76,3 +81,26 @@ class CommandClock:
         path = Path(path).expanduser()
         atomic_write_text(path, json.dumps(self.document(images, protocols), indent=1) + "\n")
         return path
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work (a no-op elsewhere)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, int]:
+    """(result, seconds, peak GPU bytes) of one call of `fn`; CUDA work is synchronized before and after
+    (peak 0 on the CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return out, time.perf_counter() - start, peak

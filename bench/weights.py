@@ -59,6 +59,25 @@ def register(artifact: Artifact) -> Artifact:
     return artifact
 
 
+def unregister(name: str) -> None:
+    """Remove an artifact from the registry (a plugin withdrawn, a test's own artifact); absent is fine."""
+    _REGISTRY.pop(name, None)
+
+
+@contextmanager
+def temporarily_registered(artifact: Artifact) -> Iterator[Artifact]:
+    """Register `artifact` for the body, replacing one of the same name, then put the registry back."""
+    before = _REGISTRY.get(artifact.name)
+    _REGISTRY[artifact.name] = artifact
+    try:
+        yield artifact
+    finally:
+        if before is None:
+            _REGISTRY.pop(artifact.name, None)
+        else:
+            _REGISTRY[artifact.name] = before
+
+
 ARTIFACT_MODULES = ("nsdbench.metrics.networks", "nsdbench.metrics.gnet8", "nsdbench.methods.registry")
 COMPONENT_PACKAGE = "nsdbench.methods.components"  # every module below it is imported (they register)
 

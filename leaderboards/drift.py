@@ -23,7 +23,7 @@ import numpy as np
 
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.files import atomic_write_text
-from nsdbench.metrics.protocols import PixelMetric, get_protocol
+from nsdbench.metrics.protocols import PixelMetric, Protocol, get_protocol
 from nsdbench.nsd import open_nsd
 from nsdbench.nsd.splits import get_split
 from nsdbench.progress import labelled_bars
@@ -93,7 +93,7 @@ def sha256_array(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def tolerance_for(metric: str, spec: dict[str, Any], protocol: Any) -> float:
+def tolerance_for(metric: str, spec: dict[str, Any], protocol: Protocol) -> float:
     """Per-metric override, else 1e-6 for float64 pixel metrics and 1e-4 for network-feature metrics."""
     tol = spec.get("tolerance", {})
     if metric in tol.get("overrides", {}):
@@ -186,7 +186,8 @@ def _score_spec(
 
 
 def _score_spec_bars(spec: dict[str, Any], golden: Path, data: str | None, device: str, bar_for) -> _Rescore:
-    from nsdbench.scoring import brain_target, has_brain_metrics, score_subject
+    from nsdbench.metrics.engine import ScoreOptions
+    from nsdbench.scoring import brain_target, has_brain_metrics, score_subject_images, subject_scopes
 
     nsd = open_nsd(data if data is not None else spec.get("data"))
     protocols = {name: get_protocol(name) for name in _protocol_names(spec)}
@@ -203,17 +204,12 @@ def _score_spec_bars(spec: dict[str, Any], golden: Path, data: str | None, devic
         if spec.get("brain") and any(has_brain_metrics(p) for p in protocols.values()):
             brain, _ = brain_target(nsd, int(subject), spec["split"], spec["weights_mode"], True)
         for name, proto in protocols.items():
-            result = score_subject(
-                nsd,
-                int(subject),
-                spec["split"],
-                proto,
-                images,
-                spec["weights_mode"],
-                device,
-                brain=brain if has_brain_metrics(proto) else None,
-                progress=bar_for(f"drift · {name} · subject {subject}"),
+            scopes = subject_scopes(nsd, int(subject), [(proto, spec["split"])])
+            options = ScoreOptions(
+                spec["weights_mode"], device, progress=bar_for(f"drift · {name} · subject {subject}")
             )
+            target = brain if has_brain_metrics(proto) else None
+            result = score_subject_images(nsd, int(subject), scopes, images, options, target)[proto.name]
             scores[name][str(subject)] = {k: float(v) for k, v in result.set_scores.items()}
             per_image[name][str(subject)] = _per_image(result)
     return _Rescore(scores, per_image, hashes, protocols)

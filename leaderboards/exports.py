@@ -10,11 +10,14 @@ import csv
 import html
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsdbench.leaderboards.views import Cell, Leaderboard, Row, Table
 from nsdbench.metrics.names import HIGHER_IS_BETTER, LABELS
 from nsdbench.terminal import table_width
+
+if TYPE_CHECKING:
+    from rich.table import Table as RichTable
 
 FORMATS = ("table", "md", "csv", "json", "latex", "html")
 
@@ -268,7 +271,7 @@ def reported_marks(lb: Leaderboard) -> dict[str, int]:
 
 def terminal_tables(
     lb: Leaderboard, digits: int = 3, width: int | None = None, ci: bool = False
-) -> tuple[list[tuple[Any, int]], list[str]]:
+) -> tuple[list[tuple[RichTable, int]], list[str]]:
     """Rich tables for a terminal `width` columns wide (None: no limit) and their footnotes.
 
     Metrics are split into groups that fit, each group repeating Method and Subjects; cells never wrap,
@@ -323,7 +326,7 @@ def terminal_tables(
     return out, notes + other_test_set_notes(lb)
 
 
-def rich_tables(lb: Leaderboard, digits: int = 3) -> list[Any]:
+def rich_tables(lb: Leaderboard, digits: int = 3) -> list[RichTable]:
     """Every table whole, with CIs (for files and wide consoles)."""
     return [t for t, _ in terminal_tables(lb, digits, width=None, ci=True)[0]]
 
@@ -354,7 +357,7 @@ def render(lb: Leaderboard, fmt: str, digits: int = 3, width: int | None = None)
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def run_summary_table(lb: Leaderboard, digits: int = 3) -> Any:
+def run_summary_table(lb: Leaderboard, digits: int = 3) -> RichTable:
     """One run as a rich table with metrics as rows and (subject mean, each subject) as columns."""
     from rich.table import Table as RichTable
 

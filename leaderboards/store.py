@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -25,6 +25,11 @@ from nsdbench import config
 from nsdbench.errors import NSDBenchError, UsageError
 from nsdbench.leaderboards.aggregate import aggregate_scores
 from nsdbench.score_files import read_parquet_meta
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
+
+    from nsdbench.metrics.protocols import Protocol
 
 SCHEMA_VERSION = 1
 
@@ -229,7 +234,7 @@ class Store:
             con.close()
 
     @contextmanager
-    def reader(self) -> Iterator[Any]:
+    def reader(self) -> Iterator[DuckDBPyConnection | None]:
         """A read-only connection, or None when the database does not exist yet."""
         if not self.path.exists():
             yield None
@@ -238,7 +243,7 @@ class Store:
             yield con
 
     @contextmanager
-    def writer(self) -> Iterator[Any]:
+    def writer(self) -> Iterator[DuckDBPyConnection]:
         with self._connect(read_only=False) as con:
             con.execute(_SCHEMA)
             if not con.execute("SELECT count(*) FROM schema_info").fetchall()[0][0]:
@@ -253,7 +258,7 @@ class Store:
         method: str,
         subjects: Sequence[int],
         split: str,
-        protocol: Any,
+        protocol: Protocol,
         weights_mode: str,
         run_id: str,
         **fields: Any,

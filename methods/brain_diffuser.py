@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -16,6 +16,10 @@ from nsdbench.errors import UsageError
 from nsdbench.methods import brain_diffuser_features as bdf
 from nsdbench.methods.adapter import Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
+
+if TYPE_CHECKING:
+    from nsdbench.methods.components.vdvae import VDVAE
+    from nsdbench.methods.components.versatile_diffusion import VDComponents
 
 VDVAE_ARTIFACT = "vdvae-imagenet64"
 VD_ARTIFACT = "versatile-diffusion"
@@ -108,9 +112,20 @@ class BrainDiffuser(Method):
 
     def __init__(self, settings: Any = None, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        self._vdvae: Any = None
-        self._vd: Any = None
+        self._vdvae: VDVAE | None = None
+        self._vd: VDComponents | None = None
         self._vd_sha: str | None = None
+
+    @property
+    def vdvae(self) -> VDVAE | None:
+        """The stage-1 VDVAE once setup has loaded it (None before, after close, or when not used)."""
+        return self._vdvae
+
+    @property
+    def versatile_diffusion(self) -> VDComponents | None:
+        """The stage-2 Versatile Diffusion components once setup has loaded them (None before, after close,
+        or when not used)."""
+        return self._vd
 
     def required_artifacts(self) -> tuple[str, ...]:
         if self.weights_mode != "pretrained":

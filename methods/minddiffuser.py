@@ -283,7 +283,7 @@ class MindDiffuser(Method):
                 extras={"stage1.png": stage1, "loss.json": {"loss": losses, "iterations": len(losses) - 1}},
             )
 
-    def _generate(self, z, cond, uncond, item: TestItem, iteration: int):
+    def generate_image(self, z, cond, uncond, item: TestItem, iteration: int):
         """The img2img image (1, 3, H, W) in [0, 1] from latent z, differentiable with respect to z."""
         from nsdbench.methods import seeds
         from nsdbench.methods.diffusion.img2img import Img2ImgSettings, img2img
@@ -337,7 +337,7 @@ class MindDiffuser(Method):
         for t in range(start, s.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * s.lr_decay**t
-            image = self._generate(z, cond, uncond, item, t)
+            image = self.generate_image(z, cond, uncond, item, t)
             loss = loss_of(image)
             if t == 0:
                 stage1 = to_uint8_image(image)
@@ -348,7 +348,7 @@ class MindDiffuser(Method):
             if checkpoint is not None and ((t + 1) % s.checkpoint_every == 0 or t + 1 == s.iterations):
                 checkpoint.save(_state(z, optimizer, t + 1, losses, stage1))
         with torch.no_grad():
-            image = self._generate(z, cond, uncond, item, s.iterations)
+            image = self.generate_image(z, cond, uncond, item, s.iterations)
             losses.append(float(loss_of(image)))
         final = to_uint8_image(image)
         return final, (final if stage1 is None else stage1), losses

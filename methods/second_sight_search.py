@@ -543,7 +543,7 @@ class SearchState:
         return cls.from_arrays(saved)
 
 
-def score_images(encoder: Any, pixels: np.ndarray, target: torch.Tensor) -> np.ndarray:
+def brain_correlations(encoder: Any, pixels: np.ndarray, target: torch.Tensor) -> np.ndarray:
     """Brain correlation (N,) of each uint8 image: Pearson r of the guidance encoder's prediction with the
     target betas (V,), or its mean r over the rows of targets (R, V), one per repetition."""
     pred = encoder.predict(nchw(pixels).to(target.device))
@@ -610,7 +610,7 @@ def second_sight_iteration(
         z = device_tensor(state.seed_z[seed_rows[rows]], device, dtype)
         latents, images = gen.sample(c, seeds, lam, init_latents=z, batch=s.unet_batch)
     pixels = to_uint8_nhwc(images)
-    scores = score_images(encoder, pixels, target)
+    scores = brain_correlations(encoder, pixels, target)
 
     best_mean, best_image, best_score = state.best_mean, state.best_image, state.best_score
     best_c = torch.as_tensor(state.best_c, dtype=torch.float64)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -28,6 +28,9 @@ from nsdbench.errors import UsageError
 from nsdbench.methods import takagi_features as tf
 from nsdbench.methods.adapter import Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
+
+if TYPE_CHECKING:
+    from nsdbench.methods.components.stable_diffusion import SD14Components
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,13 @@ class Takagi2023(Method):
 
     def __init__(self, settings: Any = None, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        self._sd: Any = None
+        self._sd: SD14Components | None = None
         self._sha: str | None = None
+
+    @property
+    def stable_diffusion(self) -> SD14Components | None:
+        """The Stable Diffusion 1.4 components once setup has loaded them (None before and after close)."""
+        return self._sd
 
     def required_artifacts(self) -> tuple[str, ...]:
         from nsdbench.methods.components.stable_diffusion import SD14

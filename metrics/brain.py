@@ -142,7 +142,7 @@ class BrainTarget:
             )
         return np.stack([np.asarray(self.measured[int(i)]) for i in nsd_ids])
 
-    def score(self, nsd_ids: Sequence[int], images: Any) -> dict[str, np.ndarray]:
+    def brain_correlations(self, nsd_ids: Sequence[int], images: Any) -> dict[str, np.ndarray]:
         """Brain correlation of images shown as reconstructions of `nsd_ids` (aligned)."""
         return brain_correlation(self.predict(images), self.measured_matrix(nsd_ids), self.rois)
 

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from nsdbench import weights as weights_mod
+from nsdbench.devices import resolve_device
 from nsdbench.errors import UsageError
 from nsdbench.metrics import features_cache
 from nsdbench.metrics.forward import ChunkedForward, FeaturePass, forward_batch
@@ -34,14 +35,19 @@ from nsdbench.metrics.networks import get_network
 from nsdbench.metrics.prefetch import prefetched
 from nsdbench.metrics.protocols import FeatureMetric, Metric, Protocol, get_protocol
 from nsdbench.metrics.resize import apply_chain
-from nsdbench.metrics.score_inputs import ScoreInputs, scope_masks, uint8_image, validate_inputs
+from nsdbench.metrics.score_inputs import (
+    ImageSet,
+    NsdIds,
+    ScoreInputs,
+    scope_masks,
+    uint8_image,
+    validate_inputs,
+)
+from nsdbench.progress import ProgressArg, progress_bar
 from nsdbench.stage_times import Timings, stage
 
 if TYPE_CHECKING:
     from nsdbench.metrics.brain import BrainTarget
-
-# False, True (rich bars on stderr) or a callback(done, total)
-ProgressArg = bool | Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -69,11 +75,11 @@ class ScoreResult:
 
 
 def score_reconstructions(
-    gt_ids: Any,
-    gt_images: Any,
-    rec_ids: Any,
-    rec_samples: Any,
-    rec_images: Any,
+    gt_ids: NsdIds,
+    gt_images: ImageSet,
+    rec_ids: NsdIds,
+    rec_samples: NsdIds,
+    rec_images: ImageSet,
     protocol: str | Protocol,
     options: ScoreOptions = ScoreOptions(),
     brain: BrainTarget | Mapping[str, BrainTarget | None] | None = None,
@@ -86,11 +92,11 @@ def score_reconstructions(
 
 
 def score_reconstructions_by_protocol(
-    gt_ids: Any,
-    gt_images: Any,
-    rec_ids: Any,
-    rec_samples: Any,
-    rec_images: Any,
+    gt_ids: NsdIds,
+    gt_images: ImageSet,
+    rec_ids: NsdIds,
+    rec_samples: NsdIds,
+    rec_images: ImageSet,
     protocols: Sequence[str | Protocol],
     options: ScoreOptions = ScoreOptions(),
     brain: BrainTarget | Mapping[str, BrainTarget | None] | None = None,
@@ -113,7 +119,7 @@ def score_reconstructions_by_protocol(
     mode = weights_mod.check_mode(options.weights_mode)
     if options.batch_size < 1:
         raise UsageError(f"batch_size must be >= 1; got {options.batch_size}")
-    dev = resolve_engine_device(options.device)
+    dev = resolve_device(options.device)
     inputs = validate_inputs(gt_ids, gt_images, rec_ids, rec_samples, rec_images)
     scopes = scope_masks(inputs.gt_ids, [p.name for p in protos], protocol_ids)
     ctx = ScoringContext(
@@ -130,11 +136,11 @@ def score_reconstructions_by_protocol(
         kinds = _plan(protos, ctx)
         n, has_gt = len(inputs.gt_ids), any(k.has_ground_truth_pass() for k in kinds)
         units = n * (len(inputs.samples) + (1 if has_gt else 0))
-        with _progress(options.progress, units) as bar:
-            _ground_truth_features(kinds, ctx, inputs, gt_images, options, bar, has_gt)
+        with progress_bar(options.progress, units, "scoring") as advance:
+            _ground_truth_features(kinds, inputs, gt_images, options, advance, has_gt)
             rows: list[tuple[str, int, int, str, float]] = []
             for sample in inputs.samples:
-                _sample_pass(kinds, ctx, inputs, gt_images, rec_images, sample, options, bar)
+                _sample_pass(kinds, inputs, gt_images, rec_images, sample, options, advance)
                 with stage(options.timings, "statistics"):
                     rows.extend(_rows(sample, (v for k in kinds for v in k.statistics())))
     return {
@@ -155,7 +161,7 @@ def metric_features(
     if side not in ("gt", "rec"):
         raise UsageError(f"side must be 'gt' or 'rec' (got {side!r})")
     mode = weights_mod.check_mode(weights_mode)
-    dev = resolve_engine_device(device)
+    dev = resolve_device(device)
     version = metric.weights if mode == "pretrained" else "-"
     net = get_network(metric.network, version, mode, metric.precision, dev)
     chain = metric.gt_chain if side == "gt" else metric.rec_chain
@@ -176,16 +182,6 @@ def metric_features(
         return fwd.finish()[metric.layer].cpu().numpy()
 
 
-def resolve_engine_device(device: str | torch.device | None) -> str:
-    """'auto' -> cuda when visible; a CUDA device that is not there is a usage error."""
-    d = str(device or "cpu")
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {d!r} requested but CUDA is not available")
-    return d
-
-
 # --------------------------------------------------------------------------- the steps
 
 
@@ -196,39 +192,50 @@ def _plan(protos: list[Protocol], ctx: ScoringContext) -> list[MetricKind]:
 
 
 def _ground_truth_features(
-    kinds, ctx, inputs: ScoreInputs, gt_images, options: ScoreOptions, bar, has_gt
+    kinds: list[MetricKind],
+    inputs: ScoreInputs,
+    gt_images: ImageSet,
+    options: ScoreOptions,
+    advance: Callable[[int], None],
+    has_gt: bool,
 ) -> None:
     """Ground-truth features of every pass not in the disk cache, in one streamed pass over the images."""
     requests: set[ChainRequest] = set().union(*(k.ground_truth_requests() for k in kinds))
     if has_gt and not requests:
-        bar.skip(len(inputs.gt_ids))  # every ground-truth pass came from the cache
+        advance(len(inputs.gt_ids))  # every ground-truth pass came from the cache
     if requests:
-        task = bar.add("ground-truth features", len(inputs.gt_ids))
         jobs = batch_jobs(
             inputs.gt_ids, options.batch_size, (gt_images, inputs.gt_pos), None, requests, options.timings
         )
         for batch in prefetched(jobs, options.prefetch):
             for k in kinds:
                 k.add_ground_truth(batch)
-            bar.advance(task, len(batch.ids))
+            advance(len(batch.ids))
     for k in kinds:
         k.finish_ground_truth()
 
 
-def _sample_pass(kinds, ctx, inputs: ScoreInputs, gt_images, rec_images, sample: int, options, bar) -> None:
+def _sample_pass(
+    kinds: list[MetricKind],
+    inputs: ScoreInputs,
+    gt_images: ImageSet,
+    rec_images: ImageSet,
+    sample: int,
+    options: ScoreOptions,
+    advance: Callable[[int], None],
+) -> None:
     """One sample set through every kind: images read, decoded and resized ahead on the prefetch thread."""
     requests: set[ChainRequest] = set().union(*(k.sample_requests() for k in kinds))
     gt = (gt_images, inputs.gt_pos) if any(r.side == "gt" for r in requests) else None
     rec = (rec_images, inputs.rec_pos[sample], f"reconstruction (sample {sample})")
     for k in kinds:
         k.start_sample()
-    task = bar.add(f"sample {sample}", len(inputs.gt_ids))
     for batch in prefetched(
         batch_jobs(inputs.gt_ids, options.batch_size, gt, rec, requests, options.timings), options.prefetch
     ):
         for k in kinds:
             k.add_batch(batch)
-        bar.advance(task, len(batch.ids))
+        advance(len(batch.ids))
     for k in kinds:
         k.finish_sample()
 
@@ -295,7 +302,7 @@ def _provenance(p: Protocol, kinds, ctx: ScoringContext, flags: dict, n_samples:
     return prov
 
 
-def _content_hasher(gt_images: Any, inputs: ScoreInputs) -> Callable[[np.ndarray], str]:
+def _content_hasher(gt_images: ImageSet, inputs: ScoreInputs) -> Callable[[np.ndarray], str]:
     """sha256 of the ground-truth images under a row mask (read once per mask; the feature-cache key)."""
     memo: dict[bytes, str] = {}
 
@@ -366,105 +373,3 @@ def deterministic_mode(device: str = "cpu", allow_tf32: bool = False) -> Iterato
         ) = saved
         if cuda:
             torch.use_deterministic_algorithms(det, warn_only=warn)
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class _NoBar:
-    def add(self, *_a, **_k):
-        return None
-
-    def advance(self, *_a, **_k):
-        return None
-
-    def skip(self, *_a, **_k):
-        return None
-
-
-class _RichBar(_NoBar):
-    def __init__(self, progress) -> None:
-        self.p = progress
-
-    def add(self, desc: str, total: int):
-        return self.p.add_task(desc, total=total)
-
-    def advance(self, task, k: int) -> None:
-        self.p.advance(task, k)
-
-
-class _CallbackBar(_NoBar):
-    """Sums every stage's images into one (done, total) count for a caller's own progress display."""
-
-    def __init__(self, fn: Callable[[int, int], None], total: int) -> None:
-        self.fn, self.total, self.done = fn, total, 0
-        fn(0, total)
-
-    def advance(self, _task, k: int) -> None:
-        self.done += k
-        self.fn(self.done, self.total)
-
-    def skip(self, k: int) -> None:
-        self.advance(None, k)
-
-
-@contextlib.contextmanager
-def _progress(progress: ProgressArg, total: int):
-    if callable(progress):
-        yield _CallbackBar(progress, total)
-        return
-    if not progress:
-        yield _NoBar()
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=False) as prog:
-        yield _RichBar(prog)
-
-
-# --------------------------------------------------------------------------- earlier names
-
-
-def score(
-    gt_ids: Any,
-    gt_images: Any,
-    rec_ids: Any,
-    rec_samples: Any,
-    rec_images: Any,
-    protocol: str | Protocol,
-    weights_mode: str = "pretrained",
-    device: str = "cpu",
-    brain: Any = None,
-    batch_size: int = 32,
-    progress: ProgressArg = False,
-    cache: bool = True,
-    timings: Timings | None = None,
-) -> ScoreResult:
-    """Earlier signature of score_reconstructions (for callers not yet moved to ScoreOptions)."""
-    options = ScoreOptions(weights_mode, device, batch_size, progress, cache, timings)
-    return score_reconstructions(
-        gt_ids, gt_images, rec_ids, rec_samples, rec_images, protocol, options, brain
-    )
-
-
-def score_protocols(
-    gt_ids: Any,
-    gt_images: Any,
-    rec_ids: Any,
-    rec_samples: Any,
-    rec_images: Any,
-    protocols: Sequence[str | Protocol],
-    weights_mode: str = "pretrained",
-    device: str = "cpu",
-    brain: Any = None,
-    batch_size: int = 32,
-    progress: ProgressArg = False,
-    cache: bool = True,
-    timings: Timings | None = None,
-) -> dict[str, ScoreResult]:
-    """Earlier signature of score_reconstructions_by_protocol (for callers not yet moved to ScoreOptions)."""
-    options = ScoreOptions(weights_mode, device, batch_size, progress, cache, timings)
-    return score_reconstructions_by_protocol(
-        gt_ids, gt_images, rec_ids, rec_samples, rec_images, protocols, options, brain
-    )

@@ -29,7 +29,7 @@ GNET8_IMAGE_SIZE = 227  # GNet8 input: PIL Lanczos to 227 px, RGB / 255, minus t
 GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH = 64, 192
 
 
-def _gnet8_modules(
+def gnet8_modules(
     trunk_width: int,
     pass_through: int,
     mean: np.ndarray,
@@ -183,7 +183,7 @@ class GNet8Encoder:
                     f"{path}: GNet8 subject {self.subject} predicts {nv} voxels; the subject's "
                     f"nsdgeneral mask has {n_voxels}"
                 )
-            trunk, readout = _gnet8_modules(GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH, mean, nv)
+            trunk, readout = gnet8_modules(GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH, mean, nv)
             trunk.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in params["enc"].items()})
             readout.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in fwrf.items()})
             self.sha256 = weights.recorded_sha256(GNET8_ARTIFACT.name)
@@ -191,9 +191,9 @@ class GNet8Encoder:
             mean = np.full((1, 3, 1, 1), 0.45, np.float32)
             with weights.seeded(8):
                 if self.mode == "random":
-                    trunk, readout = _gnet8_modules(GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH, mean, n_voxels)
+                    trunk, readout = gnet8_modules(GNET8_TRUNK_WIDTH, GNET8_PASS_THROUGH, mean, n_voxels)
                 else:
-                    trunk, readout = _gnet8_modules(8, 8, mean, n_voxels, widths=(8, 16, 16), image_size=67)
+                    trunk, readout = gnet8_modules(8, 8, mean, n_voxels, widths=(8, 16, 16), image_size=67)
             self.sha256 = weights.module_sha256(torch.nn.ModuleList([trunk, readout]))
         self.trunk = trunk.eval().requires_grad_(False).to(device)
         self.readout = readout.eval().requires_grad_(False).to(device)

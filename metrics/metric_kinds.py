@@ -71,18 +71,8 @@ class MetricKind(Protocol):
     def provenance(self, protocol: str) -> dict[str, Any]: ...
 
 
-# --------------------------------------------------------------------------- pixel
-
-
-class PixelKind:
-    """PixCorr and SSIM variants in float64; protocols that agree on a metric share its computation."""
-
-    def __init__(self, entries: list[tuple[str, PixelMetric]], ctx: ScoringContext) -> None:
-        self.ctx = ctx
-        self.groups: dict[tuple[Chain, Chain], list[tuple[str, PixelMetric]]] = {}
-        for pname, m in entries:
-            self.groups.setdefault((m.gt_chain, m.rec_chain), []).append((pname, m))
-        self.values: dict[tuple[str, str], list[np.ndarray]] = {}
+class NoGroundTruthPass:
+    """The ground-truth steps of a kind that reads ground truth only beside each sample set (pixel, brain)."""
 
     def has_ground_truth_pass(self) -> bool:
         return False
@@ -95,6 +85,20 @@ class PixelKind:
 
     def finish_ground_truth(self) -> None:
         pass
+
+
+# --------------------------------------------------------------------------- pixel
+
+
+class PixelKind(NoGroundTruthPass):
+    """PixCorr and SSIM variants in float64; protocols that agree on a metric share its computation."""
+
+    def __init__(self, entries: list[tuple[str, PixelMetric]], ctx: ScoringContext) -> None:
+        self.ctx = ctx
+        self.groups: dict[tuple[Chain, Chain], list[tuple[str, PixelMetric]]] = {}
+        for pname, m in entries:
+            self.groups.setdefault((m.gt_chain, m.rec_chain), []).append((pname, m))
+        self.values: dict[tuple[str, str], list[np.ndarray]] = {}
 
     def sample_requests(self) -> set[ChainRequest]:
         dev = self.ctx.device
@@ -296,7 +300,7 @@ def encoder_input(x: torch.Tensor) -> list[np.ndarray]:
     return list(x.permute(0, 2, 3, 1).contiguous().numpy())
 
 
-class BrainKind:
+class BrainKind(NoGroundTruthPass):
     """Encoder predictions for the reconstructions, correlated with the measured betas per ROI."""
 
     def __init__(self, entries: list[tuple[str, BrainMetric]], ctx: ScoringContext) -> None:
@@ -320,18 +324,6 @@ class BrainKind:
                 groups[key] = BrainGroup(target, m.encoder_input or (), mask, measured, [])
             groups[key].metrics.append((pname, m))
         self.groups = list(groups.values())
-
-    def has_ground_truth_pass(self) -> bool:
-        return False
-
-    def ground_truth_requests(self) -> set[ChainRequest]:
-        return set()
-
-    def add_ground_truth(self, batch: ImageBatch) -> None:
-        pass
-
-    def finish_ground_truth(self) -> None:
-        pass
 
     def sample_requests(self) -> set[ChainRequest]:
         return {ChainRequest("rec", g.chain, "cpu") for g in self.groups if g.chain}

@@ -12,6 +12,11 @@ import torch
 
 from nsdbench.errors import InvalidSubmission, UsageError
 
+NsdIds = Sequence[int] | np.ndarray | torch.Tensor  # a 1-D sequence of integers
+ImageSet = (
+    np.ndarray | torch.Tensor | Sequence[np.ndarray]
+)  # uint8 (N, H, W, 3), or N HxWx3 images read on access
+
 
 def uint8_image(im: Any, what: str, nsd_id: int) -> np.ndarray:
     """One image as a uint8 HxWx3 array, or InvalidSubmission naming `what` and the NSD id."""
@@ -69,7 +74,7 @@ class ScoreInputs:
 
 
 def validate_inputs(
-    gt_ids: Any, gt_images: Any, rec_ids: Any, rec_samples: Any, rec_images: Any
+    gt_ids: NsdIds, gt_images: ImageSet, rec_ids: NsdIds, rec_samples: NsdIds, rec_images: ImageSet
 ) -> ScoreInputs:
     """Every sample must reconstruct each ground-truth id exactly once; at least 2 ids (2-way needs them)."""
     g = _int_array(gt_ids, "ground-truth ids")

@@ -24,7 +24,7 @@ import torch
 from nsdbench.methods.components.vd_clip_features import clip_text_tokens, clip_vision_tokens
 from nsdbench.methods.components.versatile_diffusion import load_components
 from nsdbench.methods.diffusion.versatile import DualGuidedSettings, dual_guided_img2img
-from nsdbench.timing import sync, timed
+from nsdbench.stage_times import sync, timed
 
 
 def _generators(seeds) -> list[torch.Generator]:

@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from nsdbench.timing import timed
+from nsdbench.stage_times import timed
 
 
 def decoded_inputs(method, keep: float, seed: int = 0) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from nsdbench.timing import timed
+from nsdbench.stage_times import timed
 
 
 def main(argv: list[str] | None = None) -> int:

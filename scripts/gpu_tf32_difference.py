@@ -50,9 +50,8 @@ def main() -> None:
     ids = np.arange(args.n)
     runs = {}
     for label, proto in (("tf32", as_shipped), ("fp32", exact)):
-        res = engine.score(
-            ids, gt, ids, np.zeros(args.n, int), rec, proto, args.weights, args.device, cache=False
-        )
+        options = engine.ScoreOptions(args.weights, args.device, cache=False)
+        res = engine.score_reconstructions(ids, gt, ids, np.zeros(args.n, int), rec, proto, options)
         runs[label] = res
     out = {}
     for m in feats:

@@ -73,9 +73,9 @@ def test_brain_target_scores_by_nsd_id():
     enc = _LinearEncoder(rng.standard_normal((12, 20)))
     truth = enc.predict(images)
     target = BrainTarget(enc, {100 + i: truth[i] for i in range(4)}, _rois(20, rng))
-    scores = target.score([103, 101], images[[3, 1]])
+    scores = target.brain_correlations([103, 101], images[[3, 1]])
     np.testing.assert_allclose(scores["bc_nsdgeneral"], 1.0)
-    shuffled = target.score([103, 101], images[[1, 3]])
+    shuffled = target.brain_correlations([103, 101], images[[1, 3]])
     assert np.all(shuffled["bc_nsdgeneral"] < 1.0)
     with pytest.raises(UsageError, match="nsd_id 7"):
-        target.score([7], images[:1])
+        target.brain_correlations([7], images[:1])

@@ -148,7 +148,7 @@ def test_fits_match_an_independent_ridge_and_a_second_fit_reads_the_cache(
     from nsdbench.methods.components.vd_clip_features import clip_text_tokens
 
     nid = small.train_ids[3]
-    direct = clip_text_tokens(method._vd, small.captions([nid])[0]).numpy().mean(0)
+    direct = clip_text_tokens(method.versatile_diffusion, small.captions([nid])[0]).numpy().mean(0)
     np.testing.assert_allclose(
         bdf.training_features(exts["text"][0], [nid], 16, dataset=small.data_identity)[0], direct, atol=1e-6
     )
@@ -190,7 +190,7 @@ def test_reconstruct_is_independent_of_batch_composition_and_emits_both_stages(f
 def test_vdvae_only_is_stage_one_of_the_full_method(full, small, cache_root):
     _, _, _, outs = full
     method, ctx, fitted = _ready(small, cache_root, "vdvae-only")
-    assert set(fitted.predictions) == {"vdvae"} and method._vd is None
+    assert set(fitted.predictions) == {"vdvae"} and method.versatile_diffusion is None
     got = _outputs(method, ctx, fitted, small.test_ids)
     for nid, out in got.items():
         assert out.extras == {} and out.image.shape == (64, 64, 3)
@@ -203,7 +203,7 @@ def test_vdvae_only_is_stage_one_of_the_full_method(full, small, cache_root):
 def test_ablated_context_is_not_used(full, small, cache_root, variant, dropped, alone):
     _, _, _, outs = full
     method, ctx, fitted = _ready(small, cache_root, variant)
-    assert dropped not in fitted.predictions and method._vdvae is not None
+    assert dropped not in fitted.predictions and method.vdvae is not None
     ablated = _outputs(method, ctx, fitted, small.test_ids)
     assert all(f"clip_{dropped}.npy" not in o.extras for o in ablated.values())
     # the same as the full method with all weight on the other context, whatever the dropped prediction
@@ -219,7 +219,7 @@ def test_ablated_context_is_not_used(full, small, cache_root, variant, dropped, 
 def test_no_vdvae_starts_from_noise(full, small, cache_root):
     _, _, _, outs = full
     method, ctx, fitted = _ready(small, cache_root, "no-vdvae")
-    assert set(fitted.predictions) == {"vision", "text"} and method._vdvae is None
+    assert set(fitted.predictions) == {"vision", "text"} and method.vdvae is None
     got = _outputs(method, ctx, fitted, small.test_ids)
     assert all("stage1.png" not in o.extras for o in got.values())
     assert all(not np.array_equal(o.image, outs[n].image) for n, o in got.items())

@@ -237,13 +237,13 @@ def test_weights_fetch_offline_names_artifact_and_url(tmp_path, monkeypatch, cap
     monkeypatch.setenv("NSDBENCH_HOME", str(tmp_path))
     url = "http://127.0.0.1:9/nsdbench-test.pth"
     art = weights.Artifact("nsdbench-test-offline", "test", "url", url, "nsdbench-test.pth")
-    monkeypatch.setitem(weights._REGISTRY, art.name, art)
-    rc = main(["weights", "fetch", art.name])
-    err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err
-    assert f"{art.name}: cannot download {url}" in err
-    assert "1 artifact(s) not fetched: nsdbench-test-offline" in err
-    assert not weights.is_cached(art.name)
+    with weights.temporarily_registered(art):
+        rc = main(["weights", "fetch", art.name])
+        err = capsys.readouterr().err
+        assert rc == 1 and "Traceback" not in err
+        assert f"{art.name}: cannot download {url}" in err
+        assert "1 artifact(s) not fetched: nsdbench-test-offline" in err
+        assert not weights.is_cached(art.name)
 
 
 def test_weights_verify_with_nothing_cached_says_so(tmp_path):

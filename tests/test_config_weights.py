@@ -42,9 +42,9 @@ def local_artifact(tmp_path: Path, monkeypatch):
     art = weights.Artifact(
         "test-tiny-state-dict", "a test artifact", "url", src.as_uri(), "tiny.pth", sha256=digest
     )
-    monkeypatch.setitem(weights._REGISTRY, art.name, art)
-    yield art
-    weights.remove(art.name)
+    with weights.temporarily_registered(art):
+        yield art
+        weights.remove(art.name)
 
 
 def test_missing_artifact_names_itself_and_the_fetch_command(local_artifact) -> None:
@@ -68,12 +68,12 @@ def test_fetch_records_sha256_and_verify_detects_tampering(local_artifact, capsy
 
 def test_verify_without_a_published_hash_compares_with_the_fetch_record(local_artifact, monkeypatch) -> None:
     unpublished = weights.Artifact(**{**local_artifact.__dict__, "sha256": None})
-    monkeypatch.setitem(weights._REGISTRY, unpublished.name, unpublished)
-    assert main(["weights", "fetch", unpublished.name]) == 0
-    path = weights.require(unpublished.name)
-    assert weights.verify(unpublished.name)[0]
-    path.write_bytes(path.read_bytes() + b"x")
-    assert not weights.verify(unpublished.name)[0]
+    with weights.temporarily_registered(unpublished):
+        assert main(["weights", "fetch", unpublished.name]) == 0
+        path = weights.require(unpublished.name)
+        assert weights.verify(unpublished.name)[0]
+        path.write_bytes(path.read_bytes() + b"x")
+        assert not weights.verify(unpublished.name)[0]
 
 
 def test_folder_hash_ignores_hub_download_metadata_and_partial_files(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_gnet8_tiny_brain_target_plumbing(nsd):
     np.testing.assert_array_equal(
         np.concatenate([target.predict(images[:3]), target.predict(images[3:])]), pred
     )
-    assert set(target.score(ids, images)) == {
+    assert set(target.brain_correlations(ids, images)) == {
         "bc_v1",
         "bc_v2",
         "bc_v3",
@@ -118,7 +118,7 @@ def test_gnet8_release_layout_loads_with_weights_only():
     import torch
 
     n_vox = 12
-    trunk, readout = gnet8._gnet8_modules(
+    trunk, readout = gnet8.gnet8_modules(
         gnet8.GNET8_TRUNK_WIDTH, gnet8.GNET8_PASS_THROUGH, np.full((1, 3, 1, 1), 0.4, np.float32), n_vox
     )
     ckpt = {

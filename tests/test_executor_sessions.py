@@ -1,5 +1,5 @@
 """Ray workers keep one RunSession per run and close its method when they move on to another run or exit
-(bench/executors.py `_worker_session`, `_close_sessions`); checked without Ray on real tiny run folders."""
+(bench/runs/executors.py `worker_session`, `close_worker_sessions`); checked without Ray on real tiny run folders."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_worker_sessions_close_their_method(synth_root, tmp_path, monkeypatch):
     from nsdbench.runs.spec import RunSpec, prepare_run_dir
 
     register_method(ClosingShuffled, source="test")
-    monkeypatch.setattr(executors, "_SESSIONS", {})
+    executors.close_worker_sessions()  # none left over from another test
     registered = []
     monkeypatch.setattr(atexit, "register", lambda f: registered.append(f))
     monkeypatch.setattr(atexit, "unregister", lambda f: None)
@@ -35,17 +35,17 @@ def test_worker_sessions_close_their_method(synth_root, tmp_path, monkeypatch):
             spec = RunSpec(method=ClosingShuffled.name, subjects=(1,), split="nsd982", data=str(synth_root),
                            weights="tiny", device="cpu", seed=k)  # fmt: skip
             dirs.append(str(prepare_run_dir(tmp_path / f"run{k}", spec)))
-        first = executors._worker_session(dirs[0], False)
-        assert executors._worker_session(dirs[0], False) is first  # reused across tasks
+        first = executors.worker_session(dirs[0], False)
+        assert executors.worker_session(dirs[0], False) is first  # reused across tasks
         assert first.method.name == ClosingShuffled.name  # instantiated, as a task does
         mine = [f for f in registered if getattr(f, "__module__", None) == executors.__name__]
-        assert mine == [executors._close_sessions] and ClosingShuffled.closed == []  # registered once
-        second = executors._worker_session(dirs[1], False)
+        assert mine == [executors.close_worker_sessions] and ClosingShuffled.closed == []  # registered once
+        second = executors.worker_session(dirs[1], False)
         assert ClosingShuffled.closed == [ClosingShuffled.name]  # moving on closes the previous run
-        assert list(executors._SESSIONS.values()) == [second]
+        assert executors.worker_sessions() == [second]
         assert second.method.name == ClosingShuffled.name
-        executors._close_sessions()  # what the worker runs at exit
-        assert ClosingShuffled.closed == [ClosingShuffled.name] * 2 and executors._SESSIONS == {}
+        executors.close_worker_sessions()  # what the worker runs at exit
+        assert ClosingShuffled.closed == [ClosingShuffled.name] * 2 and executors.worker_sessions() == []
     finally:
         unregister_method(ClosingShuffled.name)
         ClosingShuffled.closed.clear()

@@ -17,7 +17,8 @@ import pytest
 from nsdbench.errors import NSDBenchError
 from nsdbench.leaderboards.store import RunRecord, Store
 from nsdbench.metrics.protocols import get_protocol
-from nsdbench.scoring import scores_frame, write_scores_parquet
+from nsdbench.score_files import write_score_file
+from nsdbench.scoring import scores_frame
 
 METRICS = ("pixcorr", "ssim", "effnet_b")
 
@@ -46,7 +47,7 @@ def write_fake_run(
         values = {m: rng.uniform(0, 1, n) + shift for m in METRICS}
         df = scores_frame(fake_result(values, ids), run_id, s)
         paths.append(
-            write_scores_parquet(
+            write_score_file(
                 df,
                 folder / run_id / f"subj{s:02d}.parquet",
                 {

@@ -53,16 +53,15 @@ def test_engine_uses_the_encoder_and_betas_each_protocol_names(nsd):
     target = enc.load_brain_target(nsd, 1, "nsd982", "tiny", encoder="gnet8")  # session z-scores
     assert (target.encoder_name, target.beta_normalization) == ("gnet8", "session-zscore")
     gnet = target.encoder
-    out = engine.score_protocols(
+    out = engine.score_reconstructions_by_protocol(
         ids,
         gt,
         ids,
         np.zeros(len(ids), int),
         rec,
         [_brain_only("mindeye"), _brain_only("second-sight-2023")],
-        weights_mode="tiny",
+        engine.ScoreOptions("tiny", cache=False),
         brain=target,
-        cache=False,
     )
     rois = target.rois
     # MindEye2: the 256-px reconstruction (torch bilinear, no antialias) through ToPILImage, then GNet8
@@ -89,16 +88,15 @@ def test_engine_uses_the_encoder_and_betas_each_protocol_names(nsd):
     # a target that cannot provide the named encoder is an error, not a silent substitution
     fixed = BrainTarget(gnet, target.measured, target.rois)
     with pytest.raises(UsageError, match="protocol needs gnet8"):
-        engine.score(
+        engine.score_reconstructions(
             ids,
             gt,
             ids,
             np.zeros(len(ids), int),
             rec,
             _brain_only("mindeye"),
-            "tiny",
+            engine.ScoreOptions("tiny", cache=False),
             brain=fixed,
-            cache=False,
         )
 
 

@@ -367,7 +367,8 @@ def references(images, tmp_path_factory):
 
 def _engine_values(protocol: Protocol, images) -> dict[str, np.ndarray]:
     ids, gt, rec = images
-    res = engine.score(ids, gt, ids, np.zeros(len(ids), int), rec, protocol, weights_mode="tiny", cache=False)
+    options = engine.ScoreOptions("tiny", cache=False)
+    res = engine.score_reconstructions(ids, gt, ids, np.zeros(len(ids), int), rec, protocol, options)
     ps = res.per_sample
     return {m: ps[ps["metric"] == m].sort_values("nsd_id")["value"].to_numpy() for m in res.set_scores}
 
@@ -535,7 +536,8 @@ def test_random_weights_alexnet_matches_an_independent_torchvision_build(images)
             net(_pil_batches(rec, 224, IMAGENET)[0])
         h.remove()
         ref[name] = _pairwise_corr_all(feats[0].reshape(8, -1), feats[1].reshape(8, -1))
-    res = engine.score(ids, gt, ids, np.zeros(8, int), rec, proto, weights_mode="random", cache=False)
+    options = engine.ScoreOptions("random", cache=False)
+    res = engine.score_reconstructions(ids, gt, ids, np.zeros(8, int), rec, proto, options)
     ps = res.per_sample
     for name, v in ref.items():
         np.testing.assert_array_equal(ps[ps["metric"] == name].sort_values("nsd_id")["value"].to_numpy(), v)

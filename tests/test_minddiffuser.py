@@ -75,7 +75,7 @@ def test_pretrained_loading_reads_an_open_clip_vit_b32_checkpoint(tmp_path, monk
         assert [f.shape[1] for f in feats] == list(clip.feature_dims)
         torch.testing.assert_close(feats[-1], ref, rtol=0, atol=0)
     finally:
-        components._LOADED.pop(key, None)
+        components.release(key)
 
 
 def test_layer_weights_and_loss_match_an_independent_computation():
@@ -193,7 +193,7 @@ def test_a_killed_optimization_resumes_to_the_uninterrupted_result(fitted_run, t
     try:
         reference = method.optimize(fitted, 1, item, None)
 
-        original = md.MindDiffuser._generate
+        original = md.MindDiffuser.generate_image
         calls = {"n": 0}
 
         def dies_in_iteration_3(self, z, cond, uncond, it, iteration):
@@ -203,11 +203,11 @@ def test_a_killed_optimization_resumes_to_the_uninterrupted_result(fitted_run, t
             return original(self, z, cond, uncond, it, iteration)
 
         ckpt = Checkpoint(tmp_path / "item.npz")
-        monkeypatch.setattr(md.MindDiffuser, "_generate", dies_in_iteration_3)
+        monkeypatch.setattr(md.MindDiffuser, "generate_image", dies_in_iteration_3)
         with pytest.raises(_Killed):
             method.optimize(fitted, 1, item, ckpt)
         assert int(ckpt.load()["iteration"]) == 2 and calls["n"] == 3
-        monkeypatch.setattr(md.MindDiffuser, "_generate", original)
+        monkeypatch.setattr(md.MindDiffuser, "generate_image", original)
         resumed = method.optimize(fitted, 1, item, ckpt)
     finally:
         method.settings = replace(method.settings, iterations=3, checkpoint_every=10)

@@ -214,6 +214,10 @@ def test_published_rows_match_split_subjects_and_protocol():
     v1 = published_rows([run("nsdbench-v1", "nsd897", (1, 2, 5, 7))])
     assert set(v1["source"]) == {"second-sight-2023"} and len(v1) == 5
     assert published_rows([run("nsdbench-v1", "nsd982", (1, 2))]) is None
+    # a paper's protocol is matched by the table's protocol column, not by a source name
+    me = published_rows([run("mindeye", "nsd1000", (1, 2, 5, 7))])
+    assert set(me["protocol"]) == {"mindeye"} and set(me["source"]) == {"mindeye2-2024"} and len(me) == 7
+    assert published_rows([run("mindeye", "nsd982", (1, 2, 5, 7))]) is None  # no mindeye rows on nsd982
 
 
 def test_empty_inputs_are_usage_errors():

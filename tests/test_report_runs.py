@@ -83,12 +83,13 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
     scores 91 images per subject, minutes on 2 CPU cores)."""
     from nsdbench.files import atomic_write_bytes
     from nsdbench.leaderboards.store import Store
+    from nsdbench.metrics.engine import ScoreOptions
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.nsd.splits import get_split
     from nsdbench.runs.folder import encode_png, png_path, score_path
     from nsdbench.runs.scores import row_id
     from nsdbench.runs.spec import RunSpec, prepare_run_dir
-    from nsdbench.scoring import score_images_to_parquet
+    from nsdbench.scoring import subject_scopes, write_subject_scores
 
     subjects = tuple(int(s) for s in SUBJECTS.split(","))
     spec = RunSpec(method=method, subjects=subjects, split="nsd982", data=data, weights="tiny", device="cpu")
@@ -101,8 +102,14 @@ def make_run(base: Path, nsd, data: str, db: Path, method: str, pick, n_ids: int
         images = {(i, 0): gt[pick(k, len(ids))] for k, i in enumerate(ids)}
         for (i, sample), img in images.items():
             atomic_write_bytes(png_path(run_dir, s, i, sample), encode_png(img))
-        score_images_to_parquet(
-            nsd, s, split, "nsdbench-v1", images, "tiny", "cpu", score_path(run_dir, s, "nsdbench-v1"), rid
+        write_subject_scores(
+            nsd,
+            s,
+            subject_scopes(nsd, s, [("nsdbench-v1", split)]),
+            images,
+            ScoreOptions("tiny", "cpu"),
+            {"nsdbench-v1": score_path(run_dir, s, "nsdbench-v1")},
+            {"nsdbench-v1": rid},
         )
     store = Store(db)
     record = store.new_run_record(
@@ -149,7 +156,8 @@ def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 4) -> tupl
         )
         == 0
     )
-    from nsdbench.scoring import score_images_to_parquet
+    from nsdbench.metrics.engine import ScoreOptions
+    from nsdbench.scoring import subject_scopes, write_subject_scores
 
     run_id = "blur-demo-0001"
     sub = load_submission(path, subjects=subjects)
@@ -158,17 +166,15 @@ def make_score_run(base: Path, nsd, data: str, db: Path, n_ids: int = 4) -> tupl
     for s in subjects:
         images = {(e.nsd_id, e.sample): sub.image(e) for e in sub.entries_for(s)}
         files.append(
-            score_images_to_parquet(
+            write_subject_scores(
                 nsd,
                 s,
-                "nsd982",
-                "nsdbench-v1",
+                subject_scopes(nsd, s, [("nsdbench-v1", "nsd982")]),
                 images,
-                "tiny",
-                "cpu",
-                base / f"blur-subj{s:02d}.parquet",
-                run_id,
-            )
+                ScoreOptions("tiny", "cpu"),
+                {"nsdbench-v1": base / f"blur-subj{s:02d}.parquet"},
+                {"nsdbench-v1": run_id},
+            )["nsdbench-v1"]
         )
     store = Store(db)
     record = store.new_run_record(

@@ -440,7 +440,7 @@ def test_rescore_all_names_the_protocols_it_leaves_out_on_stderr(methods, synth_
 
 def test_sharded_scoring_is_not_skipped_after_a_killed_scorer(methods, synth_root, tmp_path):
     """Issue 11 item 8: a lock file left by a killed worker does not stop the rerun from scoring."""
-    from nsdbench.runs.scores import check_protocols, score_subject
+    from nsdbench.runs.scores import check_protocols, score_run_subject
 
     spec = _spec("ground-truth", synth_root)
     out = tmp_path / "run"
@@ -450,7 +450,7 @@ def test_sharded_scoring_is_not_skipped_after_a_killed_scorer(methods, synth_roo
     lock.write_text("deadhost:12345\n")  # what a SIGKILLed worker leaves behind
     session = RunSession(out, spec)
     (proto,) = check_protocols(["lifecycle-pixcorr"], spec.split)
-    assert score_subject(session, 1, proto, lock=True)
+    assert score_run_subject(session, 1, proto, lock=True)
     assert score_path(out, 1, "lifecycle-pixcorr").is_file() and not lock.exists()
 
 

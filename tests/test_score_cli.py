@@ -93,20 +93,20 @@ def test_formats_round_trip_to_identical_scores(scored, db):
 def test_recorded_values_are_the_engines(scored, images, small_root, db):
     """Independent path: call the engine directly on the same images and compare with what the store holds."""
     from nsdbench.metrics.bootstrap import bootstrap_ci
-    from nsdbench.metrics.engine import score
+    from nsdbench.metrics.engine import ScoreOptions, score_reconstructions
 
     run_id = scored["pt"][1]
     store = Store(db)
     nsd = open_nsd(small_root)
     gt_ids = sorted({i for (_, i, _) in images})
-    res = score(
+    res = score_reconstructions(
         gt_ids,
         nsd.images(gt_ids),
         gt_ids,
         [0] * len(gt_ids),
         [images[(1, i, 0)] for i in gt_ids],
         "nsdbench-v1",
-        weights_mode="tiny",
+        ScoreOptions("tiny"),
     )
     stored = store.image_scores(run_id)
     merged = stored.merge(res.per_image, on=["nsd_id", "metric"], suffixes=("_db", "_engine"))

@@ -143,11 +143,11 @@ def test_features_and_fits_match_independent_computations_and_a_second_fit_reads
 
     nid = small.train_ids[3]
     pixels = torch.from_numpy(tf.resize(small.images([nid]), 32, tf.Image.Resampling.LANCZOS))
-    z = encode_images(method._sd.vae, pixels, [tf.latent_generator(nid)]).numpy()[0]
+    z = encode_images(method.stable_diffusion.vae, pixels, [tf.latent_generator(nid)]).numpy()[0]
     np.testing.assert_allclose(
         tf.training_features(exts["z"][0], [nid], 16, dataset=small.data_identity)[0], z, atol=1e-6
     )
-    c = encode_prompts(method._sd, small.captions([nid])[0]).numpy().mean(0)
+    c = encode_prompts(method.stable_diffusion, small.captions([nid])[0]).numpy().mean(0)
     np.testing.assert_allclose(
         tf.training_features(exts["c"][0], [nid], 16, dataset=small.data_identity)[0], c, atol=1e-6
     )
@@ -199,7 +199,11 @@ def test_z_only_outputs_the_decoded_z_image(full, small, cache_root):
     assert fitted.c is None and np.array_equal(fitted.z, fitted_full.z)
     outs = _outputs(method, ctx, fitted, small.test_ids)
     with torch.no_grad():
-        direct = decode_latents(method._sd.vae, torch.from_numpy(fitted.z)).permute(0, 2, 3, 1).numpy()
+        direct = (
+            decode_latents(method.stable_diffusion.vae, torch.from_numpy(fitted.z))
+            .permute(0, 2, 3, 1)
+            .numpy()
+        )
     for i, n in enumerate(small.test_ids):
         assert np.array_equal(outs[n].image, outs_full[n].extras["decoded_z.png"])
         np.testing.assert_allclose(outs[n].image / 255.0, direct[i], atol=0.5 / 255 + 1e-6)

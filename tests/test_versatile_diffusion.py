@@ -343,15 +343,15 @@ def test_pretrained_loads_a_versatile_diffusion_snapshot_offline(vd, inputs, tmp
 
     from nsdbench.methods.components import release_all
     from nsdbench.methods.components.clip_tokenizer import tiny_clip_tokenizer
-    from nsdbench.methods.components.versatile_diffusion import _strip_class, load_config
+    from nsdbench.methods.components.versatile_diffusion import load_config, strip_class
 
     models = build_models("tiny")
     VersatileDiffusionPipeline(
         tokenizer=tiny_clip_tokenizer(),
         image_feature_extractor=CLIPImageProcessor(
-            **_strip_class(load_config("image_feature_extractor", "tiny"))
+            **strip_class(load_config("image_feature_extractor", "tiny"))
         ),
-        scheduler=DDIMScheduler.from_config(_strip_class(load_config("scheduler", "tiny"))),
+        scheduler=DDIMScheduler.from_config(strip_class(load_config("scheduler", "tiny"))),
         **models,
     ).save_pretrained(tmp_path / "weights" / "versatile-diffusion")
     monkeypatch.setenv("NSDBENCH_HOME", str(tmp_path))

@@ -34,7 +34,7 @@ def fake_components(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(weights, "COMPONENT_PACKAGE", "fakecomponents")
     yield ["test-alpha-unet", "test-beta-vae"]
     for name in ("test-alpha-unet", "test-beta-vae"):
-        weights._REGISTRY.pop(name, None)
+        weights.unregister(name)
     for mod in [m for m in sys.modules if m.startswith("fakecomponents")]:
         del sys.modules[mod]
 
@@ -104,17 +104,17 @@ def test_fetch_method_shows_the_size_first_and_fetches_exactly_those(
         size_bytes=2048,
         used_by=("file-method",),
     )
-    monkeypatch.setitem(weights._REGISTRY, art.name, art)
     registry.register_method(_fake("file-method"))
-    try:
-        assert main(["weights", "fetch", "--method", "file-method"]) == 0
-        out = capsys.readouterr().out
-        assert out.index("2.0 KB") < out.index("sha256=")
-        assert "file-method: 1 artifacts (test-method-file)" in out
-        assert weights.require("test-method-file").read_bytes() == src.read_bytes()
-        assert main(["weights", "fetch", "--method", "no-weights-method"]) == 0
-        assert "0 artifacts" in capsys.readouterr().out
-        assert main(["weights", "fetch", "--method", "nope"]) == 2
-    finally:
-        registry.unregister_method("file-method")
-        weights.remove("test-method-file")
+    with weights.temporarily_registered(art):
+        try:
+            assert main(["weights", "fetch", "--method", "file-method"]) == 0
+            out = capsys.readouterr().out
+            assert out.index("2.0 KB") < out.index("sha256=")
+            assert "file-method: 1 artifacts (test-method-file)" in out
+            assert weights.require("test-method-file").read_bytes() == src.read_bytes()
+            assert main(["weights", "fetch", "--method", "no-weights-method"]) == 0
+            assert "0 artifacts" in capsys.readouterr().out
+            assert main(["weights", "fetch", "--method", "nope"]) == 2
+        finally:
+            registry.unregister_method("file-method")
+            weights.remove("test-method-file")

@@ -15,10 +15,11 @@ from nsdbench.commands.options import (
     check_exists,
     check_split,
     check_subjects_in,
+    parse_subjects,
     subject_opt,
     subjects_opt,
 )
-from nsdbench.commands.score import parse_subjects, writable
+from nsdbench.commands.score import writable
 from nsdbench.errors import NSDBenchError, UsageError
 from nsdbench.terminal import print_whole
 

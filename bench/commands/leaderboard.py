@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from nsdbench import config
-from nsdbench.commands.options import check_split, out_opt, parse_protocols, subjects_opt
-from nsdbench.commands.score import DB_OPT, JSON_OPT, parse_subjects, writable
+from nsdbench.commands.options import check_split, out_opt, parse_protocols, parse_subjects, subjects_opt
+from nsdbench.commands.score import DB_OPT, JSON_OPT, writable
 from nsdbench.devices import resolve_device
 from nsdbench.errors import MetricDrift, UsageError
 from nsdbench.files import atomic_write_text

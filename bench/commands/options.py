@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from nsdbench import config
 from nsdbench.errors import UsageError
+
+if TYPE_CHECKING:
+    from nsdbench.metrics.protocols import Protocol
 
 SUBJECTS_HELP = "Comma-separated subjects, e.g. 1,2,5,7 (default: all with data)."
 OUT_HELP = "Where to write."
@@ -29,6 +33,47 @@ def subject_opt(help: str = "NSD subject (1, 2, 5, 7)."):
 
 def out_opt(help: str = OUT_HELP):
     return typer.Option("--out", "-o", help=help)
+
+
+def parse_subjects(value: str | None) -> tuple[int, ...] | None:
+    """'1,2,5,7' → (1, 2, 5, 7), duplicates removed, ascending; None or '' → None (all with data)."""
+    if value is None or value == "":
+        return None
+    try:
+        subjects = tuple(sorted({int(x) for x in value.replace(" ", "").split(",") if x}))
+    except ValueError:
+        raise UsageError(
+            f"--subjects {value!r}: expected comma-separated subject numbers, e.g. 1,2,5,7"
+        ) from None
+    if not subjects or min(subjects) < 1:
+        raise UsageError(f"--subjects {value!r}: expected subject numbers >= 1")
+    return subjects
+
+
+def protocol_artifacts(proto: Protocol, brain: bool | None) -> list[str]:
+    """The pretrained artifacts scoring under `proto` loads: its feature networks and, when brain
+    correlation is required (brain=True), its brain metrics' encoder: a registered checkpoint (GNet8), else
+    the feature network nsdbench's own encoder is fitted on. Auto (None) skips a missing one with a note."""
+    from nsdbench import weights
+    from nsdbench.metrics.networks import ARTIFACT_OF
+    from nsdbench.metrics.protocols import BrainMetric
+
+    names = []
+    for metric in proto.metrics:
+        key = (getattr(metric, "network", None), getattr(metric, "weights", None))
+        if key in ARTIFACT_OF:
+            names.append(ARTIFACT_OF[key])
+    brain_metrics = [m for m in proto.metrics if isinstance(m, BrainMetric)]
+    if brain and brain_metrics:
+        from nsdbench.metrics.encoder import default_spec
+
+        registered = [m.encoder_artifact for m in brain_metrics if m.encoder_artifact in weights.artifacts()]
+        if registered:  # a published encoder checkpoint (GNet8)
+            names.extend(registered)
+        else:  # nsdbench's encoder, fitted on the feature network below
+            spec = default_spec("pretrained")
+            names.append(ARTIFACT_OF[(spec.network, spec.network_weights)])
+    return list(dict.fromkeys(names))
 
 
 def parse_protocols(value: str | None) -> list[str]:

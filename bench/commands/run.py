@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nsdbench.commands.options import parse_subjects, protocol_artifacts
 from nsdbench.errors import NSDBenchError, UsageError
 
 out = Console()
@@ -21,19 +22,6 @@ class Interrupted(NSDBenchError):
     """Ctrl-C / SIGINT during a run: one line, the conventional exit code 128 + SIGINT."""
 
     exit_code = 130
-
-
-def parse_subjects(text: str) -> tuple[int, ...]:
-    """'1,2,5,7' → (1, 2, 5, 7); duplicates removed, order ascending."""
-    try:
-        subjects = sorted({int(t) for t in text.replace(" ", "").split(",") if t})
-    except ValueError:
-        raise UsageError(
-            f"--subjects {text!r}: expected comma-separated subject numbers, e.g. 1,2,5,7"
-        ) from None
-    if not subjects:
-        raise UsageError("--subjects: no subject given")
-    return tuple(subjects)
 
 
 def parse_protocols(text: str | None) -> tuple[str, ...]:
@@ -85,6 +73,8 @@ def build_spec(
         raise UsageError(f"--dtype {dt!r}: expected float32, float16 or bfloat16")
     instance = create_method(cls.name, variant, overrides, device=dev, dtype=dt, weights_mode=mode)
     subj = parse_subjects(subjects)
+    if not subj:
+        raise UsageError("--subjects: no subject given")
     protos = [get_protocol(n) for n in parse_protocols(protocol)]
     split_name = split or getattr(protos[0], "split", None) or str(config.get("split"))
     if split_name not in SPLITS:
@@ -115,7 +105,7 @@ def build_spec(
         get_split(nsd, split_name, s)  # UsageError when the split is not available for this dataset
     artifacts = tuple(instance.required_artifacts())
     if mode == "pretrained":  # fail now, not after hours of reconstruction
-        weights.require_all([*artifacts, *(a for p in protos for a in protocol_artifacts(p))])
+        weights.require_all([*artifacts, *(a for p in protos for a in protocol_artifacts(p, brain=True))])
     spec = RunSpec(
         method=cls.name,
         subjects=subj,
@@ -135,22 +125,6 @@ def build_spec(
         nsdbench_version=nsdbench.__version__,
     )
     return spec, nsd, tuple(p.name for p in protos)
-
-
-def protocol_artifacts(proto: Any) -> list[str]:
-    """The pretrained artifacts the protocol's metrics load: feature networks (nsdbench.metrics.networks)
-    and the brain metrics' encoder checkpoint where it is a registered artifact (GNet8)."""
-    from nsdbench import weights
-    from nsdbench.metrics.networks import ARTIFACT_OF
-
-    registered = weights.artifacts()
-    names = []
-    for metric in proto.metrics:
-        key = (getattr(metric, "network", None), getattr(metric, "weights", None))
-        name = ARTIFACT_OF.get(key) or getattr(metric, "encoder_artifact", None)
-        if name in registered and name not in names:
-            names.append(name)
-    return names
 
 
 def register(app: typer.Typer) -> None:

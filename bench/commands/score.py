@@ -21,8 +21,11 @@ from nsdbench.commands.options import (
     check_split,
     check_subjects_in,
     parse_protocols,
+    parse_subjects,
+    protocol_artifacts,
     subjects_opt,
 )
+from nsdbench.devices import resolve_device
 from nsdbench.errors import InvalidSubmission, UsageError
 from nsdbench.metrics.protocols import Protocol
 from nsdbench.stage_times import Timings, stage
@@ -62,36 +65,6 @@ def writable(path: Path, flag: str, folder: bool = False) -> Path:
     except OSError as exc:
         raise UsageError(f"{flag} {target}: cannot write in {where} ({exc.strerror or exc})") from None
     return target
-
-
-def parse_subjects(value: str | None) -> tuple[int, ...] | None:
-    if value is None or value == "":
-        return None
-    try:
-        subjects = tuple(sorted({int(x) for x in value.replace(" ", "").split(",") if x}))
-    except ValueError:
-        raise UsageError(
-            f"--subjects expects a comma-separated list of subject numbers, got {value!r}"
-        ) from None
-    if not subjects or min(subjects) < 1:
-        raise UsageError(f"--subjects expects subject numbers >= 1, got {value!r}")
-    return subjects
-
-
-def resolve_device(flag: str | None) -> str:
-    """flag > config; 'auto' → cuda when visible; anything torch cannot use is a usage error (exit 2)."""
-    import torch
-
-    device = str(config.get("device", flag))
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device: unknown device {device!r}; expected cpu, cuda, cuda:N or auto") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
-    return device
 
 
 def _resolve_protocol_split(protocol: str | None, split: str | None) -> tuple[Protocol, str]:
@@ -151,7 +124,7 @@ def _validated(path: Path, fmt, order, ids, subjects, split_name, nsd, as_json: 
 DEFAULT_RESAMPLES = 2000  # bootstrap resamples for the CIs; a run id names any other count
 
 
-def score_run_id(
+def submission_run_id(
     sub_sha: str,
     method: str,
     subjects: tuple[int, ...],
@@ -270,13 +243,13 @@ def register(app: typer.Typer) -> None:
         ]
         check_exists(submission, "submission")
         data = check_data(data)
-        dev = resolve_device(device)
+        dev = resolve_device(config.get("device", device))
         if work_dir:
             writable(work_dir, "--work-dir", folder=True)
         if timings_path:
             writable(timings_path, "--timings")
         if mode == "pretrained":
-            weights.require_all(a for proto, _ in scopes for a in score_artifacts(proto, brain))
+            weights.require_all(a for proto, _ in scopes for a in protocol_artifacts(proto, brain))
         nsd = open_nsd(data)
         check_subjects_in(subj, nsd)
         method = method_name or method_name_old or submission.name.split(".")[0]
@@ -383,33 +356,6 @@ class ScoreSettings:
     n_resamples: int
 
 
-def score_artifacts(proto: Protocol, brain: bool | None) -> list[str]:
-    """The pretrained artifacts scoring under `proto` loads: its feature networks, and the canonical
-    encoder's network when brain correlation is asked for (auto skips it with a note when absent)."""
-    from nsdbench.metrics.networks import ARTIFACT_OF
-
-    names = []
-    for metric in proto.metrics:
-        key = (getattr(metric, "network", None), getattr(metric, "weights", None))
-        if key in ARTIFACT_OF:
-            names.append(ARTIFACT_OF[key])
-    if brain:
-        from nsdbench.scoring import has_brain_metrics
-
-        if has_brain_metrics(proto):
-            from nsdbench import weights
-            from nsdbench.metrics.encoder import default_spec
-
-            named = [getattr(m, "encoder_artifact", None) for m in proto.metrics]
-            registered = [a for a in named if a and a in weights.artifacts()]
-            if registered:  # a published encoder checkpoint (GNet8)
-                names.extend(registered)
-            else:  # nsdbench's encoder, fitted on the feature network below
-                spec = default_spec("pretrained")
-                names.append(ARTIFACT_OF[(spec.network, spec.network_weights)])
-    return list(dict.fromkeys(names))
-
-
 def _is_all(protocol: str | None) -> bool:
     return protocol is not None and protocol.strip() == "all"
 
@@ -497,7 +443,7 @@ def _score_family(
     out: dict[str, tuple[str, bool]] = {}
     todo = []
     for proto, split_name in family:
-        run_id = score_run_id(
+        run_id = submission_run_id(
             sub_sha,
             st.method,
             st.subjects,

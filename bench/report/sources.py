@@ -20,7 +20,7 @@ import pandas as pd
 from nsdbench import config
 from nsdbench.errors import DataError, NSDBenchError, UsageError
 from nsdbench.leaderboards.aggregate import aggregate_scores
-from nsdbench.leaderboards.published import published_wide
+from nsdbench.leaderboards.published import is_papers_protocol, published_wide
 from nsdbench.nsd import open_nsd
 from nsdbench.report.data import ReportData, RunInfo
 from nsdbench.runs.folder import scored_protocols
@@ -438,7 +438,8 @@ class GroundTruth:
 def published_rows(runs: Sequence[RunInfo]) -> pd.DataFrame | None:
     """Reported rows comparable to the runs: same split and the same set of subjects in the mean row.
 
-    When a run's protocol is a paper's own protocol, only that paper's rows are shown. Ablations and
+    When a run's protocol is a paper's own protocol, only the rows whose `protocol` column names it are
+    shown (as the leaderboard views do). Ablations and
     search iterations are left out (they are in `nsdbench leaderboard --reported`).
     """
     pub = published_wide()
@@ -448,9 +449,9 @@ def published_rows(runs: Sequence[RunInfo]) -> pd.DataFrame | None:
     keep = pub["split"].isin(splits)
     keep &= pub["subjects"].str.replace("|", ",", regex=False).isin(subject_sets)
     keep &= ~pub["note"].str.contains("ablation|search iteration", case=False, regex=True)
-    own = protocols & set(pub["source"])
-    if own:
-        keep &= pub["source"].isin(own)
+    papers = {p for p in protocols if is_papers_protocol(p)}
+    if papers:  # a paper's protocol: the rows of its board (the published table's protocol column)
+        keep &= pub["protocol"].isin(papers)
     rows = pub[keep]
     return rows.reset_index(drop=True) if len(rows) else None
 

@@ -19,7 +19,7 @@ from typing import Any
 from nsdbench.errors import NSDBenchError, UsageError
 from nsdbench.progress import Progress
 from nsdbench.runs.folder import clean_leftovers, log_event
-from nsdbench.runs.scores import check_protocols, run_status, score_is_complete, score_subject
+from nsdbench.runs.scores import check_protocols, run_status, score_is_complete, score_run_subject
 from nsdbench.runs.session import RunSession
 from nsdbench.runs.shards import assign, shard_is_complete
 from nsdbench.runs.spec import RunSpec, read_spec
@@ -143,7 +143,7 @@ def _run_inprocess(session: RunSession, worker: Worker, fit_only: bool) -> ExecR
                 written += session.run_shard(shard)
             prog.finish(key)
         # with several workers, the one completing a subject scores it; `ingest` catches any left over
-        if protos and all(score_subject(session, subject, p, lock=worker.sharded) for p in protos):
+        if protos and all(score_run_subject(session, subject, p, lock=worker.sharded) for p in protos):
             scored.append(subject)
     status = run_status(session, protos)
     done = status.complete and bool(protos) and len(status.subjects_scored) == len(spec.subjects)
@@ -155,13 +155,18 @@ def _run_inprocess(session: RunSession, worker: Worker, fit_only: bool) -> ExecR
 _SESSIONS: dict[tuple[str, str, bool], RunSession] = {}
 
 
-def _close_sessions(keep: tuple[str, str, bool] | None = None) -> None:
+def close_worker_sessions(keep: tuple[str, str, bool] | None = None) -> None:
     """Close the cached sessions (their method's `close()` frees its models), all but `keep`."""
     for key in [k for k in _SESSIONS if k != keep]:
         _SESSIONS.pop(key).close()
 
 
-def _worker_session(run_dir: str, force: bool) -> RunSession:
+def worker_sessions() -> list[RunSession]:
+    """The sessions this worker process holds open (one per run it has worked on and not closed)."""
+    return list(_SESSIONS.values())
+
+
+def worker_session(run_dir: str, force: bool) -> RunSession:
     """One RunSession (one method instance) per run in each Ray worker process, reused across its tasks; a
     worker that moves on to another run closes the previous one, and every session is closed at exit."""
     import atexit
@@ -170,16 +175,16 @@ def _worker_session(run_dir: str, force: bool) -> RunSession:
     key = (run_dir, spec.hash, force)
     if key not in _SESSIONS:
         if not _SESSIONS:
-            atexit.unregister(_close_sessions)  # registered once however many runs pass through
-            atexit.register(_close_sessions)
-        _close_sessions(keep=key)
+            atexit.unregister(close_worker_sessions)  # registered once however many runs pass through
+            atexit.register(close_worker_sessions)
+        close_worker_sessions(keep=key)
         _SESSIONS[key] = RunSession(Path(run_dir), spec, force=force)
     return _SESSIONS[key]
 
 
 def _task_fit(run_dir: str, subject: int, force: bool) -> dict[str, Any]:
     try:
-        _worker_session(run_dir, force).fitted(subject)
+        worker_session(run_dir, force).fitted(subject)
         return {"ok": True}
     except NSDBenchError as exc:  # deterministic user-facing errors are reported, not retried
         return {"ok": False, "error": f"subj{subject:02d} fit: {exc}"}
@@ -189,7 +194,7 @@ def _task_shard(run_dir: str, shard_name: str, force: bool, *deps: Any) -> dict[
     for dep in deps:
         if isinstance(dep, dict) and not dep.get("ok", True):
             return {"ok": False, "error": dep["error"], "upstream": True}
-    session = _worker_session(run_dir, force)
+    session = worker_session(run_dir, force)
     shard = next(s for s in session.shards() if s.name == shard_name)
     try:
         written = session.run_shard(shard)
@@ -205,9 +210,9 @@ def _task_score(
         if isinstance(dep, dict) and not dep.get("ok", True):
             return {"ok": False, "error": dep["error"], "upstream": True}
     try:
-        session = _worker_session(run_dir, force)
+        session = worker_session(run_dir, force)
         protos = check_protocols(protocols, session.spec.split)
-        ok = all(score_subject(session, subject, p) for p in protos)
+        ok = all(score_run_subject(session, subject, p) for p in protos)
         return (
             {"ok": ok} if ok else {"ok": False, "error": f"subj{subject:02d}: shards incomplete at scoring"}
         )

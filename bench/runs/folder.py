@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from nsdbench.errors import NSDBenchError, UsageError
 from nsdbench.files import atomic_write_bytes, sha256_file
@@ -153,7 +154,7 @@ def read_png(path: Path, size: int | None = None) -> np.ndarray | None:
     return arr
 
 
-def encode_extra(method: str, nsd_id: int, sample: int, name: str, value: Any) -> bytes:
+def encode_extra(method: str, nsd_id: int, sample: int, name: str, value: object) -> bytes:
     """The bytes of a named extra, by the format its name ends in, or a one-line error naming the item."""
     where = f"method {method}: extra {name!r} of NSD id {nsd_id} sample {sample}"
     if not EXTRA_NAME.match(name):
@@ -175,7 +176,7 @@ def encode_extra(method: str, nsd_id: int, sample: int, name: str, value: Any) -
 
 
 def as_reconstruction_array(
-    image: Any, method: str, nsd_id: int, sample: int, what: str = "image"
+    image: npt.ArrayLike, method: str, nsd_id: int, sample: int, what: str = "image"
 ) -> np.ndarray:
     """A method's output as a contiguous uint8 (H, W, 3) array, or a one-line error naming the image.
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsdbench.errors import NSDBenchError, UsageError
 from nsdbench.metrics.protocols import Protocol
@@ -29,6 +29,9 @@ from nsdbench.runs.session import RunSession, data_label, guiding_encoders
 from nsdbench.runs.shards import shard_files, shard_is_complete
 from nsdbench.runs.spec import read_spec
 from nsdbench.stage_times import Timings, stage
+
+if TYPE_CHECKING:
+    from nsdbench.leaderboards.store import IngestResult
 
 IDENTITY_KEYS = ("encoder", "encoder_key", "encoder_sha256")  # what names the metric's encoder
 
@@ -210,11 +213,6 @@ def _score(
     return True
 
 
-def score_subject(session: RunSession, subject: int, protocol: Protocol, lock: bool = False) -> bool:
-    """Earlier name of score_run_subject for one protocol (callers not yet moved)."""
-    return score_run_subject(session, subject, protocol, lock)
-
-
 @dataclass(frozen=True)
 class RunStatus:
     shards_total: int
@@ -227,7 +225,7 @@ class RunStatus:
         return self.shards_complete == self.shards_total
 
 
-def run_status(session: RunSession, protocols: list[Any] | None = None) -> RunStatus:
+def run_status(session: RunSession, protocols: list[Protocol] | None = None) -> RunStatus:
     shards = session.shards()
     incomplete = tuple(s.name for s in shards if not shard_is_complete(session.run_dir, session.spec, s))
     protos = protocols if protocols is not None else check_protocols(session.protocols, session.spec.split)
@@ -243,7 +241,7 @@ def ingest_run(
     progress: Progress | None = None,
     protocols: tuple[str, ...] | list[str] | None = None,
     timings: Timings | None = None,
-) -> list[Any]:
+) -> list[IngestResult]:
     """Score any complete-but-unscored subject under each protocol, then record one leaderboard row per
     protocol (single writer). Protocols default to those the run folder has scores/ folders for."""
     from nsdbench import config
@@ -310,7 +308,7 @@ def rescore_run(
     ingest: bool = True,
     force: bool = False,
     timings: Timings | None = None,
-) -> list[Any]:
+) -> list[IngestResult]:
     """Score a finished run under more protocols without generating anything; record them unless
     ingest=False. Returns the ingest results (or an empty list)."""
     spec, _ = read_spec(run_dir)

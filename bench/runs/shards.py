@@ -67,7 +67,7 @@ def read_record(run_dir: Path, spec: RunSpec, shard: Shard) -> dict[str, Any]:
     return rec
 
 
-def batch_is_done(run_dir: Path, subject: int, batch: Sequence[Item], entry: Any) -> bool:
+def batch_is_done(run_dir: Path, subject: int, batch: Sequence[Item], entry: object) -> bool:
     """True when the batch's recorded files (every PNG, every extra) are on disk with their sha256."""
     if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
         return False

@@ -16,6 +16,11 @@ def load_once(key: tuple, build: Callable[[], Any]) -> Any:
     return _LOADED[key]
 
 
+def release(key: tuple) -> None:
+    """Forget one loaded component (absent is fine), so the next load_once of `key` builds it again."""
+    _LOADED.pop(key, None)
+
+
 def release_all() -> None:
     """Forget every loaded component (a method's close(), or tests that need a clean process state)."""
     _LOADED.clear()

@@ -171,7 +171,7 @@ def _dual_pipeline(models: dict[str, Any], tokenizer: Any, processor: Any, mode:
     once, so the placeholders are built on the meta device (never initialized, never allocated)."""
     from diffusers import DDIMScheduler, VersatileDiffusionDualGuidedPipeline
 
-    scheduler = DDIMScheduler.from_config(_strip_class(load_config("scheduler", mode)))
+    scheduler = DDIMScheduler.from_config(strip_class(load_config("scheduler", mode)))
     with torch.device("meta"):
         return VersatileDiffusionDualGuidedPipeline(
             tokenizer=tokenizer, image_feature_extractor=processor, scheduler=scheduler, **models
@@ -189,7 +189,9 @@ def text_unet_class() -> type:
     return UNetFlatConditionModel
 
 
-def _strip_class(config: dict[str, Any]) -> dict[str, Any]:
+def strip_class(config: dict[str, Any]) -> dict[str, Any]:
+    """A shipped config as constructor keyword arguments: bookkeeping keys (`_class_name`, `_diffusers_version`,
+    `architectures`) removed."""
     return {k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"}
 
 
@@ -206,14 +208,14 @@ def build_models(mode: str, seed: int = RANDOM_SEED) -> dict[str, Any]:
 
     torch.manual_seed(seed)
     return {
-        "image_unet": UNet2DConditionModel(**_strip_class(load_config("image_unet", mode))),
-        "text_unet": text_unet_class()(**_strip_class(load_config("text_unet", mode))),
-        "vae": AutoencoderKL(**_strip_class(load_config("vae", mode))),
+        "image_unet": UNet2DConditionModel(**strip_class(load_config("image_unet", mode))),
+        "text_unet": text_unet_class()(**strip_class(load_config("text_unet", mode))),
+        "vae": AutoencoderKL(**strip_class(load_config("vae", mode))),
         "text_encoder": CLIPTextModelWithProjection(
-            CLIPTextConfig(**_strip_class(load_config("text_encoder", mode)))
+            CLIPTextConfig(**strip_class(load_config("text_encoder", mode)))
         ),
         "image_encoder": CLIPVisionModelWithProjection(
-            CLIPVisionConfig(**_strip_class(load_config("image_encoder", mode)))
+            CLIPVisionConfig(**strip_class(load_config("image_encoder", mode)))
         ),
     }
 
@@ -227,7 +229,7 @@ def _random_pipeline(mode: str, device: torch.device):
 
     with torch.device(device):
         models = build_models(mode)
-    processor = CLIPImageProcessor(**_strip_class(load_config("image_feature_extractor", mode)))
+    processor = CLIPImageProcessor(**strip_class(load_config("image_feature_extractor", mode)))
     # No tokenizer files exist offline; the byte-level tiny tokenizer yields ids valid for any CLIP vocab.
     tokenizer = tiny_clip_tokenizer(int(models["text_encoder"].config.max_position_embeddings))
     return _dual_pipeline(models, tokenizer, processor, mode)

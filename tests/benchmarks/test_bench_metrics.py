@@ -183,18 +183,15 @@ def test_bench_reference_structure(benchmark, inputs):
 
 
 def _engine_run(ids, gt, rec, cache: bool, timings: dict[str, float]) -> dict[str, np.ndarray]:
-    res = engine.score_protocols(
+    res = engine.score_reconstructions(
         ids,
         gt,
         ids,
         np.zeros(len(ids), int),
         rec,
-        [PROTOCOL],
-        weights_mode=MODE,
-        cache=cache,
-        batch_size=64,
-        timings=timings,
-    )[PROTOCOL.name]
+        PROTOCOL,
+        engine.ScoreOptions(MODE, cache=cache, batch_size=64, timings=timings),
+    )
     ps = res.per_sample
     return {m: ps[ps["metric"] == m].sort_values("nsd_id")["value"].to_numpy() for m in METRICS}
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from nsdbench.caches import content_key
 from nsdbench.errors import UsageError
-from nsdbench.methods import brain_diffuser_features as bdf
+from nsdbench.methods import brain_diffuser_features
 from nsdbench.methods.adapter import Method, Output, RunContext, SubjectData, TestItem
 from nsdbench.methods.registry import register_method
 
@@ -147,7 +147,7 @@ class BrainDiffuser(Method):
             self._vdvae = load_vdvae(self.weights_mode, device, torch.float32)  # published: VDVAE in fp32
         if s.use_diffusion and self._vd is None:
             self._vd = load_components(self.weights_mode, device, self.vd_torch_dtype())
-            self._vd_sha = bdf.vd_weights_identity(self._vd)
+            self._vd_sha = brain_diffuser_features.vd_weights_identity(self._vd)
 
     def vd_torch_dtype(self):
         import torch
@@ -165,16 +165,23 @@ class BrainDiffuser(Method):
 
     # ------------------------------------------------------------------ fit
 
-    def extractors(self, train: SubjectData) -> list[tuple[bdf.Extractor, float]]:
+    def extractors(self, train: SubjectData) -> list[tuple[brain_diffuser_features.Extractor, float]]:
         """The features this configuration regresses onto, each with its ridge alpha."""
         s = self.settings
-        out: list[tuple[bdf.Extractor, float]] = []
+        out: list[tuple[brain_diffuser_features.Extractor, float]] = []
         if s.use_vdvae:
-            out.append((bdf.vdvae_extractor(self._vdvae, train.images), s.vdvae_alpha))
+            out.append((brain_diffuser_features.vdvae_extractor(self._vdvae, train.images), s.vdvae_alpha))
         if s.use_diffusion and s.use_vision:
-            out.append((bdf.vision_extractor(self._vd, train.images, self._vd_sha), s.vision_alpha))
+            out.append(
+                (
+                    brain_diffuser_features.vision_extractor(self._vd, train.images, self._vd_sha),
+                    s.vision_alpha,
+                )
+            )
         if s.use_diffusion and s.use_text:
-            out.append((bdf.text_extractor(self._vd, train.captions, self._vd_sha), s.text_alpha))
+            out.append(
+                (brain_diffuser_features.text_extractor(self._vd, train.captions, self._vd_sha), s.text_alpha)
+            )
         return out
 
     def fit(self, train: SubjectData, ctx: RunContext) -> BrainDiffuserFit:
@@ -202,11 +209,13 @@ class BrainDiffuser(Method):
                 x_test,
             )
 
-            def compute(ext: bdf.Extractor = ext, alpha: float = alpha) -> dict[str, np.ndarray]:
-                y = bdf.training_features(
+            def compute(
+                ext: brain_diffuser_features.Extractor = ext, alpha: float = alpha
+            ) -> dict[str, np.ndarray]:
+                y = brain_diffuser_features.training_features(
                     ext, train_ids, s.feature_batch, progress=ctx.advance, dataset=train.data_identity
                 )
-                return bdf.ridge_predictions(x_train, y, x_test, alpha, backend=backend)
+                return brain_diffuser_features.ridge_predictions(x_train, y, x_test, alpha, backend=backend)
 
             cached = ctx.cache.load(key) if ctx.cache is not None else None
             if cached is None:
@@ -215,7 +224,7 @@ class BrainDiffuser(Method):
                     ctx.cache.save(key, cached)
             else:
                 ctx.advance(len(train_ids))
-            predictions[ext.name] = bdf.finish_predictions(cached, s.postprocess)
+            predictions[ext.name] = brain_diffuser_features.finish_predictions(cached, s.postprocess)
         return BrainDiffuserFit(tuple(int(n) for n in train.test_ids), predictions)
 
     # ------------------------------------------------------------------ reconstruct

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nsdbench.methods import search_math as sm
+from nsdbench.methods import search_math
 
 
 def hybrid_prediction(preds: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -22,7 +22,7 @@ def hybrid_prediction(preds: Sequence[torch.Tensor]) -> torch.Tensor:
 def hybrid_correlation_matrix(preds: Sequence[torch.Tensor], measured: torch.Tensor) -> torch.Tensor:
     """Library score (L, T): the mean over encoders of each encoder's Pearson r with the measured rows, as the
     published library assembler averages its models' scores."""
-    return torch.stack([sm.correlation_matrix(p, measured) for p in preds]).mean(0)
+    return torch.stack([search_math.correlation_matrix(p, measured) for p in preds]).mean(0)
 
 
 class ClipBetasEncoder:

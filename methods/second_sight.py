@@ -59,7 +59,7 @@ from nsdbench.methods.adapter import Method, Output, RunContext, SubjectData, Te
 from nsdbench.methods.registry import register_method
 
 if TYPE_CHECKING:  # the search lives in second_sight_search (torch), imported when a method runs
-    from nsdbench.methods import second_sight_search as S
+    from nsdbench.methods import second_sight_search
 
 PAPER = "Kneeland et al. 2023, Second Sight (arXiv:2306.00927); reesekneeland/Second-Sight (lines: commit 27401ad)"
 CCN_PAPER = "Kneeland, St-Yves, Naselaris et al., CCN 2023: brain-optimized stochastic search"
@@ -140,13 +140,15 @@ class _UnclipMethod(Method):
     default_batch_size: ClassVar[int] = 4
 
     def required_artifacts(self) -> tuple[str, ...]:
-        from nsdbench.methods import second_sight_search as S
+        from nsdbench.methods import second_sight_search
         from nsdbench.methods.components.stable_diffusion import UNCLIP
 
         if self.weights_mode != "pretrained":
             return ()
         arts = [UNCLIP]
-        name = S.encoder_name(getattr(self.settings, "encoder", "nsdbench-encoder-v1"), self.weights_mode)
+        name = second_sight_search.encoder_name(
+            getattr(self.settings, "encoder", "nsdbench-encoder-v1"), self.weights_mode
+        )
         if name == "gnet8":
             arts.append("gnet8-multisubject")
         else:
@@ -158,9 +160,9 @@ class _UnclipMethod(Method):
         return tuple(arts)
 
     def setup(self, ctx: RunContext) -> None:
-        from nsdbench.methods import second_sight_search as S
+        from nsdbench.methods import second_sight_search
 
-        self.gen = S.UnclipSampler(ctx.weights_mode, ctx.device, self.settings)
+        self.gen = second_sight_search.UnclipSampler(ctx.weights_mode, ctx.device, self.settings)
 
     def close(self) -> None:
         self.gen = None
@@ -227,11 +229,15 @@ class SecondSight(_UnclipMethod):
         return (*super().required_artifacts(), ARTIFACT.name)
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[str, Any]:
-        from nsdbench.methods import second_sight_search as S
+        from nsdbench.methods import second_sight_search
 
-        encoder = S.guidance_encoder(self, train, ctx, self.gen)
-        arrays = S.fit_cached(
-            self, train, ctx, encoder, lambda: S.assemble(train, ctx, self.settings, self.gen, encoder)
+        encoder = second_sight_search.guidance_encoder(self, train, ctx, self.gen)
+        arrays = second_sight_search.fit_cached(
+            self,
+            train,
+            ctx,
+            encoder,
+            lambda: second_sight_search.assemble(train, ctx, self.settings, self.gen, encoder),
         )
         return {
             "arrays": arrays,
@@ -239,21 +245,25 @@ class SecondSight(_UnclipMethod):
             "encoder": encoder,
         }
 
-    def search(self, item: TestItem, fitted: dict[str, Any], ctx: RunContext) -> S.SearchState:
+    def search(
+        self, item: TestItem, fitted: dict[str, Any], ctx: RunContext
+    ) -> second_sight_search.SearchState:
         """Run (or resume) the search of one item, saving its state after every iteration."""
-        from nsdbench.methods import second_sight_search as S
+        from nsdbench.methods import second_sight_search
 
         s, a = self.settings, fitted["arrays"]
         row = fitted["row"][item.nsd_id]
         if "targets" in a:
-            target = S.device_tensor(a["targets"][row, : int(a["n_reps"][row])], ctx.device)
+            target = second_sight_search.device_tensor(a["targets"][row, : int(a["n_reps"][row])], ctx.device)
         else:
-            target = S.device_tensor(a["measured"][row], ctx.device)
+            target = second_sight_search.device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
-        state = S.SearchState.resumed(saved) or S.initial_state(a["c0"][row], s.branches, self.gen.image_size)
+        state = second_sight_search.SearchState.resumed(saved) or second_sight_search.initial_state(
+            a["c0"][row], s.branches, self.gen.image_size
+        )
         for i in range(state.done, s.iterations):
-            state = S.second_sight_iteration(
+            state = second_sight_search.second_sight_iteration(
                 state, i, a["z0_image"][row], target, item, s, self.gen, fitted["encoder"]
             )
             if ckpt is not None:
@@ -261,13 +271,13 @@ class SecondSight(_UnclipMethod):
         return state
 
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Output]:
-        from nsdbench.methods import second_sight_search as S
+        from nsdbench.methods import second_sight_search
 
         for it in items:
             state = self.search(it, fitted, ctx)
             chosen = state.top_image if self.settings.keep_best else state.best_image
-            image = S.output_image(chosen, ctx.data.image_size)
-            extras = S.trace_extras(state.trace_scores, state.trace_images)
+            image = second_sight_search.output_image(chosen, ctx.data.image_size)
+            extras = second_sight_search.trace_extras(state.trace_scores, state.trace_images)
             trace = extras["search.json"]
             trace["chosen_image_brain_correlation_per_iteration"] = [
                 float(x) for x in state.trace_image_scores
@@ -279,7 +289,9 @@ class SecondSight(_UnclipMethod):
             trace["output_brain_correlation"] = float(
                 state.top_score if self.settings.keep_best else state.best_score
             )
-            trace["guiding_encoders"] = [str(p.identity) for p in S.encoder_parts(fitted["encoder"])]
+            trace["guiding_encoders"] = [
+                str(p.identity) for p in second_sight_search.encoder_parts(fitted["encoder"])
+            ]
             yield Output(it.nsd_id, it.sample, image, extras)
 
 
@@ -296,22 +308,26 @@ class StochasticSearch(_UnclipMethod):
     Settings = StochasticSearchSettings
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[str, Any]:
-        from nsdbench.methods import second_sight_search as S
+        from nsdbench.methods import second_sight_search
 
-        encoder = ctx.encoder(S.encoder_name(self.settings.encoder, ctx.weights_mode))
-        return S.decoded_fit(self, train, ctx, encoder, self.gen)
+        encoder = ctx.encoder(second_sight_search.encoder_name(self.settings.encoder, ctx.weights_mode))
+        return second_sight_search.decoded_fit(self, train, ctx, encoder, self.gen)
 
-    def search(self, item: TestItem, fitted: dict[str, Any], ctx: RunContext) -> S.SearchState:
-        from nsdbench.methods import second_sight_search as S
+    def search(
+        self, item: TestItem, fitted: dict[str, Any], ctx: RunContext
+    ) -> second_sight_search.SearchState:
+        from nsdbench.methods import second_sight_search
 
         s, a = self.settings, fitted["arrays"]
         row = fitted["row"][item.nsd_id]
-        target = S.device_tensor(a["measured"][row], ctx.device)
+        target = second_sight_search.device_tensor(a["measured"][row], ctx.device)
         ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
         saved = ckpt.load() if ckpt is not None else None
-        state = S.SearchState.resumed(saved) or S.initial_state(a["c"][row], 0, self.gen.image_size)
+        state = second_sight_search.SearchState.resumed(saved) or second_sight_search.initial_state(
+            a["c"][row], 0, self.gen.image_size
+        )
         for i in range(state.done, s.iterations):
-            state = S.stochastic_iteration(
+            state = second_sight_search.stochastic_iteration(
                 state, i, a["c"][row], target, item, s, self.gen, fitted["encoder"]
             )
             if ckpt is not None:
@@ -319,15 +335,15 @@ class StochasticSearch(_UnclipMethod):
         return state
 
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Output]:
-        from nsdbench.methods import second_sight_search as S
+        from nsdbench.methods import second_sight_search
 
         for it in items:
             state = self.search(it, fitted, ctx)
             yield Output(
                 it.nsd_id,
                 it.sample,
-                S.output_image(state.best_image, ctx.data.image_size),
-                S.trace_extras(state.trace_scores, state.trace_images),
+                second_sight_search.output_image(state.best_image, ctx.data.image_size),
+                second_sight_search.trace_extras(state.trace_scores, state.trace_images),
             )
 
 
@@ -348,23 +364,23 @@ class ClipDecodingOnly(_UnclipMethod):
         return (UNCLIP,) if self.weights_mode == "pretrained" else ()
 
     def fit(self, train: SubjectData, ctx: RunContext) -> dict[str, Any]:
-        from nsdbench.methods import second_sight_search as S
+        from nsdbench.methods import second_sight_search
 
-        return S.decoded_fit(self, train, ctx, None, self.gen)
+        return second_sight_search.decoded_fit(self, train, ctx, None, self.gen)
 
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[tuple]:
-        from nsdbench.methods import second_sight_search as S
+        from nsdbench.methods import second_sight_search
 
         a = fitted["arrays"]
         gen = self.gen
-        c = S.device_tensor(
+        c = second_sight_search.device_tensor(
             np.stack([a["c"][fitted["row"][it.nsd_id]] for it in items]),
             gen.components.device,
             gen.components.dtype,
         )
         _, images = gen.sample(c, [it.seed for it in items], 1.0, batch=len(items))
-        for it, img in zip(items, S.to_uint8_nhwc(images), strict=True):
-            yield it.nsd_id, it.sample, S.output_image(img, ctx.data.image_size)
+        for it, img in zip(items, second_sight_search.to_uint8_nhwc(images), strict=True):
+            yield it.nsd_id, it.sample, second_sight_search.output_image(img, ctx.data.image_size)
 
 
 for _cls in (SecondSight, StochasticSearch, ClipDecodingOnly):

@@ -13,7 +13,7 @@ import torch
 
 from nsdbench.caches import ArrayCache
 from nsdbench.errors import DataError, UsageError
-from nsdbench.methods import search_math as sm
+from nsdbench.methods import search_math
 from nsdbench.methods.adapter import Method, RunContext, SubjectData, TestItem
 from nsdbench.methods.second_sight import SecondSightSettings, StochasticSearchSettings
 
@@ -217,7 +217,7 @@ def rank_library(
         parts = [p[s : s + block] if mask is None else p[s : s + block][:, mask] for p in preds]
         r = hybrid_correlation_matrix([torch.as_tensor(p, device=device) for p in parts], m)
         scores.append(r if average is None else r @ average)
-    return sm.top_k_rows(torch.cat(scores), k).cpu().numpy()
+    return search_math.top_k_rows(torch.cat(scores), k).cpu().numpy()
 
 
 def clip_betas_ridge(train: SubjectData, gen: UnclipSampler, mode: str, alphas: tuple[float, ...]) -> Any:
@@ -547,7 +547,9 @@ def brain_correlations(encoder: Any, pixels: np.ndarray, target: torch.Tensor) -
     """Brain correlation (N,) of each uint8 image: Pearson r of the guidance encoder's prediction with the
     target betas (V,), or its mean r over the rows of targets (R, V), one per repetition."""
     pred = encoder.predict(nchw(pixels).to(target.device))
-    scores = sm.pearson_rows(pred, target) if target.ndim == 1 else sm.mean_pearson(pred, target)
+    scores = (
+        search_math.pearson_rows(pred, target) if target.ndim == 1 else search_math.mean_pearson(pred, target)
+    )
     return scores.cpu().numpy()
 
 
@@ -560,14 +562,14 @@ def search_branches(
     condition the released code tests (src/stochastic_search.py `search`, `if not best_image not in z_seeds`)."""
     n = len(state.seed_c)
     towards = c_i.expand(n, -1)
-    clip_seeds = sm.slerp(towards, torch.as_tensor(state.seed_c, dtype=torch.float64), gamma)
+    clip_seeds = search_math.slerp(towards, torch.as_tensor(state.seed_c, dtype=torch.float64), gamma)
     seed_rows = np.arange(n)
     if best_image_branch and state.best_mean.size:
         same = [k for k in range(n) if np.array_equal(state.seed_images[k], state.best_image)]
         if same:
             seed_rows = np.append(seed_rows, same[0])
             clip_seeds = torch.cat([clip_seeds, c_i[None]])
-    branch_c = sm.slerp(c_i.expand(len(seed_rows), -1), clip_seeds, gamma)
+    branch_c = search_math.slerp(c_i.expand(len(seed_rows), -1), clip_seeds, gamma)
     return seed_rows, clip_seeds, branch_c
 
 
@@ -586,8 +588,10 @@ def second_sight_iteration(
     slerps of c_i towards the seeds' CLIP embeddings; then the best distribution and the new c_i. The chosen
     image is the best distribution's best image (published) or, with `keep_best`, the best image so far."""
     s = settings
-    lam = sm.second_sight_strength(i, s.iterations, s.strength_start, s.strength_drop, s.strength_power)
-    gamma = sm.second_sight_momentum(i, s.iterations, s.momentum_scale, s.momentum_power)
+    lam = search_math.second_sight_strength(
+        i, s.iterations, s.strength_start, s.strength_drop, s.strength_power
+    )
+    gamma = search_math.second_sight_momentum(i, s.iterations, s.momentum_scale, s.momentum_power)
     device, dtype = gen.components.device, gen.components.dtype
     c_i = torch.as_tensor(state.prev_c, dtype=torch.float64)
     if i == 0 or len(state.seed_c) == 0:
@@ -595,11 +599,11 @@ def second_sight_iteration(
         seed_rows = np.zeros(1, dtype=np.int64)
         clip_seeds = branch_c = c_i[None]
     else:
-        n_b = sm.branch_size(lam, max(1, s.search_samples // s.branches), s.branch_floor)
+        n_b = search_math.branch_size(lam, max(1, s.search_samples // s.branches), s.branch_floor)
         seed_rows, clip_seeds, branch_c = search_branches(state, c_i, gamma, s.best_image_branch)
         rows = np.repeat(np.arange(len(seed_rows)), n_b)
     c = device_tensor(branch_c.float().numpy()[rows], device, dtype)
-    seeds = [sm.candidate_seed(item.seed, "second-sight", i, j) for j in range(len(rows))]
+    seeds = [search_math.candidate_seed(item.seed, "second-sight", i, j) for j in range(len(rows))]
     if len(state.seed_z) == 0:
         init = device_tensor(resize_square(z0_image[None], gen.image_size), device)
         init = init.permute(0, 3, 1, 2).to(dtype) / 255.0
@@ -625,7 +629,7 @@ def second_sight_iteration(
     if len(state.seed_z) == 0 and improved:  # iteration 0: towards the CLIP embedding of its best image
         best_c = torch.as_tensor(gen.embed(best_image[None])[0], dtype=torch.float64)
     if improved or len(state.seed_z) > 0:
-        c_i = sm.slerp(c_i[None], best_c[None], gamma)[0]
+        c_i = search_math.slerp(c_i[None], best_c[None], gamma)[0]
 
     top = int(np.argmax(scores))
     top_image, top_score = state.top_image, state.top_score
@@ -725,10 +729,12 @@ def stochastic_iteration(
     """One CCN iteration: a library of `search_samples` images conditioned on the decoded c, initialized
     (after the first) from the best seeds in turn, at the cubic strength; the seeds are the best so far."""
     s = settings
-    lam = sm.cubic_decay(i, s.iterations, s.strength_start, s.strength_end)
+    lam = search_math.cubic_decay(i, s.iterations, s.strength_start, s.strength_end)
     device, dtype = gen.components.device, gen.components.dtype
     cond = device_tensor(np.repeat(c[None], s.search_samples, 0), device, dtype)
-    seeds = [sm.candidate_seed(item.seed, "stochastic-search", i, j) for j in range(s.search_samples)]
+    seeds = [
+        search_math.candidate_seed(item.seed, "stochastic-search", i, j) for j in range(s.search_samples)
+    ]
     if i == 0 or lam >= 1.0 or len(state.seed_z) == 0:
         latents, images = gen.sample(cond, seeds, 1.0, batch=s.unet_batch)
     else:
@@ -736,7 +742,7 @@ def stochastic_iteration(
         z = device_tensor(state.seed_z[rows], device, dtype)
         latents, images = gen.sample(cond, seeds, lam, init_latents=z, batch=s.unet_batch)
     pixels = to_uint8_nhwc(images)
-    scores = sm.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
+    scores = search_math.pearson_rows(encoder.predict(nchw(pixels).to(target.device)), target).cpu().numpy()
     pool_scores = np.concatenate([state.seed_scores, scores])
     pool_images = np.concatenate([state.seed_images, pixels])
     pool_z = (

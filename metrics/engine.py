@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nsdbench import weights as weights_mod
+from nsdbench import weights
 from nsdbench.devices import resolve_device
 from nsdbench.errors import UsageError
 from nsdbench.metrics import features_cache
@@ -116,7 +116,7 @@ def score_reconstructions_by_protocol(
     protos = [get_protocol(p) for p in protocols]
     if not protos:
         raise UsageError("no protocol given")
-    mode = weights_mod.check_mode(options.weights_mode)
+    mode = weights.check_mode(options.weights_mode)
     if options.batch_size < 1:
         raise UsageError(f"batch_size must be >= 1; got {options.batch_size}")
     dev = resolve_device(options.device)
@@ -160,7 +160,7 @@ def metric_features(
     feature metric: same chain, normalization, precision, TF32 flags and fixed forward chunks."""
     if side not in ("gt", "rec"):
         raise UsageError(f"side must be 'gt' or 'rec' (got {side!r})")
-    mode = weights_mod.check_mode(weights_mode)
+    mode = weights.check_mode(weights_mode)
     dev = resolve_device(device)
     version = metric.weights if mode == "pretrained" else "-"
     net = get_network(metric.network, version, mode, metric.precision, dev)
@@ -275,7 +275,7 @@ def _provenance(p: Protocol, kinds, ctx: ScoringContext, flags: dict, n_samples:
         "protocol_identity": p.identity,
         "split": p.split,
         "weights_mode": ctx.mode,
-        "smoke": weights_mod.is_smoke(ctx.mode),
+        "smoke": weights.is_smoke(ctx.mode),
         "networks": {},
         "precision": {
             "pixel": "float64",

@@ -451,10 +451,12 @@ def test_pt_with_deflated_members_is_not_inflated(images, small_root, tmp_path, 
     import torch
 
     torch.save(torch.zeros(8, 3, 64, 64), tmp_path / "plain.pt")
-    with zipfile.ZipFile(tmp_path / "plain.pt") as src:
-        with zipfile.ZipFile(tmp_path / "subj01_z.pt", "w", zipfile.ZIP_DEFLATED) as dst:
-            for info in src.infolist():
-                dst.writestr(info.filename, src.read(info))
+    with (
+        zipfile.ZipFile(tmp_path / "plain.pt") as src,
+        zipfile.ZipFile(tmp_path / "subj01_z.pt", "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
     rc, text = _cli(tmp_path / "subj01_z.pt", small_root, capsys, "--order", "nsd-ascending")
     assert rc == 3 and "compressed members" in text
     legacy = tmp_path / "subj01_legacy.pt"

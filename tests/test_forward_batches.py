@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from nsdbench.metrics.forward import FORWARD_BATCH, FeaturePass, batches_match, device_type, forward_batch
-from nsdbench.scoring import completed_parquet, write_scores_parquet
+from nsdbench.score_files import write_score_file
+from nsdbench.scoring import completed_parquet
 
 
 def test_device_type_is_the_devices_own():
@@ -39,12 +40,12 @@ def test_resume_rescores_a_subject_scored_with_other_chunk_sizes(tmp_path):
     path = tmp_path / "subj01.parquet"
     meta = {"run_id": "r", "subject": 1, "protocol_hash": "h"}
     df = pd.DataFrame({"nsd_id": [1], "value": [0.5]})
-    write_scores_parquet(
+    write_score_file(
         df, path, {**meta, "provenance": {"forward_batch": {"alexnet": 8}, "brain_forward_batch": 8}}
     )
     assert completed_parquet(path, "r", 1, "h", "cpu")
     assert not completed_parquet(path, "r", 1, "h", "cuda")
-    write_scores_parquet(
+    write_score_file(
         df, path, {**meta, "provenance": {"forward_batch": {"alexnet": 256}, "brain_forward_batch": 8}}
     )
     assert not completed_parquet(path, "r", 1, "h", "cpu")

@@ -224,7 +224,11 @@ def test_tiny_end_to_end_through_the_console_script(synth_root, tmp_path):
     from nsdbench.leaderboards.store import Store
 
     db, out = tmp_path / "lb.duckdb", tmp_path / "run"
-    sets = [x for k, v in {**FAST, "iterations": 2}.items() for x in ("--set", f"{k}={v}")]
+    sets = [
+        x
+        for k, v in {**FAST, "iterations": 2, "num_inference_steps": 4}.items()
+        for x in ("--set", f"{k}={v}")
+    ]
     code, stdout, stderr = cli(
         "run", "-m", "minddiffuser", "--subjects", "1", "--data", str(synth_root), "--weights", "tiny",
         "--device", "cpu", "--out", str(out), "--db", str(db), "--json", *sets, OMP_NUM_THREADS=1,

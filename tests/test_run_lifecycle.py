@@ -459,22 +459,21 @@ def test_a_score_file_with_other_forward_batches_is_not_complete(methods, synth_
     import pandas as pd
 
     from nsdbench.runs.folder import file_digest, score_record_path
-    from nsdbench.runs.scores import check_protocols, score_is_complete, score_subject
-    from nsdbench.score_files import read_parquet_meta
-    from nsdbench.scoring import write_scores_parquet
+    from nsdbench.runs.scores import check_protocols, score_is_complete, score_run_subject
+    from nsdbench.score_files import read_parquet_meta, write_score_file
 
     spec = _spec("ground-truth", synth_root)
     out = tmp_path / "run"
     _generate(spec, out)
     session = RunSession(out, spec)
     (proto,) = check_protocols(["lifecycle-pixcorr"], spec.split)
-    assert score_subject(session, 1, proto)
+    assert score_run_subject(session, 1, proto)
     assert score_is_complete(session, 1, proto)
     path = score_path(out, 1, proto.name)
     meta = read_parquet_meta(path)
     assert meta["provenance"]["brain_forward_batch"] == 8
     meta["provenance"]["brain_forward_batch"] = 64  # as if scored on CUDA
-    write_scores_parquet(pd.read_parquet(path), path, meta)
+    write_score_file(pd.read_parquet(path), path, meta)
     record = json.loads(score_record_path(out, 1, proto.name).read_text())
     record["parquet_sha256"] = file_digest(path)  # the record matches the file: only the batches differ
     score_record_path(out, 1, proto.name).write_text(json.dumps(record))

@@ -257,18 +257,15 @@ class SecondSight(_UnclipMethod):
             target = second_sight_search.device_tensor(a["targets"][row, : int(a["n_reps"][row])], ctx.device)
         else:
             target = second_sight_search.device_tensor(a["measured"][row], ctx.device)
-        ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
-        saved = ckpt.load() if ckpt is not None else None
-        state = second_sight_search.SearchState.resumed(saved) or second_sight_search.initial_state(
-            a["c0"][row], s.branches, self.gen.image_size
-        )
-        for i in range(state.done, s.iterations):
-            state = second_sight_search.second_sight_iteration(
+        return second_sight_search.checkpointed_search(
+            ctx,
+            item,
+            lambda: second_sight_search.initial_state(a["c0"][row], s.branches, self.gen.image_size),
+            s.iterations,
+            lambda state, i: second_sight_search.second_sight_iteration(
                 state, i, a["z0_image"][row], target, item, s, self.gen, fitted["encoder"]
-            )
-            if ckpt is not None:
-                ckpt.save(state.arrays())
-        return state
+            ),
+        )
 
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Output]:
         from nsdbench.methods import second_sight_search
@@ -321,18 +318,15 @@ class StochasticSearch(_UnclipMethod):
         s, a = self.settings, fitted["arrays"]
         row = fitted["row"][item.nsd_id]
         target = second_sight_search.device_tensor(a["measured"][row], ctx.device)
-        ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
-        saved = ckpt.load() if ckpt is not None else None
-        state = second_sight_search.SearchState.resumed(saved) or second_sight_search.initial_state(
-            a["c"][row], 0, self.gen.image_size
-        )
-        for i in range(state.done, s.iterations):
-            state = second_sight_search.stochastic_iteration(
+        return second_sight_search.checkpointed_search(
+            ctx,
+            item,
+            lambda: second_sight_search.initial_state(a["c"][row], 0, self.gen.image_size),
+            s.iterations,
+            lambda state, i: second_sight_search.stochastic_iteration(
                 state, i, a["c"][row], target, item, s, self.gen, fitted["encoder"]
-            )
-            if ckpt is not None:
-                ckpt.save(state.arrays())
-        return state
+            ),
+        )
 
     def reconstruct(self, items: Sequence[TestItem], fitted: Any, ctx: RunContext) -> Iterator[Output]:
         from nsdbench.methods import second_sight_search

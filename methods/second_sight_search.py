@@ -4,7 +4,7 @@ targets and one search iteration of each form, with the state a checkpoint holds
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -661,6 +661,25 @@ def second_sight_iteration(
         top_image=top_image,
         top_score=np.asarray(top_score),
     )
+
+
+def checkpointed_search(
+    ctx: RunContext,
+    item: TestItem,
+    initial: Callable[[], SearchState],
+    iterations: int,
+    step: Callable[[SearchState, int], SearchState],
+) -> SearchState:
+    """Run iterations [done, iterations) of one item's search from its checkpoint (else `initial()`), saving
+    the state after each, so a preempted job resumes mid-image."""
+    ckpt = ctx.checkpoint(item) if ctx.checkpoint_dir is not None else None
+    saved = ckpt.load() if ckpt is not None else None
+    state = SearchState.resumed(saved) or initial()
+    for i in range(state.done, iterations):
+        state = step(state, i)
+        if ckpt is not None:
+            ckpt.save(state.arrays())
+    return state
 
 
 def initial_state(c0: np.ndarray, branches: int, size: int) -> SearchState:

@@ -191,9 +191,12 @@ def test_best_image_never_gets_worse_and_scores_are_the_images(tiny_search):
         np.testing.assert_allclose(state.seed_c, gen.embed(state.seed_images), rtol=1e-5, atol=1e-6)
 
 
-def chosen_series(data, settings, gen, enc, keep_best: bool) -> dict[int, np.ndarray]:
+def chosen_series(
+    data, settings, gen, enc, keep_best: bool, first: int | None = None
+) -> dict[int, np.ndarray]:
     """Per test image of the subject: the guidance encoder's brain correlation of the chosen image after each
-    iteration, recomputed from the images themselves (not from the search's own bookkeeping)."""
+    iteration, recomputed from the images themselves (not from the search's own bookkeeping); `first`: only
+    the subject's first test images."""
     from dataclasses import replace
 
     from nsdbench.methods.adapter import TestItem
@@ -204,7 +207,7 @@ def chosen_series(data, settings, gen, enc, keep_best: bool) -> dict[int, np.nda
     rng = np.random.default_rng(11)
     dim = gen.components.image_encoder.config.projection_dim
     out = {}
-    for row, nsd_id in enumerate(data.test_ids):
+    for row, nsd_id in enumerate(data.test_ids[:first]):
         target = torch.as_tensor(measured[row])
         c0 = rng.normal(size=dim).astype(np.float32)
         z0 = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
@@ -233,7 +236,7 @@ def test_chosen_image_never_falls_with_keep_best_on_every_test_image(tiny_search
     kept = chosen_series(data, settings, gen, enc, keep_best=True)
     assert set(kept) == {int(n) for n in data.test_ids}
     assert falls(kept) == [], {n: kept[n] for n in falls(kept)}
-    published = chosen_series(data, settings, gen, enc, keep_best=False)
+    published = chosen_series(data, settings, gen, enc, keep_best=False, first=24)
     assert falls(published), "the published rule never fell here: the check above shows nothing"
 
 

@@ -77,6 +77,33 @@ def nsd(synth_root: Path):
     return open_nsd(synth_root)
 
 
+@pytest.fixture(scope="session")
+def small_subject(nsd):
+    """small_subject(n_train, n_test): subject 1's SubjectData cut to its first training and test images."""
+    import dataclasses
+
+    from nsdbench.nsd.splits import get_split
+    from nsdbench.nsd.subject import SubjectData
+
+    def cut(n_train: int, n_test: int) -> SubjectData:
+        sp = get_split(nsd, "nsd982", 1)
+        return SubjectData(
+            nsd,
+            1,
+            dataclasses.replace(
+                sp,
+                train_ids=sp.train_ids[:n_train],
+                train_first_presentation=sp.train_first_presentation[:n_train],
+                train_trials=sp.train_trials[:n_train],
+                test_ids=sp.test_ids[:n_test],
+                first_presentation=sp.first_presentation[:n_test],
+                test_trials=sp.test_trials[:n_test],
+            ),
+        )
+
+    return cut
+
+
 @pytest.fixture
 def scoped_methods():
     """The method registry, with every registration the test makes undone afterwards."""

@@ -24,22 +24,9 @@ FAST = {"steps": 2, "diffusion_batch": 2, "feature_batch": 16}  # 1 DDIM step at
 
 
 @pytest.fixture(scope="module")
-def small(nsd):
+def small(small_subject):
     """Subject 1 with its first N_TRAIN training and N_TEST test images."""
-    from nsdbench.nsd.splits import get_split
-    from nsdbench.nsd.subject import SubjectData
-
-    sp = get_split(nsd, "nsd982", 1)
-    cut = dataclasses.replace(
-        sp,
-        train_ids=sp.train_ids[:N_TRAIN],
-        train_first_presentation=sp.train_first_presentation[:N_TRAIN],
-        train_trials=sp.train_trials[:N_TRAIN],
-        test_ids=sp.test_ids[:N_TEST],
-        first_presentation=sp.first_presentation[:N_TEST],
-        test_trials=sp.test_trials[:N_TEST],
-    )
-    return SubjectData(nsd, 1, cut)
+    return small_subject(N_TRAIN, N_TEST)
 
 
 def _method(variant=None, **overrides):

@@ -8,8 +8,6 @@ CLI runs (end to end, signal against shuffled) are in test_takagi_runs.py, marke
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -33,22 +31,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def small(nsd):
+def small(small_subject):
     """Subject 1 with its first N_TRAIN training and N_TEST test images."""
-    from nsdbench.nsd.splits import get_split
-    from nsdbench.nsd.subject import SubjectData
-
-    sp = get_split(nsd, "nsd982", 1)
-    cut = dataclasses.replace(
-        sp,
-        train_ids=sp.train_ids[:N_TRAIN],
-        train_first_presentation=sp.train_first_presentation[:N_TRAIN],
-        train_trials=sp.train_trials[:N_TRAIN],
-        test_ids=sp.test_ids[:N_TEST],
-        first_presentation=sp.first_presentation[:N_TEST],
-        test_trials=sp.test_trials[:N_TEST],
-    )
-    return SubjectData(nsd, 1, cut)
+    return small_subject(N_TRAIN, N_TEST)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from nsdbench import weights
 from nsdbench.devices import resolve_device
 from nsdbench.errors import UsageError
 from nsdbench.metrics import features_cache
-from nsdbench.metrics.forward import ChunkedForward, FeaturePass, forward_batch
+from nsdbench.metrics.forward import ChunkedForward, feature_pass, forward_batch
 from nsdbench.metrics.image_batches import ChainRequest, batch_jobs
 from nsdbench.metrics.metric_kinds import MetricKind, ScoringContext, Values, build_kinds
 from nsdbench.metrics.names import order_key
@@ -165,15 +165,7 @@ def metric_features(
     version = metric.weights if mode == "pretrained" else "-"
     net = get_network(metric.network, version, mode, metric.precision, dev)
     chain = metric.gt_chain if side == "gt" else metric.rec_chain
-    fp = FeaturePass(
-        metric.network,
-        version,
-        metric.precision,
-        metric.normalize,
-        chain,
-        metric.tf32,
-        bool(metric.tf32_conv),
-    )
+    fp = feature_pass(metric, chain, version, dev)
     fwd = ChunkedForward(net, (metric.layer,), forward_batch(dev, metric.network), fp, None)
     items = [uint8_image(im, side, k) for k, im in enumerate(images)]
     with deterministic_mode(dev):

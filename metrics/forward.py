@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from nsdbench.metrics.networks import FeatureNetwork, normalize
-from nsdbench.metrics.protocols import Chain
+from nsdbench.metrics.protocols import Chain, FeatureMetric
 from nsdbench.metrics.resize import to_float
 from nsdbench.stage_times import Timings, add
 
@@ -79,6 +79,15 @@ class FeaturePass:
             "device_type": device_type,
             "torch": torch.__version__,
         }
+
+
+def feature_pass(m: FeatureMetric, chain: Chain, version: str, device: str) -> FeaturePass:
+    """The pass a metric needs on `device`. TF32 flags change CUDA kernels only, so elsewhere they are
+    left out of the pass's identity: protocols that differ in them alone share one pass."""
+    cuda = device_type(device) == "cuda"
+    return FeaturePass(
+        m.network, version, m.precision, m.normalize, chain, m.tf32 and cuda, bool(m.tf32_conv) and cuda
+    )
 
 
 def sync(device: torch.device) -> None:

@@ -19,7 +19,13 @@ import torch
 
 from nsdbench.errors import InvalidSubmission
 from nsdbench.metrics import distances, features_cache, identification
-from nsdbench.metrics.forward import ChunkedForward, FeaturePass, device_type, forward_batch
+from nsdbench.metrics.forward import (
+    ChunkedForward,
+    FeaturePass,
+    device_type,
+    feature_pass,
+    forward_batch,
+)
 from nsdbench.metrics.image_batches import ChainRequest, ImageBatch
 from nsdbench.metrics.networks import FeatureNetwork, get_network
 from nsdbench.metrics.pixel import pixel_metric_values
@@ -146,48 +152,52 @@ FEATURE_STATISTICS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tenso
     "cosine": distances.cosine,
 }
 
-PassKey = tuple[FeaturePass, bytes]  # a pass over the rows of one scope
-
 
 class FeatureKind:
     """Network features: ground-truth passes once (or from the disk cache), one reconstruction pass per
-    sample set, then the metric's statistic over the protocol's rows."""
+    sample set, then the metric's statistic over the protocol's rows.
+
+    A pass runs over the union of the rows of every protocol that needs it (nsd897 inside nsd982): an
+    image's features depend only on the image, since chunks have a fixed size and each row of a chunk is
+    computed independently of the others (tests/test_feature_passes.py checks this for every network)."""
 
     def __init__(self, entries: list[tuple[str, FeatureMetric]], ctx: ScoringContext) -> None:
         self.ctx = ctx
-        self.metrics: list[tuple[str, FeatureMetric, PassKey, PassKey]] = []
-        self.gt_layers: dict[PassKey, set[str]] = {}
-        self.rec_layers: dict[PassKey, set[str]] = {}
-        self.masks: dict[bytes, np.ndarray] = {}
+        self.metrics: list[tuple[str, FeatureMetric, FeaturePass, FeaturePass]] = []
+        self.gt_layers: dict[FeaturePass, set[str]] = {}
+        self.rec_layers: dict[FeaturePass, set[str]] = {}
+        self.gt_rows: dict[FeaturePass, np.ndarray] = {}  # bool over ctx.ids: the union of its scopes
+        self.rec_rows: dict[FeaturePass, np.ndarray] = {}
         for pname, m in entries:
             version = m.weights if ctx.mode == "pretrained" else "-"
-            gp = FeaturePass(
-                m.network, version, m.precision, m.normalize, m.gt_chain, m.tf32, bool(m.tf32_conv)
-            )
-            scope = ctx.scope_key(pname)
-            self.masks[scope] = ctx.scopes[pname]
-            gk, rk = (gp, scope), (dataclasses.replace(gp, chain=m.rec_chain), scope)
-            self.gt_layers.setdefault(gk, set()).add(m.layer)
-            self.rec_layers.setdefault(rk, set()).add(m.layer)
-            self.metrics.append((pname, m, gk, rk))
-        for fp, _ in [*self.gt_layers, *self.rec_layers]:
+            gp = feature_pass(m, m.gt_chain, version, ctx.device)
+            rp = dataclasses.replace(gp, chain=m.rec_chain)
+            scope = ctx.scopes[pname]
+            for layers, rows, fp in (
+                (self.gt_layers, self.gt_rows, gp),
+                (self.rec_layers, self.rec_rows, rp),
+            ):
+                layers.setdefault(fp, set()).add(m.layer)
+                rows[fp] = rows[fp] | scope if fp in rows else scope.copy()
+            self.metrics.append((pname, m, gp, rp))
+        for fp in [*self.gt_layers, *self.rec_layers]:
             ctx.network(fp)
-        self.gt_feats: dict[PassKey, dict[str, torch.Tensor]] = {}
-        self.todo: dict[PassKey, str] = {}
-        self.forwards: dict[PassKey, ChunkedForward] = {}
+        self.gt_feats: dict[FeaturePass, dict[str, torch.Tensor]] = {}
+        self.rec_feats: dict[FeaturePass, dict[str, torch.Tensor]] = {}
+        self.todo: dict[FeaturePass, str] = {}
+        self.forwards: dict[FeaturePass, tuple[ChunkedForward, np.ndarray]] = {}
 
     def _chunk(self, fp: FeaturePass) -> int:
         return forward_batch(self.ctx.device, fp.network)
 
-    def _forward(self, key: PassKey, layers: set[str]) -> ChunkedForward:
-        fp = key[0]
-        return ChunkedForward(
-            self.ctx.network(fp), tuple(sorted(layers)), self._chunk(fp), fp, self.ctx.timings
-        )
+    def _forward(
+        self, fp: FeaturePass, layers: set[str], rows: np.ndarray
+    ) -> tuple[ChunkedForward, np.ndarray]:
+        net = self.ctx.network(fp)
+        return ChunkedForward(net, tuple(sorted(layers)), self._chunk(fp), fp, self.ctx.timings), rows
 
-    def _cache_part(self, key: PassKey) -> dict[str, Any]:
-        fp = key[0]
-        layers = sorted(self.gt_layers[key])
+    def _cache_part(self, fp: FeaturePass) -> dict[str, Any]:
+        layers = sorted(self.gt_layers[fp])
         return fp.part(layers, self.ctx.mode, self._chunk(fp), device_type(self.ctx.device))
 
     def has_ground_truth_pass(self) -> bool:
@@ -195,71 +205,70 @@ class FeatureKind:
 
     def ground_truth_requests(self) -> set[ChainRequest]:
         ctx = self.ctx
-        for key, layers in self.gt_layers.items():
+        for fp, layers in self.gt_layers.items():
             cache_key = ""
             if ctx.cache:
-                mask = self.masks[key[1]]
+                rows = self.gt_rows[fp]
                 cache_key = features_cache.cache_key(
-                    self._cache_part(key),
-                    ctx.network(key[0]).sha256,
-                    ctx.ids[mask].tolist(),
-                    ctx.gt_content(mask),
+                    self._cache_part(fp), ctx.network(fp).sha256, ctx.ids[rows].tolist(), ctx.gt_content(rows)
                 )
                 hit = features_cache.load(cache_key, sorted(layers))
                 if hit is not None:
-                    self.gt_feats[key] = {k: torch.from_numpy(v).to(ctx.device) for k, v in hit.items()}
+                    self.gt_feats[fp] = {k: torch.from_numpy(v).to(ctx.device) for k, v in hit.items()}
                     continue
-            self.todo[key] = cache_key
-        self.forwards = {key: self._forward(key, self.gt_layers[key]) for key in self.todo}
-        return {ChainRequest("gt", key[0].chain, ctx.device) for key in self.todo}
+            self.todo[fp] = cache_key
+        self.forwards = {fp: self._forward(fp, self.gt_layers[fp], self.gt_rows[fp]) for fp in self.todo}
+        return {ChainRequest("gt", fp.chain, ctx.device) for fp in self.todo}
 
     def _push(self, batch: ImageBatch, side: str) -> None:
-        for key, fwd in self.forwards.items():
-            sel = self.masks[key[1]][batch.rows]
-            x = batch.view(side, key[0].chain, self.ctx.device)
+        for fp, (fwd, rows) in self.forwards.items():
+            sel = rows[batch.rows]
+            x = batch.view(side, fp.chain, self.ctx.device)
             fwd.push(x if sel.all() else x[torch.from_numpy(sel).to(x.device)])
 
     def add_ground_truth(self, batch: ImageBatch) -> None:
         self._push(batch, "gt")
 
     def finish_ground_truth(self) -> None:
-        for key, cache_key in self.todo.items():
-            self.gt_feats[key] = self.forwards[key].finish()
+        for fp, cache_key in self.todo.items():
+            self.gt_feats[fp] = self.forwards[fp][0].finish()
             if cache_key:
-                n = int(self.masks[key[1]].sum())
                 features_cache.save(
                     cache_key,
-                    {k: v.cpu().numpy() for k, v in self.gt_feats[key].items()},
-                    {"pass": self._cache_part(key), "n": n},
+                    {k: v.cpu().numpy() for k, v in self.gt_feats[fp].items()},
+                    {"pass": self._cache_part(fp), "n": int(self.gt_rows[fp].sum())},
                 )
         self.forwards = {}
 
     def sample_requests(self) -> set[ChainRequest]:
-        return {ChainRequest("rec", key[0].chain, self.ctx.device) for key in self.rec_layers}
+        return {ChainRequest("rec", fp.chain, self.ctx.device) for fp in self.rec_layers}
 
     def start_sample(self) -> None:
-        self.forwards = {key: self._forward(key, layers) for key, layers in self.rec_layers.items()}
+        self.forwards = {
+            fp: self._forward(fp, layers, self.rec_rows[fp]) for fp, layers in self.rec_layers.items()
+        }
 
     def add_batch(self, batch: ImageBatch) -> None:
         self._push(batch, "rec")
 
     def finish_sample(self) -> None:
-        self.rec_feats = {key: fwd.finish() for key, fwd in self.forwards.items()}
+        self.rec_feats = {fp: fwd.finish() for fp, (fwd, _) in self.forwards.items()}
         self.forwards = {}
 
     def statistics(self) -> Iterator[Values]:
-        for pname, m, gk, rk in self.metrics:
-            gfe, rfe = self.gt_feats[gk][m.layer], self.rec_feats[rk][m.layer]
+        for pname, m, gp, rp in self.metrics:
+            scope = self.ctx.scopes[pname]
+            gfe = _rows_of(self.gt_feats[gp][m.layer], scope, self.gt_rows[gp])
+            rfe = _rows_of(self.rec_feats[rp][m.layer], scope, self.rec_rows[rp])
             where = float64_device(gfe.device)
             vals = FEATURE_STATISTICS[m.statistic](gfe.to(where), rfe.to(where))
-            yield pname, m.name, self.ctx.ids[self.ctx.scopes[pname]], vals.cpu().numpy()
+            yield pname, m.name, self.ctx.ids[scope], vals.cpu().numpy()
 
     def provenance(self, protocol: str) -> dict[str, Any]:
         nets = {}
-        for pname, m, gk, _ in self.metrics:
+        for pname, _m, fp, _ in self.metrics:
             if pname != protocol:
                 continue
-            fp = gk[0]
             net = self.ctx.network(fp)
             nets[f"{fp.network}:{fp.weights}:{fp.precision}"] = {
                 "network": fp.network,
@@ -269,11 +278,15 @@ class FeatureKind:
                 "sha256": net.sha256,
                 "precision": fp.precision,
             }
-        batches = {
-            fp.network: forward_batch(self.ctx.device, fp.network) for _, _, (fp, _), _ in self.metrics
-        }
+        batches = {fp.network: forward_batch(self.ctx.device, fp.network) for _, _, fp, _ in self.metrics}
         used = {n.split(":")[0] for n in nets}
         return {"networks": nets, "forward_batch": {k: v for k, v in sorted(batches.items()) if k in used}}
+
+
+def _rows_of(feats: torch.Tensor, scope: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """The rows of `scope` out of features computed over `rows` (a superset of it, in the same order)."""
+    keep = scope[rows]
+    return feats if keep.all() else feats[torch.from_numpy(keep).to(feats.device)]
 
 
 # --------------------------------------------------------------------------- brain

@@ -194,8 +194,9 @@ def _architecture(network: str, mode: str, precision: str = "fp32") -> nn.Module
     raise UsageError(f"unknown metric network {network!r}; expected one of {', '.join(NETWORK_LAYERS)}")
 
 
-def _load_pretrained(network: str, version: str, module: nn.Module) -> str:
-    """Load the published state dict into `module`; returns the artifact name."""
+def _load_pretrained(network: str, version: str, module: nn.Module, seed: int) -> str:
+    """Load the published state dict into `module` (allocated, not initialized); returns the artifact name.
+    Parameters the file lacks by design (SwAV's unused classifier) get a seeded initialization."""
     key = (network, version)
     if key not in ARTIFACT_OF:
         raise UsageError(f"no pretrained weights {version!r} for metric network {network!r}")
@@ -213,6 +214,9 @@ def _load_pretrained(network: str, version: str, module: nn.Module) -> str:
         missing, _unexpected = module.load_state_dict(sd, strict=False)  # projection head / prototypes unused
         if set(missing) - {"fc.weight", "fc.bias"}:
             raise NSDBenchError(f"weights {name!r} at {path} lack backbone keys: {sorted(missing)[:5]}")
+        if missing:
+            with weights.seeded(seed):
+                module.fc.reset_parameters()
     else:
         module.load_state_dict(sd, strict=True)
     return name
@@ -234,13 +238,17 @@ class FeatureNetwork:
         self.key = key
         mode = weights.check_mode(key.mode)
         seed = zlib.crc32(key.network.encode())
-        with weights.seeded(seed):
-            module = _architecture(key.network, mode, key.precision)
         self.artifact: str | None = None
         if mode == "pretrained":
-            self.artifact = _load_pretrained(key.network, key.weights, module)
+            # built on the meta device: no random initialization of weights that the file replaces
+            with torch.device("meta"):
+                module = _architecture(key.network, mode, key.precision)
+            module = module.to_empty(device="cpu")
+            self.artifact = _load_pretrained(key.network, key.weights, module, seed)
             self.sha256 = weights.recorded_sha256(self.artifact)
         else:
+            with weights.seeded(seed):
+                module = _architecture(key.network, mode, key.precision)
             self.sha256 = weights.module_sha256(module)
         module.eval().requires_grad_(False)
         if key.precision == "fp16-openai":

@@ -114,6 +114,8 @@ def artifacts() -> dict[str, Artifact]:
 
 
 def get(name: str) -> Artifact:
+    if name in _REGISTRY:  # registered by a module already imported: no need to import every other one
+        return _REGISTRY[name]
     table = artifacts()
     if name not in table:
         known = ", ".join(table) or "none"
@@ -296,8 +298,13 @@ def module_sha256(module) -> str:
 
 
 def load_state_dict(path: Path) -> dict:
-    """Read a state dict safely (never unpickles arbitrary objects)."""
+    """Read a state dict safely (never unpickles arbitrary objects). Zip-format files are memory-mapped:
+    tensors are read from the page cache as the caller copies them, not first into a second buffer."""
     import torch
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:  # files saved in the legacy (pre-zip) format cannot be mapped
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)

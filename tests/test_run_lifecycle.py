@@ -464,6 +464,7 @@ def test_rescore_all_scores_a_nested_protocol_on_its_split_as_score_does(
     import pandas as pd
 
     from nsdbench.leaderboards.store import Store
+    from nsdbench.report.sources import from_folder
 
     spec = _spec("shuffled", small_root)
     out, db = tmp_path / "run", tmp_path / "lb.duckdb"
@@ -489,6 +490,8 @@ def test_rescore_all_scores_a_nested_protocol_on_its_split_as_score_does(
     assert sorted(set(store.image_scores(ss_row)["nsd_id"])) == list(ids_897)
     record = json.loads(score_record_path(out, 1, "second-sight-2023").read_text())
     assert record["split"] == "nsd897" and record["n_images"] == len(ids_897)
+    info, *_ = from_folder(out, [], None, "second-sight-2023")  # `nsdbench report RUN_DIR@PROTOCOL`
+    assert info.split == "nsd897"
 
     # the same PNGs (the nsd897 ones) scored as a submission: bit-identical values at every level
     sub = tmp_path / "sub" / "subj01"

@@ -332,7 +332,12 @@ def register(app: typer.Typer) -> None:
     def rescore_cmd(
         run_dir: Annotated[Path, typer.Argument(help="A finished run folder written by `nsdbench run`.")],
         protocol: Annotated[
-            Opt, typer.Option("--protocol", help="Protocol(s) to score under, comma-separated.")
+            Opt,
+            typer.Option(
+                "--protocol",
+                help="Protocol(s) to score under, comma-separated, or 'all' (every protocol on the run's "
+                "split or a split nested in it).",
+            ),
         ] = None,
         db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database.")] = None,
         ingest: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Record the scores.")] = True,

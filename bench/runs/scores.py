@@ -49,6 +49,11 @@ def row_id(run_id: str, protocol: str) -> str:
     return f"{run_id}@{protocol}"
 
 
+def protocol_split(protocol: Protocol, run_split: str) -> str:
+    """The split a protocol scores a run on: its own (the run's, or one nested in it)."""
+    return str(getattr(protocol, "split", None) or run_split)
+
+
 def check_protocols(
     names: tuple[str, ...] | list[str], split: str, nested: Callable[[str], bool] | None = None
 ) -> list[Protocol]:
@@ -75,11 +80,6 @@ def check_protocols(
 def run_protocols(session: RunSession, names: tuple[str, ...] | list[str]) -> list[Protocol]:
     """`check_protocols` for a run: protocols on the run's split or on a split nested in it."""
     return check_protocols(names, session.spec.split, session.nested)
-
-
-def protocol_split(protocol: Protocol, run_split: str) -> str:
-    """The split a protocol scores a run on: its own (the run's, or one nested in it)."""
-    return str(getattr(protocol, "split", None) or run_split)
 
 
 def subject_complete(session: RunSession, subject: int) -> bool:

@@ -16,7 +16,10 @@ from nsdbench.nsd.splits import (
     build_split,
     check_full_counts,
     get_split,
+    ids_within,
     split_betas,
+    split_test_ids,
+    split_within,
     ss897_excluded_positions,
 )
 
@@ -102,6 +105,22 @@ def test_bad_order_and_unavailable_split(nsd) -> None:
     with pytest.raises(UsageError, match="subject 4"):
         get_split(nsd, "nsd1000", 4)
     assert SPLITS == ("nsd982", "nsd897", "nsd1000")
+
+
+def test_split_within_is_decided_by_each_subjects_test_ids(nsd) -> None:
+    """nsd897 lies within nsd982 within nsd1000 (not the other way); a subject without the split: not within."""
+    subjects = (1, 2, 5, 7)
+    ids = {n: split_test_ids(nsd, n, subjects) for n in SPLITS}
+    for s in subjects:
+        assert ids["nsd897"][s] < ids["nsd982"][s] < ids["nsd1000"][s]
+        assert ids["nsd982"][s] == set(get_split(nsd, "nsd982", s).test_ids)
+    assert split_within(nsd, "nsd897", "nsd982", subjects)
+    assert split_within(nsd, "nsd982", "nsd1000", subjects)
+    assert not split_within(nsd, "nsd1000", "nsd982", subjects)
+    assert split_test_ids(nsd, "nsd982", (1, 4)) is None  # subject 4 has no data
+    assert not split_within(nsd, "nsd897", "nsd1000", (1, 4))
+    assert ids_within({1: {3}}, {1: {3, 4}}) and not ids_within({1: {5}}, {1: {3, 4}})
+    assert not ids_within(None, {1: {3}}) and not ids_within({1: {3}}, None)
 
 
 # ----------------------------------------------------------------------------- full NSD counts

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_score_fixtures import small_root_fixture  # noqa: F401
 
 from nsdbench.cli import main
 from nsdbench.commands.run import build_spec
 from nsdbench.errors import NSDBenchError
 from nsdbench.runs.executors import Worker, run_inprocess
-from nsdbench.runs.folder import score_path
+from nsdbench.runs.folder import score_path, score_record_path
 from nsdbench.runs.scores import row_id
 from nsdbench.runs.session import RunSession
 from nsdbench.runs.shards import shard_record_path
@@ -57,8 +58,11 @@ SOURCE = textwrap.dedent(
                       metrics=(P.PixelMetric("ssim", (), (), "gray", "ssim-2d"),))
     BRAIN = P.Protocol(name="lifecycle-brain", version="1", description="tests: brain correlation only",
                        split="nsd982", published_order="nsd-ascending", metrics=P.brain_metrics(("bc_nsdgeneral",)))
-    OTHER_SPLIT = P.Protocol(name="lifecycle-897", version="1", description="tests: another split",
-                             split="nsd897", published_order="nsd-ascending",
+    NESTED = P.Protocol(name="lifecycle-897", version="1", description="tests: a split nested in nsd982",
+                        split="nsd897", published_order="nsd-ascending",
+                        metrics=(P.PixelMetric("pixcorr", (), (), "rgb", "pearson"),))
+    OTHER_SPLIT = P.Protocol(name="lifecycle-1000", version="1", description="tests: a split not in nsd982",
+                             split="nsd1000", published_order="nsd-ascending",
                              metrics=(P.PixelMetric("pixcorr", (), (), "rgb", "pearson"),))
 
 
@@ -153,7 +157,7 @@ SOURCE = textwrap.dedent(
 
 
     def setup():
-        for proto in (PIX, SSIM, BRAIN, OTHER_SPLIT):
+        for proto in (PIX, SSIM, BRAIN, NESTED, OTHER_SPLIT):
             P.PROTOCOLS.setdefault(proto.name, proto)
         registry.list_methods()
         for cls in (BatchNorm, Stepper, Peeker):
@@ -191,7 +195,7 @@ def methods(tmp_path_factory):
     sys.path.remove(str(path))
     for name in ("lifecycle-batchnorm", "lifecycle-stepper", "lifecycle-peeker"):
         registry.unregister_method(name)
-    for name in ("lifecycle-pixcorr", "lifecycle-ssim", "lifecycle-brain", "lifecycle-897"):
+    for name in ("lifecycle-pixcorr", "lifecycle-ssim", "lifecycle-brain", "lifecycle-897", "lifecycle-1000"):
         protocols.PROTOCOLS.pop(name, None)
 
 
@@ -407,10 +411,21 @@ def test_run_under_two_protocols_then_rescore_a_third(methods, synth_root, tmp_p
         agg = Store(db).aggregates(row_id(run_id, proto)).set_index(["subject", "metric"])
         assert agg.loc[("mean", metric), "mean"] == pytest.approx(1.0, abs=1e-6)
 
-    # a protocol on another split cannot score these images: usage error, one line
-    assert main(["rescore", str(out), "--protocol", "lifecycle-897", "--db", str(db)]) == 2
+    # a protocol on a nested split scores the run's images within its split, recorded with that split
+    assert main(["rescore", str(out), "--protocol", "lifecycle-897", "--db", str(db), "--json"]) == 0
+    nested = row_id(run_id, "lifecycle-897")
+    assert [r["run_id"] for r in json.loads(capsys.readouterr().out)["rows"]] == [nested]
+    ids_897 = RunSession(out, _spec("ground-truth", synth_root)).split(1, "nsd897").test_ids
+    assert Store(db).run(nested)["split"] == "nsd897" and len(ids_897) == 83
+    assert sorted(set(Store(db).image_scores(nested)["nsd_id"])) == list(ids_897)
+    record = json.loads(score_record_path(out, 1, "lifecycle-897").read_text())
+    assert record["split"] == "nsd897" and record["n_images"] == 83
+
+    # a protocol on a split that is not within the run's cannot score these images: usage error, one line
+    assert main(["rescore", str(out), "--protocol", "lifecycle-1000", "--db", str(db)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "scores on nsd897, but this run generated images for nsd982" in err and len(err.splitlines()) == 1
+    assert "scores on nsd1000, but this run generated images for nsd982 (nsd1000 is not within nsd982)" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_rescore_refuses_an_unfinished_run(methods, synth_root, tmp_path, capsys):
@@ -425,8 +440,8 @@ def test_rescore_refuses_an_unfinished_run(methods, synth_root, tmp_path, capsys
 
 
 def test_rescore_all_names_the_protocols_it_leaves_out_on_stderr(methods, synth_root, tmp_path, capsys):
-    """`rescore --protocol all` on an nsd982 run: mindeye (nsd1000) and second-sight-2023 (nsd897, nested)
-    are not scored, each with a note on stderr (here before the unfinished run is refused)."""
+    """`rescore --protocol all` on an nsd982 run: mindeye (nsd1000, not within nsd982) is left out with a
+    note on stderr, second-sight-2023 (nsd897, nested) is kept (here before the unfinished run is refused)."""
     spec = _spec("lifecycle-batchnorm", synth_root)
     out = tmp_path / "partial"
     prepare_run_dir(out, spec)
@@ -434,8 +449,94 @@ def test_rescore_all_names_the_protocols_it_leaves_out_on_stderr(methods, synth_
     assert main(["rescore", str(out), "--protocol", "all", "--db", str(tmp_path / "lb")]) == 1
     err = capsys.readouterr().err
     assert "mindeye scores on nsd1000, not on this run's split nsd982: not scored" in err
-    assert "second-sight-2023 scores on nsd897, not on this run's split nsd982: not scored" in err
+    assert "second-sight-2023 scores on" not in err
     assert "shards are incomplete" in err
+
+
+def test_rescore_all_scores_a_nested_protocol_on_its_split_as_score_does(
+    methods, small_root, tmp_path, capsys
+):
+    """`rescore --protocol all` on an nsd982 run scores second-sight-2023 on its nsd897 ids in the same pass
+    as the others, with the values `nsdbench score` gives the same PNGs, and records it with split nsd897;
+    mindeye is left out with its note; a second rescore changes nothing."""
+    import shutil
+
+    import pandas as pd
+
+    from nsdbench.leaderboards.store import Store
+    from nsdbench.report.sources import from_folder
+
+    spec = _spec("shuffled", small_root)
+    out, db = tmp_path / "run", tmp_path / "lb.duckdb"
+    _generate(spec, out)
+    session = RunSession(out, spec)
+    ids_982, ids_897 = session.split(1).test_ids, session.split(1, "nsd897").test_ids
+    assert set(ids_897) < set(ids_982)  # small NSD: 7 of 8
+
+    assert main(["rescore", str(out), "--protocol", "all", "--db", str(db), "--json"]) == 0
+    cap = capsys.readouterr()
+    assert "mindeye scores on nsd1000, not on this run's split nsd982: not scored" in cap.err
+    assert "second-sight-2023 scores on" not in cap.err
+    names = ("nsdbench-v1", "brain-diffuser-2023", "second-sight-2023", "mindeye1")  # the shipped ones
+    rows = {r["run_id"]: r["inserted"] for r in json.loads(cap.out)["rows"]}
+    assert {row_id(spec.run_id, n): True for n in names}.items() <= rows.items()
+    assert row_id(spec.run_id, "mindeye") not in rows
+    (scored,) = [ln for ln in (out / "run.log").read_text().splitlines() if "scored subj01" in ln]
+    assert all(n in scored for n in names) and f" {len(ids_982)} images" in scored  # one engine pass
+    store = Store(db)
+    splits = {n: store.run(row_id(spec.run_id, n))["split"] for n in names}
+    assert splits == {n: "nsd897" if n == "second-sight-2023" else "nsd982" for n in names}
+    ss_row = row_id(spec.run_id, "second-sight-2023")
+    assert sorted(set(store.image_scores(ss_row)["nsd_id"])) == list(ids_897)
+    record = json.loads(score_record_path(out, 1, "second-sight-2023").read_text())
+    assert record["split"] == "nsd897" and record["n_images"] == len(ids_897)
+    info, *_ = from_folder(out, [], None, "second-sight-2023")  # `nsdbench report RUN_DIR@PROTOCOL`
+    assert info.split == "nsd897"
+
+    # the same PNGs (the nsd897 ones) scored as a submission: bit-identical values at every level
+    sub = tmp_path / "sub" / "subj01"
+    sub.mkdir(parents=True)
+    for nsd_id in ids_897:
+        shutil.copy(out / "subj01" / f"{nsd_id}_0.png", sub / f"{nsd_id}_0.png")
+    argv = ["score", str(sub.parent), "--protocol", "second-sight-2023", "--weights", "tiny", "--device", "cpu",
+            "--data", str(small_root), "--subjects", "1", "--db", str(tmp_path / "lb2.duckdb"),
+            "--work-dir", str(tmp_path / "work"), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    cols = ["level", "subject", "nsd_id", "sample", "metric", "value"]
+    keys = ["level", "metric", "nsd_id", "sample"]
+    mine = pd.read_parquet(score_path(out, 1, "second-sight-2023"), columns=cols).sort_values(keys)
+    theirs = pd.read_parquet(tmp_path / "work" / "subj01.parquet", columns=cols).sort_values(keys)
+    assert len(mine) > len(ids_897) and set(mine["metric"]) == set(theirs["metric"])
+    pd.testing.assert_frame_equal(
+        mine.reset_index(drop=True), theirs.reset_index(drop=True), check_exact=True
+    )
+
+    # nothing left to do: a second rescore scores and records nothing
+    before = {p: p.stat().st_mtime_ns for p in (out / "scores").rglob("*")}
+    assert main(["rescore", str(out), "--protocol", "all", "--db", str(db), "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["inserted"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "scores").rglob("*")} == before
+    assert (out / "run.log").read_text().count("scored subj01") == 1
+
+
+def test_run_scores_protocols_on_nested_splits_directly(methods, small_root, tmp_path, capsys):
+    """`run --protocol A,B` with B on a split nested in A's: one pass, one row each with its own split."""
+    from nsdbench.leaderboards.store import Store
+
+    db = tmp_path / "lb.duckdb"
+    argv = ["run", "--method", "ground-truth", "--subjects", "1", "--data", str(small_root), "--weights", "tiny",
+            "--device", "cpu", "--out", str(tmp_path / "gt"), "--db", str(db), "--json",
+            "--protocol", "lifecycle-pixcorr,lifecycle-897"]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = {p: Store(db).run(row_id(doc["run_id"], p)) for p in ("lifecycle-pixcorr", "lifecycle-897")}
+    assert {p: r["split"] for p, r in rows.items()} == {
+        "lifecycle-pixcorr": "nsd982",
+        "lifecycle-897": "nsd897",
+    }
+    counts = {p: Store(db).image_scores(row_id(doc["run_id"], p))["nsd_id"].nunique() for p in rows}
+    assert counts == {"lifecycle-pixcorr": 8, "lifecycle-897": 7}
 
 
 def test_sharded_scoring_is_not_skipped_after_a_killed_scorer(methods, synth_root, tmp_path):

@@ -394,8 +394,8 @@ def test_corrupted_png_without_shard_record_is_regenerated(ridge_run, tmp_path):
         (["--method", "shuffled", "--subjects", "x"], "expected comma-separated subject numbers"),
         (["--method", "shuffled", "--split", "nsd123"], "unknown split 'nsd123'"),
         (
-            ["--method", "shuffled", "--protocol", "second-sight-2023", "--split", "nsd982"],
-            "conflicts with protocol",
+            ["--method", "shuffled", "--protocol", "mindeye", "--split", "nsd982"],
+            "conflicts with protocol mindeye, which scores on nsd1000 (not within nsd982)",
         ),
         (["--method", "shuffled", "--shard", "3/3"], "--shard 3/3"),
         (["--method", "shuffled", "--executor", "dask"], "--executor 'dask'"),
@@ -407,7 +407,8 @@ def test_corrupted_png_without_shard_record_is_regenerated(ridge_run, tmp_path):
         (["--method", "ridge-pixels", "--set", "size"], "--set 'size': expected key=value"),
         (["--method", "ridge-pixels", "--set", "per_target=maybe"], "setting per_target expects bool"),
         (["--method", "shuffled", "--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--method", "shuffled", "--protocol", "nsdbench-v1,second-sight-2023"], "conflicts with protocol"),
+        (["--method", "shuffled", "--protocol", "second-sight-2023,nsdbench-v1"], "conflicts with protocol"),
+        (["--method", "shuffled", "--protocol", "nsdbench-v1,mindeye"], "conflicts with protocol"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message, synth_root, tmp_path, capsys):

@@ -61,7 +61,7 @@ def build_spec(
     from nsdbench.methods.adapter import settings_dict
     from nsdbench.methods.registry import create_method, get_method
     from nsdbench.metrics.protocols import get_protocol
-    from nsdbench.nsd.splits import SPLITS, get_split
+    from nsdbench.nsd.splits import SPLITS, get_split, split_within
     from nsdbench.runs.session import open_data
     from nsdbench.runs.spec import RunSpec
 
@@ -79,10 +79,6 @@ def build_spec(
     split_name = split or getattr(protos[0], "split", None) or str(config.get("split"))
     if split_name not in SPLITS:
         raise UsageError(f"unknown split {split_name!r} (known: {', '.join(SPLITS)})")
-    for proto in protos:
-        if getattr(proto, "split", split_name) != split_name:
-            source = f"--split {split}" if split else f"protocol {protos[0].name} ({split_name})"
-            raise UsageError(f"{source} conflicts with protocol {proto.name}, which scores on {proto.split}")
     n_samples = int(samples if samples is not None else cls.default_samples)
     if n_samples < 1:
         raise UsageError(f"--samples must be >= 1, got {n_samples}")
@@ -103,6 +99,14 @@ def build_spec(
         )
     for s in subj:
         get_split(nsd, split_name, s)  # UsageError when the split is not available for this dataset
+    for proto in protos:  # a protocol on a nested split scores the run's images within its split
+        own = getattr(proto, "split", None) or split_name
+        if not split_within(nsd, own, split_name, subj):
+            source = f"--split {split}" if split else f"protocol {protos[0].name} ({split_name})"
+            raise UsageError(
+                f"{source} conflicts with protocol {proto.name}, which scores on {own} "
+                f"(not within {split_name})"
+            )
     artifacts = tuple(instance.required_artifacts())
     if mode == "pretrained":  # fail now, not after hours of reconstruction
         weights.require_all([*artifacts, *(a for p in protos for a in protocol_artifacts(p, brain=True))])
@@ -328,7 +332,12 @@ def register(app: typer.Typer) -> None:
     def rescore_cmd(
         run_dir: Annotated[Path, typer.Argument(help="A finished run folder written by `nsdbench run`.")],
         protocol: Annotated[
-            Opt, typer.Option("--protocol", help="Protocol(s) to score under, comma-separated.")
+            Opt,
+            typer.Option(
+                "--protocol",
+                help="Protocol(s) to score under, comma-separated, or 'all' (every protocol on the run's "
+                "split or a split nested in it).",
+            ),
         ] = None,
         db: Annotated[Path | None, typer.Option("--db", help="Leaderboard database.")] = None,
         ingest: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Record the scores.")] = True,
@@ -345,7 +354,7 @@ def register(app: typer.Typer) -> None:
 
         clock = CommandClock()
         from nsdbench.progress import RichProgress
-        from nsdbench.runs.scores import protocols_on_run_split, rescore_run, run_image_count
+        from nsdbench.runs.scores import protocols_within_run_split, rescore_run, run_image_count
         from nsdbench.runs.upgrade import upgrade_run_folder
 
         folder = run_dir.expanduser().resolve()
@@ -365,7 +374,7 @@ def register(app: typer.Typer) -> None:
             from nsdbench.metrics.protocols import PROTOCOLS
 
             notes: list[str] = []
-            names = protocols_on_run_split(folder, list(PROTOCOLS), notes)  # every shipped protocol
+            names = protocols_within_run_split(folder, list(PROTOCOLS), notes)  # every shipped protocol
             for note in notes:
                 err.print(note, markup=False, highlight=False, soft_wrap=True)
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -360,30 +359,17 @@ def _is_all(protocol: str | None) -> bool:
     return protocol is not None and protocol.strip() == "all"
 
 
-def _split_ids(nsd: Any, name: str, subjects: Sequence[int]) -> dict[int, set[int]] | None:
-    """Test ids of split `name` per subject (None where a subject has no such split)."""
-    from nsdbench.errors import NSDBenchError
-    from nsdbench.nsd.splits import get_split
-
-    try:
-        return {s: {int(i) for i in get_split(nsd, name, s).test_ids} for s in subjects}
-    except NSDBenchError:
-        return None
-
-
-def _within(inner: dict[int, set[int]] | None, outer: dict[int, set[int]] | None) -> bool:
-    return inner is not None and outer is not None and all(inner[s] <= outer[s] for s in outer)
-
-
 def _every_within(nsd: Any, scopes: list, subjects: tuple[int, ...] | None, split: str | None) -> list:
     """`--protocol all`: the protocols whose split lies within the scoring split (--split, else the
     configured split); the others are left out with a note naming the command that scores them."""
+    from nsdbench.nsd.splits import ids_within, split_test_ids
+
     root = split or str(config.get("split"))
     subs = subjects or tuple(nsd.subjects)
-    outer = _split_ids(nsd, root, subs)
+    outer = split_test_ids(nsd, root, subs)
     kept = []
     for proto, sp in scopes:
-        if sp == root or _within(_split_ids(nsd, sp, subs), outer):
+        if sp == root or ids_within(split_test_ids(nsd, sp, subs), outer):
             kept.append((proto, sp))
         else:
             err.print(
@@ -399,13 +385,15 @@ def _every_within(nsd: Any, scopes: list, subjects: tuple[int, ...] | None, spli
 def _families(nsd: Any, scopes: list, subjects: tuple[int, ...] | None) -> list[tuple[str, list]]:
     """Group (protocol, split) scopes by nested splits: each group is validated against its widest split
     and scored in one pass, each protocol restricted to its own split's ids."""
+    from nsdbench.nsd.splits import ids_within, split_test_ids
+
     subs = subjects or tuple(nsd.subjects)
     names = list(dict.fromkeys(sp for _, sp in scopes))
-    ids = {n: _split_ids(nsd, n, subs) for n in names}
+    ids = {n: split_test_ids(nsd, n, subs) for n in names}
     names.sort(key=lambda n: -sum(len(v) for v in (ids[n] or {}).values()))
     root_of: dict[str, str] = {}
     for n in names:
-        root_of[n] = next((r for r in dict.fromkeys(root_of.values()) if _within(ids[n], ids[r])), n)
+        root_of[n] = next((r for r in dict.fromkeys(root_of.values()) if ids_within(ids[n], ids[r])), n)
     families: dict[str, list] = {}
     for proto, sp in scopes:
         families.setdefault(root_of[sp], []).append((proto, sp))

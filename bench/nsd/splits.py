@@ -19,7 +19,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from nsdbench.errors import DataError, UsageError
+from nsdbench.errors import DataError, NSDBenchError, UsageError
 from nsdbench.nsd import layout
 
 SPLITS = ("nsd982", "nsd897", "nsd1000")
@@ -183,6 +183,27 @@ def get_split(nsd, name: str, subject: int) -> Split:
     ):
         check_full_counts(name, subject, len(split.test_ids), split.n_test_trials, len(split.train_ids))
     return split
+
+
+def split_test_ids(nsd, name: str, subjects) -> dict[int, set[int]] | None:
+    """Test ids of split `name` per subject (None where a subject has no such split, e.g. lacks sessions)."""
+    try:
+        return {int(s): {int(i) for i in get_split(nsd, name, s).test_ids} for s in subjects}
+    except NSDBenchError:
+        return None
+
+
+def ids_within(inner: dict[int, set[int]] | None, outer: dict[int, set[int]] | None) -> bool:
+    """True when every subject's `inner` ids lie within its `outer` ids (False where either is missing)."""
+    return inner is not None and outer is not None and all(inner[s] <= outer[s] for s in outer)
+
+
+def split_within(nsd, inner: str, outer: str, subjects) -> bool:
+    """True when split `inner` is nested in split `outer` for these subjects: a protocol on `inner` scores a
+    subset of the images made for `outer` (decided by the subjects' split ids, not by the names)."""
+    if inner == outer:
+        return True
+    return ids_within(split_test_ids(nsd, inner, subjects), split_test_ids(nsd, outer, subjects))
 
 
 def average_rows(betas: np.ndarray, rows: pd.Series, groups: tuple[tuple[int, ...], ...]) -> np.ndarray:

@@ -300,7 +300,7 @@ def from_folder(
         kind="run",
         protocol=protocol,
         subjects=tuple(subj),
-        split=spec.split,
+        split=str(meta.get("split") or spec.split),  # a protocol on a nested split: its own
         smoke=spec.smoke,
         source=str(folder),
         provenance=prov,

@@ -19,7 +19,7 @@ from typing import Any
 from nsdbench.errors import NSDBenchError, UsageError
 from nsdbench.progress import Progress
 from nsdbench.runs.folder import clean_leftovers, log_event
-from nsdbench.runs.scores import check_protocols, run_status, score_is_complete, score_run_subject
+from nsdbench.runs.scores import run_protocols, run_status, score_is_complete, score_run_subject
 from nsdbench.runs.session import RunSession
 from nsdbench.runs.shards import assign, shard_is_complete
 from nsdbench.runs.spec import RunSpec, read_spec
@@ -116,7 +116,7 @@ def run_inprocess(
 
 def _run_inprocess(session: RunSession, worker: Worker, fit_only: bool) -> ExecResult:
     spec, run_dir, force = session.spec, session.run_dir, session.force
-    protos = check_protocols(session.protocols, spec.split)
+    protos = run_protocols(session, session.protocols)
     for proto in protos:  # the folder says which protocols were asked for (ingest scores what is left)
         (Path(run_dir) / "scores" / proto.name).mkdir(parents=True, exist_ok=True)
     if fit_only:  # worker k fits subjects k, k+n, ...: decoders land in the cache for the shard workers
@@ -143,7 +143,7 @@ def _run_inprocess(session: RunSession, worker: Worker, fit_only: bool) -> ExecR
                 written += session.run_shard(shard)
             prog.finish(key)
         # with several workers, the one completing a subject scores it; `ingest` catches any left over
-        if protos and all(score_run_subject(session, subject, p, lock=worker.sharded) for p in protos):
+        if protos and score_run_subject(session, subject, protos, lock=worker.sharded):  # one pass for all
             scored.append(subject)
     status = run_status(session, protos)
     done = status.complete and bool(protos) and len(status.subjects_scored) == len(spec.subjects)
@@ -211,8 +211,8 @@ def _task_score(
             return {"ok": False, "error": dep["error"], "upstream": True}
     try:
         session = worker_session(run_dir, force)
-        protos = check_protocols(protocols, session.spec.split)
-        ok = all(score_run_subject(session, subject, p) for p in protos)
+        protos = run_protocols(session, protocols)
+        ok = not protos or score_run_subject(session, subject, protos)
         return (
             {"ok": ok} if ok else {"ok": False, "error": f"subj{subject:02d}: shards incomplete at scoring"}
         )
@@ -270,7 +270,7 @@ def run_ray(
             )
             num_gpus = 1.0 if wants_cuda else 0.0
         session = RunSession(run_dir, spec, progress=progress, force=force, protocols=protocols)
-        protos = check_protocols(protocols, spec.split)
+        protos = run_protocols(session, protocols)
         for proto in protos:
             (run_dir / "scores" / proto.name).mkdir(parents=True, exist_ok=True)
         shards = session.shards()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,8 +49,16 @@ def row_id(run_id: str, protocol: str) -> str:
     return f"{run_id}@{protocol}"
 
 
-def check_protocols(names: tuple[str, ...] | list[str], split: str) -> list[Protocol]:
-    """Protocol objects for `names`; each must score on the run's split."""
+def protocol_split(protocol: Protocol, run_split: str) -> str:
+    """The split a protocol scores a run on: its own (the run's, or one nested in it)."""
+    return str(getattr(protocol, "split", None) or run_split)
+
+
+def check_protocols(
+    names: tuple[str, ...] | list[str], split: str, nested: Callable[[str], bool] | None = None
+) -> list[Protocol]:
+    """Protocol objects for `names`; each must score on the run's split or, with `nested` (a session's
+    `RunSession.nested`), on a split within it (scored on the run's images in that split)."""
     from nsdbench.metrics.protocols import get_protocol
     from nsdbench.runs.folder import check_protocol_name
 
@@ -58,13 +66,20 @@ def check_protocols(names: tuple[str, ...] | list[str], split: str) -> list[Prot
     for name in names:
         proto = get_protocol(name)
         check_protocol_name(proto.name)
-        if getattr(proto, "split", split) != split:
+        own = protocol_split(proto, split)
+        if own != split and not (nested is not None and nested(own)):
             raise UsageError(
-                f"protocol {proto.name} scores on {proto.split}, but this run generated images for {split}"
+                f"protocol {proto.name} scores on {own}, but this run generated images for {split} "
+                f"({own} is not within {split})"
             )
         if proto.name not in [p.name for p in out]:
             out.append(proto)
     return out
+
+
+def run_protocols(session: RunSession, names: tuple[str, ...] | list[str]) -> list[Protocol]:
+    """`check_protocols` for a run: protocols on the run's split or on a split nested in it."""
+    return check_protocols(names, session.spec.split, session.nested)
 
 
 def subject_complete(session: RunSession, subject: int) -> bool:
@@ -153,7 +168,11 @@ def _score(
     spec = session.spec
     key = f"score-{subject}"
     names = ", ".join(p.name for p in protocols)
-    items = [it for s in session.shards() if s.subject == subject for it in s.items(spec.samples)]
+    # a protocol on a nested split scores the run's images within its split, as `score` does
+    scopes = [SubjectScope(p, session.split(subject, protocol_split(p, spec.split))) for p in protocols]
+    wanted_ids = {int(i) for sc in scopes for i in sc.split.test_ids}
+    every = [it for s in session.shards() if s.subject == subject for it in s.items(spec.samples)]
+    items = [it for it in every if it[0] in wanted_ids]
     session.progress.start(key, f"subj{subject:02d} score {names}", len(items))
     images = {}
     with stage(timings, "decode"):
@@ -169,7 +188,9 @@ def _score(
     for proto in protocols:
         wanted = None if has_brain_metrics(proto) else False
         with stage(timings if wanted is None else None, "brain"):
-            brain, note = brain_target(session.nsd, subject, spec.split, spec.weights, wanted, protocol=proto)
+            brain, note = brain_target(
+                session.nsd, subject, protocol_split(proto, spec.split), spec.weights, wanted, protocol=proto
+            )
         if note and wanted is None:
             log_event(session.run_dir, note)
             session.progress.message(note)
@@ -179,11 +200,10 @@ def _score(
             "run_dir_spec_hash": spec.hash,
             "brain_encoder": dict(getattr(brain, "info", {}) or {}) if brain is not None else {},
         }
-    split = session.split(subject)
     write_subject_scores(  # written atomically by nsdbench.scoring
         session.nsd,
         subject,
-        [SubjectScope(p, split) for p in protocols],
+        scopes,
         images,
         ScoreOptions(spec.weights, session.device, progress=report, timings=timings),
         {p.name: score_path(session.run_dir, subject, p.name) for p in protocols},
@@ -193,15 +213,17 @@ def _score(
     )
     report(1, 1)
     session.progress.finish(key)
-    for proto in protocols:
+    for sc in scopes:
+        proto, in_split = sc.protocol, {int(i) for i in sc.split.test_ids}
         record = {
             "subject": subject,
             "protocol": proto.name,
             "protocol_hash": proto.hash,
+            "split": sc.split.name,
             "spec_hash": spec.hash,
             "images_digest": digest,
             "parquet_sha256": file_digest(score_path(session.run_dir, subject, proto.name)),
-            "n_images": len(items),
+            "n_images": sum(1 for nsd_id, _ in items if nsd_id in in_split),
         }
         write_owned(
             score_record_path(session.run_dir, subject, proto.name), json.dumps(record, indent=1).encode()
@@ -228,7 +250,7 @@ class RunStatus:
 def run_status(session: RunSession, protocols: list[Protocol] | None = None) -> RunStatus:
     shards = session.shards()
     incomplete = tuple(s.name for s in shards if not shard_is_complete(session.run_dir, session.spec, s))
-    protos = protocols if protocols is not None else check_protocols(session.protocols, session.spec.split)
+    protos = protocols if protocols is not None else run_protocols(session, session.protocols)
     scored = tuple(
         s for s in session.spec.subjects if protos and all(score_is_complete(session, s, p) for p in protos)
     )
@@ -251,7 +273,7 @@ def ingest_run(
     spec, doc = read_spec(run_dir)
     names = list(protocols or scored_protocols(run_dir) or [str(config.get("protocol", None))])
     session = RunSession(run_dir, spec, progress=progress, protocols=tuple(names))
-    protos = check_protocols(names, spec.split)
+    protos = run_protocols(session, names)
     status = run_status(session, protos)
     if not status.complete:
         first = ", ".join(status.incomplete[:3])
@@ -274,7 +296,7 @@ def ingest_run(
             kind="run",
             method=spec.method + (f":{spec.variant}" if spec.variant else ""),
             subjects=spec.subjects,
-            split=spec.split,
+            split=protocol_split(proto, spec.split),
             protocol=proto,
             weights_mode=spec.weights,
             run_id=rid,
@@ -313,7 +335,7 @@ def rescore_run(
     ingest=False. Returns the ingest results (or an empty list)."""
     spec, _ = read_spec(run_dir)
     session = RunSession(run_dir, spec, progress=progress, force=force, protocols=tuple(protocols))
-    protos = check_protocols(list(protocols), spec.split)
+    protos = run_protocols(session, list(protocols))
     status = run_status(session, [])
     if not status.complete:
         raise NSDBenchError(
@@ -335,22 +357,28 @@ def run_image_count(run_dir: Path) -> int:
     return sum(len(s.items(spec.samples)) for s in session.shards())
 
 
-def protocols_on_run_split(run_dir: Path, names: Sequence[str], notes: list[str] | None = None) -> list[str]:
-    """`rescore --protocol all`: the protocols that score on the run's split (the others, nested splits
-    included, are left out with a note, logged and appended to `notes` for the command to print)."""
+def protocols_within_run_split(
+    run_dir: Path, names: Sequence[str], notes: list[str] | None = None
+) -> list[str]:
+    """`rescore --protocol all`: the protocols that score on the run's split or on a split nested in it
+    (scored on the run's images in their own split); the others are left out with a note, logged and
+    appended to `notes` for the command to print."""
     from nsdbench.metrics.protocols import get_protocol
 
     spec, _ = read_spec(run_dir)
-    kept = [n for n in names if get_protocol(n).split == spec.split]
+    session = RunSession(run_dir, spec)
+    splits = {n: protocol_split(get_protocol(n), spec.split) for n in names}
+    nested = {sp: session.nested(sp) for sp in dict.fromkeys(splits.values())}
+    kept = [n for n in names if nested[splits[n]]]
     for n in names:
         if n not in kept:
             note = (
-                f"{n} scores on {get_protocol(n).split}, not on this run's split {spec.split}: not scored "
-                "(rescore scores only the protocols on the run's own split, not those on nested splits)"
+                f"{n} scores on {splits[n]}, not on this run's split {spec.split}: not scored "
+                f"({splits[n]} is not within {spec.split}: the run has no images for some of its ids)"
             )
             log_event(run_dir, f"rescore all: {note}")
             if notes is not None:
                 notes.append(note)
     if not kept:
-        raise UsageError(f"{run_dir}: no protocol scores on the run's split {spec.split}")
+        raise UsageError(f"{run_dir}: no protocol scores within the run's split {spec.split}")
     return kept

@@ -17,7 +17,7 @@ from nsdbench.methods.adapter import GroundTruthDenied, Output, RunContext, Subj
 from nsdbench.methods.registry import get_method, resolve_settings
 from nsdbench.nsd import open_nsd
 from nsdbench.nsd.ground_truth import GroundTruthStimuli
-from nsdbench.nsd.splits import get_split
+from nsdbench.nsd.splits import get_split, split_within
 from nsdbench.progress import Progress
 from nsdbench.runs.folder import (
     as_reconstruction_array,
@@ -63,7 +63,7 @@ class RunSession:
         self._method: Any = None
         self._setup_done = False
         self._nsd = None
-        self._splits: dict[int, Any] = {}
+        self._splits: dict[tuple[int, str], Any] = {}
         self._data: dict[int, Any] = {}
         self._fitted: dict[int, Any] = {}
         self._encoders: dict[tuple[int, str], Any] = {}
@@ -76,10 +76,16 @@ class RunSession:
             self._nsd = open_data(self.spec.data)
         return self._nsd
 
-    def split(self, subject: int):
-        if subject not in self._splits:
-            self._splits[subject] = get_split(self.nsd, self.spec.split, subject)
-        return self._splits[subject]
+    def split(self, subject: int, name: str | None = None):
+        """The subject's run split, or split `name` (a nested protocol's, scored on a subset of the images)."""
+        key = (subject, name or self.spec.split)
+        if key not in self._splits:
+            self._splits[key] = get_split(self.nsd, key[1], subject)
+        return self._splits[key]
+
+    def nested(self, name: str) -> bool:
+        """True when split `name` lies within the run's split for every subject (by their test ids)."""
+        return split_within(self.nsd, name, self.spec.split, self.spec.subjects)
 
     def shards(self) -> list[Shard]:
         if self._shards is None:

@@ -297,14 +297,24 @@ def module_sha256(module) -> str:
     return h.hexdigest()
 
 
-def load_state_dict(path: Path) -> dict:
-    """Read a state dict safely (never unpickles arbitrary objects). Zip-format files are memory-mapped:
-    tensors are read from the page cache as the caller copies them, not first into a second buffer."""
+def load_state_dict(path: Path, mmap: bool = False) -> dict:
+    """Read a state dict safely (never unpickles arbitrary objects). mmap=True maps a zip-format file: its
+    tensors are read from the page cache as the caller copies them into its own (they stay backed by the
+    file, so a caller must copy them, never keep them); other files are read whole."""
     import torch
 
-    try:
+    if mmap and _stored_zip(path):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:  # files saved in the legacy (pre-zip) format cannot be mapped
-        if "mmap" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _stored_zip(path: Path) -> bool:
+    """A zip-format torch file whose members are all stored uncompressed: the only kind torch can map (it
+    maps deflated members' compressed bytes as if they were the tensors). Legacy files are not zips."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return all(info.compress_type == zipfile.ZIP_STORED for info in z.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return False

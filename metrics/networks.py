@@ -203,7 +203,7 @@ def _load_pretrained(network: str, version: str, module: nn.Module, seed: int) -
     name = ARTIFACT_OF[key]
     path = weights.require(name)
     try:
-        sd = weights.load_state_dict(path)
+        sd = weights.load_state_dict(path, mmap=True)  # copied into the module below
     except Exception as exc:  # a corrupt or non-tensor file
         raise NSDBenchError(f"cannot read weights {name!r} from {path}: {exc}") from exc
     if network == "clip_vit_l14":

@@ -457,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     wl = build_workload(root, args.n, args.image_size, args.rec_size)
     every = "all" if args.every == "all" else args.every.split(",")
     parts = tuple(args.parts.split(","))
+    if not parts or set(parts) - {"single", "every"}:
+        ap.error(f"--parts {args.parts!r}: expected a comma list of single, every")
     res = measure(wl, root, args.weights, args.device, args.threads, args.batch_size, every, parts)
     timed = res.pop("_timed")
     if args.json:

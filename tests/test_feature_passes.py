@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from nsdbench.metrics import engine
 from nsdbench.metrics.networks import FeatureNetwork
@@ -39,14 +40,14 @@ def _images(n: int, size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def _neighbours_do_not_matter(metric: FeatureMetric, mode: str, n: int) -> None:
+def _neighbours_do_not_matter(metric: FeatureMetric, mode: str, n: int, device: str = "cpu") -> None:
     """n images scored alone, then shuffled among as many others (other chunk positions, other
     neighbours, other padding): every image's features are bit-identical."""
     mine, others = _images(n, 72, 0), _images(n, 72, 1)
-    alone = engine.metric_features(metric, mine, "gt", mode)
+    alone = engine.metric_features(metric, mine, "gt", mode, device)
     mixed = np.concatenate([others, mine])
     order = np.random.default_rng(2).permutation(len(mixed))
-    feats = engine.metric_features(metric, mixed[order], "gt", mode)
+    feats = engine.metric_features(metric, mixed[order], "gt", mode, device)
     where = np.argsort(order)[len(others) :]  # where each of `mine` went
     assert feats[where].shape == alone.shape
     assert np.array_equal(feats[where], alone), f"{metric.network} {metric.layer} {metric.precision}"
@@ -57,12 +58,40 @@ def test_an_images_features_do_not_depend_on_its_chunk(metric: FeatureMetric) ->
     _neighbours_do_not_matter(metric, "tiny", 11)
 
 
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("metric", NETWORK_METRICS, ids=lambda m: f"{m.network}-{m.layer}-{m.precision}")
-def test_an_images_features_do_not_depend_on_its_chunk_full_size(metric: FeatureMetric) -> None:
+def test_an_images_features_do_not_depend_on_its_chunk_full_size(metric: FeatureMetric, device: str) -> None:
     """The same with the full-size architectures (seeded random weights) at 224 px: the kernels of real
-    width and size."""
-    _neighbours_do_not_matter(dataclasses.replace(metric, gt_chain=CLIP224), "random", 5)
+    width and size; on a GPU, with its own chunk sizes."""
+    _neighbours_do_not_matter(dataclasses.replace(metric, gt_chain=CLIP224), "random", 5, device)
+
+
+@pytest.mark.parametrize(
+    "metric", NETWORK_METRICS[:2] + NETWORK_METRICS[5:6], ids=lambda m: m.network + m.layer
+)
+def test_tf32_flags_change_no_cpu_feature(metric: FeatureMetric) -> None:
+    """Why a pass's identity leaves the TF32 flags out off CUDA: on the CPU, features computed with both
+    flags on equal those with both off, bit for bit (convolutions, linear layers, attention)."""
+    from nsdbench.metrics.forward import ChunkedForward, FeaturePass
+    from nsdbench.metrics.networks import get_network
+    from nsdbench.metrics.resize import apply_chain
+
+    net = get_network(metric.network, "-", "tiny")
+    x = apply_chain(list(_images(8, 72, 4)), metric.gt_chain, "cpu")
+    feats = []
+    for on in (True, False):
+        fp = FeaturePass(metric.network, "-", "fp32", metric.normalize, metric.gt_chain, on, on)
+        fwd = ChunkedForward(net, (metric.layer,), 8, fp, None)
+        fwd.push(x)
+        feats.append(fwd.finish()[metric.layer])
+    assert torch.equal(*feats)
 
 
 SMALL = Protocol(

@@ -68,3 +68,22 @@ def test_a_file_without_backbone_keys_is_named_in_the_error(private_home: Path) 
         NSDBenchError, match=r"swav-resnet50-800ep.*lack backbone keys.*layer1\.0\.conv1\.weight"
     ):
         FeatureNetwork(NetworkKey("swav_resnet50", "800ep", "pretrained", "fp32", "cpu"))
+
+
+def test_files_that_cannot_be_memory_mapped_are_read_whole(tmp_path: Path) -> None:
+    """Legacy (pre-zip) files and zip files with compressed members load as before, mmap asked or not."""
+    import zipfile
+
+    sd = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.float16)}
+    legacy = tmp_path / "legacy.pt"
+    torch.save(sd, legacy, _use_new_zipfile_serialization=False)
+    plain = tmp_path / "plain.pt"
+    torch.save(sd, plain)
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item.filename))
+    for path in (legacy, plain, deflated):
+        for mmap in (True, False):
+            got = weights.load_state_dict(path, mmap=mmap)
+            assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd), (path, mmap)

@@ -407,8 +407,6 @@ def test_corrupted_png_without_shard_record_is_regenerated(ridge_run, tmp_path):
         (["--method", "ridge-pixels", "--set", "size"], "--set 'size': expected key=value"),
         (["--method", "ridge-pixels", "--set", "per_target=maybe"], "setting per_target expects bool"),
         (["--method", "shuffled", "--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--method", "shuffled", "--protocol", "second-sight-2023,nsdbench-v1"], "conflicts with protocol"),
-        (["--method", "shuffled", "--protocol", "nsdbench-v1,mindeye"], "conflicts with protocol"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message, synth_root, tmp_path, capsys):
@@ -420,6 +418,18 @@ def test_bad_arguments_exit_2_with_one_line(args, message, synth_root, tmp_path,
     assert rc == 2, err
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "order", [("second-sight-2023", "nsdbench-v1"), ("nsdbench-v1", "second-sight-2023")]
+)
+def test_without_split_a_run_takes_the_protocols_widest_split_in_any_order(order, synth_root) -> None:
+    from nsdbench.commands.run import build_spec
+
+    spec, _, protos = build_spec(
+        "shuffled", "1", None, None, None, ",".join(order), str(synth_root), "tiny", "cpu", None, 8
+    )
+    assert spec.split == "nsd982" and list(protos) == list(order)
 
 
 def test_split_not_available_for_the_dataset_exits_2(synth_root, tmp_path, capsys):

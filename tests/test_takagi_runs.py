@@ -73,8 +73,14 @@ def test_z_only_beats_shuffled_with_disjoint_bootstrap_cis_and_refits_nothing(sy
     # the two runs side by side (one thread each, separate databases): the test's wall time halves
     z_run = _start("takagi2023", "z-only", tmp_path / "z", db)
     s_run = _start("shuffled", None, tmp_path / "shuffled", tmp_path / "shuffled.duckdb")
-    z_mean, z_lo, _ = bootstrap_ci(_pixcorr(z_run, tmp_path / "z").to_numpy())
-    s_mean, _, s_hi = bootstrap_ci(_pixcorr(s_run, tmp_path / "shuffled").to_numpy())
+    try:
+        z_mean, z_lo, _ = bootstrap_ci(_pixcorr(z_run, tmp_path / "z").to_numpy())
+        s_mean, _, s_hi = bootstrap_ci(_pixcorr(s_run, tmp_path / "shuffled").to_numpy())
+    finally:  # a failed or timed-out run leaves no process behind
+        for proc in (z_run, s_run):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     print(json.dumps({"z-only": z_mean, "shuffled": s_mean}))
     assert z_lo > s_hi, f"z-only PixCorr CI low {z_lo:.3f} <= shuffled CI high {s_hi:.3f}"
 

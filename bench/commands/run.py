@@ -76,9 +76,11 @@ def build_spec(
     if not subj:
         raise UsageError("--subjects: no subject given")
     protos = [get_protocol(n) for n in parse_protocols(protocol)]
-    split_name = split or getattr(protos[0], "split", None) or str(config.get("split"))
-    if split_name not in SPLITS:
-        raise UsageError(f"unknown split {split_name!r} (known: {', '.join(SPLITS)})")
+    own_splits = list(dict.fromkeys(getattr(p, "split", None) or str(config.get("split")) for p in protos))
+    split_name = split or own_splits[0]
+    for name in [split_name, *own_splits]:
+        if name not in SPLITS:
+            raise UsageError(f"unknown split {name!r} (known: {', '.join(SPLITS)})")
     n_samples = int(samples if samples is not None else cls.default_samples)
     if n_samples < 1:
         raise UsageError(f"--samples must be >= 1, got {n_samples}")
@@ -97,12 +99,20 @@ def build_spec(
         raise UsageError(
             f"subject {missing[0]} has no data in {nsd.root} (available: {','.join(map(str, available))})"
         )
+    if not split:  # the protocols' widest split, whatever their order: the others nest in it
+        split_name = next(
+            (c for c in own_splits if all(split_within(nsd, o, c, subj) for o in own_splits)), split_name
+        )
     for s in subj:
         get_split(nsd, split_name, s)  # UsageError when the split is not available for this dataset
     for proto in protos:  # a protocol on a nested split scores the run's images within its split
         own = getattr(proto, "split", None) or split_name
         if not split_within(nsd, own, split_name, subj):
-            source = f"--split {split}" if split else f"protocol {protos[0].name} ({split_name})"
+            source = (
+                f"--split {split}"
+                if split
+                else f"split {split_name} (no protocol's split holds all the others)"
+            )
             raise UsageError(
                 f"{source} conflicts with protocol {proto.name}, which scores on {own} "
                 f"(not within {split_name})"

@@ -223,7 +223,8 @@ def _score(
             "spec_hash": spec.hash,
             "images_digest": digest,
             "parquet_sha256": file_digest(score_path(session.run_dir, subject, proto.name)),
-            "n_images": sum(1 for nsd_id, _ in items if nsd_id in in_split),
+            "n_images": len({nsd_id for nsd_id, _ in items if nsd_id in in_split}),
+            "n_reconstructions": sum(1 for nsd_id, _ in items if nsd_id in in_split),
         }
         write_owned(
             score_record_path(session.run_dir, subject, proto.name), json.dumps(record, indent=1).encode()

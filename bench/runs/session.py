@@ -64,6 +64,7 @@ class RunSession:
         self._setup_done = False
         self._nsd = None
         self._splits: dict[tuple[int, str], Any] = {}
+        self._nested: dict[str, bool] = {}
         self._data: dict[int, Any] = {}
         self._fitted: dict[int, Any] = {}
         self._encoders: dict[tuple[int, str], Any] = {}
@@ -85,7 +86,9 @@ class RunSession:
 
     def nested(self, name: str) -> bool:
         """True when split `name` lies within the run's split for every subject (by their test ids)."""
-        return split_within(self.nsd, name, self.spec.split, self.spec.subjects)
+        if name not in self._nested:
+            self._nested[name] = split_within(self.nsd, name, self.spec.split, self.spec.subjects)
+        return self._nested[name]
 
     def shards(self) -> list[Shard]:
         if self._shards is None:

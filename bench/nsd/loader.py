@@ -343,7 +343,10 @@ class NSD:
         path = self.root / layout.STIMULI
         try:
             with h5py.File(path, "r") as f:
-                data = f[layout.STIM_IMAGE_KEY][uniq]
+                brick = f[layout.STIM_IMAGE_KEY]
+                data = np.empty((len(uniq), *brick.shape[1:]), brick.dtype)
+                for k, i in enumerate(uniq):  # one read per image: h5py's fancy indexing is ~20x slower
+                    brick.read_direct(data, np.s_[int(i)], np.s_[k])
         except OSError as exc:
             raise DataError(f"{path}: cannot read images (truncated or corrupt? {exc})") from None
         return data[inv]

@@ -14,8 +14,9 @@ pretrained mode, as a user with the published weights does):
 It prints a table (stage, seconds, share) per run, the share of time outside forward passes and the
 ratios. Brain correlation is off (--no-brain): the reference pipelines have no encoding model.
 
-    python scripts/bench_score_command.py --n 16 --weights files           # the measurement
-    python scripts/bench_score_command.py --n 8 --weights tiny --json      # quick check
+    python scripts/bench_score_command.py --n 16 --weights files --parts every     # three in one command
+    python scripts/bench_score_command.py --n 128 --weights files --parts single   # share outside passes
+    python scripts/bench_score_command.py --n 8 --weights tiny --json              # quick check
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ depend on how the caller batched its images."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -30,6 +31,15 @@ FORWARD_BATCH: dict[str, dict[str, int]] = {
     },
 }
 DEFAULT_FORWARD_BATCH = {"cpu": 8, "cuda": 64}  # networks not in the table, and the brain encoders
+
+# Networks whose CPU features are bit-identical whatever the intra-op thread count: their work is GEMMs
+# split over output rows (fp32 MKL, and ATen's own fp16 kernels, whose attention products run on one
+# thread). On the CPU their chunks run side by side, one thread each, which keeps every core busy.
+# The convolutional networks are left out: oneDNN's convolutions round differently with 1 and 2 threads.
+# tests/test_side_by_side_chunks.py checks both claims.
+CPU_SIDE_BY_SIDE = frozenset({"clip_vit_l14"})
+
+T = TypeVar("T")
 
 
 def device_type(device: str) -> str:
@@ -90,13 +100,41 @@ def feature_pass(m: FeatureMetric, chain: Chain, version: str, device: str) -> F
     )
 
 
+def side_by_side_chunks(device: str, network: str) -> int:
+    """How many chunks of `network` run at once on `device`: the intra-op thread count for the networks
+    of CPU_SIDE_BY_SIDE on the CPU, else 1."""
+    if device_type(device) != "cpu" or network not in CPU_SIDE_BY_SIDE:
+        return 1
+    return max(1, torch.get_num_threads())
+
+
+def run_side_by_side(fn: Callable[[torch.Tensor], T], chunks: Sequence[torch.Tensor]) -> list[T]:
+    """fn over each chunk, the chunks on their own threads with the intra-op threads shared out between
+    them (at least one each); the thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    if len(chunks) <= 1 or threads <= 1:
+        return [fn(x) for x in chunks]
+    each = max(1, threads // len(chunks))
+
+    def job(x: torch.Tensor) -> T:
+        torch.set_num_threads(each)  # this thread's own OpenMP team
+        return fn(x)
+
+    try:
+        with ThreadPoolExecutor(len(chunks), thread_name_prefix="nsdbench-forward") as pool:
+            return list(pool.map(job, chunks))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 class ChunkedForward:
-    """Collects images for one pass and runs the network on fixed-size, zero-padded chunks."""
+    """Collects images for one pass and runs the network on fixed-size, zero-padded chunks (on the CPU,
+    several chunks at once for the networks of CPU_SIDE_BY_SIDE)."""
 
     def __init__(
         self,
@@ -107,6 +145,7 @@ class ChunkedForward:
         timings: Timings | None,
     ) -> None:
         self.net, self.layers, self.chunk, self.fp, self.timings = net, layers, chunk, fp, timings
+        self.side_by_side = side_by_side_chunks(net.key.device, fp.network)
         self.buffer: list[torch.Tensor] = []
         self.n_buffered = 0
         self.out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
@@ -116,35 +155,49 @@ class ChunkedForward:
             return
         self.buffer.append(x)
         self.n_buffered += x.shape[0]
-        while self.n_buffered >= self.chunk:
-            self._run(self.chunk)
+        ready = self.n_buffered // (self.chunk * self.side_by_side) * self.side_by_side
+        if ready:
+            self._run(ready)
 
-    def _run(self, n: int) -> None:
+    def _take(self, n_chunks: int) -> list[tuple[torch.Tensor, int]]:
+        """The next n_chunks chunks off the buffer, each zero-padded to the chunk size, with how many
+        images each holds."""
         x = torch.cat(self.buffer)
-        head, rest = x[:n], x[n:]
+        taken, rest = x[: n_chunks * self.chunk], x[n_chunks * self.chunk :]
         self.buffer = [rest] if rest.shape[0] else []
         self.n_buffered = rest.shape[0]
-        if head.shape[0] < self.chunk:
-            pad = head.new_zeros((self.chunk - head.shape[0], *head.shape[1:]))
-            head = torch.cat([head, pad])
-        # contiguous NCHW like a DataLoader batch (not the channels-last strides of the HWC->CHW permute)
-        x = normalize(to_float(head, torch.float32), self.fp.normalize).contiguous()
-        sync(x.device)
+        chunks = []
+        for head in taken.split(self.chunk):
+            n = head.shape[0]
+            if n < self.chunk:
+                head = torch.cat([head, head.new_zeros((self.chunk - n, *head.shape[1:]))])
+            # contiguous NCHW like a DataLoader batch (not the channels-last strides of the HWC->CHW permute)
+            chunks.append((normalize(to_float(head, torch.float32), self.fp.normalize).contiguous(), n))
+        return chunks
+
+    def _run(self, n_chunks: int) -> None:
+        chunks = self._take(n_chunks)
+        device = chunks[0][0].device
+        sync(device)
         t0 = time.perf_counter()
         saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = self.fp.tf32
         torch.backends.cudnn.allow_tf32 = self.fp.tf32_conv
         try:
-            feats = self.net.features(x, self.layers)
+            feats = []
+            for i in range(0, len(chunks), self.side_by_side):
+                xs = [x for x, _ in chunks[i : i + self.side_by_side]]
+                feats += run_side_by_side(lambda x: self.net.features(x, self.layers), xs)
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-        sync(x.device)
+        sync(device)
         add(self.timings, f"forward:{self.fp.network}", time.perf_counter() - t0)
-        for layer in self.layers:
-            self.out[layer].append(feats[layer][:n])
+        for (_, n), f in zip(chunks, feats):
+            for layer in self.layers:
+                self.out[layer].append(f[layer][:n])
 
     def finish(self) -> dict[str, torch.Tensor]:
         """{layer: (N, D) float32} in push order."""
         if self.n_buffered:
-            self._run(self.n_buffered)
+            self._run(-(-self.n_buffered // self.chunk))
         return {layer: torch.cat(v) for layer, v in self.out.items()}

@@ -8,6 +8,7 @@ tiny        reduced seeded architectures with the same hook names and semantics 
 
 from __future__ import annotations
 
+import threading
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -264,6 +265,7 @@ class FeatureNetwork:
         """Normalized float32 input (B, 3, H, W) -> {layer: (B, D) float32 features}."""
         out: dict[str, torch.Tensor] = {}
         handles = []
+        caller = threading.get_ident()  # chunks may run side by side: each call keeps its own outputs
         for layer in layers:
             if layer not in NETWORK_LAYERS[self.key.network]:
                 raise UsageError(f"network {self.key.network} has no metric layer {layer!r}")
@@ -272,7 +274,8 @@ class FeatureNetwork:
             sub = self.module.get_submodule(layer)
 
             def hook(_m, _i, output, layer=layer):
-                out[layer] = output.flatten(1).to(torch.float32, copy=True)
+                if threading.get_ident() == caller:
+                    out[layer] = output.flatten(1).to(torch.float32, copy=True)
 
             handles.append(sub.register_forward_hook(hook))
         try:

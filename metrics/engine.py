@@ -132,21 +132,26 @@ def score_reconstructions_by_protocol(
         _content_hasher(gt_images, inputs),
         _brain_for(brain),
     )
-    with deterministic_mode(dev) as flags:
-        kinds = _plan(protos, ctx)
-        n, has_gt = len(inputs.gt_ids), any(k.has_ground_truth_pass() for k in kinds)
-        units = n * (len(inputs.samples) + (1 if has_gt else 0))
-        with progress_bar(options.progress, units, "scoring") as advance:
-            _ground_truth_features(kinds, inputs, gt_images, options, advance, has_gt)
-            rows: list[tuple[str, int, int, str, float]] = []
-            for sample in inputs.samples:
-                _sample_pass(kinds, inputs, gt_images, rec_images, sample, options, advance)
-                with stage(options.timings, "statistics"):
-                    rows.extend(_rows(sample, (v for k in kinds for v in k.statistics())))
-    return {
-        p.name: _result(p, [r[1:] for r in rows if r[0] == p.name], kinds, ctx, flags, len(inputs.samples))
-        for p in protos
-    }
+    try:
+        with deterministic_mode(dev) as flags:
+            kinds = _plan(protos, ctx)  # pretrained networks start building in the background
+            n, has_gt = len(inputs.gt_ids), any(k.has_ground_truth_pass() for k in kinds)
+            units = n * (len(inputs.samples) + (1 if has_gt else 0))
+            with progress_bar(options.progress, units, "scoring") as advance:
+                _ground_truth_features(kinds, inputs, gt_images, options, advance, has_gt)
+                rows: list[tuple[str, int, int, str, float]] = []
+                for sample in inputs.samples:
+                    _sample_pass(kinds, inputs, gt_images, rec_images, sample, options, advance)
+                    with stage(options.timings, "statistics"):
+                        rows.extend(_rows(sample, (v for k in kinds for v in k.statistics())))
+        return {
+            p.name: _result(
+                p, [r[1:] for r in rows if r[0] == p.name], kinds, ctx, flags, len(inputs.samples)
+            )
+            for p in protos
+        }
+    finally:
+        ctx.close()
 
 
 def metric_features(

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +28,7 @@ from nsdbench.metrics.forward import (
     forward_batch,
 )
 from nsdbench.metrics.image_batches import ChainRequest, ImageBatch
-from nsdbench.metrics.networks import FeatureNetwork, get_network
+from nsdbench.metrics.networks import FeatureNetwork, get_network, pretrained_sha256
 from nsdbench.metrics.pixel import pixel_metric_values
 from nsdbench.metrics.protocols import BrainMetric, Chain, FeatureMetric, Metric, PixelMetric
 from nsdbench.stage_times import Timings, add, stage
@@ -48,18 +49,55 @@ class ScoringContext:
     gt_content: Callable[[np.ndarray], str]  # sha256 of the ground-truth images under a mask
     brain: Callable[[str], Any]  # protocol -> brain target (None: no brain correlation)
     _networks: dict[tuple, FeatureNetwork] = field(default_factory=dict)
+    _building: dict[tuple, Future[FeatureNetwork]] = field(default_factory=dict)
+    _builder: ThreadPoolExecutor | None = None
 
     def scope_key(self, protocol: str) -> bytes:
         return self.scopes[protocol].tobytes()
 
+    def start_networks(self, passes: Iterable[FeaturePass]) -> None:
+        """Start building the networks of `passes`, in order, on one background thread, so that reading,
+        decoding and resizing the first images and the pixel metrics go on meanwhile. Pretrained
+        networks only: random and tiny ones are drawn from the process's random state, and are
+        built when first needed, on the caller's thread."""
+        if self.mode != "pretrained":
+            return
+        for fp in passes:
+            key = (fp.network, fp.weights, fp.precision)
+            if key in self._networks or key in self._building:
+                continue
+            pretrained_sha256(fp.network, fp.weights)  # a missing weights file fails now, not later
+            if self._builder is None:
+                self._builder = ThreadPoolExecutor(1, thread_name_prefix="nsdbench-networks")
+            self._building[key] = self._builder.submit(
+                get_network, fp.network, fp.weights, self.mode, fp.precision, self.device
+            )
+
     def network(self, fp: FeaturePass) -> FeatureNetwork:
+        """The built network of a pass (waiting for its background build, if one was started)."""
         key = (fp.network, fp.weights, fp.precision)
         if key not in self._networks:
             with stage(self.timings, "networks"):
-                self._networks[key] = get_network(
-                    fp.network, fp.weights, self.mode, fp.precision, self.device
+                building = self._building.pop(key, None)
+                self._networks[key] = (
+                    building.result()
+                    if building is not None
+                    else get_network(fp.network, fp.weights, self.mode, fp.precision, self.device)
                 )
         return self._networks[key]
+
+    def network_sha256(self, fp: FeaturePass) -> str:
+        """A pass's network identity, without waiting for its build when the weights are pretrained."""
+        if self.mode == "pretrained":
+            return pretrained_sha256(fp.network, fp.weights)
+        return self.network(fp).sha256
+
+    def close(self) -> None:
+        """Stop the background builds (one already running finishes)."""
+        if self._builder is not None:
+            self._builder.shutdown(wait=True, cancel_futures=True)
+            self._builder = None
+        self._building.clear()
 
 
 class MetricKind(Protocol):
@@ -180,21 +218,29 @@ class FeatureKind:
                 layers.setdefault(fp, set()).add(m.layer)
                 rows[fp] = rows[fp] | scope if fp in rows else scope.copy()
             self.metrics.append((pname, m, gp, rp))
-        for fp in [*self.gt_layers, *self.rec_layers]:
-            ctx.network(fp)
+        ctx.start_networks([*self.gt_layers, *self.rec_layers])
         self.gt_feats: dict[FeaturePass, dict[str, torch.Tensor]] = {}
         self.rec_feats: dict[FeaturePass, dict[str, torch.Tensor]] = {}
         self.todo: dict[FeaturePass, str] = {}
-        self.forwards: dict[FeaturePass, tuple[ChunkedForward, np.ndarray]] = {}
+        self.passes: dict[FeaturePass, tuple[set[str], np.ndarray]] = {}  # the side's passes: layers, rows
+        self.forwards: dict[FeaturePass, ChunkedForward] = {}  # made at a pass's first images
 
     def _chunk(self, fp: FeaturePass) -> int:
         return forward_batch(self.ctx.device, fp.network)
 
-    def _forward(
-        self, fp: FeaturePass, layers: set[str], rows: np.ndarray
-    ) -> tuple[ChunkedForward, np.ndarray]:
-        net = self.ctx.network(fp)
-        return ChunkedForward(net, tuple(sorted(layers)), self._chunk(fp), fp, self.ctx.timings), rows
+    def _forward(self, fp: FeaturePass) -> ChunkedForward:
+        """The pass's chunked forward, made when its first images arrive (its network may still have
+        been building until then)."""
+        if fp not in self.forwards:
+            layers = tuple(sorted(self.passes[fp][0]))
+            net = self.ctx.network(fp)
+            self.forwards[fp] = ChunkedForward(net, layers, self._chunk(fp), fp, self.ctx.timings)
+        return self.forwards[fp]
+
+    def _finish(self) -> dict[FeaturePass, dict[str, torch.Tensor]]:
+        feats = {fp: self._forward(fp).finish() for fp in self.passes}
+        self.passes, self.forwards = {}, {}
+        return feats
 
     def _cache_part(self, fp: FeaturePass) -> dict[str, Any]:
         layers = sorted(self.gt_layers[fp])
@@ -210,50 +256,48 @@ class FeatureKind:
             if ctx.cache:
                 rows = self.gt_rows[fp]
                 cache_key = features_cache.cache_key(
-                    self._cache_part(fp), ctx.network(fp).sha256, ctx.ids[rows].tolist(), ctx.gt_content(rows)
+                    self._cache_part(fp), ctx.network_sha256(fp), ctx.ids[rows].tolist(), ctx.gt_content(rows)
                 )
                 hit = features_cache.load(cache_key, sorted(layers))
                 if hit is not None:
                     self.gt_feats[fp] = {k: torch.from_numpy(v).to(ctx.device) for k, v in hit.items()}
                     continue
             self.todo[fp] = cache_key
-        self.forwards = {fp: self._forward(fp, self.gt_layers[fp], self.gt_rows[fp]) for fp in self.todo}
+        self.passes = {fp: (self.gt_layers[fp], self.gt_rows[fp]) for fp in self.todo}
         return {ChainRequest("gt", fp.chain, ctx.device) for fp in self.todo}
 
     def _push(self, batch: ImageBatch, side: str) -> None:
-        for fp, (fwd, rows) in self.forwards.items():
+        for fp, (_layers, rows) in self.passes.items():
             sel = rows[batch.rows]
+            if not sel.any():
+                continue
             x = batch.view(side, fp.chain, self.ctx.device)
-            fwd.push(x if sel.all() else x[torch.from_numpy(sel).to(x.device)])
+            self._forward(fp).push(x if sel.all() else x[torch.from_numpy(sel).to(x.device)])
 
     def add_ground_truth(self, batch: ImageBatch) -> None:
         self._push(batch, "gt")
 
     def finish_ground_truth(self) -> None:
+        self.gt_feats.update(self._finish())
         for fp, cache_key in self.todo.items():
-            self.gt_feats[fp] = self.forwards[fp][0].finish()
             if cache_key:
                 features_cache.save(
                     cache_key,
                     {k: v.cpu().numpy() for k, v in self.gt_feats[fp].items()},
                     {"pass": self._cache_part(fp), "n": int(self.gt_rows[fp].sum())},
                 )
-        self.forwards = {}
 
     def sample_requests(self) -> set[ChainRequest]:
         return {ChainRequest("rec", fp.chain, self.ctx.device) for fp in self.rec_layers}
 
     def start_sample(self) -> None:
-        self.forwards = {
-            fp: self._forward(fp, layers, self.rec_rows[fp]) for fp, layers in self.rec_layers.items()
-        }
+        self.passes = {fp: (layers, self.rec_rows[fp]) for fp, layers in self.rec_layers.items()}
 
     def add_batch(self, batch: ImageBatch) -> None:
         self._push(batch, "rec")
 
     def finish_sample(self) -> None:
-        self.rec_feats = {fp: fwd.finish() for fp, (fwd, _) in self.forwards.items()}
-        self.forwards = {}
+        self.rec_feats = self._finish()
 
     def statistics(self) -> Iterator[Values]:
         for pname, m, gp, rp in self.metrics:

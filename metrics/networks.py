@@ -8,6 +8,7 @@ tiny        reduced seeded architectures with the same hook names and semantics 
 
 from __future__ import annotations
 
+import math
 import threading
 import zlib
 from dataclasses import dataclass
@@ -215,9 +216,12 @@ def _load_pretrained(network: str, version: str, module: nn.Module, seed: int) -
         missing, _unexpected = module.load_state_dict(sd, strict=False)  # projection head / prototypes unused
         if set(missing) - {"fc.weight", "fc.bias"}:
             raise NSDBenchError(f"weights {name!r} at {path} lack backbone keys: {sorted(missing)[:5]}")
-        if missing:
-            with weights.seeded(seed):
-                module.fc.reset_parameters()
+        if missing:  # nn.Linear's own initialization, from a generator of its own: networks are
+            # built on a background thread, which must not touch the process's random state
+            g = torch.Generator().manual_seed(seed)
+            nn.init.kaiming_uniform_(module.fc.weight, a=math.sqrt(5), generator=g)
+            bound = 1 / math.sqrt(module.fc.in_features)
+            nn.init.uniform_(module.fc.bias, -bound, bound, generator=g)
     else:
         module.load_state_dict(sd, strict=True)
     return name
@@ -287,6 +291,15 @@ class FeatureNetwork:
         if "visual" in layers:
             out["visual"] = y.flatten(1).to(torch.float32, copy=True)
         return out
+
+
+def pretrained_sha256(network: str, version: str) -> str:
+    """The identity of a pretrained network without building it: the sha256 of its weights file (what
+    FeatureNetwork.sha256 holds once built); a missing file is the usual one-line error."""
+    key = (network, version)
+    if key not in ARTIFACT_OF:
+        raise UsageError(f"no pretrained weights {version!r} for metric network {network!r}")
+    return weights.recorded_sha256(ARTIFACT_OF[key])
 
 
 @lru_cache(maxsize=16)

@@ -91,7 +91,9 @@ def test_a_pass_gives_the_same_features_side_by_side(precision: str, two_threads
 
     monkeypatch.setattr(forward, "run_side_by_side", spy)
     for side_by_side in (2, 1):
-        monkeypatch.setattr(forward, "CPU_SIDE_BY_SIDE", frozenset({"clip_vit_l14"} if side_by_side > 1 else ()))
+        monkeypatch.setattr(
+            forward, "CPU_SIDE_BY_SIDE", frozenset({"clip_vit_l14"} if side_by_side > 1 else ())
+        )
         fwd = ChunkedForward(net, ("visual",), 8, fp, None)
         assert fwd.side_by_side == side_by_side
         for part in (x[:5], x[5:7], x[7:18], x[18:]):
@@ -138,7 +140,10 @@ def test_hooked_layers_stay_with_their_own_call(two_threads) -> None:
     """Forward hooks of two calls running at once on one network each record their own chunk."""
     net = get_network("alexnet", "-", "tiny")
     layers = ("features.4", "classifier.5")
-    chunks = [normalize(torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(s)), "imagenet") for s in (0, 1)]
+    chunks = [
+        normalize(torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(s)), "imagenet")
+        for s in (0, 1)
+    ]
     alone = [net.features(c, layers) for c in chunks]
     for _ in range(3):
         together = run_side_by_side(lambda c: net.features(c, layers), chunks)

@@ -32,12 +32,14 @@ FORWARD_BATCH: dict[str, dict[str, int]] = {
 }
 DEFAULT_FORWARD_BATCH = {"cpu": 8, "cuda": 64}  # networks not in the table, and the brain encoders
 
-# Networks whose CPU features are bit-identical whatever the intra-op thread count: their work is GEMMs
-# split over output rows (fp32 MKL, and ATen's own fp16 kernels, whose attention products run on one
-# thread). On the CPU their chunks run side by side, one thread each, which keeps every core busy.
+# Networks whose chunks run on the CPU with one intra-op thread each, several chunks side by side: their
+# CPU features are then the same whatever the machine's core count, and they are the features of the
+# former 2-thread pass, bit for bit (CLIP's work is GEMMs split over output rows, and ATen's fp16 kernels run
+# the attention products on one thread anyway, so one chunk per core is 10-15 % faster per image).
 # The convolutional networks are left out: oneDNN's convolutions round differently with 1 and 2 threads.
-# tests/test_side_by_side_chunks.py checks both claims.
+# tests/test_side_by_side_chunks.py checks the claims. At most MAX_SIDE_BY_SIDE chunks run at once (memory).
 CPU_SIDE_BY_SIDE = frozenset({"clip_vit_l14"})
+MAX_SIDE_BY_SIDE = 16
 
 T = TypeVar("T")
 
@@ -81,7 +83,7 @@ class FeaturePass:
 
     def part(self, layers: Sequence[str], mode: str, forward_batch: int, device_type: str) -> dict[str, Any]:
         """The pass as the feature cache keys it."""
-        return {
+        part = {
             **asdict(self),
             "layers": sorted(layers),
             "mode": mode,
@@ -89,6 +91,9 @@ class FeaturePass:
             "device_type": device_type,
             "torch": torch.__version__,
         }
+        if one_thread_per_chunk(device_type, self.network):  # not features of a many-thread pass
+            part["threads_per_chunk"] = 1
+        return part
 
 
 def feature_pass(m: FeatureMetric, chain: Chain, version: str, device: str) -> FeaturePass:
@@ -100,27 +105,31 @@ def feature_pass(m: FeatureMetric, chain: Chain, version: str, device: str) -> F
     )
 
 
+def one_thread_per_chunk(device: str, network: str) -> bool:
+    """Whether `network`'s chunks run with one intra-op thread each on `device` (CPU_SIDE_BY_SIDE)."""
+    return device_type(device) == "cpu" and network in CPU_SIDE_BY_SIDE
+
+
 def side_by_side_chunks(device: str, network: str) -> int:
-    """How many chunks of `network` run at once on `device`: the intra-op thread count for the networks
-    of CPU_SIDE_BY_SIDE on the CPU, else 1."""
-    if device_type(device) != "cpu" or network not in CPU_SIDE_BY_SIDE:
+    """How many chunks of `network` run at once on `device`: one per intra-op thread (at most
+    MAX_SIDE_BY_SIDE) for the networks of CPU_SIDE_BY_SIDE on the CPU, else 1."""
+    if not one_thread_per_chunk(device, network):
         return 1
-    return max(1, torch.get_num_threads())
+    return max(1, min(torch.get_num_threads(), MAX_SIDE_BY_SIDE))
 
 
-def run_side_by_side(fn: Callable[[torch.Tensor], T], chunks: Sequence[torch.Tensor]) -> list[T]:
-    """fn over each chunk, the chunks on their own threads with the intra-op threads shared out between
-    them (at least one each); the thread count is restored afterwards."""
+def run_one_thread_each(fn: Callable[[torch.Tensor], T], chunks: Sequence[torch.Tensor]) -> list[T]:
+    """fn over each chunk with one intra-op thread, the chunks side by side on threads of their own (a
+    single chunk on the caller's thread); the caller's thread count is restored afterwards."""
     threads = torch.get_num_threads()
-    if len(chunks) <= 1 or threads <= 1:
-        return [fn(x) for x in chunks]
-    each = max(1, threads // len(chunks))
 
     def job(x: torch.Tensor) -> T:
-        torch.set_num_threads(each)  # this thread's own OpenMP team
+        torch.set_num_threads(1)  # this thread's own OpenMP setting
         return fn(x)
 
     try:
+        if len(chunks) <= 1:
+            return [job(x) for x in chunks]
         with ThreadPoolExecutor(len(chunks), thread_name_prefix="nsdbench-forward") as pool:
             return list(pool.map(job, chunks))
     finally:
@@ -145,6 +154,7 @@ class ChunkedForward:
         timings: Timings | None,
     ) -> None:
         self.net, self.layers, self.chunk, self.fp, self.timings = net, layers, chunk, fp, timings
+        self.one_thread = one_thread_per_chunk(net.key.device, fp.network)
         self.side_by_side = side_by_side_chunks(net.key.device, fp.network)
         self.buffer: list[torch.Tensor] = []
         self.n_buffered = 0
@@ -175,6 +185,9 @@ class ChunkedForward:
             chunks.append((normalize(to_float(head, torch.float32), self.fp.normalize).contiguous(), n))
         return chunks
 
+    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net.features(x, self.layers)
+
     def _run(self, n_chunks: int) -> None:
         chunks = self._take(n_chunks)
         device = chunks[0][0].device
@@ -184,10 +197,13 @@ class ChunkedForward:
         torch.backends.cuda.matmul.allow_tf32 = self.fp.tf32
         torch.backends.cudnn.allow_tf32 = self.fp.tf32_conv
         try:
-            feats = []
-            for i in range(0, len(chunks), self.side_by_side):
-                xs = [x for x, _ in chunks[i : i + self.side_by_side]]
-                feats += run_side_by_side(lambda x: self.net.features(x, self.layers), xs)
+            xs = [x for x, _ in chunks]
+            if self.one_thread:
+                feats = []
+                for i in range(0, len(xs), self.side_by_side):
+                    feats += run_one_thread_each(self._forward, xs[i : i + self.side_by_side])
+            else:
+                feats = [self._forward(x) for x in xs]
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
         sync(device)

@@ -62,6 +62,9 @@ class ScoringContext:
         built when first needed, on the caller's thread."""
         if self.mode != "pretrained":
             return
+        device = self.device
+        if device_type(device) == "cuda" and ":" not in device:  # the caller's current GPU, not the thread's
+            device = f"cuda:{torch.cuda.current_device()}"
         for fp in passes:
             key = (fp.network, fp.weights, fp.precision)
             if key in self._networks or key in self._building:
@@ -70,7 +73,7 @@ class ScoringContext:
             if self._builder is None:
                 self._builder = ThreadPoolExecutor(1, thread_name_prefix="nsdbench-networks")
             self._building[key] = self._builder.submit(
-                get_network, fp.network, fp.weights, self.mode, fp.precision, self.device
+                get_network, fp.network, fp.weights, self.mode, fp.precision, device
             )
 
     def network(self, fp: FeaturePass) -> FeatureNetwork:

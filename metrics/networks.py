@@ -299,6 +299,7 @@ def pretrained_sha256(network: str, version: str) -> str:
     key = (network, version)
     if key not in ARTIFACT_OF:
         raise UsageError(f"no pretrained weights {version!r} for metric network {network!r}")
+    weights.require(ARTIFACT_OF[key])  # the file itself, not only its recorded hash
     return weights.recorded_sha256(ARTIFACT_OF[key])
 
 

@@ -64,3 +64,23 @@ def test_idle_executor_workers_do_not_block_the_exit() -> None:
         "exit_skipping_teardown(0)\n"
     )
     assert proc.returncode == 0 and proc.stdout == "6\n", proc.stderr
+
+
+def test_the_teardown_is_skipped() -> None:
+    """What tells the fast exit from the normal one: module globals are never torn down (their __del__
+    does not run), while the atexit handlers do."""
+    code = (
+        "import atexit, sys, torch\n"
+        "from nsdbench.cli import exit_skipping_teardown\n"
+        "class Torn:\n"
+        "    def __del__(self):\n"
+        "        print('torn down', flush=True)\n"
+        "kept = Torn()\n"
+        "atexit.register(lambda: print('atexit ran', flush=True))\n"
+        "{exit}\n"
+    )
+    fast = _python(code.format(exit="exit_skipping_teardown(0)"))
+    normal = _python(code.format(exit="sys.exit(0)"))
+    assert fast.returncode == normal.returncode == 0
+    assert fast.stdout == "atexit ran\n"
+    assert normal.stdout == "atexit ran\ntorn down\n"

@@ -86,17 +86,27 @@ def test_networks_build_in_the_background_with_the_same_values(published_files, 
     assert background.set_scores == here.set_scores
 
 
-def test_a_pretrained_build_leaves_the_random_state_alone(published_files) -> None:
-    """SwAV's missing classifier is seeded from its own generator, with nn.Linear's initialization."""
-    torch.manual_seed(123)
+def test_a_pretrained_build_leaves_the_random_state_alone(published_files, monkeypatch) -> None:
+    """A background build must not seed or fork the process's generator (another thread may be drawing
+    from it); SwAV's missing classifier gets nn.Linear's initialization from a generator of its own, with
+    the values the seeded global generator gave."""
+    import zlib
+
+    expected = torch.nn.Linear(2048, 1000)
+    with weights.seeded(zlib.crc32(b"swav_resnet50")):
+        expected.reset_parameters()
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("a pretrained build touched the global random state")
+
+    monkeypatch.setattr(torch, "manual_seed", forbidden)
+    monkeypatch.setattr(torch.random, "manual_seed", forbidden)
+    monkeypatch.setattr(torch.random, "fork_rng", forbidden)
     before = torch.random.get_rng_state()
     net = FeatureNetwork(NetworkKey("swav_resnet50", "800ep", "pretrained", "fp32", "cpu"))
     assert torch.equal(torch.random.get_rng_state(), before)
-    reference = torch.nn.Linear(2048, 1000)
-    with weights.seeded(net_seed := __import__("zlib").crc32(b"swav_resnet50")):
-        reference.reset_parameters()
-    assert net_seed and torch.equal(net.module.fc.weight, reference.weight)
-    assert torch.equal(net.module.fc.bias, reference.bias)
+    assert torch.equal(net.module.fc.weight, expected.weight)
+    assert torch.equal(net.module.fc.bias, expected.bias)
 
 
 def test_a_missing_weights_file_fails_before_any_image(published_files) -> None:
@@ -104,3 +114,11 @@ def test_a_missing_weights_file_fails_before_any_image(published_files) -> None:
     with pytest.raises(NSDBenchError, match="swav-resnet50-800ep.*nsdbench weights fetch"):
         _score(np.arange(1, 5))
     assert not [t for t in threading.enumerate() if t.name.startswith("nsdbench-networks")]
+
+
+def test_a_kept_hash_record_without_its_file_still_fails_at_once(published_files) -> None:
+    """The recorded sha256 of a deleted file is no proof the file is there."""
+    networks.pretrained_sha256("swav_resnet50", "800ep")  # writes the record
+    weights.local_path("swav-resnet50-800ep").unlink()
+    with pytest.raises(NSDBenchError, match="swav-resnet50-800ep.*nsdbench weights fetch"):
+        networks.pretrained_sha256("swav_resnet50", "800ep")

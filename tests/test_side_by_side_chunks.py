@@ -1,6 +1,6 @@
-"""CLIP's chunks run side by side on the CPU, one intra-op thread each. That is only allowed because its
-features do not depend on the thread count; these tests check that claim, that a pass gives the same
-features either way, and that the thread count is restored."""
+"""CLIP's chunks run on the CPU with one intra-op thread each, side by side. That keeps its values
+because its features do not depend on the thread count; these tests check that claim (full size in CI),
+that a pass gives the same features either way, and that the thread count is restored."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 from nsdbench.metrics import engine, forward
 from nsdbench.metrics.forward import (
     CPU_SIDE_BY_SIDE,
+    MAX_SIDE_BY_SIDE,
     ChunkedForward,
     FeaturePass,
-    run_side_by_side,
+    run_one_thread_each,
     side_by_side_chunks,
 )
 from nsdbench.metrics.networks import get_network, normalize
@@ -55,9 +56,12 @@ def test_clip_features_do_not_depend_on_the_thread_count(precision: str, two_thr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize(
+    "precision", [pytest.param("fp32", marks=pytest.mark.ci), "fp16-openai"]
+)  # fp16 takes a minute on 2 cores: by hand
 def test_full_size_clip_features_do_not_depend_on_the_thread_count(precision: str, two_threads) -> None:
-    """The same for the full-size ViT-L/14 (seeded random weights), one 8-image chunk at 224 px."""
+    """The same for the full-size ViT-L/14 (seeded random weights), one 8-image chunk at 224 px: GEMMs
+    large enough to be split between threads."""
     _same_with_one_and_two_threads("random", precision)
 
 
@@ -69,6 +73,17 @@ def test_only_clip_on_the_cpu_runs_side_by_side(two_threads) -> None:
         assert side_by_side_chunks("cpu", network) == 1
     torch.set_num_threads(1)
     assert side_by_side_chunks("cpu", "clip_vit_l14") == 1
+    torch.set_num_threads(MAX_SIDE_BY_SIDE + 4)
+    assert side_by_side_chunks("cpu", "clip_vit_l14") == MAX_SIDE_BY_SIDE
+
+
+def test_cached_cpu_clip_features_are_marked_one_thread_per_chunk() -> None:
+    """Ground-truth features cached by a many-thread pass (before) are not mixed with one-thread ones."""
+    clip = FeaturePass("clip_vit_l14", "-", "fp32", "clip", CLIP224)
+    alex = FeaturePass("alexnet", "-", "fp32", "imagenet", CLIP224)
+    assert clip.part(["visual"], "tiny", 8, "cpu")["threads_per_chunk"] == 1
+    assert "threads_per_chunk" not in clip.part(["visual"], "tiny", 64, "cuda")
+    assert "threads_per_chunk" not in alex.part(["features.4"], "tiny", 8, "cpu")
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -83,13 +98,13 @@ def test_a_pass_gives_the_same_features_side_by_side(precision: str, two_threads
     x = torch.nn.functional.interpolate(x.float(), size=224).round().to(torch.uint8)
     runs = []
     calls: list[int] = []
-    real = forward.run_side_by_side
+    real = forward.run_one_thread_each
 
     def spy(fn, chunks):
         calls.append(len(chunks))
         return real(fn, chunks)
 
-    monkeypatch.setattr(forward, "run_side_by_side", spy)
+    monkeypatch.setattr(forward, "run_one_thread_each", spy)
     for side_by_side in (2, 1):
         monkeypatch.setattr(
             forward, "CPU_SIDE_BY_SIDE", frozenset({"clip_vit_l14"} if side_by_side > 1 else ())
@@ -99,7 +114,7 @@ def test_a_pass_gives_the_same_features_side_by_side(precision: str, two_threads
         for part in (x[:5], x[5:7], x[7:18], x[18:]):
             fwd.push(part)
         runs.append(fwd.finish()["visual"])
-    assert calls[:2] == [2, 1] and calls[2:] == [1, 1, 1]
+    assert calls == [2, 1]  # two chunks side by side, then the padded one; none in the sequential pass
     assert runs[0].shape == (19, 16)
     assert torch.equal(runs[0], runs[1])
     # and the whole-engine path agrees with itself either way
@@ -109,7 +124,7 @@ def test_a_pass_gives_the_same_features_side_by_side(precision: str, two_threads
     assert np.array_equal(a, engine.metric_features(m, images, "gt", "tiny", "cpu"))
 
 
-def test_threads_are_shared_out_and_restored() -> None:
+def test_one_thread_each_and_the_count_restored() -> None:
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
@@ -119,10 +134,13 @@ def test_threads_are_shared_out_and_restored() -> None:
             both.wait()
             return x, torch.get_num_threads()
 
-        assert run_side_by_side(job, [1, 2]) == [(1, 2), (2, 2)]  # in order, two threads each
+        assert run_one_thread_each(job, [1, 2]) == [(1, 1), (2, 1)]  # in order, one thread each
         assert torch.get_num_threads() == 4
-        seen = run_side_by_side(lambda x: torch.get_num_threads(), list(range(6)))
-        assert seen == [1] * 6 and torch.get_num_threads() == 4
+        here = threading.get_ident()
+        assert run_one_thread_each(lambda x: (torch.get_num_threads(), threading.get_ident()), [0]) == [
+            (1, here)
+        ]
+        assert torch.get_num_threads() == 4
 
         def fails(x):
             if x == 1:
@@ -130,14 +148,15 @@ def test_threads_are_shared_out_and_restored() -> None:
             return x
 
         with pytest.raises(RuntimeError, match="chunk 1 failed"):
-            run_side_by_side(fails, [0, 1])
+            run_one_thread_each(fails, [0, 1])
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
 
 
 def test_hooked_layers_stay_with_their_own_call(two_threads) -> None:
-    """Forward hooks of two calls running at once on one network each record their own chunk."""
+    """Forward hooks of two calls running at once on one network each record their own chunk: both
+    calls are held at an early layer until both have registered their hooks."""
     net = get_network("alexnet", "-", "tiny")
     layers = ("features.4", "classifier.5")
     chunks = [
@@ -145,7 +164,15 @@ def test_hooked_layers_stay_with_their_own_call(two_threads) -> None:
         for s in (0, 1)
     ]
     alone = [net.features(c, layers) for c in chunks]
-    for _ in range(3):
-        together = run_side_by_side(lambda c: net.features(c, layers), chunks)
-        for a, t in zip(alone, together):
-            assert all(torch.equal(a[k], t[k]) for k in layers)
+    meet = threading.Barrier(2, timeout=30)
+
+    def hold(*_) -> None:
+        meet.wait()
+
+    held = net.module.features[0].register_forward_hook(hold)
+    try:
+        together = run_one_thread_each(lambda c: net.features(c, layers), chunks)
+    finally:
+        held.remove()
+    for a, t in zip(alone, together):
+        assert all(torch.equal(a[k], t[k]) for k in layers)

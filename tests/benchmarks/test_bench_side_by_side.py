@@ -2,11 +2,12 @@
 thread, on the same images and network, with bit-identical features.
 
     NSDBENCH_BENCH_N=16 NSDBENCH_BENCH_WEIGHTS=random \
-        pytest tests/benchmarks/test_bench_side_by_side.py --benchmark-enable
+        pytest tests/benchmarks/test_bench_side_by_side.py --benchmark-enable -s
 
 Defaults (N=9, `tiny` CLIP) let the suite, run with --benchmark-disable, execute it once quickly as a
 test; the measured comparison uses NSDBENCH_BENCH_WEIGHTS=random (full-size ViT-L/14), where each
-precision prints its seconds per image both ways and the ratio.
+precision prints its seconds per image both ways and the ratio. Both run with NSDBENCH_BENCH_THREADS
+intra-op threads (default: every CPU; the test suite's conftest would otherwise leave torch one).
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from nsdbench.metrics import engine, forward
 from nsdbench.metrics.protocols import FeatureMetric, ResizeStep
 
 N = int(os.environ.get("NSDBENCH_BENCH_N", "9"))
 MODE = os.environ.get("NSDBENCH_BENCH_WEIGHTS", "tiny")
+THREADS = int(os.environ.get("NSDBENCH_BENCH_THREADS", str(os.cpu_count() or 1)))
 CLIP224 = (ResizeStep("pil", "bilinear", 224),)
+
+
+@pytest.fixture(autouse=True)
+def threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16-openai"])
@@ -49,5 +60,5 @@ def test_side_by_side_against_one_chunk_at_a_time(benchmark, monkeypatch, precis
     assert np.array_equal(side_by_side, sequential)
     print(
         f"\n{precision}: one chunk at a time {t_sequential / N:.3f} s/img, side by side {t_side / N:.3f} "
-        f"s/img, ratio {t_sequential / t_side:.2f}"
+        f"s/img, ratio {t_sequential / t_side:.2f} ({THREADS} threads)"
     )

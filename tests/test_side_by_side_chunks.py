@@ -1,5 +1,5 @@
 """CLIP's chunks run on the CPU with one intra-op thread each, side by side. That keeps its values
-because its features do not depend on the thread count; these tests check that claim (full size in CI),
+because its features do not depend on the thread count; these tests check that claim (full size: -m slow),
 that a pass gives the same features either way, and that the thread count is restored."""
 
 from __future__ import annotations
@@ -55,10 +55,8 @@ def test_clip_features_do_not_depend_on_the_thread_count(precision: str, two_thr
     _same_with_one_and_two_threads("tiny", precision)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "precision", [pytest.param("fp32", marks=pytest.mark.ci), "fp16-openai"]
-)  # fp16 takes a minute on 2 cores: by hand
+@pytest.mark.slow  # about 25 s (fp32) and 75 s (fp16) on 2 cores: by hand, to keep CI within its budget
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_full_size_clip_features_do_not_depend_on_the_thread_count(precision: str, two_threads) -> None:
     """The same for the full-size ViT-L/14 (seeded random weights), one 8-image chunk at 224 px: GEMMs
     large enough to be split between threads."""
